@@ -1,0 +1,38 @@
+# Two entry points (see README): `make run` and `make test`. Each bootstraps .venv itself.
+PYTHON ?= python3
+VENV   ?= .venv
+CONFIG ?= config/shipper.toml
+PY      = $(VENV)/bin/python
+
+.PHONY: run test lint typecheck unit bench clean
+
+# A stamp file so the venv is rebuilt when the dependency list changes.
+$(VENV)/.installed: pyproject.toml
+	@# Debian's python3 may lack ensurepip (package python3-venv); fall back to a
+	@# venv without pip and let the system pip install pip into it.
+	$(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv --without-pip $(VENV) \
+	    && $(PYTHON) -m pip --python $(PY) install --quiet pip; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/shipper run -c $(CONFIG)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check shipper tests bench
+	$(VENV)/bin/ruff format --check shipper tests bench
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+bench: $(VENV)/.installed
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

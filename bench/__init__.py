@@ -1,0 +1,1 @@
+"""Throughput harness for shipper: a load generator and an end-to-end benchmark."""

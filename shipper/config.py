@@ -1,0 +1,599 @@
+"""Configuration: TOML in, validated frozen objects out.
+
+The file format is the contract of DESIGN.md ("Configuration"). Rules that hold for every key:
+
+* Unknown keys are rejected, with the nearest known key suggested.
+* Strings may hold ``${NAME}``: the value of environment variable NAME (a missing variable is an
+  error naming it); ``$$`` is a literal ``$``.
+* Sizes take an integer number of bytes or a string with a unit: ``"512MB"`` (decimal: B, KB, MB,
+  GB, TB) or ``"1GiB"`` (binary: KiB, MiB, GiB, TiB).
+* Durations take a number of seconds or a string: ``"250ms"``, ``"5s"``, ``"2m"``, ``"1h"``,
+  ``"1d"``, or a sum such as ``"1m30s"``.
+* Relative paths resolve against the working directory.
+* Every problem is reported as ``key.path: what is wrong, got <value>``; all problems of a file are
+  reported at once, and a ``ConfigError`` carries them.
+
+Each ``XConfig`` builds its runtime object (``XConfig.build() -> X``) in the module that owns X.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import ssl
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+from shipper.errors import ConfigError, ConfigProblem
+
+T = TypeVar("T")
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+CHAIN_PROFILES: Final = ("seed", "safeclaw-jsonl")
+SOURCE_TYPES: Final = ("json_tls",)
+SINK_TYPES: Final = ("file",)
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Value parsers (pure; they raise ValueError with the "expected ..." part of the message)
+
+
+_SIZE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_UNITS: Final = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``1048576``, ``"512MB"`` or ``"1GiB"``; ValueError says what was expected."""
+    expected = 'expected a size like "512MB" or "1GiB"'
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(expected + " (not negative)")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    match = _SIZE_RE.match(value)
+    if match is None or match.group(2).upper() not in _SIZE_UNITS:
+        raise ValueError(expected)
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+_DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``5``, ``"250ms"``, ``"5s"`` or ``"1m30s"``; ValueError says what was expected."""
+    expected = 'expected a duration like "5s", "250ms" or "2m"'
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, int | float):
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(expected + " (not negative)")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART_RE.finditer(text):
+        if match.start() != pos:
+            raise ValueError(expected)
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(text):
+        raise ValueError(expected)
+    return total
+
+
+@dataclass(frozen=True)
+class Address:
+    """A TCP/UDP endpoint ``host:port`` (``[v6addr]:port`` for IPv6)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_ADDRESS_RE: Final = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]/]+)):(?P<port>\d+)$"
+)
+
+
+def parse_address(value: object) -> Address:
+    """An ``Address`` from ``"127.0.0.1:6515"`` or ``"[::1]:6515"``."""
+    expected = 'expected "host:port" (IPv6 as "[::1]:port")'
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    match = _ADDRESS_RE.match(value.strip())
+    if match is None:
+        raise ValueError(expected)
+    port = int(match.group("port"))
+    if port > 65535:
+        raise ValueError("expected a port from 0 to 65535")
+    return Address(match.group("v6") or match.group("host"), port)
+
+
+_ENV_RE: Final = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+
+
+def interpolate_env(text: str, env: Mapping[str, str]) -> str:
+    """Replace ``${NAME}`` with the variable's value and ``$$`` with ``$``.
+
+    Raises KeyError(NAME) for a variable that is not set.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) == "$":
+            return "$"
+        name = match.group(2)
+        if name not in env:
+            raise KeyError(name)
+        return env[name]
+
+    return _ENV_RE.sub(replace, text)
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it, for error messages."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# A reader over one TOML table that records problems instead of stopping at the first one
+
+
+class _Missing:
+    pass
+
+
+_REQUIRED: Final = _Missing()
+
+
+class _Table:
+    """Reads typed keys out of one TOML table; collects problems; rejects unknown keys."""
+
+    def __init__(
+        self,
+        raw: Mapping[str, Any],
+        path: str,
+        problems: list[ConfigProblem],
+        env: Mapping[str, str],
+    ) -> None:
+        self._raw = raw
+        self._path = path
+        self._problems = problems
+        self._env = env
+        self._used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def problem(self, name: str, message: str) -> None:
+        self._problems.append(ConfigProblem(self.key(name) if name else self._path, message))
+
+    def keys(self) -> list[str]:
+        return list(self._raw)
+
+    def has(self, name: str) -> bool:
+        return name in self._raw
+
+    def _env_expand(self, name: str, value: Any) -> Any:
+        if isinstance(value, str) and "$" in value:
+            try:
+                return interpolate_env(value, self._env)
+            except KeyError as exc:
+                self.problem(name, f"environment variable {_show(exc.args[0])} is not set")
+                return None
+        if isinstance(value, list):
+            return [self._env_expand(name, item) for item in value]
+        return value
+
+    def _take(self, name: str) -> Any:
+        self._used.add(name)
+        if name not in self._raw:
+            return _REQUIRED
+        return self._env_expand(name, self._raw[name])
+
+    def _get(self, name: str, default: T | _Missing, convert: Any, fallback: T) -> T:
+        """The converted value; on a problem, record it and return the default or fallback."""
+        value = self._take(name)
+        if isinstance(value, _Missing):
+            if isinstance(default, _Missing):
+                self.problem(name, "required key is missing")
+                return fallback
+            return default
+        if value is not None:  # None: an interpolation problem, already reported
+            try:
+                return convert(value)  # type: ignore[no-any-return]
+            except ValueError as exc:
+                self.problem(name, f"{exc}, got {_show(value)}")
+        return fallback if isinstance(default, _Missing) else default
+
+    def string(self, name: str, default: str | _Missing = _REQUIRED) -> str:
+        return self._get(name, default, _string, "")
+
+    def choice(self, name: str, choices: Sequence[str], default: str | _Missing = _REQUIRED) -> str:
+        def convert(value: object) -> str:
+            if value not in choices:
+                raise ValueError("expected " + _one_of(choices))
+            return str(value)
+
+        return self._get(name, default, convert, choices[0])
+
+    def size(self, name: str, default: int | _Missing = _REQUIRED, minimum: int = 0) -> int:
+        def convert(value: object) -> int:
+            size = parse_size(value)
+            if size < minimum:
+                raise ValueError(f"expected a size of at least {minimum} bytes")
+            return size
+
+        return self._get(name, default, convert, max(minimum, 1))
+
+    def duration(
+        self, name: str, default: float | _Missing = _REQUIRED, minimum: float = 0.0
+    ) -> float:
+        def convert(value: object) -> float:
+            seconds = parse_duration(value)
+            if seconds < minimum:
+                raise ValueError(f"expected a duration of at least {minimum}s")
+            return seconds
+
+        return self._get(name, default, convert, max(minimum, 1.0))
+
+    def integer(
+        self,
+        name: str,
+        default: int | _Missing = _REQUIRED,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
+        def convert(value: object) -> int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError("expected an integer")
+            if (minimum is not None and value < minimum) or (
+                maximum is not None and value > maximum
+            ):
+                raise ValueError(f"expected an integer from {minimum} to {maximum}")
+            return value
+
+        return self._get(name, default, convert, minimum if minimum is not None else 0)
+
+    def boolean(self, name: str, default: bool | _Missing = _REQUIRED) -> bool:
+        return self._get(name, default, _boolean, False)
+
+    def address(self, name: str, default: Address | _Missing = _REQUIRED) -> Address:
+        return self._get(name, default, parse_address, Address("127.0.0.1", 0))
+
+    def path_(self, name: str, default: Path | _Missing = _REQUIRED) -> Path | None:
+        return self._get(name, default, _path, None)
+
+    def file(self, name: str) -> Path | None:
+        """A path to an existing, readable file (None when absent or invalid)."""
+        path = self.path_(name)
+        if path is not None:
+            if not path.is_file():
+                self.problem(name, f"file not found, got {_show(str(path))}")
+                return None
+            if not os.access(path, os.R_OK):
+                self.problem(name, f"file is not readable, got {_show(str(path))}")
+                return None
+        return path
+
+    def string_list(self, name: str) -> tuple[str, ...] | None:
+        value = self._take(name)
+        if isinstance(value, _Missing) or value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.problem(name, f"expected a list of strings, got {_show(value)}")
+            return None
+        return tuple(value)
+
+    def table(self, name: str, required: bool = False) -> _Table | None:
+        self._used.add(name)
+        value = self._raw.get(name, _REQUIRED)
+        if isinstance(value, _Missing):
+            if required:
+                self.problem(name, "required table is missing")
+            return None
+        if not isinstance(value, dict):
+            self.problem(name, f"expected a table, got {_show(value)}")
+            return None
+        return _Table(value, self.key(name), self._problems, self._env)
+
+    def subtables(self) -> Iterator[tuple[str, _Table]]:
+        """Every key of this table, each of which must itself be a table (``[sinks.NAME]``)."""
+        for name, value in self._raw.items():
+            self._used.add(name)
+            if not isinstance(value, dict):
+                self.problem(name, f"expected a table, got {_show(value)}")
+                continue
+            if not _ID_RE.match(name):
+                self.problem(name, "expected an id of letters, digits, '_', '-' and '.'")
+            yield name, _Table(value, self.key(name), self._problems, self._env)
+
+    def finish(self) -> None:
+        """Report every key that no reader asked for."""
+        for name in self._raw:
+            if name not in self._used:
+                known = sorted(self._used)
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                self.problem(name, f"unknown key{hint}")
+
+
+def _one_of(choices: Sequence[str]) -> str:
+    shown = [f'"{c}"' for c in choices]
+    if len(shown) == 1:
+        return shown[0]
+    return ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _path(value: object) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a path")
+    return Path(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The configuration objects
+
+
+@dataclass(frozen=True)
+class TlsServerConfig:
+    """Server-side TLS of a listening source; ``client_ca`` turns on client certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    require_client_cert: bool = False
+
+    def build(self) -> ssl.SSLContext:
+        """The server ``SSLContext``; raises ``ssl.SSLError``/``OSError`` on unusable files."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)
+        if self.client_ca is not None:
+            context.load_verify_locations(cafile=self.client_ca)
+            context.verify_mode = (
+                ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
+            )
+        return context
+
+
+@dataclass(frozen=True)
+class JsonTlsSourceConfig:
+    """``type = "json_tls"``: newline-delimited JSON objects over TCP, TLS when ``tls`` is set."""
+
+    id: str
+    address: Address
+    tls: TlsServerConfig | None = None
+    max_line_bytes: int = 1024 * 1024
+    max_connections: int = 1024
+    idle_timeout: float = 300.0
+    kind: Literal["json_tls"] = "json_tls"
+
+
+SourceConfig = JsonTlsSourceConfig
+
+
+@dataclass(frozen=True)
+class FileSinkConfig:
+    """``type = "file"``: JSON-lines files in a directory, a new file past ``max_file_bytes``."""
+
+    id: str
+    path: Path
+    inputs: tuple[str, ...] | None = None
+    max_file_bytes: int = 128 * 1024 * 1024
+    kind: Literal["file"] = "file"
+
+
+SinkConfig = FileSinkConfig
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    """``[chain]``: which profile names the agent and chain fields of a record."""
+
+    profile: str = "seed"
+
+    @property
+    def agent_field(self) -> str:
+        return "agentId"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    data_dir: Path = Path("var")
+    shutdown_timeout: float = 30.0
+    log_level: str = "info"
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    sources: Mapping[str, SourceConfig] = field(default_factory=dict)
+    sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
+    origin: str = ""
+
+
+def _tls_server(table: _Table) -> TlsServerConfig | None:
+    cert = table.file("cert")
+    key = table.file("key")
+    client_ca = table.file("client_ca") if table.has("client_ca") else None
+    require = table.boolean("require_client_cert", table.has("client_ca"))
+    table.finish()
+    if require and not table.has("client_ca"):
+        table.problem("require_client_cert", "requires client_ca (the CA that signs client certs)")
+        return None
+    if cert is None or key is None or (table.has("client_ca") and client_ca is None):
+        return None
+    config = TlsServerConfig(cert, key, client_ca, require)
+    try:
+        config.build()
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        table.problem("", f"cannot use these certificate files: {exc}")
+        return None
+    return config
+
+
+def _source(source_id: str, table: _Table) -> SourceConfig | None:
+    table.choice("type", SOURCE_TYPES)
+    address = table.address("address")
+    tls_table = table.table("tls")
+    tls = _tls_server(tls_table) if tls_table is not None else None
+    config = JsonTlsSourceConfig(
+        id=source_id,
+        address=address,
+        tls=tls,
+        max_line_bytes=table.size("max_line_bytes", 1024 * 1024, minimum=64),
+        max_connections=table.integer("max_connections", 1024, minimum=1, maximum=1_000_000),
+        idle_timeout=table.duration("idle_timeout", 300.0, minimum=0.001),
+    )
+    table.finish()
+    return config
+
+
+def _sink(sink_id: str, table: _Table, source_ids: Sequence[str]) -> SinkConfig | None:
+    table.choice("type", SINK_TYPES)
+    inputs = table.string_list("inputs")
+    for index, name in enumerate(inputs or ()):
+        if name not in source_ids:
+            table.problem(
+                f"inputs[{index}]",
+                f"expected one of the sources ({', '.join(source_ids)}), got {_show(name)}",
+            )
+    path = table.path_("path")
+    max_file_bytes = table.size("max_file_bytes", 128 * 1024 * 1024, minimum=4096)
+    table.finish()
+    if path is None:
+        return None
+    return FileSinkConfig(id=sink_id, path=path, inputs=inputs, max_file_bytes=max_file_bytes)
+
+
+def parse_config(
+    raw: Mapping[str, Any], env: Mapping[str, str] | None = None, origin: str = ""
+) -> Config:
+    """Validate a parsed TOML document; raise ``ConfigError`` listing every problem."""
+    problems: list[ConfigProblem] = []
+    top = _Table(raw, "", problems, os.environ if env is None else env)
+    data_dir = top.path_("data_dir", Path("var")) or Path("var")
+    shutdown_timeout = top.duration("shutdown_timeout", 30.0)
+
+    log_level = "info"
+    log = top.table("log")
+    if log is not None:
+        log_level = log.choice("level", LOG_LEVELS, "info")
+        log.finish()
+
+    chain = ChainConfig()
+    chain_table = top.table("chain")
+    if chain_table is not None:
+        chain = ChainConfig(profile=chain_table.choice("profile", CHAIN_PROFILES, "seed"))
+        chain_table.finish()
+
+    sources: dict[str, SourceConfig] = {}
+    sources_table = top.table("sources", required=True)
+    if sources_table is not None:
+        for source_id, table in sources_table.subtables():
+            source = _source(source_id, table)
+            if source is not None:
+                sources[source_id] = source
+        if not sources_table.keys():
+            top.problem("sources", "expected at least one source")
+        _check_distinct_addresses(sources, sources_table)
+
+    sinks: dict[str, SinkConfig] = {}
+    sinks_table = top.table("sinks", required=True)
+    if sinks_table is not None:
+        for sink_id, table in sinks_table.subtables():
+            sink = _sink(sink_id, table, sources_table.keys() if sources_table else [])
+            if sink is not None:
+                sinks[sink_id] = sink
+        if not sinks_table.keys():
+            top.problem("sinks", "expected at least one sink (events must go somewhere)")
+    top.finish()
+    if problems:
+        raise ConfigError(problems, origin)
+    return Config(
+        data_dir=data_dir,
+        shutdown_timeout=shutdown_timeout,
+        log_level=log_level,
+        chain=chain,
+        sources=sources,
+        sinks=sinks,
+        origin=origin,
+    )
+
+
+def _check_distinct_addresses(sources: Mapping[str, SourceConfig], table: _Table) -> None:
+    seen: dict[Address, str] = {}
+    for source_id, source in sources.items():
+        if source.address.port == 0:
+            continue
+        other = seen.setdefault(source.address, source_id)
+        if other != source_id:
+            table.problem(
+                f"{source_id}.address",
+                f'expected an address not used by source "{other}", got "{source.address}"',
+            )
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file; ``ConfigError`` for any problem, file ones included."""
+    origin = str(path)
+    try:
+        with open(path, "rb") as file:
+            raw = tomllib.load(file)
+    except FileNotFoundError as exc:
+        raise ConfigError([ConfigProblem("", f"config file not found: {origin}")], origin) from exc
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigProblem("", f"cannot read config file {origin}: {exc.strerror}")], origin
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            [ConfigProblem("", f"{origin} is not valid TOML: {exc}")], origin
+        ) from exc
+    return parse_config(raw, env, origin)

@@ -1,0 +1,102 @@
+"""The event envelope: what shipper adds around each agent record, and its one-line JSON form.
+
+Every archived line is one JSON object (DESIGN.md, "Event model"), keys in this order::
+
+    {"v":1,"id":"...","received_at":"2026-11-22T10:45:23.102345Z",
+     "source":{"id":"agents_tls","kind":"json_tls","peer":"10.0.0.7:51234",
+               "tls_subject":"CN=host-7","tls_san":["host-7"]},
+     "syslog":{...},            # syslog sources only
+     "agent":"customer-service-agent-03",   # when the record names its agent
+     "chain":{...},             # when the record belongs to a chain
+     "record":{...}}            # the agent's record, byte for byte as received
+                                # or, for input that could not be parsed:
+     "malformed":{"reason":"...","raw_b64":"...","size":N,"truncated":false}
+
+``record`` is written from the exact bytes the sender sent (they were parsed once and are known to be
+a JSON object), so the archive holds what the agent wrote, not a re-serialization of it. ``size`` is
+the length in bytes of the whole offending input; ``raw_b64`` holds all of it, or its first
+``MALFORMED_KEEP_BYTES`` when ``truncated`` is true.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+ENVELOPE_VERSION: Final = 1
+#: How much of an unparseable input a ``malformed`` event keeps (the rest is counted in ``size``).
+MALFORMED_KEEP_BYTES: Final = 4096
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """RFC 3339 UTC with microseconds and a ``Z``: ``2026-11-22T10:45:23.102345Z``."""
+    moment = now if now is not None else datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(slots=True)
+class Malformed:
+    """Input that could not become a record: why, and the bytes (or their first part)."""
+
+    reason: str
+    raw: bytes
+    size: int
+
+    @classmethod
+    def of(cls, reason: str, raw: bytes, size: int | None = None) -> Malformed:
+        """Keep at most ``MALFORMED_KEEP_BYTES`` of ``raw``; ``size`` defaults to its length."""
+        return cls(reason, raw[:MALFORMED_KEEP_BYTES], len(raw) if size is None else size)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "raw_b64": base64.b64encode(self.raw).decode("ascii"),
+            "size": self.size,
+            "truncated": self.size > len(self.raw),
+        }
+
+
+@dataclass(slots=True)
+class Event:
+    """One received unit of evidence, before it has an id.
+
+    ``source`` is the envelope's source object; one dict is shared by all events of a connection.
+    Exactly one of ``record_json`` (the record's exact JSON bytes) and ``malformed`` is set.
+    """
+
+    received_at: str
+    source: dict[str, Any]
+    agent: str | None = None
+    record_json: bytes | None = None
+    malformed: Malformed | None = None
+    syslog: dict[str, Any] | None = None
+    chain: dict[str, Any] | None = None
+
+    @property
+    def source_id(self) -> str:
+        return str(self.source["id"])
+
+    def encode(self, event_id: str) -> bytes:
+        """The envelope as one line of JSON (no trailing newline)."""
+        envelope: dict[str, Any] = {
+            "v": ENVELOPE_VERSION,
+            "id": event_id,
+            "received_at": self.received_at,
+            "source": self.source,
+        }
+        if self.syslog is not None:
+            envelope["syslog"] = self.syslog
+        if self.agent is not None:
+            envelope["agent"] = self.agent
+        if self.chain is not None:
+            envelope["chain"] = self.chain
+        if self.record_json is not None:
+            envelope["record"] = orjson.Fragment(self.record_json)
+        else:
+            assert self.malformed is not None
+            envelope["malformed"] = self.malformed.as_json()
+        return orjson.dumps(envelope)

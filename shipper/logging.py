@@ -1,0 +1,65 @@
+"""The daemon's own logs: one JSON object per line on stderr (journald keeps it), apart from the
+audit stream.
+
+Entries carry ``ts`` (RFC 3339 UTC), ``level``, ``logger`` and a stable snake_case ``event`` name
+(``shipper_ready``, ``connection_refused``, ...) plus fields; the event names are an interface
+(alerting rules match on them), so change them only with a note in the README. Records of other
+libraries that log through the standard ``logging`` module come out in the same JSON shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import orjson
+import structlog
+from pythonjsonlogger.json import JsonFormatter
+from structlog.typing import FilteringBoundLogger
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _dumps(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def configure(level: str = "info", stream: TextIO | None = None) -> None:
+    """Send shipper's structlog entries and stdlib ``logging`` records to ``stream`` as JSON."""
+    out = stream if stream is not None else sys.stderr
+    levelno = _LEVELS[level]
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(levelno),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+            json_serializer=_dumps,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(levelno, logging.INFO))
+
+
+def get_logger(name: str) -> FilteringBoundLogger:
+    """A structlog logger whose entries name ``name`` as their ``logger``."""
+    logger: FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    return logger

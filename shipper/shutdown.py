@@ -1,0 +1,106 @@
+"""Running the daemon, and stopping it in two phases.
+
+Phase one (SIGTERM or SIGINT): tell systemd ``STOPPING=1``, stop accepting and reading, and let every
+event already read drain to the sinks, under ``shutdown_timeout``. Phase two (the deadline passes or
+a second signal arrives): cancel everything, and log per sink how many events were left undelivered.
+Only cleanup (closing and fsyncing files) is shielded from the cancellation.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import trio
+
+from shipper import __version__
+from shipper.config import Address, Config
+from shipper.logging import get_logger
+from shipper.sdnotify import notify, watchdog
+from shipper.topology import Topology
+
+log = get_logger("shipper.daemon")
+
+
+class Shutdown:
+    """A stop request; a second request forces the stop."""
+
+    def __init__(self) -> None:
+        self.requested = trio.Event()
+        self.forced = trio.Event()
+        self.reason = ""
+
+    def request(self, reason: str) -> None:
+        if self.requested.is_set():
+            log.warning("shutdown_forced_by_request", reason=reason)
+            self.forced.set()
+            return
+        self.reason = reason
+        self.requested.set()
+
+
+async def _watch_signals(shutdown: Shutdown) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            shutdown.request(signal.Signals(signum).name)
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Return as soon as any of the events is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
+
+
+async def run_daemon(
+    config: Config,
+    shutdown: Shutdown | None = None,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[dict[str, list[Address]]] = trio.TASK_STATUS_IGNORED,
+) -> bool:
+    """Run until a stop is requested; True if everything read was delivered before exiting."""
+    shutdown = shutdown if shutdown is not None else Shutdown()
+    topology = Topology(config)
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            nursery.start_soon(_watch_signals, shutdown)
+        bound = await nursery.start(topology.run)
+        notify("READY=1\nSTATUS=listening")
+        log.info(
+            "shipper_ready",
+            version=__version__,
+            config=config.origin,
+            sources={name: [str(a) for a in addresses] for name, addresses in bound.items()},
+            sinks=sorted(config.sinks),
+        )
+        task_status.started(bound)
+        nursery.start_soon(watchdog)
+
+        await shutdown.requested.wait()
+        notify("STOPPING=1")
+        log.info("shutdown_started", reason=shutdown.reason, timeout=config.shutdown_timeout)
+        topology.stop()
+        with trio.move_on_after(config.shutdown_timeout):
+            await _first_of(topology.finished, shutdown.forced)
+        drained = topology.finished.is_set()
+        summary: dict[str, Any] = {
+            "events": topology.counters["events"],
+            "delivered": {slot.sink.id: slot.sink.counters["events"] for slot in topology.sinks},
+        }
+        if drained:
+            log.info("shutdown_complete", **summary)
+        else:
+            log.error(
+                "shutdown_forced",
+                reason="second signal" if shutdown.forced.is_set() else "shutdown_timeout passed",
+                undelivered=topology.pending(),
+                **summary,
+            )
+        nursery.cancel_scope.cancel()
+    return drained

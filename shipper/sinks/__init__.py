@@ -1,0 +1,1 @@
+"""Sinks: destinations that take encoded envelopes and confirm delivery."""

@@ -1,0 +1,182 @@
+"""Sink ``file``: local JSON-lines files, rotated by size (the default archive).
+
+Layout of ``path`` (a directory, created if missing)::
+
+    events-20261123T175500Z-0001.jsonl     one envelope (shipper.events) per line, LF-terminated
+    events-20261123T181210Z-0002.jsonl     the next file, opened when the current one would pass
+                                           max_file_bytes, or at the next start of the daemon
+
+Rules:
+
+* Files are created exclusively (never appended to across restarts); names sort in creation order.
+* A batch is written whole or, on a write error, the file is truncated back to where the batch began
+  (or, if even that fails, abandoned for a new file) and the batch is retried with capped exponential
+  backoff: an unavailable directory or a full disk never stops the daemon, and never loses or tears
+  a line. Events wait in the pipeline meanwhile (backpressure).
+* A file is fsynced before it is closed (rotation and shutdown), and the directory after a file is
+  created, so a finished file survives a power cut.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import trio
+
+from shipper.config import FileSinkConfig
+from shipper.errors import DestinationUnavailable
+from shipper.logging import get_logger
+
+log = get_logger("shipper.sinks.file")
+
+#: How many bytes of queued batches one write gathers.
+WRITE_BYTES = 1024 * 1024
+RETRY_INITIAL = 0.1
+RETRY_MAX = 30.0
+
+
+class FileSink:
+    """Writes batches of encoded envelopes to rotating JSON-lines files."""
+
+    kind = "file"
+
+    def __init__(self, config: FileSinkConfig) -> None:
+        self.config = config
+        self.id = config.id
+        self.counters: Counter[str] = Counter()
+        self._fd: int | None = None
+        self._size = 0
+        self._serial = 0
+        self.current_path: Path | None = None
+
+    async def run(
+        self,
+        receive: trio.MemoryReceiveChannel[list[bytes]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Write every batch received until the channel closes; then fsync and close."""
+        task_status.started()
+        try:
+            async with receive:
+                while True:
+                    try:
+                        lines = list(await receive.receive())
+                    except trio.EndOfChannel:
+                        break
+                    size = sum(map(len, lines)) + len(lines)
+                    while size < WRITE_BYTES:
+                        try:
+                            more = receive.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        lines.extend(more)
+                        size += sum(map(len, more)) + len(more)
+                    lines.append(b"")
+                    await self._deliver(b"\n".join(lines), len(lines) - 1)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._close)
+
+    async def _deliver(self, data: bytes, count: int) -> None:
+        """Write one gathered batch, retrying with backoff until the directory takes it."""
+        delay = RETRY_INITIAL
+        while True:
+            try:
+                await trio.to_thread.run_sync(self._write, data)
+            except DestinationUnavailable as exc:
+                self.counters["write_errors"] += 1
+                wait = delay * random.uniform(0.5, 1.0)
+                log.error(
+                    "sink_write_failed",
+                    sink=self.id,
+                    error=str(exc),
+                    events=count,
+                    retry_in=round(wait, 3),
+                )
+                await trio.sleep(wait)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            self.counters["events"] += count
+            self.counters["bytes"] += len(data)
+            return
+
+    # The methods below run in a worker thread.
+
+    def _open(self) -> None:
+        directory = self.config.path
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        while True:
+            self._serial += 1
+            path = directory / f"events-{stamp}-{self._serial:04d}.jsonl"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            except FileExistsError:
+                continue
+            break
+        _fsync_dir(directory)
+        self._fd, self._size, self.current_path = fd, 0, path
+        log.info("sink_file_opened", sink=self.id, path=str(path))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            if (
+                self._fd is not None
+                and self._size
+                and self._size + len(data) > (self.config.max_file_bytes)
+            ):
+                self._close()
+            if self._fd is None:
+                self._open()
+            assert self._fd is not None
+            view = memoryview(data)
+            written = 0
+            try:
+                while written < len(data):
+                    written += os.write(self._fd, view[written:])
+            except OSError:
+                self._undo_partial(written)
+                raise
+            self._size += len(data)
+        except OSError as exc:
+            raise DestinationUnavailable(
+                f"cannot write to {self.config.path}: {exc.strerror or exc}"
+            ) from exc
+
+    def _undo_partial(self, written: int) -> None:
+        """Cut a partly written batch off the file, or give the file up if that fails too."""
+        if not written or self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.lseek(self._fd, self._size, os.SEEK_SET)
+        except OSError:
+            log.error("sink_file_abandoned", sink=self.id, path=str(self.current_path))
+            os.close(self._fd)
+            self._fd = None
+
+    def _close(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.error(
+                "sink_fsync_failed", sink=self.id, path=str(self.current_path), error=str(exc)
+            )
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,277 @@
+"""Stream listeners shared by the network sources: accept, TLS, limits, peer identity, shutdown.
+
+A ``StreamServer`` accepts TCP connections (wrapped in TLS when it has an ``SSLContext``), refuses
+connections past ``max_connections`` with a logged reason, completes the TLS handshake under the idle
+timeout, and hands each connection to the source's handler as a ``Connection``. The handler reads
+with ``Connection.receive()``, which ends the stream on peer EOF, on an idle timeout, and when the
+server is stopping; the handler's sends to the pipeline are never interrupted by a stop, so what has
+been read is handed on (phase one of shutdown). Only a forced shutdown cancels everything.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import trio
+
+from shipper.config import Address
+from shipper.errors import ListenError
+from shipper.logging import get_logger
+
+RECEIVE_BYTES: Final = 256 * 1024
+_ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_RDN_NAMES: Final = {
+    "commonName": "CN",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "streetAddress": "STREET",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
+
+log = get_logger("shipper.sources")
+
+
+def format_peer(sockname: Any) -> str:
+    """``host:port`` (``[v6]:port``) from a socket address tuple."""
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        host, port = sockname[0], sockname[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(sockname) or "unix"
+
+
+def _escape_rdn_value(value: str) -> str:
+    out = []
+    for index, char in enumerate(value):
+        if char in ',+"\\<>;=' or (char == "#" and index == 0):
+            out.append("\\" + char)
+        elif char == " " and index in (0, len(value) - 1):
+            out.append("\\ ")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def format_subject(subject: Any) -> str | None:
+    """An RFC 4514 string (``CN=host-7,O=Example``) from ``SSLSocket.getpeercert()["subject"]``."""
+    if not subject:
+        return None
+    rdns = []
+    for rdn in reversed(subject):  # RFC 4514 writes the most specific RDN first
+        rdns.append(
+            "+".join(
+                f"{_RDN_NAMES.get(name, name)}={_escape_rdn_value(value)}" for name, value in rdn
+            )
+        )
+    return ",".join(rdns)
+
+
+def peer_identity(cert: Any) -> tuple[str | None, list[str]]:
+    """Subject and subjectAltName values of a verified peer certificate (``getpeercert()``)."""
+    if not cert:
+        return None, []
+    sans = [str(value) for _kind, value in cert.get("subjectAltName", ())]
+    return format_subject(cert.get("subject")), sans
+
+
+class Connection:
+    """One accepted connection as a source handler sees it."""
+
+    def __init__(
+        self,
+        server: StreamServer,
+        stream: trio.abc.Stream,
+        peer: str,
+        tls_subject: str | None = None,
+        tls_san: list[str] | None = None,
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.peer = peer
+        self.tls_subject = tls_subject
+        self.tls_san = tls_san or []
+        #: Why reading ended: "eof", "idle_timeout", "shutdown" or "broken: <reason>".
+        self.end_reason = ""
+        self._scope: trio.CancelScope | None = None
+        self.bytes_received = 0
+
+    def stop_reading(self) -> None:
+        """Make the current and any later ``receive()`` end the stream (shutdown)."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def receive(self) -> bytes:
+        """The next bytes; ``b""`` when the stream has ended (see ``end_reason``)."""
+        if self.server.stopping:
+            self.end_reason = "shutdown"
+            return b""
+        with trio.CancelScope(deadline=trio.current_time() + self.server.idle_timeout) as scope:
+            self._scope = scope
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except trio.BrokenResourceError as exc:
+                cause = exc.__cause__ or exc
+                self.end_reason = f"broken: {cause}"
+                return b""
+            finally:
+                self._scope = None
+        if scope.cancelled_caught:
+            self.end_reason = "shutdown" if self.server.stopping else "idle_timeout"
+            return b""
+        if not data:
+            self.end_reason = "eof"
+        self.bytes_received += len(data)
+        return data if isinstance(data, bytes) else bytes(data)
+
+
+Handler = Callable[[Connection], Awaitable[None]]
+
+
+class StreamServer:
+    """Listens on one address; runs ``handler`` per connection; stops in two steps."""
+
+    def __init__(
+        self,
+        source_id: str,
+        address: Address,
+        handler: Handler,
+        counters: Counter[str],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 1024,
+        idle_timeout: float = 300.0,
+    ) -> None:
+        self.source_id = source_id
+        self.address = address
+        self.handler = handler
+        self.counters = counters
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.stopping = False
+        self.bound: list[Address] = []
+        self._accept_scope = trio.CancelScope()
+        self._connections: set[Connection] = set()
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def stop(self) -> None:
+        """Stop accepting, and make every connection stop reading (what it read is handed on)."""
+        self.stopping = True
+        self._accept_scope.cancel()
+        for connection in list(self._connections):
+            connection.stop_reading()
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[Address]]) -> None:
+        """Listen; report the bound addresses; return once stopped and every connection ended."""
+        try:
+            listeners = await trio.open_tcp_listeners(self.address.port, host=self.address.host)
+        except OSError as exc:
+            raise ListenError(
+                f"source {self.source_id}: cannot listen on {self.address}: {exc.strerror or exc}"
+            ) from exc
+        self.bound = []
+        for listener in listeners:
+            host, port = listener.socket.getsockname()[:2]
+            self.bound.append(Address(host, port))
+        async with trio.open_nursery() as connections:
+            with self._accept_scope:
+                task_status.started(self.bound)
+                async with trio.open_nursery() as accepters:
+                    for listener in listeners:
+                        accepters.start_soon(self._accept_loop, listener, connections)
+            for listener in listeners:
+                await listener.aclose()
+            if self._connections:
+                log.info(
+                    "source_draining", source=self.source_id, connections=len(self._connections)
+                )
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                    log.error("accept_failed", source=self.source_id, error=str(exc))
+                    self.counters["accept_errors"] += 1
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            peer = format_peer(stream.socket.getpeername())
+            if len(self._connections) >= self.max_connections:
+                self.counters["connections_refused"] += 1
+                log.warning(
+                    "connection_refused",
+                    source=self.source_id,
+                    peer=peer,
+                    reason=f"max_connections ({self.max_connections}) reached",
+                )
+                await _close(stream)
+                continue
+            self.counters["connections_accepted"] += 1
+            nursery.start_soon(self._run_connection, stream, peer)
+
+    async def _run_connection(self, tcp: trio.SocketStream, peer: str) -> None:
+        connection = Connection(self, tcp, peer)
+        self._connections.add(connection)
+        stream: trio.abc.Stream = tcp
+        try:
+            if self.ssl_context is not None:
+                tls = trio.SSLStream(tcp, self.ssl_context, server_side=True)
+                stream = tls
+                connection.stream = tls
+                if not await self._handshake(connection, tls):
+                    return
+            log.debug(
+                "connection_opened",
+                source=self.source_id,
+                peer=peer,
+                tls_subject=connection.tls_subject,
+            )
+            await self.handler(connection)
+        except Exception as exc:
+            # A handler bug must not take the daemon down with it; the traceback is logged.
+            self.counters["handler_errors"] += 1
+            log.exception("connection_failed", source=self.source_id, peer=peer, error=str(exc))
+        finally:
+            self._connections.discard(connection)
+            await _close(stream)
+
+    async def _handshake(self, connection: Connection, tls: trio.SSLStream[Any]) -> bool:
+        """Complete the TLS handshake under the idle timeout; log and count a failure."""
+        reason = ""
+        with trio.CancelScope(deadline=trio.current_time() + self.idle_timeout) as scope:
+            connection._scope = scope
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError as exc:
+                reason = str(exc.__cause__ or exc) or "connection closed during handshake"
+            finally:
+                connection._scope = None
+        if scope.cancelled_caught:
+            reason = "shutdown" if self.stopping else "handshake timed out"
+        if reason:
+            self.counters["tls_handshake_failed"] += 1
+            log.warning(
+                "connection_refused", source=self.source_id, peer=connection.peer, reason=reason
+            )
+            return False
+        connection.tls_subject, connection.tls_san = peer_identity(tls.getpeercert())
+        return True
+
+
+async def _close(stream: trio.abc.AsyncResource) -> None:
+    """Close a stream within a second, even while the surrounding scope is cancelled."""
+    with trio.move_on_after(1) as scope:
+        scope.shield = True
+        await stream.aclose()
