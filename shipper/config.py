@@ -26,6 +26,7 @@ import ssl
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
@@ -37,14 +38,16 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 CHAIN_PROFILES: Final = ("seed", "safeclaw-jsonl")
 SOURCE_TYPES: Final = ("json_tls",)
 SINK_TYPES: Final = ("file",)
-_ID_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 # ---------------------------------------------------------------------------------------------
 # Value parsers (pure; they raise ValueError with the "expected ..." part of the message)
 
 
-_SIZE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+#: Longer numbers are refused rather than computed (a size or duration is never that long).
+_MAX_DIGITS: Final = 30
 _SIZE_UNITS: Final = {
     "": 1,
     "B": 1,
@@ -70,37 +73,47 @@ def parse_size(value: object) -> int:
         return value
     if not isinstance(value, str):
         raise ValueError(expected)
-    match = _SIZE_RE.match(value)
+    match = _SIZE_RE.fullmatch(value)
     if match is None or match.group(2).upper() not in _SIZE_UNITS:
         raise ValueError(expected)
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    if len(match.group(1)) > _MAX_DIGITS:
+        raise ValueError(expected + " (too large)")
+    return int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
 _DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS: Final = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``5``, ``"250ms"``, ``"5s"`` or ``"1m30s"``; ValueError says what was expected."""
+    """Seconds from ``5``, ``"250ms"``, ``"5s"`` or ``"1m30s"``; ValueError says what's expected."""
     expected = 'expected a duration like "5s", "250ms" or "2m"'
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(expected)
     if isinstance(value, int | float):
-        if value < 0 or not math.isfinite(value):
+        if isinstance(value, int) and len(str(abs(value))) > _MAX_DIGITS:
+            raise ValueError(expected + " (too large)")
+        if not math.isfinite(value):
+            raise ValueError(expected + " (finite)")
+        if value < 0:
             raise ValueError(expected + " (not negative)")
         return float(value)
-    if not isinstance(value, str):
-        raise ValueError(expected)
     text = value.strip()
-    pos, total = 0, 0.0
+    pos, total = 0, Decimal(0)
     for match in _DURATION_PART_RE.finditer(text):
-        if match.start() != pos:
+        if match.start() != pos or len(match.group(1)) > _MAX_DIGITS:
             raise ValueError(expected)
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        total += Decimal(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
     if pos == 0 or pos != len(text):
         raise ValueError(expected)
-    return total
+    return float(total)
 
 
 @dataclass(frozen=True)
@@ -124,7 +137,7 @@ def parse_address(value: object) -> Address:
     expected = 'expected "host:port" (IPv6 as "[::1]:port")'
     if not isinstance(value, str):
         raise ValueError(expected)
-    match = _ADDRESS_RE.match(value.strip())
+    match = _ADDRESS_RE.fullmatch(value.strip())
     if match is None:
         raise ValueError(expected)
     port = int(match.group("port"))
@@ -313,7 +326,13 @@ class _Table:
 
     def string_list(self, name: str) -> tuple[str, ...] | None:
         value = self._take(name)
-        if isinstance(value, _Missing) or value is None:
+        if (
+            isinstance(value, _Missing)
+            or value is None
+            or (
+                isinstance(value, list) and None in value  # an interpolation problem, reported
+            )
+        ):
             return None
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             self.problem(name, f"expected a list of strings, got {_show(value)}")
@@ -339,7 +358,7 @@ class _Table:
             if not isinstance(value, dict):
                 self.problem(name, f"expected a table, got {_show(value)}")
                 continue
-            if not _ID_RE.match(name):
+            if not _ID_RE.fullmatch(name):
                 self.problem(name, "expected an id of letters, digits, '_', '-' and '.'")
             yield name, _Table(value, self.key(name), self._problems, self._env)
 

@@ -13,7 +13,8 @@ Every archived line is one JSON object (DESIGN.md, "Event model"), keys in this 
      "malformed":{"reason":"...","raw_b64":"...","size":N,"truncated":false}
 
 ``record`` is written from the exact bytes the sender sent (they were parsed once and are known to be
-a JSON object), so the archive holds what the agent wrote, not a re-serialization of it. ``size`` is
+a JSON object), so the archive holds what the agent wrote, not a re-serialization of it; the one
+change is that raw CR and LF between tokens become spaces, to keep the envelope on one line. ``size`` is
 the length in bytes of the whole offending input; ``raw_b64`` holds all of it, or its first
 ``MALFORMED_KEEP_BYTES`` when ``truncated`` is true.
 """
@@ -34,7 +35,7 @@ MALFORMED_KEEP_BYTES: Final = 4096
 
 def utc_timestamp(now: datetime | None = None) -> str:
     """RFC 3339 UTC with microseconds and a ``Z``: ``2026-11-22T10:45:23.102345Z``."""
-    moment = now if now is not None else datetime.now(UTC)
+    moment = datetime.now(UTC) if now is None else now.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -95,7 +96,12 @@ class Event:
         if self.chain is not None:
             envelope["chain"] = self.chain
         if self.record_json is not None:
-            envelope["record"] = orjson.Fragment(self.record_json)
+            raw = self.record_json
+            if b"\n" in raw or b"\r" in raw:
+                # Raw CR/LF can only be whitespace between JSON tokens (never inside a string):
+                # turn them into spaces so that the envelope stays one line.
+                raw = raw.replace(b"\n", b" ").replace(b"\r", b" ")
+            envelope["record"] = orjson.Fragment(raw)
         else:
             assert self.malformed is not None
             envelope["malformed"] = self.malformed.as_json()

@@ -71,6 +71,10 @@ class LineFramer:
         out: list[Frame] = []
         if self._discarding:
             newline = data.find(b"\n")
+            missing = self.keep - len(self._discard_prefix)
+            if missing > 0:
+                end = len(data) if newline < 0 else newline
+                self._discard_prefix += data[: min(end, missing)]
             if newline < 0:
                 self._discard_size += len(data)
                 return out

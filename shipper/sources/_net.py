@@ -101,6 +101,7 @@ class Connection:
         self.end_reason = ""
         self._scope: trio.CancelScope | None = None
         self.bytes_received = 0
+        server.register(self)
 
     def stop_reading(self) -> None:
         """Make the current and any later ``receive()`` end the stream (shutdown)."""
@@ -164,6 +165,13 @@ class StreamServer:
     def connections(self) -> int:
         return len(self._connections)
 
+    def register(self, connection: Connection) -> None:
+        """Count a connection and let ``stop()`` reach it (until ``unregister``)."""
+        self._connections.add(connection)
+
+    def unregister(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+
     def stop(self) -> None:
         """Stop accepting, and make every connection stop reading (what it read is handed on)."""
         self.stopping = True
@@ -223,7 +231,6 @@ class StreamServer:
 
     async def _run_connection(self, tcp: trio.SocketStream, peer: str) -> None:
         connection = Connection(self, tcp, peer)
-        self._connections.add(connection)
         stream: trio.abc.Stream = tcp
         try:
             if self.ssl_context is not None:
@@ -244,7 +251,7 @@ class StreamServer:
             self.counters["handler_errors"] += 1
             log.exception("connection_failed", source=self.source_id, peer=peer, error=str(exc))
         finally:
-            self._connections.discard(connection)
+            self.unregister(connection)
             await _close(stream)
 
     async def _handshake(self, connection: Connection, tls: trio.SSLStream[Any]) -> bool:

@@ -1,0 +1,83 @@
+"""Shared fixtures: TLS material, free ports, configs, and a helper to await a condition."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA, a server certificate for 127.0.0.1 and two client certificates."""
+
+    ca: trustme.CA
+    ca_pem: Path
+    server_pem: Path
+    server_key: Path
+    client_pem: Path  # CN=agent-host-7, SAN agent-host-7
+    client_key: Path
+    other_ca: trustme.CA
+    rogue_pem: Path  # signed by other_ca: not trusted by the server
+    rogue_key: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA with server and client certificates, written once per test session."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
+    for blob in server.cert_chain_pems[1:]:
+        blob.write_to_path(str(folder / "server.pem"), append=True)
+    server.private_key_pem.write_to_path(str(folder / "server.key"))
+    client = ca.issue_cert("agent-host-7", common_name="agent-host-7")
+    client.cert_chain_pems[0].write_to_path(str(folder / "client.pem"))
+    client.private_key_pem.write_to_path(str(folder / "client.key"))
+    other = trustme.CA()
+    rogue = other.issue_cert("agent-host-7", common_name="agent-host-7")
+    rogue.cert_chain_pems[0].write_to_path(str(folder / "rogue.pem"))
+    rogue.private_key_pem.write_to_path(str(folder / "rogue.key"))
+    return TlsFiles(
+        ca,
+        folder / "ca.pem",
+        folder / "server.pem",
+        folder / "server.key",
+        folder / "client.pem",
+        folder / "client.key",
+        other,
+        folder / "rogue.pem",
+        folder / "rogue.key",
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_until(predicate: Callable[[], bool], limit: float = 20.0) -> None:
+    """Poll ``predicate`` (a counter, a file) until it holds; fail the test after ``limit`` s."""
+    with trio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110 - counters and files have no event to await
+            await trio.sleep(0.01)
+
+
+def archive_lines(path: Path) -> list[bytes]:
+    """Every line of every archive file under ``path``, in file order."""
+    lines: list[bytes] = []
+    for file in sorted(path.glob("events-*.jsonl")):
+        lines.extend(file.read_bytes().splitlines())
+    return lines
