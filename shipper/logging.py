@@ -59,7 +59,38 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     root.setLevel(max(levelno, logging.INFO))
 
 
-def get_logger(name: str) -> FilteringBoundLogger:
-    """A structlog logger whose entries name ``name`` as their ``logger``."""
-    logger: FilteringBoundLogger = structlog.get_logger().bind(logger=name)
-    return logger
+class Logger:
+    """A named logger that follows the structlog configuration in force when it logs.
+
+    Modules create theirs at import time, before ``configure()`` runs, so binding is deferred.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _bound(self) -> FilteringBoundLogger:
+        logger: FilteringBoundLogger = structlog.get_logger().bind(logger=self.name)
+        return logger
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._bound().debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._bound().info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._bound().warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._bound().error(event, **fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error entry with the current exception's traceback."""
+        self._bound().exception(event, **fields)
+
+
+def get_logger(name: str) -> Logger:
+    """A logger whose entries name ``name`` as their ``logger``."""
+    return Logger(name)

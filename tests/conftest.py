@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+import structlog
 import trio
 import trustme
+
+from shipper.logging import configure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,3 +88,35 @@ def archive_lines(path: Path) -> list[bytes]:
     for file in sorted(path.glob("events-*.jsonl")):
         lines.extend(file.read_bytes().splitlines())
     return lines
+
+
+class LogCapture:
+    """The daemon's JSON log entries, captured in memory."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def entries(self, event: str | None = None) -> list[dict[str, Any]]:
+        """Every entry so far (or those with the given ``event`` name), parsed."""
+        parsed = [orjson.loads(line) for line in self.stream.getvalue().splitlines() if line]
+        return [entry for entry in parsed if event is None or entry.get("event") == event]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    """Route shipper's logs into memory for the test, as JSON lines."""
+    capture = LogCapture()
+    configure("debug", stream=capture.stream)
+    yield capture
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def file_sink_config(root: Path, **sink: object) -> dict[str, Any]:
+    """A raw config: one json_tls source on an ephemeral loopback port, one file sink."""
+    return {
+        "data_dir": str(root / "var"),
+        "shutdown_timeout": "10s",
+        "sources": {"agents": {"type": "json_tls", "address": "127.0.0.1:0"}},
+        "sinks": {"archive": {"type": "file", "path": str(root / "archive"), **sink}},
+    }

@@ -192,13 +192,15 @@ class StreamServer:
             host, port = listener.socket.getsockname()[:2]
             self.bound.append(Address(host, port))
         async with trio.open_nursery() as connections:
-            with self._accept_scope:
-                task_status.started(self.bound)
-                async with trio.open_nursery() as accepters:
-                    for listener in listeners:
-                        accepters.start_soon(self._accept_loop, listener, connections)
-            for listener in listeners:
-                await listener.aclose()
+            try:
+                with self._accept_scope:
+                    task_status.started(self.bound)
+                    async with trio.open_nursery() as accepters:
+                        for listener in listeners:
+                            accepters.start_soon(self._accept_loop, listener, connections)
+            finally:
+                for listener in listeners:
+                    listener.socket.close()  # sync: also under cancellation
             if self._connections:
                 log.info(
                     "source_draining", source=self.source_id, connections=len(self._connections)

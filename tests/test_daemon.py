@@ -1,0 +1,192 @@
+"""The whole daemon in-process: sources to file sink, ordering, inputs, and two-phase shutdown."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import trio
+
+from shipper.config import Address, parse_config
+from shipper.shutdown import Shutdown, run_daemon
+from shipper.sinks.file import FileSink
+from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
+
+
+def record(agent: str, sequence: int) -> bytes:
+    """One audit record line in the seed format (without a real hash)."""
+    return orjson.dumps({"agentId": agent, "sequence": sequence, "action": "db.query"}) + b"\n"
+
+
+async def send(address: Address, data: bytes) -> None:
+    """Send ``data`` over one TCP connection and close it."""
+    stream = await trio.open_tcp_stream(address.host, address.port)
+    async with stream:
+        await stream.send_all(data)
+
+
+async def test_events_reach_the_archive_in_order_with_unique_ids(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """Records sent over several connections all land in the archive, each in sending order."""
+    config = parse_config(file_sink_config(tmp_path))
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, config, shutdown)
+        address = bound["agents"][0]
+        async with trio.open_nursery() as senders:
+            for agent in ("a", "b", "c"):
+                data = b"".join(record(agent, n) for n in range(1, 501))
+                senders.start_soon(send, address, data)
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 1500)
+        shutdown.request("test")
+    envelopes = [orjson.loads(line) for line in archive_lines(tmp_path / "archive")]
+    for agent in ("a", "b", "c"):
+        sequences = [e["record"]["sequence"] for e in envelopes if e["agent"] == agent]
+        assert sequences == list(range(1, 501))
+    assert len({e["id"] for e in envelopes}) == 1500
+    assert logs.entries("shutdown_complete")[0]["delivered"] == {"archive": 1500}
+
+
+async def test_sink_inputs_select_sources(tmp_path: Path, logs: LogCapture) -> None:
+    """A sink with ``inputs`` gets only the events of the sources it names."""
+    raw = file_sink_config(tmp_path)
+    raw["sources"]["other"] = {"type": "json_tls", "address": "127.0.0.1:0"}
+    raw["sinks"]["only_other"] = {
+        "type": "file",
+        "path": str(tmp_path / "other"),
+        "inputs": ["other"],
+    }
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
+        await send(bound["agents"][0], record("a", 1))
+        await send(bound["other"][0], record("o", 1))
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 2)
+        await wait_until(lambda: len(archive_lines(tmp_path / "other")) == 1)
+        shutdown.request("test")
+    (only,) = [orjson.loads(line) for line in archive_lines(tmp_path / "other")]
+    assert only["source"]["id"] == "other"
+    assert only["agent"] == "o"
+
+
+async def test_shutdown_drains_every_accepted_event(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events accepted but not yet written when SIGTERM-style shutdown starts are all written."""
+    gate = threading.Event()
+    real_write = FileSink._write
+
+    def held_write(self: FileSink, data: bytes) -> None:
+        gate.wait(timeout=30)
+        real_write(self, data)
+
+    monkeypatch.setattr(FileSink, "_write", held_write)
+    config = parse_config(file_sink_config(tmp_path))
+    shutdown = Shutdown()
+    drained: list[bool] = []
+
+    async def daemon(task_status: trio.TaskStatus[dict[str, list[Address]]]) -> None:
+        drained.append(await run_daemon(config, shutdown, task_status=task_status))
+
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(daemon)
+        data = b"".join(record("a", n) for n in range(1, 2001))
+        await send(bound["agents"][0], data)
+        await wait_until(lambda: sum(int(e["events"]) for e in closed(logs)) == 2000)
+        assert archive_lines(tmp_path / "archive") == []
+        shutdown.request("SIGTERM")
+        await wait_until(lambda: bool(logs.entries("shutdown_started")))
+        gate.set()
+    assert drained == [True]
+    sequences = [
+        orjson.loads(line)["record"]["sequence"] for line in archive_lines(tmp_path / "archive")
+    ]
+    assert sequences == list(range(1, 2001))
+
+
+def closed(logs: LogCapture) -> list[dict[str, Any]]:
+    """The ``connection_closed`` entries (each says how many events the connection gave)."""
+    return logs.entries("connection_closed")
+
+
+async def test_shutdown_is_forced_after_the_deadline_and_says_what_was_left(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """When a sink cannot write, shutdown gives up at shutdown_timeout and logs the undelivered count."""
+    blocker = tmp_path / "archive"
+    blocker.write_text("a file where the archive directory should be")
+    raw = file_sink_config(tmp_path)
+    raw["shutdown_timeout"] = "300ms"
+    shutdown = Shutdown()
+    drained: list[bool] = []
+
+    async def daemon(task_status: trio.TaskStatus[dict[str, list[Address]]]) -> None:
+        drained.append(await run_daemon(parse_config(raw), shutdown, task_status=task_status))
+
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(daemon)
+        await send(bound["agents"][0], record("a", 1) + record("a", 2))
+        await wait_until(lambda: bool(logs.entries("sink_write_failed")))
+        shutdown.request("SIGTERM")
+    assert drained == [False]
+    (forced,) = logs.entries("shutdown_forced")
+    assert forced["undelivered"] == {"archive": 2}
+    assert forced["reason"] == "shutdown_timeout passed"
+
+
+async def test_unwritable_archive_recovers_without_losing_events(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """A sink whose directory cannot be created retries, and delivers everything once it can."""
+    blocker = tmp_path / "archive"
+    blocker.write_text("in the way")
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, parse_config(file_sink_config(tmp_path)), shutdown)
+        await send(bound["agents"][0], record("a", 1) + record("a", 2))
+        await wait_until(lambda: len(logs.entries("sink_write_failed")) >= 2)
+        blocker.unlink()
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 2)
+        shutdown.request("test")
+    assert logs.entries("shutdown_complete")
+
+
+async def test_file_sink_rotates_by_size(tmp_path: Path, logs: LogCapture) -> None:
+    """Past max_file_bytes the sink starts a new file, and no line is split between files."""
+    shutdown = Shutdown()
+    config = parse_config(file_sink_config(tmp_path, max_file_bytes="4KiB"))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, config, shutdown)
+        for n in range(1, 101):  # one connection each: many small batches
+            await send(bound["agents"][0], record("a", n))
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 100)
+        shutdown.request("test")
+    files = sorted((tmp_path / "archive").glob("events-*.jsonl"))
+    assert len(files) > 3
+    for file in files:
+        data = file.read_bytes()
+        assert len(data) <= 4096
+        assert data.endswith(b"\n")
+    sequences = [
+        orjson.loads(line)["record"]["sequence"] for line in archive_lines(tmp_path / "archive")
+    ]
+    assert sequences == list(range(1, 101))
+
+
+async def test_listen_failure_is_reported_as_listen_error(tmp_path: Path, logs: LogCapture) -> None:
+    """A taken address makes start-up fail with a ListenError naming the source and address."""
+    raw = file_sink_config(tmp_path)
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, parse_config(raw), Shutdown())
+        taken = bound["agents"][0]
+        raw["sources"]["agents"]["address"] = f"127.0.0.1:{taken.port}"
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(Exception, match="source agents: cannot listen"),
+            flatten_subgroups=True,
+        ):
+            await run_daemon(parse_config(raw), Shutdown(), handle_signals=False)
+        nursery.cancel_scope.cancel()
