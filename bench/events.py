@@ -9,9 +9,10 @@ where ``canonical`` is RFC 8785 (JSON Canonicalization Scheme). We compute it wi
 ``orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)``, which produces exactly the RFC 8785 bytes for the
 values generated here: ASCII-only strings without control characters (no escapes beyond ``\\"`` and
 ``\\\\``, which both forms share), ASCII keys (so UTF-8 byte order equals UTF-16 code-unit order),
-integers, and floats with two decimals between 0.01 and 99.99 (shortest round-trip form without an
-exponent, as ECMAScript prints them). Keep generated values inside that subset: non-ASCII text,
-large or tiny floats (exponent notation) or -0.0 would make the two forms differ.
+integers, and floats between 0.01 and 102.38 with a non-zero second decimal (both print them in the
+shortest round-trip form without an exponent). Keep generated values inside that subset: non-ASCII
+text, whole-number floats (RFC 8785 prints ``45.0`` as ``45``), floats needing an exponent, or -0.0
+would make the two forms differ.
 
 Events are interleaved round-robin over the agents (event ``i`` belongs to agent ``i % agents``), in
 timestamp order, so each agent's records appear in sequence order.
@@ -46,10 +47,14 @@ _ACTIONS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ),
     (
         "http.request",
-        ("https://api.example.com/v2/tickets/{n}", "https://internal.example.net/kb/{n}"),
+        ("https://api.example.com/tickets/{n}", "https://kb.example.net/{n}"),
         ("GET", "POST"),
     ),
-    ("tool.invoke", ("tool://shell/exec", "tool://browser/open", "tool://calendar/create"), ("call",)),
+    (
+        "tool.invoke",
+        ("tool://shell/exec", "tool://browser/open", "tool://calendar/create"),
+        ("call",),
+    ),
     ("email.send", ("mailto:customer-{n}@example.org", "mailto:team-{n}@company.com"), ("send",)),
 )
 
@@ -117,6 +122,7 @@ def _templates(rng: random.Random, count: int) -> list[_Template]:
 
 _POOL_BITS = 10
 
+
 def generate_lines(events: int, agents: int, seed: int = 0) -> list[bytes]:
     """Return ``events`` encoded records (each ``bytes`` ending in ``b"\\n"``), ~520 bytes each.
 
@@ -167,8 +173,9 @@ def _chains(
             "agentId": ids[agent],
             "sessionId": sessions[agent],
             "userId": user,
-            "requestDetails": {**details, "traceId": f"{getrandbits(32):08x}"},
-            "evaluationDurationMs": (getrandbits(13) + 1) / 100,
+            "requestDetails": details,
+            # Never a whole number: RFC 8785 prints 45.0 as "45", orjson as "45.0".
+            "evaluationDurationMs": (getrandbits(10) * 10 + getrandbits(3) + 1) / 100,
             "prevHash": prev_hash[agent],
         }
         # Same computation as record_hash(), inlined: the record has no "hash" key yet.

@@ -66,10 +66,18 @@ def cmd_run(path: str) -> int:
     try:
         trio.run(run_daemon, config)
     except* ListenError as group:
-        for exc in group.exceptions:
+        for exc in _leaves(group):
             log.error("shipper_failed", error=str(exc))
         failed = True
     return 1 if failed else 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside a (nested) exception group."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,241 @@
+"""The command line as a user runs it: validate, run, signals, systemd notifications, README."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import REPO, archive_lines, free_port
+
+SHIPPER = [sys.executable, "-m", "shipper"]
+
+
+def shipper(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """Run the shipper command to completion."""
+    return subprocess.run(
+        [*SHIPPER, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    """Write a config dict as TOML (just what these tests need: tables of scalars and lists)."""
+    lines: list[str] = []
+
+    def emit(table: dict[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        for key, value in scalars.items():
+            lines.append(f"{key} = {orjson.dumps(value).decode()}")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                emit(value, f"{prefix}.{key}" if prefix else key)
+
+    emit(raw, "")
+    path.write_text("\n".join(lines) + "\n")
+    assert tomllib.loads(path.read_text()) == raw
+    return path
+
+
+def daemon_config(root: Path, port: int) -> dict[str, Any]:
+    """A config for a daemon on ``port`` archiving under ``root``."""
+    return {
+        "data_dir": str(root / "var"),
+        "shutdown_timeout": "20s",
+        "sources": {"agents": {"type": "json_tls", "address": f"127.0.0.1:{port}"}},
+        "sinks": {"archive": {"type": "file", "path": str(root / "archive")}},
+    }
+
+
+def test_validate_accepts_the_default_config() -> None:
+    """`shipper validate` exits 0 on the shipped default config and says it is ok."""
+    result = shipper("validate", "-c", "config/shipper.toml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "config/shipper.toml: ok (1 sources, 1 sinks)"
+
+
+def test_console_script_is_installed() -> None:
+    """The `shipper` console script exists beside the interpreter and reports its version."""
+    script = Path(sys.executable).parent / "shipper"
+    result = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0
+    assert re.fullmatch(r"shipper \d+\.\d+\.\d+\n", result.stdout)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_invalid_config_exits_78_naming_each_key(tmp_path: Path, command: str) -> None:
+    """validate and run both refuse a bad config with exit 78 and one line per bad key."""
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        'data_dir = "var"\n'
+        "[sources.agents]\n"
+        'type = "json_tls"\naddress = "127.0.0.1"\nmax_line_bytes = "1 MiBB"\n'
+        "[sinks.archive]\n"
+        'type = "file"\npth = "var/archive"\n'
+    )
+    result = shipper(command, "-c", str(config))
+    assert result.returncode == 78
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"{config}: invalid configuration",
+        f'{config}: sources.agents.address: expected "host:port" (IPv6 as "[::1]:port"), '
+        'got "127.0.0.1"',
+        f'{config}: sources.agents.max_line_bytes: expected a size like "512MB" or "1GiB", '
+        'got "1 MiBB"',
+        f"{config}: sinks.archive.path: required key is missing",
+        f'{config}: sinks.archive.pth: unknown key (did you mean "path"?)',
+    ]
+
+
+def test_missing_config_file_exits_78(tmp_path: Path) -> None:
+    """A config path that does not exist is a configuration error, not a traceback."""
+    result = shipper("validate", "-c", str(tmp_path / "nope.toml"))
+    assert result.returncode == 78
+    assert "config file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """A unix datagram socket standing in for systemd's notification socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(30)
+    yield sock
+    sock.close()
+
+
+def start_daemon(
+    config: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `shipper run` with its stderr in a file beside the config."""
+    stderr = open(cwd / "daemon.log", "wb")  # noqa: SIM115 - closed with the process below
+    process = subprocess.Popen(
+        [*SHIPPER, "run", "-c", str(config)],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env={**os.environ, **(env or {})},
+    )
+    stderr.close()
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM the daemon and wait for its exit code (kill it if it hangs)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a hang is a failure
+        process.kill()
+        process.wait()
+        raise
+
+
+def log_entries(cwd: Path) -> list[dict[str, Any]]:
+    """The daemon's JSON log entries so far."""
+    return [orjson.loads(line) for line in (cwd / "daemon.log").read_bytes().splitlines()]
+
+
+def wait_ready(process: subprocess.Popen[bytes], cwd: Path) -> None:
+    """Wait until the daemon logs shipper_ready (fail if it exits first)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(entry["event"] == "shipper_ready" for entry in log_entries(cwd)):
+            return
+        assert process.poll() is None, (cwd / "daemon.log").read_text()
+        time.sleep(0.05)
+    raise AssertionError("the daemon did not become ready")  # pragma: no cover
+
+
+def send(port: int, data: bytes) -> None:
+    """Send bytes over one TCP connection to the local daemon and close it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+
+
+def test_run_notifies_systemd_archives_and_stops_cleanly(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    """`shipper run` sends READY=1 when listening, archives what it gets, STOPPING=1 on SIGTERM."""
+    port = free_port()
+    config = write_config(tmp_path / "shipper.toml", daemon_config(tmp_path, port))
+    process = start_daemon(
+        config, tmp_path, {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
+    )
+    try:
+        ready = notify_socket.recv(4096).decode()
+        assert ready.splitlines()[0] == "READY=1"
+        records = [orjson.dumps({"agentId": "cli", "sequence": n}) for n in range(1, 101)]
+        send(port, b"\n".join(records) + b"\n")
+        exit_code = stop(process)
+    finally:
+        if process.poll() is None:  # pragma: no cover - only when an assertion failed early
+            process.kill()
+            process.wait()
+    assert exit_code == 0
+    assert notify_socket.recv(4096).decode() == "STOPPING=1"
+    lines = archive_lines(tmp_path / "archive")
+    assert [orjson.loads(line)["record"]["sequence"] for line in lines] == list(range(1, 101))
+    events = [entry["event"] for entry in log_entries(tmp_path)]
+    assert events.index("shipper_ready") < events.index("shutdown_started")
+    assert events[-1] == "shutdown_complete"
+    assert all(entry["level"] in {"debug", "info"} for entry in log_entries(tmp_path))
+
+
+def test_address_in_use_fails_with_exit_1_and_a_logged_reason(tmp_path: Path) -> None:
+    """When the listen address is taken, `shipper run` exits 1 and logs shipper_failed."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path / "shipper.toml", daemon_config(tmp_path, port))
+        process = start_daemon(config, tmp_path)
+        assert process.wait(timeout=60) == 1
+    (failed,) = [e for e in log_entries(tmp_path) if e["event"] == "shipper_failed"]
+    assert f"cannot listen on 127.0.0.1:{port}" in failed["error"]
+
+
+def test_readme_quick_start_puts_the_sample_event_in_var_archive(tmp_path: Path) -> None:
+    """The README's run command and sample one-liner put the event, enveloped, in var/archive."""
+    readme = (REPO / "README.md").read_text()
+    one_liner = next(line for line in readme.splitlines() if "/dev/tcp/127.0.0.1/6515" in line)
+    assert "make run" in readme
+    if shutil.which("bash") is None:  # pragma: no cover - Debian always has bash
+        pytest.skip("bash is needed for the README's /dev/tcp one-liner")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 6515))
+        except OSError:
+            pytest.skip("port 6515 of the default config is in use on this machine")
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    # What `make run` runs, from a checkout: the default config, relative to the working dir.
+    process = start_daemon(Path("config/shipper.toml"), tmp_path)
+    try:
+        wait_ready(process, tmp_path)
+        subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, check=True, timeout=30)
+        exit_code = stop(process)
+    finally:
+        if process.poll() is None:  # pragma: no cover
+            process.kill()
+            process.wait()
+    assert exit_code == 0
+    (event,) = [orjson.loads(line) for line in archive_lines(tmp_path / "var" / "archive")]
+    assert event["agent"] == "demo-agent"
+    assert event["source"]["id"] == "agents_json"
+    assert event["record"]["hash"].startswith("sha256:")
