@@ -35,6 +35,8 @@ log = get_logger("shipper.topology")
 
 #: Batches (one per socket read) the ingest channel and each sink channel hold.
 CHANNEL_BATCHES = 64
+#: The router gathers queued batches up to this many events before encoding and fanning out.
+ROUTE_EVENTS = 4096
 
 
 @dataclass
@@ -98,7 +100,15 @@ class Topology:
     async def _route(self) -> None:
         try:
             async with self._ingest:
-                async for batch in self._ingest:
+                async for first in self._ingest:
+                    # Take whatever else is queued too: per-batch costs are then paid per
+                    # channel-full, not per socket read (a TLS read holds at most 16 KiB).
+                    batch = first  # a source never touches a batch after sending it
+                    while len(batch) < ROUTE_EVENTS:
+                        try:
+                            batch.extend(self._ingest.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
                     await self._route_batch(batch)
         finally:
             for slot in self.sinks:
