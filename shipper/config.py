@@ -464,6 +464,21 @@ class ChainConfig:
         return "agentId"
 
 
+FSYNC_POLICIES: Final = ("batch", "interval", "never")
+WHEN_FULL: Final = ("block", "drop_newest")
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """``[buffer]``: the write-ahead log (see ``shipper.buffer``)."""
+
+    max_bytes: int = 1024**3
+    segment_bytes: int = 64 * 1024**2
+    fsync: str = "batch"
+    fsync_interval: float = 1.0
+    when_full: str = "block"
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
@@ -472,6 +487,7 @@ class Config:
     shutdown_timeout: float = 30.0
     log_level: str = "info"
     chain: ChainConfig = field(default_factory=ChainConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
     origin: str = ""
@@ -552,6 +568,27 @@ def parse_config(
         chain = ChainConfig(profile=chain_table.choice("profile", CHAIN_PROFILES, "seed"))
         chain_table.finish()
 
+    buffer = BufferConfig()
+    buffer_table = top.table("buffer")
+    if buffer_table is not None:
+        max_bytes = buffer_table.size("max_bytes", buffer.max_bytes, minimum=1024 * 1024)
+        segment_bytes = buffer_table.size(
+            "segment_bytes", min(buffer.segment_bytes, max_bytes // 4), minimum=64 * 1024
+        )
+        if segment_bytes * 2 > max_bytes:
+            buffer_table.problem(
+                "segment_bytes",
+                f"expected at most half of max_bytes ({max_bytes // 2}), got {segment_bytes}",
+            )
+        buffer = BufferConfig(
+            max_bytes=max_bytes,
+            segment_bytes=segment_bytes,
+            fsync=buffer_table.choice("fsync", FSYNC_POLICIES, "batch"),
+            fsync_interval=buffer_table.duration("fsync_interval", 1.0, minimum=0.001),
+            when_full=buffer_table.choice("when_full", WHEN_FULL, "block"),
+        )
+        buffer_table.finish()
+
     sources: dict[str, SourceConfig] = {}
     sources_table = top.table("sources", required=True)
     if sources_table is not None:
@@ -580,6 +617,7 @@ def parse_config(
         shutdown_timeout=shutdown_timeout,
         log_level=log_level,
         chain=chain,
+        buffer=buffer,
         sources=sources,
         sinks=sinks,
         origin=origin,

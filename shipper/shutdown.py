@@ -2,7 +2,8 @@
 
 Phase one (SIGTERM or SIGINT): tell systemd ``STOPPING=1``, stop accepting and reading, and let every
 event already read drain to the sinks, under ``shutdown_timeout``. Phase two (the deadline passes or
-a second signal arrives): cancel everything, and log per sink how many events were left undelivered.
+a second signal arrives): cancel everything, and log per sink how many bytes it left in the WAL,
+where they wait for the next start.
 Only cleanup (closing and fsyncing files) is shielded from the cancellation.
 """
 
@@ -99,7 +100,7 @@ async def run_daemon(
             log.error(
                 "shutdown_forced",
                 reason="second signal" if shutdown.forced.is_set() else "shutdown_timeout passed",
-                undelivered=topology.pending(),
+                undelivered_bytes=topology.pending(),
                 **summary,
             )
         nursery.cancel_scope.cancel()

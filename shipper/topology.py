@@ -1,30 +1,31 @@
-"""Topology: builds sources and sinks from the config and connects them with bounded channels.
+"""Topology: builds sources, the WAL and sinks from the config and connects them.
 
 ::
 
-    source A ─┐                         ┌─► sink 1 channel ─► sink 1
-    source B ─┼─► ingest channel ─► router ─► sink 2 channel ─► sink 2
-    source C ─┘   (bounded, batches)     └─► ...
+    source A ─┐                                        ┌─► reader 1 ─► sink 1
+    source B ─┼─► ingest channel ─► WAL writer ─► WAL ─┼─► reader 2 ─► sink 2
+    source C ─┘   (bounded, batches)   (commit point)  └─► ...
 
-Every channel is bounded, so a full sink channel stops the router, a full ingest channel stops the
-sources' handlers, and a stopped handler stops reading its socket: senders feel backpressure; nothing
-is dropped. The router gives each event its id, encodes its envelope once, and hands each sink the
-events of the sources in its ``inputs``.
+The ingest channel is bounded, and the WAL writer waits when the WAL is full (``when_full =
+"block"``): then the sources' handlers wait, stop reading their sockets, and senders feel
+backpressure. Each sink reads the WAL at its own pace through its own cursor, so a slow or dead sink
+holds back no other sink until the WAL is full.
 
 Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading;
-each source closes its channel once its connections have handed on what they read; the router then
-closes the sink channels; the sinks write what is left and close their files; ``finished`` is set.
+each source closes its channel once its connections have handed on what they read; the writer
+appends what is left and closes the WAL; each sink delivers what is in the WAL and returns;
+``finished`` is set. What a sink could not deliver stays in the WAL for the next start.
 """
 
 from __future__ import annotations
 
-import time
+import random
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
 
+from shipper.buffer.wal import Wal, WalSettings, WalWriteError
 from shipper.config import Address, Config
 from shipper.events import Event
 from shipper.logging import get_logger
@@ -33,21 +34,18 @@ from shipper.sources.json_tls import JsonTlsSource
 
 log = get_logger("shipper.topology")
 
-#: Batches (one per socket read) the ingest channel and each sink channel hold.
+#: Batches (one per socket read) the ingest channel holds.
 CHANNEL_BATCHES = 64
-#: The router gathers queued batches up to this many events before encoding and fanning out.
+#: The WAL writer gathers queued batches up to this many events per append.
 ROUTE_EVENTS = 4096
 
 
 @dataclass
 class SinkSlot:
-    """A sink with its channel and the inputs it takes."""
+    """A sink and the source ids it takes (None: all)."""
 
     sink: FileSink
-    send: trio.MemorySendChannel[list[bytes]]
-    receive: trio.MemoryReceiveChannel[list[bytes]]
     inputs: frozenset[str] | None
-    routed: int = 0
 
 
 class Topology:
@@ -61,25 +59,39 @@ class Topology:
             for source in config.sources.values()
         ]
         ingest_send.close()
-        self.sinks: list[SinkSlot] = []
-        for sink_config in config.sinks.values():
-            send, receive = trio.open_memory_channel[list[bytes]](CHANNEL_BATCHES)
-            inputs = frozenset(sink_config.inputs) if sink_config.inputs is not None else None
-            self.sinks.append(SinkSlot(FileSink(sink_config), send, receive, inputs))
+        self.sinks = [
+            SinkSlot(
+                FileSink(sink),
+                frozenset(sink.inputs) if sink.inputs is not None else None,
+            )
+            for sink in config.sinks.values()
+        ]
+        buffer = config.buffer
+        self.wal = Wal(
+            config.data_dir / "wal",
+            WalSettings(
+                max_bytes=buffer.max_bytes,
+                segment_bytes=buffer.segment_bytes,
+                fsync=buffer.fsync,
+                fsync_interval=buffer.fsync_interval,
+                when_full=buffer.when_full,
+            ),
+        )
         self.bound: dict[str, list[Address]] = {}
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
-        # Event ids are unique per daemon start: start time (µs, hex) and a counter.
-        self._id_prefix = f"{time.time_ns() // 1000:x}"
-        self._next_id = 0
 
     async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Address]]]) -> None:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
         try:
+            await trio.to_thread.run_sync(
+                self.wal.open, {slot.sink.id: slot.inputs for slot in self.sinks}
+            )
             async with trio.open_nursery() as nursery:
                 for slot in self.sinks:
-                    await nursery.start(slot.sink.run, slot.receive)
-                nursery.start_soon(self._route)
+                    await nursery.start(slot.sink.run, self.wal.readers[slot.sink.id])
+                nursery.start_soon(self._write)
+                nursery.start_soon(self.wal.run_interval_fsync)
                 for source in self.sources:
                     self.bound[source.id] = await nursery.start(source.run)
                     for address in self.bound[source.id]:
@@ -94,10 +106,13 @@ class Topology:
             source.stop()
 
     def pending(self) -> dict[str, int]:
-        """Per sink, events routed to it but not yet written."""
-        return {slot.sink.id: slot.routed - slot.sink.counters["events"] for slot in self.sinks}
+        """Per sink, bytes in the WAL not yet acknowledged (they wait for the next start)."""
+        return {
+            slot.sink.id: self.wal.lag_bytes(self.wal.readers[slot.sink.id]) for slot in self.sinks
+        }
 
-    async def _route(self) -> None:
+    async def _write(self) -> None:
+        """Append every batch from the sources to the WAL; close the WAL when they are done."""
         try:
             async with self._ingest:
                 async for first in self._ingest:
@@ -109,27 +124,23 @@ class Topology:
                             batch.extend(self._ingest.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    await self._route_batch(batch)
+                    await self._append(batch)
         finally:
-            for slot in self.sinks:
-                slot.send.close()
+            await self.wal.close()
 
-    async def _route_batch(self, batch: Sequence[Event]) -> None:
-        first = self._next_id
-        self._next_id += len(batch)
-        prefix = self._id_prefix
-        lines = [event.encode(f"{prefix}-{first + n}") for n, event in enumerate(batch)]
-        self.counters["events"] += len(lines)
-        for slot in self.sinks:
-            if slot.inputs is None:
-                selected = lines
-            else:
-                inputs = slot.inputs
-                selected = [
-                    line
-                    for line, event in zip(lines, batch, strict=True)
-                    if event.source_id in inputs
-                ]
-            if selected:
-                slot.routed += len(selected)
-                await slot.send.send(selected)
+    async def _append(self, batch: list[Event]) -> None:
+        """Append one batch, retrying with backoff while the disk refuses (sources wait)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.wal.append(batch)
+            except WalWriteError as exc:
+                wait = delay * random.uniform(0.5, 1.0)
+                log.error(
+                    "wal_write_failed", error=str(exc), events=len(batch), retry_in=round(wait, 3)
+                )
+                await trio.sleep(wait)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.counters["events"] += len(batch)
+            return

@@ -113,10 +113,10 @@ def closed(logs: LogCapture) -> list[dict[str, Any]]:
     return logs.entries("connection_closed")
 
 
-async def test_shutdown_is_forced_after_the_deadline_and_says_what_was_left(
+async def test_forced_shutdown_keeps_undelivered_events_for_the_next_start(
     tmp_path: Path, logs: LogCapture
 ) -> None:
-    """When a sink cannot write, shutdown gives up at shutdown_timeout and logs the undelivered count."""
+    """When a sink cannot write, shutdown gives up at the deadline, and the next start delivers."""
     blocker = tmp_path / "archive"
     blocker.write_text("a file where the archive directory should be")
     raw = file_sink_config(tmp_path)
@@ -134,8 +134,17 @@ async def test_shutdown_is_forced_after_the_deadline_and_says_what_was_left(
         shutdown.request("SIGTERM")
     assert drained == [False]
     (forced,) = logs.entries("shutdown_forced")
-    assert forced["undelivered"] == {"archive": 2}
+    assert forced["undelivered_bytes"]["archive"] > 0
     assert forced["reason"] == "shutdown_timeout passed"
+
+    blocker.unlink()
+    restart = Shutdown()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_daemon, parse_config(raw), restart)
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 2)
+        restart.request("test")
+    sequences = [orjson.loads(line)["record"]["sequence"] for line in archive_lines(blocker)]
+    assert sequences == [1, 2]
 
 
 async def test_unwritable_archive_recovers_without_losing_events(

@@ -9,12 +9,15 @@ Layout of ``path`` (a directory, created if missing)::
 Rules:
 
 * Files are created exclusively (never appended to across restarts); names sort in creation order.
+  A file holds at most ``max_file_bytes`` unless a single line is larger (it then has a file of
+  its own).
 * A batch is written whole or, on a write error, the file is truncated back to where the batch began
   (or, if even that fails, abandoned for a new file) and the batch is retried with capped exponential
   backoff: an unavailable directory or a full disk never stops the daemon, and never loses or tears
   a line. Events wait in the pipeline meanwhile (backpressure).
-* A file is fsynced before it is closed (rotation and shutdown), and the directory after a file is
-  created, so a finished file survives a power cut.
+* Every batch is fsynced before the sink acknowledges it to the WAL, and the directory after a file
+  is created, so what the WAL has let go of survives a power cut. A crash between the write and the
+  acknowledgement delivers that batch again after the restart (at-least-once).
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from pathlib import Path
 
 import trio
 
+from shipper.buffer.wal import WalReader
 from shipper.config import FileSinkConfig
 from shipper.errors import DestinationUnavailable
 from shipper.logging import get_logger
 
 log = get_logger("shipper.sinks.file")
 
-#: How many bytes of queued batches one write gathers.
+#: How many bytes of the WAL one write takes at most.
 WRITE_BYTES = 1024 * 1024
 RETRY_INITIAL = 0.1
 RETRY_MAX = 30.0
@@ -55,32 +59,36 @@ class FileSink:
 
     async def run(
         self,
-        receive: trio.MemoryReceiveChannel[list[bytes]],
+        reader: WalReader,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Write every batch received until the channel closes; then fsync and close."""
+        """Deliver everything the WAL holds for this sink, acknowledging each batch once it is
+        fsynced; return when the WAL is closed and read to its end."""
         task_status.started()
         try:
-            async with receive:
-                while True:
-                    try:
-                        lines = list(await receive.receive())
-                    except trio.EndOfChannel:
-                        break
-                    size = sum(map(len, lines)) + len(lines)
-                    while size < WRITE_BYTES:
-                        try:
-                            more = receive.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        lines.extend(more)
-                        size += sum(map(len, more)) + len(more)
-                    lines.append(b"")
-                    await self._deliver(b"\n".join(lines), len(lines) - 1)
+            while (batch := await reader.read(WRITE_BYTES)) is not None:
+                lines = batch.envelopes
+                while lines:
+                    chunk, lines = self._next_chunk(lines)
+                    await self._deliver(b"\n".join(chunk) + b"\n", len(chunk))
+                await reader.ack(batch.end)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close)
+
+    def _next_chunk(self, lines: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """The lines that fit in the current file (or a new one), and the rest."""
+        limit = self.config.max_file_bytes
+        room = limit - self._size if self._fd is not None else limit
+        if len(lines[0]) + 1 > room:
+            room = limit  # it goes into a new file
+        total = len(lines[0]) + 1
+        count = 1
+        while count < len(lines) and total + len(lines[count]) + 1 <= room:
+            total += len(lines[count]) + 1
+            count += 1
+        return lines[:count], lines[count:]
 
     async def _deliver(self, data: bytes, count: int) -> None:
         """Write one gathered batch, retrying with backoff until the directory takes it."""
@@ -139,6 +147,7 @@ class FileSink:
             try:
                 while written < len(data):
                     written += os.write(self._fd, view[written:])
+                os.fsync(self._fd)  # delivered means durable: the WAL cursor moves next
             except OSError:
                 self._undo_partial(written)
                 raise

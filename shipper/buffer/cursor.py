@@ -1,0 +1,77 @@
+"""Sink cursors: how far each sink has delivered, persisted atomically.
+
+``<wal dir>/cursors/<sink id>.json`` holds one JSON object::
+
+    {"v": 1, "sink": "archive", "segment": 3, "offset": 81920}
+
+meaning: every record before (segment, offset) has been delivered by that sink and acknowledged.
+A cursor is written to ``<sink id>.json.tmp``, fsynced, renamed over the old one, and the directory
+fsynced, so a crash leaves either the old cursor or the new one, never a mix. A cursor that is
+missing, unreadable, or of another sink counts as absent: the sink starts from the oldest retained
+record (at-least-once), and recovery says so with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+
+from shipper.buffer.segment import Position, fsync_dir, write_all
+
+SUFFIX = ".json"
+
+
+def cursor_path(directory: Path, sink_id: str) -> Path:
+    return directory / f"{sink_id}{SUFFIX}"
+
+
+def load(directory: Path, sink_id: str) -> Position | str | None:
+    """The persisted position; None if there is no cursor; a reason string if it is unusable."""
+    path = cursor_path(directory, sink_id)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    try:
+        data = orjson.loads(raw)
+        if (
+            not isinstance(data, dict)
+            or data.get("v") != 1
+            or data.get("sink") != sink_id
+            or not isinstance(data.get("segment"), int)
+            or not isinstance(data.get("offset"), int)
+            or data["segment"] < 1
+            or data["offset"] < 0
+        ):
+            raise ValueError("not a cursor of this sink")
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        return f"{path} is corrupt: {exc}"
+    return Position(data["segment"], data["offset"])
+
+
+def store(directory: Path, sink_id: str, position: Position) -> None:
+    """Persist ``position`` atomically and durably (blocking: run it in a worker thread)."""
+    path = cursor_path(directory, sink_id)
+    tmp = path.with_name(path.name + ".tmp")
+    data = orjson.dumps(
+        {"v": 1, "sink": sink_id, "segment": position.segment, "offset": position.offset}
+    )
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(directory)
+
+
+def stored_sinks(directory: Path) -> list[str]:
+    """The sink ids that have a cursor file."""
+    if not directory.is_dir():
+        return []
+    return sorted(p.name[: -len(SUFFIX)] for p in directory.glob(f"*{SUFFIX}"))

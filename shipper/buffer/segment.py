@@ -1,0 +1,93 @@
+"""Segment files: naming, header, and the blocking file operations the WAL runs in worker threads.
+
+A segment is ``<20-digit number>.seg`` in the WAL directory: a 16-byte header, then records
+(``shipper.buffer.record``) back to back::
+
+    offset  size  field
+    0       8     magic    b"SHPWAL\\x00\\x01" (format version 1)
+    8       8     number   u64 little-endian, the segment number, equal to the one in the file name
+    16      ...   records
+
+Segment numbers start at 1 and only grow; a position in the WAL is (segment number, byte offset of a
+record in that segment), which is also what event ids are made of: ``"<segment>-<offset>"``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+MAGIC: Final = b"SHPWAL\x00\x01"
+SEGMENT_HEADER: Final = struct.Struct("<8sQ")
+SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size
+_NAME_RE: Final = re.compile(r"(\d{20})\.seg")
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Position:
+    """A place in the WAL: a segment number and a byte offset in that segment."""
+
+    segment: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.segment}-{self.offset}"
+
+
+def segment_name(number: int) -> str:
+    return f"{number:020d}.seg"
+
+
+def segment_number(name: str) -> int | None:
+    """The number of a segment file name, or None if the name is not a segment's."""
+    match = _NAME_RE.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def header(number: int) -> bytes:
+    return SEGMENT_HEADER.pack(MAGIC, number)
+
+
+def header_ok(data: bytes, number: int) -> bool:
+    """Whether ``data`` starts with the header of segment ``number``."""
+    if len(data) < SEGMENT_HEADER_SIZE:
+        return False
+    magic, found = SEGMENT_HEADER.unpack_from(data)
+    return bool(magic == MAGIC and found == number)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (created, renamed, removed files) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create(directory: Path, number: int) -> int:
+    """Create segment ``number`` with its header, durable; its file descriptor for appending."""
+    path = directory / segment_name(number)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    write_all(fd, header(number))
+    os.fsync(fd)
+    fsync_dir(directory)
+    return fd
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def read_at(path: Path, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes of ``path`` from ``offset`` (fewer at the end of the file)."""
+    with open(path, "rb", buffering=0) as file:
+        return os.pread(file.fileno(), size, offset)

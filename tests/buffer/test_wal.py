@@ -1,0 +1,223 @@
+"""The WAL: append, per-sink readers and cursors, deletion, restart, and the full-buffer policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import trio
+
+from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, segment_name
+from shipper.buffer.wal import ReadBatch, Wal, WalReader, WalSettings
+from shipper.events import Event
+from tests.conftest import wait_until
+
+SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
+OTHER = {"id": "other", "kind": "json_tls", "peer": "127.0.0.1:2"}
+
+
+def events(first: int, count: int, source: dict[str, str] = SOURCE) -> list[Event]:
+    """``count`` events whose records carry n = first, first+1, ..."""
+    return [
+        Event("2026-11-23T00:00:00.000000Z", source, "a", orjson.dumps({"n": n, "pad": "x" * 200}))
+        for n in range(first, first + count)
+    ]
+
+
+def numbers(batch: ReadBatch) -> list[int]:
+    """The record numbers in a read batch."""
+    return [orjson.loads(envelope)["record"]["n"] for envelope in batch.envelopes]
+
+
+def open_wal(
+    path: Path, sinks: dict[str, frozenset[str] | None] | None = None, **settings: object
+) -> Wal:
+    """A WAL in ``path`` with the given sinks (default: one sink "a" taking everything)."""
+    wal = Wal(path, WalSettings(**settings))  # type: ignore[arg-type]
+    wal.open(sinks if sinks is not None else {"a": None})
+    return wal
+
+
+def segment_files(directory: Path) -> list[Path]:
+    """The segment files in a WAL directory, in order."""
+    return sorted(directory.glob("*.seg"))
+
+
+async def read_all(reader: WalReader) -> list[int]:
+    """Read (without acknowledging) everything the reader can see right now."""
+    seen: list[int] = []
+    while reader.has_unread:
+        batch = await reader.read()
+        assert batch is not None
+        seen.extend(numbers(batch))
+    return seen
+
+
+async def test_appended_events_are_read_in_order_with_their_positions_as_ids(
+    tmp_path: Path,
+) -> None:
+    """A reader gets every appended event in order; each id is the record's segment and offset."""
+    wal = open_wal(tmp_path)
+    assert await wal.append(events(1, 10))
+    batch = await wal.readers["a"].read()
+    assert batch is not None
+    assert numbers(batch) == list(range(1, 11))
+    ids = [orjson.loads(envelope)["id"] for envelope in batch.envelopes]
+    assert ids[0] == f"1-{SEGMENT_HEADER_SIZE}"
+    offsets = [int(i.split("-")[1]) for i in ids]
+    assert offsets == sorted(set(offsets))
+    assert batch.end == wal.committed
+    await wal.close()
+
+
+async def test_restart_resumes_after_the_acknowledged_position(tmp_path: Path) -> None:
+    """After a restart a sink gets again exactly what it had read but not acknowledged."""
+    wal = open_wal(tmp_path)
+    await wal.append(events(1, 5))
+    first = await wal.readers["a"].read()
+    assert first is not None
+    await wal.readers["a"].ack(first.end)
+    await wal.append(events(6, 5))
+    unacked = await wal.readers["a"].read()
+    assert unacked is not None
+    assert numbers(unacked) == [6, 7, 8, 9, 10]
+    await wal.close()  # no ack for 6..10: they must come again
+
+    again = open_wal(tmp_path)
+    assert await read_all(again.readers["a"]) == [6, 7, 8, 9, 10]
+    new_ids = {orjson.loads(e)["id"] for e in unacked.envelopes}
+    await again.append(events(11, 1))
+    batch = await again.readers["a"].read()
+    assert batch is not None
+    (envelope,) = batch.envelopes
+    assert orjson.loads(envelope)["id"] not in new_ids  # ids never repeat across restarts
+    await again.close()
+
+
+async def test_segments_are_deleted_only_when_every_sink_has_passed_them(tmp_path: Path) -> None:
+    """A segment stays until both sinks acknowledged all of it; the active one always stays."""
+    wal = open_wal(tmp_path, {"fast": None, "slow": None}, segment_bytes=4096, max_bytes=2**30)
+    for n in range(0, 60, 10):
+        await wal.append(events(n, 10))
+    segments = segment_files(tmp_path)
+    assert len(segments) > 2
+    fast = wal.readers["fast"]
+    while fast.has_unread:
+        batch = await fast.read()
+        assert batch is not None
+        await fast.ack(batch.end)
+    assert segment_files(tmp_path) == segments  # the slow sink still needs them
+    slow = wal.readers["slow"]
+    while slow.has_unread:
+        batch = await slow.read()
+        assert batch is not None
+        await slow.ack(batch.end)
+    assert segment_files(tmp_path) == [tmp_path / segment_name(wal.committed.segment)]
+    await wal.close()
+
+
+async def test_a_dead_sink_does_not_hold_back_a_healthy_one_until_full(tmp_path: Path) -> None:
+    """With one sink never reading, the other keeps receiving until max_bytes blocks the writer."""
+    wal = open_wal(
+        tmp_path, {"dead": None, "healthy": None}, segment_bytes=64 * 1024, max_bytes=256 * 1024
+    )
+    healthy = wal.readers["healthy"]
+    delivered: list[int] = []
+    appended = 0
+    async with trio.open_nursery() as nursery:
+
+        async def writer() -> None:
+            nonlocal appended
+            for n in range(0, 10_000, 100):
+                await wal.append(events(n, 100))
+                appended = n + 100
+
+        async def deliver() -> None:
+            while True:
+                batch = await healthy.read()
+                if batch is None:
+                    return
+                delivered.extend(numbers(batch))
+                await healthy.ack(batch.end)
+
+        nursery.start_soon(writer)
+        nursery.start_soon(deliver)
+        await wait_until(lambda: wal.counters["blocked"] == 1)
+        await wait_until(lambda: len(delivered) == appended)
+        assert wal.total_bytes >= 256 * 1024
+        assert delivered == list(range(appended))
+        blocked_at = appended
+        # The dead sink comes back: its acknowledgements free space, and the writer goes on.
+        dead = wal.readers["dead"]
+        while appended < 10_000:
+            batch = await dead.read()
+            assert batch is not None
+            await dead.ack(batch.end)
+        assert appended > blocked_at
+        await wait_until(lambda: len(delivered) == 10_000)
+        await wal.close()
+    assert delivered == list(range(10_000))
+
+
+async def test_drop_newest_drops_and_counts_when_full(tmp_path: Path) -> None:
+    """With when_full = "drop_newest", an append to a full WAL is refused and counted."""
+    wal = open_wal(tmp_path, segment_bytes=64 * 1024, max_bytes=128 * 1024, when_full="drop_newest")
+    accepted = 0
+    for n in range(0, 2000, 100):
+        if await wal.append(events(n, 100)):
+            accepted += 100
+    assert 0 < accepted < 2000
+    assert wal.counters["dropped_full"] == 2000 - accepted
+    assert await read_all(wal.readers["a"]) == list(range(accepted))
+    await wal.close()
+
+
+async def test_inputs_limit_a_reader_to_its_sources(tmp_path: Path) -> None:
+    """A reader with inputs sees only its sources' events but still advances past the others."""
+    wal = open_wal(tmp_path, {"all": None, "only_other": frozenset({"other"})})
+    await wal.append([*events(1, 2), *events(3, 1, OTHER), *events(4, 2)])
+    batch = await wal.readers["only_other"].read()
+    assert batch is not None
+    assert numbers(batch) == [3]
+    assert batch.records == 5
+    assert batch.end == wal.committed
+    assert await read_all(wal.readers["all"]) == [1, 2, 3, 4, 5]
+    await wal.close()
+
+
+async def test_reader_waits_for_appends_and_ends_when_closed(tmp_path: Path) -> None:
+    """A reader at the end waits for the next append, and returns None once the WAL is closed."""
+    wal = open_wal(tmp_path)
+    got: list[ReadBatch | None] = []
+
+    async def read_twice() -> None:
+        got.append(await wal.readers["a"].read())
+        got.append(await wal.readers["a"].read())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_twice)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        await wal.append(events(1, 1))
+        await wait_until(lambda: len(got) == 1)
+        await wal.close()
+    assert got[1] is None
+    assert got[0] is not None
+    assert numbers(got[0]) == [1]
+
+
+async def test_interval_fsync_policy_accepts_and_syncs_in_the_background(tmp_path: Path) -> None:
+    """With fsync = "interval", appends are readable at once and fsynced by the background task."""
+    wal = open_wal(tmp_path, fsync="interval", fsync_interval=0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wal.run_interval_fsync)
+        await wal.append(events(1, 3))
+        assert await read_all(wal.readers["a"]) == [1, 2, 3]
+        await wait_until(lambda: wal.counters["fsyncs"] >= 1)
+        await wal.close()
+
+
+async def test_position_ordering_follows_segments_then_offsets() -> None:
+    """Positions compare by segment first, so a later segment is always further on."""
+    assert Position(1, 10_000) < Position(2, SEGMENT_HEADER_SIZE)
+    assert str(Position(3, 16)) == "3-16"
