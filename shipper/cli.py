@@ -1,18 +1,23 @@
-"""Command line: ``shipper run``, ``shipper validate`` (see README, "Command line").
+"""Command line: ``shipper run``, ``validate``, ``buffer`` (see README, "Command line").
 
-Exit codes: 0 success; 1 runtime failure (cannot listen, crash); 2 usage error; 78 (EX_CONFIG)
-invalid configuration.
+Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, damage found by ``buffer
+inspect``); 2 usage error; 78 (EX_CONFIG) invalid configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
+import orjson
 import trio
 
 from shipper import __version__
+from shipper.buffer.recovery import recover
+from shipper.buffer.wal import WalLocked, lock_directory
 from shipper.config import Config, load_config
 from shipper.errors import ConfigError, ListenError
 from shipper.logging import configure, get_logger
@@ -33,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     validate = commands.add_parser("validate", help="check a config file; exit 0 ok, 78 invalid")
     validate.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+    buffer = commands.add_parser("buffer", help="WAL health: inspect (read-only) or repair")
+    buffer.add_argument("action", choices=["inspect", "repair"])
+    buffer.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+    buffer.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -65,7 +74,7 @@ def cmd_run(path: str) -> int:
     failed = False
     try:
         trio.run(run_daemon, config)
-    except* ListenError as group:
+    except* (ListenError, WalLocked) as group:
         for exc in _leaves(group):
             log.error("shipper_failed", error=str(exc))
         failed = True
@@ -80,10 +89,65 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return leaves
 
 
+def cmd_buffer(path: str, action: str, as_json: bool) -> int:
+    """Report on the WAL (``inspect`` changes nothing; ``repair`` does what start-up does).
+
+    Exit 0 when the WAL is healthy (or was repaired), 1 when ``inspect`` found damage or the WAL is
+    in use by a running daemon (for ``repair``).
+    """
+    config = _load(path)
+    if config is None:
+        return EX_CONFIG
+    directory = config.data_dir / "wal"
+    lock = None
+    if action == "repair":
+        try:
+            lock = lock_directory(directory)
+        except WalLocked as exc:
+            print(f"shipper buffer repair: {exc}", file=sys.stderr)
+            return 1
+    try:
+        report = recover(directory, list(config.sinks), repair=action == "repair")
+    finally:
+        if lock is not None:
+            os.close(lock)
+    sinks = {
+        sink: {"cursor": str(position), "lag_bytes": report.lag_bytes(position)}
+        for sink, position in report.cursors.items()
+    }
+    document = {
+        "directory": str(directory),
+        "action": action,
+        "segments": [
+            {"segment": s.number, "bytes": s.size, "records": s.records, "skipped": s.skips}
+            for s in report.segments
+        ],
+        "bytes": sum(s.size for s in report.segments),
+        "sinks": sinks,
+        "findings": [asdict(finding) for finding in report.findings],
+    }
+    if as_json:
+        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"WAL {directory}: {len(report.segments)} segments, {document['bytes']} bytes")
+        for info in report.segments:
+            print(f"  segment {info.number}: {info.size} bytes, {info.records} records")
+        for sink, state in sinks.items():
+            print(f"  sink {sink}: cursor {state['cursor']}, lag {state['lag_bytes']} bytes")
+        verb = "fixed" if action == "repair" else "found"
+        for finding in report.findings:
+            print(f"  {verb}: {finding.kind}: {finding.detail}")
+        if not report.findings:
+            print("  no damage found")
+    return 1 if action == "inspect" and report.damaged else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args.config)
+    if args.command == "buffer":
+        return cmd_buffer(args.config, args.action, args.json)
     return cmd_run(args.config)
 
 

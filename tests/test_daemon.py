@@ -10,7 +10,9 @@ import orjson
 import pytest
 import trio
 
+from shipper.buffer.wal import WalLocked
 from shipper.config import Address, parse_config
+from shipper.errors import ListenError
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sinks.file import FileSink
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
@@ -192,9 +194,23 @@ async def test_listen_failure_is_reported_as_listen_error(tmp_path: Path, logs: 
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(run_daemon, parse_config(raw), Shutdown())
         taken = bound["agents"][0]
-        raw["sources"]["agents"]["address"] = f"127.0.0.1:{taken.port}"
+        other = file_sink_config(tmp_path / "other")
+        other["sources"]["agents"]["address"] = f"127.0.0.1:{taken.port}"
         with pytest.RaisesGroup(
-            pytest.RaisesExc(Exception, match="source agents: cannot listen"),
+            pytest.RaisesExc(ListenError, match="source agents: cannot listen"),
+            flatten_subgroups=True,
+        ):
+            await run_daemon(parse_config(other), Shutdown(), handle_signals=False)
+        nursery.cancel_scope.cancel()
+
+
+async def test_second_daemon_on_the_same_wal_is_refused(tmp_path: Path, logs: LogCapture) -> None:
+    """Two daemons never share a WAL: the second one fails to start with WalLocked."""
+    raw = file_sink_config(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_daemon, parse_config(raw), Shutdown())
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(WalLocked, match="in use by another process"),
             flatten_subgroups=True,
         ):
             await run_daemon(parse_config(raw), Shutdown(), handle_signals=False)

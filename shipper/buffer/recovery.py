@@ -41,6 +41,7 @@ from shipper.buffer.segment import (
 )
 
 CURSOR_DIR = "cursors"
+LOCK_FILE = "lock"
 
 
 @dataclass
@@ -75,6 +76,21 @@ class Report:
         first = self.segments[0].number if self.segments else 1
         return Position(first, SEGMENT_HEADER_SIZE)
 
+    def lag_bytes(self, position: Position) -> int:
+        """Bytes of records at or after ``position`` (what a sink there has not acknowledged)."""
+        lag = 0
+        for info in self.segments:
+            if info.number > position.segment:
+                lag += info.size - SEGMENT_HEADER_SIZE
+            elif info.number == position.segment:
+                lag += max(0, info.size - position.offset)
+        return lag
+
+    @property
+    def damaged(self) -> bool:
+        """Whether anything was found that lost, skipped or reset data."""
+        return any(f.kind in ("torn", "corrupt", "bad_segment", "cursor") for f in self.findings)
+
     @property
     def end(self) -> Position:
         if not self.segments:
@@ -96,7 +112,9 @@ def recover(directory: Path, sink_ids: Sequence[str], repair: bool = True) -> Re
         number = segment_number(path.name)
         if number is not None:
             numbers.append(number)
-        elif path.name != CURSOR_DIR and not path.name.endswith((".quarantine", ".corrupt")):
+        elif path.name not in (CURSOR_DIR, LOCK_FILE) and not path.name.endswith(
+            (".quarantine", ".corrupt")
+        ):
             report.findings.append(Finding("stray", f"unknown file left alone: {path.name}"))
     numbers.sort()
     for index, number in enumerate(numbers):

@@ -20,6 +20,7 @@ id, a NUL byte, and the envelope (``shipper.events``), whose id is the record's 
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ import trio
 
 from shipper.buffer import cursor as cursors
 from shipper.buffer import record as records
-from shipper.buffer.recovery import CURSOR_DIR, Report, recover
+from shipper.buffer.recovery import CURSOR_DIR, LOCK_FILE, Report, recover
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
     Position,
@@ -93,14 +94,15 @@ class Wal:
         self._space = trio.Event()
         self._closed = False
         self._dirty = False
-        self._io = trio.Lock()  # one thread at a time touches the active segment's fd
+        self._io = trio.Lock()
+        self._lock: int | None = None  # one thread at a time touches the active segment's fd
         self.report: Report | None = None
 
     # --- opening and closing -------------------------------------------------------------------
 
     def open(self, sinks: dict[str, frozenset[str] | None]) -> Report:
-        """Recover the directory and start a new segment (blocking; call before serving)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Lock and recover the directory and start a new segment (blocking; before serving)."""
+        self._lock = lock_directory(self.directory)
         report = recover(self.directory, list(sinks))
         for finding in report.findings:
             level = log.info if finding.kind in ("released", "stray") else log.warning
@@ -139,6 +141,9 @@ class Wal:
         if self._closed:
             return
         self._closed = True
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
         with trio.CancelScope(shield=True):
             async with self._io:
                 fd, self._fd = self._fd, None
@@ -401,6 +406,24 @@ class WalReader:
         self.acked = end
         self.counters["acks"] += 1
         await self.wal.collect()
+
+
+class WalLocked(ShipperError):
+    """Another process (a running daemon, a repair) holds this WAL; only one may use it."""
+
+
+def lock_directory(directory: Path) -> int:
+    """Create ``directory`` and take its exclusive lock; the lock's fd (close it to release)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise WalLocked(
+            f"the WAL in {directory} is in use by another process (a running shipper?)"
+        ) from exc
+    return fd
 
 
 def _fsync_close(fd: int) -> None:

@@ -16,8 +16,10 @@ Rules:
   backoff: an unavailable directory or a full disk never stops the daemon, and never loses or tears
   a line. Events wait in the pipeline meanwhile (backpressure).
 * Every batch is fsynced before the sink acknowledges it to the WAL, and the directory after a file
-  is created, so what the WAL has let go of survives a power cut. A crash between the write and the
-  acknowledgement delivers that batch again after the restart (at-least-once).
+  is created, so what the WAL has let go of survives a power cut.
+* Exactly once across crashes: a crash between a write and its acknowledgement makes the WAL
+  deliver that batch again. At start the sink cuts a torn last line off the newest file, reads the
+  id (the WAL position) of the last line, and skips what the WAL offers up to that position.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import trio
 
+from shipper.buffer.segment import Position
 from shipper.buffer.wal import WalReader
 from shipper.config import FileSinkConfig
 from shipper.errors import DestinationUnavailable
@@ -39,6 +43,8 @@ log = get_logger("shipper.sinks.file")
 
 #: How many bytes of the WAL one write takes at most.
 WRITE_BYTES = 1024 * 1024
+#: How much of a file's end is read to find its last line (longer than any envelope).
+TAIL_BYTES = 72 * 1024 * 1024
 RETRY_INITIAL = 0.1
 RETRY_MAX = 30.0
 
@@ -66,9 +72,17 @@ class FileSink:
         """Deliver everything the WAL holds for this sink, acknowledging each batch once it is
         fsynced; return when the WAL is closed and read to its end."""
         task_status.started()
+        resume = await trio.to_thread.run_sync(self._resume_point)
         try:
             while (batch := await reader.read(WRITE_BYTES)) is not None:
                 lines = batch.envelopes
+                if resume is not None and lines:
+                    # Written before a crash, but not acknowledged: already in the archive.
+                    kept = [line for line in lines if _position(line) > resume]
+                    self.counters["already_written"] += len(lines) - len(kept)
+                    if kept:
+                        resume = None  # positions only grow: everything after is new
+                    lines = kept
                 while lines:
                     chunk, lines = self._next_chunk(lines)
                     await self._deliver(b"\n".join(chunk) + b"\n", len(chunk))
@@ -114,6 +128,22 @@ class FileSink:
             return
 
     # The methods below run in a worker thread.
+
+    def _resume_point(self) -> Position | None:
+        """The WAL position of the last event in the archive, after cutting off a torn last line.
+
+        Lines the sink wrote but could not acknowledge before a crash come again from the WAL;
+        this is how the sink recognises them, so that the archive holds each event once.
+        """
+        try:
+            files = sorted(self.config.path.glob("events-*.jsonl"))
+            for path in reversed(files):
+                last = _last_line(path)
+                if last is not None:
+                    return _position(last)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("sink_resume_point_unknown", sink=self.id, error=str(exc))
+        return None
 
     def _open(self) -> None:
         directory = self.config.path
@@ -181,6 +211,33 @@ class FileSink:
             )
         finally:
             os.close(fd)
+
+
+def _position(envelope: bytes) -> Position:
+    """The WAL position in an envelope's id (``"<segment>-<offset>"``)."""
+    segment, _, offset = str(orjson.loads(envelope)["id"]).partition("-")
+    return Position(int(segment), int(offset))
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last complete line of ``path``; a torn last line (no LF) is truncated away first."""
+    with open(path, "r+b") as file:
+        size = file.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        tail_start = max(0, size - TAIL_BYTES)
+        file.seek(tail_start)
+        tail = file.read()
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n") + 1  # 0 when the whole tail is one torn line
+            if cut == 0 and tail_start > 0:
+                raise ValueError(f"{path}: last line longer than {TAIL_BYTES} bytes")
+            file.truncate(tail_start + cut)
+            os.fsync(file.fileno())
+            log.warning("sink_file_torn_tail_truncated", path=str(path), bytes=len(tail) - cut)
+            tail = tail[:cut]
+        lines = tail.splitlines()
+        return lines[-1] if lines else None
 
 
 def _fsync_dir(directory: Path) -> None:
