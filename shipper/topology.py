@@ -35,7 +35,7 @@ from shipper.sources.json_tls import JsonTlsSource
 log = get_logger("shipper.topology")
 
 #: Batches (one per socket read) the ingest channel holds.
-CHANNEL_BATCHES = 64
+CHANNEL_BATCHES = 16
 #: The WAL writer gathers queued batches up to this many events per append.
 ROUTE_EVENTS = 4096
 

@@ -239,3 +239,36 @@ def test_readme_quick_start_puts_the_sample_event_in_var_archive(tmp_path: Path)
     assert event["agent"] == "demo-agent"
     assert event["source"]["id"] == "agents_json"
     assert event["record"]["hash"].startswith("sha256:")
+
+
+def test_buffer_inspect_and_repair_report_wal_damage(tmp_path: Path) -> None:
+    """inspect finds a flipped bit and a torn tail without changing anything; repair fixes both."""
+    from shipper.buffer.record import encode_many
+    from shipper.buffer.segment import header, segment_name
+
+    port = free_port()
+    config = write_config(tmp_path / "shipper.toml", daemon_config(tmp_path, port))
+    wal = tmp_path / "var" / "wal"
+    wal.mkdir(parents=True)
+    good = encode_many([b"agents\0" + orjson.dumps({"n": n}) for n in range(3)])
+    damaged = bytearray(header(1) + good + good[:5])  # three records, then a torn one
+    damaged[16 + 8 + len(good) // 3] ^= 0x01  # a bit flipped in the second record's payload
+    segment = wal / segment_name(1)
+    segment.write_bytes(bytes(damaged))
+
+    inspect = shipper("buffer", "inspect", "-c", str(config), "--json")
+    assert inspect.returncode == 1, inspect.stderr
+    report = orjson.loads(inspect.stdout)
+    assert sorted(f["kind"] for f in report["findings"]) == ["corrupt", "cursor", "torn"]
+    assert report["sinks"]["archive"]["cursor"] == "1-16"
+    assert segment.read_bytes() == bytes(damaged)  # inspect changes nothing
+
+    repair = shipper("buffer", "repair", "-c", str(config))
+    assert repair.returncode == 0, repair.stderr
+    assert "fixed: torn:" in repair.stdout
+    assert segment.stat().st_size == 16 + len(good)
+    assert len(list(wal.glob("*.quarantine"))) == 1
+
+    again = shipper("buffer", "inspect", "-c", str(config))
+    assert again.returncode == 0, again.stdout
+    assert "quarantined earlier" in again.stdout

@@ -215,3 +215,39 @@ async def test_second_daemon_on_the_same_wal_is_refused(tmp_path: Path, logs: Lo
         ):
             await run_daemon(parse_config(raw), Shutdown(), handle_signals=False)
         nursery.cancel_scope.cancel()
+
+
+async def test_backpressure_blocks_the_sender_and_loses_nothing(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """With a tiny WAL and a refusing sink, a TCP sender stalls; once the sink recovers, every
+    event drains in order and nothing was dropped."""
+    blocker = tmp_path / "archive"
+    blocker.write_text("the sink cannot create its directory while this file is here")
+    raw = file_sink_config(tmp_path)
+    raw["buffer"] = {"max_bytes": "1MiB", "segment_bytes": "128KiB"}
+    total = 50_000
+    pad = b'{"pad":"' + b"p" * 500 + b'",'
+    # ~28 MB: far more than the WAL, the ingest channel and the kernel's socket buffers hold.
+    data = b"".join(pad + record("bp", n)[1:] for n in range(total))
+    sent = trio.Event()
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
+
+        async def sender() -> None:
+            await send(bound["agents"][0], data)
+            sent.set()
+
+        nursery.start_soon(sender)
+        await wait_until(lambda: bool(logs.entries("wal_full_blocking")))
+        await trio.sleep(1)  # time in which an unbounded pipeline would have taken everything
+        assert not sent.is_set(), "the sender was never slowed down"
+        blocker.unlink()
+        await sent.wait()
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == total, limit=60)
+        shutdown.request("test")
+    sequences = [orjson.loads(line)["record"]["sequence"] for line in archive_lines(blocker)]
+    assert sequences == list(range(total))
+    assert not logs.entries("wal_full_dropped")
+    assert logs.entries("wal_unblocked")

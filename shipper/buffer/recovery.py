@@ -7,12 +7,13 @@ found                                  outcome
 torn record at the end of a segment    truncated away (it was never acknowledged under
 (interrupted append, zero-filled tail)  ``fsync = "batch"``); logged with its size
 corrupt bytes between valid records    copied to ``<segment>.<offset>.quarantine`` beside the
-                                       segment, skipped by every reader, counted
+                                       segment, skipped by every reader, counted ("corrupt";
+                                       at later starts "quarantined" until the segment goes)
 segment with a bad header              renamed to ``<name>.corrupt`` (kept for inspection);
                                        a header cut short in the newest segment is torn
                                        creation and the file is removed
 missing or corrupt cursor              the sink starts at the oldest retained record
-                                       (at-least-once), with a warning
+                                       (at-least-once), with a warning; the cursor is rewritten
 cursor beyond the end of the WAL       moved to the end, with a warning
 cursor of a sink no longer configured  released (its file removed), so it holds no segment
 stray files                            left alone, listed
@@ -54,7 +55,7 @@ class SegmentInfo:
 
 @dataclass
 class Finding:
-    kind: str  # "torn", "corrupt", "bad_segment", "cursor", "released", "stray"
+    kind: str  # "torn", "corrupt", "quarantined", "bad_segment", "cursor", "released", "stray"
     detail: str
     segment: int | None = None
     offset: int | None = None
@@ -163,17 +164,20 @@ def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> S
             info.records += 1
         elif isinstance(item, Corrupt):
             quarantine = path.with_name(f"{path.name}.{item.offset}.quarantine")
+            known = quarantine.exists()
             report.findings.append(
                 Finding(
-                    "corrupt",
-                    f"bad checksum; {len(item.raw)} bytes quarantined in {quarantine.name}",
+                    "quarantined" if known else "corrupt",
+                    f"bad checksum; {len(item.raw)} bytes "
+                    + ("skipped, quarantined earlier" if known else "quarantined")
+                    + f" in {quarantine.name}",
                     number,
                     item.offset,
                     len(item.raw),
                 )
             )
             info.skips.append((item.offset, item.end))
-            if repair and not quarantine.exists():
+            if repair and not known:
                 quarantine.write_bytes(item.raw)
         elif isinstance(item, Torn):
             report.findings.append(
@@ -225,6 +229,8 @@ def _recover_cursors(report: Report, sink_ids: Sequence[str], repair: bool) -> N
                     if start <= loaded.offset < end:
                         position = Position(loaded.segment, end)
         report.cursors[sink] = position
+        if repair and report.segments and loaded != position:
+            cursors.store(directory, sink, position)  # so that the next start agrees
     for stored in cursors.stored_sinks(directory):
         if stored not in sink_ids:
             report.findings.append(

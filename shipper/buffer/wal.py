@@ -105,7 +105,9 @@ class Wal:
         self._lock = lock_directory(self.directory)
         report = recover(self.directory, list(sinks))
         for finding in report.findings:
-            level = log.info if finding.kind in ("released", "stray") else log.warning
+            level = (
+                log.info if finding.kind in ("released", "stray", "quarantined") else log.warning
+            )
             level(
                 "wal_recovery",
                 kind=finding.kind,
@@ -165,11 +167,16 @@ class Wal:
                 )
                 return False
             self.counters["blocked"] += 1
+            log.warning(
+                "wal_full_blocking", bytes=self.total_bytes, max_bytes=self.settings.max_bytes
+            )
             started = trio.current_time()
             while self.total_bytes >= self.settings.max_bytes:
                 self._space = trio.Event()
                 await self._space.wait()
-            self.counters["blocked_seconds"] += int(trio.current_time() - started)
+            blocked = trio.current_time() - started
+            self.counters["blocked_ms"] += int(blocked * 1000)
+            log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
         chunks = self._encode(events)
         sync = self.settings.fsync == "batch"
         assert self._fd is not None, "append after close"
