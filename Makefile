@@ -4,7 +4,7 @@ VENV   ?= .venv
 CONFIG ?= config/shipper.toml
 PY      = $(VENV)/bin/python
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench bench-wal clean
 
 # A stamp file so the venv is rebuilt when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -33,6 +33,9 @@ test: lint typecheck unit
 
 bench: $(VENV)/.installed
 	$(PY) -m bench $(BENCH_ARGS)
+
+bench-wal: $(VENV)/.installed
+	$(PY) -m bench.wal $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
