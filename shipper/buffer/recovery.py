@@ -223,11 +223,10 @@ def _recover_cursors(report: Report, sink_ids: Sequence[str], repair: bool) -> N
             )
         elif loaded >= report.oldest:
             position = loaded
-            info = sizes.get(loaded.segment)
-            if info is not None:
-                for start, end in info.skips:
-                    if start <= loaded.offset < end:
-                        position = Position(loaded.segment, end)
+        info = sizes.get(position.segment)
+        for start, end in info.skips if info is not None else ():
+            if start <= position.offset < end:  # never rest inside a quarantined range
+                position = Position(position.segment, end)
         report.cursors[sink] = position
         if repair and report.segments and loaded != position:
             cursors.store(directory, sink, position)  # so that the next start agrees

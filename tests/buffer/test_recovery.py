@@ -1,0 +1,498 @@
+"""Tests of WAL recovery: one per damage in recovery's table, with its documented outcome."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shipper.buffer import cursor
+from shipper.buffer.record import HEADER_SIZE, encode, encode_many
+from shipper.buffer.recovery import CURSOR_DIR, LOCK_FILE, Finding, Report, SegmentInfo, recover
+from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, header, segment_name
+
+PAYLOADS = [b"alpha", b"the second record", b"gamma gamma"]
+H = SEGMENT_HEADER_SIZE
+
+
+def offsets_of(payloads: list[bytes]) -> list[int]:
+    """The offset of each record in a segment holding ``payloads`` right after its header."""
+    found: list[int] = []
+    offset = H
+    for payload in payloads:
+        found.append(offset)
+        offset += HEADER_SIZE + len(payload)
+    return found
+
+
+def write_segment(
+    directory: Path, number: int, payloads: list[bytes] = PAYLOADS, tail: bytes = b""
+) -> Path:
+    """Write segment ``number`` holding ``payloads`` then ``tail``; its path."""
+    path = directory / segment_name(number)
+    path.write_bytes(header(number) + encode_many(payloads) + tail)
+    return path
+
+
+def segment_size(payloads: list[bytes] = PAYLOADS) -> int:
+    """The size of a whole segment holding ``payloads``."""
+    return H + len(encode_many(payloads))
+
+
+def flip(path: Path, offset: int, mask: int = 0x10) -> None:
+    """Invert bits ``mask`` of the byte at ``offset`` in the file at ``path``."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def snapshot(directory: Path) -> dict[str, bytes | None]:
+    """Every entry under ``directory``: file bytes by relative path, None for directories."""
+    return {
+        str(p.relative_to(directory)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+def store_cursor(directory: Path, sink: str, position: Position) -> None:
+    """Persist a valid cursor for ``sink`` in the WAL at ``directory``."""
+    (directory / CURSOR_DIR).mkdir(exist_ok=True)
+    cursor.store(directory / CURSOR_DIR, sink, position)
+
+
+def known_quarantines(report: Report) -> list[Finding]:
+    """The "quarantined" findings a later start reports for the "corrupt" ones of ``report``."""
+    return [
+        Finding(
+            "quarantined",
+            f.detail.replace("bytes quarantined in", "bytes skipped, quarantined earlier in"),
+            f.segment,
+            f.offset,
+            f.size,
+        )
+        for f in report.by_kind("corrupt")
+    ]
+
+
+def kinds(report: Report) -> list[str]:
+    """The kinds of a report's findings, in order."""
+    return [f.kind for f in report.findings]
+
+
+# --- segments ----------------------------------------------------------------------------------
+
+
+def test_clean_wal_has_no_findings(tmp_path: Path) -> None:
+    """Whole segments and a valid cursor recover untouched, with no finding at all."""
+    write_segment(tmp_path, 1)
+    write_segment(tmp_path, 2)
+    store_cursor(tmp_path, "a", Position(1, offsets_of(PAYLOADS)[1]))
+    before = snapshot(tmp_path)
+    report = recover(tmp_path, ["a"])
+    assert report.findings == []
+    assert report.segments == [
+        SegmentInfo(1, segment_size(), 3),
+        SegmentInfo(2, segment_size(), 3),
+    ]
+    assert report.cursors == {"a": Position(1, offsets_of(PAYLOADS)[1])}
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(encode(b"interrupted append")[:13], id="cut-record"),
+        pytest.param(encode(b"x")[:2], id="cut-length"),
+        pytest.param(bytes(4096), id="zero-filled"),
+    ],
+)
+def test_torn_tail_is_truncated(tmp_path: Path, tail: bytes) -> None:
+    """A torn tail is cut off the file at the end of the last whole record and reported as torn."""
+    path = write_segment(tmp_path, 1, tail=tail)
+    report = recover(tmp_path, [])
+    assert path.stat().st_size == segment_size()
+    assert path.read_bytes() == header(1) + encode_many(PAYLOADS)
+    assert report.findings == [
+        Finding(
+            "torn", "torn record at the end of the segment; truncated", 1, segment_size(), len(tail)
+        )
+    ]
+    assert report.segments == [SegmentInfo(1, segment_size(), 3)]
+
+
+def test_corrupt_middle_record_is_quarantined(tmp_path: Path) -> None:
+    """A corrupt middle record is copied to a quarantine file, skipped, counted; the file is kept."""
+    path = write_segment(tmp_path, 1)
+    start, end = offsets_of(PAYLOADS)[1], offsets_of(PAYLOADS)[2]
+    flip(path, start + HEADER_SIZE + 2)
+    damaged = path.read_bytes()
+    report = recover(tmp_path, [])
+    assert path.read_bytes() == damaged
+    quarantine = tmp_path / f"{segment_name(1)}.{start}.quarantine"
+    assert quarantine.read_bytes() == damaged[start:end]
+    assert report.segments == [SegmentInfo(1, segment_size(), 2, [(start, end)])]
+    [finding] = report.findings
+    assert (finding.kind, finding.segment, finding.offset, finding.size) == (
+        "corrupt",
+        1,
+        start,
+        end - start,
+    )
+    assert quarantine.name in finding.detail
+
+
+@pytest.mark.parametrize(
+    "bad_header",
+    [
+        pytest.param(b"SHPWAL\x00\x02" + header(1)[8:], id="wrong-magic"),
+        pytest.param(header(7), id="wrong-number"),
+        pytest.param(header(1)[:9], id="cut-short-in-older-segment"),
+    ],
+)
+def test_bad_header_is_renamed_corrupt(tmp_path: Path, bad_header: bytes) -> None:
+    """A segment whose header is wrong (and is not the newest one cut short) becomes ``.corrupt``."""
+    path = tmp_path / segment_name(1)
+    content = bad_header + encode_many(PAYLOADS) if len(bad_header) == H else bad_header
+    path.write_bytes(content)
+    write_segment(tmp_path, 2)
+    report = recover(tmp_path, [])
+    assert not path.exists()
+    assert (tmp_path / f"{segment_name(1)}.corrupt").read_bytes() == content
+    assert kinds(report) == ["bad_segment"]
+    assert (report.findings[0].segment, report.findings[0].size) == (1, len(content))
+    assert [info.number for info in report.segments] == [2]
+
+
+@pytest.mark.parametrize("size", [0, 1, H - 1])
+def test_newest_header_cut_short_is_removed(tmp_path: Path, size: int) -> None:
+    """A newest segment shorter than its header is torn creation: the file is removed."""
+    write_segment(tmp_path, 1)
+    newest = tmp_path / segment_name(2)
+    newest.write_bytes(header(2)[:size])
+    report = recover(tmp_path, [])
+    assert not newest.exists()
+    assert not (tmp_path / f"{segment_name(2)}.corrupt").exists()
+    assert [(f.kind, f.segment, f.offset, f.size) for f in report.findings] == [
+        ("torn", 2, 0, size)
+    ]
+    assert report.segments == [SegmentInfo(1, segment_size(), 3)]
+
+
+def test_older_segment_cut_mid_record_is_truncated(tmp_path: Path) -> None:
+    """An older segment that ends in a cut record is truncated like the newest one would be."""
+    older = write_segment(tmp_path, 1, tail=encode(b"cut in half")[:12])
+    newer = write_segment(tmp_path, 2)
+    report = recover(tmp_path, [])
+    assert older.stat().st_size == segment_size()
+    assert newer.stat().st_size == segment_size()
+    assert [(f.kind, f.segment, f.offset, f.size) for f in report.findings] == [
+        ("torn", 1, segment_size(), 12)
+    ]
+    assert report.segments == [SegmentInfo(1, segment_size(), 3), SegmentInfo(2, segment_size(), 3)]
+
+
+# --- cursors -----------------------------------------------------------------------------------
+
+
+def test_missing_cursor_starts_at_oldest(tmp_path: Path) -> None:
+    """A sink without a cursor starts at the oldest retained record, with a cursor finding."""
+    write_segment(tmp_path, 3)
+    write_segment(tmp_path, 4)
+    report = recover(tmp_path, ["a"])
+    assert report.cursors == {"a": Position(3, H)}
+    assert kinds(report) == ["cursor"]
+    assert "sink a" in report.findings[0].detail
+
+
+def test_reset_cursor_is_rewritten(tmp_path: Path) -> None:
+    """A missing cursor is written at the position recovery chose, so the next start agrees."""
+    write_segment(tmp_path, 3)
+    recover(tmp_path, ["a"])
+    assert cursor.load(tmp_path / CURSOR_DIR, "a") == Position(3, H)
+    assert recover(tmp_path, ["a"]).findings == []
+
+
+def test_missing_cursor_without_segments_is_silent(tmp_path: Path) -> None:
+    """With no segments at all, a sink without a cursor is normal: no finding."""
+    report = recover(tmp_path, ["a", "b"])
+    assert report.findings == []
+    assert report.cursors == {"a": Position(1, H), "b": Position(1, H)}
+    assert (tmp_path / CURSOR_DIR).is_dir()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"{not json", id="garbage"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b'{"v": 1, "sink": "other", "segment": 3, "offset": 40}', id="other-sink"),
+        pytest.param(b'{"v": 2, "sink": "a", "segment": 3, "offset": 40}', id="other-version"),
+        pytest.param(b'{"v": 1, "sink": "a", "segment": 3, "offset": -1}', id="negative"),
+        pytest.param(b"[1, 2]", id="not-an-object"),
+    ],
+)
+def test_corrupt_cursor_starts_at_oldest(tmp_path: Path, content: bytes) -> None:
+    """A cursor that is unreadable or not this sink's counts as absent: oldest, with a finding."""
+    write_segment(tmp_path, 3)
+    write_segment(tmp_path, 4)
+    (tmp_path / CURSOR_DIR).mkdir()
+    (tmp_path / CURSOR_DIR / "a.json").write_bytes(content)
+    report = recover(tmp_path, ["a"])
+    assert report.cursors == {"a": Position(3, H)}
+    assert kinds(report) == ["cursor"]
+    assert "corrupt" in report.findings[0].detail
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param(Position(2, segment_size() + 1), id="past-last-record"),
+        pytest.param(Position(9, H), id="later-segment"),
+    ],
+)
+def test_cursor_beyond_end_moves_to_end(tmp_path: Path, stored: Position) -> None:
+    """A cursor past the end of the WAL is moved to the end, with a cursor finding."""
+    write_segment(tmp_path, 1)
+    write_segment(tmp_path, 2)
+    store_cursor(tmp_path, "a", stored)
+    report = recover(tmp_path, ["a"])
+    assert report.cursors == {"a": Position(2, segment_size())}
+    assert kinds(report) == ["cursor"]
+    assert "beyond the end" in report.findings[0].detail
+    assert cursor.load(tmp_path / CURSOR_DIR, "a") == Position(2, segment_size())
+
+
+def test_cursor_beyond_truncated_end_moves_to_end(tmp_path: Path) -> None:
+    """A cursor inside a torn tail that recovery cuts off is moved to the new end of the WAL."""
+    write_segment(tmp_path, 1, tail=encode(b"never acknowledged")[:20])
+    store_cursor(tmp_path, "a", Position(1, segment_size() + 10))
+    report = recover(tmp_path, ["a"])
+    assert report.cursors == {"a": Position(1, segment_size())}
+    assert kinds(report) == ["torn", "cursor"]
+
+
+def test_cursor_at_end_is_kept(tmp_path: Path) -> None:
+    """A cursor exactly at the end of the WAL (everything delivered) is valid as it is."""
+    write_segment(tmp_path, 1)
+    store_cursor(tmp_path, "a", Position(1, segment_size()))
+    report = recover(tmp_path, ["a"])
+    assert report.cursors == {"a": Position(1, segment_size())}
+    assert report.findings == []
+
+
+@pytest.mark.parametrize("inside", [0, 1, HEADER_SIZE, HEADER_SIZE + len(PAYLOADS[1]) - 1])
+def test_cursor_inside_skip_range_moves_to_its_end(tmp_path: Path, inside: int) -> None:
+    """A cursor inside a quarantined range is moved to the end of that range."""
+    path = write_segment(tmp_path, 1)
+    start, end = offsets_of(PAYLOADS)[1], offsets_of(PAYLOADS)[2]
+    flip(path, start + HEADER_SIZE)
+    store_cursor(tmp_path, "a", Position(1, start + inside))
+    report = recover(tmp_path, ["a"])
+    assert report.segments[0].skips == [(start, end)]
+    assert report.cursors == {"a": Position(1, end)}
+    assert cursor.load(tmp_path / CURSOR_DIR, "a") == Position(1, end)
+
+
+def test_reset_cursor_skips_a_corrupt_range_at_the_oldest_position(tmp_path: Path) -> None:
+    """A cursor reset to the oldest record lands after a corrupt range that starts the segment."""
+    path = write_segment(tmp_path, 1)
+    first_end = offsets_of(PAYLOADS)[1]
+    flip(path, H)  # length field of the first record
+    report = recover(tmp_path, ["a"])
+    assert report.segments[0].skips == [(H, first_end)]
+    assert report.cursors == {"a": Position(1, first_end)}
+    again = recover(tmp_path, ["a"])
+    assert again.cursors == report.cursors
+
+
+def test_unconfigured_sink_cursor_is_released(tmp_path: Path) -> None:
+    """The cursor of a sink no longer configured is removed and reported as released."""
+    write_segment(tmp_path, 1)
+    store_cursor(tmp_path, "a", Position(1, H))
+    store_cursor(tmp_path, "gone", Position(1, H))
+    report = recover(tmp_path, ["a"])
+    assert not (tmp_path / CURSOR_DIR / "gone.json").exists()
+    assert (tmp_path / CURSOR_DIR / "a.json").exists()
+    assert kinds(report) == ["released"]
+    assert "gone" in report.findings[0].detail
+    assert set(report.cursors) == {"a"}
+
+
+def test_stray_files_are_listed_and_left_alone(tmp_path: Path) -> None:
+    """Files that are not segments, quarantine, .corrupt, the lock or cursors are only listed."""
+    write_segment(tmp_path, 1)
+    strays = {
+        "notes.txt": b"hello",
+        "1.seg": b"short name",
+        f"{segment_name(2)}.tmp": b"x",
+    }
+    for name, content in strays.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "subdir").mkdir()
+    (tmp_path / LOCK_FILE).write_bytes(b"")  # the WAL's lock file is not stray
+    (tmp_path / f"{segment_name(5)}.corrupt").write_bytes(b"kept")
+    (tmp_path / f"{segment_name(1)}.40.quarantine").write_bytes(b"kept")
+    before = snapshot(tmp_path)
+    report = recover(tmp_path, [])
+    assert sorted(kinds(report)) == ["stray"] * 4
+    listed = " ".join(f.detail for f in report.findings)
+    for name in [*strays, "subdir"]:
+        assert name in listed
+    after = snapshot(tmp_path)
+    del after[CURSOR_DIR]  # recovery creates the (empty) cursor directory
+    assert after == before
+    assert [info.number for info in report.segments] == [1]
+
+
+# --- repair=False and idempotence --------------------------------------------------------------
+
+
+def damaged_wal(directory: Path) -> None:
+    """A WAL with one of every kind of damage in recovery's table."""
+    (directory / segment_name(1)).write_bytes(b"garbage, not a header" + bytes(40))
+    second = write_segment(directory, 2, tail=encode(b"next")[:5])  # older, cut mid-record
+    flip(second, offsets_of(PAYLOADS)[1] + 1)  # length field of the middle record
+    write_segment(directory, 3, tail=bytes(100))  # zero-filled tail
+    (directory / segment_name(4)).write_bytes(header(4)[:6])  # newest, header cut short
+    (directory / "stray.log").write_bytes(b"?")
+    store_cursor(directory, "beyond", Position(3, 10_000))
+    store_cursor(directory, "skipped", Position(2, offsets_of(PAYLOADS)[1] + 3))
+    store_cursor(directory, "released", Position(2, H))
+    (directory / CURSOR_DIR / "broken.json").write_bytes(b"{")
+
+
+SINKS = ["beyond", "skipped", "broken", "missing"]
+
+
+def test_damaged_wal_reports_every_kind(tmp_path: Path) -> None:
+    """The all-damage WAL yields each kind of finding (so the repair=False test covers them all)."""
+    damaged_wal(tmp_path)
+    report = recover(tmp_path, SINKS)
+    assert sorted(set(kinds(report))) == [
+        "bad_segment",
+        "corrupt",
+        "cursor",
+        "released",
+        "stray",
+        "torn",
+    ]
+    start, end = offsets_of(PAYLOADS)[1], offsets_of(PAYLOADS)[2]
+    assert report.cursors == {
+        "beyond": Position(3, segment_size()),
+        "skipped": Position(2, end),
+        "broken": Position(2, H),
+        "missing": Position(2, H),
+    }
+    assert report.segments == [
+        SegmentInfo(2, segment_size(), 2, [(start, end)]),
+        SegmentInfo(3, segment_size(), 3),
+    ]
+
+
+def test_inspect_changes_nothing_but_reports_the_same(tmp_path: Path) -> None:
+    """With repair=False no byte or file changes, and the report equals what repair then does."""
+    damaged_wal(tmp_path)
+    before = snapshot(tmp_path)
+    inspected = recover(tmp_path, SINKS, repair=False)
+    assert snapshot(tmp_path) == before
+    repaired = recover(tmp_path, SINKS)
+    assert snapshot(tmp_path) != before
+    assert inspected.findings == repaired.findings
+    assert inspected.segments == repaired.segments
+    assert inspected.cursors == repaired.cursors
+
+
+def test_inspect_of_missing_directory_creates_nothing(tmp_path: Path) -> None:
+    """With repair=False a WAL directory that does not exist is not created."""
+    directory = tmp_path / "wal"
+    report = recover(directory, ["a"], repair=False)
+    assert not directory.exists()
+    assert report.cursors == {"a": Position(1, H)}
+    assert report.findings == []
+
+
+def test_second_recovery_finds_only_the_same_skips(tmp_path: Path) -> None:
+    """Recovering a repaired WAL changes nothing and finds only the same skips (and strays) again."""
+    damaged_wal(tmp_path)
+    first = recover(tmp_path, SINKS)
+    for sink, position in first.cursors.items():  # reset cursors are rewritten by recovery
+        assert cursor.load(tmp_path / CURSOR_DIR, sink) == position
+    [quarantine] = tmp_path.glob("*.quarantine")
+    os.utime(quarantine, ns=(10**18, 10**18))  # a rewrite would set the current time
+    after_first = snapshot(tmp_path)
+    second = recover(tmp_path, SINKS)
+    assert snapshot(tmp_path) == after_first
+    # Stray files stay (left alone) and corrupt ranges stay skipped, now as known quarantines.
+    assert second.findings == [f for f in first.findings if f.kind == "stray"] + known_quarantines(
+        first
+    )
+    assert second.by_kind("corrupt") == []
+    assert second.segments == first.segments
+    assert second.cursors == first.cursors
+    assert list(tmp_path.glob("*.quarantine")) == [quarantine]
+    assert quarantine.stat().st_mtime_ns == 10**18
+
+
+# --- cursor files ------------------------------------------------------------------------------
+
+
+def test_cursor_store_then_load(tmp_path: Path) -> None:
+    """A stored cursor loads back as the same position, replaces the old one, and leaves no .tmp."""
+    cursor.store(tmp_path, "archive", Position(3, 81920))
+    assert cursor.load(tmp_path, "archive") == Position(3, 81920)
+    cursor.store(tmp_path, "archive", Position(4, 16))
+    assert cursor.load(tmp_path, "archive") == Position(4, 16)
+    cursor.store(tmp_path, "other", Position(1, 16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.json", "other.json"]
+    assert cursor.stored_sinks(tmp_path) == ["archive", "other"]
+    assert cursor.load(tmp_path, "absent") is None
+
+
+DAMAGE = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(0, 7)),
+    st.tuples(st.just("cut"), st.integers(0, 10_000), st.just(0)),
+    st.tuples(st.just("append"), st.integers(1, 30), st.integers(0, 255)),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.lists(st.binary(min_size=1, max_size=20), max_size=5), min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 2), DAMAGE), max_size=4),
+)
+def test_any_damage_recovers_idempotently(
+    segments: list[list[bytes]], damages: list[tuple[int, tuple[str, int, int]]]
+) -> None:
+    """For any damage to segments, inspect changes nothing and a second repair changes nothing."""
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        for number, payloads in enumerate(segments, start=1):
+            write_segment(directory, number, payloads)
+        for index, (kind, where, value) in damages:
+            path = directory / segment_name(index % len(segments) + 1)
+            data = bytearray(path.read_bytes())
+            if kind == "flip" and data:
+                data[where % len(data)] ^= 1 << value
+            elif kind == "cut":
+                del data[where % (len(data) + 1) :]
+            elif kind == "append":
+                data += bytes([value]) * where
+            path.write_bytes(bytes(data))
+        before = snapshot(directory)
+        inspected = recover(directory, [], repair=False)
+        assert snapshot(directory) == before
+        first = recover(directory, [])
+        assert inspected.findings == first.findings
+        assert inspected.segments == first.segments
+        after_first = snapshot(directory)
+        second = recover(directory, [])
+        assert snapshot(directory) == after_first
+        assert second.segments == first.segments
+        assert second.findings == known_quarantines(first)
+        for info in first.segments:
+            size = (directory / segment_name(info.number)).stat().st_size
+            assert size == info.size
