@@ -93,6 +93,7 @@ async def run_daemon(
         summary: dict[str, Any] = {
             "events": topology.counters["events"],
             "delivered": {slot.sink.id: slot.sink.counters["events"] for slot in topology.sinks},
+            "metrics": topology.metrics(),
         }
         if drained:
             log.info("shutdown_complete", **summary)

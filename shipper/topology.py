@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -104,6 +105,38 @@ class Topology:
         """Phase one of shutdown: sources stop accepting and reading; the rest drains."""
         for source in self.sources:
             source.stop()
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters of every component, for logs now and the API later."""
+        wal = self.wal
+        return {
+            "sources": {source.id: dict(source.counters) for source in self.sources},
+            "buffer": {
+                "records_written": wal.counters["events"],
+                "bytes_written": wal.counters["bytes"],
+                "fsyncs": wal.counters["fsyncs"],
+                "buffer_bytes": wal.total_bytes,
+                "blocked": wal.counters["blocked"],
+                "blocked_ms": wal.counters["blocked_ms"],
+                "dropped": {"full": wal.counters["dropped_full"]},
+                "write_errors": wal.counters["write_errors"],
+                "segments_deleted": wal.counters["segments_deleted"],
+                "recovery": {
+                    key.removeprefix("recovery_"): value
+                    for key, value in wal.counters.items()
+                    if key.startswith("recovery_")
+                },
+            },
+            "sinks": {
+                slot.sink.id: {
+                    **slot.sink.counters,
+                    "lag_bytes": wal.lag_bytes(wal.readers[slot.sink.id])
+                    if slot.sink.id in wal.readers
+                    else 0,
+                }
+                for slot in self.sinks
+            },
+        }
 
     def pending(self) -> dict[str, int]:
         """Per sink, bytes in the WAL not yet acknowledged (they wait for the next start)."""

@@ -50,7 +50,16 @@ async def test_events_reach_the_archive_in_order_with_unique_ids(
         sequences = [e["record"]["sequence"] for e in envelopes if e["agent"] == agent]
         assert sequences == list(range(1, 501))
     assert len({e["id"] for e in envelopes}) == 1500
-    assert logs.entries("shutdown_complete")[0]["delivered"] == {"archive": 1500}
+    (complete,) = logs.entries("shutdown_complete")
+    assert complete["delivered"] == {"archive": 1500}
+    metrics = complete["metrics"]
+    assert metrics["sources"]["agents"]["events"] == 1500
+    assert metrics["sources"]["agents"]["connections_accepted"] == 3
+    assert metrics["buffer"]["records_written"] == 1500
+    assert metrics["buffer"]["fsyncs"] >= 1
+    assert metrics["buffer"]["dropped"] == {"full": 0}
+    assert metrics["sinks"]["archive"]["events"] == 1500
+    assert metrics["sinks"]["archive"]["lag_bytes"] == 0
 
 
 async def test_sink_inputs_select_sources(tmp_path: Path, logs: LogCapture) -> None:
