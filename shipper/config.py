@@ -38,6 +38,8 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 CHAIN_PROFILES: Final = ("seed", "safeclaw-jsonl")
 SOURCE_TYPES: Final = ("json_tls",)
 SINK_TYPES: Final = ("file",)
+#: The largest line a source may accept: its envelope must fit one WAL record (64 MiB).
+MAX_LINE_BYTES: Final = 32 * 1024 * 1024
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -265,11 +267,19 @@ class _Table:
 
         return self._get(name, default, convert, choices[0])
 
-    def size(self, name: str, default: int | _Missing = _REQUIRED, minimum: int = 0) -> int:
+    def size(
+        self,
+        name: str,
+        default: int | _Missing = _REQUIRED,
+        minimum: int = 0,
+        maximum: int | None = None,
+    ) -> int:
         def convert(value: object) -> int:
             size = parse_size(value)
             if size < minimum:
                 raise ValueError(f"expected a size of at least {minimum} bytes")
+            if maximum is not None and size > maximum:
+                raise ValueError(f"expected a size of at most {maximum} bytes")
             return size
 
         return self._get(name, default, convert, max(minimum, 1))
@@ -522,7 +532,9 @@ def _source(source_id: str, table: _Table) -> SourceConfig | None:
         id=source_id,
         address=address,
         tls=tls,
-        max_line_bytes=table.size("max_line_bytes", 1024 * 1024, minimum=64),
+        max_line_bytes=table.size(
+            "max_line_bytes", 1024 * 1024, minimum=64, maximum=MAX_LINE_BYTES
+        ),
         max_connections=table.integer("max_connections", 1024, minimum=1, maximum=1_000_000),
         idle_timeout=table.duration("idle_timeout", 300.0, minimum=0.001),
     )

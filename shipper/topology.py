@@ -99,6 +99,7 @@ class Topology:
                         log.info("source_listening", source=source.id, address=str(address))
                 task_status.started(self.bound)
         finally:
+            self.wal.release()
             self.finished.set()
 
     def stop(self) -> None:
@@ -166,7 +167,7 @@ class Topology:
         delay = 0.1
         while True:
             try:
-                await self.wal.append(batch)
+                accepted = await self.wal.append(batch)
             except WalWriteError as exc:
                 wait = delay * random.uniform(0.5, 1.0)
                 log.error(
@@ -175,5 +176,5 @@ class Topology:
                 await trio.sleep(wait)
                 delay = min(delay * 2, 30.0)
                 continue
-            self.counters["events"] += len(batch)
+            self.counters["events" if accepted else "dropped"] += len(batch)
             return

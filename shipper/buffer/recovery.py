@@ -43,6 +43,7 @@ from shipper.buffer.segment import (
 
 CURSOR_DIR = "cursors"
 LOCK_FILE = "lock"
+EPOCH_FILE = "epoch"
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Report:
     segments: list[SegmentInfo] = field(default_factory=list)
     cursors: dict[str, Position] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    #: The highest segment number ever seen here (bad segments included): new ones go above it.
+    highest: int = 0
 
     def by_kind(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]
@@ -113,11 +116,15 @@ def recover(directory: Path, sink_ids: Sequence[str], repair: bool = True) -> Re
         number = segment_number(path.name)
         if number is not None:
             numbers.append(number)
-        elif path.name not in (CURSOR_DIR, LOCK_FILE) and not path.name.endswith(
+        elif path.name.endswith(".seg.corrupt"):
+            bad = segment_number(path.name.removesuffix(".corrupt"))
+            report.highest = max(report.highest, bad or 0)
+        elif path.name not in (CURSOR_DIR, LOCK_FILE, EPOCH_FILE) and not path.name.endswith(
             (".quarantine", ".corrupt")
         ):
             report.findings.append(Finding("stray", f"unknown file left alone: {path.name}"))
     numbers.sort()
+    report.highest = max([report.highest, *numbers])
     for index, number in enumerate(numbers):
         info = _recover_segment(report, number, last=index == len(numbers) - 1, repair=repair)
         if info is not None:

@@ -20,8 +20,10 @@ id, a NUL byte, and the envelope (``shipper.events``), whose id is the record's 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import secrets
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ import trio
 
 from shipper.buffer import cursor as cursors
 from shipper.buffer import record as records
-from shipper.buffer.recovery import CURSOR_DIR, LOCK_FILE, Report, recover
+from shipper.buffer.recovery import CURSOR_DIR, EPOCH_FILE, LOCK_FILE, Report, recover
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
     Position,
@@ -42,7 +44,7 @@ from shipper.buffer.segment import (
     write_all,
 )
 from shipper.errors import ShipperError
-from shipper.events import Event
+from shipper.events import Event, Malformed
 from shipper.logging import get_logger
 
 log = get_logger("shipper.buffer")
@@ -84,18 +86,22 @@ class Wal:
         self.directory = directory
         self.settings = settings
         self.counters: Counter[str] = Counter()
+        self.epoch = ""  # identifies this WAL directory's lifetime (see open)
         self._sizes: dict[int, int] = {}  # segment number -> bytes
         self._skips: dict[int, list[tuple[int, int]]] = {}
         self._fd: int | None = None
         self._active = 0
+        self._next_number = 1  # numbers are never reused, not even after a failed create
+        self._seal = False  # the next append starts a new segment (after an I/O error, or full)
         self.committed = Position(1, SEGMENT_HEADER_SIZE)
         self.readers: dict[str, WalReader] = {}
         self._appended = trio.Event()
-        self._space = trio.Event()
+        self._progress = trio.Event()  # set on every ack and deletion: a full writer re-checks
         self._closed = False
+        self._closed_event = trio.Event()
         self._dirty = False
-        self._io = trio.Lock()
-        self._lock: int | None = None  # one thread at a time touches the active segment's fd
+        self._io = trio.Lock()  # one thread at a time touches the active segment's fd
+        self._lock: int | None = None  # the directory's flock, held from open() to release()
         self.report: Report | None = None
 
     # --- opening and closing -------------------------------------------------------------------
@@ -103,26 +109,30 @@ class Wal:
     def open(self, sinks: dict[str, frozenset[str] | None]) -> Report:
         """Lock and recover the directory and start a new segment (blocking; before serving)."""
         self._lock = lock_directory(self.directory)
-        report = recover(self.directory, list(sinks))
-        for finding in report.findings:
-            level = (
-                log.info if finding.kind in ("released", "stray", "quarantined") else log.warning
-            )
-            level(
-                "wal_recovery",
-                kind=finding.kind,
-                detail=finding.detail,
-                segment=finding.segment,
-                offset=finding.offset,
-                size=finding.size,
-            )
-            self.counters[f"recovery_{finding.kind}"] += 1
-        for info in report.segments:
-            self._sizes[info.number] = info.size
-            if info.skips:
-                self._skips[info.number] = info.skips
-        self._active = (report.segments[-1].number if report.segments else 0) + 1
-        self._fd = create(self.directory, self._active)
+        try:
+            self.epoch = _epoch(self.directory)
+            report = recover(self.directory, list(sinks))
+            for finding in report.findings:
+                quiet = finding.kind in ("released", "stray", "quarantined")
+                (log.info if quiet else log.warning)(
+                    "wal_recovery",
+                    kind=finding.kind,
+                    detail=finding.detail,
+                    segment=finding.segment,
+                    offset=finding.offset,
+                    size=finding.size,
+                )
+                self.counters[f"recovery_{finding.kind}"] += 1
+            for info in report.segments:
+                self._sizes[info.number] = info.size
+                if info.skips:
+                    self._skips[info.number] = info.skips
+            self._active = report.highest + 1
+            self._next_number = self._active + 1
+            self._fd = create(self.directory, self._active)
+        except BaseException:
+            self.release()
+            raise
         self._sizes[self._active] = SEGMENT_HEADER_SIZE
         self.committed = Position(self._active, SEGMENT_HEADER_SIZE)
         for sink, inputs in sinks.items():
@@ -139,61 +149,63 @@ class Wal:
         return self._closed
 
     async def close(self) -> None:
-        """No more appends: fsync and close the active segment; readers finish what is there."""
+        """No more appends: fsync and close the active segment; readers finish what is there.
+
+        The directory stays locked until ``release()``: sinks still read and acknowledge.
+        """
         if self._closed:
             return
         self._closed = True
-        if self._lock is not None:
-            os.close(self._lock)  # releases the flock
-            self._lock = None
+        self._closed_event.set()
         with trio.CancelScope(shield=True):
             async with self._io:
                 fd, self._fd = self._fd, None
                 if fd is not None:
-                    await trio.to_thread.run_sync(_fsync_close, fd)
+                    try:
+                        await trio.to_thread.run_sync(_fsync_close, fd)
+                    except OSError as exc:
+                        log.error("wal_fsync_failed", error=str(exc))
         self._wake_readers()
+
+    def release(self) -> None:
+        """Give up the directory lock (after every sink is done with the WAL)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # --- writing -------------------------------------------------------------------------------
 
     async def append(self, events: Sequence[Event]) -> bool:
-        """Make ``events`` durable (per the fsync policy); False if dropped because full."""
+        """Make ``events`` durable (per the fsync policy); False if dropped because full.
+
+        Raises ``WalWriteError`` when the disk refused; nothing of the batch was accepted then,
+        and the caller may retry the same batch.
+        """
         if not events:
             return True
-        if self.total_bytes >= self.settings.max_bytes:
-            if self.settings.when_full == "drop_newest":
-                self.counters["dropped_full"] += len(events)
-                log.warning(
-                    "wal_full_dropped", events=len(events), max_bytes=self.settings.max_bytes
-                )
-                return False
-            self.counters["blocked"] += 1
-            log.warning(
-                "wal_full_blocking", bytes=self.total_bytes, max_bytes=self.settings.max_bytes
-            )
-            started = trio.current_time()
-            while self.total_bytes >= self.settings.max_bytes:
-                self._space = trio.Event()
-                await self._space.wait()
-            blocked = trio.current_time() - started
-            self.counters["blocked_ms"] += int(blocked * 1000)
-            log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
-        chunks = self._encode(events)
-        sync = self.settings.fsync == "batch"
+        if self.total_bytes >= self.settings.max_bytes and not await self._wait_for_space(
+            len(events)
+        ):
+            return False
         assert self._fd is not None, "append after close"
-        start = (self._active, self._sizes[self._active])
-        try:
-            async with self._io:
-                self._fd = await trio.to_thread.run_sync(
+        async with self._io:
+            chunks = self._encode(events)
+            start = (self._active, self._sizes[self._active])
+            sync = self.settings.fsync == "batch"
+            try:
+                self._fd, self._active = await trio.to_thread.run_sync(
                     self._write_chunks, self._fd, start, chunks, sync
                 )
-        except OSError as exc:
-            self.counters["write_errors"] += 1
-            raise WalWriteError(f"cannot append to the WAL in {self.directory}: {exc}") from exc
+            except _WriteFailed as failed:
+                self._fd = failed.fd
+                self._seal = True  # never append again to a segment whose write or fsync failed
+                self.counters["write_errors"] += 1
+                raise WalWriteError(
+                    f"cannot append to the WAL in {self.directory}: {failed.error}"
+                ) from failed.error
+            self._seal = False
         for segment, data in chunks:
-            if segment != self._active:
-                self._active = segment
-                self._sizes[segment] = SEGMENT_HEADER_SIZE
-            self._sizes[segment] += len(data)
+            self._sizes[segment] = self._sizes.get(segment, SEGMENT_HEADER_SIZE) + len(data)
         if not sync:
             self._dirty = True
         self.committed = Position(self._active, self._sizes[self._active])
@@ -203,21 +215,77 @@ class Wal:
         self._wake_readers()
         return True
 
+    async def _wait_for_space(self, count: int) -> bool:
+        """Apply ``when_full``: False to drop the batch, or wait until the WAL has room."""
+        if self.settings.when_full == "drop_newest":
+            self.counters["dropped_full"] += count
+            log.warning("wal_full_dropped", events=count, max_bytes=self.settings.max_bytes)
+            return False
+        self.counters["blocked"] += 1
+        log.warning("wal_full_blocking", bytes=self.total_bytes, max_bytes=self.settings.max_bytes)
+        started = trio.current_time()
+        while self.total_bytes >= self.settings.max_bytes:
+            progress = self._progress = trio.Event()
+            active_size = self._sizes[self._active]
+            if active_size > SEGMENT_HEADER_SIZE and all(
+                reader.passed(self._active) for reader in self.readers.values()
+            ):
+                # Only the segment being written holds the space, and every sink is past it:
+                # start a new one so that collect() may delete it.
+                self._seal = True
+                await self.append_nothing()
+                await self.collect()
+                continue
+            await progress.wait()
+        blocked = trio.current_time() - started
+        self.counters["blocked_ms"] += int(blocked * 1000)
+        log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
+        return True
+
+    async def append_nothing(self) -> None:
+        """Start the next segment now (what a sealed append would do first)."""
+        async with self._io:
+            if not self._seal or self._fd is None:
+                return
+            number = self._take_number()
+            try:
+                self._fd, self._active = await trio.to_thread.run_sync(
+                    self._write_chunks,
+                    self._fd,
+                    (self._active, self._sizes[self._active]),
+                    [(number, b"")],
+                    False,
+                )
+            except _WriteFailed as failed:
+                self._fd = failed.fd
+                self.counters["write_errors"] += 1
+                log.error("wal_rotate_failed", error=str(failed.error))
+                return
+            self._seal = False
+        self._sizes[self._active] = SEGMENT_HEADER_SIZE
+        self.committed = Position(self._active, SEGMENT_HEADER_SIZE)
+        self._wake_readers()
+
+    def _take_number(self) -> int:
+        number = self._next_number
+        self._next_number += 1
+        return number
+
     def _encode(self, events: Sequence[Event]) -> list[tuple[int, bytes]]:
+        """The batch as framed records, grouped by the segment each lands in (ids = positions)."""
         segment = self._active
         offset = self._sizes[segment]
         limit = self.settings.segment_bytes
+        if self._seal:
+            segment, offset = self._take_number(), SEGMENT_HEADER_SIZE
         chunks: list[tuple[int, bytes]] = []
         parts: list[bytes] = []
-        encode = records.encode
         for event in events:
             if offset >= limit:
                 chunks.append((segment, b"".join(parts)))
                 parts = []
-                segment += 1
-                offset = SEGMENT_HEADER_SIZE
-            payload = event.source_id.encode() + b"\0" + event.encode(f"{segment}-{offset}")
-            framed = encode(payload)
+                segment, offset = self._take_number(), SEGMENT_HEADER_SIZE
+            framed = _frame(event, f"{segment}-{offset}")
             parts.append(framed)
             offset += len(framed)
         chunks.append((segment, b"".join(parts)))
@@ -225,38 +293,66 @@ class Wal:
 
     def _write_chunks(
         self, fd: int, start: tuple[int, int], chunks: list[tuple[int, bytes]], sync: bool
-    ) -> int:
-        """Worker thread: write, rotating segments as planned, fsync if asked; the active fd.
+    ) -> tuple[int, int]:
+        """Worker thread: write the chunks, starting new segments as planned; fsync if asked.
 
-        Touches no shared state. On a write error the segment is cut back to where this batch
-        began, so that offsets (and event ids) stay true; the caller may retry.
+        Returns the active fd and segment number. Touches no shared state. All or nothing: on
+        any error the segments this call created are removed, the segment it began in is cut
+        back to where the batch began, and ``_WriteFailed`` carries the fd to keep using (the
+        caller then seals that segment: no append goes to a file whose write or fsync failed).
         """
-        active, size = start
-        for segment, data in chunks:
-            if segment != active:
-                _fsync_close(fd)
-                fd = create(self.directory, segment)
-                active, size = segment, SEGMENT_HEADER_SIZE
-            try:
+        first_fd = fd
+        active, base = start
+        created: list[tuple[int, int]] = []
+        try:
+            for segment, data in chunks:
+                if segment != active:
+                    if fd == first_fd:
+                        try:  # seal the segment the batch began in
+                            os.fsync(fd)
+                        except OSError as exc:  # its bytes stay readable; durability unknown
+                            log.error("wal_fsync_failed", segment=active, error=str(exc))
+                    else:
+                        os.fsync(fd)
+                    fd = create(self.directory, segment)
+                    created.append((segment, fd))
+                    active = segment
                 write_all(fd, data)
-            except OSError:
-                os.ftruncate(fd, size)
-                raise
-            size += len(data)
-        if sync:
-            os.fsync(fd)
-        return fd
+            if sync:
+                os.fsync(fd)
+        except OSError as exc:
+            for segment, new_fd in created:
+                with contextlib.suppress(OSError):
+                    os.close(new_fd)
+                with contextlib.suppress(OSError):
+                    (self.directory / segment_name(segment)).unlink()
+            with contextlib.suppress(OSError):
+                os.ftruncate(first_fd, base)
+            raise _WriteFailed(first_fd, exc) from exc
+        for _segment, new_fd in created[:-1]:
+            os.close(new_fd)  # filled and fsynced within this batch
+        if created:
+            with contextlib.suppress(OSError):
+                os.close(first_fd)  # sealed: fsynced at the rotation (or the policy allows)
+        return fd, active
 
     async def run_interval_fsync(self) -> None:
         """With ``fsync = "interval"``: fsync the active segment every ``fsync_interval``."""
         if self.settings.fsync != "interval":
             return
         while not self._closed:
-            await trio.sleep(self.settings.fsync_interval)
+            with trio.move_on_after(self.settings.fsync_interval):
+                await self._closed_event.wait()
             async with self._io:
                 if self._dirty and self._fd is not None:
                     self._dirty = False
-                    await trio.to_thread.run_sync(os.fsync, self._fd)
+                    try:
+                        await trio.to_thread.run_sync(os.fsync, self._fd)
+                    except OSError as exc:
+                        self._seal = True
+                        self.counters["write_errors"] += 1
+                        log.error("wal_fsync_failed", error=str(exc))
+                        continue
                     self.counters["fsyncs"] += 1
 
     # --- readers and deletion -----------------------------------------------------------------
@@ -277,6 +373,7 @@ class Wal:
 
     async def collect(self) -> None:
         """Delete every segment that all readers have passed (never the active one)."""
+        self._progress.set()
         doomed = [
             number
             for number in sorted(self._sizes)
@@ -285,17 +382,30 @@ class Wal:
         ]
         if not doomed:
             return
-        for number in doomed:  # forget them first: a concurrent collect must not see them
-            del self._sizes[number]
-            self._skips.pop(number, None)
-        await trio.to_thread.run_sync(self._delete, doomed)
-        self.counters["segments_deleted"] += len(doomed)
-        self._space.set()
+        sizes = {number: self._sizes.pop(number) for number in doomed}  # a concurrent collect
+        skips = {number: self._skips.pop(number, []) for number in doomed}  # must not see them
+        failed = await trio.to_thread.run_sync(self._delete, doomed)
+        for number in failed:  # still on disk: still counted, deleted at a later collect
+            self._sizes[number] = sizes[number]
+            if skips[number]:
+                self._skips[number] = skips[number]
+        self.counters["segments_deleted"] += len(doomed) - len(failed)
+        self._progress.set()
 
-    def _delete(self, numbers: list[int]) -> None:
+    def _delete(self, numbers: list[int]) -> list[int]:
+        """Worker thread: unlink the segments; the numbers that could not be deleted."""
+        failed = []
         for number in numbers:
-            (self.directory / segment_name(number)).unlink(missing_ok=True)
-        fsync_dir(self.directory)
+            try:
+                (self.directory / segment_name(number)).unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("wal_delete_failed", segment=number, error=str(exc))
+                failed.append(number)
+        try:
+            fsync_dir(self.directory)
+        except OSError as exc:
+            log.error("wal_fsync_failed", error=str(exc))
+        return failed
 
     def lag_bytes(self, reader: WalReader) -> int:
         """Bytes accepted but not yet acknowledged by ``reader``'s sink."""
@@ -409,10 +519,57 @@ class WalReader:
         if end <= self.acked:
             return
         directory = self.wal.directory / CURSOR_DIR
-        await trio.to_thread.run_sync(cursors.store, directory, self.sink, end)
+        try:
+            await trio.to_thread.run_sync(cursors.store, directory, self.sink, end)
+        except OSError as exc:
+            # Delivered, but the cursor is not persisted: after a crash this part comes again.
+            # The next acknowledgement tries again; segments stay until one succeeds.
+            self.counters["cursor_errors"] += 1
+            log.error("wal_cursor_store_failed", sink=self.sink, error=str(exc))
+            return
         self.acked = end
         self.counters["acks"] += 1
         await self.wal.collect()
+
+
+class _WriteFailed(Exception):
+    """Internal: a write failed; carries the fd the writer keeps and the OS error."""
+
+    def __init__(self, fd: int, error: OSError) -> None:
+        super().__init__(str(error))
+        self.fd = fd
+        self.error = error
+
+
+def _frame(event: Event, event_id: str) -> bytes:
+    """One WAL record for ``event``: its source id, NUL, its envelope carrying ``event_id``."""
+    envelope = event.encode(event_id)
+    if len(envelope) + 256 > records.MAX_PAYLOAD:  # cannot happen within the config's limits
+        raw = event.record_json or b""
+        event = Event(
+            event.received_at,
+            event.source,
+            event.agent,
+            malformed=Malformed.of("envelope larger than the WAL's record limit", raw),
+        )
+        envelope = event.encode(event_id)
+    return records.encode(event.source_id.encode() + b"\0" + envelope)
+
+
+def _epoch(directory: Path) -> str:
+    """The id of this WAL directory's lifetime, created with it (a new one after a wipe)."""
+    path = directory / EPOCH_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        epoch = secrets.token_hex(8)
+        tmp = path.with_name(EPOCH_FILE + ".tmp")
+        tmp.write_text(epoch + "\n")
+        with open(tmp, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        fsync_dir(directory)
+        return epoch
 
 
 class WalLocked(ShipperError):

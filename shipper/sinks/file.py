@@ -2,9 +2,11 @@
 
 Layout of ``path`` (a directory, created if missing)::
 
-    events-20261123T175500Z-0001.jsonl     one envelope (shipper.events) per line, LF-terminated
-    events-20261123T181210Z-0002.jsonl     the next file, opened when the current one would pass
-                                           max_file_bytes, or at the next start of the daemon
+    events-20261123T175500Z-0001-<epoch>.jsonl   one envelope (shipper.events) per line, LF-ended
+    events-20261123T181210Z-0002-<epoch>.jsonl   the next file, opened when the current one would
+                                                 pass max_file_bytes, or at the next start
+
+``<epoch>`` names the lifetime of the WAL the events came from (``Wal.epoch``).
 
 Rules:
 
@@ -18,8 +20,10 @@ Rules:
 * Every batch is fsynced before the sink acknowledges it to the WAL, and the directory after a file
   is created, so what the WAL has let go of survives a power cut.
 * Exactly once across crashes: a crash between a write and its acknowledgement makes the WAL
-  deliver that batch again. At start the sink cuts a torn last line off the newest file, reads the
-  id (the WAL position) of the last line, and skips what the WAL offers up to that position.
+  deliver that batch again. At start the sink cuts a torn last line off the newest file of the
+  current WAL epoch, reads the id (the WAL position) of its last line, and skips what the WAL
+  offers up to that position. Files of another epoch are never used for this, so a wiped WAL (whose
+  positions start again) loses nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class FileSink:
         self._size = 0
         self._serial = 0
         self.current_path: Path | None = None
+        self._epoch = "0"
 
     async def run(
         self,
@@ -72,6 +77,7 @@ class FileSink:
         """Deliver everything the WAL holds for this sink, acknowledging each batch once it is
         fsynced; return when the WAL is closed and read to its end."""
         task_status.started()
+        self._epoch = reader.wal.epoch
         resume = await trio.to_thread.run_sync(self._resume_point)
         try:
             while (batch := await reader.read(WRITE_BYTES)) is not None:
@@ -136,7 +142,9 @@ class FileSink:
         this is how the sink recognises them, so that the archive holds each event once.
         """
         try:
-            files = sorted(self.config.path.glob("events-*.jsonl"))
+            # Only files written from this WAL's lifetime: positions of another WAL (one that was
+            # wiped, or another data_dir) say nothing about what this one has delivered.
+            files = sorted(self.config.path.glob(f"events-*-{self._epoch}.jsonl"))
             for path in reversed(files):
                 last = _last_line(path)
                 if last is not None:
@@ -151,7 +159,7 @@ class FileSink:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         while True:
             self._serial += 1
-            path = directory / f"events-{stamp}-{self._serial:04d}.jsonl"
+            path = directory / f"events-{stamp}-{self._serial:04d}-{self._epoch}.jsonl"
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
             except FileExistsError:

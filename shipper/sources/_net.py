@@ -217,7 +217,13 @@ class StreamServer:
                     await trio.sleep(0.1)
                     continue
                 raise
-            peer = format_peer(stream.socket.getpeername())
+            try:
+                peer = format_peer(stream.socket.getpeername())
+            except OSError as exc:  # reset before we got to it (a port scan, a health check)
+                self.counters["connections_reset_early"] += 1
+                log.info("connection_reset_early", source=self.source_id, error=str(exc))
+                await _close(stream)
+                continue
             if len(self._connections) >= self.max_connections:
                 self.counters["connections_refused"] += 1
                 log.warning(
@@ -229,10 +235,12 @@ class StreamServer:
                 await _close(stream)
                 continue
             self.counters["connections_accepted"] += 1
-            nursery.start_soon(self._run_connection, stream, peer)
+            connection = Connection(self, stream, peer)  # registers now: counts toward the limit
+            nursery.start_soon(self._run_connection, connection)
 
-    async def _run_connection(self, tcp: trio.SocketStream, peer: str) -> None:
-        connection = Connection(self, tcp, peer)
+    async def _run_connection(self, connection: Connection) -> None:
+        tcp = connection.stream
+        peer = connection.peer
         stream: trio.abc.Stream = tcp
         try:
             if self.ssl_context is not None:

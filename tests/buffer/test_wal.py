@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import orjson
+import pytest
 import trio
 
-from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, segment_name
-from shipper.buffer.wal import ReadBatch, Wal, WalReader, WalSettings
+from shipper.buffer import record as records
+from shipper.buffer import wal as wal_module
+from shipper.buffer.segment import (
+    SEGMENT_HEADER_SIZE,
+    Position,
+    create,
+    segment_name,
+    write_all,
+)
+from shipper.buffer.wal import (
+    ReadBatch,
+    Wal,
+    WalLocked,
+    WalReader,
+    WalSettings,
+    WalWriteError,
+    lock_directory,
+)
 from shipper.events import Event
 from tests.conftest import wait_until
 
@@ -82,6 +101,7 @@ async def test_restart_resumes_after_the_acknowledged_position(tmp_path: Path) -
     assert unacked is not None
     assert numbers(unacked) == [6, 7, 8, 9, 10]
     await wal.close()  # no ack for 6..10: they must come again
+    wal.release()
 
     again = open_wal(tmp_path)
     assert await read_all(again.readers["a"]) == [6, 7, 8, 9, 10]
@@ -221,3 +241,112 @@ async def test_position_ordering_follows_segments_then_offsets() -> None:
     """Positions compare by segment first, so a later segment is always further on."""
     assert Position(1, 10_000) < Position(2, SEGMENT_HEADER_SIZE)
     assert str(Position(3, 16)) == "3-16"
+
+
+def ids_match_offsets(directory: Path) -> list[int]:
+    """Check every record's id names its true position; the record numbers in file order."""
+    found: list[int] = []
+    for path in segment_files(directory):
+        number = int(path.name.removesuffix(".seg"))
+        for item in records.scan(path.read_bytes(), SEGMENT_HEADER_SIZE):
+            assert isinstance(item, records.Record), item
+            envelope = orjson.loads(item.payload.partition(b"\0")[2])
+            assert envelope["id"] == f"{number}-{item.offset}"
+            found.append(envelope["record"]["n"])
+    return found
+
+
+async def test_a_failed_write_is_all_or_nothing_and_the_retry_is_not_duplicated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails halfway leaves nothing of the batch; the retry lands once, ids true."""
+    wal = open_wal(tmp_path, segment_bytes=8192)
+    await wal.append(events(1, 5))
+
+    def half_then_fail(fd: int, data: bytes) -> None:
+        write_all(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wal_module, "write_all", half_then_fail)
+    with pytest.raises(WalWriteError, match="No space left"):
+        await wal.append(events(6, 40))  # spans segments: a rotation happens inside the batch
+    monkeypatch.setattr(wal_module, "write_all", write_all)
+    await wal.append(events(6, 40))
+    assert await read_all(wal.readers["a"]) == list(range(1, 46))
+    await wal.close()
+    assert ids_match_offsets(tmp_path) == list(range(1, 46))
+    wal.release()
+
+
+async def test_a_failed_segment_creation_leaves_the_writer_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a new segment cannot be created, the batch fails whole and a retry succeeds."""
+    wal = open_wal(tmp_path, segment_bytes=4096)
+    await wal.append(events(1, 3))
+
+    def refuse(directory: Path, number: int) -> int:
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(wal_module, "create", refuse)
+    with pytest.raises(WalWriteError, match="quota"):
+        await wal.append(events(4, 30))
+    monkeypatch.setattr(wal_module, "create", create)
+    await wal.append(events(4, 30))
+    assert await read_all(wal.readers["a"]) == list(range(1, 34))
+    await wal.close()
+    assert ids_match_offsets(tmp_path) == list(range(1, 34))
+    wal.release()
+
+
+async def test_one_record_larger_than_the_free_space_does_not_deadlock(tmp_path: Path) -> None:
+    """A record that fills the WAL past max_bytes is delivered, and the writer goes on after it."""
+    wal = open_wal(tmp_path, segment_bytes=64 * 1024, max_bytes=1024 * 1024)
+    source = {"id": "agents", "kind": "json_tls", "peer": "p"}
+    big = Event("t", source, "a", orjson.dumps({"n": 1, "pad": "x" * 1_100_000}))
+    done = trio.Event()
+    delivered: list[int] = []
+
+    async def writer() -> None:
+        await wal.append([big])
+        await wal.append(events(2, 3))
+        done.set()
+
+    async def sink() -> None:
+        while len(delivered) < 4:
+            batch = await wal.readers["a"].read()
+            assert batch is not None
+            delivered.extend(numbers(batch))
+            await wal.readers["a"].ack(batch.end)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            nursery.start_soon(sink)
+            await done.wait()
+    assert delivered == [1, 2, 3, 4]
+    assert wal.total_bytes < 1024 * 1024
+    await wal.close()
+    wal.release()
+
+
+async def test_interval_fsync_task_ends_as_soon_as_the_wal_closes(tmp_path: Path) -> None:
+    """The interval fsync task does not hold shutdown for the rest of its interval."""
+    wal = open_wal(tmp_path, fsync="interval", fsync_interval=3600)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wal.run_interval_fsync)
+            await wal.append(events(1, 1))
+            await trio.testing.wait_all_tasks_blocked()
+            await wal.close()
+    wal.release()
+
+
+async def test_the_directory_stays_locked_until_released(tmp_path: Path) -> None:
+    """close() ends appends but keeps the lock; only release() lets another process in."""
+    wal = open_wal(tmp_path)
+    await wal.close()
+    with pytest.raises(WalLocked):
+        lock_directory(tmp_path)
+    wal.release()
+    os.close(lock_directory(tmp_path))
