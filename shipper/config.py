@@ -36,7 +36,8 @@ T = TypeVar("T")
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 CHAIN_PROFILES: Final = ("seed", "safeclaw-jsonl")
-SOURCE_TYPES: Final = ("json_tls",)
+SOURCE_TYPES: Final = ("json_tls", "syslog")
+SYSLOG_MODES: Final = ("tcp", "tls", "udp")
 SINK_TYPES: Final = ("file",)
 #: The largest line a source may accept: its envelope must fit one WAL record (64 MiB).
 MAX_LINE_BYTES: Final = 32 * 1024 * 1024
@@ -446,7 +447,21 @@ class JsonTlsSourceConfig:
     kind: Literal["json_tls"] = "json_tls"
 
 
-SourceConfig = JsonTlsSourceConfig
+@dataclass(frozen=True)
+class SyslogSourceConfig:
+    """``type = "syslog"``: RFC 5424/3164 over TCP, TLS (RFC 5425) or UDP."""
+
+    id: str
+    address: Address
+    mode: str = "tcp"
+    tls: TlsServerConfig | None = None
+    max_message_bytes: int = 64 * 1024
+    max_connections: int = 1024
+    idle_timeout: float = 300.0
+    kind: Literal["syslog"] = "syslog"
+
+
+SourceConfig = JsonTlsSourceConfig | SyslogSourceConfig
 
 
 @dataclass(frozen=True)
@@ -524,20 +539,41 @@ def _tls_server(table: _Table) -> TlsServerConfig | None:
 
 
 def _source(source_id: str, table: _Table) -> SourceConfig | None:
-    table.choice("type", SOURCE_TYPES)
+    kind = table.choice("type", SOURCE_TYPES)
     address = table.address("address")
     tls_table = table.table("tls")
     tls = _tls_server(tls_table) if tls_table is not None else None
-    config = JsonTlsSourceConfig(
-        id=source_id,
-        address=address,
-        tls=tls,
-        max_line_bytes=table.size(
-            "max_line_bytes", 1024 * 1024, minimum=64, maximum=MAX_LINE_BYTES
-        ),
-        max_connections=table.integer("max_connections", 1024, minimum=1, maximum=1_000_000),
-        idle_timeout=table.duration("idle_timeout", 300.0, minimum=0.001),
-    )
+    max_connections = table.integer("max_connections", 1024, minimum=1, maximum=1_000_000)
+    idle_timeout = table.duration("idle_timeout", 300.0, minimum=0.001)
+    config: SourceConfig
+    if kind == "syslog":
+        mode = table.choice("mode", SYSLOG_MODES, "tcp")
+        if mode == "tls" and tls_table is None:
+            table.problem("tls", 'required table is missing (mode = "tls")')
+        elif mode != "tls" and tls_table is not None:
+            table.problem("tls", f'expected only with mode = "tls", got mode = "{mode}"')
+        config = SyslogSourceConfig(
+            id=source_id,
+            address=address,
+            mode=mode,
+            tls=tls,
+            max_message_bytes=table.size(
+                "max_message_bytes", 64 * 1024, minimum=64, maximum=MAX_LINE_BYTES
+            ),
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+        )
+    else:
+        config = JsonTlsSourceConfig(
+            id=source_id,
+            address=address,
+            tls=tls,
+            max_line_bytes=table.size(
+                "max_line_bytes", 1024 * 1024, minimum=64, maximum=MAX_LINE_BYTES
+            ),
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+        )
     table.finish()
     return config
 
@@ -637,11 +673,12 @@ def parse_config(
 
 
 def _check_distinct_addresses(sources: Mapping[str, SourceConfig], table: _Table) -> None:
-    seen: dict[Address, str] = {}
+    seen: dict[tuple[Address, str], str] = {}
     for source_id, source in sources.items():
         if source.address.port == 0:
             continue
-        other = seen.setdefault(source.address, source_id)
+        udp = isinstance(source, SyslogSourceConfig) and source.mode == "udp"
+        other = seen.setdefault((source.address, "udp" if udp else "tcp"), source_id)
         if other != source_id:
             table.problem(
                 f"{source_id}.address",

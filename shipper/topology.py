@@ -27,11 +27,12 @@ from typing import Any
 import trio
 
 from shipper.buffer.wal import Wal, WalSettings, WalWriteError
-from shipper.config import Address, Config
+from shipper.config import Address, Config, SyslogSourceConfig
 from shipper.events import Event
 from shipper.logging import get_logger
 from shipper.sinks.file import FileSink
 from shipper.sources.json_tls import JsonTlsSource
+from shipper.sources.syslog import SyslogSource
 
 log = get_logger("shipper.topology")
 
@@ -55,10 +56,16 @@ class Topology:
     def __init__(self, config: Config) -> None:
         self.config = config
         ingest_send, self._ingest = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
-        self.sources = [
-            JsonTlsSource(source, ingest_send.clone(), config.chain.agent_field)
-            for source in config.sources.values()
-        ]
+        self.sources: list[JsonTlsSource | SyslogSource] = []
+        for source in config.sources.values():
+            if isinstance(source, SyslogSourceConfig):
+                self.sources.append(
+                    SyslogSource(source, ingest_send.clone(), config.chain.agent_field)
+                )
+            else:
+                self.sources.append(
+                    JsonTlsSource(source, ingest_send.clone(), config.chain.agent_field)
+                )
         ingest_send.close()
         self.sinks = [
             SinkSlot(

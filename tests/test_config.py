@@ -23,6 +23,7 @@ from shipper.config import (
     Config,
     FileSinkConfig,
     JsonTlsSourceConfig,
+    SyslogSourceConfig,
     TlsServerConfig,
     interpolate_env,
     load_config,
@@ -156,7 +157,9 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
         sinks={"out": FileSinkConfig(id="out", path=Path("var/archive"))},
     )
     assert config.chain.profile == "seed"
-    assert config.sources["a"].max_line_bytes == 1024 * 1024
+    source = config.sources["a"]
+    assert isinstance(source, JsonTlsSourceConfig)
+    assert source.max_line_bytes == 1024 * 1024
     assert config.sinks["out"].inputs is None
 
 
@@ -175,6 +178,7 @@ def test_values_are_converted_to_bytes_seconds_and_tuples() -> None:
     assert config.chain.profile == "safeclaw-jsonl"
     assert config.origin == "test.toml"
     source = config.sources["a"]
+    assert isinstance(source, JsonTlsSourceConfig)
     assert source.address == Address("::1", 7000)
     assert (source.max_line_bytes, source.max_connections, source.idle_timeout) == (2048, 7, 0.25)
     assert config.sinks["out"].inputs == ("a",)
@@ -956,3 +960,31 @@ def test_source_id_with_a_trailing_newline_is_rejected() -> None:
     raw = copy.deepcopy(MINIMAL)
     raw["sources"]["b\n"] = {"type": "json_tls", "address": "127.0.0.1:6516"}
     assert _problems(raw) == ["sources.b\n: expected an id of letters, digits, '_', '-' and '.'"]
+
+
+def test_syslog_source_modes_and_their_tls_table_are_checked() -> None:
+    """A syslog source needs a tls table exactly when mode = "tls", and a known mode."""
+    assert _problems(_with_source(type="syslog", mode="tls")) == [
+        'sources.a.tls: required table is missing (mode = "tls")'
+    ]
+    assert _problems(_with_source(type="syslog", mode="relp")) == [
+        'sources.a.mode: expected "tcp", "tls" or "udp", got "relp"'
+    ]
+    config = parse_config(_with_source(type="syslog", mode="udp", max_message_bytes="8KiB"))
+    source = config.sources["a"]
+    assert isinstance(source, SyslogSourceConfig)
+    assert (source.mode, source.max_message_bytes) == ("udp", 8192)
+
+
+def test_udp_and_tcp_sources_may_share_a_port_but_two_tcp_sources_may_not() -> None:
+    """UDP and TCP listeners on the same port are distinct; two TCP listeners clash."""
+    raw = _raw()
+    raw["sources"] = {
+        "t": {"type": "syslog", "mode": "tcp", "address": "127.0.0.1:5514"},
+        "u": {"type": "syslog", "mode": "udp", "address": "127.0.0.1:5514"},
+    }
+    parse_config(raw)
+    raw["sources"]["j"] = {"type": "json_tls", "address": "127.0.0.1:5514"}
+    assert _problems(raw) == [
+        'sources.j.address: expected an address not used by source "t", got "127.0.0.1:5514"'
+    ]
