@@ -138,7 +138,24 @@ class Wal:
         for sink, inputs in sinks.items():
             self.readers[sink] = WalReader(self, sink, report.cursors[sink], inputs)
         self.report = report
+        # Segments every sink had passed before the restart (the last one was still active
+        # then): free their space now rather than at the next acknowledgement.
+        doomed = self._doomed()
+        for number in self._delete(doomed):
+            doomed.remove(number)  # could not be deleted: still there, still counted
+        for number in doomed:
+            del self._sizes[number]
+            self._skips.pop(number, None)
         return report
+
+    def _doomed(self) -> list[int]:
+        """Segments that every reader has passed, except the one being written."""
+        return [
+            number
+            for number in sorted(self._sizes)
+            if number != self._active
+            and all(reader.passed(number) for reader in self.readers.values())
+        ]
 
     @property
     def total_bytes(self) -> int:
@@ -374,12 +391,7 @@ class Wal:
     async def collect(self) -> None:
         """Delete every segment that all readers have passed (never the active one)."""
         self._progress.set()
-        doomed = [
-            number
-            for number in sorted(self._sizes)
-            if number != self._active
-            and all(reader.passed(number) for reader in self.readers.values())
-        ]
+        doomed = self._doomed()
         if not doomed:
             return
         sizes = {number: self._sizes.pop(number) for number in doomed}  # a concurrent collect
