@@ -162,3 +162,20 @@ async def test_logger_messages_reach_the_archive(
         assert first["syslog"]["sd"]["origin@32473"] == {"ip": "10.0.0.7"}
     assert second["record"]["msg"] == "plain text from logger"
     assert second["source"]["peer"].startswith("127.0.0.1:")
+
+
+async def test_udp_datagrams_are_dropped_and_counted_when_the_pipeline_is_full(
+    logs: LogCapture,
+) -> None:
+    """A UDP source cannot slow its sender: with the pipeline full it drops, counts and logs."""
+    config = SyslogSourceConfig(id="udp", address=Address("127.0.0.1", 0), mode="udp")
+    send, receive = trio.open_memory_channel[list[Event]](1)
+    source = SyslogSource(config, send)
+    peer = ("10.0.0.7", 514)
+    source._offer(source._datagram(RFC5424_JSON, peer, config.max_message_bytes))
+    for _ in range(3):  # the channel holds one batch: these find it full
+        source._offer(source._datagram(RFC5424_JSON, peer, config.max_message_bytes))
+    assert source.counters["dropped_full"] == 3
+    assert len(logs.entries("udp_dropped_full")) == 1  # logged at most once a second
+    (kept,) = receive.receive_nowait()
+    assert kept.record_json == AUDIT_JSON
