@@ -37,7 +37,7 @@ from pathlib import Path
 import orjson
 import trio
 
-from shipper.buffer.segment import Position
+from shipper.buffer.segment import Position, fsync_dir
 from shipper.buffer.wal import WalReader
 from shipper.config import FileSinkConfig
 from shipper.errors import DestinationUnavailable
@@ -165,7 +165,7 @@ class FileSink:
             except FileExistsError:
                 continue
             break
-        _fsync_dir(directory)
+        fsync_dir(directory)
         self._fd, self._size, self.current_path = fd, 0, path
         log.info("sink_file_opened", sink=self.id, path=str(path))
 
@@ -246,11 +246,3 @@ def _last_line(path: Path) -> bytes | None:
             tail = tail[:cut]
         lines = tail.splitlines()
         return lines[-1] if lines else None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
