@@ -6,6 +6,9 @@ timeout, and hands each connection to the source's handler as a ``Connection``. 
 with ``Connection.receive()``, which ends the stream on peer EOF, on an idle timeout, and when the
 server is stopping; the handler's sends to the pipeline are never interrupted by a stop, so what has
 been read is handed on (phase one of shutdown). Only a forced shutdown cancels everything.
+
+``FramedSource`` is what the stream sources share on top of that: a framer per connection, the
+counted outcome of every frame, and ``malformed`` events for what is not a message.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from __future__ import annotations
 import errno
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, Final, Protocol
 
 import trio
 
-from shipper.config import Address
+from shipper.codecs.framing import BadFraming, Oversized, SyslogFrame
+from shipper.codecs.jsonlines import is_blank
+from shipper.config import Address, TlsServerConfig
 from shipper.errors import ListenError
+from shipper.events import Event, Malformed, utc_timestamp
 from shipper.logging import get_logger
 
 RECEIVE_BYTES: Final = 256 * 1024
@@ -292,3 +298,152 @@ async def _close(stream: trio.abc.AsyncResource) -> None:
     with trio.move_on_after(1) as scope:
         scope.shield = True
         await stream.aclose()
+
+
+class Framer(Protocol):
+    """What a stream source needs of a sans-IO framer (``codecs.framing``)."""
+
+    def feed(self, data: bytes) -> Sequence[SyslogFrame]: ...
+
+    def finish(self) -> SyslogFrame | None: ...
+
+
+class FramedSource:
+    """What every stream source shares: the listener, reading frames off each connection, and
+    the counted outcome of frames that are not messages (oversized, bad framing, blank, cut off).
+
+    A subclass names its ``kind`` and its ``unit`` ("line", "message"), makes a framer per
+    connection, and turns one complete frame into an event (``_decode_frame``).
+    """
+
+    kind: ClassVar[str]
+    unit: ClassVar[str]
+
+    def __init__(
+        self,
+        source_id: str,
+        send: trio.MemorySendChannel[list[Event]],
+        agent_field: str,
+        max_frame: int,
+        limit_key: str,
+    ) -> None:
+        self.id = source_id
+        self._send = send
+        self._agent_field = agent_field
+        self._max_frame = max_frame
+        self._oversized_reason = f"{self.unit} longer than {limit_key} ({max_frame})"
+        self.counters: Counter[str] = Counter()
+        self.log = get_logger(f"shipper.sources.{self.kind}")
+        self.server: StreamServer | None = None
+
+    def _listen(
+        self,
+        address: Address,
+        tls: TlsServerConfig | None,
+        max_connections: int,
+        idle_timeout: float,
+    ) -> StreamServer:
+        return StreamServer(
+            self.id,
+            address,
+            self.handle,
+            self.counters,
+            ssl_context=tls.build() if tls is not None else None,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+        )
+
+    def stop(self) -> None:
+        """Stop accepting and reading; what was read is still handed on."""
+        if self.server is not None:
+            self.server.stop()
+
+    def source_info(self, peer: str, connection: Connection | None = None) -> dict[str, Any]:
+        """The envelope's ``source`` object (shared by every event of a connection)."""
+        info: dict[str, Any] = {"id": self.id, "kind": self.kind, "peer": peer}
+        if connection is not None and (connection.tls_subject is not None or connection.tls_san):
+            info["tls_subject"] = connection.tls_subject
+            info["tls_san"] = connection.tls_san
+        return info
+
+    def _framer(self) -> Framer:
+        raise NotImplementedError
+
+    def _decode_frame(self, frame: bytes, source: dict[str, Any], received_at: str) -> Event:
+        raise NotImplementedError
+
+    def _agent(self, record: dict[str, Any]) -> str | None:
+        agent = record.get(self._agent_field)
+        return agent if isinstance(agent, str) else None
+
+    async def handle(self, connection: Connection) -> None:
+        """Read frames until the stream ends; every frame gets a counted outcome."""
+        framer = self._framer()
+        source = self.source_info(connection.peer, connection)
+        events_before = self.counters["events"]
+        while data := await connection.receive():
+            self.counters["bytes"] += len(data)
+            batch = self._decode(framer.feed(data), source, utc_timestamp())
+            if batch:
+                await self._send.send(batch)
+        tail = framer.finish()
+        if tail is not None:
+            received_at = utc_timestamp()
+            if connection.end_reason == "eof" or isinstance(tail, BadFraming):
+                batch = self._decode([tail], source, received_at)
+            else:
+                raw = tail.prefix if isinstance(tail, Oversized) else tail
+                size = tail.size if isinstance(tail, Oversized) else len(tail)
+                reason = f"incomplete {self.unit}: connection ended ({connection.end_reason})"
+                batch = [self._malformed(source, received_at, reason, raw, size)]
+            if batch:
+                await self._send.send(batch)
+        self.log.debug(
+            "connection_closed",
+            source=self.id,
+            peer=connection.peer,
+            reason=connection.end_reason,
+            events=self.counters["events"] - events_before,
+            bytes=connection.bytes_received,
+        )
+        if connection.end_reason == "idle_timeout":
+            self.counters["idle_timeouts"] += 1
+            self.log.info("connection_idle_closed", source=self.id, peer=connection.peer)
+
+    def _decode(
+        self, frames: Sequence[SyslogFrame], source: dict[str, Any], received_at: str
+    ) -> list[Event]:
+        batch: list[Event] = []
+        for frame in frames:
+            if isinstance(frame, Oversized):
+                self.counters["oversized"] += 1
+                reason = self._oversized_reason
+                batch.append(self._malformed(source, received_at, reason, frame.prefix, frame.size))
+            elif isinstance(frame, BadFraming):
+                self.counters["bad_framing"] += 1
+                batch.append(
+                    self._malformed(source, received_at, frame.reason, frame.prefix, frame.size)
+                )
+            elif is_blank(frame):
+                self.counters["blank_lines"] += 1
+            else:
+                batch.append(self._decode_frame(frame, source, received_at))
+        self.counters["events"] += len(batch)
+        return batch
+
+    def _malformed(
+        self, source: dict[str, Any], received_at: str, reason: str, raw: bytes, size: int
+    ) -> Event:
+        return self._rejected(source, received_at, Malformed.of(reason, raw, size))
+
+    def _rejected(self, source: dict[str, Any], received_at: str, malformed: Malformed) -> Event:
+        """A ``malformed`` event, counted and logged."""
+        self.counters["malformed"] += 1
+        self.log.warning(
+            "malformed_input",
+            source=self.id,
+            peer=source["peer"],
+            reason=malformed.reason,
+            size=malformed.size,
+        )
+        return Event(received_at, source, malformed=malformed)

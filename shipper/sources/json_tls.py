@@ -24,47 +24,33 @@ and subjectAltName values go into every event's ``source.tls_subject`` / ``sourc
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import trio
 
-from shipper.codecs.framing import LineFramer, Oversized
-from shipper.codecs.jsonlines import decode_object, is_blank
+from shipper.codecs.framing import LineFramer
+from shipper.codecs.jsonlines import decode_object
 from shipper.config import Address, JsonTlsSourceConfig
-from shipper.events import Event, Malformed, utc_timestamp
-from shipper.logging import get_logger
-from shipper.sources._net import Connection, StreamServer
-
-log = get_logger("shipper.sources.json_tls")
-
-Batch = list[Event]
+from shipper.events import Event
+from shipper.sources._net import FramedSource, Framer, StreamServer
 
 
-class JsonTlsSource:
+class JsonTlsSource(FramedSource):
     """Listens for NDJSON over TCP/TLS and sends batches of events into the pipeline."""
 
     kind = "json_tls"
+    unit = "line"
 
     def __init__(
         self,
         config: JsonTlsSourceConfig,
-        send: trio.MemorySendChannel[Batch],
+        send: trio.MemorySendChannel[list[Event]],
         agent_field: str = "agentId",
     ) -> None:
+        super().__init__(config.id, send, agent_field, config.max_line_bytes, "max_line_bytes")
         self.config = config
-        self.id = config.id
-        self._send = send
-        self._agent_field = agent_field
-        self.counters: Counter[str] = Counter()
-        self.server = StreamServer(
-            config.id,
-            config.address,
-            self.handle,
-            self.counters,
-            ssl_context=config.tls.build() if config.tls is not None else None,
-            max_connections=config.max_connections,
-            idle_timeout=config.idle_timeout,
+        self.server: StreamServer = self._listen(
+            config.address, config.tls, config.max_connections, config.idle_timeout
         )
 
     async def run(self, *, task_status: trio.TaskStatus[list[Address]]) -> None:
@@ -72,85 +58,11 @@ class JsonTlsSource:
         async with self._send:
             await self.server.serve(task_status=task_status)
 
-    def stop(self) -> None:
-        """Stop accepting and reading; what was read is still handed on."""
-        self.server.stop()
+    def _framer(self) -> Framer:
+        return LineFramer(self._max_frame)
 
-    def _source_info(self, connection: Connection) -> dict[str, Any]:
-        info: dict[str, Any] = {"id": self.id, "kind": self.kind, "peer": connection.peer}
-        if connection.tls_subject is not None or connection.tls_san:
-            info["tls_subject"] = connection.tls_subject
-            info["tls_san"] = connection.tls_san
-        return info
-
-    async def handle(self, connection: Connection) -> None:
-        """Read lines until the stream ends; every line gets a counted outcome."""
-        framer = LineFramer(self.config.max_line_bytes)
-        source = self._source_info(connection)
-        events_before = self.counters["events"]
-        while data := await connection.receive():
-            self.counters["bytes"] += len(data)
-            batch = self._decode(framer.feed(data), source, utc_timestamp())
-            if batch:
-                await self._send.send(batch)
-        tail = framer.finish()
-        if tail is not None:
-            received_at = utc_timestamp()
-            if connection.end_reason == "eof":
-                batch = self._decode([tail], source, received_at)
-            else:
-                raw = tail.prefix if isinstance(tail, Oversized) else tail
-                size = tail.size if isinstance(tail, Oversized) else len(tail)
-                reason = f"incomplete line: connection ended ({connection.end_reason})"
-                batch = [self._malformed(source, received_at, reason, raw, size)]
-            if batch:
-                await self._send.send(batch)
-        log.debug(
-            "connection_closed",
-            source=self.id,
-            peer=connection.peer,
-            reason=connection.end_reason,
-            events=self.counters["events"] - events_before,
-            bytes=connection.bytes_received,
-        )
-        if connection.end_reason == "idle_timeout":
-            self.counters["idle_timeouts"] += 1
-            log.info("connection_idle_closed", source=self.id, peer=connection.peer)
-
-    def _decode(
-        self, frames: list[bytes | Oversized], source: dict[str, Any], received_at: str
-    ) -> Batch:
-        batch: Batch = []
-        agent_field = self._agent_field
-        for frame in frames:
-            if isinstance(frame, Oversized):
-                self.counters["oversized"] += 1
-                reason = f"line longer than max_line_bytes ({self.config.max_line_bytes})"
-                batch.append(self._malformed(source, received_at, reason, frame.prefix, frame.size))
-                continue
-            record = decode_object(frame)
-            if isinstance(record, dict):
-                agent = record.get(agent_field)
-                batch.append(
-                    Event(
-                        received_at,
-                        source,
-                        agent if isinstance(agent, str) else None,
-                        frame,
-                    )
-                )
-            elif is_blank(frame):
-                self.counters["blank_lines"] += 1
-            else:
-                batch.append(self._malformed(source, received_at, record, frame, len(frame)))
-        self.counters["events"] += len(batch)
-        return batch
-
-    def _malformed(
-        self, source: dict[str, Any], received_at: str, reason: str, raw: bytes, size: int
-    ) -> Event:
-        self.counters["malformed"] += 1
-        log.warning(
-            "malformed_input", source=self.id, peer=source["peer"], reason=reason, size=size
-        )
-        return Event(received_at, source, malformed=Malformed.of(reason, raw, size))
+    def _decode_frame(self, frame: bytes, source: dict[str, Any], received_at: str) -> Event:
+        record = decode_object(frame)
+        if isinstance(record, dict):
+            return Event(received_at, source, self._agent(record), frame)
+        return self._malformed(source, received_at, record, frame, len(frame))

@@ -31,55 +31,41 @@ verified client certificate's subject and SANs go into ``source.tls_subject`` / 
 from __future__ import annotations
 
 import socket
-from collections import Counter
 from typing import Any
 
 import orjson
 import trio
 
-from shipper.codecs.framing import AutoFramer, BadFraming, Oversized, SyslogFrame
-from shipper.codecs.jsonlines import is_blank
-from shipper.codecs.syslog import SyslogMessage, parse
+from shipper.codecs.framing import AutoFramer, SyslogFrame
+from shipper.codecs.jsonlines import decode_object
+from shipper.codecs.syslog import parse
 from shipper.config import Address, SyslogSourceConfig
 from shipper.errors import ListenError
 from shipper.events import Event, Malformed, utc_timestamp
-from shipper.logging import get_logger
-from shipper.sources._net import Connection, StreamServer, format_peer
-
-log = get_logger("shipper.sources.syslog")
-
-Batch = list[Event]
+from shipper.sources._net import FramedSource, Framer, format_peer
 
 
-class SyslogSource:
+class SyslogSource(FramedSource):
     """Listens for syslog over TCP/TLS/UDP and sends batches of events into the pipeline."""
 
     kind = "syslog"
+    unit = "message"
 
     def __init__(
         self,
         config: SyslogSourceConfig,
-        send: trio.MemorySendChannel[Batch],
+        send: trio.MemorySendChannel[list[Event]],
         agent_field: str = "agentId",
     ) -> None:
+        super().__init__(
+            config.id, send, agent_field, config.max_message_bytes, "max_message_bytes"
+        )
         self.config = config
-        self.id = config.id
-        self._send = send
-        self._agent_field = agent_field
-        self.counters: Counter[str] = Counter()
-        self._stopping = False
         self._udp_scope = trio.CancelScope()
         self._last_drop_log = -1.0
-        self.server: StreamServer | None = None
         if config.mode in ("tcp", "tls"):
-            self.server = StreamServer(
-                config.id,
-                config.address,
-                self.handle,
-                self.counters,
-                ssl_context=config.tls.build() if config.tls is not None else None,
-                max_connections=config.max_connections,
-                idle_timeout=config.idle_timeout,
+            self.server = self._listen(
+                config.address, config.tls, config.max_connections, config.idle_timeout
             )
 
     async def run(self, *, task_status: trio.TaskStatus[list[Address]]) -> None:
@@ -92,44 +78,11 @@ class SyslogSource:
 
     def stop(self) -> None:
         """Stop accepting and reading; what was read is still handed on."""
-        self._stopping = True
         self._udp_scope.cancel()
-        if self.server is not None:
-            self.server.stop()
+        super().stop()
 
-    # --- TCP and TLS ---------------------------------------------------------------------------
-
-    def _source_info(self, peer: str, connection: Connection | None = None) -> dict[str, Any]:
-        info: dict[str, Any] = {"id": self.id, "kind": self.kind, "peer": peer}
-        if connection is not None and (connection.tls_subject is not None or connection.tls_san):
-            info["tls_subject"] = connection.tls_subject
-            info["tls_san"] = connection.tls_san
-        return info
-
-    async def handle(self, connection: Connection) -> None:
-        """Read frames until the stream ends; every frame gets a counted outcome."""
-        framer = AutoFramer(self.config.max_message_bytes)
-        source = self._source_info(connection.peer, connection)
-        while data := await connection.receive():
-            self.counters["bytes"] += len(data)
-            batch = self._decode(framer.feed(data), source, utc_timestamp())
-            if batch:
-                await self._send.send(batch)
-        tail = framer.finish()
-        if tail is not None:
-            received_at = utc_timestamp()
-            if connection.end_reason == "eof" or isinstance(tail, BadFraming):
-                batch = self._decode([tail], source, received_at)
-            else:
-                raw = tail.prefix if isinstance(tail, Oversized) else tail
-                size = tail.size if isinstance(tail, Oversized) else len(tail)
-                reason = f"incomplete message: connection ended ({connection.end_reason})"
-                batch = [self._malformed(source, received_at, reason, raw, size)]
-            if batch:
-                await self._send.send(batch)
-        if connection.end_reason == "idle_timeout":
-            self.counters["idle_timeouts"] += 1
-            log.info("connection_idle_closed", source=self.id, peer=connection.peer)
+    def _framer(self) -> Framer:
+        return AutoFramer(self._max_frame)
 
     # --- UDP ---------------------------------------------------------------------------------
 
@@ -152,10 +105,10 @@ class SyslogSource:
                     data, peer = await sock.recvfrom(limit + 1)
                     self._offer(self._datagram(data, peer, limit))
 
-    def _datagram(self, data: bytes, peer: Any, limit: int) -> Batch:
+    def _datagram(self, data: bytes, peer: Any, limit: int) -> list[Event]:
         self.counters["bytes"] += len(data)
         self.counters["datagrams"] += 1
-        source = self._source_info(format_peer(peer))
+        source = self.source_info(format_peer(peer))
         received_at = utc_timestamp()
         if len(data) > limit:
             self.counters["oversized"] += 1
@@ -170,7 +123,7 @@ class SyslogSource:
                 frames.append(tail)
         return self._decode(frames, source, received_at)
 
-    def _offer(self, batch: Batch) -> None:
+    def _offer(self, batch: list[Event]) -> None:
         """Hand a UDP batch on without waiting: a full pipeline drops it (counted, logged)."""
         if not batch:
             return
@@ -181,7 +134,7 @@ class SyslogSource:
             now = trio.current_time()
             if now - self._last_drop_log >= 1.0:
                 self._last_drop_log = now
-                log.warning(
+                self.log.warning(
                     "udp_dropped_full",
                     source=self.id,
                     dropped_total=self.counters["dropped_full"],
@@ -189,61 +142,15 @@ class SyslogSource:
 
     # --- decoding ------------------------------------------------------------------------------
 
-    def _decode(self, frames: list[SyslogFrame], source: dict[str, Any], received_at: str) -> Batch:
-        batch: Batch = []
-        for frame in frames:
-            if isinstance(frame, Oversized):
-                self.counters["oversized"] += 1
-                reason = f"message longer than max_message_bytes ({self.config.max_message_bytes})"
-                batch.append(self._malformed(source, received_at, reason, frame.prefix, frame.size))
-                continue
-            if isinstance(frame, BadFraming):
-                self.counters["bad_framing"] += 1
-                batch.append(
-                    self._malformed(source, received_at, frame.reason, frame.prefix, frame.size)
-                )
-                continue
-            if is_blank(frame):
-                self.counters["blank_lines"] += 1
-                continue
-            message = parse(frame)
-            if isinstance(message, Malformed):
-                self.counters["malformed"] += 1
-                log.warning(
-                    "malformed_input", source=self.id, peer=source["peer"], reason=message.reason
-                )
-                batch.append(Event(received_at, source, malformed=message))
-                continue
-            batch.append(self._event(message, source, received_at))
-        self.counters["events"] += len(batch)
-        return batch
-
-    def _event(self, message: SyslogMessage, source: dict[str, Any], received_at: str) -> Event:
+    def _decode_frame(self, frame: bytes, source: dict[str, Any], received_at: str) -> Event:
+        message = parse(frame)
+        if isinstance(message, Malformed):
+            return self._rejected(source, received_at, message)
+        header = message.envelope_syslog()
         body = message.msg_bytes.strip()
-        agent = None
         if body.startswith(b"{"):
-            try:
-                record = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                record = None
+            record = decode_object(body)
             if isinstance(record, dict):
                 self.counters["json_records"] += 1
-                value = record.get(self._agent_field)
-                agent = value if isinstance(value, str) else None
-                return Event(received_at, source, agent, body, syslog=message.envelope_syslog())
-        return Event(
-            received_at,
-            source,
-            None,
-            orjson.dumps(message.record()),
-            syslog=message.envelope_syslog(),
-        )
-
-    def _malformed(
-        self, source: dict[str, Any], received_at: str, reason: str, raw: bytes, size: int
-    ) -> Event:
-        self.counters["malformed"] += 1
-        log.warning(
-            "malformed_input", source=self.id, peer=source["peer"], reason=reason, size=size
-        )
-        return Event(received_at, source, malformed=Malformed.of(reason, raw, size))
+                return Event(received_at, source, self._agent(record), body, syslog=header)
+        return Event(received_at, source, None, orjson.dumps(message.record()), syslog=header)
