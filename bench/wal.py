@@ -20,13 +20,14 @@ import argparse
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import trio
 
 from bench.events import generate_lines
 from shipper.buffer import record as records
+from shipper.buffer.segment import write_all
 from shipper.buffer.wal import Wal, WalSettings
 from shipper.events import Event
 
@@ -39,16 +40,14 @@ def make_events(lines: Sequence[bytes]) -> list[Event]:
     return [Event(RECEIVED, SOURCE, "agent", line.rstrip(b"\n")) for line in lines]
 
 
-def raw_limit(chunks: Sequence[bytes], directory: Path) -> float:
-    """Seconds to write ``chunks`` sequentially to one file with an fsync after each."""
-    path = directory / "raw.bin"
+def _timed_writes(path: Path, chunks: Iterable[bytes]) -> float:
+    """Seconds to take each chunk (made lazily, so making it is timed too), write it to ``path``
+    and fsync it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
     start = time.perf_counter()
     try:
         for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, chunk)
             os.fsync(fd)
     finally:
         os.close(fd)
@@ -57,14 +56,17 @@ def raw_limit(chunks: Sequence[bytes], directory: Path) -> float:
     return elapsed
 
 
+def raw_limit(chunks: Sequence[bytes], directory: Path) -> float:
+    """Seconds to write ``chunks`` sequentially to one file with an fsync after each."""
+    return _timed_writes(directory / "raw.bin", chunks)
+
+
 def same_work_limit(events: Sequence[Event], batch: int, directory: Path) -> float:
     """Seconds for a tight loop doing the WAL's per-event work: encode the envelope with its id,
     frame it (length, CRC-32C), write each batch and fsync it. No trio, no threads, no state."""
-    path = directory / "same.bin"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
     encode = records.encode
-    start = time.perf_counter()
-    try:
+
+    def batches() -> Iterator[bytes]:
         offset = 16
         for index in range(0, len(events), batch):
             parts = []
@@ -72,15 +74,9 @@ def same_work_limit(events: Sequence[Event], batch: int, directory: Path) -> flo
                 framed = encode(b"agents\0" + event.encode(f"1-{offset}"))
                 parts.append(framed)
                 offset += len(framed)
-            view = memoryview(b"".join(parts))
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    elapsed = time.perf_counter() - start
-    path.unlink()
-    return elapsed
+            yield b"".join(parts)
+
+    return _timed_writes(directory / "same.bin", batches())
 
 
 def wal_pass(

@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from shipper.codecs.framing import DEFAULT_KEEP, Frame, LineFramer, Oversized
-
-
-def feed_chunks(framer: LineFramer, chunks: Iterable[bytes], finish: bool = True) -> list[Frame]:
-    """Every frame the framer yields for ``chunks``, plus what finish() returns when asked."""
-    frames: list[Frame] = []
-    for chunk in chunks:
-        frames += framer.feed(chunk)
-    if finish:
-        last = framer.finish()
-        if last is not None:
-            frames.append(last)
-    return frames
-
-
-def byte_by_byte(data: bytes) -> list[bytes]:
-    """``data`` as one-byte chunks."""
-    return [data[i : i + 1] for i in range(len(data))]
-
-
-def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
-    """``data`` cut into chunks at the given offsets (sorted, deduplicated, clipped)."""
-    points = sorted({min(max(c, 0), len(data)) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points)]
-
+from tests.codecs.chunking import byte_by_byte, feed_chunks, split_at
 
 STREAM = b'{"a":1}\n\n{"b":2}\r\nplain text\n'
 STREAM_FRAMES: list[Frame] = [b'{"a":1}', b"", b'{"b":2}', b"plain text"]
