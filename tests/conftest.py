@@ -83,10 +83,14 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 20.0) -> None
 
 
 def archive_lines(path: Path) -> list[bytes]:
-    """Every line of every archive file under ``path``, in file order."""
+    """Every complete line of every archive file under ``path``, in file order.
+
+    A running daemon may be half-way through writing a line; that unfinished tail is left out.
+    """
     lines: list[bytes] = []
     for file in sorted(path.glob("events-*.jsonl")):
-        lines.extend(file.read_bytes().splitlines())
+        data = file.read_bytes()
+        lines.extend(data[: data.rfind(b"\n") + 1].splitlines())
     return lines
 
 

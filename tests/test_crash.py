@@ -65,6 +65,12 @@ def archived(root: Path) -> list[tuple[str, int]]:
     return out
 
 
+def _ends_whole(path: Path) -> bool:
+    """Whether ``path`` is empty or ends with a complete line."""
+    data = path.read_bytes()
+    return not data or data.endswith(b"\n")
+
+
 def test_sigkill_under_load_loses_and_duplicates_nothing_the_wal_accepted(tmp_path: Path) -> None:
     """Killed with SIGKILL five times under load, the daemon still archives every record its WAL
     held at each kill, exactly once and in order per agent."""
@@ -107,6 +113,8 @@ def test_sigkill_under_load_loses_and_duplicates_nothing_the_wal_accepted(tmp_pa
         if process.poll() is None:  # pragma: no cover
             process.kill()
             process.wait()
+    torn = [f.name for f in (tmp_path / "archive").glob("*.jsonl") if not _ends_whole(f)]
+    assert not torn, f"archive files end in a torn line after a clean stop: {torn}"
     events = archived(tmp_path)
     assert len(accepted) > 1000, "the load never reached the WAL"
     missing = accepted - set(events)
