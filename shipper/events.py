@@ -8,6 +8,7 @@ Every archived line is one JSON object (DESIGN.md, "Event model"), keys in this 
      "syslog":{...},            # syslog sources only
      "agent":"customer-service-agent-03",   # when the record names its agent
      "chain":{...},             # when the record belongs to a chain
+     "identity_mismatch":{...}, # when the sender's certificate may not speak for this record
      "record":{...}}            # the agent's record, byte for byte as received
                                 # or, for input that could not be parsed:
      "malformed":{"reason":"...","raw_b64":"...","size":N,"truncated":false}
@@ -17,6 +18,11 @@ a JSON object), so the archive holds what the agent wrote, not a re-serializatio
 change is that raw CR and LF between tokens become spaces, to keep the envelope on one line. ``size`` is
 the length in bytes of the whole offending input; ``raw_b64`` holds all of it, or its first
 ``MALFORMED_KEEP_BYTES`` when ``truncated`` is true.
+
+Alerts are events that shipper raises itself (``alert_event``): their ``source`` is
+``{"id":"shipper","kind":"alert"}``, their ``record.action`` names the alert
+(``shipper.chain_alert``, ``shipper.identity_alert``), and they have no ``chain``. They go to every
+sink, whatever its ``inputs``: in the WAL their route is the empty source id.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ from typing import Any, Final
 import orjson
 
 ENVELOPE_VERSION: Final = 1
+#: ``source.id`` of the events shipper raises itself.
+ALERT_SOURCE_ID: Final = "shipper"
+#: ``record.action`` of the alert for a chain fault, and of the one for an identity mismatch.
+CHAIN_ALERT: Final = "shipper.chain_alert"
+IDENTITY_ALERT: Final = "shipper.identity_alert"
 #: How much of an unparseable input a ``malformed`` event keeps (the rest is counted in ``size``).
 MALFORMED_KEEP_BYTES: Final = 4096
 
@@ -76,10 +87,14 @@ class Event:
     malformed: Malformed | None = None
     syslog: dict[str, Any] | None = None
     chain: dict[str, Any] | None = None
+    identity_mismatch: dict[str, Any] | None = None
+    #: Raised by shipper (an alert): goes to every sink, and is never chain-verified.
+    alert: bool = False
 
     @property
     def source_id(self) -> str:
-        return str(self.source["id"])
+        """The WAL route: the source's id, or "" (every sink) for an alert."""
+        return "" if self.alert else str(self.source["id"])
 
     def encode(self, event_id: str) -> bytes:
         """The envelope as one line of JSON (no trailing newline)."""
@@ -95,6 +110,8 @@ class Event:
             envelope["agent"] = self.agent
         if self.chain is not None:
             envelope["chain"] = self.chain
+        if self.identity_mismatch is not None:
+            envelope["identity_mismatch"] = self.identity_mismatch
         if self.record_json is not None:
             raw = self.record_json
             if b"\n" in raw or b"\r" in raw:
@@ -106,3 +123,15 @@ class Event:
             assert self.malformed is not None
             envelope["malformed"] = self.malformed.as_json()
         return orjson.dumps(envelope)
+
+
+def alert_event(action: str, agent: str | None, details: dict[str, Any]) -> Event:
+    """An alert raised by shipper: ``record`` = ``{"action": action, "agent": agent, **details}``."""
+    record = {"action": action, "agent": agent, **details}
+    return Event(
+        utc_timestamp(),
+        {"id": ALERT_SOURCE_ID, "kind": "alert"},
+        agent,
+        orjson.dumps(record),
+        alert=True,
+    )

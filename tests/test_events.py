@@ -17,6 +17,7 @@ from shipper.events import (
     MALFORMED_KEEP_BYTES,
     Event,
     Malformed,
+    alert_event,
     utc_timestamp,
 )
 
@@ -209,3 +210,28 @@ def test_record_with_a_raw_newline_still_encodes_to_one_line() -> None:
     """A record whose JSON whitespace contains LF (valid JSON) still yields one archive line."""
     line = Event(RECEIVED, SOURCE, record_json=b'{"a":\n1,\r\n"b":2}').encode("1-0")
     assert decode(line)["record"] == {"a": 1, "b": 2}
+
+
+def test_identity_mismatch_is_written_after_chain_and_before_record() -> None:
+    """An event from a sender not allowed to speak for its agent carries identity_mismatch."""
+    mismatch = {"claimed": "agent-9", "allowed": ["agent-1"], "tls_subject": "CN=host-7"}
+    event = Event(RECEIVED, SOURCE, "agent-9", b'{"a":1}', identity_mismatch=mismatch)
+    envelope = decode(event.encode("1-64"))
+    assert list(envelope)[-2:] == ["identity_mismatch", "record"]
+    assert envelope["identity_mismatch"] == mismatch
+
+
+def test_alert_event_is_an_internal_event_routed_to_every_sink() -> None:
+    """alert_event builds an envelope whose source is shipper itself and whose route is empty."""
+    event = alert_event("shipper.chain_alert", "agent-1", {"status": "gap", "missing": [3, 4]})
+    envelope = decode(event.encode("1-64"))
+    assert envelope["source"] == {"id": "shipper", "kind": "alert"}
+    assert envelope["agent"] == "agent-1"
+    assert envelope["record"] == {
+        "action": "shipper.chain_alert",
+        "agent": "agent-1",
+        "status": "gap",
+        "missing": [3, 4],
+    }
+    assert "chain" not in envelope
+    assert event.source_id == ""

@@ -28,7 +28,7 @@ from shipper.buffer.wal import (
     WalWriteError,
     lock_directory,
 )
-from shipper.events import Event
+from shipper.events import Event, alert_event
 from tests.conftest import wait_until
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
@@ -202,6 +202,19 @@ async def test_inputs_limit_a_reader_to_its_sources(tmp_path: Path) -> None:
     assert batch.records == 5
     assert batch.end == wal.committed
     assert await read_all(wal.readers["all"]) == [1, 2, 3, 4, 5]
+    await wal.close()
+
+
+async def test_alerts_reach_every_reader_whatever_its_inputs(tmp_path: Path) -> None:
+    """An alert event is routed to every sink, including one whose inputs exclude all sources."""
+    wal = open_wal(tmp_path, {"all": None, "only_other": frozenset({"other"})})
+    alert = alert_event("shipper.chain_alert", "a", {"n": 9, "status": "gap"})
+    await wal.append([*events(1, 1), alert])
+    batch = await wal.readers["only_other"].read()
+    assert batch is not None
+    assert numbers(batch) == [9]
+    assert orjson.loads(batch.envelopes[0])["source"] == {"id": "shipper", "kind": "alert"}
+    assert await read_all(wal.readers["all"]) == [1, 9]
     await wal.close()
 
 
