@@ -18,6 +18,7 @@ import trio
 from shipper import __version__
 from shipper.buffer.recovery import recover
 from shipper.buffer.wal import WalLocked, lock_directory
+from shipper.checkpoint import CHAIN_CURSOR
 from shipper.config import Config, load_config
 from shipper.errors import ConfigError, ListenError
 from shipper.logging import configure, get_logger
@@ -107,7 +108,8 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
             print(f"shipper buffer repair: {exc}", file=sys.stderr)
             return 1
     try:
-        report = recover(directory, list(config.sinks), repair=action == "repair")
+        # The chain checkpoint's cursor holds segments like a sink's: repair must keep it.
+        report = recover(directory, [CHAIN_CURSOR, *config.sinks], repair=action == "repair")
     finally:
         if lock is not None:
             os.close(lock)

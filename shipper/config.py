@@ -30,12 +30,24 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
+from shipper.chain import ALGORITHMS, PROFILES, SEED, Profile
 from shipper.errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-CHAIN_PROFILES: Final = ("seed", "safeclaw-jsonl")
+CHAIN_PROFILES: Final = (*PROFILES, "custom")
+#: Keys of ``[chain]`` that only a custom profile takes.
+CHAIN_FIELD_KEYS: Final = (
+    "agent",
+    "hashing",
+    "sequence",
+    "hash",
+    "prev_hash",
+    "algorithm",
+    "prefix",
+    "genesis",
+)
 SOURCE_TYPES: Final = ("json_tls", "syslog")
 SYSLOG_MODES: Final = ("tcp", "tls", "udp")
 SINK_TYPES: Final = ("file",)
@@ -480,13 +492,18 @@ SinkConfig = FileSinkConfig
 
 @dataclass(frozen=True)
 class ChainConfig:
-    """``[chain]``: which profile names the agent and chain fields of a record."""
+    """``[chain]``: the chain profile (``shipper.chain``) and the verifier's bounds."""
 
     profile: str = "seed"
+    profile_fields: Profile = SEED
+    dedupe_window: int = 64
+    max_open_gaps: int = 64
+    checkpoint_interval: float = 10.0
 
     @property
     def agent_field(self) -> str:
-        return "agentId"
+        """The top-level key sources read the agent id from (a custom path's first key)."""
+        return self.profile_fields.agent[0]
 
 
 FSYNC_POLICIES: Final = ("batch", "interval", "never")
@@ -536,6 +553,53 @@ def _tls_server(table: _Table) -> TlsServerConfig | None:
         table.problem("", f"cannot use these certificate files: {exc}")
         return None
     return config
+
+
+def _chain(table: _Table) -> ChainConfig:
+    """``[chain]``: a shipped profile by name, or ``profile = "custom"`` and its fields."""
+    name = table.choice("profile", CHAIN_PROFILES, "seed")
+    window = table.integer("dedupe_window", 64, minimum=1, maximum=1_000_000)
+    max_gaps = table.integer("max_open_gaps", 64, minimum=1, maximum=1_000_000)
+    interval = table.duration("checkpoint_interval", 10.0, minimum=0.1)
+    fields = PROFILES.get(name, SEED)
+    if name != "custom":
+        for key in CHAIN_FIELD_KEYS:
+            if table.has(key):
+                table.string(key, "")  # read, so that it is not also reported as unknown
+                table.problem(key, f'only a custom profile takes this key (profile = "{name}")')
+    else:
+        agent = table.string("agent", "agentId")
+        hashing = table.choice("hashing", ("canonical", "line"), "canonical")
+        algorithm = table.choice("algorithm", ALGORITHMS, "sha256")
+        line = hashing == "line"
+        sequence: str | None = None
+        hash_field: str | None = None
+        if line:
+            for key in ("sequence", "hash"):
+                if table.has(key):
+                    table.string(key, "")
+                    table.problem(key, 'a profile with hashing = "line" has no such field')
+        else:
+            sequence = table.string("sequence", "sequence") or None
+            hash_field = table.string("hash", "hash") or None
+            for key, value in (("sequence", sequence), ("hash", hash_field)):
+                if value is None:
+                    table.problem(key, "expected a field name, got an empty string")
+        try:
+            fields = Profile(
+                "custom",
+                agent=tuple(agent.split(".")),
+                sequence=sequence if not line else None,
+                hash=hash_field if not line else None,
+                prev_hash=table.string("prev_hash", "prevHash"),
+                algorithm=algorithm,
+                prefix=table.string("prefix", "" if line else f"{algorithm}:"),
+                genesis=table.string("genesis", "GENESIS" if line else ""),
+            )
+        except ValueError as exc:
+            table.problem("agent" if "agent" in str(exc) else "hashing", str(exc))
+            fields = SEED
+    return ChainConfig(name, fields, window, max_gaps, interval)
 
 
 def _source(source_id: str, table: _Table) -> SourceConfig | None:
@@ -613,7 +677,7 @@ def parse_config(
     chain = ChainConfig()
     chain_table = top.table("chain")
     if chain_table is not None:
-        chain = ChainConfig(profile=chain_table.choice("profile", CHAIN_PROFILES, "seed"))
+        chain = _chain(chain_table)
         chain_table.finish()
 
     buffer = BufferConfig()

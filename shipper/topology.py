@@ -2,14 +2,19 @@
 
 ::
 
-    source A ─┐                                        ┌─► reader 1 ─► sink 1
-    source B ─┼─► ingest channel ─► WAL writer ─► WAL ─┼─► reader 2 ─► sink 2
-    source C ─┘   (bounded, batches)   (commit point)  └─► ...
+    source A ─┐                                                ┌─► reader 1 ─► sink 1
+    source B ─┼─► ingest channel ─► chain stage ─► WAL writer ─► WAL ─┼─► reader 2 ─► sink 2
+    source C ─┘   (bounded, batches)  (verify, dedupe,  (commit point)  └─► ...
+                                       alerts)
 
 The ingest channel is bounded, and the WAL writer waits when the WAL is full (``when_full =
 "block"``): then the sources' handlers wait, stop reading their sockets, and senders feel
 backpressure. Each sink reads the WAL at its own pace through its own cursor, so a slow or dead sink
 holds back no other sink until the WAL is full.
+
+The chain stage (``shipper.checkpoint``) runs in the writer's task, between the ingest channel and
+the WAL, so its state always matches a WAL position; it is checkpointed every
+``chain.checkpoint_interval``, when the WAL is full, and at shutdown, and restored at start.
 
 Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading;
 each source closes its channel once its connections have handed on what they read; the writer
@@ -27,6 +32,7 @@ from typing import Any
 import trio
 
 from shipper.buffer.wal import Wal, WalSettings, WalWriteError
+from shipper.checkpoint import CHAIN_CURSOR, ChainStage
 from shipper.config import Address, Config, SyslogSourceConfig
 from shipper.events import Event
 from shipper.logging import get_logger
@@ -85,6 +91,9 @@ class Topology:
                 when_full=buffer.when_full,
             ),
         )
+        self.chain = ChainStage(config.chain, config.data_dir)
+        self._next_checkpoint = 0.0
+        self._chain_ahead = False
         self.bound: dict[str, list[Address]] = {}
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
@@ -92,9 +101,11 @@ class Topology:
     async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Address]]]) -> None:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
         try:
-            await trio.to_thread.run_sync(
-                self.wal.open, {slot.sink.id: slot.inputs for slot in self.sinks}
-            )
+            readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
+            readers.update({slot.sink.id: slot.inputs for slot in self.sinks})
+            await trio.to_thread.run_sync(self.wal.open, readers)
+            await trio.to_thread.run_sync(self.chain.load, self.wal.directory, self.wal.epoch)
+            self._next_checkpoint = trio.current_time() + self.config.chain.checkpoint_interval
             async with trio.open_nursery() as nursery:
                 for slot in self.sinks:
                     await nursery.start(slot.sink.run, self.wal.readers[slot.sink.id])
@@ -119,6 +130,11 @@ class Topology:
         wal = self.wal
         return {
             "sources": {source.id: dict(source.counters) for source in self.sources},
+            "chain": {
+                **self.chain.counters,
+                "agents": len(self.chain.verifier.agents),
+                "statuses": dict(self.chain.verifier.counts),
+            },
             "buffer": {
                 "records_written": wal.counters["events"],
                 "bytes_written": wal.counters["bytes"],
@@ -153,7 +169,7 @@ class Topology:
         }
 
     async def _write(self) -> None:
-        """Append every batch from the sources to the WAL; close the WAL when they are done."""
+        """Verify and append every batch from the sources; close the WAL when they are done."""
         try:
             async with self._ingest:
                 async for first in self._ingest:
@@ -165,9 +181,50 @@ class Topology:
                             batch.extend(self._ingest.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    await self._append(batch)
+                    await self._verify_and_append(batch)
         finally:
+            with trio.CancelScope(shield=True):
+                await self._checkpoint()
             await self.wal.close()
+
+    async def _verify_and_append(self, batch: list[Event]) -> None:
+        wal = self.wal
+        now = trio.current_time()
+        if wal.full or now >= self._next_checkpoint:
+            await self._checkpoint()  # the state covers exactly what the WAL holds
+        if wal.full and wal.settings.when_full == "drop_newest":
+            await self._append(batch)  # dropped, counted: the chain must not see it either
+            return
+        # Nothing but this task appends, so the WAL cannot fill up between here and the append.
+        verified = self.chain.process(batch, now)
+        # Until the append completes, the chain state holds events the WAL does not: no
+        # checkpoint may be taken (a forced shutdown can cancel the append).
+        self._chain_ahead = True
+        await self._append(verified)
+        self._chain_ahead = False
+
+    async def _checkpoint(self) -> None:
+        """Store the chain state as covering everything the WAL holds, and let the WAL free
+        what it covers. A failure is logged; the WAL keeps the segments until a later one."""
+        self._next_checkpoint = trio.current_time() + self.config.chain.checkpoint_interval
+        wal = self.wal
+        if self._chain_ahead:
+            log.warning(
+                "chain_checkpoint_skipped",
+                detail="a verified batch never reached the WAL; the next start replays the WAL "
+                "from the previous checkpoint",
+            )
+            return
+        if not await wal.sync():
+            return
+        position = wal.committed
+        try:
+            await trio.to_thread.run_sync(self.chain.checkpoint, wal.epoch, position)
+        except OSError as exc:
+            self.chain.counters["checkpoint_errors"] += 1
+            log.error("chain_checkpoint_failed", error=str(exc))
+            return
+        await wal.readers[CHAIN_CURSOR].ack(position)
 
     async def _append(self, batch: list[Event]) -> None:
         """Append one batch, retrying with backoff while the disk refuses (sources wait)."""

@@ -298,7 +298,7 @@ def test_unknown_key_is_reported_with_the_nearest_known_key(
         ),
         pytest.param(
             _raw(chain={"profile": ["seed"]}),
-            'chain.profile: expected "seed" or "safeclaw-jsonl", got a list',
+            'chain.profile: expected "seed", "safeclaw-jsonl" or "custom", got a list',
             id="choice-as-list",
         ),
         pytest.param(

@@ -13,12 +13,11 @@ record (at-least-once), and recovery says so with a warning.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import orjson
 
-from shipper.buffer.segment import Position, fsync_dir, write_all
+from shipper.buffer.segment import Position, replace_file
 
 SUFFIX = ".json"
 
@@ -55,19 +54,10 @@ def load(directory: Path, sink_id: str) -> Position | str | None:
 
 def store(directory: Path, sink_id: str, position: Position) -> None:
     """Persist ``position`` atomically and durably (blocking: run it in a worker thread)."""
-    path = cursor_path(directory, sink_id)
-    tmp = path.with_name(path.name + ".tmp")
     data = orjson.dumps(
         {"v": 1, "sink": sink_id, "segment": position.segment, "offset": position.offset}
     )
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(directory)
+    replace_file(cursor_path(directory, sink_id), data)
 
 
 def stored_sinks(directory: Path) -> list[str]:

@@ -69,6 +69,21 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably: write a ``.tmp`` beside it, fsync,
+    rename over it, fsync the directory. A crash leaves the old file or the new one, never a mix
+    (blocking: run it in a worker thread)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def create(directory: Path, number: int) -> int:
     """Create segment ``number`` with its header, durable; its file descriptor for appending."""
     path = directory / segment_name(number)

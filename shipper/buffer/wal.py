@@ -158,6 +158,11 @@ class Wal:
         ]
 
     @property
+    def full(self) -> bool:
+        """Whether an append now would wait for space (or drop, with ``drop_newest``)."""
+        return self.total_bytes >= self.settings.max_bytes
+
+    @property
     def total_bytes(self) -> int:
         return sum(self._sizes.values())
 
@@ -200,9 +205,7 @@ class Wal:
         """
         if not events:
             return True
-        if self.total_bytes >= self.settings.max_bytes and not await self._wait_for_space(
-            len(events)
-        ):
+        if self.full and not await self._wait_for_space(len(events)):
             return False
         assert self._fd is not None, "append after close"
         async with self._io:
@@ -360,17 +363,23 @@ class Wal:
         while not self._closed:
             with trio.move_on_after(self.settings.fsync_interval):
                 await self._closed_event.wait()
-            async with self._io:
-                if self._dirty and self._fd is not None:
-                    self._dirty = False
-                    try:
-                        await trio.to_thread.run_sync(os.fsync, self._fd)
-                    except OSError as exc:
-                        self._seal = True
-                        self.counters["write_errors"] += 1
-                        log.error("wal_fsync_failed", error=str(exc))
-                        continue
-                    self.counters["fsyncs"] += 1
+            await self.sync()
+
+    async def sync(self) -> bool:
+        """Make everything appended so far durable, whatever the fsync policy; False if the
+        fsync failed (the segment is then sealed, and the failure logged and counted)."""
+        async with self._io:
+            if self._dirty and self._fd is not None:
+                try:
+                    await trio.to_thread.run_sync(os.fsync, self._fd)
+                except OSError as exc:
+                    self._seal = True
+                    self.counters["write_errors"] += 1
+                    log.error("wal_fsync_failed", error=str(exc))
+                    return False
+                self._dirty = False
+                self.counters["fsyncs"] += 1
+        return True
 
     # --- readers and deletion -----------------------------------------------------------------
 

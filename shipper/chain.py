@@ -1,0 +1,505 @@
+"""Per-agent hash-chain verification: a pure state machine (no trio, no I/O).
+
+Each agent's audit records form a chain: a monotonic ``sequence``, the record's own ``hash`` and the
+previous record's hash ``prevHash``. ``Verifier.feed(agent, record, line)`` checks one record
+against what the verifier knows of that agent and returns a ``Verdict``; the caller writes
+``verdict.envelope()`` into the event's ``chain`` object, drops the event when ``verdict.drop``
+(an exact duplicate), and raises an alert when ``verdict.alert``.
+
+Statuses (DESIGN.md, "Chain verification"), for the sequence-numbered profiles (``seed``)::
+
+    status       when                                                       alert      state
+    genesis      first record of the agent, sequence 0 or 1 or prevHash     -          starts
+                 empty / the genesis marker
+    adopted      first record of the agent, mid-chain                       low        starts
+    ok           sequence = last + 1, prevHash = last hash                  -          advances
+    broken_link  sequence = last + 1, prevHash != last hash; or a late      critical   advances
+                 record that does not link into its gap
+    gap          sequence > last + 1: the records between are missing       medium     advances,
+                 (``missing`` = [first, last] of them)                                 opens a gap
+    late         fills (part of) an open gap and links to its neighbours    low        closes it
+                 where they are known
+    duplicate    a sequence already accepted, with the same hash: dropped   -          none
+    fork         a sequence already accepted, with another hash             critical   none
+    regressed    sequence <= last, neither in an open gap nor among the     medium     none
+                 last ``window`` accepted sequences (so neither duplicate
+                 nor fork can be told)
+    bad_hash     the hash does not recompute from the record's content      critical   as if its
+                 (precedes every other status but ``unchained``)                       claimed hash
+                                                                                       were right
+    unchained    no usable chain fields (missing, or of the wrong type)    -          none
+
+``bad_hash`` keeps the position logic: an edited record (its hash left as it was) is reported at
+that record, and its successor, which links to the claimed hash, is ``ok``. A record edited *and*
+re-hashed recomputes fine, so it is its successor that reports ``broken_link``.
+
+Profiles (``Profile``) name the fields and how a hash is made:
+
+* ``seed`` (default): ``agentId``, ``sequence``, ``hash``, ``prevHash``; ``hash = "sha256:" +
+  hex(sha256(JCS(record without "hash")))``, JCS = RFC 8785 (``shipper.codecs.canonical``).
+* ``safeclaw-jsonl``: SafeClaw's audit file, where ``prevHash`` is the hex sha256 of the exact
+  previous line and the first line's ``prevHash`` is ``GENESIS``; there is neither a sequence nor a
+  hash field: a record's hash is that of its line, its sequence its position in the agent's
+  stream. Only link statuses can be told then: ``genesis``/``adopted``, ``ok``, ``duplicate`` (a
+  line seen among the last ``window``), ``fork`` (a second successor of a recent line),
+  ``broken_link`` (anything else: a lost line, an edited one, a restarted chain); a line without
+  ``prevHash`` is ``unchained`` and still becomes the predecessor of the next (as SafeClaw's own
+  verifier does).
+* custom: any field names, ``sha256`` or ``sha512``, a prefix, a genesis marker, and either
+  canonical (JCS) or line hashing.
+
+Bounded memory per agent: the last ``window`` accepted (sequence, hash) pairs, for duplicate and
+fork detection, and at most ``max_gaps`` open gaps; when another gap would open, the oldest one is
+closed as permanent and reported in ``verdict.expired`` (the caller raises an alert for each). An
+open gap costs four values however many records it spans.
+
+``snapshot()`` / ``Verifier.restore()`` give and take the whole state as a JSON-able value (the
+chain checkpoint, ``shipper.checkpoint``). Feeding the same records to a restored verifier gives
+the same verdicts, which is what replaying the WAL after a checkpoint relies on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from shipper.codecs.canonical import canonicalize
+
+STATUSES: Final = (
+    "genesis",
+    "adopted",
+    "ok",
+    "gap",
+    "late",
+    "duplicate",
+    "fork",
+    "broken_link",
+    "bad_hash",
+    "regressed",
+    "unchained",
+)
+#: Alert severity per status (statuses not listed raise no alert).
+SEVERITY: Final[dict[str, str]] = {
+    "adopted": "low",
+    "late": "low",
+    "gap": "medium",
+    "regressed": "medium",
+    "gap_expired": "medium",
+    "fork": "critical",
+    "broken_link": "critical",
+    "bad_hash": "critical",
+}
+ALGORITHMS: Final = ("sha256", "sha512")
+SNAPSHOT_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Where a record keeps its agent and chain fields, and how its hash is computed."""
+
+    name: str
+    agent: tuple[str, ...] = ("agentId",)  # key path of the agent id in the record
+    sequence: str | None = "sequence"  # None: the record's position in its agent's stream
+    hash: str | None = "hash"  # None: line hashing (the hash of the exact line, not a field)
+    prev_hash: str = "prevHash"
+    algorithm: str = "sha256"
+    prefix: str = "sha256:"
+    genesis: str = ""  # the prevHash of a first record (besides empty or missing)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {self.algorithm!r}")
+        if (self.hash is None) != (self.sequence is None):
+            raise ValueError(
+                "a profile either has both a sequence and a hash field (canonical hashing) "
+                "or neither (line hashing, the position is the sequence)"
+            )
+        if not self.agent or not all(self.agent):
+            raise ValueError("agent: expected a non-empty key path")
+
+    @property
+    def line_hashed(self) -> bool:
+        return self.hash is None
+
+    def agent_of(self, record: dict[str, Any]) -> str | None:
+        """The agent id the record names (a string or an integer), or None."""
+        value: Any = record
+        for key in self.agent:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return None
+
+    def digest(self, data: bytes) -> str:
+        return self.prefix + hashlib.new(self.algorithm, data).hexdigest()
+
+
+SEED: Final = Profile("seed")
+SAFECLAW_JSONL: Final = Profile(
+    "safeclaw-jsonl", sequence=None, hash=None, prefix="", genesis="GENESIS"
+)
+PROFILES: Final[dict[str, Profile]] = {SEED.name: SEED, SAFECLAW_JSONL.name: SAFECLAW_JSONL}
+
+
+@dataclass(slots=True)
+class Gap:
+    """Missing sequences ``first..last``; the hashes that must link to them, where known."""
+
+    first: int
+    last: int
+    before: str | None  # hash of record first-1 (the prevHash record `first` must carry)
+    after: str | None  # prevHash of record last+1 (the hash record `last` must have)
+
+    def as_json(self) -> list[Any]:
+        return [self.first, self.last, self.before, self.after]
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the verifier found about one record."""
+
+    status: str
+    sequence: int | None = None
+    expected: int | None = None  # the sequence the agent's chain expected next
+    missing: tuple[int, int] | None = None  # gap: first and last missing sequence
+    hash: str | None = None  # the record's (claimed) hash
+    expected_hash: str | None = None  # bad_hash: recomputed; fork: the accepted one
+    prev_hash: str | None = None
+    expected_prev_hash: str | None = None
+    detail: str | None = None
+    expired: list[Gap] = field(default_factory=list)  # gaps closed as permanent by this record
+
+    @property
+    def drop(self) -> bool:
+        """Whether the event is an exact duplicate and is not archived again."""
+        return self.status == "duplicate"
+
+    @property
+    def alert(self) -> bool:
+        return self.status in SEVERITY
+
+    @property
+    def severity(self) -> str | None:
+        return SEVERITY.get(self.status)
+
+    def envelope(self) -> dict[str, Any]:
+        """The envelope's ``chain`` object."""
+        out: dict[str, Any] = {"status": self.status}
+        if self.sequence is not None:
+            out["sequence"] = self.sequence
+        if self.expected is not None:
+            out["expected"] = self.expected
+        if self.missing is not None:
+            out["missing"] = list(self.missing)
+        if self.detail is not None:
+            out["detail"] = self.detail
+        return out
+
+    def alert_details(self) -> dict[str, Any]:
+        """What an alert about this verdict says (beside agent, source and peer)."""
+        out: dict[str, Any] = {
+            "status": self.status,
+            "severity": self.severity,
+            "expected": {
+                "sequence": self.expected,
+                "hash": self.expected_hash,
+                "prev_hash": self.expected_prev_hash,
+            },
+            "received": {"sequence": self.sequence, "hash": self.hash, "prev_hash": self.prev_hash},
+        }
+        if self.missing is not None:
+            out["missing"] = list(self.missing)
+        if self.detail is not None:
+            out["detail"] = self.detail
+        return out
+
+
+def expired_alert_details(gap: Gap) -> dict[str, Any]:
+    """What the alert about a gap closed as permanent says."""
+    return {
+        "status": "gap_expired",
+        "severity": SEVERITY["gap_expired"],
+        "missing": [gap.first, gap.last],
+        "detail": "too many open gaps: the oldest is closed as permanently missing",
+    }
+
+
+@dataclass(slots=True)
+class AgentState:
+    """What the verifier keeps about one agent."""
+
+    last_sequence: int
+    last_hash: str
+    gaps: list[Gap] = field(default_factory=list)  # ordered by sequence, disjoint
+    recent: dict[int, str] = field(default_factory=dict)  # sequence -> hash, oldest first
+    counts: Counter[str] = field(default_factory=Counter)
+    last_alert: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "last_sequence": self.last_sequence,
+            "last_hash": self.last_hash,
+            "gaps": [gap.as_json() for gap in self.gaps],
+            "recent": [[sequence, value] for sequence, value in self.recent.items()],
+            "counts": dict(self.counts),
+            "last_alert": self.last_alert,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentState:
+        return cls(
+            int(data["last_sequence"]),
+            str(data["last_hash"]),
+            [Gap(int(g[0]), int(g[1]), g[2], g[3]) for g in data["gaps"]],
+            {int(sequence): str(value) for sequence, value in data["recent"]},
+            Counter({str(k): int(v) for k, v in data["counts"].items()}),
+            data.get("last_alert"),
+        )
+
+
+class Verifier:
+    """Verifies every agent's chain, one record at a time, in arrival order."""
+
+    def __init__(self, profile: Profile = SEED, *, window: int = 64, max_gaps: int = 64) -> None:
+        if window < 1 or max_gaps < 1:
+            raise ValueError("window and max_gaps must be at least 1")
+        self.profile = profile
+        self.window = window
+        self.max_gaps = max_gaps
+        self.agents: dict[str, AgentState] = {}
+        self.counts: Counter[str] = Counter()
+
+    # --- feeding -------------------------------------------------------------------------------
+
+    def feed(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict:
+        """Check one record of ``agent`` (``line``: its exact bytes, for line hashing).
+
+        ``record`` is used as is (its hash field may move to the end of it): pass a fresh parse.
+        """
+        if self.profile.line_hashed:
+            verdict = self._feed_line(agent, record, line)
+        else:
+            verdict = self._feed_fields(agent, record)
+        self.counts[verdict.status] += 1
+        state = self.agents.get(agent)
+        if state is not None:
+            state.counts[verdict.status] += 1
+            if verdict.alert:
+                state.last_alert = {"status": verdict.status, "sequence": verdict.sequence}
+            for gap in verdict.expired:
+                state.counts["gap_expired"] += 1
+                self.counts["gap_expired"] += 1
+                state.last_alert = {"status": "gap_expired", "missing": [gap.first, gap.last]}
+        return verdict
+
+    def _feed_fields(self, agent: str, record: dict[str, Any]) -> Verdict:
+        profile = self.profile
+        assert profile.hash is not None
+        assert profile.sequence is not None  # a Profile with a hash field has a sequence field
+        sequence = record.get(profile.sequence)
+        claimed = record.get(profile.hash)
+        prev = record.get(profile.prev_hash)
+        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
+            return Verdict("unchained", detail=f"no usable {profile.sequence!r}")
+        if not isinstance(claimed, str):
+            return Verdict("unchained", sequence, detail=f"no usable {profile.hash!r}")
+        if prev is not None and not isinstance(prev, str):
+            return Verdict("unchained", sequence, detail=f"no usable {profile.prev_hash!r}")
+        del record[profile.hash]  # hashed without it; put back (at the end) below
+        try:
+            computed = profile.digest(canonicalize(record))
+        except (ValueError, TypeError) as exc:
+            computed = f"(cannot canonicalize: {exc})"
+        finally:
+            record[profile.hash] = claimed
+        verdict = self._place(agent, sequence, claimed, prev)
+        if computed != claimed:
+            verdict.status = "bad_hash"
+            verdict.expected_hash = computed
+            verdict.detail = None
+        return verdict
+
+    def _place(self, agent: str, sequence: int, claimed: str, prev: str | None) -> Verdict:
+        """The verdict by position and links, with the state updated (hash not yet checked)."""
+        state = self.agents.get(agent)
+        if state is None:
+            first = sequence <= 1 or prev in (None, "", self.profile.genesis)
+            self.agents[agent] = state = AgentState(sequence, claimed)
+            state.recent[sequence] = claimed
+            return Verdict(
+                "genesis" if first else "adopted", sequence, None, hash=claimed, prev_hash=prev
+            )
+        last = state.last_sequence
+        verdict = Verdict("ok", sequence, last + 1, hash=claimed, prev_hash=prev)
+        if sequence == last + 1:
+            if prev != state.last_hash:
+                verdict.status = "broken_link"
+                verdict.expected_prev_hash = state.last_hash
+            self._advance(state, sequence, claimed)
+        elif sequence > last + 1:
+            verdict.status = "gap"
+            verdict.missing = (last + 1, sequence - 1)
+            verdict.expired = self._open_gap(
+                state, Gap(last + 1, sequence - 1, state.last_hash, prev)
+            )
+            self._advance(state, sequence, claimed)
+        elif (index := _gap_index(state.gaps, sequence)) is not None:
+            gap = state.gaps[index]
+            links = True
+            if sequence == gap.first and gap.before is not None and prev != gap.before:
+                links = False
+                verdict.expected_prev_hash = gap.before
+            if sequence == gap.last and gap.after is not None and claimed != gap.after:
+                links = False
+                verdict.expected_hash = gap.after
+            verdict.status = "late" if links else "broken_link"
+            parts = []
+            if gap.first < sequence:
+                parts.append(Gap(gap.first, sequence - 1, gap.before, prev))
+            if sequence < gap.last:
+                parts.append(Gap(sequence + 1, gap.last, claimed, gap.after))
+            state.gaps[index : index + 1] = parts
+            self._remember(state, sequence, claimed)
+        else:
+            known = state.recent.get(sequence)
+            if known is None:
+                verdict.status = "regressed"
+            elif known == claimed:
+                verdict.status = "duplicate"
+            else:
+                verdict.status = "fork"
+                verdict.expected_hash = known
+        return verdict
+
+    def _feed_line(self, agent: str, record: dict[str, Any], line: bytes) -> Verdict:
+        profile = self.profile
+        own = profile.digest(line)
+        prev = record.get(profile.prev_hash)
+        state = self.agents.get(agent)
+        if state is None:
+            if not isinstance(prev, str) or not prev:
+                self.agents[agent] = state = AgentState(1, own)
+                state.recent[1] = own
+                return Verdict("unchained", 1, hash=own, detail=f"no {profile.prev_hash!r}")
+            self.agents[agent] = state = AgentState(1, own)
+            state.recent[1] = own
+            status = "genesis" if prev == profile.genesis else "adopted"
+            return Verdict(status, 1, hash=own, prev_hash=prev)
+        sequence = state.last_sequence + 1
+        verdict = Verdict(
+            "ok", sequence, sequence, hash=own, prev_hash=prev if isinstance(prev, str) else None
+        )
+        if not isinstance(prev, str) or not prev:
+            verdict.status = "unchained"
+            verdict.detail = f"no {profile.prev_hash!r}"
+        elif prev != state.last_hash:
+            seen = _sequence_of(state.recent, own)
+            if seen is not None:
+                verdict.status = "duplicate"
+                verdict.sequence = seen
+                return verdict
+            verdict.expected_prev_hash = state.last_hash
+            if _sequence_of(state.recent, prev) is not None:
+                verdict.status = "fork"
+                verdict.detail = "a second successor of an earlier record"
+            else:
+                verdict.status = "broken_link"
+                if prev == profile.genesis:
+                    verdict.detail = "the chain restarted at the genesis marker"
+        self._advance(state, sequence, own)
+        return verdict
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def _advance(self, state: AgentState, sequence: int, value: str) -> None:
+        state.last_sequence = sequence
+        state.last_hash = value
+        self._remember(state, sequence, value)
+
+    def _remember(self, state: AgentState, sequence: int, value: str) -> None:
+        recent = state.recent
+        recent.pop(sequence, None)
+        recent[sequence] = value
+        while len(recent) > self.window:
+            del recent[next(iter(recent))]
+
+    def _open_gap(self, state: AgentState, gap: Gap) -> list[Gap]:
+        """Record a new gap (always the highest); close the oldest ones beyond ``max_gaps``."""
+        state.gaps.append(gap)
+        expired = []
+        while len(state.gaps) > self.max_gaps:
+            expired.append(state.gaps.pop(0))
+        return expired
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as a JSON-able value (see ``restore``)."""
+        return {
+            "v": SNAPSHOT_VERSION,
+            "profile": self.profile.name,
+            "counts": dict(self.counts),
+            "agents": {agent: state.as_json() for agent, state in self.agents.items()},
+        }
+
+    @classmethod
+    def restore(
+        cls, data: dict[str, Any], profile: Profile = SEED, *, window: int = 64, max_gaps: int = 64
+    ) -> Verifier:
+        """A verifier in the state ``snapshot`` returned. Raises ``ValueError`` if ``data`` is
+        not a snapshot of this version or was taken with another profile."""
+        if not isinstance(data, dict) or data.get("v") != SNAPSHOT_VERSION:
+            raise ValueError("not a chain snapshot of version 1")
+        if data.get("profile") != profile.name:
+            raise ValueError(
+                f"the snapshot was taken with profile {data.get('profile')!r}, not {profile.name!r}"
+            )
+        verifier = cls(profile, window=window, max_gaps=max_gaps)
+        try:
+            verifier.counts.update({str(k): int(v) for k, v in data["counts"].items()})
+            for agent, state in data["agents"].items():
+                restored = AgentState.from_json(state)
+                while len(restored.recent) > window:
+                    del restored.recent[next(iter(restored.recent))]
+                verifier.agents[str(agent)] = restored
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ValueError(f"damaged chain snapshot: {exc!r}") from exc
+        return verifier
+
+    def status(self, agent: str | None = None) -> dict[str, Any]:
+        """Per agent (or one agent): last sequence, open gaps, counts by status, last alert."""
+        agents = (
+            self.agents if agent is None else {k: v for k, v in self.agents.items() if k == agent}
+        )
+        return {
+            "profile": self.profile.name,
+            "counts": dict(self.counts),
+            "agents": {
+                name: {
+                    "last_sequence": state.last_sequence,
+                    "open_gaps": [[gap.first, gap.last] for gap in state.gaps],
+                    "counts": dict(state.counts),
+                    "last_alert": state.last_alert,
+                }
+                for name, state in sorted(agents.items())
+            },
+        }
+
+
+def _gap_index(gaps: list[Gap], sequence: int) -> int | None:
+    """The index of the open gap holding ``sequence``, if any (gaps are few: a linear scan)."""
+    for index, gap in enumerate(gaps):
+        if gap.first <= sequence <= gap.last:
+            return index
+    return None
+
+
+def _sequence_of(recent: dict[int, str], value: str) -> int | None:
+    for sequence, known in recent.items():
+        if known == value:
+            return sequence
+    return None

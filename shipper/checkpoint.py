@@ -1,0 +1,315 @@
+"""The chain stage: verifies each event's chain before the WAL, and keeps the verifier's state
+across restarts with a checkpoint plus a replay of the WAL after it.
+
+Checkpoint file ``<data_dir>/chain/checkpoint.json``, one JSON object, replaced atomically
+(write, fsync, rename, fsync the directory)::
+
+    {"v": 1, "epoch": "<WAL epoch>", "segment": 12, "offset": 40960,
+     "written_at": "2026-11-23T10:45:23.102345Z", "state": {...Verifier.snapshot()...}}
+
+meaning: ``state`` is the verifier's state after every WAL record before (segment, offset) of
+the WAL of that epoch, and nothing after.
+
+Rules:
+
+* The stage runs in the WAL writer's task, so the state always matches a WAL position: before a
+  batch is verified, the state covers exactly what the WAL has accepted (``Wal.committed``).
+* A checkpoint is written every ``checkpoint_interval``, whenever the WAL is full (before the
+  writer waits for space), and at shutdown. The WAL is fsynced first (``Wal.sync``), whatever the
+  fsync policy: a checkpoint never covers records a power cut could still take away, so a record
+  the agent sends again after such a loss is never mistaken for a duplicate.
+* The WAL keeps every segment after the checkpoint: the stage holds a WAL cursor named
+  ``CHAIN_CURSOR`` (``.chain``, which no sink id can be) and moves it to the checkpoint's position
+  once the checkpoint is durable. Segments are deleted only when the sinks *and* the checkpoint
+  have passed them.
+* At start: load the checkpoint and feed the verifier every record of the WAL after its position,
+  in order (events that carry a ``chain`` object, i.e. that were verified, and not alerts); the
+  verdicts are recomputed, not trusted from disk, and must match the archived ones (a mismatch
+  is logged). No alert is raised again and nothing is counted twice: the checkpoint's counts
+  cover exactly what came before its position.
+* No checkpoint (first start), an unreadable one, or one of another profile: the state starts
+  empty and the whole retained WAL is replayed; an unreadable or mismatched one is logged as a
+  warning (agents whose earlier records left the WAL may then show as ``adopted``). A checkpoint
+  of another WAL epoch (the WAL was wiped) keeps its state, and the whole new WAL is replayed.
+
+What the stage does to each event: records with an agent (the profile's agent field; for line
+hashing without one, the sender: the first TLS SAN, the TLS subject, the syslog hostname or the
+peer's address) get ``chain`` = the verdict and ``agent`` = that agent; exact duplicates are
+removed (counted in ``duplicates_dropped``); a verdict with an alert, and each gap it expires,
+adds a ``shipper.chain_alert`` event right after the event (and a warning in the daemon's log,
+at most ``LOG_ALERTS_PER_SECOND`` a second, the rest counted). Alerts, malformed events and
+events with ``identity_mismatch`` are not verified (an impostor's records must not move the
+chain of the agent it claims to be).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from shipper.buffer import record as records
+from shipper.buffer.segment import (
+    SEGMENT_HEADER_SIZE,
+    Position,
+    fsync_dir,
+    replace_file,
+    segment_name,
+    segment_number,
+)
+from shipper.chain import Profile, Verdict, Verifier, expired_alert_details
+from shipper.config import ChainConfig
+from shipper.events import CHAIN_ALERT, Event, alert_event, utc_timestamp
+from shipper.logging import get_logger
+
+log = get_logger("shipper.chain")
+
+CHECKPOINT_VERSION: Final = 1
+CHAIN_DIR: Final = "chain"
+CHECKPOINT_FILE: Final = "checkpoint.json"
+#: The WAL cursor that keeps the segments after the checkpoint.
+CHAIN_CURSOR: Final = ".chain"
+LOG_ALERTS_PER_SECOND: Final = 10
+
+
+@dataclass
+class Checkpoint:
+    epoch: str
+    position: Position
+    state: dict[str, Any]
+
+
+def checkpoint_path(data_dir: Path) -> Path:
+    return data_dir / CHAIN_DIR / CHECKPOINT_FILE
+
+
+def load_checkpoint(data_dir: Path) -> Checkpoint | str | None:
+    """The stored checkpoint; None if there is none; a reason string if it is unusable."""
+    path = checkpoint_path(data_dir)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict) or data.get("v") != CHECKPOINT_VERSION:
+            raise ValueError("not a chain checkpoint of version 1")
+        segment, offset = data["segment"], data["offset"]
+        if not isinstance(segment, int) or not isinstance(offset, int) or segment < 1:
+            raise ValueError("bad position")
+        if not isinstance(data["state"], dict) or not isinstance(data["epoch"], str):
+            raise ValueError("bad state or epoch")
+    except (orjson.JSONDecodeError, ValueError, KeyError) as exc:
+        return f"{path} is corrupt: {exc}"
+    return Checkpoint(data["epoch"], Position(segment, offset), data["state"])
+
+
+def store_checkpoint(data_dir: Path, checkpoint: Checkpoint) -> None:
+    """Write the checkpoint atomically and durably (blocking: run it in a worker thread)."""
+    directory = data_dir / CHAIN_DIR
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        fsync_dir(directory.parent)
+    data = orjson.dumps(
+        {
+            "v": CHECKPOINT_VERSION,
+            "epoch": checkpoint.epoch,
+            "segment": checkpoint.position.segment,
+            "offset": checkpoint.position.offset,
+            "written_at": utc_timestamp(),
+            "state": checkpoint.state,
+        }
+    )
+    replace_file(checkpoint_path(data_dir), data)
+
+
+def wal_envelopes(wal_dir: Path, start: Position | None) -> Iterator[tuple[Position, bytes]]:
+    """(position after it, envelope) of every intact WAL record from ``start`` (None: the oldest),
+    in order; damaged ranges and a torn tail are passed over (recovery deals with them)."""
+    numbers = sorted(n for p in wal_dir.glob("*.seg") if (n := segment_number(p.name)) is not None)
+    for number in numbers:
+        if start is not None and number < start.segment:
+            continue
+        try:
+            data = (wal_dir / segment_name(number)).read_bytes()
+        except FileNotFoundError:
+            continue  # deleted meanwhile: every reader had passed it
+        offset = SEGMENT_HEADER_SIZE
+        if start is not None and number == start.segment:
+            offset = max(offset, start.offset)
+        for item in records.scan(data, offset):
+            if isinstance(item, records.Record):
+                envelope = item.payload.partition(b"\0")[2]
+                yield Position(number, item.end), envelope
+
+
+def record_bytes(envelope: bytes, parsed: dict[str, Any]) -> bytes:
+    """The record's bytes as received, cut out of its envelope (``record`` is the last key)."""
+    rest = {key: value for key, value in parsed.items() if key != "record"}
+    prefix = orjson.dumps(rest)[:-1] + b',"record":'
+    if envelope.startswith(prefix) and envelope.endswith(b"}"):
+        return envelope[len(prefix) : -1]
+    return orjson.dumps(parsed["record"])  # cannot happen for envelopes shipper wrote
+
+
+def sender_identity(source: dict[str, Any], syslog: dict[str, Any] | None) -> str | None:
+    """Who sent an event, for profiles whose records do not name their agent."""
+    san = source.get("tls_san")
+    if isinstance(san, list) and san:
+        return str(san[0])
+    if source.get("tls_subject"):
+        return str(source["tls_subject"])
+    if syslog is not None and syslog.get("hostname"):
+        return str(syslog["hostname"])
+    peer = source.get("peer")
+    if isinstance(peer, str) and peer:
+        host, _, port = peer.rpartition(":")
+        return host.strip("[]") if host and port.isdigit() else peer
+    return None
+
+
+def build_profile(config: ChainConfig) -> Profile:
+    return config.profile_fields
+
+
+class ChainStage:
+    """The verifier, its checkpoint and replay, and what it does to each batch of events."""
+
+    def __init__(self, config: ChainConfig, data_dir: Path) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.profile = build_profile(config)
+        self.verifier = self._new_verifier()
+        self.counters: Counter[str] = Counter()
+        self._log_second = -1.0
+        self._logged = 0
+
+    def _new_verifier(self, state: dict[str, Any] | None = None) -> Verifier:
+        settings = {"window": self.config.dedupe_window, "max_gaps": self.config.max_open_gaps}
+        if state is None:
+            return Verifier(self.profile, **settings)
+        return Verifier.restore(state, self.profile, **settings)
+
+    # --- start: checkpoint and replay -----------------------------------------------------------
+
+    def load(self, wal_dir: Path, epoch: str) -> None:
+        """Restore the state: the checkpoint, then the WAL after it (blocking; before serving)."""
+        start: Position | None = None
+        found = load_checkpoint(self.data_dir)
+        if isinstance(found, str):
+            log.warning("chain_checkpoint_unusable", reason=found)
+            self.counters["checkpoint_unusable"] += 1
+        elif found is not None:
+            try:
+                self.verifier = self._new_verifier(found.state)
+            except ValueError as exc:
+                log.warning("chain_checkpoint_unusable", reason=str(exc))
+                self.counters["checkpoint_unusable"] += 1
+            else:
+                if found.epoch == epoch:
+                    start = found.position
+                else:
+                    log.warning(
+                        "chain_checkpoint_other_wal",
+                        detail="the WAL was replaced; its whole content is replayed",
+                    )
+        replayed = mismatched = 0
+        for _position, envelope in wal_envelopes(wal_dir, start):
+            parsed = orjson.loads(envelope)
+            stored = parsed.get("chain")
+            if stored is None or "record" not in parsed or parsed.get("agent") is None:
+                continue
+            line = record_bytes(envelope, parsed) if self.profile.line_hashed else b""
+            verdict = self.verifier.feed(str(parsed["agent"]), parsed["record"], line)
+            replayed += 1
+            if verdict.envelope() != stored:
+                mismatched += 1
+        self.counters["replayed"] += replayed
+        if mismatched:
+            self.counters["replay_mismatches"] += mismatched
+            log.warning("chain_replay_mismatch", records=mismatched)
+        log.info(
+            "chain_state_loaded",
+            agents=len(self.verifier.agents),
+            replayed=replayed,
+            checkpoint=str(start) if start is not None else None,
+        )
+
+    def checkpoint(self, epoch: str, position: Position) -> None:
+        """Store the state as covering the WAL up to ``position`` (blocking: a worker thread)."""
+        store_checkpoint(self.data_dir, Checkpoint(epoch, position, self.verifier.snapshot()))
+        self.counters["checkpoints"] += 1
+
+    # --- per batch ------------------------------------------------------------------------------
+
+    def process(self, batch: list[Event], now: float) -> list[Event]:
+        """Verify each event of ``batch``; the events to append (duplicates out, alerts in)."""
+        out: list[Event] = []
+        profile = self.profile
+        for event in batch:
+            raw = event.record_json
+            if raw is None or event.alert or event.identity_mismatch is not None:
+                out.append(event)
+                continue
+            record = orjson.loads(raw)
+            agent = profile.agent_of(record)
+            if agent is None and profile.line_hashed:
+                agent = sender_identity(event.source, event.syslog)
+            if agent is None:
+                out.append(event)
+                continue
+            event.agent = agent
+            verdict = self.verifier.feed(agent, record, raw)
+            if verdict.drop:
+                self.counters["duplicates_dropped"] += 1
+                continue
+            event.chain = verdict.envelope()
+            out.append(event)
+            if verdict.alert:
+                out.append(self._alert(event, agent, verdict.alert_details(), verdict, now))
+            for gap in verdict.expired:
+                out.append(self._alert(event, agent, expired_alert_details(gap), None, now))
+        return out
+
+    def _alert(
+        self,
+        event: Event,
+        agent: str,
+        details: dict[str, Any],
+        verdict: Verdict | None,
+        now: float,
+    ) -> Event:
+        source = event.source
+        details = {
+            **details,
+            "source": source.get("id"),
+            "peer": source.get("peer"),
+            "tls_subject": source.get("tls_subject"),
+            "tls_san": source.get("tls_san"),
+            "event_received_at": event.received_at,
+        }
+        self.counters["alerts"] += 1
+        if int(now) != self._log_second:
+            if self._logged > LOG_ALERTS_PER_SECOND:
+                log.warning("chain_alerts_suppressed", count=self._logged - LOG_ALERTS_PER_SECOND)
+            self._log_second, self._logged = int(now), 0
+        self._logged += 1
+        if self._logged <= LOG_ALERTS_PER_SECOND:
+            log.warning(
+                "chain_alert",
+                agent=agent,
+                status=details["status"],
+                severity=details["severity"],
+                sequence=verdict.sequence if verdict is not None else None,
+                expected=verdict.expected if verdict is not None else None,
+                missing=details.get("missing"),
+                source=details["source"],
+                peer=details["peer"],
+            )
+        return alert_event(CHAIN_ALERT, agent, details)
