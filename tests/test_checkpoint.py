@@ -1,0 +1,249 @@
+"""The chain stage in the daemon: verdicts in the archive, alerts, dedupe, checkpoint and replay."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from shipper.buffer.segment import Position
+from shipper.checkpoint import (
+    CHAIN_CURSOR,
+    ChainStage,
+    checkpoint_path,
+    load_checkpoint,
+    record_bytes,
+    sender_identity,
+)
+from shipper.config import Address, parse_config
+from shipper.events import Event
+from shipper.shutdown import Shutdown, run_daemon
+from tests.chains import AGENT, chain, chain_lines
+from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
+
+SOURCE = {"id": "agents", "kind": "json_tls", "peer": "10.0.0.7:51234"}
+
+
+def envelopes(root: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in archive_lines(root / "archive")]
+
+
+async def send(address: Address, data: bytes) -> None:
+    stream = await trio.open_tcp_stream(address.host, address.port)
+    async with stream:
+        await stream.send_all(data)
+
+
+async def run_once(root: Path, data: bytes, expect: int, **chain_settings: Any) -> None:
+    """Start the daemon on ``root``, send ``data``, wait for ``expect`` archived lines, stop."""
+    raw = file_sink_config(root)
+    if chain_settings:
+        raw["chain"] = chain_settings
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
+        await send(bound["agents"][0], data)
+        await wait_until(lambda: len(archive_lines(root / "archive")) >= expect)
+        shutdown.request("test")
+
+
+async def test_verdicts_are_archived_and_a_gap_raises_an_alert_event(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """Each archived event carries its chain verdict; a gap is followed by a chain_alert event
+    naming agent, expected and received sequence, source and peer, and is logged."""
+    lines = chain_lines(6)
+    await run_once(tmp_path, b"".join(lines[:3] + lines[4:]), expect=6)
+    found = envelopes(tmp_path)
+    assert [e["chain"]["status"] for e in found if "chain" in e] == [
+        "genesis",
+        "ok",
+        "ok",
+        "gap",
+        "ok",
+    ]
+    alert = found[4]
+    assert found[3]["chain"] == {"status": "gap", "sequence": 5, "expected": 4, "missing": [4, 4]}
+    assert alert["source"] == {"id": "shipper", "kind": "alert"}
+    record = alert["record"]
+    assert record["action"] == "shipper.chain_alert"
+    assert record["agent"] == AGENT
+    assert (record["status"], record["severity"], record["missing"]) == ("gap", "medium", [4, 4])
+    assert record["expected"]["sequence"] == 4
+    assert record["received"]["sequence"] == 5
+    assert record["source"] == "agents"
+    assert record["peer"].startswith("127.0.0.1:")
+    (logged,) = logs.entries("chain_alert")
+    assert (logged["agent"], logged["status"], logged["missing"]) == (AGENT, "gap", [4, 4])
+    (complete,) = logs.entries("shutdown_complete")
+    assert complete["metrics"]["chain"]["statuses"] == {"genesis": 1, "ok": 3, "gap": 1}
+
+
+async def test_a_restart_neither_forgets_an_agent_nor_archives_a_resend_twice(
+    tmp_path: Path,
+) -> None:
+    """After a clean restart the chain continues (no false genesis) and records sent again are
+    dropped as duplicates, so the archive holds each record once."""
+    lines = chain_lines(20)
+    await run_once(tmp_path, b"".join(lines[:10]), expect=10)
+    stored = load_checkpoint(tmp_path / "var")
+    assert not isinstance(stored, str)
+    assert stored is not None
+    assert stored.state["agents"][AGENT]["last_sequence"] == 10
+    await run_once(tmp_path, b"".join(lines[6:]), expect=20)  # 7..10 again, then 11..20
+    found = envelopes(tmp_path)
+    assert [e["record"]["sequence"] for e in found] == list(range(1, 21))
+    assert [e["chain"]["status"] for e in found] == ["genesis"] + ["ok"] * 19
+
+
+async def test_a_lost_checkpoint_makes_the_agent_adopted_never_a_false_genesis(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """With the checkpoint gone and the WAL already freed, the agent's next record is adopted
+    (a low alert that earlier records are not in view), never a false genesis or gap."""
+    lines = chain_lines(12)
+    await run_once(tmp_path, b"".join(lines[:8]), expect=8)
+    checkpoint_path(tmp_path / "var").unlink()
+    await run_once(tmp_path, b"".join(lines[8:]), expect=13)
+    found = envelopes(tmp_path)
+    statuses = [e["chain"]["status"] for e in found if "chain" in e]
+    assert statuses == ["genesis"] + ["ok"] * 7 + ["adopted"] + ["ok"] * 3
+    (alert,) = [e["record"] for e in found if "chain" not in e]
+    assert (alert["status"], alert["severity"]) == ("adopted", "low")
+    assert logs.entries("chain_state_loaded")[-1]["checkpoint"] is None
+
+
+async def test_the_wal_keeps_what_the_checkpoint_does_not_cover(tmp_path: Path) -> None:
+    """Segments after the chain checkpoint stay even when every sink has acknowledged them; a
+    replay from the checkpoint rebuilds the state the running stage had."""
+    raw = file_sink_config(tmp_path, max_file_bytes="1MiB")
+    raw["buffer"] = {"segment_bytes": "64KiB", "max_bytes": "16MiB"}
+    raw["chain"] = {"checkpoint_interval": "1h"}  # only the shutdown checkpoint
+    config = parse_config(raw)
+    lines = chain_lines(800)
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, config, shutdown)
+        await send(bound["agents"][0], b"".join(lines[:400]))
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 400)
+        segments = sorted((tmp_path / "var" / "wal").glob("*.seg"))
+        assert len(segments) > 2  # the sink acknowledged them all, the checkpoint none
+        stage = ChainStage(config.chain, tmp_path / "var")
+        await trio.to_thread.run_sync(stage.load, tmp_path / "var" / "wal", "other-epoch")
+        assert stage.verifier.agents[AGENT].last_sequence == 400
+        shutdown.request("test")
+    cursor = orjson.loads(
+        (tmp_path / "var" / "wal" / "cursors" / f"{CHAIN_CURSOR}.json").read_bytes()
+    )
+    stored = load_checkpoint(tmp_path / "var")
+    assert not isinstance(stored, str)
+    assert stored is not None
+    assert Position(cursor["segment"], cursor["offset"]) == stored.position
+
+
+def stage(tmp_path: Path, **chain_settings: Any) -> ChainStage:
+    raw = file_sink_config(tmp_path)
+    if chain_settings:
+        raw["chain"] = chain_settings
+    return ChainStage(parse_config(raw).chain, tmp_path / "var")
+
+
+def events(records: list[dict[str, Any]], source: dict[str, Any] = SOURCE) -> list[Event]:
+    return [
+        Event("2026-11-23T00:00:00.000000Z", source, None, orjson.dumps(record))
+        for record in records
+    ]
+
+
+def test_process_drops_duplicates_and_puts_alerts_after_their_event(tmp_path: Path) -> None:
+    """A batch with a resend and a broken link comes out without the resend and with one alert
+    right after the broken record."""
+    chained = chain(5)
+    broken = {**chained[4], "prevHash": "sha256:" + "0" * 64}
+    broken["hash"] = (
+        "sha256:"
+        + hashlib.sha256(
+            json.dumps(
+                {k: v for k, v in broken.items() if k != "hash"},
+                sort_keys=True,
+                separators=(",", ":"),
+            ).encode()
+        ).hexdigest()
+    )
+    batch = events([*chained[:4], chained[2], broken])
+    out = stage(tmp_path).process(batch, now=0.0)
+    kinds = [
+        e.chain["status"] if e.chain else orjson.loads(e.record_json or b"{}")["action"]
+        for e in out
+    ]
+    assert kinds == ["genesis", "ok", "ok", "ok", "broken_link", "shipper.chain_alert"]
+    assert all(e.agent == AGENT for e in out)
+    assert out[-1].alert
+
+
+def test_identity_mismatches_and_alerts_are_not_verified(tmp_path: Path) -> None:
+    """Events of an impostor (identity_mismatch) and alert events pass through unverified."""
+    chained = chain(2)
+    impostor = events(chained[1:])[0]
+    impostor.identity_mismatch = {"claimed": {"agent": AGENT}}
+    chain_stage = stage(tmp_path)
+    out = chain_stage.process([*events(chained[:1]), impostor], now=0.0)
+    assert out[1].chain is None
+    assert chain_stage.verifier.agents[AGENT].last_sequence == 1
+
+
+def test_safeclaw_records_are_chained_per_sender(tmp_path: Path) -> None:
+    """SafeClaw lines name no agent: each sender's lines form their own chain."""
+    prev, lines = "GENESIS", []
+    for n in range(3):
+        line = json.dumps(
+            {"toolName": "exec", "n": n, "prevHash": prev}, separators=(",", ":")
+        ).encode()
+        prev = hashlib.sha256(line).hexdigest()
+        lines.append(line)
+    chain_stage = stage(tmp_path, profile="safeclaw-jsonl")
+    host_a = {**SOURCE, "tls_san": ["host-a"]}
+    host_b = {**SOURCE, "peer": "10.0.0.8:4000"}
+    batch = [Event("t", host_a, None, line) for line in lines] + [
+        Event("t", host_b, None, lines[0])
+    ]
+    out = chain_stage.process(batch, now=0.0)
+    assert [(e.agent, e.chain["status"] if e.chain else None) for e in out] == [
+        ("host-a", "genesis"),
+        ("host-a", "ok"),
+        ("host-a", "ok"),
+        ("10.0.0.8", "genesis"),
+    ]
+
+
+def test_sender_identity_prefers_the_certificate() -> None:
+    """The sender of an event is its first SAN, else subject, else syslog host, else peer host."""
+    assert sender_identity({"tls_san": ["a"], "tls_subject": "CN=b"}, None) == "a"
+    assert sender_identity({"tls_subject": "CN=b", "peer": "1.2.3.4:5"}, None) == "CN=b"
+    assert sender_identity({"peer": "1.2.3.4:5"}, {"hostname": "h"}) == "h"
+    assert sender_identity({"peer": "[::1]:5"}, None) == "::1"
+
+
+def test_record_bytes_are_cut_out_of_the_envelope_exactly() -> None:
+    """The record's bytes come back from its envelope exactly as received, spacing included."""
+    raw = b'{"b": 1,  "a":"x\\"record\\":", "record": {"record": 2}}'
+    envelope = Event("t", SOURCE, "a", raw, chain={"status": "ok"}).encode("1-16")
+    assert record_bytes(envelope, orjson.loads(envelope)) == raw
+
+
+async def test_an_unusable_checkpoint_is_logged_and_the_daemon_starts(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """A corrupt checkpoint does not stop the daemon: it warns and starts from what the WAL holds."""
+    lines = chain_lines(6)
+    await run_once(tmp_path, b"".join(lines[:3]), expect=3)
+    checkpoint_path(tmp_path / "var").write_bytes(b'{"v": 1, "segm')
+    await run_once(tmp_path, b"".join(lines[3:]), expect=7)
+    (warning,) = logs.entries("chain_checkpoint_unusable")
+    assert "corrupt" in warning["reason"]
+    statuses = [e["chain"]["status"] for e in envelopes(tmp_path) if "chain" in e]
+    assert statuses == ["genesis", "ok", "ok", "adopted", "ok", "ok"]
