@@ -1,7 +1,8 @@
-"""Command line: ``shipper run``, ``validate``, ``buffer`` (see README, "Command line").
+"""Command line: ``shipper run``, ``validate``, ``buffer``, ``chain`` (see README, "Command line").
 
 Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, damage found by ``buffer
-inspect``); 2 usage error; 78 (EX_CONFIG) invalid configuration.
+inspect``, an agent ``chain status --agent`` does not know); 2 usage error; 78 (EX_CONFIG)
+invalid configuration.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import orjson
 import trio
 
 from shipper import __version__
-from shipper.buffer.recovery import recover
+from shipper.buffer.recovery import EPOCH_FILE, recover
 from shipper.buffer.wal import WalLocked, lock_directory
-from shipper.checkpoint import CHAIN_CURSOR
+from shipper.checkpoint import CHAIN_CURSOR, ChainStage, checkpoint_path
 from shipper.config import Config, load_config
 from shipper.errors import ConfigError, ListenError
 from shipper.logging import configure, get_logger
@@ -43,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     buffer.add_argument("action", choices=["inspect", "repair"])
     buffer.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     buffer.add_argument("--json", action="store_true", help="print the report as JSON")
+    chain = commands.add_parser("chain", help="per-agent hash-chain state")
+    chain.add_argument("action", choices=["status"])
+    chain.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+    chain.add_argument("--agent", help="only this agent")
+    chain.add_argument("--json", action="store_true", help="print the status as JSON")
     return parser
 
 
@@ -144,12 +150,55 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
     return 1 if action == "inspect" and report.damaged else 0
 
 
+def cmd_chain_status(path: str, agent: str | None, as_json: bool) -> int:
+    """Per agent: last sequence, open gaps, counts by status, last alert.
+
+    Read from the state on disk: the chain checkpoint plus the WAL after it (read-only, so it
+    also works beside a running daemon, whose latest batches it may not see yet).
+    """
+    config = _load(path)
+    if config is None:
+        return EX_CONFIG
+    configure("warning")  # keep the daemon's info entries off the report
+    wal_dir = config.data_dir / "wal"
+    try:
+        epoch = (wal_dir / EPOCH_FILE).read_text().strip()
+    except OSError:
+        epoch = ""
+    stage = ChainStage(config.chain, config.data_dir)
+    if wal_dir.is_dir() or checkpoint_path(config.data_dir).exists():
+        stage.load(wal_dir, epoch)
+    status = stage.verifier.status(agent)
+    if agent is not None and agent not in status["agents"]:
+        print(f"shipper chain status: no chain state for agent {agent!r}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    totals = ", ".join(f"{k} {v}" for k, v in sorted(status["counts"].items())) or "none"
+    print(f"chain profile {status['profile']}: {len(status['agents'])} agents; statuses: {totals}")
+    for name, state in status["agents"].items():
+        gaps = ", ".join(f"{a}-{b}" for a, b in state["open_gaps"]) or "none"
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(state["counts"].items()))
+        alert = state["last_alert"]
+        last = (
+            f"{alert['status']} at {alert.get('sequence', alert.get('missing'))}"
+            if alert
+            else "none"
+        )
+        print(f"  agent {name}: last sequence {state['last_sequence']}; open gaps: {gaps}")
+        print(f"    counts: {counts}; last alert: {last}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args.config)
     if args.command == "buffer":
         return cmd_buffer(args.config, args.action, args.json)
+    if args.command == "chain":
+        return cmd_chain_status(args.config, args.agent, args.json)
     return cmd_run(args.config)
 
 

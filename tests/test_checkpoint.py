@@ -24,6 +24,7 @@ from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
 from tests.chains import AGENT, chain, chain_lines
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
+from tests.test_cli import shipper, write_config
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "10.0.0.7:51234"}
 
@@ -247,3 +248,32 @@ async def test_an_unusable_checkpoint_is_logged_and_the_daemon_starts(
     assert "corrupt" in warning["reason"]
     statuses = [e["chain"]["status"] for e in envelopes(tmp_path) if "chain" in e]
     assert statuses == ["genesis", "ok", "ok", "adopted", "ok", "ok"]
+
+
+async def test_chain_status_reports_each_agent_from_the_state_on_disk(tmp_path: Path) -> None:
+    """`shipper chain status` shows last sequence, open gaps, counts and last alert per agent,
+    read from the checkpoint and the WAL; an unknown --agent exits 1."""
+    lines = chain_lines(6) + chain_lines(2, agent="other-agent")
+    await run_once(tmp_path, b"".join(lines[:3] + lines[4:]), expect=8)
+    config = write_config(tmp_path / "shipper.toml", file_sink_config(tmp_path))
+    result = await trio.to_thread.run_sync(
+        lambda: shipper("chain", "status", "-c", str(config), "--json")
+    )
+    assert result.returncode == 0, result.stderr
+    status = orjson.loads(result.stdout)
+    mine = status["agents"][AGENT]
+    assert mine["last_sequence"] == 6
+    assert mine["open_gaps"] == [[4, 4]]
+    assert mine["counts"] == {"genesis": 1, "ok": 3, "gap": 1}
+    assert mine["last_alert"] == {"status": "gap", "sequence": 5}
+    assert status["agents"]["other-agent"]["last_sequence"] == 2
+    text = await trio.to_thread.run_sync(
+        lambda: shipper("chain", "status", "-c", str(config), "--agent", AGENT)
+    )
+    assert f"agent {AGENT}: last sequence 6; open gaps: 4-4" in text.stdout
+    assert "other-agent" not in text.stdout
+    unknown = await trio.to_thread.run_sync(
+        lambda: shipper("chain", "status", "-c", str(config), "--agent", "nobody")
+    )
+    assert unknown.returncode == 1
+    assert "nobody" in unknown.stderr

@@ -988,3 +988,47 @@ def test_udp_and_tcp_sources_may_share_a_port_but_two_tcp_sources_may_not() -> N
     assert _problems(raw) == [
         'sources.j.address: expected an address not used by source "t", got "127.0.0.1:5514"'
     ]
+
+
+# --- [chain] ---------------------------------------------------------------------------------
+
+
+def test_custom_chain_profile_takes_its_fields() -> None:
+    """A custom [chain] profile builds the Profile the verifier uses, with the verifier's bounds."""
+    raw = _raw()
+    raw["chain"] = {
+        "profile": "custom",
+        "agent": "actor.id",
+        "sequence": "seq",
+        "hash": "digest",
+        "prev_hash": "previous",
+        "algorithm": "sha512",
+        "dedupe_window": 8,
+        "max_open_gaps": 3,
+        "checkpoint_interval": "2s",
+    }
+    chain = parse_config(raw, env={}).chain
+    fields = chain.profile_fields
+    assert (fields.agent, fields.sequence, fields.hash, fields.prev_hash) == (
+        ("actor", "id"),
+        "seq",
+        "digest",
+        "previous",
+    )
+    assert (fields.algorithm, fields.prefix, fields.genesis) == ("sha512", "sha512:", "")
+    assert (chain.dedupe_window, chain.max_open_gaps, chain.checkpoint_interval) == (8, 3, 2.0)
+    line = parse_config({**raw, "chain": {"profile": "custom", "hashing": "line"}}, env={})
+    assert line.chain.profile_fields.line_hashed
+    assert line.chain.profile_fields.genesis == "GENESIS"
+
+
+def test_chain_field_keys_need_a_custom_profile_and_fit_its_hashing() -> None:
+    """Field keys with a shipped profile, or sequence/hash with line hashing, are each refused
+    at their key path."""
+    raw = _raw()
+    raw["chain"] = {"profile": "seed", "hash": "h"}
+    assert _problems(raw) == ['chain.hash: only a custom profile takes this key (profile = "seed")']
+    raw["chain"] = {"profile": "custom", "hashing": "line", "sequence": "n"}
+    assert _problems(raw) == ['chain.sequence: a profile with hashing = "line" has no such field']
+    raw["chain"] = {"profile": "custom", "algorithm": "md5"}
+    assert _problems(raw) == ['chain.algorithm: expected "sha256" or "sha512", got "md5"']
