@@ -63,7 +63,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from shipper.codecs.canonical import canonicalize
 
@@ -125,11 +125,16 @@ class Profile:
 
     def agent_of(self, record: dict[str, Any]) -> str | None:
         """The agent id the record names (a string or an integer), or None."""
-        value: Any = record
-        for key in self.agent:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(key)
+        if len(self.agent) == 1:
+            value: Any = record.get(self.agent[0])
+            if type(value) is str and value:
+                return value
+        else:
+            value = record
+            for key in self.agent:
+                if not isinstance(value, dict):
+                    return None
+                value = value.get(key)
         if isinstance(value, str) and value:
             return value
         if isinstance(value, int) and not isinstance(value, bool):
@@ -160,20 +165,43 @@ class Gap:
         return [self.first, self.last, self.before, self.after]
 
 
-@dataclass(slots=True)
 class Verdict:
-    """What the verifier found about one record."""
+    """What the verifier found about one record.
 
-    status: str
-    sequence: int | None = None
-    expected: int | None = None  # the sequence the agent's chain expected next
+    A plain class whose optional attributes default at class level: an ``ok`` verdict, made for
+    nearly every record, sets three attributes only.
+    """
+
     missing: tuple[int, int] | None = None  # gap: first and last missing sequence
     hash: str | None = None  # the record's (claimed) hash
     expected_hash: str | None = None  # bad_hash: recomputed; fork: the accepted one
     prev_hash: str | None = None
     expected_prev_hash: str | None = None
     detail: str | None = None
-    expired: list[Gap] = field(default_factory=list)  # gaps closed as permanent by this record
+    expired: tuple[Gap, ...] = ()  # gaps closed as permanent by this record
+
+    def __init__(
+        self,
+        status: str,
+        sequence: int | None = None,
+        expected: int | None = None,  # the sequence the agent's chain expected next
+        *,
+        hash: str | None = None,
+        prev_hash: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.status = status
+        self.sequence = sequence
+        self.expected = expected
+        if hash is not None:
+            self.hash = hash
+        if prev_hash is not None:
+            self.prev_hash = prev_hash
+        if detail is not None:
+            self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"Verdict({self.envelope()!r})"
 
     @property
     def drop(self) -> bool:
@@ -230,35 +258,81 @@ def expired_alert_details(gap: Gap) -> dict[str, Any]:
     }
 
 
+class Feed(Protocol):
+    def __call__(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict: ...
+
+
+class Recent:
+    """The hashes of recently accepted sequences: a ring of ``window`` slots, slot ``sequence %
+    window`` holding the highest sequence that fell into it (so, once a chain is past its first
+    ``window`` records, exactly the last ``window`` sequences, late fills aside)."""
+
+    __slots__ = ("hashes", "sequences")
+
+    def __init__(self, window: int) -> None:
+        self.sequences = [-1] * window
+        self.hashes = [""] * window
+
+    def get(self, sequence: int) -> str | None:
+        slot = sequence % len(self.sequences)
+        return self.hashes[slot] if self.sequences[slot] == sequence else None
+
+    def put(self, sequence: int, value: str) -> None:
+        slot = sequence % len(self.sequences)
+        if self.sequences[slot] <= sequence:
+            self.sequences[slot] = sequence
+            self.hashes[slot] = value
+
+    def sequence_of(self, value: str) -> int | None:
+        """The sequence whose hash is ``value``, if it is among the recent ones."""
+        for sequence, known in zip(self.sequences, self.hashes, strict=True):
+            if known == value and sequence >= 0:
+                return sequence
+        return None
+
+    def pairs(self) -> list[list[Any]]:
+        return sorted([s, h] for s, h in zip(self.sequences, self.hashes, strict=True) if s >= 0)
+
+
 @dataclass(slots=True)
 class AgentState:
     """What the verifier keeps about one agent."""
 
     last_sequence: int
     last_hash: str
+    recent: Recent
     gaps: list[Gap] = field(default_factory=list)  # ordered by sequence, disjoint
-    recent: dict[int, str] = field(default_factory=dict)  # sequence -> hash, oldest first
-    counts: Counter[str] = field(default_factory=Counter)
+    others: Counter[str] = field(default_factory=Counter)  # counts of every status but ok
+    ok: int = 0  # an attribute: the hot path's counter costs a tenth of a Counter's
     last_alert: dict[str, Any] | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Records seen per status."""
+        return {"ok": self.ok, **self.others} if self.ok else dict(self.others)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "last_sequence": self.last_sequence,
             "last_hash": self.last_hash,
             "gaps": [gap.as_json() for gap in self.gaps],
-            "recent": [[sequence, value] for sequence, value in self.recent.items()],
-            "counts": dict(self.counts),
+            "recent": self.recent.pairs(),
+            "counts": self.counts,
             "last_alert": self.last_alert,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AgentState:
+    def from_json(cls, data: dict[str, Any], window: int) -> AgentState:
+        recent = Recent(window)
+        for sequence, value in data["recent"]:
+            recent.put(int(sequence), str(value))
         return cls(
             int(data["last_sequence"]),
             str(data["last_hash"]),
+            recent,
             [Gap(int(g[0]), int(g[1]), g[2], g[3]) for g in data["gaps"]],
-            {int(sequence): str(value) for sequence, value in data["recent"]},
-            Counter({str(k): int(v) for k, v in data["counts"].items()}),
+            Counter({str(k): int(v) for k, v in data["counts"].items() if k != "ok"}),
+            int(data["counts"].get("ok", 0)),
             data.get("last_alert"),
         )
 
@@ -273,28 +347,94 @@ class Verifier:
         self.window = window
         self.max_gaps = max_gaps
         self.agents: dict[str, AgentState] = {}
-        self.counts: Counter[str] = Counter()
+        self._others: Counter[str] = Counter()  # every status but ok
+        self._ok = 0
+        # For the fast path of canonical profiles (a named constructor beats hashlib.new).
+        self._hasher = None if profile.line_hashed else getattr(hashlib, profile.algorithm)
+        self._sequence_field = profile.sequence or ""
+        self._hash_field = profile.hash or ""
+        #: ``feed(agent, record, line=b"") -> Verdict``: check one record of ``agent`` (``line``:
+        #: its exact bytes, for line hashing). ``record`` is used as is (its hash field may move
+        #: to the end of it): pass a fresh parse.
+        self.feed = self._make_feed()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Verifier:
+        # ``feed`` is a closure over this verifier's own state: a copy needs a closure of its own.
+        return Verifier.restore(
+            self.snapshot(), self.profile, window=self.window, max_gaps=self.max_gaps
+        )
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Records seen per status, over all agents (and ``gap_expired``: gaps given up)."""
+        return {"ok": self._ok, **self._others} if self._ok else dict(self._others)
 
     # --- feeding -------------------------------------------------------------------------------
 
-    def feed(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict:
-        """Check one record of ``agent`` (``line``: its exact bytes, for line hashing).
+    def _make_feed(self) -> Feed:
+        """``feed``: a closure over everything its fast path needs (locals, not attributes)."""
+        careful = self._feed_careful
+        hasher = self._hasher
+        if hasher is None:
+            return careful
+        agents = self.agents
+        sequence_field, hash_field = self._sequence_field, self._hash_field
+        prev_field, prefix, window = self.profile.prev_hash, self.profile.prefix, self.window
 
-        ``record`` is used as is (its hash field may move to the end of it): pass a fresh parse.
-        """
+        def feed(agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict:
+            # The common case: the next record of a known agent, linking to the last one.
+            state = agents.get(agent)
+            sequence = record.get(sequence_field)
+            claimed = record.get(hash_field)
+            if (
+                state is not None
+                and type(sequence) is int
+                and sequence == state.last_sequence + 1
+                and type(claimed) is str
+                and record.get(prev_field) == state.last_hash
+            ):
+                del record[hash_field]
+                try:
+                    computed = prefix + hasher(canonicalize(record)).hexdigest()
+                except (ValueError, TypeError):
+                    computed = ""
+                finally:
+                    record[hash_field] = claimed
+                if computed == claimed:
+                    state.last_sequence = sequence
+                    state.last_hash = claimed
+                    recent = state.recent  # Recent.put, inlined: sequence is the highest
+                    slot = sequence % window
+                    recent.sequences[slot] = sequence
+                    recent.hashes[slot] = claimed
+                    state.ok += 1
+                    self._ok += 1
+                    return Verdict("ok", sequence, sequence)
+            return careful(agent, record, line)  # anything else, or not ok after all
+
+        return feed
+
+    def _feed_careful(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict:
+        """``feed`` for every case (the fast path covers the commonest one)."""
         if self.profile.line_hashed:
             verdict = self._feed_line(agent, record, line)
         else:
             verdict = self._feed_fields(agent, record)
-        self.counts[verdict.status] += 1
         state = self.agents.get(agent)
+        if verdict.status == "ok":
+            self._ok += 1
+            if state is not None:
+                state.ok += 1
+        else:
+            self._others[verdict.status] += 1
+            if state is not None:
+                state.others[verdict.status] += 1
         if state is not None:
-            state.counts[verdict.status] += 1
             if verdict.alert:
                 state.last_alert = {"status": verdict.status, "sequence": verdict.sequence}
             for gap in verdict.expired:
-                state.counts["gap_expired"] += 1
-                self.counts["gap_expired"] += 1
+                state.others["gap_expired"] += 1
+                self._others["gap_expired"] += 1
                 state.last_alert = {"status": "gap_expired", "missing": [gap.first, gap.last]}
         return verdict
 
@@ -330,8 +470,8 @@ class Verifier:
         state = self.agents.get(agent)
         if state is None:
             first = sequence <= 1 or prev in (None, "", self.profile.genesis)
-            self.agents[agent] = state = AgentState(sequence, claimed)
-            state.recent[sequence] = claimed
+            self.agents[agent] = state = AgentState(sequence, claimed, Recent(self.window))
+            state.recent.put(sequence, claimed)
             return Verdict(
                 "genesis" if first else "adopted", sequence, None, hash=claimed, prev_hash=prev
             )
@@ -365,7 +505,7 @@ class Verifier:
             if sequence < gap.last:
                 parts.append(Gap(sequence + 1, gap.last, claimed, gap.after))
             state.gaps[index : index + 1] = parts
-            self._remember(state, sequence, claimed)
+            state.recent.put(sequence, claimed)
         else:
             known = state.recent.get(sequence)
             if known is None:
@@ -384,11 +524,11 @@ class Verifier:
         state = self.agents.get(agent)
         if state is None:
             if not isinstance(prev, str) or not prev:
-                self.agents[agent] = state = AgentState(1, own)
-                state.recent[1] = own
+                self.agents[agent] = state = AgentState(1, own, Recent(self.window))
+                state.recent.put(1, own)
                 return Verdict("unchained", 1, hash=own, detail=f"no {profile.prev_hash!r}")
-            self.agents[agent] = state = AgentState(1, own)
-            state.recent[1] = own
+            self.agents[agent] = state = AgentState(1, own, Recent(self.window))
+            state.recent.put(1, own)
             status = "genesis" if prev == profile.genesis else "adopted"
             return Verdict(status, 1, hash=own, prev_hash=prev)
         sequence = state.last_sequence + 1
@@ -399,13 +539,13 @@ class Verifier:
             verdict.status = "unchained"
             verdict.detail = f"no {profile.prev_hash!r}"
         elif prev != state.last_hash:
-            seen = _sequence_of(state.recent, own)
+            seen = state.recent.sequence_of(own)
             if seen is not None:
                 verdict.status = "duplicate"
                 verdict.sequence = seen
                 return verdict
             verdict.expected_prev_hash = state.last_hash
-            if _sequence_of(state.recent, prev) is not None:
+            if state.recent.sequence_of(prev) is not None:
                 verdict.status = "fork"
                 verdict.detail = "a second successor of an earlier record"
             else:
@@ -420,29 +560,22 @@ class Verifier:
     def _advance(self, state: AgentState, sequence: int, value: str) -> None:
         state.last_sequence = sequence
         state.last_hash = value
-        self._remember(state, sequence, value)
+        state.recent.put(sequence, value)
 
-    def _remember(self, state: AgentState, sequence: int, value: str) -> None:
-        recent = state.recent
-        recent.pop(sequence, None)
-        recent[sequence] = value
-        while len(recent) > self.window:
-            del recent[next(iter(recent))]
-
-    def _open_gap(self, state: AgentState, gap: Gap) -> list[Gap]:
+    def _open_gap(self, state: AgentState, gap: Gap) -> tuple[Gap, ...]:
         """Record a new gap (always the highest); close the oldest ones beyond ``max_gaps``."""
         state.gaps.append(gap)
         expired = []
         while len(state.gaps) > self.max_gaps:
             expired.append(state.gaps.pop(0))
-        return expired
+        return tuple(expired)
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state as a JSON-able value (see ``restore``)."""
         return {
             "v": SNAPSHOT_VERSION,
             "profile": self.profile.name,
-            "counts": dict(self.counts),
+            "counts": self.counts,
             "agents": {agent: state.as_json() for agent, state in self.agents.items()},
         }
 
@@ -460,12 +593,11 @@ class Verifier:
             )
         verifier = cls(profile, window=window, max_gaps=max_gaps)
         try:
-            verifier.counts.update({str(k): int(v) for k, v in data["counts"].items()})
+            counts = {str(k): int(v) for k, v in data["counts"].items()}
+            verifier._ok = counts.pop("ok", 0)
+            verifier._others.update(counts)
             for agent, state in data["agents"].items():
-                restored = AgentState.from_json(state)
-                while len(restored.recent) > window:
-                    del restored.recent[next(iter(restored.recent))]
-                verifier.agents[str(agent)] = restored
+                verifier.agents[str(agent)] = AgentState.from_json(state, window)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ValueError(f"damaged chain snapshot: {exc!r}") from exc
         return verifier
@@ -477,12 +609,12 @@ class Verifier:
         )
         return {
             "profile": self.profile.name,
-            "counts": dict(self.counts),
+            "counts": self.counts,
             "agents": {
                 name: {
                     "last_sequence": state.last_sequence,
                     "open_gaps": [[gap.first, gap.last] for gap in state.gaps],
-                    "counts": dict(state.counts),
+                    "counts": state.counts,
                     "last_alert": state.last_alert,
                 }
                 for name, state in sorted(agents.items())
@@ -495,11 +627,4 @@ def _gap_index(gaps: list[Gap], sequence: int) -> int | None:
     for index, gap in enumerate(gaps):
         if gap.first <= sequence <= gap.last:
             return index
-    return None
-
-
-def _sequence_of(recent: dict[int, str], value: str) -> int | None:
-    for sequence, known in recent.items():
-        if known == value:
-            return sequence
     return None

@@ -340,3 +340,13 @@ def test_restore_refuses_another_profile_or_damage() -> None:
         Verifier.restore({**snapshot, "v": 99})
     with pytest.raises(ValueError, match="damaged"):
         Verifier.restore({**snapshot, "agents": {AGENT: {"last_sequence": 1}}})
+
+
+def test_a_deep_copy_verifies_independently() -> None:
+    """A deep copy of a verifier carries the state and then goes its own way."""
+    records = chain(4)
+    original = Verifier()
+    statuses(original, records[:2])
+    twin = copy.deepcopy(original)
+    assert statuses(twin, records[2:]) == ["ok", "ok"]
+    assert statuses(original, records[3:]) == ["gap"]
