@@ -277,3 +277,39 @@ async def test_chain_status_reports_each_agent_from_the_state_on_disk(tmp_path: 
     )
     assert unknown.returncode == 1
     assert "nobody" in unknown.stderr
+
+
+async def test_thousands_of_agents_interleaved_over_many_connections_verify_clean(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """2,000 agents whose records are interleaved over 16 concurrent connections, each chain
+    continued on another connection after the first, verify as genesis then ok, alert-free."""
+    agents = [f"agent-{n:04d}" for n in range(2000)]
+    chains = {agent: chain_lines(8, agent=agent) for agent in agents}
+    raw = file_sink_config(tmp_path)
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
+        address = bound["agents"][0]
+        for phase, part in enumerate((slice(0, 4), slice(4, 8))):
+            async with trio.open_nursery() as senders:
+                for connection in range(16):
+                    # Phase 2 moves every agent to another connection.
+                    mine = agents[(connection + phase) % 16 :: 16]
+                    rounds = zip(*(chains[agent][part] for agent in mine), strict=True)
+                    data = b"".join(line for batch in rounds for line in batch)
+                    senders.start_soon(send, address, data)
+            expected = 2000 * 4 * (phase + 1)
+
+            def arrived(n: int = expected) -> bool:
+                return len(archive_lines(tmp_path / "archive")) >= n
+
+            await wait_until(arrived)
+        shutdown.request("test")
+    found = envelopes(tmp_path)
+    assert len(found) == 16000
+    by_agent: dict[str, list[str]] = {}
+    for envelope in found:
+        by_agent.setdefault(envelope["agent"], []).append(envelope["chain"]["status"])
+    assert by_agent == {agent: ["genesis"] + ["ok"] * 7 for agent in agents}
+    assert not logs.entries("chain_alert")
