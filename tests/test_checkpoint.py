@@ -313,3 +313,47 @@ async def test_thousands_of_agents_interleaved_over_many_connections_verify_clea
         by_agent.setdefault(envelope["agent"], []).append(envelope["chain"]["status"])
     assert by_agent == {agent: ["genesis"] + ["ok"] * 7 for agent in agents}
     assert not logs.entries("chain_alert")
+
+
+def safeclaw_file(path: Path, count: int) -> bytes:
+    """A SafeClaw audit file (prevHash = hex sha256 of the previous line, GENESIS first)."""
+    prev, lines = "GENESIS", []
+    for n in range(count):
+        entry = {
+            "timestamp": f"2026-11-23T10:00:{n % 60:02d}.000Z",
+            "toolName": "exec",
+            "actionType": "shell.exec",
+            "resource": f"/srv/job/{n}",
+            "outcome": "allow" if n % 4 else "deny",
+            "source": "gateway",
+            "prevHash": prev,
+        }
+        line = json.dumps(entry).encode()  # with spaces, as written: hashed byte for byte
+        prev = hashlib.sha256(line).hexdigest()
+        lines.append(line + b"\n")
+    path.write_bytes(b"".join(lines))
+    return path.read_bytes()
+
+
+async def test_a_safeclaw_file_verifies_and_replays_under_its_profile(tmp_path: Path) -> None:
+    """A file in SafeClaw's format sent as is verifies under safeclaw-jsonl as one chain of its
+    sender, and a replay of the WAL (line hashes from the archived bytes) rebuilds that state."""
+    data = safeclaw_file(tmp_path / "audit.jsonl", 300)
+    raw = file_sink_config(tmp_path)
+    raw["chain"] = {"profile": "safeclaw-jsonl", "checkpoint_interval": "1h"}
+    config = parse_config(raw)
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, config, shutdown)
+        await send(bound["agents"][0], data)
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 300)
+        replayed = ChainStage(config.chain, tmp_path / "var")
+        await trio.to_thread.run_sync(replayed.load, tmp_path / "var" / "wal", "other-epoch")
+        shutdown.request("test")
+    found = envelopes(tmp_path)
+    assert {e["agent"] for e in found} == {"127.0.0.1"}
+    assert [e["chain"]["status"] for e in found] == ["genesis"] + ["ok"] * 299
+    assert [e["chain"]["sequence"] for e in found] == list(range(1, 301))
+    assert replayed.counters["replayed"] == 300
+    assert replayed.counters["replay_mismatches"] == 0
+    assert replayed.verifier.agents["127.0.0.1"].last_sequence == 300
