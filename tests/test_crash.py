@@ -14,6 +14,7 @@ import orjson
 
 from shipper.buffer.record import Record, scan
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE
+from shipper.checkpoint import Checkpoint, load_checkpoint
 from tests.chains import seed_hash
 from tests.conftest import archive_lines, free_port
 from tests.test_cli import daemon_config, start_daemon, stop, wait_ready, write_config
@@ -222,3 +223,9 @@ def test_sigkill_mid_chain_gives_no_false_genesis_gap_or_duplicate(tmp_path: Pat
         mine = [e for e in envelopes if e["agent"] == agent]
         assert [e["record"]["sequence"] for e in mine] == list(range(1, final[agent] + 1))
         assert [e["chain"]["status"] for e in mine] == ["genesis"] + ["ok"] * (final[agent] - 1)
+    # Counted once each, through every kill: what the WAL held was replayed, never recounted.
+    stored = load_checkpoint(tmp_path / "var")
+    assert isinstance(stored, Checkpoint)
+    for agent in AGENTS:
+        counts = stored.state["agents"][agent]["counts"]
+        assert (counts["genesis"], counts["ok"]) == (1, final[agent] - 1)
