@@ -49,7 +49,12 @@ CHAIN_FIELD_KEYS: Final = (
     "genesis",
 )
 SOURCE_TYPES: Final = ("json_tls", "syslog")
-SYSLOG_MODES: Final = ("tcp", "tls", "udp")
+SYSLOG_MODES: Final = ("tcp", "tls", "udp", "unix")
+#: ``socket_type`` of a syslog source with ``mode = "unix"``.
+UNIX_SOCKET_TYPES: Final = ("datagram", "stream")
+#: The longest unix socket path the kernel binds (``sun_path`` holds 108 bytes with its NUL).
+MAX_UNIX_PATH_BYTES: Final = 107
+_FILE_MODE_RE: Final = re.compile(r"0?[0-7]{3}")
 SINK_TYPES: Final = ("file",)
 #: The largest line a source may accept: its envelope must fit one WAL record (64 MiB).
 MAX_LINE_BYTES: Final = 32 * 1024 * 1024
@@ -446,6 +451,11 @@ class TlsServerConfig:
         return context
 
 
+#: ``[sources.X.identity]``: certificate identity -> patterns of the agent ids and hostnames it may
+#: claim (``shipper.sources._identity``).
+IdentityTable = Mapping[str, tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class JsonTlsSourceConfig:
     """``type = "json_tls"``: newline-delimited JSON objects over TCP, TLS when ``tls`` is set."""
@@ -456,20 +466,29 @@ class JsonTlsSourceConfig:
     max_line_bytes: int = 1024 * 1024
     max_connections: int = 1024
     idle_timeout: float = 300.0
+    identity: IdentityTable | None = None
     kind: Literal["json_tls"] = "json_tls"
 
 
 @dataclass(frozen=True)
 class SyslogSourceConfig:
-    """``type = "syslog"``: RFC 5424/3164 over TCP, TLS (RFC 5425) or UDP."""
+    """``type = "syslog"``: RFC 5424/3164 over TCP, TLS (RFC 5425), UDP or a unix socket.
+
+    ``address`` is set for every mode but ``"unix"``, which has ``path`` (and ``socket_type``,
+    ``socket_mode``) instead.
+    """
 
     id: str
-    address: Address
+    address: Address | None = None
     mode: str = "tcp"
     tls: TlsServerConfig | None = None
     max_message_bytes: int = 64 * 1024
     max_connections: int = 1024
     idle_timeout: float = 300.0
+    path: Path | None = None
+    socket_type: str = "datagram"
+    socket_mode: int = 0o660
+    identity: IdentityTable | None = None
     kind: Literal["syslog"] = "syslog"
 
 
@@ -602,16 +621,78 @@ def _chain(table: _Table) -> ChainConfig:
     return ChainConfig(name, fields, window, max_gaps, interval)
 
 
+def _file_mode(value: object) -> int:
+    if not isinstance(value, str) or _FILE_MODE_RE.fullmatch(value) is None:
+        raise ValueError('expected an octal file mode in a string, like "0660"')
+    return int(value, 8)
+
+
+def _identity(table: _Table) -> IdentityTable:
+    """``[sources.X.identity]``: each key a certificate identity, each value a list of patterns."""
+    entries: dict[str, tuple[str, ...]] = {}
+    names = table.keys()
+    if not names:
+        table.problem("", "expected at least one certificate identity, got an empty table")
+    for name in names:
+        patterns = table.string_list(name)  # None: a problem, reported
+        if patterns is None:
+            continue
+        if "" in patterns:
+            table.problem(name, 'expected patterns that are not empty, got ""')
+        entries[name] = patterns
+    table.finish()
+    return entries
+
+
+def _syslog_listener(table: _Table, mode: str) -> tuple[Address | None, Path | None, str, int]:
+    """``address`` for the network modes; ``path``, ``socket_type``, ``socket_mode`` for unix."""
+    if mode != "unix":
+        for key in ("path", "socket_type", "socket_mode"):
+            if table.has(key):
+                table._take(key)  # read, so that it is not also reported as unknown
+                table.problem(key, f'expected only with mode = "unix", got mode = "{mode}"')
+        return table.address("address"), None, "datagram", 0o660
+    if table.has("address"):
+        table._take("address")
+        table.problem("address", 'expected only with a network mode, got mode = "unix" (use path)')
+    path: Path | None = None
+    if not table.has("path"):
+        table.problem("path", 'required key is missing (mode = "unix")')
+    else:
+        path = table.path_("path")
+        if path is not None and len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+            table.problem(
+                "path",
+                f"expected a socket path of at most {MAX_UNIX_PATH_BYTES} bytes, "
+                f"got {_show(str(path))}",
+            )
+    socket_type = table.choice("socket_type", UNIX_SOCKET_TYPES, "datagram")
+    socket_mode: int = table._get("socket_mode", 0o660, _file_mode, 0o660)
+    return None, path, socket_type, socket_mode
+
+
 def _source(source_id: str, table: _Table) -> SourceConfig | None:
     kind = table.choice("type", SOURCE_TYPES)
-    address = table.address("address")
+    if kind == "syslog":
+        mode = table.choice("mode", SYSLOG_MODES, "tcp")
+        address, path, socket_type, socket_mode = _syslog_listener(table, mode)
+    else:
+        json_address = table.address("address")
     tls_table = table.table("tls")
     tls = _tls_server(tls_table) if tls_table is not None else None
     max_connections = table.integer("max_connections", 1024, minimum=1, maximum=1_000_000)
     idle_timeout = table.duration("idle_timeout", 300.0, minimum=0.001)
+    identity_table = table.table("identity")
+    identity = _identity(identity_table) if identity_table is not None else None
+    if identity_table is not None and (tls_table is None or not tls_table.has("client_ca")):
+        needs = 'mode = "tls" and ' if kind == "syslog" else ""
+        table.problem(
+            "identity",
+            f"requires {needs}tls.client_ca (without client certificates there is no identity "
+            "to check)",
+        )
     config: SourceConfig
     if kind == "syslog":
-        mode = table.choice("mode", SYSLOG_MODES, "tcp")
         if mode == "tls" and tls_table is None:
             table.problem("tls", 'required table is missing (mode = "tls")')
         elif mode != "tls" and tls_table is not None:
@@ -626,17 +707,22 @@ def _source(source_id: str, table: _Table) -> SourceConfig | None:
             ),
             max_connections=max_connections,
             idle_timeout=idle_timeout,
+            path=path,
+            socket_type=socket_type,
+            socket_mode=socket_mode,
+            identity=identity,
         )
     else:
         config = JsonTlsSourceConfig(
             id=source_id,
-            address=address,
+            address=json_address,
             tls=tls,
             max_line_bytes=table.size(
                 "max_line_bytes", 1024 * 1024, minimum=64, maximum=MAX_LINE_BYTES
             ),
             max_connections=max_connections,
             idle_timeout=idle_timeout,
+            identity=identity,
         )
     table.finish()
     return config
@@ -738,8 +824,17 @@ def parse_config(
 
 def _check_distinct_addresses(sources: Mapping[str, SourceConfig], table: _Table) -> None:
     seen: dict[tuple[Address, str], str] = {}
+    paths: dict[Path, str] = {}
     for source_id, source in sources.items():
-        if source.address.port == 0:
+        if isinstance(source, SyslogSourceConfig) and source.path is not None:
+            other = paths.setdefault(source.path, source_id)
+            if other != source_id:
+                table.problem(
+                    f"{source_id}.path",
+                    f'expected a path not used by source "{other}", got "{source.path}"',
+                )
+            continue
+        if source.address is None or source.address.port == 0:
             continue
         udp = isinstance(source, SyslogSourceConfig) and source.mode == "udp"
         other = seen.setdefault((source.address, "udp" if udp else "tcp"), source_id)

@@ -33,10 +33,11 @@ import trio
 
 from shipper.buffer.wal import Wal, WalSettings, WalWriteError
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage
-from shipper.config import Address, Config, SyslogSourceConfig
+from shipper.config import Config, SyslogSourceConfig
 from shipper.events import Event
 from shipper.logging import get_logger
 from shipper.sinks.file import FileSink
+from shipper.sources._net import Bound
 from shipper.sources.json_tls import JsonTlsSource
 from shipper.sources.syslog import SyslogSource
 
@@ -94,11 +95,11 @@ class Topology:
         self.chain = ChainStage(config.chain, config.data_dir)
         self._next_checkpoint = 0.0
         self._chain_ahead = False
-        self.bound: dict[str, list[Address]] = {}
+        self.bound: dict[str, list[Bound]] = {}
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
 
-    async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Address]]]) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Bound]]]) -> None:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
         try:
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}

@@ -968,7 +968,7 @@ def test_syslog_source_modes_and_their_tls_table_are_checked() -> None:
         'sources.a.tls: required table is missing (mode = "tls")'
     ]
     assert _problems(_with_source(type="syslog", mode="relp")) == [
-        'sources.a.mode: expected "tcp", "tls" or "udp", got "relp"'
+        'sources.a.mode: expected "tcp", "tls", "udp" or "unix", got "relp"'
     ]
     config = parse_config(_with_source(type="syslog", mode="udp", max_message_bytes="8KiB"))
     source = config.sources["a"]
@@ -987,6 +987,143 @@ def test_udp_and_tcp_sources_may_share_a_port_but_two_tcp_sources_may_not() -> N
     raw["sources"]["j"] = {"type": "json_tls", "address": "127.0.0.1:5514"}
     assert _problems(raw) == [
         'sources.j.address: expected an address not used by source "t", got "127.0.0.1:5514"'
+    ]
+
+
+def _unix_source(**keys: Any) -> dict[str, Any]:
+    """MINIMAL with source "a" a syslog source in unix mode (plus ``keys``)."""
+    return _raw(sources={"a": {"type": "syslog", "mode": "unix", **keys}})
+
+
+def test_unix_mode_takes_a_path_a_socket_type_and_a_file_mode() -> None:
+    """mode = "unix" listens on path; socket_type defaults to datagram, socket_mode to 0660."""
+    source = parse_config(_unix_source(path="/run/shipper/syslog.sock"), env={}).sources["a"]
+    assert isinstance(source, SyslogSourceConfig)
+    assert (source.address, source.path) == (None, Path("/run/shipper/syslog.sock"))
+    assert (source.socket_type, source.socket_mode) == ("datagram", 0o660)
+    raw = _unix_source(path="s.sock", socket_type="stream", socket_mode="0600")
+    source = parse_config(raw, env={}).sources["a"]
+    assert isinstance(source, SyslogSourceConfig)
+    assert (source.path, source.socket_type, source.socket_mode) == (
+        Path("s.sock"),
+        "stream",
+        0o600,
+    )
+
+
+def test_unix_mode_requires_a_path_and_refuses_an_address() -> None:
+    """A unix source without path, or with an address, is refused at those key paths."""
+    assert _problems(_unix_source(address="127.0.0.1:5514")) == [
+        'sources.a.address: expected only with a network mode, got mode = "unix" (use path)',
+        'sources.a.path: required key is missing (mode = "unix")',
+    ]
+
+
+def test_network_modes_refuse_the_unix_keys() -> None:
+    """path, socket_type and socket_mode are refused with mode tcp, naming each key."""
+    raw = _raw(sources={"a": {"type": "syslog", "mode": "tcp", "address": "127.0.0.1:5514"}})
+    raw["sources"]["a"].update(path="/run/x.sock", socket_type="stream")
+    assert _problems(raw) == [
+        'sources.a.path: expected only with mode = "unix", got mode = "tcp"',
+        'sources.a.socket_type: expected only with mode = "unix", got mode = "tcp"',
+    ]
+    raw = _with_source(path="/run/x.sock")
+    assert _problems(raw) == ["sources.a.path: unknown key"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        (
+            {"socket_type": "seqpacket"},
+            'sources.a.socket_type: expected "datagram" or "stream", got "seqpacket"',
+        ),
+        (
+            {"socket_mode": 0o660},
+            'sources.a.socket_mode: expected an octal file mode in a string, like "0660", got 432',
+        ),
+        (
+            {"socket_mode": "4755"},
+            'sources.a.socket_mode: expected an octal file mode in a string, like "0660", '
+            'got "4755"',
+        ),
+        (
+            {"path": "/run/" + "x" * 120},
+            'sources.a.path: expected a socket path of at most 107 bytes, got "/run/'
+            + "x" * 120
+            + '"',
+        ),
+    ],
+    ids=["socket-type", "integer-mode", "setuid-mode", "long-path"],
+)
+def test_bad_unix_settings_are_reported_at_their_key(keys: dict[str, Any], problem: str) -> None:
+    """A bad socket type, file mode or over-long socket path is reported at its key path."""
+    assert _problems(_unix_source(**{"path": "/run/x.sock", **keys})) == [problem]
+
+
+def test_two_unix_sources_may_not_share_a_path() -> None:
+    """Two unix sources on the same path clash, like two TCP sources on one address."""
+    raw = _unix_source(path="/run/x.sock")
+    raw["sources"]["b"] = {"type": "syslog", "mode": "unix", "path": "/run/x.sock"}
+    assert _problems(raw) == [
+        'sources.b.path: expected a path not used by source "a", got "/run/x.sock"'
+    ]
+
+
+def _identity_source(
+    pems: _Pems, identity: dict[str, Any], kind: str = "json_tls"
+) -> dict[str, Any]:
+    """MINIMAL with source "a" of ``kind`` over mutual TLS, with an identity table."""
+    source: dict[str, Any] = {
+        "type": kind,
+        "address": "127.0.0.1:6515",
+        "tls": {"cert": str(pems.server), "key": str(pems.server), "client_ca": str(pems.ca)},
+        "identity": identity,
+    }
+    if kind == "syslog":
+        source["mode"] = "tls"
+    return _raw(sources={"a": source})
+
+
+@pytest.mark.parametrize("kind", ["json_tls", "syslog"])
+def test_identity_table_maps_certificate_identities_to_patterns(pems: _Pems, kind: str) -> None:
+    """[sources.X.identity] with mutual TLS comes out as identity -> tuple of patterns."""
+    raw = _identity_source(pems, {"host-7": ["host-7", "agent-*"], "CN=relay": ["*"]}, kind)
+    source = parse_config(raw, env={}).sources["a"]
+    assert source.identity == {"host-7": ("host-7", "agent-*"), "CN=relay": ("*",)}
+
+
+def test_sources_without_an_identity_table_check_nothing() -> None:
+    """By default a source has no identity table."""
+    assert parse_config(MINIMAL, env={}).sources["a"].identity is None
+
+
+def test_identity_table_needs_tls_with_a_client_ca(pems: _Pems) -> None:
+    """An identity table without client certificates to check is refused at its key path."""
+    raw = _identity_source(pems, {"host-7": ["host-7"]})
+    del raw["sources"]["a"]["tls"]["client_ca"]
+    assert _problems(raw) == [
+        "sources.a.identity: requires tls.client_ca (without client certificates there is no "
+        "identity to check)"
+    ]
+    raw = _raw(sources={"a": {"type": "syslog", "mode": "udp", "address": "127.0.0.1:5514"}})
+    raw["sources"]["a"]["identity"] = {"host-7": ["host-7"]}
+    assert _problems(raw) == [
+        'sources.a.identity: requires mode = "tls" and tls.client_ca (without client '
+        "certificates there is no identity to check)"
+    ]
+
+
+def test_identity_values_must_be_lists_of_patterns(pems: _Pems) -> None:
+    """An identity value that is not a list of non-empty strings is refused at its key path."""
+    raw = _identity_source(pems, {"host-7": "host-7", "CN=relay": ["*", 3], "h8": [""]})
+    assert _problems(raw) == [
+        'sources.a.identity.host-7: expected a list of strings, got "host-7"',
+        "sources.a.identity.CN=relay: expected a list of strings, got a list",
+        'sources.a.identity.h8: expected patterns that are not empty, got ""',
+    ]
+    assert _problems(_identity_source(pems, {})) == [
+        "sources.a.identity: expected at least one certificate identity, got an empty table"
     ]
 
 

@@ -1,32 +1,51 @@
 """Stream listeners shared by the network sources: accept, TLS, limits, peer identity, shutdown.
 
-A ``StreamServer`` accepts TCP connections (wrapped in TLS when it has an ``SSLContext``), refuses
-connections past ``max_connections`` with a logged reason, completes the TLS handshake under the idle
-timeout, and hands each connection to the source's handler as a ``Connection``. The handler reads
-with ``Connection.receive()``, which ends the stream on peer EOF, on an idle timeout, and when the
-server is stopping; the handler's sends to the pipeline are never interrupted by a stop, so what has
-been read is handed on (phase one of shutdown). Only a forced shutdown cancels everything.
+A ``StreamServer`` accepts TCP connections (wrapped in TLS when it has an ``SSLContext``), or
+connections to a unix stream socket, refuses connections past ``max_connections`` with a logged
+reason, completes the TLS handshake under the idle timeout, and hands each connection to the
+source's handler as a ``Connection``. The handler reads with ``Connection.receive()``, which ends
+the stream on peer EOF, on an idle timeout, and when the server is stopping; the handler's sends to
+the pipeline are never interrupted by a stop, so what has been read is handed on (phase one of
+shutdown). Only a forced shutdown cancels everything.
+
+Unix sockets (``bind_unix_socket``, ``UnixSocketFile``): at start, a file already at the path is
+removed only if it is a socket that nobody listens on any more (a stale one, left by a crash);
+a live socket (another process answers) or anything that is not a socket (a regular file, a
+directory) is left alone and the source refuses to start (``ListenError``). The new socket is
+created with at most ``socket_mode`` permissions (the mode is set on the socket before ``bind``,
+then exactly with ``chmod``), and removed at shutdown if the path still holds this socket. A unix
+connection's ``peer`` is the socket's path; the sender's process credentials (``SO_PEERCRED``, or
+``SCM_CREDENTIALS`` per datagram) go into ``source.peer_cred`` (``{"pid", "uid", "gid"}``).
 
 ``FramedSource`` is what the stream sources share on top of that: a framer per connection, the
-counted outcome of every frame, and ``malformed`` events for what is not a message.
+counted outcome of every frame, ``malformed`` events for what is not a message, and, with an
+``identity`` table, the check of each event's claims against the client certificate
+(``shipper.sources._identity``).
 """
 
 from __future__ import annotations
 
 import errno
+import math
+import os
+import socket
 import ssl
+import stat
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Final, Protocol
 
 import trio
 
 from shipper.codecs.framing import BadFraming, Oversized, SyslogFrame
 from shipper.codecs.jsonlines import is_blank
-from shipper.config import Address, TlsServerConfig
+from shipper.config import Address, IdentityTable, TlsServerConfig
 from shipper.errors import ListenError
-from shipper.events import Event, Malformed, utc_timestamp
+from shipper.events import IDENTITY_ALERT, Event, Malformed, alert_event, utc_timestamp
 from shipper.logging import get_logger
+from shipper.sources._identity import Grant, IdentityPolicy, claims
 
 RECEIVE_BYTES: Final = 256 * 1024
 _ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -43,6 +62,124 @@ _RDN_NAMES: Final = {
 }
 
 log = get_logger("shipper.sources")
+
+#: What a source listens on: a TCP/UDP address, or a unix socket's path.
+Bound = Address | Path
+#: ``struct ucred`` (``SO_PEERCRED``, ``SCM_CREDENTIALS``): pid, uid, gid.
+_UCRED: Final = struct.Struct("3i")
+
+
+class UnixSocketFile:
+    """The file of a unix socket this process bound; ``remove()`` deletes it if it is still ours."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        info = os.lstat(path)
+        self._identity = (info.st_dev, info.st_ino)
+
+    def remove(self) -> None:
+        """Delete the socket file, unless another process has replaced it since."""
+        try:
+            info = os.lstat(self.path)
+            if (info.st_dev, info.st_ino) == self._identity:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("socket_file_not_removed", path=str(self.path), error=str(exc))
+
+
+def _socket_in_use(path: Path) -> bool | str:
+    """True if a process answers on the unix socket at ``path``, False if it is stale, or why
+    that cannot be told."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            probe.setblocking(False)
+            try:
+                probe.connect(str(path))
+            except BlockingIOError:  # a listener with a full backlog: alive
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EPROTOTYPE):
+                    continue  # nobody there, or a socket of the other type: try that one
+                return exc.strerror or str(exc)
+            return True
+    return False
+
+
+def bind_unix_socket(
+    source_id: str, path: Path, kind: socket.SocketKind, mode: int
+) -> tuple[socket.socket, UnixSocketFile]:
+    """A unix socket of ``kind`` bound at ``path`` with permissions ``mode`` (see the module doc).
+
+    Raises ``ListenError`` when the path holds something else than a stale socket, or cannot be
+    bound (missing directory, no permission).
+    """
+
+    def refuse(why: str) -> ListenError:
+        return ListenError(f"source {source_id}: cannot listen on unix socket {path}: {why}")
+
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from exc
+    else:
+        if not stat.S_ISSOCK(existing.st_mode):
+            raise refuse(
+                "the path exists and is not a socket (it is left alone: remove or move it)"
+            )
+        live = _socket_in_use(path)
+        if live is True:
+            raise refuse("another process is listening on it")
+        if live is not False:
+            raise refuse(f"cannot tell whether the existing socket is in use ({live})")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise refuse(f"cannot remove the stale socket: {exc.strerror or exc}") from exc
+        log.warning("stale_socket_removed", source=source_id, path=str(path))
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        os.fchmod(sock.fileno(), mode)  # Linux creates the file with these bits (less the umask)
+        sock.bind(str(path))
+        file = UnixSocketFile(path)
+        try:
+            os.chmod(path, mode)
+        except OSError:
+            file.remove()
+            raise
+    except OSError as exc:
+        sock.close()
+        raise refuse(exc.strerror or str(exc)) from exc
+    return sock, file
+
+
+def peer_credentials(sock: Any) -> dict[str, int] | None:
+    """``{"pid", "uid", "gid"}`` of the process at the other end of a unix stream socket."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError:
+        return None
+    return _ucred(raw)
+
+
+def _ucred(raw: bytes) -> dict[str, int] | None:
+    if len(raw) < _UCRED.size:
+        return None
+    pid, uid, gid = _UCRED.unpack(raw[: _UCRED.size])
+    return {"pid": pid, "uid": uid, "gid": gid}
+
+
+def datagram_credentials(ancdata: Sequence[tuple[int, int, bytes]]) -> dict[str, int] | None:
+    """The sender's credentials from ``recvmsg`` ancillary data (the socket has ``SO_PASSCRED``)."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            return _ucred(data)
+    return None
 
 
 def format_peer(sockname: Any) -> str:
@@ -97,12 +234,15 @@ class Connection:
         peer: str,
         tls_subject: str | None = None,
         tls_san: list[str] | None = None,
+        peer_cred: dict[str, int] | None = None,
     ) -> None:
         self.server = server
         self.stream = stream
         self.peer = peer
         self.tls_subject = tls_subject
         self.tls_san = tls_san or []
+        #: The sending process's pid, uid and gid (unix sockets only).
+        self.peer_cred = peer_cred
         #: Why reading ended: "eof", "idle_timeout", "shutdown" or "broken: <reason>".
         self.end_reason = ""
         self._scope: trio.CancelScope | None = None
@@ -142,18 +282,20 @@ Handler = Callable[[Connection], Awaitable[None]]
 
 
 class StreamServer:
-    """Listens on one address; runs ``handler`` per connection; stops in two steps."""
+    """Listens on one address or unix socket path; runs ``handler`` per connection; stops in two
+    steps."""
 
     def __init__(
         self,
         source_id: str,
-        address: Address,
+        address: Bound,
         handler: Handler,
         counters: Counter[str],
         *,
         ssl_context: ssl.SSLContext | None = None,
         max_connections: int = 1024,
         idle_timeout: float = 300.0,
+        socket_mode: int = 0o660,
     ) -> None:
         self.source_id = source_id
         self.address = address
@@ -162,8 +304,9 @@ class StreamServer:
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.socket_mode = socket_mode
         self.stopping = False
-        self.bound: list[Address] = []
+        self.bound: list[Bound] = []
         self._accept_scope = trio.CancelScope()
         self._connections: set[Connection] = set()
 
@@ -185,18 +328,42 @@ class StreamServer:
         for connection in list(self._connections):
             connection.stop_reading()
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[Address]]) -> None:
-        """Listen; report the bound addresses; return once stopped and every connection ended."""
+    async def _open_tcp(self, address: Address) -> list[trio.SocketListener]:
         try:
-            listeners = await trio.open_tcp_listeners(self.address.port, host=self.address.host)
+            listeners = await trio.open_tcp_listeners(address.port, host=address.host)
         except OSError as exc:
             raise ListenError(
-                f"source {self.source_id}: cannot listen on {self.address}: {exc.strerror or exc}"
+                f"source {self.source_id}: cannot listen on {address}: {exc.strerror or exc}"
             ) from exc
-        self.bound = []
         for listener in listeners:
             host, port = listener.socket.getsockname()[:2]
             self.bound.append(Address(host, port))
+        return listeners
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[Bound]]) -> None:
+        """Listen; report the bound addresses; return once stopped and every connection ended."""
+        self.bound = []
+        if not isinstance(self.address, Path):
+            await self._serve(await self._open_tcp(self.address), task_status)
+            return
+        sock, unix_file = bind_unix_socket(
+            self.source_id, self.address, socket.SOCK_STREAM, self.socket_mode
+        )
+        try:
+            try:
+                sock.listen(socket.SOMAXCONN)
+                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            except BaseException:
+                sock.close()
+                raise
+            self.bound = [self.address]
+            await self._serve([listener], task_status)
+        finally:
+            unix_file.remove()
+
+    async def _serve(
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[list[Bound]]
+    ) -> None:
         async with trio.open_nursery() as connections:
             try:
                 with self._accept_scope:
@@ -223,8 +390,13 @@ class StreamServer:
                     await trio.sleep(0.1)
                     continue
                 raise
+            peer_cred: dict[str, int] | None = None
             try:
-                peer = format_peer(stream.socket.getpeername())
+                if isinstance(self.address, Path):
+                    peer = str(self.address)
+                    peer_cred = peer_credentials(stream.socket)
+                else:
+                    peer = format_peer(stream.socket.getpeername())
             except OSError as exc:  # reset before we got to it (a port scan, a health check)
                 self.counters["connections_reset_early"] += 1
                 log.info("connection_reset_early", source=self.source_id, error=str(exc))
@@ -241,7 +413,8 @@ class StreamServer:
                 await _close(stream)
                 continue
             self.counters["connections_accepted"] += 1
-            connection = Connection(self, stream, peer)  # registers now: counts toward the limit
+            # Registers now: counts toward the limit.
+            connection = Connection(self, stream, peer, peer_cred=peer_cred)
             nursery.start_soon(self._run_connection, connection)
 
     async def _run_connection(self, connection: Connection) -> None:
@@ -326,6 +499,7 @@ class FramedSource:
         agent_field: str,
         max_frame: int,
         limit_key: str,
+        identity: IdentityTable | None = None,
     ) -> None:
         self.id = source_id
         self._send = send
@@ -335,13 +509,17 @@ class FramedSource:
         self.counters: Counter[str] = Counter()
         self.log = get_logger(f"shipper.sources.{self.kind}")
         self.server: StreamServer | None = None
+        self.identity = IdentityPolicy(identity) if identity is not None else None
+        self._last_mismatch_log = -math.inf
+        self._mismatches_unlogged = 0
 
     def _listen(
         self,
-        address: Address,
+        address: Bound,
         tls: TlsServerConfig | None,
         max_connections: int,
         idle_timeout: float,
+        socket_mode: int = 0o660,
     ) -> StreamServer:
         return StreamServer(
             self.id,
@@ -351,6 +529,7 @@ class FramedSource:
             ssl_context=tls.build() if tls is not None else None,
             max_connections=max_connections,
             idle_timeout=idle_timeout,
+            socket_mode=socket_mode,
         )
 
     def stop(self) -> None:
@@ -364,6 +543,8 @@ class FramedSource:
         if connection is not None and (connection.tls_subject is not None or connection.tls_san):
             info["tls_subject"] = connection.tls_subject
             info["tls_san"] = connection.tls_san
+        if connection is not None and connection.peer_cred is not None:
+            info["peer_cred"] = connection.peer_cred
         return info
 
     def _framer(self) -> Framer:
@@ -380,10 +561,15 @@ class FramedSource:
         """Read frames until the stream ends; every frame gets a counted outcome."""
         framer = self._framer()
         source = self.source_info(connection.peer, connection)
+        grant = None
+        if self.identity is not None:
+            grant = self.identity.grant(connection.tls_subject, connection.tls_san)
         events_before = self.counters["events"]
         while data := await connection.receive():
             self.counters["bytes"] += len(data)
             batch = self._decode(framer.feed(data), source, utc_timestamp())
+            if grant is not None:
+                batch = self.check_identity(batch, grant)
             if batch:
                 await self._send.send(batch)
         tail = framer.finish()
@@ -396,6 +582,8 @@ class FramedSource:
                 size = tail.size if isinstance(tail, Oversized) else len(tail)
                 reason = f"incomplete {self.unit}: connection ended ({connection.end_reason})"
                 batch = [self._malformed(source, received_at, reason, raw, size)]
+            if grant is not None:
+                batch = self.check_identity(batch, grant)
             if batch:
                 await self._send.send(batch)
         self.log.debug(
@@ -409,6 +597,52 @@ class FramedSource:
         if connection.end_reason == "idle_timeout":
             self.counters["idle_timeouts"] += 1
             self.log.info("connection_idle_closed", source=self.id, peer=connection.peer)
+
+    def check_identity(self, batch: list[Event], grant: Grant) -> list[Event]:
+        """Mark each event whose claims the certificate may not make (``identity_mismatch``) and
+        put a ``shipper.identity_alert`` right after it; every event stays."""
+        out: list[Event] = []
+        for event in batch:
+            out.append(event)
+            agent, hostname = claims(event)
+            mismatch = grant.check(agent, hostname)
+            if mismatch is None:
+                continue
+            event.identity_mismatch = mismatch
+            self.counters["identity_mismatch"] += 1
+            peer = event.source.get("peer")
+            self._log_mismatch(peer, mismatch)
+            details = {
+                "status": "identity_mismatch",
+                "severity": "critical",
+                **mismatch,
+                "source": self.id,
+                "peer": peer,
+                "event_received_at": event.received_at,
+            }
+            out.append(alert_event(IDENTITY_ALERT, agent, details))
+        return out
+
+    def _log_mismatch(self, peer: Any, mismatch: dict[str, Any]) -> None:
+        """A warning at most once a second per source; it counts the ones left out since."""
+        now = trio.current_time()
+        if now - self._last_mismatch_log < 1.0:
+            self._mismatches_unlogged += 1
+            return
+        self.log.warning(
+            "identity_mismatch",
+            source=self.id,
+            peer=peer,
+            reason=mismatch["reason"],
+            claimed=mismatch["claimed"],
+            tls_subject=mismatch["tls_subject"],
+            tls_san=mismatch["tls_san"],
+            allowed=mismatch["allowed"],
+            not_logged_since=self._mismatches_unlogged,
+            mismatches_total=self.counters["identity_mismatch"],
+        )
+        self._last_mismatch_log = now
+        self._mismatches_unlogged = 0
 
     def _decode(
         self, frames: Sequence[SyslogFrame], source: dict[str, Any], received_at: str

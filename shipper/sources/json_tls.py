@@ -19,7 +19,10 @@ idle timeout ends the connection
 With ``[sources.X.tls]`` and a ``client_ca``, the verified client certificate's subject (RFC 4514)
 and subjectAltName values go into every event's ``source.tls_subject`` / ``source.tls_san``; with
 ``require_client_cert`` a client without a valid certificate is refused at the handshake (logged as
-``connection_refused``, counted as ``tls_handshake_failed``).
+``connection_refused``, counted as ``tls_handshake_failed``). With ``[sources.X.identity]``, each
+record's agent id is checked against what that certificate may claim: a record it may not claim is
+archived with ``identity_mismatch`` and followed by a ``shipper.identity_alert`` event (counted as
+``identity_mismatch``; see ``shipper.sources._identity``).
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ import trio
 
 from shipper.codecs.framing import LineFramer
 from shipper.codecs.jsonlines import decode_object
-from shipper.config import Address, JsonTlsSourceConfig
+from shipper.config import JsonTlsSourceConfig
 from shipper.events import Event
-from shipper.sources._net import FramedSource, Framer, StreamServer
+from shipper.sources._net import Bound, FramedSource, Framer, StreamServer
 
 
 class JsonTlsSource(FramedSource):
@@ -47,13 +50,15 @@ class JsonTlsSource(FramedSource):
         send: trio.MemorySendChannel[list[Event]],
         agent_field: str = "agentId",
     ) -> None:
-        super().__init__(config.id, send, agent_field, config.max_line_bytes, "max_line_bytes")
+        super().__init__(
+            config.id, send, agent_field, config.max_line_bytes, "max_line_bytes", config.identity
+        )
         self.config = config
         self.server: StreamServer = self._listen(
             config.address, config.tls, config.max_connections, config.idle_timeout
         )
 
-    async def run(self, *, task_status: trio.TaskStatus[list[Address]]) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[list[Bound]]) -> None:
         """Serve until stopped; closes this source's channel to the pipeline when done."""
         async with self._send:
             await self.server.serve(task_status=task_status)

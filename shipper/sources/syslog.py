@@ -1,9 +1,15 @@
-"""Source ``syslog``: RFC 5424 and RFC 3164 messages over TCP, TLS (RFC 5425) or UDP.
+"""Source ``syslog``: RFC 5424 and RFC 3164 messages over TCP, TLS (RFC 5425), UDP or a unix socket.
 
-Framing over TCP and TLS is detected per connection (``codecs.framing.AutoFramer``): octet counting
-(RFC 6587 3.4.1, what rsyslog's ``TCP_Framing="octet-counted"`` and RFC 5425 send) when the first
-byte is a digit, LF (or NUL) framing otherwise. Over UDP each datagram is one message (a datagram
-that starts with a digit is read as octet-counted, as ``loggen -P`` sends it).
+Modes: ``tcp``, ``tls`` and ``udp`` listen on ``address``; ``unix`` binds a unix socket at ``path``,
+of ``socket_type = "datagram"`` (the default: what ``/dev/log`` is, and what ``logger -u PATH``,
+``syslog(3)`` and rsyslog's omuxsock send to) or ``"stream"`` (``logger -u PATH -T``).
+
+Framing over TCP, TLS and unix stream sockets is detected per connection
+(``codecs.framing.AutoFramer``): octet counting (RFC 6587 3.4.1, what rsyslog's
+``TCP_Framing="octet-counted"`` and RFC 5425 send) when the first byte is a digit, LF (or NUL)
+framing otherwise; limits, ``max_connections`` and ``idle_timeout`` are the same for all three.
+Over UDP and unix datagram sockets each datagram is one message (a datagram that starts with a
+digit is read as octet-counted, as ``loggen -P`` sends it).
 
 What a message becomes:
 
@@ -22,16 +28,26 @@ bytes that break the octet framing        ``malformed`` event; the connection go
                                           framing (``malformed``, ``bad_framing``)
 UDP datagram while the pipeline is full   dropped (UDP cannot be slowed) (``dropped_full``),
                                           logged at most once a second
+TLS: a claim the client certificate may   archived with ``identity_mismatch``, followed by a
+not make (``[sources.X.identity]``)       ``shipper.identity_alert`` event
+                                          (``identity_mismatch``), logged at most once a second
 ========================================  ====================================================
 
-TCP and TLS senders are slowed instead: a full pipeline stops the reads. With a ``client_ca``, the
-verified client certificate's subject and SANs go into ``source.tls_subject`` / ``source.tls_san``.
+Every other sender is slowed instead: a full pipeline stops the reads. That includes unix datagram
+sockets: unlike UDP, the kernel holds a sender (``syslog(3)``, ``logger``) while the socket's queue
+is full, so nothing is dropped, as with ``/dev/log``. With a ``client_ca``, the verified client
+certificate's subject and SANs go into ``source.tls_subject`` / ``source.tls_san``; over a unix
+socket, ``source.peer`` is the socket's path and ``source.peer_cred`` the sender's pid, uid and
+gid (see ``shipper.sources._net``). Identity binding is documented in
+``shipper.sources._identity``.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, Final, TypeVar
 
 import orjson
 import trio
@@ -42,11 +58,23 @@ from shipper.codecs.syslog import parse
 from shipper.config import Address, SyslogSourceConfig
 from shipper.errors import ListenError
 from shipper.events import Event, Malformed, utc_timestamp
-from shipper.sources._net import FramedSource, Framer, format_peer
+from shipper.sources._net import (
+    Bound,
+    FramedSource,
+    Framer,
+    bind_unix_socket,
+    datagram_credentials,
+    format_peer,
+)
+
+T = TypeVar("T")
+
+#: Room for one ``SCM_CREDENTIALS`` message in ``recvmsg``'s ancillary buffer.
+_CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(12)
 
 
 class SyslogSource(FramedSource):
-    """Listens for syslog over TCP/TLS/UDP and sends batches of events into the pipeline."""
+    """Listens for syslog over TCP/TLS/UDP/unix and sends batches of events into the pipeline."""
 
     kind = "syslog"
     unit = "message"
@@ -58,36 +86,54 @@ class SyslogSource(FramedSource):
         agent_field: str = "agentId",
     ) -> None:
         super().__init__(
-            config.id, send, agent_field, config.max_message_bytes, "max_message_bytes"
+            config.id,
+            send,
+            agent_field,
+            config.max_message_bytes,
+            "max_message_bytes",
+            config.identity,
         )
         self.config = config
-        self._udp_scope = trio.CancelScope()
+        self._stopping = False
+        self._receive_scope: trio.CancelScope | None = None
         self._last_drop_log = -1.0
-        if config.mode in ("tcp", "tls"):
+        listen: Bound | None = config.path if config.mode == "unix" else config.address
+        unix_stream = config.mode == "unix" and config.socket_type == "stream"
+        if config.mode in ("tcp", "tls") or unix_stream:
+            assert listen is not None
             self.server = self._listen(
-                config.address, config.tls, config.max_connections, config.idle_timeout
+                listen,
+                config.tls,
+                config.max_connections,
+                config.idle_timeout,
+                config.socket_mode,
             )
 
-    async def run(self, *, task_status: trio.TaskStatus[list[Address]]) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[list[Bound]]) -> None:
         """Serve until stopped; closes this source's channel to the pipeline when done."""
         async with self._send:
             if self.server is not None:
                 await self.server.serve(task_status=task_status)
+            elif self.config.mode == "unix":
+                await self._serve_unix_datagrams(task_status)
             else:
                 await self._serve_udp(task_status)
 
     def stop(self) -> None:
         """Stop accepting and reading; what was read is still handed on."""
-        self._udp_scope.cancel()
+        self._stopping = True
+        if self._receive_scope is not None:
+            self._receive_scope.cancel()
         super().stop()
 
     def _framer(self) -> Framer:
         return AutoFramer(self._max_frame)
 
-    # --- UDP ---------------------------------------------------------------------------------
+    # --- datagrams: UDP and unix ---------------------------------------------------------------
 
-    async def _serve_udp(self, task_status: trio.TaskStatus[list[Address]]) -> None:
+    async def _serve_udp(self, task_status: trio.TaskStatus[list[Bound]]) -> None:
         address = self.config.address
+        assert address is not None
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         sock = trio.socket.socket(family, socket.SOCK_DGRAM)
         with sock:
@@ -100,15 +146,50 @@ class SyslogSource(FramedSource):
             host, port = sock.getsockname()[:2]
             task_status.started([Address(host, port)])
             limit = self.config.max_message_bytes
-            with self._udp_scope:
-                while True:
-                    data, peer = await sock.recvfrom(limit + 1)
-                    self._offer(self._datagram(data, peer, limit))
+            while (received := await self._receive(partial(sock.recvfrom, limit + 1))) is not None:
+                data, peer = received
+                self._offer(self._datagram(data, peer, limit))
 
-    def _datagram(self, data: bytes, peer: Any, limit: int) -> list[Event]:
+    async def _serve_unix_datagrams(self, task_status: trio.TaskStatus[list[Bound]]) -> None:
+        path = self.config.path
+        assert path is not None
+        raw, file = bind_unix_socket(self.id, path, socket.SOCK_DGRAM, self.config.socket_mode)
+        try:
+            with trio.socket.from_stdlib_socket(raw) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                task_status.started([path])
+                limit = self.config.max_message_bytes
+                peer = str(path)
+                receive = partial(sock.recvmsg, limit + 1, _CREDENTIALS_SPACE)
+                while (received := await self._receive(receive)) is not None:
+                    data, ancdata, _flags, _address = received
+                    batch = self._datagram(data, peer, limit, datagram_credentials(ancdata))
+                    if batch:
+                        await self._send.send(batch)  # a full pipeline holds the senders
+        finally:
+            file.remove()
+
+    async def _receive(self, receive: Callable[[], Awaitable[T]]) -> T | None:
+        """What ``receive()`` returns (one datagram), or None once ``stop()`` was called: a stop
+        cancels the wait for a datagram, never the hand-on of one already read."""
+        if self._stopping:
+            return None
+        with trio.CancelScope() as scope:
+            self._receive_scope = scope
+            try:
+                return await receive()
+            finally:
+                self._receive_scope = None
+        return None
+
+    def _datagram(
+        self, data: bytes, peer: Any, limit: int, peer_cred: dict[str, int] | None = None
+    ) -> list[Event]:
         self.counters["bytes"] += len(data)
         self.counters["datagrams"] += 1
         source = self.source_info(format_peer(peer))
+        if peer_cred is not None:
+            source["peer_cred"] = peer_cred
         received_at = utc_timestamp()
         if len(data) > limit:
             self.counters["oversized"] += 1
