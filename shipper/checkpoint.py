@@ -257,7 +257,8 @@ class ChainStage:
             if raw is None or event.alert or event.identity_mismatch is not None:
                 out.append(event)
                 continue
-            record = orjson.loads(raw)
+            record = event.parsed if event.parsed is not None else orjson.loads(raw)
+            event.parsed = None  # parsed objects stay short-lived (the garbage collector)
             agent = profile.agent_of(record)
             if agent is None and profile.line_hashed:
                 agent = sender_identity(event.source, event.syslog)

@@ -519,11 +519,6 @@ class ChainConfig:
     max_open_gaps: int = 64
     checkpoint_interval: float = 10.0
 
-    @property
-    def agent_field(self) -> str:
-        """The top-level key sources read the agent id from (a custom path's first key)."""
-        return self.profile_fields.agent[0]
-
 
 FSYNC_POLICIES: Final = ("batch", "interval", "never")
 WHEN_FULL: Final = ("block", "drop_newest")

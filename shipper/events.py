@@ -90,6 +90,8 @@ class Event:
     identity_mismatch: dict[str, Any] | None = None
     #: Raised by shipper (an alert): goes to every sink, and is never chain-verified.
     alert: bool = False
+    #: The record as the source parsed it, for the chain stage, which drops it (never encoded).
+    parsed: dict[str, Any] | None = None
 
     @property
     def source_id(self) -> str:

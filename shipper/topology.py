@@ -64,15 +64,12 @@ class Topology:
         self.config = config
         ingest_send, self._ingest = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
         self.sources: list[JsonTlsSource | SyslogSource] = []
+        agent_of = config.chain.profile_fields.agent_of
         for source in config.sources.values():
             if isinstance(source, SyslogSourceConfig):
-                self.sources.append(
-                    SyslogSource(source, ingest_send.clone(), config.chain.agent_field)
-                )
+                self.sources.append(SyslogSource(source, ingest_send.clone(), agent_of))
             else:
-                self.sources.append(
-                    JsonTlsSource(source, ingest_send.clone(), config.chain.agent_field)
-                )
+                self.sources.append(JsonTlsSource(source, ingest_send.clone(), agent_of))
         ingest_send.close()
         self.sinks = [
             SinkSlot(

@@ -65,6 +65,8 @@ log = get_logger("shipper.sources")
 
 #: What a source listens on: a TCP/UDP address, or a unix socket's path.
 Bound = Address | Path
+#: How a source finds the agent a record names (the chain profile's ``Profile.agent_of``).
+AgentOf = Callable[[dict[str, Any]], str | None]
 #: ``struct ucred`` (``SO_PEERCRED``, ``SCM_CREDENTIALS``): pid, uid, gid.
 _UCRED: Final = struct.Struct("3i")
 
@@ -496,14 +498,14 @@ class FramedSource:
         self,
         source_id: str,
         send: trio.MemorySendChannel[list[Event]],
-        agent_field: str,
+        agent_of: AgentOf,
         max_frame: int,
         limit_key: str,
         identity: IdentityTable | None = None,
     ) -> None:
         self.id = source_id
         self._send = send
-        self._agent_field = agent_field
+        self._agent_of = agent_of
         self._max_frame = max_frame
         self._oversized_reason = f"{self.unit} longer than {limit_key} ({max_frame})"
         self.counters: Counter[str] = Counter()
@@ -553,9 +555,18 @@ class FramedSource:
     def _decode_frame(self, frame: bytes, source: dict[str, Any], received_at: str) -> Event:
         raise NotImplementedError
 
-    def _agent(self, record: dict[str, Any]) -> str | None:
-        agent = record.get(self._agent_field)
-        return agent if isinstance(agent, str) else None
+    def _record_event(
+        self,
+        received_at: str,
+        source: dict[str, Any],
+        record: dict[str, Any],
+        raw: bytes,
+        syslog: dict[str, Any] | None = None,
+    ) -> Event:
+        """The event of a record parsed from ``raw``; the parse rides along for the chain stage."""
+        event = Event(received_at, source, self._agent_of(record), raw, syslog=syslog)
+        event.parsed = record
+        return event
 
     async def handle(self, connection: Connection) -> None:
         """Read frames until the stream ends; every frame gets a counted outcome."""

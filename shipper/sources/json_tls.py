@@ -31,11 +31,12 @@ from typing import Any
 
 import trio
 
+from shipper.chain import SEED
 from shipper.codecs.framing import LineFramer
 from shipper.codecs.jsonlines import decode_object
 from shipper.config import JsonTlsSourceConfig
 from shipper.events import Event
-from shipper.sources._net import Bound, FramedSource, Framer, StreamServer
+from shipper.sources._net import AgentOf, Bound, FramedSource, Framer, StreamServer
 
 
 class JsonTlsSource(FramedSource):
@@ -48,10 +49,10 @@ class JsonTlsSource(FramedSource):
         self,
         config: JsonTlsSourceConfig,
         send: trio.MemorySendChannel[list[Event]],
-        agent_field: str = "agentId",
+        agent_of: AgentOf = SEED.agent_of,
     ) -> None:
         super().__init__(
-            config.id, send, agent_field, config.max_line_bytes, "max_line_bytes", config.identity
+            config.id, send, agent_of, config.max_line_bytes, "max_line_bytes", config.identity
         )
         self.config = config
         self.server: StreamServer = self._listen(
@@ -69,5 +70,5 @@ class JsonTlsSource(FramedSource):
     def _decode_frame(self, frame: bytes, source: dict[str, Any], received_at: str) -> Event:
         record = decode_object(frame)
         if isinstance(record, dict):
-            return Event(received_at, source, self._agent(record), frame)
+            return self._record_event(received_at, source, record, frame)
         return self._malformed(source, received_at, record, frame, len(frame))

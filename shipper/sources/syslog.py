@@ -52,6 +52,7 @@ from typing import Any, Final, TypeVar
 import orjson
 import trio
 
+from shipper.chain import SEED
 from shipper.codecs.framing import AutoFramer, SyslogFrame
 from shipper.codecs.jsonlines import decode_object
 from shipper.codecs.syslog import parse
@@ -59,6 +60,7 @@ from shipper.config import Address, SyslogSourceConfig
 from shipper.errors import ListenError
 from shipper.events import Event, Malformed, utc_timestamp
 from shipper.sources._net import (
+    AgentOf,
     Bound,
     FramedSource,
     Framer,
@@ -83,12 +85,12 @@ class SyslogSource(FramedSource):
         self,
         config: SyslogSourceConfig,
         send: trio.MemorySendChannel[list[Event]],
-        agent_field: str = "agentId",
+        agent_of: AgentOf = SEED.agent_of,
     ) -> None:
         super().__init__(
             config.id,
             send,
-            agent_field,
+            agent_of,
             config.max_message_bytes,
             "max_message_bytes",
             config.identity,
@@ -233,5 +235,5 @@ class SyslogSource(FramedSource):
             record = decode_object(body)
             if isinstance(record, dict):
                 self.counters["json_records"] += 1
-                return Event(received_at, source, self._agent(record), body, syslog=header)
+                return self._record_event(received_at, source, record, body, header)
         return Event(received_at, source, None, orjson.dumps(message.record()), syslog=header)
