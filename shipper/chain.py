@@ -180,25 +180,38 @@ class Verdict:
     detail: str | None = None
     expired: tuple[Gap, ...] = ()  # gaps closed as permanent by this record
 
+    __slots__ = ("__dict__", "expected", "sequence", "status")
+
     def __init__(
         self,
         status: str,
         sequence: int | None = None,
         expected: int | None = None,  # the sequence the agent's chain expected next
-        *,
-        hash: str | None = None,
-        prev_hash: str | None = None,
-        detail: str | None = None,
     ) -> None:
         self.status = status
         self.sequence = sequence
         self.expected = expected
+
+    @classmethod
+    def of(
+        cls,
+        status: str,
+        sequence: int | None = None,
+        expected: int | None = None,
+        *,
+        hash: str | None = None,
+        prev_hash: str | None = None,
+        detail: str | None = None,
+    ) -> Verdict:
+        """A verdict with the optional details set (the careful path's constructor)."""
+        verdict = cls(status, sequence, expected)
         if hash is not None:
-            self.hash = hash
+            verdict.hash = hash
         if prev_hash is not None:
-            self.prev_hash = prev_hash
+            verdict.prev_hash = prev_hash
         if detail is not None:
-            self.detail = detail
+            verdict.detail = detail
+        return verdict
 
     def __repr__(self) -> str:
         return f"Verdict({self.envelope()!r})"
@@ -446,11 +459,11 @@ class Verifier:
         claimed = record.get(profile.hash)
         prev = record.get(profile.prev_hash)
         if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
-            return Verdict("unchained", detail=f"no usable {profile.sequence!r}")
+            return Verdict.of("unchained", detail=f"no usable {profile.sequence!r}")
         if not isinstance(claimed, str):
-            return Verdict("unchained", sequence, detail=f"no usable {profile.hash!r}")
+            return Verdict.of("unchained", sequence, detail=f"no usable {profile.hash!r}")
         if prev is not None and not isinstance(prev, str):
-            return Verdict("unchained", sequence, detail=f"no usable {profile.prev_hash!r}")
+            return Verdict.of("unchained", sequence, detail=f"no usable {profile.prev_hash!r}")
         del record[profile.hash]  # hashed without it; put back (at the end) below
         try:
             computed = profile.digest(canonicalize(record))
@@ -472,11 +485,11 @@ class Verifier:
             first = sequence <= 1 or prev in (None, "", self.profile.genesis)
             self.agents[agent] = state = AgentState(sequence, claimed, Recent(self.window))
             state.recent.put(sequence, claimed)
-            return Verdict(
+            return Verdict.of(
                 "genesis" if first else "adopted", sequence, None, hash=claimed, prev_hash=prev
             )
         last = state.last_sequence
-        verdict = Verdict("ok", sequence, last + 1, hash=claimed, prev_hash=prev)
+        verdict = Verdict.of("ok", sequence, last + 1, hash=claimed, prev_hash=prev)
         if sequence == last + 1:
             if prev != state.last_hash:
                 verdict.status = "broken_link"
@@ -526,13 +539,13 @@ class Verifier:
             if not isinstance(prev, str) or not prev:
                 self.agents[agent] = state = AgentState(1, own, Recent(self.window))
                 state.recent.put(1, own)
-                return Verdict("unchained", 1, hash=own, detail=f"no {profile.prev_hash!r}")
+                return Verdict.of("unchained", 1, hash=own, detail=f"no {profile.prev_hash!r}")
             self.agents[agent] = state = AgentState(1, own, Recent(self.window))
             state.recent.put(1, own)
             status = "genesis" if prev == profile.genesis else "adopted"
-            return Verdict(status, 1, hash=own, prev_hash=prev)
+            return Verdict.of(status, 1, hash=own, prev_hash=prev)
         sequence = state.last_sequence + 1
-        verdict = Verdict(
+        verdict = Verdict.of(
             "ok", sequence, sequence, hash=own, prev_hash=prev if isinstance(prev, str) else None
         )
         if not isinstance(prev, str) or not prev:
