@@ -26,8 +26,11 @@ frame over ``max_message_bytes``          ``malformed`` event with the first 4 K
                                           (``malformed``, ``oversized``); carries on
 bytes that break the octet framing        ``malformed`` event; the connection goes on with LF
                                           framing (``malformed``, ``bad_framing``)
-UDP datagram while the pipeline is full   dropped (UDP cannot be slowed) (``dropped_full``),
-                                          logged at most once a second
+UDP datagram while the pipeline is full   held in a buffer of ``UDP_BUFFER_EVENTS`` events
+                                          (handed on as one batch as soon as the pipeline has
+                                          room); once that is full too, dropped (UDP cannot be
+                                          slowed) (``dropped_full``), logged at most once a
+                                          second
 TLS: a claim the client certificate may   archived with ``identity_mismatch``, followed by a
 not make (``[sources.X.identity]``)       ``shipper.identity_alert`` event
                                           (``identity_mismatch``), logged at most once a second
@@ -71,6 +74,8 @@ from shipper.sources._net import (
 
 T = TypeVar("T")
 
+#: Events a UDP source holds while the pipeline is full (bursts); beyond them it drops.
+UDP_BUFFER_EVENTS: Final = 65536
 #: Room for one ``SCM_CREDENTIALS`` message in ``recvmsg``'s ancillary buffer.
 _CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(12)
 
@@ -99,6 +104,9 @@ class SyslogSource(FramedSource):
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
         self._last_drop_log = -1.0
+        self.udp_buffer_events = UDP_BUFFER_EVENTS
+        self._pending: list[Event] = []  # UDP events waiting for room in the pipeline
+        self._pending_added = trio.Event()
         listen: Bound | None = config.path if config.mode == "unix" else config.address
         unix_stream = config.mode == "unix" and config.socket_type == "stream"
         if config.mode in ("tcp", "tls") or unix_stream:
@@ -146,11 +154,29 @@ class SyslogSource(FramedSource):
                     f"source {self.id}: cannot listen on {address} (udp): {exc.strerror or exc}"
                 ) from exc
             host, port = sock.getsockname()[:2]
-            task_status.started([Address(host, port)])
-            limit = self.config.max_message_bytes
-            while (received := await self._receive(partial(sock.recvfrom, limit + 1))) is not None:
-                data, peer = received
-                self._offer(self._datagram(data, peer, limit))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._forward_pending)
+                task_status.started([Address(host, port)])
+                limit = self.config.max_message_bytes
+                receive = partial(sock.recvfrom, limit + 1)
+                try:
+                    while (received := await self._receive(receive)) is not None:
+                        data, peer = received
+                        self._offer(self._datagram(data, peer, limit))
+                finally:
+                    self._stopping = True
+                    self._pending_added.set()  # the forwarder hands on the rest, then ends
+
+    async def _forward_pending(self) -> None:
+        """Hand the UDP events read meanwhile on as one batch whenever the pipeline has room."""
+        while True:
+            await self._pending_added.wait()
+            self._pending_added = trio.Event()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._send.send(batch)
+            elif self._stopping:
+                return
 
     async def _serve_unix_datagrams(self, task_status: trio.TaskStatus[list[Bound]]) -> None:
         path = self.config.path
@@ -207,12 +233,14 @@ class SyslogSource(FramedSource):
         return self._decode(frames, source, received_at)
 
     def _offer(self, batch: list[Event]) -> None:
-        """Hand a UDP batch on without waiting: a full pipeline drops it (counted, logged)."""
+        """Queue a UDP batch for the forwarder without waiting; if the buffer is full (the
+        pipeline has been full for that long), drop it (counted, logged)."""
         if not batch:
             return
-        try:
-            self._send.send_nowait(batch)
-        except trio.WouldBlock:
+        if len(self._pending) + len(batch) <= self.udp_buffer_events:
+            self._pending.extend(batch)
+            self._pending_added.set()
+        else:
             self.counters["dropped_full"] += len(batch)
             now = trio.current_time()
             if now - self._last_drop_log >= 1.0:
