@@ -4,7 +4,7 @@ VENV   ?= .venv
 CONFIG ?= config/shipper.toml
 PY      = $(VENV)/bin/python
 
-.PHONY: run test lint typecheck unit bench bench-wal bench-chain clean
+.PHONY: run test lint typecheck unit bench bench-wal bench-syslog bench-chain clean
 
 # A stamp file so the venv is rebuilt when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -36,6 +36,9 @@ bench: $(VENV)/.installed
 
 bench-wal: $(VENV)/.installed
 	$(PY) -m bench.wal $(BENCH_ARGS)
+
+bench-syslog: $(VENV)/.installed
+	$(PY) -m bench.syslog $(BENCH_ARGS)
 
 bench-chain: $(VENV)/.installed
 	$(PY) -m bench.chain $(BENCH_ARGS)

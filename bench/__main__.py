@@ -13,7 +13,14 @@ limit adds what the daemon's chain verification costs per event (sorted-key dump
 check). The ratio end-to-end / limit is the figure to watch: the machine is shared and noisy, so
 absolute numbers swing between runs, ratios measured in one run much less.
 
-MB/s are input bytes (the records as sent, newline included), in 10^6 bytes.
+``--protocol syslog`` does the same with a ``syslog`` source (``mode = "tcp"`` or ``"tls"``, RFC
+5425): each record travels as the MSG of an octet-counted RFC 5424 message with structured data
+(:func:`bench.loadgen.payloads`), and the limits start with the minimal syslog work instead of the
+line split: deframe (``find`` + ``int`` + slice), cut the header and STRUCTURED-DATA as
+:func:`bench.syslog.limit_5424` does, and put the header fields into the envelope's ``syslog``.
+
+MB/s are input bytes (what was sent: the records with their newline, or the framed syslog
+messages), in 10^6 bytes.
 """
 
 from __future__ import annotations
@@ -43,8 +50,10 @@ import orjson
 import trio
 import trustme
 
-from bench.events import generate_lines
-from bench.loadgen import LoadResult, client_ssl_context, partition, send_payloads
+from bench.events import generate_lines, octet_counted, syslog_messages
+from bench.loadgen import PROTOCOLS, LoadResult, client_ssl_context, payloads, send_payloads
+from bench.syslog import RFC5424_LIMIT
+from shipper.codecs.syslog import FACILITIES, SEVERITIES
 
 QUICK_EVENTS = 20_000
 DEFAULT_EVENTS = 200_000
@@ -168,6 +177,99 @@ def limit_chain_pass(data: bytes, out_path: Path) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
+def limit_syslog_pass(data: bytes, out_path: Path, chain: bool = False) -> tuple[float, float]:
+    """:func:`limit_pass` (``chain``: :func:`limit_chain_pass`) over octet-counted RFC 5424
+    messages whose MSG is the record: deframe, header and STRUCTURED-DATA as
+    :func:`bench.syslog.limit_5424` (no validation), ``syslog`` in the envelope; (wall, CPU) s."""
+    loads, dumps, fragment = orjson.loads, orjson.dumps, orjson.Fragment
+    sha256, sort_keys = hashlib.sha256, orjson.OPT_SORT_KEYS
+    header = RFC5424_LIMIT.match
+    facilities, severities = FACILITIES, SEVERITIES
+    source = {"id": "agents", "kind": "syslog", "peer": "127.0.0.1:40000"}
+    last: dict[str, tuple[int, str]] = {}
+    find = data.find
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with out_path.open("wb") as out:
+        block: list[bytes] = []
+        size = 0
+        pos = 0
+        end = len(data)
+        received_at = _received_at()
+        while pos < end:
+            space = find(b" ", pos, pos + 12)
+            offset = pos
+            pos = space + 1 + int(data[offset:space])
+            frame = data[space + 1 : pos]
+            head = header(frame)
+            if head is None:
+                raise ValueError("not an RFC 5424 message")
+            pri = int(head[1])
+            _, host, app, procid, msgid = head[2].decode().split(" ")
+            sd: dict[str, dict[str, str]] = {}
+            raw_sd = head[3]
+            if raw_sd is not None:
+                for element in raw_sd[1:-1].decode().split("]["):
+                    sd_id, _, params = element.partition(" ")
+                    pairs = iter(params[:-1].replace('" ', '="').split('="'))
+                    sd[sd_id] = dict(zip(pairs, pairs, strict=False))
+            msg = frame[head.end() :]
+            record = loads(msg)
+            if not isinstance(record, dict):
+                raise TypeError("record is not a JSON object")
+            envelope = {
+                "v": 1,
+                "id": f"00000001-{offset}",
+                "received_at": received_at,
+                "source": source,
+                "syslog": {
+                    "facility": facilities[pri >> 3],
+                    "severity": severities[pri & 7],
+                    "hostname": None if host == "-" else host,
+                    "app_name": None if app == "-" else app,
+                    "procid": None if procid == "-" else procid,
+                    "msgid": None if msgid == "-" else msgid,
+                    "sd": sd,
+                },
+                "agent": record.get("agentId"),
+            }
+            if chain:
+                agent = record["agentId"]
+                sequence = record["sequence"]
+                claimed = record.pop("hash")
+                digest = "sha256:" + sha256(dumps(record, option=sort_keys)).hexdigest()
+                previous = last.get(agent)
+                expected = 1 if previous is None else previous[0] + 1
+                if digest != claimed:
+                    status = "bad_hash"
+                elif previous is None:
+                    status = "genesis"
+                elif sequence != expected or record["prevHash"] != previous[1]:
+                    status = "broken_link"
+                else:
+                    status = "ok"
+                last[agent] = (sequence, claimed)
+                envelope["chain"] = {"status": status, "sequence": sequence, "expected": expected}
+            envelope["record"] = fragment(msg)
+            encoded = dumps(envelope)
+            block.append(encoded)
+            size += len(encoded) + 1
+            if size >= WRITE_BLOCK_BYTES:
+                block.append(b"")
+                out.write(b"\n".join(block))
+                block.clear()
+                size = 0
+                received_at = _received_at()
+        if block:
+            block.append(b"")
+            out.write(b"\n".join(block))
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def limit_syslog_chain_pass(data: bytes, out_path: Path) -> tuple[float, float]:
+    """:func:`limit_syslog_pass` with the chain check."""
+    return limit_syslog_pass(data, out_path, chain=True)
+
+
 # --------------------------------------------------------------------------------------- daemon
 
 
@@ -213,9 +315,12 @@ def _toml_string(value: str | Path) -> str:
 
 
 def write_config(
-    run_dir: Path, port: int, tls: TlsFiles | None, log_level: str
+    run_dir: Path, port: int, tls: TlsFiles | None, log_level: str, protocol: str = "json"
 ) -> tuple[Path, Path]:
-    """Write ``shipper.toml`` into ``run_dir``; return (config path, archive directory)."""
+    """Write ``shipper.toml`` into ``run_dir``; return (config path, archive directory).
+
+    The source is ``json_tls`` for ``protocol`` ``json``, else ``syslog`` in mode ``tcp`` or
+    ``tls``."""
     archive = run_dir / "archive"
     lines = [
         f"data_dir = {_toml_string(run_dir / 'var')}",
@@ -225,9 +330,14 @@ def write_config(
         f"level = {_toml_string(log_level)}",
         "",
         "[sources.agents]",
-        'type = "json_tls"',
+    ]
+    if protocol == "json":
+        lines += ['type = "json_tls"', 'max_line_bytes = "1MiB"']
+    else:
+        mode = "tcp" if tls is None else "tls"
+        lines += ['type = "syslog"', f'mode = "{mode}"', 'max_message_bytes = "1MiB"']
+    lines += [
         f'address = "127.0.0.1:{port}"',
-        'max_line_bytes = "1MiB"',
         "max_connections = 1024",
         'idle_timeout = "5m"',
     ]
@@ -586,6 +696,7 @@ class Options:
     executable: Path
     log_level: str
     stall_timeout: float
+    protocol: str = "json"
 
 
 @dataclass
@@ -673,8 +784,8 @@ def run_end_to_end(
     run_dir.mkdir()
     tls = write_certs(run_dir) if transport == "tls" else None
     port = free_port()
-    config, archive = write_config(run_dir, port, tls, options.log_level)
-    result = EndToEnd(transport, run_dir.name, len(lines), sum(len(line) for line in lines))
+    config, archive = write_config(run_dir, port, tls, options.log_level, options.protocol)
+    result = EndToEnd(transport, run_dir.name, len(lines), sum(len(p) for p in payloads))
     counter = ArchiveCounter(archive)
     context = (
         None
@@ -738,13 +849,22 @@ class Limit:
 
 
 def measure_limits(
-    lines: Sequence[bytes], work: Path, repeats: int, times: dict[str, list[tuple[float, float]]]
+    lines: Sequence[bytes],
+    work: Path,
+    repeats: int,
+    times: dict[str, list[tuple[float, float]]],
+    protocol: str = "json",
 ) -> None:
     """Run both limit loops ``repeats`` times, alternating (so both see the same conditions),
     appending the (wall, CPU) seconds of each pass to ``times[name]``."""
-    data = b"".join(lines)
     out = work / "limit.jsonl"
-    passes = {"limit": limit_pass, "limit+chain": limit_chain_pass}
+    passes: dict[str, Callable[[bytes, Path], tuple[float, float]]]
+    if protocol == "json":
+        data = b"".join(lines)
+        passes = {"limit": limit_pass, "limit+chain": limit_chain_pass}
+    else:
+        data = octet_counted(syslog_messages(lines, "rfc5424"))
+        passes = {"limit": limit_syslog_pass, "limit+chain": limit_syslog_chain_pass}
     for _ in range(repeats):
         for name, run in passes.items():
             times.setdefault(name, []).append(run(data, out))
@@ -783,12 +903,14 @@ def report(
         f"shipper bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}"
         f", {os.cpu_count()} CPUs",
         f"{events} events ({input_bytes / events:.0f} B average, {input_bytes / 1e6:.1f} MB), "
-        f"{args.agents} agents, {args.connections} connections",
+        f"{args.agents} agents, {args.connections} connections, protocol {args.protocol}",
         "",
         f"{'stage':<44} {'events/s':>10} {'MB/s':>7} {'ratio':>6} {'CPU us/ev':>9}",
     ]
     labels = {
-        "limit": "python limit, 1 core (parse+envelope+write)",
+        "limit": "python limit, 1 core (parse+envelope+write)"
+        if args.protocol == "json"
+        else "python limit, 1 core (syslog+parse+env+write)",
         "limit+chain": "  same + chain verification, 1 core",
     }
     for limit in limits:
@@ -882,6 +1004,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--transport", choices=("tcp", "tls", "both"), default="both")
     parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="json",
+        help="json: NDJSON to a json_tls source; syslog: octet-counted RFC 5424 to a syslog source",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_EVENTS} events unless --events"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -929,23 +1057,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shipper executable not found: {executable}", file=sys.stderr)
         return 2
     transports = ["tcp", "tls"] if args.transport == "both" else [args.transport]
-    options = Options(executable, args.log_level, args.stall_timeout)
+    options = Options(executable, args.log_level, args.stall_timeout, args.protocol)
     signal.signal(signal.SIGTERM, _interrupt)  # clean up on SIGTERM as on Ctrl-C
     work = Path(tempfile.mkdtemp(prefix="shipper-bench-", dir=args.tmp_dir))
     try:
         print(f"generating {events} events for {args.agents} agents...", file=sys.stderr)
         lines = generate_lines(events, args.agents, args.seed)
-        input_bytes = sum(len(line) for line in lines)
-        payloads = partition(lines, args.connections)
+        per_connection = payloads(lines, args.connections, args.protocol)
+        input_bytes = sum(len(payload) for payload in per_connection)
         limit_times: dict[str, list[tuple[float, float]]] = {}
         runs: list[EndToEnd] = []
         for round_ in range(1, args.repeat + 1):
             print(f"round {round_}: measuring the python limit...", file=sys.stderr)
-            measure_limits(lines, work, args.limit_repeats, limit_times)
+            measure_limits(lines, work, args.limit_repeats, limit_times, args.protocol)
             for transport in transports:
                 print(f"round {round_}: end-to-end over {transport}...", file=sys.stderr)
                 run_dir = work / f"{transport}-{round_}"
-                runs.append(run_end_to_end(transport, lines, payloads, run_dir, options))
+                runs.append(run_end_to_end(transport, lines, per_connection, run_dir, options))
                 if not args.keep:
                     shutil.rmtree(run_dir, ignore_errors=True)
         limits = [
@@ -960,6 +1088,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "input_bytes": input_bytes,
                 "agents": args.agents,
                 "connections": args.connections,
+                "protocol": args.protocol,
                 "limits": [asdict(limit) for limit in limits],
                 "runs": [asdict(run) for run in runs],
             }

@@ -23,11 +23,20 @@ from __future__ import annotations
 import gc
 import hashlib
 import random
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
 
-__all__ = ["agent_ids", "generate_lines", "record_hash"]
+__all__ = [
+    "SYSLOG_STYLES",
+    "agent_ids",
+    "generate_lines",
+    "lf_framed",
+    "octet_counted",
+    "record_hash",
+    "syslog_messages",
+]
 
 _BASE_TIME = datetime(2026, 2, 13, 10, 45, 23, tzinfo=UTC)
 
@@ -187,3 +196,81 @@ def _chains(
         prev_hash[agent] = digest
         lines.append(dumps(record, option=newline))
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The same records as syslog messages (bench.syslog, and ``python -m bench --protocol syslog``).
+# ---------------------------------------------------------------------------------------------
+
+SYSLOG_STYLES = ("rfc5424", "rfc5424-nil-sd", "rfc3164", "rfc3164-local", "cisco")
+"""What :func:`syslog_messages` can write.
+
+* ``rfc5424``: ``<PRI>1 TIMESTAMP HOST APP PROCID MSGID [SD][SD] RECORD``, as rsyslog forwards
+  with ``RSYSLOG_SyslogProtocol23Format`` (microseconds and a numeric offset), two SD-ELEMENTs;
+* ``rfc5424-nil-sd``: the same without STRUCTURED-DATA (``-``), what rsyslog forwards for a
+  message that carried none;
+* ``rfc3164``: ``<PRI>Mmm dd hh:mm:ss HOST TAG[PID]: RECORD`` (``RSYSLOG_TraditionalForwardFormat``);
+* ``rfc3164-local``: ``<PRI>Mmm dd hh:mm:ss TAG[PID]: RECORD``, what ``syslog(3)`` writes to
+  ``/dev/log`` (no hostname);
+* ``cisco``: ``<PRI>SEQ: *Mmm dd hh:mm:ss.mmm: %FACILITY-SEV-MNEMONIC: text``, Cisco IOS with
+  ``service sequence-numbers`` (a short text message, not the record).
+"""
+
+_CISCO_TEXTS = (
+    b"%SYS-5-CONFIG_I: Configured from console by vty0 (10.20.0.7)",
+    b"%LINEPROTO-5-UPDOWN: Line protocol on Interface GigabitEthernet0/1, changed state to up",
+    b"%SEC-6-IPACCESSLOGP: list 101 denied tcp 10.1.2.3(51234) -> 10.20.0.9(22), 1 packet",
+    b"%LINK-3-UPDOWN: Interface GigabitEthernet0/2, changed state to down",
+)
+
+
+def syslog_messages(lines: Sequence[bytes], style: str) -> list[bytes]:
+    """Each record of ``lines`` (from :func:`generate_lines`) as one syslog message (no framing).
+
+    The header is derived from the record: its agent gives HOSTNAME, PROCID and the SD origin
+    address, its timestamp TIMESTAMP, its effect the severity (``deny`` is ``warning``, the rest
+    ``info``; facility ``local0``). Deterministic; not meant to be timed.
+    """
+    if style not in SYSLOG_STYLES:
+        raise ValueError(f"unknown syslog style {style!r}")
+    out: list[bytes] = []
+    agents: dict[str, int] = {}
+    for index, line in enumerate(lines):
+        body = line.rstrip(b"\n")
+        record = orjson.loads(body)
+        agent = str(record["agentId"])
+        number = agents.setdefault(agent, len(agents))
+        pri = 132 if record["effect"] == "deny" else 134
+        stamp = str(record["timestamp"])  # 2026-02-13T10:45:23.003Z
+        moment = datetime.fromisoformat(stamp)
+        bsd = f"{moment:%b} {moment.day:2d} {moment:%H:%M:%S}".encode()
+        pid = 2000 + number
+        if style.startswith("rfc5424"):
+            micros = f"{stamp[:-1]}{index % 1000:03d}+00:00"
+            sd = (
+                "-"
+                if style == "rfc5424-nil-sd"
+                else f'[origin ip="10.20.{number // 250}.{number % 250 + 1}" software="agent-audit"'
+                f' swVersion="2.4.1"][meta sequenceId="{index + 1}"]'
+            )
+            header = f"<{pri}>1 {micros} {agent}.agents.example.com agent-audit {pid} audit {sd} "
+            out.append(header.encode() + body)
+        elif style == "rfc3164":
+            out.append(b"<%d>%b %b agent-audit[%d]: %b" % (pri, bsd, agent.encode(), pid, body))
+        elif style == "rfc3164-local":
+            out.append(b"<%d>%b agent-audit[%d]: %b" % (pri, bsd, pid, body))
+        else:
+            millis = stamp[-4:-1].encode()
+            text = _CISCO_TEXTS[index % len(_CISCO_TEXTS)]
+            out.append(b"<189>%d: *%b.%b: %b" % (index + 1, bsd, millis, text))
+    return out
+
+
+def octet_counted(messages: Iterable[bytes]) -> bytes:
+    """``messages`` as one stream with octet counting (RFC 6587 3.4.1): ``MSG-LEN SP MSG``."""
+    return b"".join(b"%d %b" % (len(message), message) for message in messages)
+
+
+def lf_framed(messages: Iterable[bytes]) -> bytes:
+    """``messages`` as one stream of LF-terminated lines (RFC 6587 3.4.2)."""
+    return b"".join(message + b"\n" for message in messages)

@@ -1,10 +1,15 @@
-"""Load generator: sends newline-delimited JSON records to a shipper ``json_tls`` source.
+"""Load generator: sends chained audit records to a shipper ``json_tls`` or ``syslog`` source.
+
+``--protocol json`` (the default) sends newline-delimited JSON records (``json_tls``);
+``--protocol syslog`` sends each record as the MSG of an RFC 5424 message with structured data
+(``bench.events.syslog_messages``, style ``rfc5424``), octet-counted (RFC 6587 3.4.1, as rsyslog
+forwards and RFC 5425 requires over TLS), for a ``syslog`` source in mode ``tcp`` or ``tls``.
 
 Plain TCP or TLS (with an optional client certificate), over several concurrent connections. Each
 agent's records stay on one connection and in order (agent ``k``, counted by first appearance, goes
 to connection ``k % connections``), so per-agent hash chains arrive intact.
 
-Library use: prepare the per-connection payloads with :func:`partition` (not timed), then
+Library use: prepare the per-connection payloads with :func:`payloads` (not timed), then
 ``await send_payloads(...)``. Its ``hold`` callback runs after the last byte was sent and before the
 connections are closed; the harness waits there for the archive to fill, so connections stay open
 (as agents' connections do) while the daemon catches up.
@@ -16,7 +21,8 @@ discard the tail of what we sent.
 Command line::
 
     python -m bench.loadgen --host 127.0.0.1 --port 6515 --events 200000 --agents 100 \\
-        --connections 8 [--tls-ca ca.pem [--tls-cert client.pem --tls-key client.key]]
+        --connections 8 [--protocol syslog] \\
+        [--tls-ca ca.pem [--tls-cert client.pem --tls-key client.key]]
 
 It reports how fast the records were handed to the kernel, not how fast the daemon stored them;
 ``python -m bench`` measures end to end.
@@ -34,12 +40,17 @@ from dataclasses import dataclass
 import orjson
 import trio
 
-from bench.events import generate_lines
+from bench.events import generate_lines, octet_counted, syslog_messages
+
+PROTOCOLS = ("json", "syslog")
+"""What :func:`payloads` can send: NDJSON lines, or octet-counted RFC 5424 messages."""
 
 __all__ = [
+    "PROTOCOLS",
     "LoadResult",
     "client_ssl_context",
     "partition",
+    "payloads",
     "send_lines",
     "send_payloads",
 ]
@@ -79,11 +90,11 @@ def client_ssl_context(
     return context
 
 
-def partition(lines: Sequence[bytes], connections: int) -> list[bytes]:
-    """Concatenate ``lines`` into one payload per connection, keeping each agent on one connection.
+def partition_groups(lines: Sequence[bytes], connections: int) -> list[list[bytes]]:
+    """Group ``lines`` by connection, keeping each agent on one connection.
 
     Agents are read from each line's ``agentId`` (records without one go with agent ""). Returns at
-    most ``connections`` payloads, none empty, each in the original order of its lines.
+    most ``connections`` groups, none empty, each in the original order of its lines.
     """
     if connections < 1:
         raise ValueError("connections must be >= 1")
@@ -97,7 +108,29 @@ def partition(lines: Sequence[bytes], connections: int) -> list[bytes]:
         if slot is None:
             slot = slot_of[key] = len(slot_of) % connections
         groups[slot].append(line)
-    return [b"".join(group) for group in groups if group]
+    return [group for group in groups if group]
+
+
+def partition(lines: Sequence[bytes], connections: int) -> list[bytes]:
+    """Concatenate ``lines`` into one payload per connection (see :func:`partition_groups`)."""
+    return [b"".join(group) for group in partition_groups(lines, connections)]
+
+
+def payloads(lines: Sequence[bytes], connections: int, protocol: str = "json") -> list[bytes]:
+    """One payload per connection, each agent on one connection, in ``protocol``'s framing.
+
+    ``json``: the lines as they are (:func:`partition`). ``syslog``: each line (its newline
+    removed) as the MSG of an RFC 5424 message, octet-counted.
+    """
+    if protocol == "json":
+        return partition(lines, connections)
+    if protocol != "syslog":
+        raise ValueError(f"unknown protocol {protocol!r}")
+    message_of = dict(zip(lines, syslog_messages(lines, "rfc5424"), strict=True))
+    return [
+        octet_counted(message_of[line] for line in group)
+        for group in partition_groups(lines, connections)
+    ]
 
 
 async def _open(
@@ -268,7 +301,13 @@ async def send_lines(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.loadgen",
-        description="Send chained audit records to a shipper json_tls source.",
+        description="Send chained audit records to a shipper json_tls or syslog source.",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="json",
+        help="json: NDJSON lines (json_tls); syslog: octet-counted RFC 5424 (syslog tcp/tls)",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -291,13 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--tls-cert/--tls-key need --tls-ca", file=sys.stderr)
         return 2
     lines = generate_lines(args.events, args.agents, args.seed)
-    payloads = partition(lines, args.connections)
+    per_connection = payloads(lines, args.connections, args.protocol)
     context = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
     result = trio.run(
         lambda: send_payloads(
             args.host,
             args.port,
-            payloads,
+            per_connection,
             ssl_context=context,
             server_hostname=args.server_hostname,
         )

@@ -377,3 +377,21 @@ def test_octet_memory_stays_bounded(msgs: list[bytes], cuts: list[int], max_fram
         framer.feed(chunk)
         assert len(framer._body) <= max(max_frame, 4)
         assert len(framer._header) <= MAX_MSG_LEN_DIGITS
+
+
+octet_pieces = st.lists(
+    st.one_of(
+        st.binary(max_size=30).map(lambda m: octet(m) if m else b"1 x"),
+        st.sampled_from([b"\n", b"\r\n", b"0 ", b"01 x", b"12345678901 ", b"5x", b"9 ab", b" "]),
+    ),
+    max_size=10,
+).map(b"".join)
+
+
+@given(stream=octet_pieces, max_frame=st.integers(min_value=1, max_value=40))
+def test_whole_feeds_frame_as_byte_by_byte(stream: bytes, max_frame: int) -> None:
+    """Fed whole (complete frames take the fast path) or byte by byte (they never do), a stream
+    with LF/CR between frames, bad or oversized MSG-LENs and cut frames frames the same."""
+    for cls in (OctetCountingFramer, AutoFramer):
+        whole = feed_chunks(cls(max_frame, keep=5), [stream])
+        assert feed_chunks(cls(max_frame, keep=5), byte_by_byte(stream)) == whole
