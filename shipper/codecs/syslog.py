@@ -96,7 +96,8 @@ Real senders vary; what ``parse`` accepts, in order after PRI:
    ``sd["meta"]["sequenceId"]`` (RFC 5424 section 7.3.1), digits as sent.
 2. TIMESTAMP: ``Mmm dd hh:mm:ss`` with the day padded by a space or not, optionally with a year
    before the time (``Mmm dd yyyy hh:mm:ss``), fractional seconds, and Cisco's ``*`` / ``.``
-   clock-state prefix; or an RFC 3339 timestamp (rsyslog's ``RSYSLOG_ForwardFormat``). If none is
+   clock-state prefix; or an RFC 3339 timestamp (rsyslog's ``RSYSLOG_ForwardFormat``), also
+   without its zone (syslog-ng's ``loggen``: ``2026-11-23T20:04:38``). If none is
    found, RFC 3164 section 4.3.2 applies: everything after PRI (and sequence number) is the MSG,
    and timestamp, hostname and tag are None (RFC 3164 section 5.4, example 4).
 3. Cisco style (a sequence number, or a colon right after the timestamp): no HOSTNAME or TAG
@@ -104,8 +105,9 @@ Real senders vary; what ``parse`` accepts, in order after PRI:
 4. Otherwise HOSTNAME and TAG: if the first word looks like a TAG (``name:`` or ``name[pid]:``)
    there is no hostname (``<PRI>Mmm dd hh:mm:ss tag: msg``, as ``logger --rfc3164`` and local
    senders write); else the first word is the HOSTNAME, and the second is the TAG if it looks like
-   one. A TAG gives ``app_name`` and, from ``[pid]``, ``procid``; the colon and one SP after it are
-   not part of ``msg``. RFC 3164 example 3 (``Aug 24 05:34:00 CST 1987 mymachine myproc[10]:``)
+   one; after a HOSTNAME, ``name[pid]`` without the colon is a TAG too (rsyslog's traditional
+   forward formats write an RFC 5424 message's TAG so). A TAG gives ``app_name`` and, from
+   ``[pid]``, ``procid``; the colon and one SP after it are not part of ``msg``. RFC 3164 example 3 (``Aug 24 05:34:00 CST 1987 mymachine myproc[10]:``)
    therefore reads as the RFC says: hostname ``CST``, the MSG starting at ``1987``.
 
 Only printable ASCII words are taken as HOSTNAME or TAG. ``version`` and ``msgid`` are None.
@@ -115,7 +117,7 @@ the timestamp is kept as sent (``Oct 11 22:14:15``). With ``now`` (an aware date
 by the caller: this module does no I/O and reads no clock) it is normalized to RFC 3339: the year
 (when not sent) is the one that puts the timestamp closest to ``now``, and the offset is ``now``'s
 (``Z`` for UTC), i.e. the caller's stated assumption about the sender's zone. An RFC 3339
-timestamp is kept as sent in either case.
+timestamp is kept as sent in either case, except that one sent without a zone gets ``now``'s.
 
 Speed
 =====
@@ -260,9 +262,13 @@ _BSD_TIMESTAMP = re.compile(
     rb"([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?(:?)(?: |$)"
 )
 _HEADER_5424 = re.compile(rb"([!-~]+) ([!-~]+) ([!-~]+) ([!-~]+) ([!-~]+) ")
-_RFC3339_3164 = re.compile(_RFC3339.pattern + rb"(?: |$)")
+# In RFC 3164 headers the zone may be missing (syslog-ng's loggen: 2026-11-23T20:04:38).
+_RFC3339_3164 = re.compile(_RFC3339.pattern.replace(rb"([Zz]|", rb"([Zz]|$|(?= )|") + rb"(?: |$)")
 _WORD = re.compile(rb"([!-~]+)(?: |$)")
 _TAG = re.compile(rb"([!-9;-Z\\^-~]+)(?:\[([!-9;-Z\\^-~]*)\])?:(?: |$)")  # no ':' '[' ']'
+# A TAG with a PID but no colon, after a HOSTNAME (rsyslog's traditional forward formats write
+# the TAG of an RFC 5424 message like that: ``host openclaw[811] msg``).
+_TAG_NO_COLON = re.compile(rb"([!-9;-Z\\^-~]+)\[([!-9;-Z\\^-~]*)\](?: |$)")
 
 
 # The fast path's pattern: the usual forms of each format, all of whose values it checks (see
@@ -437,7 +443,7 @@ def _check_rfc3339(match: re.Match[bytes]) -> str | None:
         return None
     if match[9] is not None and (int(match[9]) > 23 or int(match[10]) > 59):
         return None
-    return match.string[match.start() : match.end(8)].decode("ascii").upper()
+    return match.string[match.start() : match.end(8)].decode("ascii").upper().rstrip()
 
 
 def _parse_5424(data: bytes, pos: int, facility: str, severity: str) -> SyslogMessage:
@@ -569,15 +575,18 @@ def _normalize_bsd(match: re.Match[bytes], now: datetime | None) -> str | None:
     if not candidates:
         return None
     moment = min(candidates, key=lambda c: abs(c - now))
+    fraction = (match[8] or b"").decode("ascii")
+    return f"{moment:%Y-%m-%dT%H:%M}:{second:02d}{fraction}{_zone(moment)}"
+
+
+def _zone(moment: datetime) -> str:
+    """An aware datetime's offset as RFC 3339 writes it (``Z`` for UTC)."""
     offset = moment.utcoffset() or timedelta(0)
     if offset == timedelta(0):
-        zone = "Z"
-    else:
-        sign = "-" if offset < timedelta(0) else "+"
-        minutes = abs(offset) // timedelta(minutes=1)
-        zone = f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
-    fraction = (match[8] or b"").decode("ascii")
-    return f"{moment:%Y-%m-%dT%H:%M}:{second:02d}{fraction}{zone}"
+        return "Z"
+    sign = "-" if offset < timedelta(0) else "+"
+    minutes = abs(offset) // timedelta(minutes=1)
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def _parse_3164(
@@ -603,6 +612,8 @@ def _parse_3164(
             timestamp = _check_rfc3339(iso)
             if timestamp is not None:
                 pos = iso.end()
+                if not iso[8] and now is not None:  # no zone sent: the caller's assumption
+                    timestamp += _zone(now)
     hostname = app_name = procid = None
     if timestamp is not None and not cisco:
         tag = _TAG.match(data, pos)
@@ -611,7 +622,7 @@ def _parse_3164(
             if word is not None:
                 hostname = word[1].decode("ascii")
                 pos = word.end()
-                tag = _TAG.match(data, pos)
+                tag = _TAG.match(data, pos) or _TAG_NO_COLON.match(data, pos)
         if tag is not None:
             app_name = tag[1].decode("ascii")
             procid = tag[2].decode("ascii") if tag[2] else None

@@ -493,6 +493,36 @@ def test_rfc3164_example_2_without_pri_is_malformed() -> None:
             id="non-ascii-word-is-no-hostname",
         ),
         pytest.param(
+            b'<38>2026-11-23T10:45:23.102Z agent-host-7 openclaw[811] {"a":1}',
+            rfc3164(
+                "auth",
+                "info",
+                "2026-11-23T10:45:23.102Z",
+                "agent-host-7",
+                "openclaw",
+                "811",
+                b'{"a":1}',
+            ),
+            id="rsyslog-relayed-5424-tag-without-colon",
+        ),
+        pytest.param(
+            b"<38>Nov 23 10:45:23 host-7 openclaw[811] m",
+            rfc3164("auth", "info", "Nov 23 10:45:23", "host-7", "openclaw", "811", b"m"),
+            id="tag-with-pid-without-colon",
+        ),
+        pytest.param(
+            b"<38>Nov 23 10:45:23 host-7 openclaw m",
+            rfc3164("auth", "info", "Nov 23 10:45:23", "host-7", None, None, b"openclaw m"),
+            id="no-colon-no-pid-is-no-tag",
+        ),
+        pytest.param(
+            b"<38>2026-11-23T20:04:38 localhost prg00000[1234]: seq: 0",
+            rfc3164(
+                "auth", "info", "2026-11-23T20:04:38", "localhost", "prg00000", "1234", b"seq: 0"
+            ),
+            id="loggen-iso-timestamp-without-zone",
+        ),
+        pytest.param(
             b"<13>hello",
             rfc3164("user", "notice", None, None, None, None, b"hello"),
             id="no-header",
@@ -543,6 +573,12 @@ def test_rfc3164_variants(frame: bytes, expected: SyslogMessage) -> None:
         ),
         pytest.param(
             b"<13>2003-08-24T05:14:15Z h a: m", NOW, "2003-08-24T05:14:15Z", id="rfc3339-kept"
+        ),
+        pytest.param(
+            b"<13>2003-08-24T05:14:15 h a: m",
+            datetime(2026, 6, 1, tzinfo=timezone(timedelta(hours=2))),
+            "2003-08-24T05:14:15+02:00",
+            id="rfc3339-without-zone-gets-nows",
         ),
     ],
 )

@@ -162,29 +162,15 @@ OMFWD_TCP = (
 )
 
 
-TAG_WITHOUT_COLON = (
-    "shipper bug: rsyslog relays an RFC 5424 message in a traditional format with the tag "
-    "'openclaw[811]' and no colon, e.g. b'<38>2026-11-23T10:45:23.102Z agent-host-7 "
-    'openclaw[811] {"a":1}\'; shipper reads no app_name/procid and keeps the JSON MSG as text'
-)
-
-
 @pytest.mark.parametrize(
     ("line", "template"),
     [
         (RFC5424_LINE, "RSYSLOG_SyslogProtocol23Format"),
         (RFC3164_LINE, "RSYSLOG_TraditionalForwardFormat"),  # omfwd's default
         (RFC3164_LINE, "RSYSLOG_ForwardFormat"),
-        pytest.param(
-            RFC5424_LINE,
-            "RSYSLOG_TraditionalForwardFormat",
-            marks=pytest.mark.xfail(strict=True, reason=TAG_WITHOUT_COLON),
-        ),
-        pytest.param(
-            RFC5424_LINE,
-            "RSYSLOG_ForwardFormat",
-            marks=pytest.mark.xfail(strict=True, reason=TAG_WITHOUT_COLON),
-        ),
+        # rsyslog writes an RFC 5424 message's TAG as "openclaw[811]", without a colon.
+        (RFC5424_LINE, "RSYSLOG_TraditionalForwardFormat"),
+        (RFC5424_LINE, "RSYSLOG_ForwardFormat"),
     ],
     ids=[
         "5424-as-5424",
@@ -377,12 +363,6 @@ async def test_loggen_messages_all_arrive(
             assert_loggen_header(event)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shipper bug: loggen's default (BSD) format has an ISO timestamp without a zone, "
-    "e.g. b'<38>2026-11-23T20:04:38 localhost prg00000[1234]: seq: 0000000000, ...'; "
-    "shipper parses no timestamp, hostname, app_name or procid and keeps it all as MSG",
-)
 async def test_loggen_bsd_header_is_parsed(
     tmp_path: Path, logs: LogCapture, loggen: Loggen
 ) -> None:
