@@ -21,6 +21,9 @@ MSG is a JSON object (an audit record)    event: ``record`` = that object, byte 
                                           ``json_records``)
 any other parseable message               event: ``record`` = the parsed fields plus ``msg``
                                           and ``timestamp``; ``syslog`` as above (``events``)
+MSG not valid UTF-8                       as above, ``msg`` with U+FFFD for the bad bytes,
+                                          plus ``msg_b64`` (the bytes) and ``msg_error`` (why)
+                                          (``events``, ``invalid_utf8``)
 not a syslog message (no PRI, ...)        ``malformed`` event with the reason (``malformed``)
 frame over ``max_message_bytes``          ``malformed`` event with the first 4 KiB
                                           (``malformed``, ``oversized``); carries on
@@ -264,4 +267,7 @@ class SyslogSource(FramedSource):
             if isinstance(record, dict):
                 self.counters["json_records"] += 1
                 return self._record_event(received_at, source, record, body, header)
-        return Event(received_at, source, None, orjson.dumps(message.record()), syslog=header)
+        fields = message.record()
+        if "msg_error" in fields:  # invalid UTF-8: kept as msg_b64, with the reason
+            self.counters["invalid_utf8"] += 1
+        return Event(received_at, source, None, orjson.dumps(fields), syslog=header)

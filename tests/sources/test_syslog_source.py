@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,20 @@ async def test_octet_counted_and_lf_framed_streams_give_the_same_events() -> Non
     assert by_lf[0]["record"]["app_name"] == "sshd"
     assert by_lf[0]["syslog"]["procid"] == "42"
     assert "agent" not in by_lf[0]
+
+
+async def test_a_msg_that_is_not_utf8_keeps_its_bytes_with_a_reason() -> None:
+    """A message whose MSG is not valid UTF-8 is archived with the bytes in base64 and the reason,
+    and counted."""
+    source, receive = make_source()
+    await feed(source, [b"<13>1 2026-11-23T10:45:23Z h app - - - caf\xe9 \xff end\n"])
+    (envelope,) = drain(receive)
+    record = envelope["record"]
+    assert base64.b64decode(record["msg_b64"]) == b"caf\xe9 \xff end"
+    assert "not valid UTF-8" in record["msg_error"]
+    assert record["msg"] == "caf\ufffd \ufffd end"
+    assert source.counters["invalid_utf8"] == 1
+    assert source.counters["events"] == 1
 
 
 async def test_unparseable_and_oversized_messages_are_archived_as_malformed() -> None:
