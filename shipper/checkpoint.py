@@ -257,9 +257,13 @@ class ChainStage:
             if raw is None or event.alert or event.identity_mismatch is not None:
                 out.append(event)
                 continue
-            record = event.parsed if event.parsed is not None else orjson.loads(raw)
-            event.parsed = None  # parsed objects stay short-lived (the garbage collector)
-            agent = profile.agent_of(record)
+            record = event.parsed
+            if record is not None:  # the source parsed it, and found the agent with the profile
+                event.parsed = None  # parsed objects stay short-lived (the garbage collector)
+                agent = event.agent
+            else:
+                record = orjson.loads(raw)
+                agent = profile.agent_of(record)
             if agent is None and profile.line_hashed:
                 agent = sender_identity(event.source, event.syslog)
             if agent is None:
