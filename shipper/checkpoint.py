@@ -37,7 +37,7 @@ hashing without one, the sender: the first TLS SAN, the TLS subject, the syslog 
 peer's address) get ``chain`` = the verdict and ``agent`` = that agent; exact duplicates are
 removed (counted in ``duplicates_dropped``); a verdict with an alert, and each gap it expires,
 adds a ``shipper.chain_alert`` event right after the event (and a warning in the daemon's log,
-at most ``LOG_ALERTS_PER_SECOND`` a second, the rest counted). Alerts, malformed events and
+at most ``LOG_ALERTS_PER_SECOND`` a second; each says how many were left out before it). Alerts, malformed events and
 events with ``identity_mismatch`` are not verified (an impostor's records must not move the
 chain of the agent it claims to be).
 """
@@ -64,7 +64,7 @@ from shipper.buffer.segment import (
 from shipper.chain import Profile, Verdict, Verifier, expired_alert_details
 from shipper.config import ChainConfig
 from shipper.events import CHAIN_ALERT, Event, alert_event, utc_timestamp
-from shipper.logging import get_logger
+from shipper.logging import Throttle, get_logger
 
 log = get_logger("shipper.chain")
 
@@ -187,8 +187,7 @@ class ChainStage:
         self.profile = build_profile(config)
         self.verifier = self._new_verifier()
         self.counters: Counter[str] = Counter()
-        self._log_second = -1.0
-        self._logged = 0
+        self._alert_log = Throttle(LOG_ALERTS_PER_SECOND)
 
     def _new_verifier(self, state: dict[str, Any] | None = None) -> Verifier:
         settings = {"window": self.config.dedupe_window, "max_gaps": self.config.max_open_gaps}
@@ -300,12 +299,8 @@ class ChainStage:
             "event_received_at": event.received_at,
         }
         self.counters["alerts"] += 1
-        if int(now) != self._log_second:
-            if self._logged > LOG_ALERTS_PER_SECOND:
-                log.warning("chain_alerts_suppressed", count=self._logged - LOG_ALERTS_PER_SECOND)
-            self._log_second, self._logged = int(now), 0
-        self._logged += 1
-        if self._logged <= LOG_ALERTS_PER_SECOND:
+        left_out = self._alert_log.allow(now)
+        if left_out is not None:
             log.warning(
                 "chain_alert",
                 agent=agent,
@@ -316,5 +311,6 @@ class ChainStage:
                 missing=details.get("missing"),
                 source=details["source"],
                 peer=details["peer"],
+                not_logged_since=left_out,
             )
         return alert_event(CHAIN_ALERT, agent, details)

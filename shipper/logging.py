@@ -94,3 +94,25 @@ class Logger:
 def get_logger(name: str) -> Logger:
     """A logger whose entries name ``name`` as their ``logger``."""
     return Logger(name)
+
+
+class Throttle:
+    """At most ``limit`` entries a second for one kind of log line (a flood of bad input must
+    not flood the journal): ``allow(now)`` returns how many were left out since the last entry
+    that was logged, or None when this one is to be left out too."""
+
+    def __init__(self, limit: int = 1) -> None:
+        self.limit = limit
+        self._window = -float("inf")
+        self._logged = 0
+        self._left_out = 0
+
+    def allow(self, now: float) -> int | None:
+        if now - self._window >= 1.0:
+            self._window, self._logged = now, 0
+        if self._logged >= self.limit:
+            self._left_out += 1
+            return None
+        self._logged += 1
+        left_out, self._left_out = self._left_out, 0
+        return left_out

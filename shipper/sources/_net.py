@@ -26,7 +26,6 @@ counted outcome of every frame, ``malformed`` events for what is not a message, 
 from __future__ import annotations
 
 import errno
-import math
 import os
 import socket
 import ssl
@@ -44,10 +43,12 @@ from shipper.codecs.jsonlines import is_blank
 from shipper.config import Address, IdentityTable, TlsServerConfig
 from shipper.errors import ListenError
 from shipper.events import IDENTITY_ALERT, Event, Malformed, alert_event, utc_timestamp
-from shipper.logging import get_logger
+from shipper.logging import Throttle, get_logger
 from shipper.sources._identity import Grant, IdentityPolicy, claims
 
 RECEIVE_BYTES: Final = 256 * 1024
+#: A source logs at most this many `malformed_input` entries a second (all are counted).
+MALFORMED_LOGS_PER_SECOND: Final = 10
 _ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _RDN_NAMES: Final = {
     "commonName": "CN",
@@ -512,8 +513,8 @@ class FramedSource:
         self.log = get_logger(f"shipper.sources.{self.kind}")
         self.server: StreamServer | None = None
         self.identity = IdentityPolicy(identity) if identity is not None else None
-        self._last_mismatch_log = -math.inf
-        self._mismatches_unlogged = 0
+        self._mismatch_log = Throttle(1)
+        self._malformed_log = Throttle(MALFORMED_LOGS_PER_SECOND)
 
     def _listen(
         self,
@@ -636,9 +637,8 @@ class FramedSource:
 
     def _log_mismatch(self, peer: Any, mismatch: dict[str, Any]) -> None:
         """A warning at most once a second per source; it counts the ones left out since."""
-        now = trio.current_time()
-        if now - self._last_mismatch_log < 1.0:
-            self._mismatches_unlogged += 1
+        left_out = self._mismatch_log.allow(trio.current_time())
+        if left_out is None:
             return
         self.log.warning(
             "identity_mismatch",
@@ -649,11 +649,9 @@ class FramedSource:
             tls_subject=mismatch["tls_subject"],
             tls_san=mismatch["tls_san"],
             allowed=mismatch["allowed"],
-            not_logged_since=self._mismatches_unlogged,
+            not_logged_since=left_out,
             mismatches_total=self.counters["identity_mismatch"],
         )
-        self._last_mismatch_log = now
-        self._mismatches_unlogged = 0
 
     def _decode(
         self, frames: Sequence[SyslogFrame], source: dict[str, Any], received_at: str
@@ -684,11 +682,15 @@ class FramedSource:
     def _rejected(self, source: dict[str, Any], received_at: str, malformed: Malformed) -> Event:
         """A ``malformed`` event, counted and logged."""
         self.counters["malformed"] += 1
-        self.log.warning(
-            "malformed_input",
-            source=self.id,
-            peer=source["peer"],
-            reason=malformed.reason,
-            size=malformed.size,
-        )
+        left_out = self._malformed_log.allow(trio.current_time())
+        if left_out is not None:
+            self.log.warning(
+                "malformed_input",
+                source=self.id,
+                peer=source["peer"],
+                reason=malformed.reason,
+                size=malformed.size,
+                not_logged_since=left_out,
+                malformed_total=self.counters["malformed"],
+            )
         return Event(received_at, source, malformed=malformed)

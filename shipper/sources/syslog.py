@@ -65,6 +65,7 @@ from shipper.codecs.syslog import parse
 from shipper.config import Address, SyslogSourceConfig
 from shipper.errors import ListenError
 from shipper.events import Event, Malformed, utc_timestamp
+from shipper.logging import Throttle
 from shipper.sources._net import (
     AgentOf,
     Bound,
@@ -106,7 +107,7 @@ class SyslogSource(FramedSource):
         self.config = config
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
-        self._last_drop_log = -1.0
+        self._drop_log = Throttle(1)
         self.udp_buffer_events = UDP_BUFFER_EVENTS
         self._pending: list[Event] = []  # UDP events waiting for room in the pipeline
         self._pending_added = trio.Event()
@@ -245,9 +246,7 @@ class SyslogSource(FramedSource):
             self._pending_added.set()
         else:
             self.counters["dropped_full"] += len(batch)
-            now = trio.current_time()
-            if now - self._last_drop_log >= 1.0:
-                self._last_drop_log = now
+            if self._drop_log.allow(trio.current_time()) is not None:
                 self.log.warning(
                     "udp_dropped_full",
                     source=self.id,

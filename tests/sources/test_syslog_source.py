@@ -119,6 +119,25 @@ async def test_unparseable_and_oversized_messages_are_archived_as_malformed() ->
     assert source.counters["oversized"] == 1
 
 
+async def test_a_flood_of_malformed_input_is_logged_at_most_ten_times_a_second(
+    logs: LogCapture, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Every malformed frame is archived and counted, but a flood is logged ten times a second,
+    the next entry saying how many were left out."""
+    source, receive = make_source()
+    await feed(source, [b"garbage without priority\n" * 25])
+    assert len(drain(receive)) == 25
+    assert source.counters["malformed"] == 25
+    first = logs.entries("malformed_input")
+    assert len(first) == 10
+    assert [entry["not_logged_since"] for entry in first] == [0] * 10
+    await trio.sleep(1.5)
+    await feed(source, [b"more garbage\n"])
+    (later,) = logs.entries("malformed_input")[10:]
+    assert later["not_logged_since"] == 15
+    assert later["malformed_total"] == 26
+
+
 # --- real senders ---------------------------------------------------------------------------
 
 
