@@ -57,11 +57,12 @@ from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
     Position,
     fsync_dir,
+    read_object,
     replace_file,
     segment_name,
     segment_number,
 )
-from shipper.chain import Profile, Verdict, Verifier, expired_alert_details
+from shipper.chain import Verdict, Verifier, expired_alert_details
 from shipper.config import ChainConfig
 from shipper.events import CHAIN_ALERT, Event, alert_event, utc_timestamp
 from shipper.logging import Throttle, get_logger
@@ -90,23 +91,16 @@ def checkpoint_path(data_dir: Path) -> Path:
 def load_checkpoint(data_dir: Path) -> Checkpoint | str | None:
     """The stored checkpoint; None if there is none; a reason string if it is unusable."""
     path = checkpoint_path(data_dir)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
-    try:
-        data = orjson.loads(raw)
-        if not isinstance(data, dict) or data.get("v") != CHECKPOINT_VERSION:
-            raise ValueError("not a chain checkpoint of version 1")
-        segment, offset = data["segment"], data["offset"]
-        if not isinstance(segment, int) or not isinstance(offset, int) or segment < 1:
-            raise ValueError("bad position")
-        if not isinstance(data["state"], dict) or not isinstance(data["epoch"], str):
-            raise ValueError("bad state or epoch")
-    except (orjson.JSONDecodeError, ValueError, KeyError) as exc:
-        return f"{path} is corrupt: {exc}"
+    data = read_object(path)
+    if data is None or isinstance(data, str):
+        return data
+    if data.get("v") != CHECKPOINT_VERSION:
+        return f"{path} is corrupt: not a chain checkpoint of version 1"
+    segment, offset = data.get("segment"), data.get("offset")
+    if not isinstance(segment, int) or not isinstance(offset, int) or segment < 1:
+        return f"{path} is corrupt: bad position"
+    if not isinstance(data.get("state"), dict) or not isinstance(data.get("epoch"), str):
+        return f"{path} is corrupt: bad state or epoch"
     return Checkpoint(data["epoch"], Position(segment, offset), data["state"])
 
 
@@ -174,17 +168,13 @@ def sender_identity(source: dict[str, Any], syslog: dict[str, Any] | None) -> st
     return None
 
 
-def build_profile(config: ChainConfig) -> Profile:
-    return config.profile_fields
-
-
 class ChainStage:
     """The verifier, its checkpoint and replay, and what it does to each batch of events."""
 
     def __init__(self, config: ChainConfig, data_dir: Path) -> None:
         self.config = config
         self.data_dir = data_dir
-        self.profile = build_profile(config)
+        self.profile = config.profile_fields
         self.verifier = self._new_verifier()
         self.counters: Counter[str] = Counter()
         self._alert_log = Throttle(LOG_ALERTS_PER_SECOND)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from shipper.buffer.segment import Position, replace_file
+from shipper.buffer.segment import Position, read_object, replace_file
 
 SUFFIX = ".json"
 
@@ -29,26 +29,18 @@ def cursor_path(directory: Path, sink_id: str) -> Path:
 def load(directory: Path, sink_id: str) -> Position | str | None:
     """The persisted position; None if there is no cursor; a reason string if it is unusable."""
     path = cursor_path(directory, sink_id)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
-    try:
-        data = orjson.loads(raw)
-        if (
-            not isinstance(data, dict)
-            or data.get("v") != 1
-            or data.get("sink") != sink_id
-            or not isinstance(data.get("segment"), int)
-            or not isinstance(data.get("offset"), int)
-            or data["segment"] < 1
-            or data["offset"] < 0
-        ):
-            raise ValueError("not a cursor of this sink")
-    except (orjson.JSONDecodeError, ValueError) as exc:
-        return f"{path} is corrupt: {exc}"
+    data = read_object(path)
+    if data is None or isinstance(data, str):
+        return data
+    if (
+        data.get("v") != 1
+        or data.get("sink") != sink_id
+        or not isinstance(data.get("segment"), int)
+        or not isinstance(data.get("offset"), int)
+        or data["segment"] < 1
+        or data["offset"] < 0
+    ):
+        return f"{path} is corrupt: not a cursor of this sink"
     return Position(data["segment"], data["offset"])
 
 

@@ -19,7 +19,9 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 MAGIC: Final = b"SHPWAL\x00\x01"
 SEGMENT_HEADER: Final = struct.Struct("<8sQ")
@@ -82,6 +84,24 @@ def replace_file(path: Path, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def read_object(path: Path) -> dict[str, Any] | str | None:
+    """The JSON object in ``path`` (as ``replace_file`` wrote it); None if there is no such file;
+    a reason string if it cannot be read or holds no JSON object."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"{path} is corrupt: {exc}"
+    if not isinstance(data, dict):
+        return f"{path} is corrupt: not a JSON object"
+    return data
 
 
 def create(directory: Path, number: int) -> int:
