@@ -37,3 +37,26 @@ def chain(count: int, agent: str = AGENT, first: int = 1, prev: str = "") -> lis
 def chain_lines(count: int, agent: str = AGENT, first: int = 1, prev: str = "") -> list[bytes]:
     """``chain(...)`` as JSON lines (LF-terminated), ready to send to a json_tls source."""
     return [json.dumps(record).encode() + b"\n" for record in chain(count, agent, first, prev)]
+
+
+def safeclaw_lines(count: int, *, compact: bool = True) -> list[bytes]:
+    """Lines (without LF) as SafeClaw writes its audit file: prevHash = hex sha256 of the previous
+    line, GENESIS first. ``compact=False`` puts spaces after separators: the hash is over the
+    exact bytes either way."""
+    separators = (",", ":") if compact else (", ", ": ")
+    lines = []
+    prev = "GENESIS"
+    for n in range(count):
+        entry = {
+            "timestamp": f"2026-11-23T10:00:{n % 60:02d}.000Z",
+            "toolName": "exec",
+            "actionType": "shell.exec",
+            "resource": f"/srv/job/{n}",
+            "outcome": "allow" if n % 4 else "deny",
+            "source": "gateway",
+            "prevHash": prev,
+        }
+        line = json.dumps(entry, separators=separators).encode()
+        prev = hashlib.sha256(line).hexdigest()
+        lines.append(line)
+    return lines

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper.chain import SAFECLAW_JSONL, SEED, Profile, Verdict, Verifier
-from tests.chains import AGENT, chain, seed_hash
+from tests.chains import AGENT, chain, safeclaw_lines, seed_hash
 
 
 def rehash(record: dict[str, Any]) -> dict[str, Any]:
@@ -193,26 +193,6 @@ def test_profiles_refuse_inconsistent_fields() -> None:
 
 
 # --- safeclaw-jsonl --------------------------------------------------------------------------
-
-
-def safeclaw_lines(count: int) -> list[bytes]:
-    """Lines as SafeClaw writes them: prevHash = hex sha256 of the previous line, GENESIS first."""
-    lines = []
-    prev = "GENESIS"
-    for n in range(count):
-        entry = {
-            "timestamp": f"2026-11-23T10:00:{n:02d}.000Z",
-            "toolName": "exec",
-            "actionType": "shell",
-            "resource": f"/tmp/{n}",
-            "outcome": "allow",
-            "source": "gateway",
-            "prevHash": prev,
-        }
-        line = json.dumps(entry, separators=(",", ":")).encode()
-        prev = hashlib.sha256(line).hexdigest()
-        lines.append(line)
-    return lines
 
 
 def feed_lines(verifier: Verifier, lines: list[bytes]) -> list[Verdict]:

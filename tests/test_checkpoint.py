@@ -22,7 +22,7 @@ from shipper.checkpoint import (
 from shipper.config import Address, parse_config
 from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
-from tests.chains import AGENT, chain, chain_lines
+from tests.chains import AGENT, chain, chain_lines, safeclaw_lines
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 from tests.test_cli import shipper, write_config
 
@@ -199,13 +199,7 @@ def test_identity_mismatches_and_alerts_are_not_verified(tmp_path: Path) -> None
 
 def test_safeclaw_records_are_chained_per_sender(tmp_path: Path) -> None:
     """SafeClaw lines name no agent: each sender's lines form their own chain."""
-    prev, lines = "GENESIS", []
-    for n in range(3):
-        line = json.dumps(
-            {"toolName": "exec", "n": n, "prevHash": prev}, separators=(",", ":")
-        ).encode()
-        prev = hashlib.sha256(line).hexdigest()
-        lines.append(line)
+    lines = safeclaw_lines(3)
     chain_stage = stage(tmp_path, profile="safeclaw-jsonl")
     host_a = {**SOURCE, "tls_san": ["host-a"]}
     host_b = {**SOURCE, "peer": "10.0.0.8:4000"}
@@ -315,30 +309,12 @@ async def test_thousands_of_agents_interleaved_over_many_connections_verify_clea
     assert not logs.entries("chain_alert")
 
 
-def safeclaw_file(path: Path, count: int) -> bytes:
-    """A SafeClaw audit file (prevHash = hex sha256 of the previous line, GENESIS first)."""
-    prev, lines = "GENESIS", []
-    for n in range(count):
-        entry = {
-            "timestamp": f"2026-11-23T10:00:{n % 60:02d}.000Z",
-            "toolName": "exec",
-            "actionType": "shell.exec",
-            "resource": f"/srv/job/{n}",
-            "outcome": "allow" if n % 4 else "deny",
-            "source": "gateway",
-            "prevHash": prev,
-        }
-        line = json.dumps(entry).encode()  # with spaces, as written: hashed byte for byte
-        prev = hashlib.sha256(line).hexdigest()
-        lines.append(line + b"\n")
-    path.write_bytes(b"".join(lines))
-    return path.read_bytes()
-
-
 async def test_a_safeclaw_file_verifies_and_replays_under_its_profile(tmp_path: Path) -> None:
     """A file in SafeClaw's format sent as is verifies under safeclaw-jsonl as one chain of its
     sender, and a replay of the WAL (line hashes from the archived bytes) rebuilds that state."""
-    data = safeclaw_file(tmp_path / "audit.jsonl", 300)
+    audit_file = tmp_path / "audit.jsonl"
+    audit_file.write_bytes(b"".join(line + b"\n" for line in safeclaw_lines(300, compact=False)))
+    data = audit_file.read_bytes()
     raw = file_sink_config(tmp_path)
     raw["chain"] = {"profile": "safeclaw-jsonl", "checkpoint_interval": "1h"}
     config = parse_config(raw)
