@@ -71,6 +71,26 @@ class ChainedRecords:
         return self.lines[n - 1]
 
 
+def kill_under_load(config: Path, root: Path, senders: list[Sender], pause: float) -> None:
+    """Start the daemon, let ``senders`` load it for ``pause`` seconds, SIGKILL it, and stop the
+    senders (each then knows how far it got)."""
+    process = start_daemon(config, root)
+    try:
+        wait_ready(process, root)
+        for sender in senders:
+            sender.start()
+        time.sleep(pause)  # let load build up, then kill at a random point
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:  # pragma: no cover
+            process.kill()
+            process.wait()
+        for sender in senders:
+            sender.stop_flag.set()
+            sender.join(timeout=30)
+
+
 def wal_records(data_dir: Path) -> set[tuple[str, int]]:
     """(agent, sequence) of every record in the WAL's segment files as they are on disk."""
     found: set[tuple[str, int]] = set()
@@ -112,22 +132,9 @@ def test_sigkill_under_load_loses_and_duplicates_nothing_the_wal_accepted(tmp_pa
     accepted: set[tuple[str, int]] = set()
     sent_up_to = dict.fromkeys(AGENTS, 1)
     for _ in range(5):
-        process = start_daemon(config, tmp_path)
-        try:
-            wait_ready(process, tmp_path)
-            senders = [Sender(port, agent, sent_up_to[agent]) for agent in AGENTS]
-            for sender in senders:
-                sender.start()
-            time.sleep(rng.uniform(0.2, 1.0))  # let load build up, then kill at a random point
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:  # pragma: no cover
-                process.kill()
-                process.wait()
+        senders = [Sender(port, agent, sent_up_to[agent]) for agent in AGENTS]
+        kill_under_load(config, tmp_path, senders, rng.uniform(0.2, 1.0))
         for sender in senders:
-            sender.stop_flag.set()
-            sender.join(timeout=30)
             sent_up_to[sender.agent] = sender.next
         accepted |= wal_records(tmp_path / "var")
         (tmp_path / "daemon.log").rename(tmp_path / f"daemon-{len(accepted)}.log")
@@ -171,22 +178,8 @@ def test_sigkill_mid_chain_gives_no_false_genesis_gap_or_duplicate(tmp_path: Pat
     resume = dict.fromkeys(AGENTS, 1)
     resent = 0
     for _ in range(4):
-        process = start_daemon(config, tmp_path)
-        try:
-            wait_ready(process, tmp_path)
-            senders = [Sender(port, a, resume[a], records[a]) for a in AGENTS]
-            for sender in senders:
-                sender.start()
-            time.sleep(rng.uniform(0.3, 1.2))  # let load build up, then kill at a random point
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:  # pragma: no cover
-                process.kill()
-                process.wait()
-        for sender in senders:
-            sender.stop_flag.set()
-            sender.join(timeout=30)
+        senders = [Sender(port, a, resume[a], records[a]) for a in AGENTS]
+        kill_under_load(config, tmp_path, senders, rng.uniform(0.3, 1.2))
         held = wal_records(tmp_path / "var")
         for agent in AGENTS:
             # An agent that is not told what arrived resends its recent tail (at-least-once);
