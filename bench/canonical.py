@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from bench.events import generate_lines
+from bench.timing import interleaved_best
 from shipper.codecs.canonical import canonicalize
 
 
@@ -94,13 +95,9 @@ def best_times(lines: Sequence[bytes], repeats: int, chunk: int) -> dict[str, fl
     keeping each chunk's best run discards the swings that remain.
     """
     chunks = [lines[begin : begin + chunk] for begin in range(0, len(lines), chunk)]
-    best = {name: [float("inf")] * len(chunks) for name in LOOPS}
-    names = list(LOOPS)
-    for repeat in range(repeats):
-        for index, part in enumerate(chunks):
-            for name in names if (index + repeat) % 2 == 0 else reversed(names):
-                best[name][index] = min(best[name][index], _timed(part, LOOPS[name]))
-    return {name: sum(times) for name, times in best.items()}
+    return interleaved_best(
+        list(LOOPS), len(chunks), repeats, lambda name, index: _timed(chunks[index], LOOPS[name])
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

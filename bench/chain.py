@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from bench.events import generate_lines
+from bench.timing import interleaved_best
 from shipper.chain import SEED, Verifier
 from shipper.codecs.canonical import canonicalize
 
@@ -117,21 +118,19 @@ def best_times(lines: Sequence[bytes], repeats: int, chunk: int) -> dict[str, fl
             starts[name].append(copy.deepcopy(state))
             if loop(part, state):
                 raise SystemExit(f"{name}: records failed verification")
-    best = {name: [float("inf")] * len(chunks) for name in LOOPS}
-    names = list(LOOPS)
-    for repeat in range(repeats):
-        for index, part in enumerate(chunks):
-            for name in names if (index + repeat) % 2 == 0 else reversed(names):
-                loop = LOOPS[name][0]
-                state = copy.deepcopy(starts[name][index])
-                gc.collect()
-                start = time.perf_counter()
-                faults = loop(part, state)
-                elapsed = time.perf_counter() - start
-                if faults:
-                    raise SystemExit(f"{name}: {faults} records failed verification")
-                best[name][index] = min(best[name][index], elapsed)
-    return {name: sum(times) for name, times in best.items()}
+
+    def run(name: str, index: int) -> float:
+        loop = LOOPS[name][0]
+        state = copy.deepcopy(starts[name][index])
+        gc.collect()
+        start = time.perf_counter()
+        faults = loop(chunks[index], state)
+        elapsed = time.perf_counter() - start
+        if faults:
+            raise SystemExit(f"{name}: {faults} records failed verification")
+        return elapsed
+
+    return interleaved_best(list(LOOPS), len(chunks), repeats, run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.events import generate_lines, lf_framed, octet_counted, syslog_messages
+from bench.timing import interleaved_best
 from shipper.codecs.framing import AutoFramer
 from shipper.codecs.syslog import FACILITIES, SEVERITIES, SyslogMessage, parse
 
@@ -372,19 +373,15 @@ def best_times(case: Case, chunks: Sequence[Sequence[bytes]], repeats: int) -> t
 
     The loops alternate chunk by chunk (ABBA order), so the machine's speed swings hit both alike.
     """
-    loops = (case.shipper, case.limit)
-    best = [[float("inf")] * len(chunks) for _ in loops]
-    for repeat in range(repeats):
-        for index, chunk in enumerate(chunks):
-            order = (0, 1) if (index + repeat) % 2 == 0 else (1, 0)
-            for which in order:
-                loop = loops[which]
-                start = time.perf_counter()
-                loop(chunk)
-                elapsed = time.perf_counter() - start
-                if elapsed < best[which][index]:
-                    best[which][index] = elapsed
-    return sum(best[0]), sum(best[1])
+    loops = {"shipper": case.shipper, "limit": case.limit}
+
+    def run(name: str, index: int) -> float:
+        start = time.perf_counter()
+        loops[name](chunks[index])
+        return time.perf_counter() - start
+
+    best = interleaved_best(list(loops), len(chunks), repeats, run)
+    return best["shipper"], best["limit"]
 
 
 @dataclass(frozen=True)
