@@ -62,6 +62,7 @@ from shipper.buffer.segment import (
     segment_name,
     segment_number,
 )
+from shipper.buffer.wal import envelopes
 from shipper.chain import Verdict, Verifier, expired_alert_details
 from shipper.config import ChainConfig
 from shipper.events import CHAIN_ALERT, Event, alert_event, utc_timestamp
@@ -124,8 +125,9 @@ def store_checkpoint(data_dir: Path, checkpoint: Checkpoint) -> None:
 
 
 def wal_envelopes(wal_dir: Path, start: Position | None) -> Iterator[tuple[Position, bytes]]:
-    """(position after it, envelope) of every intact WAL record from ``start`` (None: the oldest),
-    in order; damaged ranges and a torn tail are passed over (recovery deals with them)."""
+    """(position after its record, envelope) of every event in the intact WAL records from
+    ``start`` (None: the oldest), in order; damaged ranges and a torn tail are passed over
+    (recovery deals with them)."""
     numbers = sorted(n for p in wal_dir.glob("*.seg") if (n := segment_number(p.name)) is not None)
     for number in numbers:
         if start is not None and number < start.segment:
@@ -139,8 +141,9 @@ def wal_envelopes(wal_dir: Path, start: Position | None) -> Iterator[tuple[Posit
             offset = max(offset, start.offset)
         for item in records.scan(data, offset):
             if isinstance(item, records.Record):
-                envelope = item.payload.partition(b"\0")[2]
-                yield Position(number, item.end), envelope
+                end = Position(number, item.end)
+                for envelope in envelopes(number, item.offset, item.payload):
+                    yield end, envelope
 
 
 def record_bytes(envelope: bytes, parsed: dict[str, Any]) -> bytes:

@@ -17,7 +17,7 @@ import orjson
 import trio
 
 from shipper import __version__
-from shipper.buffer.recovery import EPOCH_FILE, recover
+from shipper.buffer.recovery import EPOCH_FILE, WalFormatError, recover
 from shipper.buffer.wal import WalLocked, lock_directory
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage, checkpoint_path
 from shipper.config import Config, load_config
@@ -81,7 +81,7 @@ def cmd_run(path: str) -> int:
     failed = False
     try:
         trio.run(run_daemon, config)
-    except* (ListenError, WalLocked) as group:
+    except* (ListenError, WalLocked, WalFormatError) as group:
         for exc in _leaves(group):
             log.error("shipper_failed", error=str(exc))
         failed = True
@@ -116,6 +116,9 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
     try:
         # The chain checkpoint's cursor holds segments like a sink's: repair must keep it.
         report = recover(directory, [CHAIN_CURSOR, *config.sinks], repair=action == "repair")
+    except WalFormatError as exc:
+        print(f"shipper buffer {action}: {exc}", file=sys.stderr)
+        return 1
     finally:
         if lock is not None:
             os.close(lock)
@@ -127,7 +130,13 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
         "directory": str(directory),
         "action": action,
         "segments": [
-            {"segment": s.number, "bytes": s.size, "records": s.records, "skipped": s.skips}
+            {
+                "segment": s.number,
+                "bytes": s.size,
+                "records": s.records,
+                "events": s.events,
+                "skipped": s.skips,
+            }
             for s in report.segments
         ],
         "bytes": sum(s.size for s in report.segments),
@@ -139,7 +148,10 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
     else:
         print(f"WAL {directory}: {len(report.segments)} segments, {document['bytes']} bytes")
         for info in report.segments:
-            print(f"  segment {info.number}: {info.size} bytes, {info.records} records")
+            print(
+                f"  segment {info.number}: {info.size} bytes, {info.events} events"
+                f" in {info.records} records"
+            )
         for sink, state in sinks.items():
             print(f"  sink {sink}: cursor {state['cursor']}, lag {state['lag_bytes']} bytes")
         verb = "fixed" if action == "repair" else "found"

@@ -100,9 +100,13 @@ class Event:
 
     def encode(self, event_id: str) -> bytes:
         """The envelope as one line of JSON (no trailing newline)."""
+        return with_id(self.encode_without_id(), event_id)
+
+    def encode_without_id(self) -> bytes:
+        """The envelope without its ``id`` (``with_id`` puts it in): what the WAL stores, since
+        the id is the position the WAL gives the event."""
         envelope: dict[str, Any] = {
             "v": ENVELOPE_VERSION,
-            "id": event_id,
             "received_at": self.received_at,
             "source": self.source,
         }
@@ -125,6 +129,21 @@ class Event:
             assert self.malformed is not None
             envelope["malformed"] = self.malformed.as_json()
         return orjson.dumps(envelope)
+
+
+#: What every envelope without its id starts with; the id goes right after it.
+ENVELOPE_HEAD: Final = b'{"v":%d,' % ENVELOPE_VERSION
+
+
+def with_id(envelope: bytes, event_id: str) -> bytes:
+    """An envelope from ``Event.encode_without_id`` with ``"id":event_id`` as its second key."""
+    if not envelope.startswith(ENVELOPE_HEAD):
+        raise ValueError(f"not an envelope of version {ENVELOPE_VERSION}: {envelope[:20]!r}")
+    return b'%s"id":"%s",%s' % (
+        ENVELOPE_HEAD,
+        event_id.encode("ascii"),
+        envelope[len(ENVELOPE_HEAD) :],
+    )
 
 
 def alert_event(action: str, agent: str | None, details: dict[str, Any]) -> Event:

@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from shipper.buffer.wal import Wal, WalSettings, WalWriteError
+from shipper.buffer.wal import Wal, WalSettings, WalWriteError, entry
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage
 from shipper.config import Config, SyslogSourceConfig
 from shipper.events import Event
@@ -191,14 +191,16 @@ class Topology:
         if wal.full or now >= self._next_checkpoint:
             await self._checkpoint()  # the state covers exactly what the WAL holds
         if wal.full and wal.settings.when_full == "drop_newest":
-            await self._append(batch)  # dropped, counted: the chain must not see it either
+            wal.drop(len(batch))  # the chain must not see what the WAL does not keep
+            self.counters["dropped"] += len(batch)
             return
         # Nothing but this task appends, so the WAL cannot fill up between here and the append.
         verified = self.chain.process(batch, now)
+        encoded = [entry(event) for event in verified]
         # Until the append completes, the chain state holds events the WAL does not: no
         # checkpoint may be taken (a forced shutdown can cancel the append).
         self._chain_ahead = True
-        await self._append(verified)
+        await self._append(encoded)
         self._chain_ahead = False
 
     async def _checkpoint(self) -> None:
@@ -224,8 +226,9 @@ class Topology:
             return
         await wal.readers[CHAIN_CURSOR].ack(position)
 
-    async def _append(self, batch: list[Event]) -> None:
-        """Append one batch, retrying with backoff while the disk refuses (sources wait)."""
+    async def _append(self, batch: list[bytes]) -> None:
+        """Append one batch of WAL entries, retrying with backoff while the disk refuses (the
+        sources wait meanwhile)."""
         delay = 0.1
         while True:
             try:

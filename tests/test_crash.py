@@ -12,9 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from shipper.buffer.record import Record, scan
-from shipper.buffer.segment import SEGMENT_HEADER_SIZE
-from shipper.checkpoint import Checkpoint, load_checkpoint
+from shipper.checkpoint import Checkpoint, load_checkpoint, wal_envelopes
 from tests.chains import seed_hash
 from tests.conftest import archive_lines, free_port
 from tests.test_cli import daemon_config, start_daemon, stop, wait_ready, write_config
@@ -94,13 +92,10 @@ def kill_under_load(config: Path, root: Path, senders: list[Sender], pause: floa
 def wal_records(data_dir: Path) -> set[tuple[str, int]]:
     """(agent, sequence) of every record in the WAL's segment files as they are on disk."""
     found: set[tuple[str, int]] = set()
-    for segment in sorted((data_dir / "wal").glob("*.seg")):
-        for item in scan(segment.read_bytes(), SEGMENT_HEADER_SIZE):
-            if isinstance(item, Record):
-                envelope = orjson.loads(item.payload.partition(b"\0")[2])
-                if envelope["source"]["kind"] == "alert":
-                    continue
-                found.add((envelope["agent"], envelope["record"]["sequence"]))
+    for _position, raw in wal_envelopes(data_dir / "wal", None):
+        envelope = orjson.loads(raw)
+        if envelope["source"]["kind"] != "alert":
+            found.add((envelope["agent"], envelope["record"]["sequence"]))
     return found
 
 

@@ -46,11 +46,16 @@ def checksum(payload: bytes) -> int:
     return crc32c(payload, crc32c(_LENGTH.pack(len(payload))))
 
 
-def encode(payload: bytes) -> bytes:
-    """One record holding ``payload``."""
+def header(payload: bytes) -> bytes:
+    """The header of the record holding ``payload`` (written before it, without copying it)."""
     if not 0 < len(payload) <= MAX_PAYLOAD:
         raise ValueError(f"payload size {len(payload)} is not within 1..{MAX_PAYLOAD}")
-    return HEADER.pack(len(payload), checksum(payload)) + payload
+    return HEADER.pack(len(payload), checksum(payload))
+
+
+def encode(payload: bytes) -> bytes:
+    """One record holding ``payload``."""
+    return header(payload) + payload
 
 
 def encode_many(payloads: list[bytes]) -> bytes:

@@ -9,6 +9,7 @@ torn record at the end of a segment    truncated away (it was never acknowledged
 corrupt bytes between valid records    copied to ``<segment>.<offset>.quarantine`` beside the
                                        segment, skipped by every reader, counted ("corrupt";
                                        at later starts "quarantined" until the segment goes)
+segment of another format version      refuses the start (``WalFormatError``), nothing changed
 segment with a bad header              renamed to ``<name>.corrupt`` (kept for inspection);
                                        a header cut short in the newest segment is torn
                                        creation and the file is removed
@@ -33,17 +34,25 @@ from pathlib import Path
 from shipper.buffer import cursor as cursors
 from shipper.buffer.record import Corrupt, Record, Torn, scan
 from shipper.buffer.segment import (
+    FORMAT_VERSION,
     SEGMENT_HEADER_SIZE,
     Position,
     fsync_dir,
     header_ok,
+    other_version,
     segment_name,
     segment_number,
 )
+from shipper.errors import ShipperError
 
 CURSOR_DIR = "cursors"
 LOCK_FILE = "lock"
 EPOCH_FILE = "epoch"
+
+
+class WalFormatError(ShipperError):
+    """The WAL directory holds segments of a format this shipper does not read: the operator
+    must let the version that wrote them deliver them first. Retrying does not help."""
 
 
 @dataclass
@@ -52,11 +61,13 @@ class SegmentInfo:
     size: int  # bytes of valid data (header + records) after recovery
     records: int
     skips: list[tuple[int, int]] = field(default_factory=list)  # corrupt ranges [start, end)
+    events: int = 0  # entries in those records
 
 
 @dataclass
 class Finding:
-    kind: str  # "torn", "corrupt", "quarantined", "bad_segment", "cursor", "released", "stray"
+    kind: str  # "torn", "corrupt", "quarantined", "bad_segment", "other_version", "cursor",
+    # "released", "stray"
     detail: str
     segment: int | None = None
     offset: int | None = None
@@ -93,7 +104,10 @@ class Report:
     @property
     def damaged(self) -> bool:
         """Whether anything was found that lost, skipped or reset data."""
-        return any(f.kind in ("torn", "corrupt", "bad_segment", "cursor") for f in self.findings)
+        return any(
+            f.kind in ("torn", "corrupt", "bad_segment", "other_version", "cursor")
+            for f in self.findings
+        )
 
     @property
     def end(self) -> Position:
@@ -139,6 +153,16 @@ def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> S
     directory = report.directory
     path = directory / segment_name(number)
     data = path.read_bytes()
+    version = other_version(data, number)
+    if version is not None:
+        detail = (
+            f"{path.name} is in WAL format version {version}; this shipper reads version "
+            f"{FORMAT_VERSION}. Let the shipper that wrote it deliver it (or move it away)."
+        )
+        if repair:
+            raise WalFormatError(detail)
+        report.findings.append(Finding("other_version", detail, number, 0, len(data)))
+        return None
     if not header_ok(data, number):
         if last and len(data) < SEGMENT_HEADER_SIZE:
             report.findings.append(
@@ -169,6 +193,7 @@ def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> S
     for item in scan(data, SEGMENT_HEADER_SIZE):
         if isinstance(item, Record):
             info.records += 1
+            info.events += item.payload.count(b"\n") + 1  # entries are joined by LF
         elif isinstance(item, Corrupt):
             quarantine = path.with_name(f"{path.name}.{item.offset}.quarantine")
             known = quarantine.exists()

@@ -4,12 +4,14 @@ A segment is ``<20-digit number>.seg`` in the WAL directory: a 16-byte header, t
 (``shipper.buffer.record``) back to back::
 
     offset  size  field
-    0       8     magic    b"SHPWAL\\x00\\x01" (format version 1)
+    0       8     magic    b"SHPWAL\\x00\\x02" (format version 2: records hold groups of
+                           entries, see ``shipper.buffer.wal``; version 1 held one event
+                           per record, id included)
     8       8     number   u64 little-endian, the segment number, equal to the one in the file name
     16      ...   records
 
-Segment numbers start at 1 and only grow; a position in the WAL is (segment number, byte offset of a
-record in that segment), which is also what event ids are made of: ``"<segment>-<offset>"``.
+Segment numbers start at 1 and only grow; a position in the WAL is (segment number, byte offset in
+that segment), which is also what event ids are made of: ``"<segment>-<offset>"``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import Any, Final
 
 import orjson
 
-MAGIC: Final = b"SHPWAL\x00\x01"
+MAGIC_PREFIX: Final = b"SHPWAL\x00"
+FORMAT_VERSION: Final = 2
+MAGIC: Final = MAGIC_PREFIX + bytes([FORMAT_VERSION])
 SEGMENT_HEADER: Final = struct.Struct("<8sQ")
 SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size
 _NAME_RE: Final = re.compile(r"(\d{20})\.seg")
@@ -60,6 +64,18 @@ def header_ok(data: bytes, number: int) -> bool:
         return False
     magic, found = SEGMENT_HEADER.unpack_from(data)
     return bool(magic == MAGIC and found == number)
+
+
+def other_version(data: bytes, number: int) -> int | None:
+    """The format version of segment ``number`` if another shipper version wrote its (intact)
+    header, else None (this version's, or a damaged header)."""
+    if len(data) < SEGMENT_HEADER_SIZE:
+        return None
+    magic, found = SEGMENT_HEADER.unpack_from(data)
+    version = int(magic[-1])
+    if not magic.startswith(MAGIC_PREFIX) or found != number or version in (0, FORMAT_VERSION):
+        return None
+    return version
 
 
 def fsync_dir(directory: Path) -> None:
@@ -120,6 +136,25 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+#: The most buffers one ``writev`` takes.
+IOV_MAX: Final = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
+
+
+def write_buffers(fd: int, buffers: list[bytes]) -> None:
+    """Write every byte of ``buffers``, in order, without joining them (``os.writev``)."""
+    views = [memoryview(buffer) for buffer in buffers if buffer]
+    index = 0
+    while index < len(views):
+        written = os.writev(fd, views[index : index + IOV_MAX])
+        while written:  # step over what was written; a partial write resumes mid-buffer
+            size = len(views[index])
+            if written < size:
+                views[index] = views[index][written:]
+                break
+            written -= size
+            index += 1
 
 
 def read_at(path: Path, offset: int, size: int) -> bytes:

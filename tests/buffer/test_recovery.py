@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from shipper.buffer import cursor
 from shipper.buffer.record import HEADER_SIZE, encode, encode_many
-from shipper.buffer.recovery import CURSOR_DIR, LOCK_FILE, Finding, Report, SegmentInfo, recover
+from shipper.buffer.recovery import (
+    CURSOR_DIR,
+    LOCK_FILE,
+    Finding,
+    Report,
+    SegmentInfo,
+    WalFormatError,
+    recover,
+)
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, header, segment_name
 
 PAYLOADS = [b"alpha", b"the second record", b"gamma gamma"]
@@ -95,8 +103,8 @@ def test_clean_wal_has_no_findings(tmp_path: Path) -> None:
     report = recover(tmp_path, ["a"])
     assert report.findings == []
     assert report.segments == [
-        SegmentInfo(1, segment_size(), 3),
-        SegmentInfo(2, segment_size(), 3),
+        SegmentInfo(1, segment_size(), 3, events=3),
+        SegmentInfo(2, segment_size(), 3, events=3),
     ]
     assert report.cursors == {"a": Position(1, offsets_of(PAYLOADS)[1])}
     assert snapshot(tmp_path) == before
@@ -121,7 +129,7 @@ def test_torn_tail_is_truncated(tmp_path: Path, tail: bytes) -> None:
             "torn", "torn record at the end of the segment; truncated", 1, segment_size(), len(tail)
         )
     ]
-    assert report.segments == [SegmentInfo(1, segment_size(), 3)]
+    assert report.segments == [SegmentInfo(1, segment_size(), 3, events=3)]
 
 
 def test_corrupt_middle_record_is_quarantined(tmp_path: Path) -> None:
@@ -134,7 +142,7 @@ def test_corrupt_middle_record_is_quarantined(tmp_path: Path) -> None:
     assert path.read_bytes() == damaged
     quarantine = tmp_path / f"{segment_name(1)}.{start}.quarantine"
     assert quarantine.read_bytes() == damaged[start:end]
-    assert report.segments == [SegmentInfo(1, segment_size(), 2, [(start, end)])]
+    assert report.segments == [SegmentInfo(1, segment_size(), 2, [(start, end)], events=2)]
     [finding] = report.findings
     assert (finding.kind, finding.segment, finding.offset, finding.size) == (
         "corrupt",
@@ -148,7 +156,7 @@ def test_corrupt_middle_record_is_quarantined(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "bad_header",
     [
-        pytest.param(b"SHPWAL\x00\x02" + header(1)[8:], id="wrong-magic"),
+        pytest.param(b"SHPXAL\x00\x02" + header(1)[8:], id="wrong-magic"),
         pytest.param(header(7), id="wrong-number"),
         pytest.param(header(1)[:9], id="cut-short-in-older-segment"),
     ],
@@ -167,6 +175,29 @@ def test_bad_header_is_renamed_corrupt(tmp_path: Path, bad_header: bytes) -> Non
     assert [info.number for info in report.segments] == [2]
 
 
+def test_segment_of_another_format_version_refuses_the_start(tmp_path: Path) -> None:
+    """A segment another shipper version wrote stops recovery with a clear error, untouched;
+    ``inspect`` (no repair) reports it as damage instead."""
+    path = tmp_path / segment_name(1)
+    path.write_bytes(b"SHPWAL\x00\x01" + header(1)[8:] + encode_many(PAYLOADS))
+    write_segment(tmp_path, 2)
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    with pytest.raises(WalFormatError, match="version 1; this shipper reads version 2"):
+        recover(tmp_path, [])
+    assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir() if p.is_file()) == before
+    report = recover(tmp_path, [], repair=False)
+    assert [f.kind for f in report.findings] == ["other_version"]
+    assert report.damaged
+    assert [info.number for info in report.segments] == [2]
+
+
+def test_events_count_the_entries_of_grouped_records(tmp_path: Path) -> None:
+    """A segment's ``events`` counts every LF-joined entry of its records, ``records`` the records."""
+    write_segment(tmp_path, 1, [b"a\0x", b"a\0x\na\0y\n\0z"])
+    report = recover(tmp_path, [])
+    assert [(info.records, info.events) for info in report.segments] == [(2, 4)]
+
+
 @pytest.mark.parametrize("size", [0, 1, H - 1])
 def test_newest_header_cut_short_is_removed(tmp_path: Path, size: int) -> None:
     """A newest segment shorter than its header is torn creation: the file is removed."""
@@ -179,7 +210,7 @@ def test_newest_header_cut_short_is_removed(tmp_path: Path, size: int) -> None:
     assert [(f.kind, f.segment, f.offset, f.size) for f in report.findings] == [
         ("torn", 2, 0, size)
     ]
-    assert report.segments == [SegmentInfo(1, segment_size(), 3)]
+    assert report.segments == [SegmentInfo(1, segment_size(), 3, events=3)]
 
 
 def test_older_segment_cut_mid_record_is_truncated(tmp_path: Path) -> None:
@@ -192,7 +223,10 @@ def test_older_segment_cut_mid_record_is_truncated(tmp_path: Path) -> None:
     assert [(f.kind, f.segment, f.offset, f.size) for f in report.findings] == [
         ("torn", 1, segment_size(), 12)
     ]
-    assert report.segments == [SegmentInfo(1, segment_size(), 3), SegmentInfo(2, segment_size(), 3)]
+    assert report.segments == [
+        SegmentInfo(1, segment_size(), 3, events=3),
+        SegmentInfo(2, segment_size(), 3, events=3),
+    ]
 
 
 # --- cursors -----------------------------------------------------------------------------------
@@ -388,8 +422,8 @@ def test_damaged_wal_reports_every_kind(tmp_path: Path) -> None:
         "missing": Position(2, H),
     }
     assert report.segments == [
-        SegmentInfo(2, segment_size(), 2, [(start, end)]),
-        SegmentInfo(3, segment_size(), 3),
+        SegmentInfo(2, segment_size(), 2, [(start, end)], events=2),
+        SegmentInfo(3, segment_size(), 3, events=3),
     ]
 
 

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from shipper.buffer import record as records
+from shipper.buffer import segment as segment_module
 from shipper.buffer import wal as wal_module
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
@@ -18,6 +19,7 @@ from shipper.buffer.segment import (
     create,
     segment_name,
     write_all,
+    write_buffers,
 )
 from shipper.buffer.wal import (
     ReadBatch,
@@ -26,19 +28,25 @@ from shipper.buffer.wal import (
     WalReader,
     WalSettings,
     WalWriteError,
+    entry,
+    envelopes,
     lock_directory,
 )
-from shipper.events import Event, alert_event
+from shipper.events import Event, alert_event, with_id
 from tests.conftest import wait_until
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
 OTHER = {"id": "other", "kind": "json_tls", "peer": "127.0.0.1:2"}
 
 
-def events(first: int, count: int, source: dict[str, str] = SOURCE) -> list[Event]:
-    """``count`` events whose records carry n = first, first+1, ..."""
+def events(first: int, count: int, source: dict[str, str] = SOURCE) -> list[bytes]:
+    """WAL entries of ``count`` events whose records carry n = first, first+1, ..."""
     return [
-        Event("2026-11-23T00:00:00.000000Z", source, "a", orjson.dumps({"n": n, "pad": "x" * 200}))
+        entry(
+            Event(
+                "2026-11-23T00:00:00.000000Z", source, "a", orjson.dumps({"n": n, "pad": "x" * 200})
+            )
+        )
         for n in range(first, first + count)
     ]
 
@@ -75,18 +83,19 @@ async def read_all(reader: WalReader) -> list[int]:
 async def test_appended_events_are_read_in_order_with_their_positions_as_ids(
     tmp_path: Path,
 ) -> None:
-    """A reader gets every appended event in order; each id is the record's segment and offset."""
+    """A reader gets every appended event in order; each id is its entry's segment and offset."""
     wal = open_wal(tmp_path)
     assert await wal.append(events(1, 10))
     batch = await wal.readers["a"].read()
     assert batch is not None
     assert numbers(batch) == list(range(1, 11))
     ids = [orjson.loads(envelope)["id"] for envelope in batch.envelopes]
-    assert ids[0] == f"1-{SEGMENT_HEADER_SIZE}"
+    assert ids[0] == f"1-{SEGMENT_HEADER_SIZE + records.HEADER_SIZE}"
     offsets = [int(i.split("-")[1]) for i in ids]
     assert offsets == sorted(set(offsets))
     assert batch.end == wal.committed
     await wal.close()
+    assert ids_match_offsets(tmp_path) == list(range(1, 11))
 
 
 async def test_restart_resumes_after_the_acknowledged_position(tmp_path: Path) -> None:
@@ -199,7 +208,7 @@ async def test_inputs_limit_a_reader_to_its_sources(tmp_path: Path) -> None:
     batch = await wal.readers["only_other"].read()
     assert batch is not None
     assert numbers(batch) == [3]
-    assert batch.records == 5
+    assert batch.records == 1  # the five events of one small append share one record
     assert batch.end == wal.committed
     assert await read_all(wal.readers["all"]) == [1, 2, 3, 4, 5]
     await wal.close()
@@ -209,7 +218,7 @@ async def test_alerts_reach_every_reader_whatever_its_inputs(tmp_path: Path) -> 
     """An alert event is routed to every sink, including one whose inputs exclude all sources."""
     wal = open_wal(tmp_path, {"all": None, "only_other": frozenset({"other"})})
     alert = alert_event("shipper.chain_alert", "a", {"n": 9, "status": "gap"})
-    await wal.append([*events(1, 1), alert])
+    await wal.append([*events(1, 1), entry(alert)])
     batch = await wal.readers["only_other"].read()
     assert batch is not None
     assert numbers(batch) == [9]
@@ -257,15 +266,24 @@ async def test_position_ordering_follows_segments_then_offsets() -> None:
 
 
 def ids_match_offsets(directory: Path) -> list[int]:
-    """Check every record's id names its true position; the record numbers in file order."""
+    """Check every event's id names the true position of its entry in the segment file; the
+    record numbers in file order."""
     found: list[int] = []
     for path in segment_files(directory):
         number = int(path.name.removesuffix(".seg"))
-        for item in records.scan(path.read_bytes(), SEGMENT_HEADER_SIZE):
+        data = path.read_bytes()
+        for item in records.scan(data, SEGMENT_HEADER_SIZE):
             assert isinstance(item, records.Record), item
-            envelope = orjson.loads(item.payload.partition(b"\0")[2])
-            assert envelope["id"] == f"{number}-{item.offset}"
-            found.append(envelope["record"]["n"])
+            for envelope in envelopes(number, item.offset, item.payload):
+                event_id = orjson.loads(envelope)["id"]
+                segment, offset = map(int, event_id.split("-"))
+                assert segment == number
+                assert item.offset < offset < item.end
+                # An entry starts right after its record's header or after the LF before it.
+                assert offset == item.offset + records.HEADER_SIZE or data[offset - 1] == 0x0A
+                stored = data[offset : item.end].split(b"\n", 1)[0]
+                assert with_id(stored.partition(b"\0")[2], event_id) == envelope
+                found.append(orjson.loads(envelope)["record"]["n"])
     return found
 
 
@@ -276,19 +294,45 @@ async def test_a_failed_write_is_all_or_nothing_and_the_retry_is_not_duplicated(
     wal = open_wal(tmp_path, segment_bytes=8192)
     await wal.append(events(1, 5))
 
-    def half_then_fail(fd: int, data: bytes) -> None:
+    def half_then_fail(fd: int, buffers: list[bytes]) -> None:
+        data = b"".join(buffers)
         write_all(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(wal_module, "write_all", half_then_fail)
+    monkeypatch.setattr(wal_module, "write_buffers", half_then_fail)
     with pytest.raises(WalWriteError, match="No space left"):
         await wal.append(events(6, 40))  # spans segments: a rotation happens inside the batch
-    monkeypatch.setattr(wal_module, "write_all", write_all)
+    monkeypatch.setattr(wal_module, "write_buffers", write_buffers)
     await wal.append(events(6, 40))
     assert await read_all(wal.readers["a"]) == list(range(1, 46))
     await wal.close()
     assert ids_match_offsets(tmp_path) == list(range(1, 46))
     wal.release()
+
+
+def test_write_buffers_writes_every_byte_in_order_through_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_buffers`` writes all buffers in order, however short each ``writev`` is, and in
+    slices of at most IOV_MAX buffers."""
+    writev = os.writev
+    calls: list[int] = []
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        calls.append(len(buffers))
+        return writev(fd, [b"".join(buffers)[: 5 + len(calls) % 9]])  # a short prefix
+
+    monkeypatch.setattr(segment_module, "IOV_MAX", 4)
+    monkeypatch.setattr(os, "writev", short_writev)
+    buffers = [bytes([65 + n % 26]) * (n * 3 % 20) for n in range(50)]
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        write_buffers(fd, buffers)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(buffers)
+    assert max(calls) <= 4
 
 
 async def test_a_failed_segment_creation_leaves_the_writer_usable(
@@ -321,7 +365,7 @@ async def test_one_record_larger_than_the_free_space_does_not_deadlock(tmp_path:
     delivered: list[int] = []
 
     async def writer() -> None:
-        await wal.append([big])
+        await wal.append([entry(big)])
         await wal.append(events(2, 3))
         done.set()
 

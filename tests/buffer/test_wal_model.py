@@ -28,9 +28,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from shipper.buffer.record import HEADER_SIZE
 from shipper.buffer.recovery import CURSOR_DIR, EPOCH_FILE, LOCK_FILE
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, segment_name, segment_number
-from shipper.buffer.wal import ReadBatch, Wal, WalSettings
+from shipper.buffer.wal import ReadBatch, Wal, WalSettings, entry
 from shipper.events import Event
 
 T = TypeVar("T")
@@ -184,7 +185,7 @@ class WalModel(RuleBasedStateMachine):
             )
             for record in appended
         ]
-        accepted = run(wal.append, events)
+        accepted = run(wal.append, [entry(event) for event in events])
         assert accepted is not full
         self.next_n += len(appended)
         if accepted:
@@ -218,8 +219,8 @@ class WalModel(RuleBasedStateMachine):
     def check_batch(self, sink: str, batch: ReadBatch, max_bytes: int | None) -> None:
         """Check a batch against the model and advance the sink's read index past it."""
         model = self.sinks[sink]
-        assert 1 <= batch.records <= len(self.records) - model.read
-        passed_over = self.records[model.read : model.read + batch.records]
+        assert 1 <= batch.records <= batch.events <= len(self.records) - model.read
+        passed_over = self.records[model.read : model.read + batch.events]
         expected = [record for record in passed_over if model.wants(record)]
         assert len(batch.envelopes) == len(expected)
         ids: list[Position] = []
@@ -238,22 +239,28 @@ class WalModel(RuleBasedStateMachine):
         if last.end is None:
             last.end = batch.end
         assert last.end == batch.end
-        if model.inputs is None:  # every record was handed out: where each one ends is known
+        if model.inputs is None:  # every record was handed out: the ids are all known
             for record, following in itertools.pairwise(passed_over):
                 assert record.id is not None
                 assert following.id is not None
-                if following.id.segment == record.id.segment:
-                    if record.end is None:
-                        record.end = following.id
-                    assert record.end == following.id
+                assert record.id < following.id
             first = ids[0]
+            # A batch starts at a record: its first event is the first entry of that record.
+            path = self.directory / segment_name(first.segment)
+            with open(path, "rb") as file:
+                file.seek(first.offset - HEADER_SIZE)
+                first_size = HEADER_SIZE + int.from_bytes(file.read(4), "little")
             if max_bytes is not None and all(p.segment == batch.end.segment for p in ids):
-                total = batch.end.offset - first.offset
-                first_size = (ids[1] if len(ids) > 1 else batch.end).offset - first.offset
+                total = batch.end.offset - (first.offset - HEADER_SIZE)
                 # At most max_bytes, unless the first record alone is larger: then the read size
                 # doubled until it fitted, so less than twice that record.
                 assert total <= max_bytes or (first_size > max_bytes and total < 2 * first_size)
-        model.read += batch.records
+        for record, following in itertools.pairwise(self.records):
+            # Right after a batch's end (a record's end) starts the next record's first entry.
+            end, start = record.end, following.id
+            if end is not None and start is not None and start.segment == end.segment:
+                assert start.offset == end.offset + HEADER_SIZE
+        model.read += batch.events
         model.batches.append((batch.end, model.read))
 
     @precondition(lambda self: any(model.batches for model in self.sinks.values()))
@@ -401,7 +408,8 @@ async def test_a_restart_deletes_segments_acknowledged_before_the_shutdown() -> 
         wal.open({"all": None})
         source = SOURCES["agents"]
         record = orjson.dumps({"n": 1})
-        assert await wal.append([Event("2026-11-23T00:00:00.000000Z", source, "a", record)])
+        event = Event("2026-11-23T00:00:00.000000Z", source, "a", record)
+        assert await wal.append([entry(event)])
         reader = wal.readers["all"]
         batch = await reader.read()
         assert batch is not None
