@@ -10,13 +10,17 @@ its append; the encoding is timed on its own row.
   that durability must pay. The issue's target is ``wal fsync="batch"`` at 0.8 of it or better
   (column ``/disk``).
 * ``limit``: the same plus the WAL's CPU work in a tight inline loop: cut each batch into groups
-  of about ``GROUP_BYTES``, join each group and frame it (length, CRC-32C), write, fsync. The
+  of about ``GROUP_BYTES``, join each group and frame it (length, CRC-32C), write the buffers
+  with ``writev``, fsync. The
   Python limit of the same work (column ``/limit``).
 * ``encode``: ``wal.entry`` for every event (the envelope's orjson encoding), no I/O: the work
   the pipeline does before the WAL. ``encode + wal fsync="batch"`` is both, as the daemon's writer
   task does them.
 
-Run: ``.venv/bin/python -m bench.wal [--events N] [--batches 100,1000,4096] [--dir DIR]``.
+All rows take turns chunk by chunk in ABBA order (``bench.timing``), each keeping its best run per
+chunk: the disk's fsync latency here swings by 2x within a minute, and the rows must see the same
+disk. Run: ``.venv/bin/python -m bench.wal [--events N] [--batches 100,1000,4096] [--chunks N]
+[--repeats N] [--dir DIR]``.
 The directory defaults to ``bench/out/wal`` on the disk of the repository (not /tmp, which may be
 memory), and is removed afterwards.
 """
@@ -27,15 +31,15 @@ import argparse
 import os
 import shutil
 import time
-from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import accumulate
 from pathlib import Path
+from typing import Any
 
 import trio
 from crc32c import crc32c
 
 from bench.events import generate_lines
+from bench.timing import interleaved_best
 from shipper.buffer.record import HEADER
 from shipper.buffer.segment import write_buffers
 from shipper.buffer.wal import GROUP_BYTES, Wal, WalSettings, entry
@@ -53,20 +57,24 @@ def make_events(lines: Sequence[bytes]) -> list[Event]:
 
 def framed_batches(entries: Sequence[bytes], batch: int) -> Iterator[list[bytes]]:
     """The buffers the WAL writes per append of ``batch`` entries, made by a tight inline loop:
-    groups of about ``GROUP_BYTES``, each joined with LF and framed (length, CRC-32C)."""
+    groups of about ``GROUP_BYTES`` (as many entries as the previous group's average size says
+    fit, halved while too many), each joined with LF and framed (length, CRC-32C)."""
     pack = HEADER.pack
+    average = 512
     for index in range(0, len(entries), batch):
         part = entries[index : index + batch]
-        ends = list(accumulate(map(len, part)))
         out = []
-        start, base = 0, 0
-        while start < len(part):
-            stop = max(bisect_right(ends, base + GROUP_BYTES, start), start + 1)
+        start, count = 0, len(part)
+        while start < count:
+            stop = min(count, start + max(1, GROUP_BYTES // average))
             payload = b"\n".join(part[start:stop])
+            while len(payload) > GROUP_BYTES * 3 // 2 and stop - start > 1:
+                stop = start + (stop - start) // 2
+                payload = b"\n".join(part[start:stop])
             size = len(payload)
+            average = max(1, size // (stop - start))
             out.append(pack(size, crc32c(payload, crc32c(size.to_bytes(4, "little")))))
             out.append(payload)
-            base = ends[stop - 1]
             start = stop
         yield out
 
@@ -108,9 +116,13 @@ def wal_pass(
 
     async def run() -> float:
         start = time.perf_counter()
-        for index in range(0, len(items), batch):
-            part = items[index : index + batch]
-            await wal.append([entry(e) if isinstance(e, Event) else e for e in part])
+        append = wal.append
+        if items and isinstance(items[0], Event):
+            for index in range(0, len(items), batch):
+                await append([entry(e) for e in items[index : index + batch]])  # type: ignore[arg-type]
+        else:
+            for index in range(0, len(items), batch):
+                await append(items[index : index + batch])  # type: ignore[arg-type]
         elapsed = time.perf_counter() - start
         await wal.close()
         return elapsed
@@ -122,47 +134,62 @@ def wal_pass(
     return elapsed, written
 
 
+ROWS = (
+    "raw disk: write + fsync per batch",
+    "limit: group+frame+write+fsync",
+    'wal fsync="batch"',
+    'wal fsync="interval"',
+    'wal fsync="never"',
+    'encode + wal fsync="batch"',
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.wal", description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batches", default="100,1000,4096", help="events per append")
-    parser.add_argument("--repeat", type=int, default=3, help="passes per row (best kept)")
+    parser.add_argument("--chunks", type=int, default=4, help="parts the events are timed in")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row and chunk (best kept)")
     parser.add_argument("--dir", type=Path, default=Path("bench/out/wal"))
     args = parser.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
     events = make_events(generate_lines(args.events, 100))
     entries = [entry(event) for event in events]
     count = len(entries)
-    print(f"{count} events, WAL in {args.dir}")
+    step = -(-count // args.chunks)
+    parts = [(events[i : i + step], entries[i : i + step]) for i in range(0, count, step)]
+    print(f"{count} events in {len(parts)} chunks, best of {args.repeats}; WAL in {args.dir}")
     print(f"{'stage':<34}{'batch':>6}{'events/s':>12}{'MB/s':>9}{'/disk':>7}{'/limit':>7}")
     try:
-        seconds = min(encode_pass(events) for _ in range(args.repeat))
+        seconds = min(encode_pass(events) for _ in range(args.repeats))
         print(f"{'encode: wal.entry(event)':<34}{'':>6}{count / seconds:>12,.0f}")
         for batch in (int(b) for b in args.batches.split(",")):
-            chunks = [[b"".join(buffers)] for buffers in framed_batches(entries, batch)]
-            size = sum(len(c[0]) for c in chunks)
-            disk = limit = float("inf")
-            for _ in range(args.repeat):  # alternate, so that a slow spell hits both alike
-                disk = min(disk, _timed_writes(args.dir / "raw.bin", chunks))
-                limit = min(
-                    limit, _timed_writes(args.dir / "limit.bin", framed_batches(entries, batch))
-                )
-            rows = [("raw disk: write + fsync per batch", disk, size)]
-            rows.append(("limit: group+frame+write+fsync", limit, size))
-            for policy in ("batch", "interval", "never"):
-                elapsed, written = min(
-                    wal_pass(entries, batch, policy, args.dir / "w") for _ in range(args.repeat)
-                )
-                if written != size:
-                    raise SystemExit(f"the WAL wrote {written} bytes, the limits {size}")
-                rows.append((f'wal fsync="{policy}"', elapsed, written))
-            elapsed, written = min(
-                wal_pass(events, batch, "batch", args.dir / "w") for _ in range(args.repeat)
-            )
-            rows.append(('encode + wal fsync="batch"', elapsed, written))
-            for label, seconds, written in rows:
+            joined = [
+                [[b"".join(buffers)] for buffers in framed_batches(part, batch)]
+                for _, part in parts
+            ]
+            size = sum(len(chunk[0]) for chunks in joined for chunk in chunks)
+
+            def run(name: str, index: int, batch: int = batch, joined: list[Any] = joined) -> float:
+                part_events, part = parts[index]
+                if name == ROWS[0]:
+                    return _timed_writes(args.dir / "raw.bin", joined[index])
+                if name == ROWS[1]:
+                    return _timed_writes(args.dir / "limit.bin", framed_batches(part, batch))
+                items = part_events if name == ROWS[5] else part
+                policy = name.partition('"')[2].rstrip('"')
+                elapsed, written = wal_pass(items, batch, policy, args.dir / "w")
+                expected = sum(len(chunk[0]) for chunk in joined[index])
+                if written != expected:  # the limits write what the WAL writes, byte for byte
+                    raise SystemExit(f"the WAL wrote {written} bytes, the limits {expected}")
+                return elapsed
+
+            best = interleaved_best(ROWS, len(parts), args.repeats, run)
+            disk, limit = best[ROWS[0]], best[ROWS[1]]
+            for label in ROWS:
+                seconds = best[label]
                 print(
-                    f"{label:<34}{batch:>6}{count / seconds:>12,.0f}{written / seconds / 1e6:>9.1f}"
+                    f"{label:<34}{batch:>6}{count / seconds:>12,.0f}{size / seconds / 1e6:>9.1f}"
                     f"{disk / seconds:>7.2f}{limit / seconds:>7.2f}"
                 )
     finally:

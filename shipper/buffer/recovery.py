@@ -9,7 +9,7 @@ torn record at the end of a segment    truncated away (it was never acknowledged
 corrupt bytes between valid records    copied to ``<segment>.<offset>.quarantine`` beside the
                                        segment, skipped by every reader, counted ("corrupt";
                                        at later starts "quarantined" until the segment goes)
-segment of another format version      refuses the start (``WalFormatError``), nothing changed
+segment of an earlier format version   refuses the start (``WalFormatError``), nothing changed
 segment with a bad header              renamed to ``<name>.corrupt`` (kept for inspection);
                                        a header cut short in the newest segment is torn
                                        creation and the file is removed

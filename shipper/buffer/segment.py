@@ -66,14 +66,19 @@ def header_ok(data: bytes, number: int) -> bool:
     return bool(magic == MAGIC and found == number)
 
 
+#: Format versions earlier shippers wrote. Any other version byte is damage (one flipped bit
+#: turns 2 into 0, 3, 6, 10, ... but never into 1).
+OLDER_VERSIONS: Final = (1,)
+
+
 def other_version(data: bytes, number: int) -> int | None:
-    """The format version of segment ``number`` if another shipper version wrote its (intact)
+    """The format version of segment ``number`` if an earlier shipper version wrote its (intact)
     header, else None (this version's, or a damaged header)."""
     if len(data) < SEGMENT_HEADER_SIZE:
         return None
     magic, found = SEGMENT_HEADER.unpack_from(data)
     version = int(magic[-1])
-    if not magic.startswith(MAGIC_PREFIX) or found != number or version in (0, FORMAT_VERSION):
+    if not magic.startswith(MAGIC_PREFIX) or found != number or version not in OLDER_VERSIONS:
         return None
     return version
 

@@ -14,7 +14,7 @@ NUL. The WAL does not store event ids: an event's id is its position, ``"<segmen
 the offset being that of the first byte of its entry in the segment file; readers put it into the
 envelope as its second key (``envelopes``). One checksum per group instead of one per event is what
 lets the writer keep up with the disk; the price is that damage to a record quarantines its whole
-group (at most about ``GROUP_BYTES`` plus one entry), not one event.
+group (at most 1.5 times ``GROUP_BYTES``, or one larger entry), not one event.
 
 * An event is accepted once its batch is written and, with ``fsync = "batch"``, fsynced.
   ``"interval"`` fsyncs every ``fsync_interval`` (a power cut loses at most that much);
@@ -35,11 +35,9 @@ import contextlib
 import fcntl
 import os
 import secrets
-from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 from pathlib import Path
 
 import trio
@@ -109,6 +107,7 @@ class Wal:
         self._active = 0
         self._next_number = 1  # numbers are never reused, not even after a failed create
         self._seal = False  # the next append starts a new segment (after an I/O error, or full)
+        self._entry_bytes = 512  # average entry size seen last: how many entries fill a group
         self.committed = Position(1, SEGMENT_HEADER_SIZE)
         self.readers: dict[str, WalReader] = {}
         self._appended = trio.Event()
@@ -316,32 +315,40 @@ class Wal:
         return number
 
     def _frame(self, entries: Sequence[bytes]) -> list[tuple[int, list[bytes]]]:
-        """The batch as records of about ``GROUP_BYTES`` of entries each (or of one entry), cut
-        where a segment is full: per segment, the buffers to write there (headers and payloads,
-        never joined). Works per group, not per entry: C-level joins and one checksum each."""
+        """The batch as records of about ``GROUP_BYTES`` of entries each (at most 1.5 times that,
+        or one larger entry), cut where a segment is full: per segment, the buffers to write
+        there (headers and payloads, never joined).
+
+        Works per group, never per entry: how many entries fit is estimated from the average
+        size of the previous group, checked on the joined payload (one C-level join and one
+        checksum per group), and halved while the estimate was too high.
+        """
         segment = self._active
         offset = self._sizes[segment]
         limit = self.settings.segment_bytes
         if self._seal:
             segment, offset = self._take_number(), SEGMENT_HEADER_SIZE
-        ends = list(accumulate(map(len, entries)))
         chunks: list[tuple[int, list[bytes]]] = [(segment, [])]
         buffers = chunks[0][1]
-        start, count, base = 0, len(entries), 0
+        start, count, average = 0, len(entries), self._entry_bytes
         while start < count:
             if offset >= limit:
                 segment, offset = self._take_number(), SEGMENT_HEADER_SIZE
                 buffers = []
                 chunks.append((segment, buffers))
             # A group ends where the segment is full, so that segments hold about segment_bytes.
-            budget = min(GROUP_BYTES, limit - offset - records.HEADER_SIZE)
-            stop = max(bisect_right(ends, base + budget, start), start + 1)
+            room = max(1, min(GROUP_BYTES, limit - offset - records.HEADER_SIZE))
+            stop = min(count, start + max(1, room // average))
             payload = b"\n".join(entries[start:stop])
+            while len(payload) > room + room // 2 and stop - start > 1:
+                stop = start + (stop - start) // 2
+                payload = b"\n".join(entries[start:stop])
+            average = max(1, len(payload) // (stop - start))
             buffers.append(records.header(payload))
             buffers.append(payload)
             offset += records.HEADER_SIZE + len(payload)
-            base = ends[stop - 1]
             start = stop
+        self._entry_bytes = average
         return chunks
 
     def _write_chunks(

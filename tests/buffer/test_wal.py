@@ -310,6 +310,27 @@ async def test_a_failed_write_is_all_or_nothing_and_the_retry_is_not_duplicated(
     wal.release()
 
 
+async def test_groups_stay_within_their_bound_whatever_the_entry_sizes(tmp_path: Path) -> None:
+    """Records hold at most 1.5 x GROUP_BYTES of entries (or one larger entry) even when the
+    sizes change abruptly, and every event comes back once, in order, with its true id."""
+    wal = open_wal(tmp_path, segment_bytes=1024**3)
+    sizes = [10] * 3000 + [3000] * 200 + [200_000] + [10] * 500 + [40_000] * 5 + [10] * 100
+    batch = [
+        entry(Event("t", SOURCE, "a", orjson.dumps({"n": n, "pad": "x" * size})))
+        for n, size in enumerate(sizes)
+    ]
+    for index in range(0, len(batch), 1500):
+        assert await wal.append(batch[index : index + 1500])
+    await wal.close()
+    (path,) = segment_files(tmp_path)
+    for item in records.scan(path.read_bytes(), SEGMENT_HEADER_SIZE):
+        assert isinstance(item, records.Record)
+        entries_in = item.payload.count(b"\n") + 1
+        assert len(item.payload) <= wal_module.GROUP_BYTES * 3 // 2 or entries_in == 1
+    assert ids_match_offsets(tmp_path) == list(range(len(sizes)))
+    wal.release()
+
+
 def test_write_buffers_writes_every_byte_in_order_through_short_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
