@@ -5,7 +5,8 @@ agents, interleaved) and, per event, parse the line and verify it:
 
 * ``verifier``: ``orjson.loads`` + ``Profile.agent_of`` + ``shipper.chain.Verifier.feed`` (hash
   recomputed over the RFC 8785 form, sequence and link checked, duplicate window, gaps,
-  counters, a ``Verdict``), i.e. all the chain stage does per event but building the envelope;
+  counters; the result: the record's sequence if it is ok, else a ``Verdict``), i.e. all the
+  chain stage does per event but building the envelope;
 * ``limit``: the tight loop of the same necessary work inlined: ``orjson.loads``, pop ``hash``,
   ``shipper.codecs.canonical.canonicalize``, sha256, compare, and a per-agent link check against
   a dict of last hashes. The ratio ``verifier / limit`` is the figure the issue sets a target for
@@ -44,7 +45,9 @@ Loop = Callable[[Sequence[bytes], State], int]
 
 
 def verifier_loop(lines: Sequence[bytes], verifier: Verifier) -> int:
-    """Verify with the real state machine; how many records were not ok (or genesis)."""
+    """Verify with the real state machine; how many records were not ok (or genesis).
+
+    As the chain stage does: ``feed`` returns an ok record's sequence (an int), else a Verdict."""
     loads = orjson.loads
     feed = verifier.feed
     agent_of = SEED.agent_of
@@ -55,8 +58,8 @@ def verifier_loop(lines: Sequence[bytes], verifier: Verifier) -> int:
         if agent is None:
             faults += 1
             continue
-        status = feed(agent, record, line).status
-        if status != "ok" and status != "genesis":
+        verdict = feed(agent, record, line)
+        if not isinstance(verdict, int) and verdict.status != "genesis":
             faults += 1
     return faults
 

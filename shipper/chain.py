@@ -2,9 +2,13 @@
 
 Each agent's audit records form a chain: a monotonic ``sequence``, the record's own ``hash`` and the
 previous record's hash ``prevHash``. ``Verifier.feed(agent, record, line)`` checks one record
-against what the verifier knows of that agent and returns a ``Verdict``; the caller writes
+against what the verifier knows of that agent. For an ``ok`` record, nearly every one, it returns
+the record's sequence, an ``int`` (also the sequence that was expected; ``ok_envelope(sequence)``
+is the event's ``chain`` object); for any other status a ``Verdict``: the caller writes
 ``verdict.envelope()`` into the event's ``chain`` object, drops the event when ``verdict.drop``
-(an exact duplicate), and raises an alert when ``verdict.alert``.
+(an exact duplicate), and raises an alert when ``verdict.alert``. (An ``int`` rather than an ok
+``Verdict``: making an object per record cost some 4% of the verification. ``as_verdict`` turns
+either into a ``Verdict``.)
 
 Statuses (DESIGN.md, "Chain verification"), for the sequence-numbered profiles (``seed``)::
 
@@ -107,6 +111,8 @@ class Profile:
     algorithm: str = "sha256"
     prefix: str = "sha256:"
     genesis: str = ""  # the prevHash of a first record (besides empty or missing)
+    # The agent's key when its path has one key (agent_of, once per record, looks here first).
+    _agent_key: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -118,6 +124,8 @@ class Profile:
             )
         if not self.agent or not all(self.agent):
             raise ValueError("agent: expected a non-empty key path")
+        if len(self.agent) == 1:
+            object.__setattr__(self, "_agent_key", self.agent[0])
 
     @property
     def line_hashed(self) -> bool:
@@ -125,16 +133,17 @@ class Profile:
 
     def agent_of(self, record: dict[str, Any]) -> str | None:
         """The agent id the record names (a string or an integer), or None."""
-        if len(self.agent) == 1:
-            value: Any = record.get(self.agent[0])
+        key = self._agent_key
+        if key is not None:
+            value: Any = record.get(key)
             if type(value) is str and value:
                 return value
         else:
             value = record
-            for key in self.agent:
+            for name in self.agent:
                 if not isinstance(value, dict):
                     return None
-                value = value.get(key)
+                value = value.get(name)
         if isinstance(value, str) and value:
             return value
         if isinstance(value, int) and not isinstance(value, bool):
@@ -166,10 +175,10 @@ class Gap:
 
 
 class Verdict:
-    """What the verifier found about one record.
+    """What the verifier found about one record (``feed`` returns an ok record's sequence
+    instead; ``as_verdict`` makes an ok ``Verdict`` of that).
 
-    A plain class whose optional attributes default at class level: an ``ok`` verdict, made for
-    nearly every record, sets three attributes only.
+    A plain class whose optional attributes default at class level: a verdict sets those it has.
     """
 
     missing: tuple[int, int] | None = None  # gap: first and last missing sequence
@@ -271,83 +280,114 @@ def expired_alert_details(gap: Gap) -> dict[str, Any]:
     }
 
 
+def ok_envelope(sequence: int) -> dict[str, Any]:
+    """The ``chain`` object of an ok record (``feed`` returned its sequence)."""
+    return {"status": "ok", "sequence": sequence, "expected": sequence}
+
+
+def as_verdict(result: Verdict | int) -> Verdict:
+    """What ``feed`` returned, as a ``Verdict`` (an ok one for a sequence)."""
+    return Verdict("ok", result, result) if isinstance(result, int) else result
+
+
 class Feed(Protocol):
-    def __call__(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict: ...
-
-
-class Recent:
-    """The hashes of recently accepted sequences: a ring of ``window`` slots, slot ``sequence %
-    window`` holding the highest sequence that fell into it (so, once a chain is past its first
-    ``window`` records, exactly the last ``window`` sequences, late fills aside)."""
-
-    __slots__ = ("hashes", "sequences")
-
-    def __init__(self, window: int) -> None:
-        self.sequences = [-1] * window
-        self.hashes = [""] * window
-
-    def get(self, sequence: int) -> str | None:
-        slot = sequence % len(self.sequences)
-        return self.hashes[slot] if self.sequences[slot] == sequence else None
-
-    def put(self, sequence: int, value: str) -> None:
-        slot = sequence % len(self.sequences)
-        if self.sequences[slot] <= sequence:
-            self.sequences[slot] = sequence
-            self.hashes[slot] = value
-
-    def sequence_of(self, value: str) -> int | None:
-        """The sequence whose hash is ``value``, if it is among the recent ones."""
-        for sequence, known in zip(self.sequences, self.hashes, strict=True):
-            if known == value and sequence >= 0:
-                return sequence
-        return None
-
-    def pairs(self) -> list[list[Any]]:
-        return sorted([s, h] for s, h in zip(self.sequences, self.hashes, strict=True) if s >= 0)
+    def __call__(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict | int: ...
 
 
 @dataclass(slots=True)
 class AgentState:
-    """What the verifier keeps about one agent."""
+    """What the verifier keeps about one agent.
+
+    ``ring``: the hashes of recently accepted sequences, ``window`` slots in one flat list, slot
+    ``sequence % window`` at ``ring[2 * slot]`` (the highest sequence that fell into it, -1 while
+    none has) and ``ring[2 * slot + 1]`` (that sequence's hash). Once a chain is past its first
+    ``window`` records, that is exactly the last ``window`` sequences, late fills aside. One
+    list, with a slot's two values side by side, held by the state itself: the state of an agent
+    last seen many records ago is out of the CPU's caches, and each further object or cache line
+    it spans costs the fast path a miss (a ring object holding a list per value cost it ~4%).
+    """
 
     last_sequence: int
     last_hash: str
-    recent: Recent
+    ring: list[Any]
+    # Nothing counts ok records one by one: each moves last_sequence on by exactly one, so their
+    # count is last_sequence - ok_base, ok_base being the first sequence plus every move made by
+    # another status (a gap, a broken link, a bad hash). The fast path has one field less to set.
+    ok_base: int
     gaps: list[Gap] = field(default_factory=list)  # ordered by sequence, disjoint
     others: Counter[str] = field(default_factory=Counter)  # counts of every status but ok
-    ok: int = 0  # an attribute: the hot path's counter costs a tenth of a Counter's
     last_alert: dict[str, Any] | None = None
+
+    @classmethod
+    def first(cls, sequence: int, value: str, window: int) -> AgentState:
+        """The state after an agent's first record."""
+        state = cls(sequence, value, [-1, ""] * window, sequence)
+        state.remember(sequence, value)
+        return state
+
+    def recent(self, sequence: int) -> str | None:
+        """The hash of ``sequence`` if it is among the recent ones."""
+        ring = self.ring
+        slot = (sequence % (len(ring) // 2)) * 2
+        return ring[slot + 1] if ring[slot] == sequence else None
+
+    def remember(self, sequence: int, value: str) -> None:
+        """Put ``sequence`` in its slot, unless that holds a higher one."""
+        ring = self.ring
+        slot = (sequence % (len(ring) // 2)) * 2
+        if ring[slot] <= sequence:
+            ring[slot] = sequence
+            ring[slot + 1] = value
+
+    def recent_sequence_of(self, value: str) -> int | None:
+        """The sequence whose hash is ``value``, if it is among the recent ones."""
+        ring = self.ring
+        for slot in range(0, len(ring), 2):
+            sequence: int = ring[slot]
+            if ring[slot + 1] == value and sequence >= 0:
+                return sequence
+        return None
+
+    def recent_pairs(self) -> list[list[Any]]:
+        ring = self.ring
+        return sorted([s, h] for s, h in zip(ring[::2], ring[1::2], strict=True) if s >= 0)
+
+    @property
+    def ok(self) -> int:
+        """How many ok records the agent sent."""
+        return self.last_sequence - self.ok_base
 
     @property
     def counts(self) -> dict[str, int]:
         """Records seen per status."""
-        return {"ok": self.ok, **self.others} if self.ok else dict(self.others)
+        ok = self.ok
+        return {"ok": ok, **self.others} if ok else dict(self.others)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "last_sequence": self.last_sequence,
             "last_hash": self.last_hash,
             "gaps": [gap.as_json() for gap in self.gaps],
-            "recent": self.recent.pairs(),
+            "recent": self.recent_pairs(),
             "counts": self.counts,
             "last_alert": self.last_alert,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], window: int) -> AgentState:
-        recent = Recent(window)
-        for sequence, value in data["recent"]:
-            recent.put(int(sequence), str(value))
-        return cls(
-            int(data["last_sequence"]),
+        last_sequence = int(data["last_sequence"])
+        state = cls(
+            last_sequence,
             str(data["last_hash"]),
-            recent,
-            [Gap(int(g[0]), int(g[1]), g[2], g[3]) for g in data["gaps"]],
-            Counter({str(k): int(v) for k, v in data["counts"].items() if k != "ok"}),
-            int(data["counts"].get("ok", 0)),
-            data.get("last_alert"),
+            [-1, ""] * window,
+            last_sequence - int(data["counts"].get("ok", 0)),
+            gaps=[Gap(int(g[0]), int(g[1]), g[2], g[3]) for g in data["gaps"]],
+            others=Counter({str(k): int(v) for k, v in data["counts"].items() if k != "ok"}),
+            last_alert=data.get("last_alert"),
         )
+        for sequence, value in data["recent"]:
+            state.remember(int(sequence), str(value))
+        return state
 
 
 class Verifier:
@@ -361,14 +401,16 @@ class Verifier:
         self.max_gaps = max_gaps
         self.agents: dict[str, AgentState] = {}
         self._others: Counter[str] = Counter()  # every status but ok
-        self._ok = 0
+        # ok records beyond those of the agents (a restored snapshot's; ok counts are per agent).
+        self._ok_elsewhere = 0
         # For the fast path of canonical profiles (a named constructor beats hashlib.new).
         self._hasher = None if profile.line_hashed else getattr(hashlib, profile.algorithm)
         self._sequence_field = profile.sequence or ""
         self._hash_field = profile.hash or ""
-        #: ``feed(agent, record, line=b"") -> Verdict``: check one record of ``agent`` (``line``:
-        #: its exact bytes, for line hashing). ``record`` is used as is (its hash field may move
-        #: to the end of it): pass a fresh parse.
+        #: ``feed(agent, record, line=b"") -> Verdict | int``: check one record of ``agent``
+        #: (``line``: its exact bytes, for line hashing); the record's sequence if it is ok, else
+        #: a ``Verdict``. ``record`` is used as is (its hash field may move to the end of it):
+        #: pass a fresh parse.
         self.feed = self._make_feed()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Verifier:
@@ -380,7 +422,8 @@ class Verifier:
     @property
     def counts(self) -> dict[str, int]:
         """Records seen per status, over all agents (and ``gap_expired``: gaps given up)."""
-        return {"ok": self._ok, **self._others} if self._ok else dict(self._others)
+        ok = self._ok_elsewhere + sum(state.ok for state in self.agents.values())
+        return {"ok": ok, **self._others} if ok else dict(self._others)
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -390,13 +433,13 @@ class Verifier:
         hasher = self._hasher
         if hasher is None:
             return careful
-        agents = self.agents
+        agent_state = self.agents.get
         sequence_field, hash_field = self._sequence_field, self._hash_field
         prev_field, prefix, window = self.profile.prev_hash, self.profile.prefix, self.window
 
-        def feed(agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict:
+        def feed(agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict | int:
             # The common case: the next record of a known agent, linking to the last one.
-            state = agents.get(agent)
+            state = agent_state(agent)
             sequence = record.get(sequence_field)
             claimed = record.get(hash_field)
             if (
@@ -408,41 +451,40 @@ class Verifier:
             ):
                 del record[hash_field]
                 try:
-                    computed = prefix + hasher(canonicalize(record)).hexdigest()
+                    computed: str | None = prefix + hasher(canonicalize(record)).hexdigest()
                 except (ValueError, TypeError):
-                    computed = ""
+                    computed = None  # bad_hash: the careful path says why
                 finally:
                     record[hash_field] = claimed
                 if computed == claimed:
                     state.last_sequence = sequence
                     state.last_hash = claimed
-                    recent = state.recent  # Recent.put, inlined: sequence is the highest
-                    slot = sequence % window
-                    recent.sequences[slot] = sequence
-                    recent.hashes[slot] = claimed
-                    state.ok += 1
-                    self._ok += 1
-                    return Verdict("ok", sequence, sequence)
+                    ring = state.ring  # AgentState.remember, inlined: sequence is the highest
+                    slot = (sequence % window) * 2
+                    ring[slot] = sequence
+                    ring[slot + 1] = claimed
+                    return sequence  # counted as ok: last_sequence moved on by one
             return careful(agent, record, line)  # anything else, or not ok after all
 
         return feed
 
-    def _feed_careful(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict:
+    def _feed_careful(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict | int:
         """``feed`` for every case (the fast path covers the commonest one)."""
+        state = self.agents.get(agent)
+        last = state.last_sequence if state is not None else None
         if self.profile.line_hashed:
             verdict = self._feed_line(agent, record, line)
         else:
             verdict = self._feed_fields(agent, record)
+        if verdict.status == "ok":  # counted: it moved the chain on by one
+            assert verdict.sequence is not None  # an ok record has one, and it was expected
+            return verdict.sequence
+        self._others[verdict.status] += 1
         state = self.agents.get(agent)
-        if verdict.status == "ok":
-            self._ok += 1
-            if state is not None:
-                state.ok += 1
-        else:
-            self._others[verdict.status] += 1
-            if state is not None:
-                state.others[verdict.status] += 1
         if state is not None:
+            state.others[verdict.status] += 1
+            if last is not None:  # a move that was not an ok record's
+                state.ok_base += state.last_sequence - last
             if verdict.alert:
                 state.last_alert = {"status": verdict.status, "sequence": verdict.sequence}
             for gap in verdict.expired:
@@ -483,8 +525,7 @@ class Verifier:
         state = self.agents.get(agent)
         if state is None:
             first = sequence <= 1 or prev in (None, "", self.profile.genesis)
-            self.agents[agent] = state = AgentState(sequence, claimed, Recent(self.window))
-            state.recent.put(sequence, claimed)
+            self.agents[agent] = AgentState.first(sequence, claimed, self.window)
             return Verdict.of(
                 "genesis" if first else "adopted", sequence, None, hash=claimed, prev_hash=prev
             )
@@ -518,9 +559,9 @@ class Verifier:
             if sequence < gap.last:
                 parts.append(Gap(sequence + 1, gap.last, claimed, gap.after))
             state.gaps[index : index + 1] = parts
-            state.recent.put(sequence, claimed)
+            state.remember(sequence, claimed)
         else:
-            known = state.recent.get(sequence)
+            known = state.recent(sequence)
             if known is None:
                 verdict.status = "regressed"
             elif known == claimed:
@@ -537,11 +578,9 @@ class Verifier:
         state = self.agents.get(agent)
         if state is None:
             if not isinstance(prev, str) or not prev:
-                self.agents[agent] = state = AgentState(1, own, Recent(self.window))
-                state.recent.put(1, own)
+                self.agents[agent] = AgentState.first(1, own, self.window)
                 return Verdict.of("unchained", 1, hash=own, detail=f"no {profile.prev_hash!r}")
-            self.agents[agent] = state = AgentState(1, own, Recent(self.window))
-            state.recent.put(1, own)
+            self.agents[agent] = AgentState.first(1, own, self.window)
             status = "genesis" if prev == profile.genesis else "adopted"
             return Verdict.of(status, 1, hash=own, prev_hash=prev)
         sequence = state.last_sequence + 1
@@ -552,13 +591,13 @@ class Verifier:
             verdict.status = "unchained"
             verdict.detail = f"no {profile.prev_hash!r}"
         elif prev != state.last_hash:
-            seen = state.recent.sequence_of(own)
+            seen = state.recent_sequence_of(own)
             if seen is not None:
                 verdict.status = "duplicate"
                 verdict.sequence = seen
                 return verdict
             verdict.expected_prev_hash = state.last_hash
-            if state.recent.sequence_of(prev) is not None:
+            if state.recent_sequence_of(prev) is not None:
                 verdict.status = "fork"
                 verdict.detail = "a second successor of an earlier record"
             else:
@@ -573,7 +612,7 @@ class Verifier:
     def _advance(self, state: AgentState, sequence: int, value: str) -> None:
         state.last_sequence = sequence
         state.last_hash = value
-        state.recent.put(sequence, value)
+        state.remember(sequence, value)
 
     def _open_gap(self, state: AgentState, gap: Gap) -> tuple[Gap, ...]:
         """Record a new gap (always the highest); close the oldest ones beyond ``max_gaps``."""
@@ -607,10 +646,11 @@ class Verifier:
         verifier = cls(profile, window=window, max_gaps=max_gaps)
         try:
             counts = {str(k): int(v) for k, v in data["counts"].items()}
-            verifier._ok = counts.pop("ok", 0)
+            ok = counts.pop("ok", 0)
             verifier._others.update(counts)
             for agent, state in data["agents"].items():
                 verifier.agents[str(agent)] = AgentState.from_json(state, window)
+            verifier._ok_elsewhere = ok - sum(state.ok for state in verifier.agents.values())
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ValueError(f"damaged chain snapshot: {exc!r}") from exc
         return verifier

@@ -63,7 +63,7 @@ from shipper.buffer.segment import (
     segment_number,
 )
 from shipper.buffer.wal import envelopes
-from shipper.chain import Verdict, Verifier, expired_alert_details
+from shipper.chain import Verdict, Verifier, as_verdict, expired_alert_details, ok_envelope
 from shipper.config import ChainConfig
 from shipper.events import CHAIN_ALERT, Event, alert_event, utc_timestamp
 from shipper.logging import Throttle, get_logger
@@ -218,7 +218,7 @@ class ChainStage:
             if stored is None or "record" not in parsed or parsed.get("agent") is None:
                 continue
             line = record_bytes(envelope, parsed) if self.profile.line_hashed else b""
-            verdict = self.verifier.feed(str(parsed["agent"]), parsed["record"], line)
+            verdict = as_verdict(self.verifier.feed(str(parsed["agent"]), parsed["record"], line))
             replayed += 1
             if verdict.envelope() != stored:
                 mismatched += 1
@@ -263,6 +263,10 @@ class ChainStage:
                 continue
             event.agent = agent
             verdict = self.verifier.feed(agent, record, raw)
+            if isinstance(verdict, int):  # ok, nearly every record: its sequence
+                event.chain = ok_envelope(verdict)
+                out.append(event)
+                continue
             if verdict.drop:
                 self.counters["duplicates_dropped"] += 1
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -12,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shipper.chain import SAFECLAW_JSONL, SEED, Profile, Verdict, Verifier
+from shipper.chain import (
+    SAFECLAW_JSONL,
+    SEED,
+    AgentState,
+    Profile,
+    Verdict,
+    Verifier,
+    as_verdict,
+    ok_envelope,
+)
 from tests.chains import AGENT, chain, safeclaw_lines, seed_hash
 
 
@@ -23,18 +33,39 @@ def rehash(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def verify(verifier: Verifier, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict:
+    """``verifier.feed``, its result as a ``Verdict`` (``feed`` returns an ok record's sequence)."""
+    return as_verdict(verifier.feed(agent, record, line))
+
+
 def statuses(verifier: Verifier, records: list[dict[str, Any]], agent: str = AGENT) -> list[str]:
     """Feed fresh copies of ``records``; the status of each."""
-    return [verifier.feed(agent, copy.deepcopy(record)).status for record in records]
+    return [verify(verifier, agent, copy.deepcopy(record)).status for record in records]
 
 
 def test_an_intact_chain_is_genesis_then_ok() -> None:
     """A chain delivered whole and in order gives genesis then ok, and no alert."""
     verifier = Verifier()
-    verdicts = [verifier.feed(AGENT, copy.deepcopy(r)) for r in chain(20)]
+    verdicts = [verify(verifier, AGENT, copy.deepcopy(r)) for r in chain(20)]
     assert [v.status for v in verdicts] == ["genesis"] + ["ok"] * 19
     assert not any(v.alert for v in verdicts)
     assert verdicts[5].envelope() == {"status": "ok", "sequence": 6, "expected": 6}
+
+
+def test_feed_returns_an_ok_records_sequence_and_a_verdict_for_anything_else() -> None:
+    """``feed`` gives an ok record's sequence (an int), whose envelope ``ok_envelope`` makes; any
+    other status comes as a ``Verdict``, and an ok never does."""
+    records = chain(4)
+    verifier = Verifier()
+    assert isinstance(verifier.feed(AGENT, copy.deepcopy(records[0])), Verdict)  # genesis
+    assert verifier.feed(AGENT, copy.deepcopy(records[1])) == 2
+    assert (
+        ok_envelope(2) == as_verdict(2).envelope() == {"status": "ok", "sequence": 2, "expected": 2}
+    )
+    assert isinstance(verifier.feed(AGENT, copy.deepcopy(records[3])), Verdict)  # gap
+    lines = safeclaw_lines(2)
+    safeclaw = Verifier(SAFECLAW_JSONL)  # no fast path: every record goes the careful way
+    assert [safeclaw.feed(AGENT, orjson.loads(line), line) for line in lines][1] == 2
 
 
 def test_a_chain_first_seen_mid_way_is_adopted_with_a_low_alert() -> None:
@@ -42,8 +73,8 @@ def test_a_chain_first_seen_mid_way_is_adopted_with_a_low_alert() -> None:
     records = chain(10)
     verifier = Verifier()
     assert statuses(verifier, records[4:]) == ["adopted"] + ["ok"] * 5
-    assert verifier.feed(AGENT, copy.deepcopy(records[4])).status == "duplicate"
-    verdict = Verifier().feed(AGENT, copy.deepcopy(records[4]))
+    assert verify(verifier, AGENT, copy.deepcopy(records[4])).status == "duplicate"
+    verdict = verify(Verifier(), AGENT, copy.deepcopy(records[4]))
     assert (verdict.alert, verdict.severity) == (True, "low")
 
 
@@ -52,7 +83,7 @@ def test_a_dropped_record_is_a_gap_and_its_late_arrival_closes_it() -> None:
     records = chain(8)
     verifier = Verifier()
     assert statuses(verifier, records[:3]) == ["genesis", "ok", "ok"]
-    gap = verifier.feed(AGENT, copy.deepcopy(records[5]))
+    gap = verify(verifier, AGENT, copy.deepcopy(records[5]))
     assert (gap.status, gap.missing, gap.expected, gap.severity) == ("gap", (4, 5), 4, "medium")
     assert gap.envelope() == {"status": "gap", "sequence": 6, "expected": 4, "missing": [4, 5]}
     assert verifier.status(AGENT)["agents"][AGENT]["open_gaps"] == [[4, 5]]
@@ -66,7 +97,7 @@ def test_a_late_record_that_does_not_fit_its_gap_is_a_broken_link() -> None:
     verifier = Verifier()
     statuses(verifier, records[:2] + records[3:])
     forged = rehash({**records[2], "effect": "forged"})
-    verdict = verifier.feed(AGENT, forged)
+    verdict = verify(verifier, AGENT, forged)
     assert (verdict.status, verdict.severity) == ("broken_link", "critical")
     assert verdict.expected_hash == records[3]["prevHash"]
 
@@ -76,7 +107,7 @@ def test_an_exact_resend_is_a_duplicate_to_drop() -> None:
     records = chain(5)
     verifier = Verifier()
     statuses(verifier, records)
-    verdict = verifier.feed(AGENT, copy.deepcopy(records[2]))
+    verdict = verify(verifier, AGENT, copy.deepcopy(records[2]))
     assert (verdict.status, verdict.drop, verdict.alert) == ("duplicate", True, False)
     assert statuses(verifier, chain(2, first=6, prev=records[-1]["hash"])) == ["ok", "ok"]
 
@@ -86,7 +117,7 @@ def test_another_valid_record_with_an_accepted_sequence_is_a_fork() -> None:
     records = chain(5)
     verifier = Verifier()
     statuses(verifier, records)
-    verdict = verifier.feed(AGENT, rehash({**records[2], "effect": "other"}))
+    verdict = verify(verifier, AGENT, rehash({**records[2], "effect": "other"}))
     assert (verdict.status, verdict.severity, verdict.drop) == ("fork", "critical", False)
     assert verdict.expected_hash == records[2]["hash"]
 
@@ -96,7 +127,7 @@ def test_a_wrong_prev_hash_is_a_broken_link() -> None:
     records = chain(4)
     verifier = Verifier()
     statuses(verifier, records[:3])
-    verdict = verifier.feed(AGENT, rehash({**records[3], "prevHash": "sha256:" + "0" * 64}))
+    verdict = verify(verifier, AGENT, rehash({**records[3], "prevHash": "sha256:" + "0" * 64}))
     assert verdict.status == "broken_link"
     assert verdict.expected_prev_hash == records[2]["hash"]
 
@@ -108,7 +139,7 @@ def test_an_edited_record_is_a_bad_hash_and_its_successor_still_links() -> None:
     edited = {**records[2], "effect": "tampered"}
     result = statuses(verifier, [records[0], records[1], edited, records[3], records[4]])
     assert result == ["genesis", "ok", "bad_hash", "ok", "ok"]
-    verdict = Verifier().feed(AGENT, dict(edited))
+    verdict = verify(Verifier(), AGENT, dict(edited))
     assert verdict.expected_hash == seed_hash(edited) != verdict.hash
 
 
@@ -117,9 +148,9 @@ def test_an_old_sequence_beyond_the_window_is_regressed() -> None:
     records = chain(12)
     verifier = Verifier(window=4)
     statuses(verifier, records)
-    verdict = verifier.feed(AGENT, copy.deepcopy(records[1]))
+    verdict = verify(verifier, AGENT, copy.deepcopy(records[1]))
     assert (verdict.status, verdict.severity) == ("regressed", "medium")
-    assert verifier.feed(AGENT, copy.deepcopy(records[10])).status == "duplicate"
+    assert verify(verifier, AGENT, copy.deepcopy(records[10])).status == "duplicate"
 
 
 def test_records_without_chain_fields_are_unchained_and_counted() -> None:
@@ -132,7 +163,7 @@ def test_records_without_chain_fields_are_unchained_and_counted() -> None:
         {"agentId": AGENT, "sequence": 3},
         {"agentId": AGENT, "sequence": 3, "hash": "x", "prevHash": 5},
     ):
-        verdict = verifier.feed(AGENT, record)
+        verdict = verify(verifier, AGENT, record)
         assert (verdict.status, verdict.alert) == ("unchained", False)
     assert verifier.counts["unchained"] == 5
     assert verifier.agents == {}
@@ -142,13 +173,13 @@ def test_open_gaps_are_bounded_and_the_oldest_expires_with_an_alert() -> None:
     """With max_gaps=2 a third gap closes the oldest as permanent and reports it."""
     records = chain(10)
     verifier = Verifier(max_gaps=2)
-    found = [verifier.feed(AGENT, copy.deepcopy(records[i])) for i in (0, 2, 4, 6)]
+    found = [verify(verifier, AGENT, copy.deepcopy(records[i])) for i in (0, 2, 4, 6)]
     assert [v.status for v in found] == ["genesis", "gap", "gap", "gap"]
     assert [(g.first, g.last) for g in found[3].expired] == [(2, 2)]
     assert verifier.status()["agents"][AGENT]["open_gaps"] == [[4, 4], [6, 6]]
     assert verifier.counts["gap_expired"] == 1
-    assert verifier.feed(AGENT, copy.deepcopy(records[1])).status == "regressed"
-    assert verifier.feed(AGENT, copy.deepcopy(records[3])).status == "late"
+    assert verify(verifier, AGENT, copy.deepcopy(records[1])).status == "regressed"
+    assert verify(verifier, AGENT, copy.deepcopy(records[3])).status == "late"
 
 
 def test_agents_are_independent() -> None:
@@ -158,7 +189,7 @@ def test_agents_are_independent() -> None:
     for index in range(30):
         for agent, records in chains.items():
             expected = "genesis" if index == 0 else "ok"
-            assert verifier.feed(agent, copy.deepcopy(records[index])).status == expected
+            assert verify(verifier, agent, copy.deepcopy(records[index])).status == expected
     assert len(verifier.agents) == 50
 
 
@@ -181,7 +212,7 @@ def test_sha512_custom_profile_with_other_field_names() -> None:
         text = json.dumps(record, sort_keys=True, separators=(",", ":"))
         record["digest"] = prev = hashlib.sha512(text.encode()).hexdigest()
         assert profile.agent_of(record) == "a-1"
-        assert verifier.feed("a-1", record).status == ("genesis" if seq == 1 else "ok")
+        assert verify(verifier, "a-1", record).status == ("genesis" if seq == 1 else "ok")
 
 
 def test_profiles_refuse_inconsistent_fields() -> None:
@@ -197,7 +228,7 @@ def test_profiles_refuse_inconsistent_fields() -> None:
 
 def feed_lines(verifier: Verifier, lines: list[bytes]) -> list[Verdict]:
     """Feed SafeClaw lines for one agent."""
-    return [verifier.feed(AGENT, orjson.loads(line), line) for line in lines]
+    return [verify(verifier, AGENT, orjson.loads(line), line) for line in lines]
 
 
 def test_safeclaw_file_verifies_and_a_lost_or_edited_line_breaks_the_link() -> None:
@@ -298,15 +329,101 @@ def test_a_snapshot_restored_midway_gives_the_same_verdicts(
     # A shuffle of several agents' chains, with duplicates: every kind of verdict appears.
     sequence = [feed[i] for i in order] + feed[: len(feed) // 3]
     whole = Verifier(window=8, max_gaps=3)
-    expected = [whole.feed(agent, copy.deepcopy(r)).envelope() for agent, r in sequence]
+    expected = [verify(whole, agent, copy.deepcopy(r)).envelope() for agent, r in sequence]
     first = Verifier(window=8, max_gaps=3)
     cut = min(cut, len(sequence))
-    got = [first.feed(agent, copy.deepcopy(r)).envelope() for agent, r in sequence[:cut]]
+    got = [verify(first, agent, copy.deepcopy(r)).envelope() for agent, r in sequence[:cut]]
     snapshot = orjson.loads(orjson.dumps(first.snapshot()))
     second = Verifier.restore(snapshot, SEED, window=8, max_gaps=3)
-    got += [second.feed(agent, copy.deepcopy(r)).envelope() for agent, r in sequence[cut:]]
+    got += [verify(second, agent, copy.deepcopy(r)).envelope() for agent, r in sequence[cut:]]
     assert got == expected
     assert second.snapshot() == orjson.loads(orjson.dumps(whole.snapshot()))
+
+
+# --- the fast path agrees with the careful one -----------------------------------------------
+
+#: Edits to a record, each sending it down a different branch of ``feed`` (or none).
+EDITS: dict[str, Any] = {
+    "edit": lambda r: {**r, "effect": "tampered"},  # bad_hash
+    "rehash": lambda r: rehash({**r, "effect": "tampered"}),  # its successor: broken_link
+    "prev": lambda r: rehash({**r, "prevHash": "sha256:" + "0" * 64}),
+    "sequence_str": lambda r: {**r, "sequence": str(r["sequence"])},
+    "sequence_bool": lambda r: {**r, "sequence": True},
+    "sequence_float": lambda r: {**r, "sequence": float(r["sequence"])},
+    "sequence_huge": lambda r: {**r, "sequence": 2**70},
+    "no_hash": lambda r: {k: v for k, v in r.items() if k != "hash"},
+    "hash_int": lambda r: {**r, "hash": 7},
+    "prev_int": lambda r: {**r, "prevHash": 7},
+    "no_prev": lambda r: {k: v for k, v in r.items() if k != "prevHash"},
+    "lone_surrogate": lambda r: {**r, "effect": "\ud800"},  # canonicalize refuses it
+    "empty_hash": lambda r: {**r, "hash": "", "effect": "\ud800"},  # nor is "" its hash
+    "float": lambda r: rehash({**r, "ratio": 0.25}),
+}
+
+
+@st.composite
+def disturbed(draw: st.DrawFn) -> tuple[int, int, list[tuple[str, dict[str, Any]]]]:
+    """(window, max_gaps, a stream of several agents' records), mostly in order (the fast path's
+    case) with records swapped, dropped, repeated and edited here and there."""
+    stream: list[tuple[str, dict[str, Any]]] = []
+    for n in range(draw(st.integers(1, 3))):
+        first = draw(st.sampled_from([0, 1, 7]))
+        stream += [(f"a{n}", r) for r in chain(draw(st.integers(1, 30)), f"a{n}", first=first)]
+    for _ in range(draw(st.integers(0, 10))):
+        at = draw(st.integers(0, len(stream) - 1))
+        change = draw(st.sampled_from(["swap", "drop", "repeat", "replay", *EDITS]))
+        agent, record = stream[at]
+        if change == "swap" and at + 1 < len(stream):
+            stream[at], stream[at + 1] = stream[at + 1], stream[at]
+        elif change == "drop" and len(stream) > 1:
+            del stream[at]
+        elif change == "repeat":
+            stream.insert(at + 1, (agent, record))
+        elif change == "replay":
+            stream.append((agent, record))
+        elif change in EDITS and "\ud800" not in record.values():  # (rehash could not)
+            stream[at] = (agent, EDITS[change](record))
+    return draw(st.sampled_from([1, 3, 64])), draw(st.sampled_from([1, 2, 64])), stream
+
+
+def observable(result: Verdict | int) -> tuple[Any, ...]:
+    """All of what ``feed`` returned that the chain stage uses."""
+    if isinstance(result, int):
+        return ("ok", result)
+    assert result.status != "ok"  # an ok record comes as its sequence
+    details = result.alert_details() if result.alert else None
+    expired = [gap.as_json() for gap in result.expired]
+    return result.envelope(), result.drop, result.alert, result.severity, details, expired
+
+
+@settings(max_examples=300, deadline=None)
+@given(disturbed())
+def test_the_fast_path_agrees_with_the_careful_one(
+    case: tuple[int, int, list[tuple[str, dict[str, Any]]]],
+) -> None:
+    """``feed`` (its fast path where it applies) and ``_feed_careful`` alone give the same
+    verdicts, leave each record as it was, and end in the same state and counts: those of the
+    verdicts given, in all and per agent (that had a state: an unchained record does not start
+    one)."""
+    window, max_gaps, stream = case
+    fast = Verifier(window=window, max_gaps=max_gaps)
+    careful = Verifier(window=window, max_gaps=max_gaps)
+    seen: dict[str, Counter[str]] = {}  # per agent ("": none had a state)
+    for agent, record in stream:
+        mine, theirs = copy.deepcopy(record), copy.deepcopy(record)
+        result = fast.feed(agent, mine)
+        assert observable(result) == observable(careful._feed_careful(agent, theirs))
+        assert mine == record == theirs
+        verdict = as_verdict(result)
+        counts = seen.setdefault(agent if agent in fast.agents else "", Counter())
+        counts[verdict.status] += 1
+        counts["gap_expired"] += len(verdict.expired)
+    assert fast.snapshot() == careful.snapshot()
+    assert fast.status() == careful.status()
+    total = sum(seen.values(), Counter())
+    assert fast.counts == {status: n for status, n in total.items() if n}
+    for agent, state in fast.agents.items():
+        assert state.counts == {status: n for status, n in seen[agent].items() if n}
 
 
 def test_restore_refuses_another_profile_or_damage() -> None:
@@ -330,3 +447,30 @@ def test_a_deep_copy_verifies_independently() -> None:
     twin = copy.deepcopy(original)
     assert statuses(twin, records[2:]) == ["ok", "ok"]
     assert statuses(original, records[3:]) == ["gap"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    window=st.integers(1, 6),
+    puts=st.lists(st.tuples(st.integers(0, 30), st.sampled_from("abcdef")), max_size=40),
+)
+def test_the_recent_hashes_are_the_highest_sequence_of_each_slot(
+    window: int, puts: list[tuple[int, str]]
+) -> None:
+    """An agent's ring of recent hashes holds, per slot ``sequence % window``, the highest
+    sequence remembered there and its hash: lookups by sequence and by hash, and the snapshot's
+    pairs, are those of that model."""
+    state = AgentState(0, "", [-1, ""] * window, 0)
+    model: dict[int, tuple[int, str]] = {}  # slot: (sequence, hash)
+    for sequence, value in puts:
+        state.remember(sequence, value)
+        slot = sequence % window
+        if slot not in model or model[slot][0] <= sequence:
+            model[slot] = (sequence, value)
+    for sequence in range(32):
+        held = model.get(sequence % window)
+        assert state.recent(sequence) == (held[1] if held and held[0] == sequence else None)
+    for value in "abcdefg":
+        found = [model[slot][0] for slot in sorted(model) if model[slot][1] == value]
+        assert state.recent_sequence_of(value) == (found[0] if found else None)
+    assert state.recent_pairs() == sorted([s, h] for s, h in model.values())
