@@ -13,6 +13,10 @@ its append; the encoding is timed on its own row.
   of about ``GROUP_BYTES``, join each group and frame it (length, CRC-32C), write the buffers
   with ``writev``, fsync. The
   Python limit of the same work (column ``/limit``).
+* ``wal fsync=...``: the WAL driven as the daemon's writer drives it: ``Wal.write`` per batch,
+  keeping ``PIPELINE_DEPTH`` batches written and not yet accepted before it waits for the oldest
+  (``Wal.wait_accepted``), the sync lane fsyncing meanwhile (group commit). ``wal fsync="batch",
+  one at a time`` is ``Wal.append`` per batch: write, fsync, and only then the next batch.
 * ``encode``: ``wal.entry`` for every event (the envelope's orjson encoding), no I/O: the work
   the pipeline does before the WAL. ``encode + wal fsync="batch"`` is both, as the daemon's writer
   task does them.
@@ -31,6 +35,7 @@ import argparse
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +47,7 @@ from bench.events import generate_lines
 from bench.timing import interleaved_best
 from shipper.buffer.record import HEADER
 from shipper.buffer.segment import write_buffers
-from shipper.buffer.wal import GROUP_BYTES, Wal, WalSettings, entry
+from shipper.buffer.wal import GROUP_BYTES, PIPELINE_DEPTH, Wal, WalSettings, entry
 from shipper.events import Event
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:40000"}
@@ -104,27 +109,45 @@ def encode_pass(events: Sequence[Event]) -> float:
 
 
 def wal_pass(
-    items: Sequence[bytes] | Sequence[Event], batch: int, policy: str, directory: Path
+    items: Sequence[bytes] | Sequence[Event],
+    batch: int,
+    policy: str,
+    directory: Path,
+    depth: int = PIPELINE_DEPTH,
 ) -> tuple[float, int]:
     """Seconds to append every item in batches of ``batch``, and the bytes the WAL wrote. Events
-    are encoded as entries inside the timed loop, batch by batch, as the daemon's writer does."""
+    are encoded as entries inside the timed loop, batch by batch, as the daemon's writer does.
+
+    ``depth``: batches written and not yet waited for, as the daemon's writer keeps them
+    (``Wal.write``, then ``Wal.wait_accepted`` of the oldest, with the sync lane ``Wal.run``
+    fsyncing meanwhile); 0: one ``Wal.append`` at a time."""
     shutil.rmtree(directory, ignore_errors=True)
     wal = Wal(
         directory, WalSettings(max_bytes=64 * 1024**3, segment_bytes=SEGMENT_BYTES, fsync=policy)
     )
     wal.open({"bench": None})
+    encode = bool(items) and isinstance(items[0], Event)
 
     async def run() -> float:
-        start = time.perf_counter()
-        append = wal.append
-        if items and isinstance(items[0], Event):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wal.run)
+            start = time.perf_counter()
+            pending: deque[int] = deque()
             for index in range(0, len(items), batch):
-                await append([entry(e) for e in items[index : index + batch]])  # type: ignore[arg-type]
-        else:
-            for index in range(0, len(items), batch):
-                await append(items[index : index + batch])  # type: ignore[arg-type]
-        elapsed = time.perf_counter() - start
-        await wal.close()
+                part = items[index : index + batch]
+                entries = [entry(e) for e in part] if encode else part  # type: ignore[arg-type]
+                if not depth:
+                    await wal.append(entries)  # type: ignore[arg-type]
+                    continue
+                seq = await wal.write(entries)  # type: ignore[arg-type]
+                assert seq is not None
+                pending.append(seq)
+                while len(pending) > depth:
+                    await wal.wait_accepted(pending.popleft())
+            for seq in pending:
+                await wal.wait_accepted(seq)
+            elapsed = time.perf_counter() - start
+            await wal.close()
         return elapsed
 
     elapsed = trio.run(run)
@@ -138,6 +161,7 @@ ROWS = (
     "raw disk: write + fsync per batch",
     "limit: group+frame+write+fsync",
     'wal fsync="batch"',
+    'wal fsync="batch", one at a time',
     'wal fsync="interval"',
     'wal fsync="never"',
     'encode + wal fsync="batch"',
@@ -176,9 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return _timed_writes(args.dir / "raw.bin", joined[index])
                 if name == ROWS[1]:
                     return _timed_writes(args.dir / "limit.bin", framed_batches(part, batch))
-                items = part_events if name == ROWS[5] else part
-                policy = name.partition('"')[2].rstrip('"')
-                elapsed, written = wal_pass(items, batch, policy, args.dir / "w")
+                items = part_events if name == ROWS[6] else part
+                policy = name.split('"')[1]
+                depth = 0 if name == ROWS[3] else PIPELINE_DEPTH
+                elapsed, written = wal_pass(items, batch, policy, args.dir / "w", depth)
                 expected = sum(len(chunk[0]) for chunk in joined[index])
                 if written != expected:  # the limits write what the WAL writes, byte for byte
                     raise SystemExit(f"the WAL wrote {written} bytes, the limits {expected}")

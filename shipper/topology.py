@@ -16,6 +16,12 @@ The chain stage (``shipper.checkpoint``) runs in the writer's task, between the 
 the WAL, so its state always matches a WAL position; it is checkpointed every
 ``chain.checkpoint_interval``, when the WAL is full, and at shutdown, and restored at start.
 
+The writer keeps up to ``PIPELINE_DEPTH`` batches written to the WAL and not yet accepted: while
+the WAL's sync lane fsyncs them, the writer verifies, encodes and writes the next ones (group
+commit). Before a checkpoint it waits until every batch it wrote is accepted. When the disk
+refuses, the WAL goes back to its last accepted batch and the writer writes every later batch
+again, in order, with backoff, the sources waiting meanwhile.
+
 Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading;
 each source closes its channel once its connections have handed on what they read; the writer
 appends what is left and closes the WAL; each sink delivers what is in the WAL and returns;
@@ -25,13 +31,13 @@ appends what is left and closes the WAL; each sink delivers what is in the WAL a
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from shipper.buffer.wal import Wal, WalSettings, WalWriteError, entry
+from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage
 from shipper.config import Config, SyslogSourceConfig
 from shipper.events import Event
@@ -91,7 +97,10 @@ class Topology:
         )
         self.chain = ChainStage(config.chain, config.data_dir)
         self._next_checkpoint = 0.0
-        self._chain_ahead = False
+        # Batches the chain stage has seen and the WAL has not accepted yet, in order: not yet
+        # written (or to write again), and written (with the WAL's number for each).
+        self._unwritten: deque[list[bytes]] = deque()
+        self._unaccepted: deque[tuple[int, list[bytes]]] = deque()
         self.bound: dict[str, list[Bound]] = {}
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
@@ -108,7 +117,7 @@ class Topology:
                 for slot in self.sinks:
                     await nursery.start(slot.sink.run, self.wal.readers[slot.sink.id])
                 nursery.start_soon(self._write)
-                nursery.start_soon(self.wal.run_interval_fsync)
+                nursery.start_soon(self.wal.run)
                 for source in self.sources:
                     self.bound[source.id] = await nursery.start(source.run)
                     for address in self.bound[source.id]:
@@ -180,6 +189,10 @@ class Topology:
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                     await self._verify_and_append(batch)
+                    if not self._ingest.statistics().current_buffer_used:
+                        # Nothing else to do: settle what is in flight (a refusal is retried).
+                        await self._append([], keep=0)
+            await self._append([], keep=0)
         finally:
             with trio.CancelScope(shield=True):
                 await self._checkpoint()
@@ -189,6 +202,7 @@ class Topology:
         wal = self.wal
         now = trio.current_time()
         if wal.full or now >= self._next_checkpoint:
+            await self._append([], keep=0)  # every batch written so far accepted
             await self._checkpoint()  # the state covers exactly what the WAL holds
         if wal.full and wal.settings.when_full == "drop_newest":
             wal.drop(len(batch))  # the chain must not see what the WAL does not keep
@@ -196,12 +210,13 @@ class Topology:
             return
         # Nothing but this task appends, so the WAL cannot fill up between here and the append.
         verified = self.chain.process(batch, now)
-        encoded = [entry(event) for event in verified]
-        # Until the append completes, the chain state holds events the WAL does not: no
-        # checkpoint may be taken (a forced shutdown can cancel the append).
-        self._chain_ahead = True
-        await self._append(encoded)
-        self._chain_ahead = False
+        await self._append([entry(event) for event in verified])
+
+    @property
+    def _chain_ahead(self) -> bool:
+        """Whether the chain state holds events the WAL has not accepted: no checkpoint may be
+        taken then (a forced shutdown can cancel the writes)."""
+        return bool(self._unwritten or self._unaccepted)
 
     async def _checkpoint(self) -> None:
         """Store the chain state as covering everything the WAL holds, and let the WAL free
@@ -211,8 +226,8 @@ class Topology:
         if self._chain_ahead:
             log.warning(
                 "chain_checkpoint_skipped",
-                detail="a verified batch never reached the WAL; the next start replays the WAL "
-                "from the previous checkpoint",
+                detail="verified batches were not accepted by the WAL; the next start replays "
+                "the WAL from the previous checkpoint",
             )
             return
         if not await wal.sync():
@@ -226,20 +241,45 @@ class Topology:
             return
         await wal.readers[CHAIN_CURSOR].ack(position)
 
-    async def _append(self, batch: list[bytes]) -> None:
-        """Append one batch of WAL entries, retrying with backoff while the disk refuses (the
-        sources wait meanwhile)."""
+    async def _append(self, entries: list[bytes], keep: int = PIPELINE_DEPTH) -> None:
+        """Write a batch of WAL entries after every earlier one, then wait until at most ``keep``
+        batches are written and not yet accepted. While the disk refuses, retry with backoff (the
+        sources wait meanwhile): the WAL then went back to its last accepted batch, so every
+        later one is written again, in order."""
+        wal = self.wal
+        if entries:
+            self._unwritten.append(entries)
         delay = 0.1
         while True:
             try:
-                accepted = await self.wal.append(batch)
+                while self._unwritten:
+                    seq = await wal.write(self._unwritten[0])
+                    batch = self._unwritten.popleft()
+                    if seq is None:  # full with drop_newest after all (counted by the WAL)
+                        self.counters["dropped"] += len(batch)
+                    else:
+                        self._unaccepted.append((seq, batch))
+                while self._unaccepted and (
+                    len(self._unaccepted) > keep or wal.accepted(self._unaccepted[0][0])
+                ):
+                    await wal.wait_accepted(self._unaccepted[0][0])
+                    self.counters["events"] += len(self._unaccepted.popleft()[1])
+                return
             except WalWriteError as exc:
+                again = []
+                for seq, batch in self._unaccepted:
+                    if wal.accepted(seq):
+                        self.counters["events"] += len(batch)
+                    else:
+                        again.append(batch)
+                self._unaccepted.clear()
+                self._unwritten.extendleft(reversed(again))
                 wait = delay * random.uniform(0.5, 1.0)
                 log.error(
-                    "wal_write_failed", error=str(exc), events=len(batch), retry_in=round(wait, 3)
+                    "wal_write_failed",
+                    error=str(exc),
+                    events=sum(map(len, self._unwritten)),
+                    retry_in=round(wait, 3),
                 )
                 await trio.sleep(wait)
                 delay = min(delay * 2, 30.0)
-                continue
-            self.counters["events" if accepted else "dropped"] += len(batch)
-            return

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import trio
 
+from shipper.buffer import wal as wal_module
 from shipper.buffer.segment import Position
 from shipper.checkpoint import (
     CHAIN_CURSOR,
@@ -22,6 +25,9 @@ from shipper.checkpoint import (
 from shipper.config import Address, parse_config
 from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
+from shipper.topology import Topology
+from tests.buffer.test_wal import events as wal_events
+from tests.buffer.test_wal import read_all
 from tests.chains import AGENT, chain, chain_lines, safeclaw_lines
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 from tests.test_cli import shipper, write_config
@@ -333,3 +339,63 @@ async def test_a_safeclaw_file_verifies_and_replays_under_its_profile(tmp_path: 
     assert replayed.counters["replayed"] == 300
     assert replayed.counters["replay_mismatches"] == 0
     assert replayed.verifier.agents["127.0.0.1"].last_sequence == 300
+
+
+class FailFirstFsync:
+    """Stands in for the WAL's fsync (``_sync_fds``): the first call fails with EIO, the later
+    ones fsync."""
+
+    def __init__(self) -> None:
+        self.real = wal_module._sync_fds
+        self.calls = 0
+
+    def __call__(self, fd: int | None, retired: list[int]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        self.real(fd, retired)
+
+
+async def test_batches_refused_by_a_failed_fsync_are_written_again_in_order(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the WAL refuses batches the chain stage already verified (an fsync failed), the
+    writer writes them again, in order, after a backoff: each record is archived once, the chain
+    reads genesis then ok throughout, and the checkpoint at shutdown covers all of them."""
+    fsync = FailFirstFsync()
+    monkeypatch.setattr(wal_module, "_sync_fds", fsync)
+    lines = chain_lines(30)
+    await run_once(tmp_path, b"".join(lines), expect=30)
+    found = envelopes(tmp_path)
+    assert [e["record"]["sequence"] for e in found] == list(range(1, 31))
+    assert [e["chain"]["status"] for e in found] == ["genesis"] + ["ok"] * 29
+    (failed, *_) = logs.entries("wal_write_failed")
+    assert "Input/output error" in failed["error"]
+    (complete,) = logs.entries("shutdown_complete")
+    assert complete["metrics"]["buffer"]["write_errors"] >= 1
+    assert complete["metrics"]["chain"]["statuses"] == {"genesis": 1, "ok": 29}
+    stored = load_checkpoint(tmp_path / "var")
+    assert not isinstance(stored, str)
+    assert stored is not None
+    assert stored.state["agents"][AGENT]["last_sequence"] == 30
+
+
+async def test_the_writer_writes_refused_batches_again_in_their_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several batches written and not yet accepted when an fsync fails, the topology's
+    writer writes every refused one again, oldest first: the WAL holds them once, in order."""
+    fsync = FailFirstFsync()
+    monkeypatch.setattr(wal_module, "_sync_fds", fsync)
+    topology = Topology(parse_config(file_sink_config(tmp_path)))
+    wal = topology.wal
+    wal.open({"archive": None})
+    for first in range(1, 31, 3):  # the oldest is waited for once more than PIPELINE_DEPTH wait
+        await topology._append(wal_events(first, 3))
+    await topology._append([], keep=0)
+    assert fsync.calls >= 2
+    assert wal.counters["write_errors"] == 1
+    assert topology.counters["events"] == 30
+    assert await read_all(wal.readers["archive"]) == list(range(1, 31))
+    await wal.close()
+    wal.release()

@@ -20,6 +20,13 @@ group (at most 1.5 times ``GROUP_BYTES``, or one larger entry), not one event.
   ``"interval"`` fsyncs every ``fsync_interval`` (a power cut loses at most that much);
   ``"never"`` leaves it to the kernel (a power cut can lose anything not yet written back; a
   process crash loses nothing).
+* Group commit: a writer may write further batches (``write``) before the earlier ones are
+  accepted (``wait_accepted``); one fsync accepts every batch written before it began, and the
+  next batches are framed and written while it runs. Batches are accepted in the order written.
+* Any failure (a write, an fsync, a rotation) takes the WAL back to its last accepted position:
+  every batch written after it is refused, and its bytes are cut off the files before the next
+  write, which starts a new segment. The writer writes the refused batches again, in order; so
+  no batch is stored twice, and none is stored after one that was refused.
 * Readers see a record once it is accepted. A reader needs only the segment files and its cursor,
   so a reader in another process could follow the same files.
 * A segment is deleted only when every sink's cursor has passed all of it, and never while it is
@@ -35,7 +42,7 @@ import contextlib
 import fcntl
 import os
 import secrets
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +70,9 @@ log = get_logger("shipper.buffer")
 READ_BYTES = 1024 * 1024
 #: The size the writer aims at for the payload of one record (a group of entries).
 GROUP_BYTES = 64 * 1024
+#: Batches a writer keeps written and not yet accepted (``Wal.write``, then ``wait_accepted`` of
+#: the oldest): the fsync of one overlaps the encoding, framing and writing of the next ones.
+PIPELINE_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -114,8 +124,22 @@ class Wal:
         self._progress = trio.Event()  # set on every ack and deletion: a full writer re-checks
         self._closed = False
         self._closed_event = trio.Event()
-        self._dirty = False
-        self._io = trio.Lock()  # one thread at a time touches the active segment's fd
+        self._io = trio.Lock()  # one write at a time (framing, writing, rotating, rolling back)
+        # The write lane's end and the sync lane's state (see "writing" below).
+        self._written = self.committed
+        self._written_seq = 0  # batches written so far
+        self._synced_seq = 0  # batches settled: accepted, or refused (in _refused)
+        self._fsynced_seq = 0  # batches an fsync covered (or refused)
+        self._unsettled: deque[tuple[int, int, int]] = deque()  # (seq, events, bytes) written
+        self._refused: list[tuple[int, int, str]] = []  # (first seq, last seq, why): recent ones
+        self._retired: list[int] = []  # fds of segments left, for the sync lane to close
+        self._syncing = False
+        self._synced_event = trio.Event()  # set (and replaced) at each fsync and sync's end
+        # (batches written, where they end, the fd they are in): read by the sync thread
+        self._write_state: tuple[int, Position, int | None] = (0, self.committed, None)
+        self._needs_rollback = False  # an fsync failed: cut back to committed before writing
+        self._refusal_pending = False  # batches were refused and the writer was not told yet
+        self._activity = trio.Event()  # set on a write, an fsync's end, and close: wakes run()
         self._lock: int | None = None  # the directory's flock, held from open() to release()
         self.report: Report | None = None
 
@@ -149,7 +173,8 @@ class Wal:
             self.release()
             raise
         self._sizes[self._active] = SEGMENT_HEADER_SIZE
-        self.committed = Position(self._active, SEGMENT_HEADER_SIZE)
+        self.committed = self._written = Position(self._active, SEGMENT_HEADER_SIZE)
+        self._write_state = (0, self._written, self._fd)
         for sink, inputs in sinks.items():
             self.readers[sink] = WalReader(self, sink, report.cursors[sink], inputs)
         self.report = report
@@ -186,7 +211,8 @@ class Wal:
         return self._closed
 
     async def close(self) -> None:
-        """No more appends: fsync and close the active segment; readers finish what is there.
+        """No more writes: make everything written durable, close the segment files; readers
+        finish what is there.
 
         The directory stays locked until ``release()``: sinks still read and acknowledge.
         """
@@ -194,10 +220,19 @@ class Wal:
             return
         self._closed = True
         self._closed_event.set()
+        self._activity.set()
         with trio.CancelScope(shield=True):
             async with self._io:
-                fd, self._fd = self._fd, None
-                if fd is not None:
+                pass  # a write in flight finishes first
+            await self.sync()
+            async with self._io:
+                while self._syncing:
+                    await self._synced_event.wait()
+                if self._needs_rollback:
+                    await self._roll_back()
+                fds = [fd for fd in (self._fd, *self._retired) if fd is not None]
+                self._fd, self._retired = None, []
+                for fd in fds:
                     try:
                         await trio.to_thread.run_sync(_fsync_close, fd)
                     except OSError as exc:
@@ -211,6 +246,16 @@ class Wal:
             self._lock = None
 
     # --- writing -------------------------------------------------------------------------------
+    #
+    # Two lanes, so that the fsync of one batch overlaps the framing and writing of the next
+    # (group commit): ``write`` frames a batch and writes it (no fsync), one at a time under
+    # ``_io``, and numbers it; the sync lane (``_sync_once``: one fsync at a time, led by ``run``
+    # or by whoever waits first) fsyncs the active segment, which makes every batch written before
+    # it began durable, and only then moves ``committed``, which readers read up to. A write that
+    # rotates fsyncs the segment it leaves itself and hands its fd to the sync lane to close
+    # (never while an fsync may use it). On any failure the WAL goes back to its last durable
+    # position: every batch after it is refused (``wait_accepted`` raises) and its bytes are cut
+    # off the files, so a retry of the same batches, in order, stores each once.
 
     async def append(self, entries: Sequence[bytes]) -> bool:
         """Make ``entries`` (``entry(event)`` each) durable per the fsync policy; False if they
@@ -219,40 +264,273 @@ class Wal:
         Raises ``WalWriteError`` when the disk refused; nothing of the batch was accepted then,
         and the caller may retry the same batch.
         """
-        if not entries:
-            return True
-        if self.full and not await self._wait_for_space(len(entries)):
+        seq = await self.write(entries)
+        if seq is None:
             return False
-        assert self._fd is not None, "append after close"
+        await self.wait_accepted(seq)
+        return True
+
+    async def write(self, entries: Sequence[bytes]) -> int | None:
+        """Frame and write ``entries``, not waiting for the fsync; the batch's number, for
+        ``wait_accepted`` (with ``fsync = "batch"`` the batch counts as accepted only then, and
+        readers see it only then), or None if it was dropped because the WAL is full.
+
+        Raises ``WalWriteError`` when the disk refused. Then nothing of the batch was written,
+        and neither is any earlier batch not yet accepted (``wait_accepted`` says which): the
+        caller writes them again, in order.
+        """
+        if self._closed:
+            raise RuntimeError("write after close")
+        if not entries:
+            return self._written_seq  # accepted once everything written before is
+        if self._needs_rollback:  # refused bytes must not count toward max_bytes: cut them first
+            async with self._io:
+                if self._needs_rollback:
+                    await self._roll_back()
+        if self._refusal_pending:
+            raise self._tell("batches written before this one were refused")
+        if self.full and not await self._wait_for_space(len(entries)):
+            return None
         async with self._io:
+            if self._needs_rollback:  # an fsync failed: nothing after the durable part stays
+                await self._roll_back()
+            if self._refusal_pending:  # (while this write waited for space or its turn)
+                raise self._tell("batches written before this one were refused")
             chunks = self._frame(entries)
-            start = (self._active, self._sizes[self._active])
-            sync = self.settings.fsync == "batch"
             try:
-                self._fd, self._active = await trio.to_thread.run_sync(
-                    self._write_chunks, self._fd, start, chunks, sync
+                fd, active, retired = await trio.to_thread.run_sync(
+                    self._write_chunks, self._fd, self._active, chunks
                 )
             except _WriteFailed as failed:
-                self._fd = failed.fd
-                self._seal = True  # never append again to a segment whose write or fsync failed
-                self.counters["write_errors"] += 1
-                raise WalWriteError(
-                    f"cannot append to the WAL in {self.directory}: {failed.error}"
-                ) from failed.error
+                await self._fail(failed.error)
+                raise self._tell(str(failed.error)) from failed.error
+            self._fd, self._active = fd, active
+            self._retired += retired
+            if self._needs_rollback:  # an fsync failed while this batch was being written
+                await self._roll_back()
+                raise self._tell("an fsync failed while this batch was written")
             self._seal = False
-        written = 0
-        for segment, buffers in chunks:
-            size = sum(map(len, buffers))
-            self._sizes[segment] = self._sizes.get(segment, SEGMENT_HEADER_SIZE) + size
-            written += size
-        if not sync:
-            self._dirty = True
-        self.committed = Position(self._active, self._sizes[self._active])
-        self.counters["events"] += len(entries)
-        self.counters["bytes"] += written
-        self.counters["fsyncs"] += 1 if sync else 0
-        self._wake_readers()
+            written = 0
+            for segment, buffers in chunks:
+                size = sum(map(len, buffers))
+                self._sizes[segment] = self._sizes.get(segment, SEGMENT_HEADER_SIZE) + size
+                written += size
+            self._written = Position(active, self._sizes[active])
+            self._written_seq += 1
+            seq = self._written_seq
+            self._write_state = (seq, self._written, fd)
+            self._unsettled.append((seq, len(entries), written))
+            self.counters["events"] += len(entries)
+            self.counters["bytes"] += written
+        if self.settings.fsync != "batch":
+            self._settle(seq)
+            self.committed = self._written
+            self._wake_readers()
+        self._activity.set()
+        await trio.lowlevel.checkpoint()  # let the sync lane (run) start its fsync now
+        return seq
+
+    async def wait_accepted(self, seq: int) -> None:
+        """Wait until batch ``seq`` (from ``write``) is accepted: durable with ``fsync =
+        "batch"``, written with the other policies. Raises ``WalWriteError`` if it was refused
+        (an fsync or a later write failed first); write it again then."""
+        while True:
+            refused = self._refusal(seq)
+            if refused is not None:
+                raise self._tell(refused)
+            if seq <= self._synced_seq or self.settings.fsync != "batch":
+                return
+            if self._syncing:
+                await self._synced_event.wait()
+            elif self._needs_rollback:  # (every batch written before the failure is refused)
+                raise self._tell("rolling back")
+            else:
+                await self._sync_once()
+
+    def accepted(self, seq: int) -> bool:
+        """Whether batch ``seq`` is accepted (``wait_accepted`` would return at once)."""
+        if self._refusal(seq) is not None:
+            return False
+        return seq <= self._synced_seq or self.settings.fsync != "batch"
+
+    def _tell(self, reason: str) -> WalWriteError:
+        """The error that tells the writer its batches were refused. Until it is told, every
+        write fails: none may land after refused batches the writer would not write again
+        first (it learns of a refusal only from an exception)."""
+        self._refusal_pending = False
+        return WalWriteError(f"cannot append to the WAL in {self.directory}: {reason}")
+
+    def _refusal(self, seq: int) -> str | None:
+        for first, last, reason in self._refused:
+            if first <= seq <= last:
+                return reason
+        return None
+
+    async def run(self) -> None:
+        """The background sync lane, until ``close``: with ``fsync = "batch"`` fsync whatever
+        was written as soon as the previous fsync is done (group commit: the writer goes on
+        framing and writing meanwhile); with ``"interval"`` fsync every ``fsync_interval``."""
+        if self.settings.fsync == "interval":
+            while not self._closed:
+                with trio.move_on_after(self.settings.fsync_interval):
+                    await self._closed_event.wait()
+                await self.sync()
+            return
+        if self.settings.fsync != "batch":
+            return
+        while not self._closed:
+            activity = self._activity = trio.Event()
+            if self._written_seq > self._fsynced_seq and not self._syncing:
+                await self._sync_once()
+                continue
+            await activity.wait()
+
+    async def sync(self) -> bool:
+        """Make everything written so far durable, whatever the fsync policy; False if an fsync
+        failed (logged and counted; with ``fsync = "batch"`` the batches it covered are
+        refused)."""
+        target = self._written_seq
+        while self._fsynced_seq < target or self._retired:
+            if self._needs_rollback:
+                return False
+            if self._syncing:
+                await self._synced_event.wait()
+            elif not await self._sync_once():
+                return False
         return True
+
+    async def _sync_once(self) -> bool:
+        """Fsync the active segment until nothing more was written to it (``_sync_loop``), each
+        fsync accepting every batch written before it began; False if one failed. One at a
+        time; also closes the fds rotations retired."""
+        if self._syncing or self._needs_rollback:
+            return True
+        seq, target, fd, retired = self._written_seq, self._written, self._fd, self._retired
+        if seq == self._fsynced_seq and not retired:
+            return True
+        self._retired = []
+        self._syncing = True
+        token = trio.lowlevel.current_trio_token()
+        try:
+            await trio.to_thread.run_sync(self._sync_loop, token, fd, seq, target, retired)
+        except OSError as exc:
+            self.counters["write_errors"] += 1
+            log.error("wal_fsync_failed", error=str(exc))
+            self._seal = True  # never append again to a segment whose fsync failed
+            if self.settings.fsync == "batch":
+                self._refuse(f"fsync failed: {exc}")
+                self._needs_rollback = True
+                self._progress.set()  # a writer waiting for space stops: refused bytes go
+            return False
+        finally:
+            self._syncing = False
+            self._synced_event.set()
+            self._synced_event = trio.Event()
+            self._activity.set()
+        return True
+
+    def _sync_loop(
+        self,
+        token: trio.lowlevel.TrioToken,
+        fd: int | None,
+        seq: int,
+        target: Position,
+        retired: list[int],
+    ) -> None:
+        """Worker thread: fsync ``fd``, which accepts batches up to ``seq`` (reported to the trio
+        thread without waiting for it: ``_synced``), and again while the writer has written more
+        to the same fd meanwhile. Staying in the thread between fsyncs saves the two thread
+        hand-offs each would cost, which on a busy machine are a good part of an fsync."""
+        while True:
+            _sync_fds(fd, retired)
+            retired = []
+            token.run_sync_soon(self._synced, seq, target)
+            written_seq, written, written_fd = self._write_state  # replaced whole by the writer
+            if written_seq == seq or written_fd != fd or self._needs_rollback or self._closed:
+                return
+            seq, target = written_seq, written
+
+    def _synced(self, seq: int, target: Position) -> None:
+        """(Trio thread.) An fsync made the batches up to ``seq``, ending at ``target``, durable."""
+        self.counters["fsyncs"] += 1
+        self._fsynced_seq = max(self._fsynced_seq, seq)
+        self._settle(seq)
+        if self.settings.fsync == "batch" and target > self.committed:
+            self.committed = target
+            self._wake_readers()
+        self._synced_event.set()
+        self._synced_event = trio.Event()
+
+    def _settle(self, seq: int) -> None:
+        """Batches up to ``seq`` are accepted."""
+        self._synced_seq = max(self._synced_seq, seq)
+        while self._unsettled and self._unsettled[0][0] <= seq:
+            self._unsettled.popleft()
+
+    def _refuse(self, reason: str) -> None:
+        """Every batch written and not yet accepted is refused (rolled back)."""
+        if self._written_seq > self._synced_seq:
+            self._refusal_pending = True
+            self._refused = [
+                *self._refused[-15:],
+                (self._synced_seq + 1, self._written_seq, reason),
+            ]
+        for _seq, events, size in self._unsettled:
+            self.counters["events"] -= events
+            self.counters["bytes"] -= size
+        self._unsettled.clear()
+        self._synced_seq = self._fsynced_seq = self._written_seq
+
+    async def _fail(self, error: OSError) -> None:
+        """A write failed (``_io`` held): refuse what is not accepted and roll back to it."""
+        self.counters["write_errors"] += 1
+        while self._syncing:  # its fsync may still make earlier batches durable
+            await self._synced_event.wait()
+        self._refuse(f"a write failed: {error}")
+        await self._roll_back()
+
+    async def _roll_back(self) -> None:
+        """Back to the last accepted position (``_io`` held, no fsync in flight): close the
+        segment files, delete the segments begun since, cut the one it is in back to it; the
+        next write starts a new segment."""
+        self._needs_rollback = True  # no fsync starts meanwhile
+        keep = self.committed
+        fds = [fd for fd in (self._fd, *self._retired) if fd is not None]
+        self._fd, self._retired = None, []
+        doomed = list(range(keep.segment + 1, self._next_number))
+        await trio.to_thread.run_sync(self._undo, fds, keep, doomed)
+        for number in doomed:
+            self._sizes.pop(number, None)
+            self._skips.pop(number, None)
+        if keep.segment in self._sizes:
+            self._sizes[keep.segment] = keep.offset
+        self._active = keep.segment
+        self._written = keep
+        self._write_state = (self._written_seq, keep, None)
+        self._seal = True
+        self._needs_rollback = False
+        self.counters["rollbacks"] += 1
+        log.warning("wal_rolled_back", segment=keep.segment, offset=keep.offset)
+
+    def _undo(self, fds: list[int], keep: Position, doomed: list[int]) -> None:
+        """Worker thread: ``_roll_back``'s file work; failures are logged (a cut that fails
+        leaves refused batches on disk: the next start delivers them, and their retries)."""
+        for fd in fds:
+            try:
+                _fsync_close(fd)  # with "interval", what readers were given stays durable
+            except OSError as exc:
+                log.error("wal_fsync_failed", error=str(exc))
+        try:
+            for number in doomed:
+                (self.directory / segment_name(number)).unlink(missing_ok=True)
+            path = self.directory / segment_name(keep.segment)
+            if path.exists() and path.stat().st_size > keep.offset:
+                os.truncate(path, keep.offset)
+                with open(path, "rb") as file:
+                    os.fsync(file.fileno())
+            fsync_dir(self.directory)
+        except OSError as exc:
+            log.error("wal_rollback_failed", segment=keep.segment, error=str(exc))
 
     def drop(self, count: int) -> None:
         """Count and log ``count`` events dropped because the WAL is full (``drop_newest``)."""
@@ -268,8 +546,10 @@ class Wal:
         log.warning("wal_full_blocking", bytes=self.total_bytes, max_bytes=self.settings.max_bytes)
         started = trio.current_time()
         while self.total_bytes >= self.settings.max_bytes:
+            if self._needs_rollback or self._refusal_pending:
+                break  # the write rolls back and says batches were refused
             progress = self._progress = trio.Event()
-            active_size = self._sizes[self._active]
+            active_size = self._sizes.get(self._active, SEGMENT_HEADER_SIZE)
             if active_size > SEGMENT_HEADER_SIZE and all(
                 reader.passed(self._active) for reader in self.readers.values()
             ):
@@ -288,25 +568,24 @@ class Wal:
     async def append_nothing(self) -> None:
         """Start the next segment now (what a sealed append would do first)."""
         async with self._io:
-            if not self._seal or self._fd is None:
+            if not self._seal or self._closed:
                 return
             number = self._take_number()
             try:
-                self._fd, self._active = await trio.to_thread.run_sync(
-                    self._write_chunks,
-                    self._fd,
-                    (self._active, self._sizes[self._active]),
-                    [(number, list[bytes]())],
-                    False,
+                fd, active, retired = await trio.to_thread.run_sync(
+                    self._write_chunks, self._fd, self._active, [(number, list[bytes]())]
                 )
             except _WriteFailed as failed:
-                self._fd = failed.fd
-                self.counters["write_errors"] += 1
                 log.error("wal_rotate_failed", error=str(failed.error))
+                await self._fail(failed.error)
                 return
-            self._seal = False
-        self._sizes[self._active] = SEGMENT_HEADER_SIZE
-        self.committed = Position(self._active, SEGMENT_HEADER_SIZE)
+            self._fd, self._active, self._seal = fd, active, False
+            self._retired += retired
+            self._sizes[self._active] = SEGMENT_HEADER_SIZE
+            self._written = Position(self._active, SEGMENT_HEADER_SIZE)
+            self._write_state = (self._written_seq, self._written, fd)
+            if self.committed.segment < self._active and self._written_seq == self._synced_seq:
+                self.committed = self._written  # nothing waits for an fsync: readers move on
         self._wake_readers()
 
     def _take_number(self) -> int:
@@ -324,9 +603,9 @@ class Wal:
         checksum per group), and halved while the estimate was too high.
         """
         segment = self._active
-        offset = self._sizes[segment]
+        offset = self._sizes.get(segment, SEGMENT_HEADER_SIZE)
         limit = self.settings.segment_bytes
-        if self._seal:
+        if self._seal or self._fd is None:
             segment, offset = self._take_number(), SEGMENT_HEADER_SIZE
         chunks: list[tuple[int, list[bytes]]] = [(segment, [])]
         buffers = chunks[0][1]
@@ -352,74 +631,37 @@ class Wal:
         return chunks
 
     def _write_chunks(
-        self, fd: int, start: tuple[int, int], chunks: list[tuple[int, list[bytes]]], sync: bool
-    ) -> tuple[int, int]:
-        """Worker thread: write the chunks, starting new segments as planned; fsync if asked.
+        self, fd: int | None, active: int, chunks: list[tuple[int, list[bytes]]]
+    ) -> tuple[int, int, list[int]]:
+        """Worker thread: write the chunks, starting new segments as planned, each left one
+        fsynced first. Touches no shared state.
 
-        Returns the active fd and segment number. Touches no shared state. All or nothing: on
-        any error the segments this call created are removed, the segment it began in is cut
-        back to where the batch began, and ``_WriteFailed`` carries the fd to keep using (the
-        caller then seals that segment: no append goes to a file whose write or fsync failed).
+        Returns the active fd, its segment number, and the fd the batch began with if it left
+        it (for the sync lane to close: an fsync may be using it). On error, closes the fds it
+        opened and raises ``_WriteFailed``; the caller rolls back.
         """
-        first_fd = fd
-        active, base = start
-        created: list[tuple[int, int]] = []
+        first = fd
+        opened: list[int] = []  # fds this call opened and has not closed
         try:
             for segment, buffers in chunks:
                 if segment != active:
-                    if fd == first_fd:
-                        try:  # seal the segment the batch began in
-                            os.fsync(fd)
-                        except OSError as exc:  # its bytes stay readable; durability unknown
-                            log.error("wal_fsync_failed", segment=active, error=str(exc))
-                    else:
-                        os.fsync(fd)
+                    if fd is not None:
+                        os.fsync(fd)  # the segment left is whole and durable
+                        if fd != first:
+                            opened.remove(fd)
+                            os.close(fd)
                     fd = create(self.directory, segment)
-                    created.append((segment, fd))
+                    opened.append(fd)
                     active = segment
+                assert fd is not None
                 write_buffers(fd, buffers)
-            if sync:
-                os.fsync(fd)
         except OSError as exc:
-            for segment, new_fd in created:
+            for new_fd in opened:
                 with contextlib.suppress(OSError):
                     os.close(new_fd)
-                with contextlib.suppress(OSError):
-                    (self.directory / segment_name(segment)).unlink()
-            with contextlib.suppress(OSError):
-                os.ftruncate(first_fd, base)
-            raise _WriteFailed(first_fd, exc) from exc
-        for _segment, new_fd in created[:-1]:
-            os.close(new_fd)  # filled and fsynced within this batch
-        if created:
-            with contextlib.suppress(OSError):
-                os.close(first_fd)  # sealed: fsynced at the rotation (or the policy allows)
-        return fd, active
-
-    async def run_interval_fsync(self) -> None:
-        """With ``fsync = "interval"``: fsync the active segment every ``fsync_interval``."""
-        if self.settings.fsync != "interval":
-            return
-        while not self._closed:
-            with trio.move_on_after(self.settings.fsync_interval):
-                await self._closed_event.wait()
-            await self.sync()
-
-    async def sync(self) -> bool:
-        """Make everything appended so far durable, whatever the fsync policy; False if the
-        fsync failed (the segment is then sealed, and the failure logged and counted)."""
-        async with self._io:
-            if self._dirty and self._fd is not None:
-                try:
-                    await trio.to_thread.run_sync(os.fsync, self._fd)
-                except OSError as exc:
-                    self._seal = True
-                    self.counters["write_errors"] += 1
-                    log.error("wal_fsync_failed", error=str(exc))
-                    return False
-                self._dirty = False
-                self.counters["fsyncs"] += 1
-        return True
+            raise _WriteFailed(exc) from exc
+        assert fd is not None
+        return fd, active, [first] if first is not None and first != fd else []
 
     # --- readers and deletion -----------------------------------------------------------------
 
@@ -593,11 +835,10 @@ class WalReader:
 
 
 class _WriteFailed(Exception):
-    """Internal: a write failed; carries the fd the writer keeps and the OS error."""
+    """Internal: a write failed; carries the OS error."""
 
-    def __init__(self, fd: int, error: OSError) -> None:
+    def __init__(self, error: OSError) -> None:
         super().__init__(str(error))
-        self.fd = fd
         self.error = error
 
 
@@ -673,6 +914,18 @@ def lock_directory(directory: Path) -> int:
             f"the WAL in {directory} is in use by another process (a running shipper?)"
         ) from exc
     return fd
+
+
+def _sync_fds(fd: int | None, retired: list[int]) -> None:
+    """Worker thread: fsync ``fd``; close ``retired`` (fsynced when they were left) whatever
+    happens."""
+    try:
+        if fd is not None:
+            os.fsync(fd)
+    finally:
+        for old in retired:
+            with contextlib.suppress(OSError):
+                os.close(old)
 
 
 def _fsync_close(fd: int) -> None:

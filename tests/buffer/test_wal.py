@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -252,7 +255,7 @@ async def test_interval_fsync_policy_accepts_and_syncs_in_the_background(tmp_pat
     """With fsync = "interval", appends are readable at once and fsynced by the background task."""
     wal = open_wal(tmp_path, fsync="interval", fsync_interval=0.01)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wal.run_interval_fsync)
+        nursery.start_soon(wal.run)
         await wal.append(events(1, 3))
         assert await read_all(wal.readers["a"]) == [1, 2, 3]
         await wait_until(lambda: wal.counters["fsyncs"] >= 1)
@@ -413,7 +416,7 @@ async def test_interval_fsync_task_ends_as_soon_as_the_wal_closes(tmp_path: Path
     wal = open_wal(tmp_path, fsync="interval", fsync_interval=3600)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(wal.run_interval_fsync)
+            nursery.start_soon(wal.run)
             await wal.append(events(1, 1))
             await trio.testing.wait_all_tasks_blocked()
             await wal.close()
@@ -428,3 +431,245 @@ async def test_the_directory_stays_locked_until_released(tmp_path: Path) -> None
         lock_directory(tmp_path)
     wal.release()
     os.close(lock_directory(tmp_path))
+
+
+# --- group commit: writes go on while an fsync runs; a failure refuses every batch after it ----
+
+
+class Gate:
+    """A stand-in for one of the WAL's blocking calls (run in a worker thread) that waits until
+    the test opens the gate, then fails if told to, else calls the real one."""
+
+    def __init__(self, real: Callable[..., None], fail: OSError | None = None) -> None:
+        self.real = real
+        self.fail = fail
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.calls = 0
+
+    def __call__(self, *args: Any) -> None:
+        self.calls += 1
+        self.entered.set()
+        self.open.wait(30)
+        if self.fail is not None:
+            raise self.fail
+        self.real(*args)
+
+
+async def entered(gate: Gate) -> None:
+    """Wait (without blocking trio) until a worker thread is inside the gate."""
+    await wait_until(gate.entered.is_set)
+
+
+async def test_batches_written_during_an_fsync_are_accepted_together_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one fsync runs, later batches are written but neither accepted nor visible to
+    readers; the next fsync accepts all of them at once (group commit), in order."""
+    wal = open_wal(tmp_path)
+    reader = wal.readers["a"]
+    gate = Gate(wal_module._sync_fds)
+    monkeypatch.setattr(wal_module, "_sync_fds", gate)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wal.run)
+        first = await wal.write(events(1, 3))
+        assert first is not None
+        await entered(gate)  # the sync lane's fsync of the first batch is under way
+        later = [await wal.write(events(n, 3)) for n in (4, 7, 10)]
+        assert all(seq is not None and not wal.accepted(seq) for seq in [first, *later])
+        assert not reader.has_unread
+        gate.open.set()
+        for seq in later:
+            assert seq is not None
+            await wal.wait_accepted(seq)
+        assert gate.calls == 2  # one for the first batch, one for the three written meanwhile
+        assert wal.counters["fsyncs"] == 2
+        assert await read_all(reader) == list(range(1, 13))
+        await wal.close()
+    assert ids_match_offsets(tmp_path) == list(range(1, 13))
+    wal.release()
+
+
+async def test_a_failed_fsync_refuses_every_unaccepted_batch_and_cuts_them_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When an fsync fails, every batch written and not yet accepted is refused and cut off
+    the files (readers never see it, not even after a restart); written again, in order, each
+    lands once."""
+    wal = open_wal(tmp_path, segment_bytes=8192)
+    reader = wal.readers["a"]
+    assert await wal.append(events(1, 5))
+    accepted_end = wal.committed
+    pending = [await wal.write(events(n, 10)) for n in (6, 16)]  # spans segments
+    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "Input/output error"))
+    failing.open.set()
+    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    for seq in pending:
+        assert seq is not None
+        with pytest.raises(WalWriteError, match="Input/output error"):
+            await wal.wait_accepted(seq)
+        assert not wal.accepted(seq)
+    assert failing.calls == 1
+    monkeypatch.undo()
+    assert await read_all(reader) == [1, 2, 3, 4, 5]
+    assert wal.counters["events"] == 5
+    assert await wal.append(events(6, 10))  # cut back before this write: nothing doubles
+    assert (tmp_path / segment_name(accepted_end.segment)).stat().st_size == accepted_end.offset
+    assert await wal.append(events(16, 10))
+    assert wal.total_bytes == sum(path.stat().st_size for path in segment_files(tmp_path))
+    assert await read_all(reader) == list(range(6, 26))
+    await wal.close()
+    wal.release()
+    assert ids_match_offsets(tmp_path) == list(range(1, 26))
+    again = open_wal(tmp_path)
+    assert await read_all(again.readers["a"]) == list(range(1, 26))
+    await again.close()
+    again.release()
+
+
+async def test_a_write_in_flight_when_an_fsync_fails_is_refused_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose write was under way when an earlier batch's fsync failed lies after the
+    refused bytes: it is refused as well, and the files are cut back to the last accepted one."""
+    wal = open_wal(tmp_path)
+    assert await wal.append(events(1, 2))
+    accepted_end = wal.committed
+    pending = await wal.write(events(3, 2))
+    assert pending is not None
+    writing = Gate(write_buffers)
+    monkeypatch.setattr(wal_module, "write_buffers", writing)
+    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "I/O error"))
+    failing.open.set()
+    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    refused: list[str] = []
+
+    async def write_later() -> None:
+        with pytest.raises(WalWriteError, match="fsync failed"):
+            await wal.write(events(5, 2))
+        refused.append("write")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_later)
+        await entered(writing)
+        with pytest.raises(WalWriteError, match="I/O error"):
+            await wal.wait_accepted(pending)
+        writing.open.set()
+    assert refused == ["write"]
+    monkeypatch.undo()
+    (path,) = segment_files(tmp_path)
+    assert path.stat().st_size == accepted_end.offset
+    assert wal.total_bytes == accepted_end.offset
+    assert await wal.append(events(3, 4))
+    assert await read_all(wal.readers["a"]) == [1, 2, 3, 4, 5, 6]
+    await wal.close()
+    assert ids_match_offsets(tmp_path) == [1, 2, 3, 4, 5, 6]
+    wal.release()
+
+
+async def test_a_failed_write_refuses_the_batches_still_waiting_for_their_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With fsync="batch", a write that fails also refuses the earlier batches not yet
+    accepted (they precede it in the file, and the WAL goes back to its last accepted
+    position); with fsync="never" those were accepted when written and stay."""
+    for policy, kept in (("batch", [1, 2]), ("never", [1, 2, 3, 4])):
+        directory = tmp_path / policy
+        wal = open_wal(directory, fsync=policy)
+        assert await wal.append(events(1, 2))
+        pending = await wal.write(events(3, 2))
+        assert pending is not None
+
+        def fail(fd: int, buffers: list[bytes]) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(wal_module, "write_buffers", fail)
+        with pytest.raises(WalWriteError, match="No space left"):
+            await wal.write(events(5, 2))
+        monkeypatch.undo()
+        assert wal.accepted(pending) == (policy == "never")
+        assert await read_all(wal.readers["a"]) == kept
+        assert wal.counters["events"] == len(kept)
+        await wal.close()
+        wal.release()
+        assert ids_match_offsets(directory) == kept
+
+
+async def test_segment_files_left_by_rotations_are_closed(tmp_path: Path) -> None:
+    """The fds of segments a rotation left are closed by the next fsync, not kept open until
+    the WAL closes (a daemon rotates thousands of times)."""
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    wal = open_wal(tmp_path, segment_bytes=4096)
+    baseline = open_fds()
+    for first in range(1, 400, 20):
+        assert await wal.append(events(first, 20))  # several rotations per append
+    assert len(segment_files(tmp_path)) > 30
+    assert open_fds() <= baseline + 1  # the active segment, perhaps another one than at first
+    await wal.close()
+    wal.release()
+
+
+async def test_a_write_after_an_unreported_refusal_fails_so_that_order_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches refused by a failed fsync that no exception has reported yet make the next write
+    fail (it must not land before them); after that the writer writes them again, in order."""
+    wal = open_wal(tmp_path)
+    assert await wal.append(events(1, 2))
+    pending = await wal.write(events(3, 2))
+    assert pending is not None
+    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "Input/output error"))
+    failing.open.set()
+    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    assert not await wal.sync()  # the sync lane's failure: nobody is told by an exception
+    monkeypatch.undo()
+    with pytest.raises(WalWriteError, match="before this one were refused"):
+        await wal.write(events(5, 2))
+    assert not wal.accepted(pending)
+    assert await wal.append(events(3, 2))
+    assert await wal.append(events(5, 2))
+    assert await read_all(wal.readers["a"]) == [1, 2, 3, 4, 5, 6]
+    await wal.close()
+    assert ids_match_offsets(tmp_path) == [1, 2, 3, 4, 5, 6]
+    wal.release()
+
+
+async def test_a_writer_blocked_on_a_full_wal_wakes_when_an_fsync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write waiting for space behind batches that an fsync then refuses stops waiting: it
+    fails, and the refused bytes, cut off the files, no longer count toward max_bytes."""
+    wal = open_wal(tmp_path, max_bytes=32 * 1024)
+    assert await wal.append(events(1, 2))
+    accepted_bytes = wal.total_bytes
+    pending = await wal.write(events(3, 150))  # ~40 KB: the WAL is full now
+    assert pending is not None
+    assert wal.full
+    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "Input/output error"))
+    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    outcome: list[str] = []
+
+    async def blocked_write() -> None:
+        with pytest.raises(WalWriteError, match="refused"):
+            await wal.write(events(200, 2))
+        outcome.append("refused")
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(blocked_write)
+            await trio.testing.wait_all_tasks_blocked()
+            assert wal.counters["blocked"] == 1
+            nursery.start_soon(wal.sync)
+            await entered(failing)
+            failing.open.set()
+    assert outcome == ["refused"]
+    assert not wal.accepted(pending)
+    monkeypatch.undo()
+    assert wal.total_bytes == accepted_bytes
+    assert await wal.append(events(3, 2))
+    assert await read_all(wal.readers["a"]) == [1, 2, 3, 4]
+    await wal.close()
+    wal.release()
