@@ -35,7 +35,7 @@ import argparse
 import os
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,8 +114,9 @@ def wal_pass(
     policy: str,
     directory: Path,
     depth: int = PIPELINE_DEPTH,
-) -> tuple[float, int]:
-    """Seconds to append every item in batches of ``batch``, and the bytes the WAL wrote. Events
+) -> tuple[float, int, int]:
+    """Seconds to append every item in batches of ``batch``, the bytes the WAL wrote, and the
+    fsyncs it counted (those that accept batches). Events
     are encoded as entries inside the timed loop, batch by batch, as the daemon's writer does.
 
     ``depth``: batches written and not yet waited for, as the daemon's writer keeps them
@@ -151,10 +152,10 @@ def wal_pass(
         return elapsed
 
     elapsed = trio.run(run)
-    written = wal.counters["bytes"]
+    written, fsyncs = wal.counters["bytes"], wal.counters["fsyncs"]
     wal.release()
     shutil.rmtree(directory, ignore_errors=True)
-    return elapsed, written
+    return elapsed, written, fsyncs
 
 
 ROWS = (
@@ -183,10 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     step = -(-count // args.chunks)
     parts = [(events[i : i + step], entries[i : i + step]) for i in range(0, count, step)]
     print(f"{count} events in {len(parts)} chunks, best of {args.repeats}; WAL in {args.dir}")
-    print(f"{'stage':<34}{'batch':>6}{'events/s':>12}{'MB/s':>9}{'/disk':>7}{'/limit':>7}")
+    print(
+        f"{'stage':<34}{'batch':>6}{'events/s':>12}{'MB/s':>9}{'/disk':>7}{'/limit':>7}"
+        f"{'fsyncs/batch':>14}"
+    )
     try:
         seconds = min(encode_pass(events) for _ in range(args.repeats))
         print(f"{'encode: wal.entry(event)':<34}{'':>6}{count / seconds:>12,.0f}")
+        fsyncs: Counter[tuple[int, str]] = Counter()  # per batch size and row, over all runs
+        appends: Counter[tuple[int, str]] = Counter()
         for batch in (int(b) for b in args.batches.split(",")):
             joined = [
                 [[b"".join(buffers)] for buffers in framed_batches(part, batch)]
@@ -196,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             def run(name: str, index: int, batch: int = batch, joined: list[Any] = joined) -> float:
                 part_events, part = parts[index]
+                appends[batch, name] += len(joined[index])
+                if name in ROWS[:2]:
+                    fsyncs[batch, name] += len(joined[index])  # one per batch
                 if name == ROWS[0]:
                     return _timed_writes(args.dir / "raw.bin", joined[index])
                 if name == ROWS[1]:
@@ -203,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 items = part_events if name == ROWS[6] else part
                 policy = name.split('"')[1]
                 depth = 0 if name == ROWS[3] else PIPELINE_DEPTH
-                elapsed, written = wal_pass(items, batch, policy, args.dir / "w", depth)
+                elapsed, written, synced = wal_pass(items, batch, policy, args.dir / "w", depth)
+                fsyncs[batch, name] += synced
                 expected = sum(len(chunk[0]) for chunk in joined[index])
                 if written != expected:  # the limits write what the WAL writes, byte for byte
                     raise SystemExit(f"the WAL wrote {written} bytes, the limits {expected}")
@@ -213,9 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             disk, limit = best[ROWS[0]], best[ROWS[1]]
             for label in ROWS:
                 seconds = best[label]
+                per_batch = fsyncs[batch, label] / appends[batch, label]
                 print(
                     f"{label:<34}{batch:>6}{count / seconds:>12,.0f}{size / seconds / 1e6:>9.1f}"
-                    f"{disk / seconds:>7.2f}{limit / seconds:>7.2f}"
+                    f"{disk / seconds:>7.2f}{limit / seconds:>7.2f}{per_batch:>14.2f}"
                 )
     finally:
         shutil.rmtree(args.dir, ignore_errors=True)
