@@ -290,6 +290,15 @@ def ids_match_offsets(directory: Path) -> list[int]:
     return found
 
 
+async def read_close_and_check(wal: Wal, directory: Path, expected: list[int]) -> None:
+    """Sink "a" can read exactly ``expected`` now, in order; closed, the files hold exactly
+    those, each id its entry's true offset; then release the WAL."""
+    assert await read_all(wal.readers["a"]) == expected
+    await wal.close()
+    assert ids_match_offsets(directory) == expected
+    wal.release()
+
+
 async def test_a_failed_write_is_all_or_nothing_and_the_retry_is_not_duplicated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -561,10 +570,7 @@ async def test_a_write_in_flight_when_an_fsync_fails_is_refused_too(
     assert path.stat().st_size == accepted_end.offset
     assert wal.total_bytes == accepted_end.offset
     assert await wal.append(events(3, 4))
-    assert await read_all(wal.readers["a"]) == [1, 2, 3, 4, 5, 6]
-    await wal.close()
-    assert ids_match_offsets(tmp_path) == [1, 2, 3, 4, 5, 6]
-    wal.release()
+    await read_close_and_check(wal, tmp_path, [1, 2, 3, 4, 5, 6])
 
 
 async def test_a_failed_write_refuses_the_batches_still_waiting_for_their_fsync(
@@ -631,10 +637,7 @@ async def test_a_write_after_an_unreported_refusal_fails_so_that_order_is_kept(
     assert not wal.accepted(pending)
     assert await wal.append(events(3, 2))
     assert await wal.append(events(5, 2))
-    assert await read_all(wal.readers["a"]) == [1, 2, 3, 4, 5, 6]
-    await wal.close()
-    assert ids_match_offsets(tmp_path) == [1, 2, 3, 4, 5, 6]
-    wal.release()
+    await read_close_and_check(wal, tmp_path, [1, 2, 3, 4, 5, 6])
 
 
 async def test_a_writer_blocked_on_a_full_wal_wakes_when_an_fsync_fails(
