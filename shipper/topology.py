@@ -208,7 +208,10 @@ class Topology:
             wal.drop(len(batch))  # the chain must not see what the WAL does not keep
             self.counters["dropped"] += len(batch)
             return
-        # Nothing but this task appends, so the WAL cannot fill up between here and the append.
+        if wal.full:
+            await wal.wait_for_room()  # block: the sources wait meanwhile
+            now = trio.current_time()
+        # From here the batch must reach the WAL: its writes are granted (no drop, no wait).
         verified = self.chain.process(batch, now)
         await self._append([entry(event) for event in verified])
 
@@ -253,7 +256,8 @@ class Topology:
         while True:
             try:
                 while self._unwritten:
-                    seq = await wal.write(self._unwritten[0])
+                    # when_full was applied before the chain stage saw the batch
+                    seq = await wal.write(self._unwritten[0], granted=True)
                     batch = self._unwritten.popleft()
                     if seq is None:  # full with drop_newest after all (counted by the WAL)
                         self.counters["dropped"] += len(batch)

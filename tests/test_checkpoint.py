@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -397,5 +398,36 @@ async def test_the_writer_writes_refused_batches_again_in_their_order(
     assert wal.counters["write_errors"] == 1
     assert topology.counters["events"] == 30
     assert await read_all(wal.readers["archive"]) == list(range(1, 31))
+    await wal.close()
+    wal.release()
+
+
+@pytest.mark.parametrize("when_full", ["block", "drop_newest"])
+async def test_refused_batches_are_written_again_even_if_that_fills_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when_full: str
+) -> None:
+    """Batches the chain stage verified, refused by a failed fsync, are written again even when
+    their rewrite (a new segment, a few bytes more) finds the WAL full: neither dropped nor
+    left waiting for space that only the writer's own checkpoint would free."""
+    raw = file_sink_config(tmp_path)
+    raw["buffer"] = {"max_bytes": "4MiB", "when_full": when_full}
+    topology = Topology(parse_config(raw))
+    wal = topology.wal
+    wal.open({CHAIN_CURSOR: None, "archive": None})
+    await topology._append(wal_events(1, 50), keep=0)
+    archive = wal.readers["archive"]
+    batch = await archive.read(10**9)
+    assert batch is not None
+    await archive.ack(batch.end)  # the sink is caught up; the chain cursor holds the segment
+    await topology._append(wal_events(51, 5))  # A: written, not yet accepted
+    wal.settings = dataclasses.replace(wal.settings, max_bytes=wal.total_bytes + 1)
+    assert not wal.full
+    await topology._append(wal_events(56, 5))  # B: the WAL is full after it
+    assert len(topology._unaccepted) == 2
+    monkeypatch.setattr(wal_module, "_sync_fds", FailFirstFsync())
+    with trio.fail_after(10):
+        await topology._append([], keep=0)  # A and B refused, then written again
+    assert topology.counters["dropped"] == 0
+    assert await read_all(archive) == list(range(51, 61))
     await wal.close()
     wal.release()

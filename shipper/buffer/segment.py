@@ -16,6 +16,7 @@ that segment), which is also what event ids are made of: ``"<segment>-<offset>"`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
@@ -129,9 +130,15 @@ def create(directory: Path, number: int) -> int:
     """Create segment ``number`` with its header, durable; its file descriptor for appending."""
     path = directory / segment_name(number)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    write_all(fd, header(number))
-    os.fsync(fd)
-    fsync_dir(directory)
+    try:
+        write_all(fd, header(number))
+        os.fsync(fd)
+        fsync_dir(directory)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
     return fd
 
 

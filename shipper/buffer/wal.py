@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import secrets
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -270,7 +271,7 @@ class Wal:
         await self.wait_accepted(seq)
         return True
 
-    async def write(self, entries: Sequence[bytes]) -> int | None:
+    async def write(self, entries: Sequence[bytes], *, granted: bool = False) -> int | None:
         """Frame and write ``entries``, not waiting for the fsync; the batch's number, for
         ``wait_accepted`` (with ``fsync = "batch"`` the batch counts as accepted only then, and
         readers see it only then), or None if it was dropped because the WAL is full.
@@ -278,6 +279,11 @@ class Wal:
         Raises ``WalWriteError`` when the disk refused. Then nothing of the batch was written,
         and neither is any earlier batch not yet accepted (``wait_accepted`` says which): the
         caller writes them again, in order.
+
+        ``granted``: the caller applied ``when_full`` itself before it processed the batch
+        (``wait_for_room``, or dropping it), so the write neither drops it nor waits: a batch
+        the chain stage has verified must reach the WAL, and writing refused batches again
+        (a new segment, so a few bytes more) must not wait for space only the caller frees.
         """
         if self._closed:
             raise RuntimeError("write after close")
@@ -289,9 +295,11 @@ class Wal:
                     await self._roll_back()
         if self._refusal_pending:
             raise self._tell("batches written before this one were refused")
-        if self.full and not await self._wait_for_space(len(entries)):
+        if not granted and self.full and not await self._wait_for_space(len(entries)):
             return None
         async with self._io:
+            if self._closed:
+                raise RuntimeError("write after close")
             if self._needs_rollback:  # an fsync failed: nothing after the durable part stays
                 await self._roll_back()
             if self._refusal_pending:  # (while this write waited for space or its turn)
@@ -305,7 +313,7 @@ class Wal:
                 await self._fail(failed.error)
                 raise self._tell(str(failed.error)) from failed.error
             self._fd, self._active = fd, active
-            self._retired += retired
+            self._retire(retired)
             if self._needs_rollback:  # an fsync failed while this batch was being written
                 await self._roll_back()
                 raise self._tell("an fsync failed while this batch was written")
@@ -348,7 +356,8 @@ class Wal:
                 await self._sync_once()
 
     def accepted(self, seq: int) -> bool:
-        """Whether batch ``seq`` is accepted (``wait_accepted`` would return at once)."""
+        """Whether batch ``seq`` is accepted (``wait_accepted`` would return at once). Only the
+        16 latest refusals are remembered: ask about batches still in flight."""
         if self._refusal(seq) is not None:
             return False
         return seq <= self._synced_seq or self.settings.fsync != "batch"
@@ -412,7 +421,8 @@ class Wal:
         self._syncing = True
         token = trio.lowlevel.current_trio_token()
         try:
-            await trio.to_thread.run_sync(self._sync_loop, token, fd, seq, target, retired)
+            with trio.CancelScope(shield=True):  # the retired fds are taken: the thread closes them
+                await trio.to_thread.run_sync(self._sync_loop, token, fd, seq, target, retired)
         except OSError as exc:
             self.counters["write_errors"] += 1
             log.error("wal_fsync_failed", error=str(exc))
@@ -484,10 +494,11 @@ class Wal:
     async def _fail(self, error: OSError) -> None:
         """A write failed (``_io`` held): refuse what is not accepted and roll back to it."""
         self.counters["write_errors"] += 1
-        while self._syncing:  # its fsync may still make earlier batches durable
-            await self._synced_event.wait()
-        self._refuse(f"a write failed: {error}")
-        await self._roll_back()
+        with trio.CancelScope(shield=True):  # a forced shutdown must not leave it half done
+            while self._syncing:  # its fsync may still make earlier batches durable
+                await self._synced_event.wait()
+            self._refuse(f"a write failed: {error}")
+            await self._roll_back()
 
     async def _roll_back(self) -> None:
         """Back to the last accepted position (``_io`` held, no fsync in flight): close the
@@ -498,7 +509,8 @@ class Wal:
         fds = [fd for fd in (self._fd, *self._retired) if fd is not None]
         self._fd, self._retired = None, []
         doomed = list(range(keep.segment + 1, self._next_number))
-        await trio.to_thread.run_sync(self._undo, fds, keep, doomed)
+        with trio.CancelScope(shield=True):  # the fds are taken: the thread must close them
+            await trio.to_thread.run_sync(self._undo, fds, keep, doomed)
         for number in doomed:
             self._sizes.pop(number, None)
             self._skips.pop(number, None)
@@ -537,6 +549,12 @@ class Wal:
         self.counters["dropped_full"] += count
         log.warning("wal_full_dropped", events=count, max_bytes=self.settings.max_bytes)
 
+    async def wait_for_room(self) -> None:
+        """Wait while the WAL is full (``when_full = "block"``; returns early when a failure is
+        pending: the next write reports it)."""
+        if self.full and self.settings.when_full == "block":
+            await self._wait_for_space(0)
+
     async def _wait_for_space(self, count: int) -> bool:
         """Apply ``when_full``: False to drop the batch, or wait until the WAL has room."""
         if self.settings.when_full == "drop_newest":
@@ -545,6 +563,7 @@ class Wal:
         self.counters["blocked"] += 1
         log.warning("wal_full_blocking", bytes=self.total_bytes, max_bytes=self.settings.max_bytes)
         started = trio.current_time()
+        delay = 0.1
         while self.total_bytes >= self.settings.max_bytes:
             if self._needs_rollback or self._refusal_pending:
                 break  # the write rolls back and says batches were refused
@@ -556,7 +575,10 @@ class Wal:
                 # Only the segment being written holds the space, and every sink is past it:
                 # start a new one so that collect() may delete it.
                 self._seal = True
-                await self.append_nothing()
+                if not await self.append_nothing():  # logged and counted: try again later
+                    await trio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, 30.0)
+                    continue
                 await self.collect()
                 continue
             await progress.wait()
@@ -565,11 +587,14 @@ class Wal:
         log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
         return True
 
-    async def append_nothing(self) -> None:
-        """Start the next segment now (what a sealed append would do first)."""
+    async def append_nothing(self) -> bool:
+        """Start the next segment now (what a sealed append would do first); False if that
+        failed (logged, counted, rolled back like a failed write)."""
         async with self._io:
+            if self._needs_rollback:  # refused bytes must not become readable
+                await self._roll_back()
             if not self._seal or self._closed:
-                return
+                return True
             number = self._take_number()
             try:
                 fd, active, retired = await trio.to_thread.run_sync(
@@ -578,15 +603,26 @@ class Wal:
             except _WriteFailed as failed:
                 log.error("wal_rotate_failed", error=str(failed.error))
                 await self._fail(failed.error)
-                return
+                return False
             self._fd, self._active, self._seal = fd, active, False
-            self._retired += retired
+            self._retire(retired)
             self._sizes[self._active] = SEGMENT_HEADER_SIZE
             self._written = Position(self._active, SEGMENT_HEADER_SIZE)
             self._write_state = (self._written_seq, self._written, fd)
             if self.committed.segment < self._active and self._written_seq == self._synced_seq:
                 self.committed = self._written  # nothing waits for an fsync: readers move on
         self._wake_readers()
+        return True
+
+    def _retire(self, fds: list[int]) -> None:
+        """The fds of segments a write left (fsynced then): closed now if no fsync runs, else by
+        the sync lane after its fsync (it may be using one of them)."""
+        if self._syncing:
+            self._retired += fds
+            return
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _take_number(self) -> int:
         number = self._next_number

@@ -601,14 +601,16 @@ async def test_a_failed_write_refuses_the_batches_still_waiting_for_their_fsync(
         assert ids_match_offsets(directory) == kept
 
 
-async def test_segment_files_left_by_rotations_are_closed(tmp_path: Path) -> None:
-    """The fds of segments a rotation left are closed by the next fsync, not kept open until
-    the WAL closes (a daemon rotates thousands of times)."""
+@pytest.mark.parametrize("policy", ["batch", "never"])
+async def test_segment_files_left_by_rotations_are_closed(tmp_path: Path, policy: str) -> None:
+    """The fds of segments a rotation left are closed at once, or by the next fsync when one
+    runs, not kept open until the WAL closes (a daemon rotates thousands of times; with
+    "never" no fsync may come)."""
 
     def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 
-    wal = open_wal(tmp_path, segment_bytes=4096)
+    wal = open_wal(tmp_path, segment_bytes=4096, fsync=policy)
     baseline = open_fds()
     for first in range(1, 400, 20):
         assert await wal.append(events(first, 20))  # several rotations per append
@@ -676,3 +678,95 @@ async def test_a_writer_blocked_on_a_full_wal_wakes_when_an_fsync_fails(
     assert await read_all(wal.readers["a"]) == [1, 2, 3, 4]
     await wal.close()
     wal.release()
+
+
+async def test_starting_a_segment_after_a_failed_fsync_does_not_expose_refused_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``append_nothing`` after a failed fsync first cuts the refused bytes off: readers never
+    get the refused batch."""
+    wal = open_wal(tmp_path)
+    assert await wal.append(events(1, 2))
+    pending = await wal.write(events(3, 2))
+    assert pending is not None
+    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "I/O error"))
+    failing.open.set()
+    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    assert not await wal.sync()
+    monkeypatch.undo()
+    assert await wal.append_nothing()
+    assert await read_all(wal.readers["a"]) == [1, 2]
+    await wal.close()
+    wal.release()
+
+
+async def test_a_blocked_writer_retries_a_failing_rotation_with_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full, every sink past the active segment, and the new segment that would free it cannot
+    be created: the blocked writer tries again with growing delays (no busy loop, no fd
+    leaked), and goes on once the disk takes it."""
+    source = {"id": "agents", "kind": "json_tls", "peer": "p"}
+    huge = Event("t", source, "a", orjson.dumps({"n": 1, "pad": "x" * 1_100_000}))
+    wal = open_wal(tmp_path, max_bytes=1024 * 1024, segment_bytes=64 * 1024)
+    reader = wal.readers["a"]
+    assert await wal.append([entry(huge)])  # one record larger than max_bytes
+    while reader.has_unread:
+        batch = await reader.read(10**9)
+        assert batch is not None
+        await reader.ack(batch.end)
+    assert wal.full
+    attempts = 0
+
+    def refuse(directory: Path, number: int) -> int:
+        nonlocal attempts
+        attempts += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wal_module, "create", refuse)
+    fds = len(os.listdir("/proc/self/fd"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wal.append, events(2, 2))
+        await trio.sleep(1)
+        assert 2 <= attempts < 10  # 0.05-0.1 s, then doubling
+        assert len(os.listdir("/proc/self/fd")) <= fds
+        monkeypatch.undo()
+    assert await read_all(reader) == [2, 3]
+    await wal.close()
+    wal.release()
+
+
+async def test_a_write_cancelled_while_it_fails_still_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forced shutdown (a cancellation) while a failed write waits to roll back does not
+    leave the failed batch's records on disk for the next start to deliver."""
+    wal = open_wal(tmp_path)
+    assert await wal.append(events(1, 2))
+    pending = await wal.write(events(3, 2))
+    assert pending is not None
+    gate = Gate(wal_module._sync_fds)
+    monkeypatch.setattr(wal_module, "_sync_fds", gate)
+
+    def half_then_fail(fd: int, buffers: list[bytes]) -> None:
+        write_buffers(fd, buffers[:2])  # the first record of the batch lands
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def open_later() -> None:
+        await trio.sleep(0.3)
+        gate.open.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wal.sync)  # the sync lane's fsync of the pending batch is under way
+        await entered(gate)
+        monkeypatch.setattr(wal_module, "write_buffers", half_then_fail)
+        nursery.start_soon(open_later)
+        with trio.move_on_after(0.1), pytest.raises(WalWriteError, match="No space"):
+            await wal.write(events(100, 400))  # several records; cancelled inside _fail
+    monkeypatch.undo()
+    await wal.close()
+    wal.release()
+    again = open_wal(tmp_path)
+    assert await read_all(again.readers["a"]) == [1, 2, 3, 4]
+    await again.close()
+    again.release()
