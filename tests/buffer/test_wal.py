@@ -465,6 +465,16 @@ class Gate:
         self.real(*args)
 
 
+def failing_fsyncs(monkeypatch: pytest.MonkeyPatch, message: str, *, opened: bool = True) -> Gate:
+    """Make the WAL's fsyncs fail with EIO (``message``), each once the gate is open (at once by
+    default)."""
+    gate = Gate(wal_module._sync_fds, OSError(errno.EIO, message))
+    if opened:
+        gate.open.set()
+    monkeypatch.setattr(wal_module, "_sync_fds", gate)
+    return gate
+
+
 async def entered(gate: Gate) -> None:
     """Wait (without blocking trio) until a worker thread is inside the gate."""
     await wait_until(gate.entered.is_set)
@@ -510,9 +520,7 @@ async def test_a_failed_fsync_refuses_every_unaccepted_batch_and_cuts_them_off(
     assert await wal.append(events(1, 5))
     accepted_end = wal.committed
     pending = [await wal.write(events(n, 10)) for n in (6, 16)]  # spans segments
-    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "Input/output error"))
-    failing.open.set()
-    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    failing = failing_fsyncs(monkeypatch, "Input/output error")
     for seq in pending:
         assert seq is not None
         with pytest.raises(WalWriteError, match="Input/output error"):
@@ -548,9 +556,7 @@ async def test_a_write_in_flight_when_an_fsync_fails_is_refused_too(
     assert pending is not None
     writing = Gate(write_buffers)
     monkeypatch.setattr(wal_module, "write_buffers", writing)
-    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "I/O error"))
-    failing.open.set()
-    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    failing_fsyncs(monkeypatch, "I/O error")
     refused: list[str] = []
 
     async def write_later() -> None:
@@ -629,9 +635,7 @@ async def test_a_write_after_an_unreported_refusal_fails_so_that_order_is_kept(
     assert await wal.append(events(1, 2))
     pending = await wal.write(events(3, 2))
     assert pending is not None
-    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "Input/output error"))
-    failing.open.set()
-    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    failing_fsyncs(monkeypatch, "Input/output error")
     assert not await wal.sync()  # the sync lane's failure: nobody is told by an exception
     monkeypatch.undo()
     with pytest.raises(WalWriteError, match="before this one were refused"):
@@ -653,8 +657,7 @@ async def test_a_writer_blocked_on_a_full_wal_wakes_when_an_fsync_fails(
     pending = await wal.write(events(3, 150))  # ~40 KB: the WAL is full now
     assert pending is not None
     assert wal.full
-    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "Input/output error"))
-    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    failing = failing_fsyncs(monkeypatch, "Input/output error", opened=False)
     outcome: list[str] = []
 
     async def blocked_write() -> None:
@@ -689,9 +692,7 @@ async def test_starting_a_segment_after_a_failed_fsync_does_not_expose_refused_b
     assert await wal.append(events(1, 2))
     pending = await wal.write(events(3, 2))
     assert pending is not None
-    failing = Gate(wal_module._sync_fds, OSError(errno.EIO, "I/O error"))
-    failing.open.set()
-    monkeypatch.setattr(wal_module, "_sync_fds", failing)
+    failing_fsyncs(monkeypatch, "I/O error")
     assert not await wal.sync()
     monkeypatch.undo()
     assert await wal.append_nothing()
