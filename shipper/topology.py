@@ -256,13 +256,11 @@ class Topology:
         while True:
             try:
                 while self._unwritten:
-                    # when_full was applied before the chain stage saw the batch
+                    # when_full was applied before the chain stage saw the batch: a granted
+                    # write is never dropped
                     seq = await wal.write(self._unwritten[0], granted=True)
-                    batch = self._unwritten.popleft()
-                    if seq is None:  # full with drop_newest after all (counted by the WAL)
-                        self.counters["dropped"] += len(batch)
-                    else:
-                        self._unaccepted.append((seq, batch))
+                    assert seq is not None
+                    self._unaccepted.append((seq, self._unwritten.popleft()))
                 while self._unaccepted and (
                     len(self._unaccepted) > keep or wal.accepted(self._unaccepted[0][0])
                 ):
