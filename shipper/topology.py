@@ -30,7 +30,6 @@ appends what is left and closes the WAL; each sink delivers what is in the WAL a
 
 from __future__ import annotations
 
-import random
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ import trio
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage
 from shipper.config import Config, SyslogSourceConfig
+from shipper.errors import Backoff
 from shipper.events import Event
 from shipper.logging import get_logger
 from shipper.sinks.file import FileSink
@@ -252,7 +252,7 @@ class Topology:
         wal = self.wal
         if entries:
             self._unwritten.append(entries)
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 while self._unwritten:
@@ -276,7 +276,7 @@ class Topology:
                         again.append(batch)
                 self._unaccepted.clear()
                 self._unwritten.extendleft(reversed(again))
-                wait = delay * random.uniform(0.5, 1.0)
+                wait = backoff.next()
                 log.error(
                     "wal_write_failed",
                     error=str(exc),
@@ -284,4 +284,3 @@ class Topology:
                     retry_in=round(wait, 3),
                 )
                 await trio.sleep(wait)
-                delay = min(delay * 2, 30.0)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import random
 import secrets
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -62,7 +61,7 @@ from shipper.buffer.segment import (
     segment_name,
     write_buffers,
 )
-from shipper.errors import ShipperError
+from shipper.errors import Backoff, ShipperError
 from shipper.events import ENVELOPE_HEAD, Event, Malformed
 from shipper.logging import get_logger
 
@@ -563,7 +562,7 @@ class Wal:
         self.counters["blocked"] += 1
         log.warning("wal_full_blocking", bytes=self.total_bytes, max_bytes=self.settings.max_bytes)
         started = trio.current_time()
-        delay = 0.1
+        backoff = Backoff()
         while self.total_bytes >= self.settings.max_bytes:
             if self._needs_rollback or self._refusal_pending:
                 break  # the write rolls back and says batches were refused
@@ -576,8 +575,7 @@ class Wal:
                 # start a new one so that collect() may delete it.
                 self._seal = True
                 if not await self.append_nothing():  # logged and counted: try again later
-                    await trio.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, 30.0)
+                    await trio.sleep(backoff.next())
                     continue
                 await self.collect()
                 continue

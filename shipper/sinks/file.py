@@ -29,7 +29,6 @@ Rules:
 from __future__ import annotations
 
 import os
-import random
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +39,7 @@ import trio
 from shipper.buffer.segment import Position, fsync_dir
 from shipper.buffer.wal import WalReader
 from shipper.config import FileSinkConfig
-from shipper.errors import DestinationUnavailable
+from shipper.errors import Backoff, DestinationUnavailable
 from shipper.logging import get_logger
 
 log = get_logger("shipper.sinks.file")
@@ -112,13 +111,13 @@ class FileSink:
 
     async def _deliver(self, data: bytes, count: int) -> None:
         """Write one gathered batch, retrying with backoff until the directory takes it."""
-        delay = RETRY_INITIAL
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             try:
                 await trio.to_thread.run_sync(self._write, data)
             except DestinationUnavailable as exc:
                 self.counters["write_errors"] += 1
-                wait = delay * random.uniform(0.5, 1.0)
+                wait = backoff.next()
                 log.error(
                     "sink_write_failed",
                     sink=self.id,
@@ -127,7 +126,6 @@ class FileSink:
                     retry_in=round(wait, 3),
                 )
                 await trio.sleep(wait)
-                delay = min(delay * 2, RETRY_MAX)
                 continue
             self.counters["events"] += count
             self.counters["bytes"] += len(data)
