@@ -126,8 +126,6 @@ class Wal:
         self._closed_event = trio.Event()
         self._io = trio.Lock()  # one write at a time (framing, writing, rotating, rolling back)
         # The write lane's end and the sync lane's state (see "writing" below).
-        self._written = self.committed
-        self._written_seq = 0  # batches written so far
         self._synced_seq = 0  # batches settled: accepted, or refused (in _refused)
         self._fsynced_seq = 0  # batches an fsync covered (or refused)
         self._unsettled: deque[tuple[int, int, int]] = deque()  # (seq, events, bytes) written
@@ -135,7 +133,8 @@ class Wal:
         self._retired: list[int] = []  # fds of segments left, for the sync lane to close
         self._syncing = False
         self._synced_event = trio.Event()  # set (and replaced) at each fsync and sync's end
-        # (batches written, where they end, the fd they are in): read by the sync thread
+        # The write lane's end: (batches written so far, where they end, the fd they are in),
+        # replaced whole so that the sync thread reads it consistently.
         self._write_state: tuple[int, Position, int | None] = (0, self.committed, None)
         self._needs_rollback = False  # an fsync failed: cut back to committed before writing
         self._refusal_pending = False  # batches were refused and the writer was not told yet
@@ -173,8 +172,8 @@ class Wal:
             self.release()
             raise
         self._sizes[self._active] = SEGMENT_HEADER_SIZE
-        self.committed = self._written = Position(self._active, SEGMENT_HEADER_SIZE)
-        self._write_state = (0, self._written, self._fd)
+        self.committed = Position(self._active, SEGMENT_HEADER_SIZE)
+        self._write_state = (0, self.committed, self._fd)
         for sink, inputs in sinks.items():
             self.readers[sink] = WalReader(self, sink, report.cursors[sink], inputs)
         self.report = report
@@ -322,10 +321,8 @@ class Wal:
                 size = sum(map(len, buffers))
                 self._sizes[segment] = self._sizes.get(segment, SEGMENT_HEADER_SIZE) + size
                 written += size
-            self._written = Position(active, self._sizes[active])
-            self._written_seq += 1
-            seq = self._written_seq
-            self._write_state = (seq, self._written, fd)
+            seq = self._written_seq + 1
+            self._write_state = (seq, Position(active, self._sizes[active]), fd)
             self._unsettled.append((seq, len(entries), written))
             self.counters["events"] += len(entries)
             self.counters["bytes"] += written
@@ -360,6 +357,16 @@ class Wal:
         if self._refusal(seq) is not None:
             return False
         return seq <= self._synced_seq or self.settings.fsync != "batch"
+
+    @property
+    def _written_seq(self) -> int:
+        """How many batches were written so far."""
+        return self._write_state[0]
+
+    @property
+    def _written(self) -> Position:
+        """Where the batches written so far end."""
+        return self._write_state[1]
 
     def _tell(self, reason: str) -> WalWriteError:
         """The error that tells the writer its batches were refused. Until it is told, every
@@ -516,7 +523,6 @@ class Wal:
         if keep.segment in self._sizes:
             self._sizes[keep.segment] = keep.offset
         self._active = keep.segment
-        self._written = keep
         self._write_state = (self._written_seq, keep, None)
         self._seal = True
         self._needs_rollback = False
@@ -605,8 +611,7 @@ class Wal:
             self._fd, self._active, self._seal = fd, active, False
             self._retire(retired)
             self._sizes[self._active] = SEGMENT_HEADER_SIZE
-            self._written = Position(self._active, SEGMENT_HEADER_SIZE)
-            self._write_state = (self._written_seq, self._written, fd)
+            self._write_state = (self._written_seq, Position(active, SEGMENT_HEADER_SIZE), fd)
             if self.committed.segment < self._active and self._written_seq == self._synced_seq:
                 self.committed = self._written  # nothing waits for an fsync: readers move on
         self._wake_readers()
@@ -617,10 +622,8 @@ class Wal:
         the sync lane after its fsync (it may be using one of them)."""
         if self._syncing:
             self._retired += fds
-            return
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        else:
+            _close_all(fds)
 
     def _take_number(self) -> int:
         number = self._next_number
@@ -690,9 +693,7 @@ class Wal:
                 assert fd is not None
                 write_buffers(fd, buffers)
         except OSError as exc:
-            for new_fd in opened:
-                with contextlib.suppress(OSError):
-                    os.close(new_fd)
+            _close_all(opened)
             raise _WriteFailed(exc) from exc
         assert fd is not None
         return fd, active, [first] if first is not None and first != fd else []
@@ -957,9 +958,14 @@ def _sync_fds(fd: int | None, retired: list[int]) -> None:
         if fd is not None:
             os.fsync(fd)
     finally:
-        for old in retired:
-            with contextlib.suppress(OSError):
-                os.close(old)
+        _close_all(retired)
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close ``fds`` (of segments already fsynced or given up); an error closing one is moot."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _fsync_close(fd: int) -> None:
