@@ -11,8 +11,7 @@ its append; the encoding is timed on its own row.
   (column ``/disk``).
 * ``limit``: the same plus the WAL's CPU work in a tight inline loop: cut each batch into groups
   of about ``GROUP_BYTES``, join each group and frame it (length, CRC-32C), write the buffers
-  with ``writev``, fsync. The
-  Python limit of the same work (column ``/limit``).
+  with ``writev``, fsync. The Python limit of the same work (column ``/limit``).
 * ``wal fsync=...``: the WAL driven as the daemon's writer drives it: ``Wal.write`` per batch,
   keeping ``PIPELINE_DEPTH`` batches written and not yet accepted before it waits for the oldest
   (``Wal.wait_accepted``), the sync lane fsyncing meanwhile (group commit). ``wal fsync="batch",
@@ -116,8 +115,8 @@ def wal_pass(
     depth: int = PIPELINE_DEPTH,
 ) -> tuple[float, int, int]:
     """Seconds to append every item in batches of ``batch``, the bytes the WAL wrote, and the
-    fsyncs it counted (those that accept batches). Events
-    are encoded as entries inside the timed loop, batch by batch, as the daemon's writer does.
+    fsyncs it counted (those that accept batches). Events are encoded as entries inside the
+    timed loop, batch by batch, as the daemon's writer does.
 
     ``depth``: batches written and not yet waited for, as the daemon's writer keeps them
     (``Wal.write``, then ``Wal.wait_accepted`` of the oldest, with the sync lane ``Wal.run``
