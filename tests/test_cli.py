@@ -239,6 +239,9 @@ def test_readme_quick_start_puts_the_sample_event_in_var_archive(tmp_path: Path)
     assert event["agent"] == "demo-agent"
     assert event["source"]["id"] == "agents_json"
     assert event["record"]["hash"].startswith("sha256:")
+    shown = next(line for line in readme.splitlines() if line.startswith('{"v":1,"id":'))
+    assert f'"id":"{event["id"]}"' in shown  # the README shows the line as it is archived
+    assert orjson.dumps(event["chain"]).decode() in shown
 
 
 def test_buffer_inspect_and_repair_report_wal_damage(tmp_path: Path) -> None:
