@@ -76,6 +76,8 @@ CHECKPOINT_FILE: Final = "checkpoint.json"
 #: The WAL cursor that keeps the segments after the checkpoint.
 CHAIN_CURSOR: Final = ".chain"
 LOG_ALERTS_PER_SECOND: Final = 10
+#: How the ``chain.detail`` of an event whose verification failed (a defect) begins.
+NOT_VERIFIED: Final = "not verified:"
 
 
 @dataclass
@@ -181,6 +183,7 @@ class ChainStage:
         self.verifier = self._new_verifier()
         self.counters: Counter[str] = Counter()
         self._alert_log = Throttle(LOG_ALERTS_PER_SECOND)
+        self._error_log = Throttle(1)
 
     def _new_verifier(self, state: dict[str, Any] | None = None) -> Verifier:
         settings = {"window": self.config.dedupe_window, "max_gaps": self.config.max_open_gaps}
@@ -211,18 +214,28 @@ class ChainStage:
                         "chain_checkpoint_other_wal",
                         detail="the WAL was replaced; its whole content is replayed",
                     )
-        replayed = mismatched = 0
-        for _position, envelope in wal_envelopes(wal_dir, start):
-            parsed = orjson.loads(envelope)
-            stored = parsed.get("chain")
-            if stored is None or "record" not in parsed or parsed.get("agent") is None:
-                continue
-            line = record_bytes(envelope, parsed) if self.profile.line_hashed else b""
-            verdict = as_verdict(self.verifier.feed(str(parsed["agent"]), parsed["record"], line))
-            replayed += 1
-            if verdict.envelope() != stored:
-                mismatched += 1
+        replayed = mismatched = failed = 0
+        for position, envelope in wal_envelopes(wal_dir, start):
+            try:
+                parsed = orjson.loads(envelope)
+                stored = parsed.get("chain")
+                if stored is None or "record" not in parsed or parsed.get("agent") is None:
+                    continue
+                if str(stored.get("detail", "")).startswith(NOT_VERIFIED):
+                    continue  # verifying it failed when it came: it did not move the chain
+                line = record_bytes(envelope, parsed) if self.profile.line_hashed else b""
+                verdict = self.verifier.feed(str(parsed["agent"]), parsed["record"], line)
+                replayed += 1
+                if as_verdict(verdict).envelope() != stored:
+                    mismatched += 1
+            except Exception as exc:  # a defect, or a damaged record: the rest still replays
+                failed += 1
+                if failed == 1:
+                    log.exception("chain_replay_failed", position=str(position), error=str(exc))
         self.counters["replayed"] += replayed
+        if failed:
+            self.counters["replay_errors"] += failed
+            log.error("chain_replay_errors", records=failed)
         if mismatched:
             self.counters["replay_mismatches"] += mismatched
             log.warning("chain_replay_mismatch", records=mismatched)
@@ -241,47 +254,80 @@ class ChainStage:
     # --- per batch ------------------------------------------------------------------------------
 
     def process(self, batch: list[Event], now: float) -> list[Event]:
-        """Verify each event of ``batch``; the events to append (duplicates out, alerts in)."""
+        """Verify each event of ``batch``; the events to append (duplicates out, alerts in).
+
+        Never raises for an event: a defect that raises while one event is verified is logged with
+        its cause and counted (``verify_errors``), and that event is archived unverified, with a
+        ``chain`` of status ``unchained`` whose detail says so, followed by a critical
+        ``verify_failed`` alert; the other events go on as usual.
+        """
         out: list[Event] = []
-        profile = self.profile
         for event in batch:
-            raw = event.record_json
-            if raw is None or event.alert or event.identity_mismatch is not None:
-                out.append(event)
-                continue
-            record = event.parsed
-            if record is not None:  # the source parsed it, and found the agent with the profile
-                event.parsed = None  # parsed objects stay short-lived (the garbage collector)
-                agent = event.agent
-            else:
-                record = orjson.loads(raw)
-                agent = profile.agent_of(record)
-            if agent is None and profile.line_hashed:
-                agent = sender_identity(event.source, event.syslog)
-            if agent is None:
-                out.append(event)
-                continue
-            event.agent = agent
-            verdict = self.verifier.feed(agent, record, raw)
-            if isinstance(verdict, int):  # ok, nearly every record: its sequence
-                event.chain = ok_envelope(verdict)
-                out.append(event)
-                continue
-            if verdict.drop:
-                self.counters["duplicates_dropped"] += 1
-                continue
-            event.chain = verdict.envelope()
-            out.append(event)
-            if verdict.alert:
-                out.append(self._alert(event, agent, verdict.alert_details(), verdict, now))
-            for gap in verdict.expired:
-                out.append(self._alert(event, agent, expired_alert_details(gap), None, now))
+            mark = len(out)
+            try:
+                self._verify(event, out, now)
+            except Exception as exc:
+                del out[mark:]  # whatever of this event got in goes in again, in order
+                self._verify_failed(event, exc, out, now)
         return out
+
+    def _verify(self, event: Event, out: list[Event], now: float) -> None:
+        """Verify one event; append it (unless it is a duplicate) and its alerts to ``out``."""
+        raw = event.record_json
+        if raw is None or event.alert or event.identity_mismatch is not None:
+            out.append(event)
+            return
+        record = event.parsed
+        if record is not None:  # the source parsed it, and found the agent with the profile
+            event.parsed = None  # parsed objects stay short-lived (the garbage collector)
+            agent = event.agent
+        else:
+            record = orjson.loads(raw)
+            agent = self.profile.agent_of(record)
+        if agent is None and self.profile.line_hashed:
+            agent = sender_identity(event.source, event.syslog)
+        if agent is None:
+            out.append(event)
+            return
+        event.agent = agent
+        verdict = self.verifier.feed(agent, record, raw)
+        if isinstance(verdict, int):  # ok, nearly every record: its sequence
+            event.chain = ok_envelope(verdict)
+            out.append(event)
+            return
+        if verdict.drop:
+            self.counters["duplicates_dropped"] += 1
+            return
+        event.chain = verdict.envelope()
+        out.append(event)
+        if verdict.alert:
+            out.append(self._alert(event, agent, verdict.alert_details(), verdict, now))
+        for gap in verdict.expired:
+            out.append(self._alert(event, agent, expired_alert_details(gap), None, now))
+
+    def _verify_failed(self, event: Event, exc: Exception, out: list[Event], now: float) -> None:
+        """A defect raised while ``event`` was verified: archive it unverified, say so loudly."""
+        self.counters["verify_errors"] += 1
+        event.parsed = None
+        cause = f"{type(exc).__name__}: {exc}"[:300]
+        if self._error_log.allow(now) is not None:
+            log.exception(
+                "chain_verify_failed",
+                agent=event.agent,
+                source=event.source.get("id"),
+                error=cause,
+                verify_errors_total=self.counters["verify_errors"],
+            )
+        detail = f"{NOT_VERIFIED} shipper failed while verifying it ({cause})"
+        event.chain = {"status": "unchained", "detail": detail}
+        out.append(event)
+        details = {"status": "verify_failed", "severity": "critical", "detail": detail}
+        out.append(self._alert(event, event.agent, details, None, now))
 
     def _alert(
         self,
         event: Event,
-        agent: str,
+        agent: str | None,
         details: dict[str, Any],
         verdict: Verdict | None,
         now: float,

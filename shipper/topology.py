@@ -40,8 +40,8 @@ from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, 
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage
 from shipper.config import Config, SyslogSourceConfig
 from shipper.errors import Backoff
-from shipper.events import Event
-from shipper.logging import get_logger
+from shipper.events import Event, Malformed
+from shipper.logging import Throttle, get_logger
 from shipper.sinks.file import FileSink
 from shipper.sources._net import Bound
 from shipper.sources.json_tls import JsonTlsSource
@@ -104,6 +104,7 @@ class Topology:
         self.bound: dict[str, list[Bound]] = {}
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
+        self._error_log = Throttle(1)
 
     async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Bound]]]) -> None:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
@@ -213,7 +214,32 @@ class Topology:
             now = trio.current_time()
         # From here the batch must reach the WAL: its writes are granted (no drop, no wait).
         verified = self.chain.process(batch, now)
-        await self._append([entry(event) for event in verified])
+        await self._append(self._entries(verified))
+
+    def _entries(self, events: list[Event]) -> list[bytes]:
+        """The WAL entries of ``events``. Never raises: an event that cannot be encoded (a defect)
+        is logged with the cause, counted (``encode_errors``), and stored as a ``malformed`` event
+        holding its record's bytes."""
+        try:
+            return [entry(event) for event in events]
+        except Exception:
+            pass  # find the culprit below; the rest are encoded as usual
+        out = []
+        for event in events:
+            try:
+                out.append(entry(event))
+            except Exception as exc:
+                self.counters["encode_errors"] += 1
+                cause = f"{type(exc).__name__}: {exc}"[:300]
+                if self._error_log.allow(trio.current_time()) is not None:
+                    log.exception("event_encode_failed", error=cause)
+                source = {"id": str(event.source.get("id")), "kind": str(event.source.get("kind"))}
+                reason = f"shipper could not encode this event ({cause})"
+                raw = event.record_json or (event.malformed.raw if event.malformed else b"")
+                fallback = Event(event.received_at, source, malformed=Malformed.of(reason, raw))
+                fallback.alert = event.alert
+                out.append(entry(fallback))
+        return out
 
     @property
     def _chain_ahead(self) -> bool:

@@ -59,7 +59,9 @@ difference:
 
 When the screen fires, a walk over the value decides exactly: the slow path (a pure-Python JCS
 serializer) is taken if and only if the value holds a case 1, 2, 3 or 5 number or a case 4 object;
-otherwise the orjson bytes are returned after all. A seed-profile audit record (ASCII strings,
+otherwise the orjson bytes are returned after all. Both the walk and the slow path are iterative: no depth of
+nesting can exhaust Python's recursion limit (orjson refuses to write more than 254 levels, so a
+deeper value always takes the slow path). A seed-profile audit record (ASCII strings,
 integers, a float such as 0.18, nested objects and arrays, ``null``, ``true``) passes the screen
 and costs one ``orjson.dumps`` plus four scans of its output (one ``find``, two literal-prefix
 regular expressions, ``isascii``); string contents that merely look like a screened pattern
@@ -70,7 +72,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -136,76 +138,98 @@ def _needs_slow(value: Any) -> bool:
     """Whether orjson's sorted-key form of ``value`` (which it accepted) differs from JCS.
 
     Exact: true for an integral float below 1e21, a float with 1e-6 <= |x| < 1e-5, a non-finite
-    float (the slow path then raises; reached only when a screen fired), or an object whose keys mix U+E000..U+FFFF and astral
-    characters. Integers need no look: orjson refused those beyond 2**53 already.
+    float (the slow path then raises; reached only when a screen fired), or an object whose keys mix
+    U+E000..U+FFFF and astral characters. Integers need no look: orjson refused those beyond 2**53
+    already. Iterative, like ``_slow``: no recursion however deep the value.
     """
-    kind = type(value)
-    if kind is float:
-        magnitude: float = abs(value)
-        if value.is_integer():
-            return magnitude < 1e21
-        return (1e-6 <= magnitude < 1e-5) or not math.isfinite(magnitude)
-    if kind is dict:
-        keys = value.keys()
-        if not all(key.isascii() for key in keys):
-            joined = "".join(keys)
-            if _BMP_HIGH.search(joined) and _ASTRAL.search(joined):
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is float:
+            magnitude: float = abs(item)
+            if item.is_integer():
+                if magnitude < 1e21:
+                    return True
+            elif (1e-6 <= magnitude < 1e-5) or not math.isfinite(magnitude):
                 return True
-        return any(_needs_slow(item) for item in value.values())
-    if kind is list or kind is tuple:
-        return any(_needs_slow(item) for item in value)
+        elif kind is dict:
+            keys = item.keys()
+            if not all(key.isascii() for key in keys):
+                joined = "".join(keys)
+                if _BMP_HIGH.search(joined) and _ASTRAL.search(joined):
+                    return True
+            extend(item.values())
+        elif kind is list or kind is tuple:
+            extend(item)
     return False
 
 
+class _Text(str):
+    """Output text on ``_slow``'s work stack (a plain ``str`` there is a value to encode)."""
+
+    __slots__ = ()
+
+
+_CLOSE_OBJECT: Final = _Text("}")
+_CLOSE_ARRAY: Final = _Text("]")
+_COMMA: Final = _Text(",")
+
+
 def _slow(value: Any) -> bytes:
-    """RFC 8785 form of ``value`` built in Python: the reference path for every input."""
+    """RFC 8785 form of ``value`` built in Python: the reference path for every input.
+
+    Iterative (a work stack of values still to encode and text still to write), so that no depth
+    of nesting can exhaust Python's recursion limit.
+    """
     parts: list[str] = []
-    _encode(value, parts)
+    write = parts.append
+    stack: list[Any] = [value]
+    push, pop = stack.append, stack.pop
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is _Text:
+            write(item)
+        elif kind is str:
+            write(_string(item))
+        elif item is None:
+            write("null")
+        elif item is True:
+            write("true")
+        elif item is False:
+            write("false")
+        elif kind is int:
+            write(_format_int(item))
+        elif kind is float:
+            write(_format_double(item))
+        elif kind is dict:
+            for key in item:
+                if type(key) is not str:
+                    raise TypeError(f"object key must be str, not {type(key).__name__}")
+            write("{")
+            push(_CLOSE_OBJECT)
+            keys = sorted(item, key=_utf16_key)
+            for index in range(len(keys) - 1, -1, -1):  # pushed last to first: popped in order
+                key = keys[index]
+                push(item[key])
+                push(_Text(("," if index else "") + _string(key) + ":"))
+        elif kind is list or kind is tuple:
+            write("[")
+            push(_CLOSE_ARRAY)
+            for index in range(len(item) - 1, -1, -1):
+                push(item[index])
+                if index:
+                    push(_COMMA)
+        else:
+            raise TypeError(f"not a JSON value: {kind.__name__}")
     return "".join(parts).encode("utf-8")  # every string passed _string: valid Unicode
 
 
 def _utf16_key(name: str) -> bytes:
     """Sort key ordering names by their UTF-16 code units (big-endian bytes compare the same)."""
     return name.encode("utf-16-be", "surrogatepass")
-
-
-def _encode(value: Any, parts: list[str]) -> None:
-    kind = type(value)
-    if kind is str:
-        parts.append(_string(value))
-    elif value is None:
-        parts.append("null")
-    elif value is True:
-        parts.append("true")
-    elif value is False:
-        parts.append("false")
-    elif kind is int:
-        parts.append(_format_int(value))
-    elif kind is float:
-        parts.append(_format_double(value))
-    elif kind is dict:
-        for key in value:
-            if type(key) is not str:
-                raise TypeError(f"object key must be str, not {type(key).__name__}")
-        parts.append("{")
-        first = True
-        for key in sorted(value, key=_utf16_key):
-            if not first:
-                parts.append(",")
-            first = False
-            parts.append(_string(key))
-            parts.append(":")
-            _encode(value[key], parts)
-        parts.append("}")
-    elif kind is list or kind is tuple:
-        parts.append("[")
-        for index, item in enumerate(value):
-            if index:
-                parts.append(",")
-            _encode(item, parts)
-        parts.append("]")
-    else:
-        raise TypeError(f"not a JSON value: {kind.__name__}")
 
 
 def _string(text: str) -> str:

@@ -1,22 +1,61 @@
-"""Newline-delimited JSON records (the ``json_tls`` source's format).
+"""Newline-delimited JSON records (the ``json_tls`` source's format), and the limits every record
+meets, whatever carried it (syslog MSGs that hold a JSON object are decoded here too).
 
 Each frame (see ``framing.LineFramer``) must hold exactly one JSON object (RFC 8259 ``object``),
 UTF-8 encoded, optionally surrounded by whitespace::
 
     line = *ws object *ws          ; RFC 8259 section 2 and 4
 
-Anything else (invalid JSON, invalid UTF-8, a JSON array or scalar, nesting deeper than the parser's
-limit) is not a record: ``decode_object`` returns the reason instead, and the caller turns the
-frame into a ``malformed`` event. Blank lines carry nothing and are counted, not archived.
+Anything else (invalid JSON, invalid UTF-8, a JSON array or scalar) is not a record:
+``decode_object`` returns the reason instead, and the caller turns the frame into a ``malformed``
+event. Blank lines carry nothing and are counted, not archived.
+
+A JSON object is a record only within these limits (a ``Refused`` reason otherwise):
+
+* **Depth**: at most ``MAX_DEPTH`` nested levels of objects and arrays, the record itself being
+  level 1. Deeper input is refused before anything walks it recursively (the canonical form, the
+  log, a reader of the archive), and stays within what orjson can write back (254 levels).
+* **Unique member names** (RFC 7493, I-JSON, section 2.3; RFC 8785 hashing presumes I-JSON): an
+  object that names a member twice, anywhere in the record, is refused; the reason names the first
+  duplicate name found. A parser keeps one of the two values (orjson the last), so a record with two
+  ``agentId`` members could be checked on one value and read back with the other.
+* **Size** is the framer's business (``max_line_bytes``, ``max_message_bytes``): a record never
+  exceeds its source's frame limit.
+
+Checking names costs almost nothing for records written by a JSON library: orjson returns each
+object's distinct names, so a record whose member count equals the count of ``":`` in its bytes,
+and which has no whitespace between a name and its colon, cannot hold a duplicate (each member
+needs one ``"`` + ``:`` of its own, and a ``":`` inside a string only adds to the count). Only
+records that fail that screen are parsed again, by the standard library with every object's member
+pairs in hand.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import re
+from typing import Any, Final
 
 import orjson
 
+#: The deepest nesting of objects and arrays a record may have (the record itself is level 1).
+MAX_DEPTH: Final = 128
+
 _JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number"}
+#: A member name's closing quote, whitespace, then its colon: the count screen cannot see it.
+_LOOSE_NAME_END: Final = re.compile(rb'"[ \t\r\n]+:')
+#: How much of a duplicate member name a reason shows.
+_NAME_SHOWN: Final = 80
+
+
+class Refused(str):
+    """The reason why a JSON object is not accepted as a record (over a limit, duplicate names).
+
+    A ``str`` like every other reason; unlike them, it says that the input *is* a JSON object, so a
+    syslog MSG holding one is refused too, not archived as plain text.
+    """
+
+    __slots__ = ()
 
 
 def is_blank(line: bytes) -> bool:
@@ -24,16 +63,85 @@ def is_blank(line: bytes) -> bool:
     return not line or line.isspace()
 
 
-def decode_object(line: bytes) -> dict[str, Any] | str:
-    """The JSON object in ``line``, or a one-line reason why it is not one."""
+def decode_object(line: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any] | str:
+    """The JSON object in ``line``, or a one-line reason why it is not a record (a ``Refused``
+    when it is a JSON object over a limit)."""
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         return f"invalid JSON: {exc}"
-    if isinstance(value, dict):
-        return value
-    if value is None or isinstance(value, bool):
-        kind = "a literal"
+    if type(value) is not dict:
+        if value is None or isinstance(value, bool):
+            kind = "a literal"
+        else:
+            kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+        return f"expected a JSON object, got {kind}"
+    # Every object or array in the value needs a "{" or "[" of its own in the bytes: one of them
+    # means a flat record, with no walk needed (string contents can only add to the count).
+    if line.count(b"{") + line.count(b"[") == 1:
+        members = len(value)
     else:
-        kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-    return f"expected a JSON object, got {kind}"
+        shape = _members(value, max_depth)
+        if isinstance(shape, str):
+            return Refused(shape)
+        members = shape
+    if line.count(b'":') != members or _LOOSE_NAME_END.search(line) is not None:
+        duplicate = _duplicate_name_reason(line)
+        if duplicate is not None:
+            return Refused(duplicate)
+    return value
+
+
+def _members(value: dict[str, Any], max_depth: int) -> int | str:
+    """How many members the objects in ``value`` have in all, or why it is too deep (iterative:
+    no recursion however deep the value)."""
+    members = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if type(container) is dict:
+            members += len(container)
+            items = container.values()
+        else:
+            items = container
+        for item in items:
+            kind = type(item)
+            if kind is dict or kind is list:
+                if depth >= max_depth:
+                    return f"nested deeper than {max_depth} levels of objects and arrays"
+                stack.append((item, depth + 1))
+    return members
+
+
+def _duplicate_name_reason(line: bytes) -> str | None:
+    """The reason naming the first member name that an object of ``line`` repeats, or None.
+
+    ``line`` is a JSON object orjson accepted, within ``MAX_DEPTH``; names are compared after
+    unescaping, as RFC 7493 does (``"a"`` and ``"\\u0061"`` are the same name).
+    """
+    found: list[str] = []
+
+    def check(pairs: list[tuple[str, Any]]) -> None:
+        if not found:
+            names = [name for name, _value in pairs]
+            if len(set(names)) != len(names):
+                seen: set[str] = set()
+                for name in names:
+                    if name in seen:
+                        found.append(name)
+                        break
+                    seen.add(name)
+
+    def ignore(_text: str) -> None:  # numbers: not needed, and not converted (no digit limits)
+        return None
+
+    try:
+        json.loads(line, object_pairs_hook=check, parse_int=ignore, parse_float=ignore)
+    except (ValueError, RecursionError) as exc:  # orjson accepted it: cannot happen
+        return f"member names cannot be checked: {exc}"
+    if not found:
+        return None
+    name = found[0]
+    shown = orjson.dumps(name[:_NAME_SHOWN]).decode()
+    more = " (cut)" if len(name) > _NAME_SHOWN else ""
+    return f"duplicate member name {shown}{more}: a record must name each member once (RFC 7493)"

@@ -17,8 +17,11 @@ Keys name a certificate:
 
 Values are lists of shell-style patterns (``*``, ``?``, ``[...]``, Python's ``fnmatch``) of what a
 certificate may claim. Every key that matches the certificate adds its patterns. The claims of an
-event are its agent id (``agent``: the record's agent field) and, for syslog, the message's HOSTNAME
-(``syslog.hostname``; NILVALUE or none is no claim). Agent ids match case-sensitively, hostnames
+event are its agent id (``agent``: the record's agent field, when it is a non-empty string or an
+integer, see ``Profile.agent_of``; any other value is no claim, and the event then has no ``agent``
+and is not chain-verified) and, for syslog, the message's HOSTNAME (``syslog.hostname``; NILVALUE or
+none is no claim). A record that names a member twice never gets here: it is ``malformed``
+(``shipper.codecs.jsonlines``). Agent ids match case-sensitively, hostnames
 case-insensitively (DNS names are). An event passes when every claim matches a pattern.
 
 It does not pass, and gets ``identity_mismatch``, when a claim matches no pattern, or when the

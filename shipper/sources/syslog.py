@@ -21,6 +21,9 @@ MSG is a JSON object (an audit record)    event: ``record`` = that object, byte 
                                           ``json_records``)
 any other parseable message               event: ``record`` = the parsed fields plus ``msg``
                                           and ``timestamp``; ``syslog`` as above (``events``)
+MSG is a JSON object over a record limit  ``malformed`` event with the reason (``malformed``):
+(deeper than 128 levels, a member name    the whole message's bytes, never verified or
+given twice; ``codecs.jsonlines``)        identity-checked
 MSG not valid UTF-8                       as above, ``msg`` with U+FFFD for the bad bytes,
                                           plus ``msg_b64`` (the bytes) and ``msg_error`` (why)
                                           (``events``, ``invalid_utf8``)
@@ -60,7 +63,7 @@ import trio
 
 from shipper.chain import SEED
 from shipper.codecs.framing import AutoFramer, SyslogFrame
-from shipper.codecs.jsonlines import decode_object
+from shipper.codecs.jsonlines import Refused, decode_object
 from shipper.codecs.syslog import parse
 from shipper.config import Address, SyslogSourceConfig
 from shipper.errors import ListenError
@@ -266,6 +269,8 @@ class SyslogSource(FramedSource):
             if isinstance(record, dict):
                 self.counters["json_records"] += 1
                 return self._record_event(received_at, source, record, body, header)
+            if isinstance(record, Refused):  # a JSON record over a limit: not text either
+                return self._malformed(source, received_at, record, frame, len(frame))
         fields = message.record()
         if "msg_error" in fields:  # invalid UTF-8: kept as msg_b64, with the reason
             self.counters["invalid_utf8"] += 1

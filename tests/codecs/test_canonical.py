@@ -408,3 +408,13 @@ def test_floats_match_reference(number: float) -> None:
 def test_floats_near_layout_thresholds_match_reference(number: float) -> None:
     """Doubles near the plain/exponent thresholds of orjson and ECMAScript print as ECMAScript."""
     assert canonicalize({"x": number}) == f'{{"x":{ref_number(number)}}}'.encode()
+
+
+@pytest.mark.parametrize("depth", [300, 5000])
+def test_deep_values_are_written_without_recursion(depth: int) -> None:
+    """A value nested far past orjson's and Python's limits still gets its canonical form."""
+    value: Any = [1.0]
+    for _ in range(depth):
+        value = {"a": [value]}
+    out = canonicalize(value)
+    assert out == b'{"a":[' * depth + b"[1]" + b"]}" * depth

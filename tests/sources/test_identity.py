@@ -175,6 +175,52 @@ async def test_mismatched_event_is_kept_and_followed_by_its_alert_in_the_same_ba
     assert entry["claimed"] == {"agent": "billing-agent-09"}
 
 
+@pytest.mark.parametrize(
+    "claim",
+    [b'["billing-agent-09"]', b'{"id":"billing-agent-09"}', b"true", b"null", b'""', b"1.5"],
+)
+async def test_an_agent_field_that_is_not_a_string_claims_nothing(claim: bytes) -> None:
+    """A record whose agent field is neither a string nor an integer names no agent: its event has
+    no agent, and a certificate with an entry passes the identity check."""
+    config = JsonTlsSourceConfig(id="agents", address=Address("127.0.0.1", 0), identity=TABLE)
+    send, receive = trio.open_memory_channel[list[Event]](100)
+    source = JsonTlsSource(config, send)
+    await feed(source, b'{"agentId":%s,"action":"refund.issue"}\n' % claim, SUBJECT, SAN)
+    (batch,) = drain(receive)
+    (event,) = batch
+    assert event.agent is None
+    assert event.identity_mismatch is None
+
+
+async def test_an_integer_agent_field_is_a_claim_in_decimal() -> None:
+    """An integer agent field is claimed as its decimal string, and checked like any other."""
+    config = JsonTlsSourceConfig(id="agents", address=Address("127.0.0.1", 0), identity=TABLE)
+    send, receive = trio.open_memory_channel[list[Event]](100)
+    source = JsonTlsSource(config, send)
+    await feed(source, b'{"agentId":7,"action":"refund.issue"}\n', SUBJECT, SAN)
+    (batch,) = drain(receive)
+    event, alert = batch
+    assert event.agent == "7"
+    assert event.identity_mismatch is not None
+    assert event.identity_mismatch["claimed"] == {"agent": "7"}
+    assert alert.alert
+
+
+async def test_a_record_naming_its_agent_twice_is_malformed_and_claims_nothing() -> None:
+    """A record with two agentId members is malformed: neither value is claimed or checked."""
+    config = JsonTlsSourceConfig(id="agents", address=Address("127.0.0.1", 0), identity=TABLE)
+    send, receive = trio.open_memory_channel[list[Event]](100)
+    source = JsonTlsSource(config, send)
+    line = b'{"agentId":"customer-service-agent-03","agentId":"billing-agent-09"}\n'
+    await feed(source, line, SUBJECT, SAN)
+    (batch,) = drain(receive)
+    (event,) = batch
+    assert event.malformed is not None
+    assert event.malformed.reason.startswith('duplicate member name "agentId"')
+    assert event.agent is None
+    assert event.identity_mismatch is None
+
+
 async def test_mismatch_warnings_are_logged_at_most_once_a_second(
     logs: LogCapture, autojump_clock: trio.testing.MockClock
 ) -> None:
