@@ -14,8 +14,9 @@ Rules:
 
 * The stage runs in the WAL writer's task, so the state always matches a WAL position: before a
   batch is verified, the state covers exactly what the WAL has accepted (``Wal.committed``).
-* A checkpoint is written every ``checkpoint_interval``, whenever the WAL is full (before the
-  writer waits for space), and at shutdown. The WAL is fsynced first (``Wal.sync``), whatever the
+* A checkpoint is written right after the start-up replay (so that a crash loop shorter than
+  ``checkpoint_interval`` never replays an ever longer WAL), every ``checkpoint_interval``,
+  whenever the WAL is full (before the writer waits for space), and at shutdown. The WAL is fsynced first (``Wal.sync``), whatever the
   fsync policy: a checkpoint never covers records a power cut could still take away, so a record
   the agent sends again after such a loss is never mistaken for a duplicate.
 * The WAL keeps every segment after the checkpoint: the stage holds a WAL cursor named
@@ -40,6 +41,12 @@ adds a ``shipper.chain_alert`` event right after the event (and a warning in the
 at most ``LOG_ALERTS_PER_SECOND`` a second; each says how many were left out before it). Alerts, malformed events and
 events with ``identity_mismatch`` are not verified (an impostor's records must not move the
 chain of the agent it claims to be).
+
+A defect that raises while one event is verified costs that event only: it is archived with
+``chain = {"status": "unchained", "detail": "not verified: ..."}`` and followed by a critical
+``verify_failed`` alert, the cause is logged (``chain_verify_failed``) and counted
+(``verify_errors``); replay passes such events over, as they never moved the chain. A record that
+cannot be replayed (a defect) is logged and counted (``replay_errors``), and the replay goes on.
 """
 
 from __future__ import annotations

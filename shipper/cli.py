@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -21,7 +22,7 @@ from shipper.buffer.recovery import EPOCH_FILE, WalFormatError, recover
 from shipper.buffer.wal import WalLocked, lock_directory
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage, checkpoint_path
 from shipper.config import Config, load_config
-from shipper.errors import ConfigError, ListenError
+from shipper.errors import ConfigError, DataDirError, ListenError
 from shipper.logging import configure, get_logger
 
 EX_CONFIG = 78
@@ -57,10 +58,14 @@ def _load(path: str) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"{path}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"{path}: {problem}", file=sys.stderr)
+        _print_problems(path, exc)
         return None
+
+
+def _print_problems(path: str, error: ConfigError) -> None:
+    print(f"{path}: invalid configuration", file=sys.stderr)
+    for problem in error.problems:
+        print(f"{path}: {problem}", file=sys.stderr)
 
 
 def cmd_validate(path: str) -> int:
@@ -72,8 +77,18 @@ def cmd_validate(path: str) -> int:
 
 
 def cmd_run(path: str) -> int:
-    config = _load(path)
-    if config is None:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        configure("info")
+        count = len(exc.problems)
+        log.error(
+            "shipper_failed",
+            error=f"invalid configuration ({count} problem{'s' if count != 1 else ''})",
+            config=path,
+            problems=[str(problem) for problem in exc.problems],
+        )
         return EX_CONFIG
     configure(config.log_level)
     from shipper.shutdown import run_daemon
@@ -81,9 +96,19 @@ def cmd_run(path: str) -> int:
     failed = False
     try:
         trio.run(run_daemon, config)
-    except* (ListenError, WalLocked, WalFormatError) as group:
-        for exc in _leaves(group):
-            log.error("shipper_failed", error=str(exc))
+    except* (ListenError, WalLocked, WalFormatError, DataDirError) as group:
+        for leaf in _leaves(group):
+            log.error("shipper_failed", error=str(leaf))
+        failed = True
+    except* Exception as group:
+        # A defect: one entry naming it, with the traceback inside the entry, never on stderr.
+        for leaf in _leaves(group):
+            log.error(
+                "shipper_failed",
+                error=f"{type(leaf).__name__}: {leaf}",
+                detail="an unexpected error inside shipper (a defect): please report it",
+                traceback="".join(traceback.format_exception(leaf)),
+            )
         failed = True
     return 1 if failed else 0
 

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import ssl
+import stat
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ _ID_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _SIZE_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
 #: Longer numbers are refused rather than computed (a size or duration is never that long).
 _MAX_DIGITS: Final = 30
+#: The largest size any key takes (1 PiB): more is beyond any disk or memory, so a typo.
+MAX_SIZE: Final = 1024**5
 _SIZE_UNITS: Final = {
     "": 1,
     "B": 1,
@@ -90,6 +93,8 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(expected + " (not negative)")
+        if value > MAX_SIZE:
+            raise ValueError(expected + " (at most 1024TiB)")
         return value
     if not isinstance(value, str):
         raise ValueError(expected)
@@ -98,7 +103,10 @@ def parse_size(value: object) -> int:
         raise ValueError(expected)
     if len(match.group(1)) > _MAX_DIGITS:
         raise ValueError(expected + " (too large)")
-    return int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    size = int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    if size > MAX_SIZE:
+        raise ValueError(expected + " (at most 1024TiB)")
+    return size
 
 
 _DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -166,19 +174,26 @@ def parse_address(value: object) -> Address:
     return Address(match.group("v6") or match.group("host"), port)
 
 
-_ENV_RE: Final = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+_ENV_RE: Final = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|\{)")
 
 
 def interpolate_env(text: str, env: Mapping[str, str]) -> str:
-    """Replace ``${NAME}`` with the variable's value and ``$$`` with ``$``.
+    """Replace ``${NAME}`` with the variable's value and ``$$`` with ``$`` (any other ``$`` is
+    kept as it is).
 
-    Raises KeyError(NAME) for a variable that is not set.
+    Raises KeyError(NAME) for a variable that is not set, and ValueError for a ``${`` that does
+    not open a ``${NAME}`` (unterminated, empty, or not a name): it is a mistake, never a literal.
     """
 
     def replace(match: re.Match[str]) -> str:
         if match.group(1) == "$":
             return "$"
         name = match.group(2)
+        if name is None:
+            raise ValueError(
+                'expected "${NAME}" (NAME of letters, digits and _) or "$$" for a literal "$", '
+                'found a "${" that opens no variable'
+            )
         if name not in env:
             raise KeyError(name)
         return env[name]
@@ -248,6 +263,9 @@ class _Table:
                 return interpolate_env(value, self._env)
             except KeyError as exc:
                 self.problem(name, f"environment variable {_show(exc.args[0])} is not set")
+                return None
+            except ValueError as exc:
+                self.problem(name, f"{exc}, got {_show(value)}")
                 return None
         if isinstance(value, list):
             return [self._env_expand(name, item) for item in value]
@@ -747,6 +765,9 @@ def parse_config(
     problems: list[ConfigProblem] = []
     top = _Table(raw, "", problems, os.environ if env is None else env)
     data_dir = top.path_("data_dir", Path("var")) or Path("var")
+    unusable = directory_problem(data_dir)
+    if unusable is not None:
+        top.problem("data_dir", f"{unusable}, got {_show(str(data_dir))}")
     shutdown_timeout = top.duration("shutdown_timeout", 30.0)
 
     log_level = "info"
@@ -817,6 +838,32 @@ def parse_config(
     )
 
 
+def directory_problem(path: Path) -> str | None:
+    """Why shipper could not create (if missing) and write the directory ``path``, or None.
+
+    Checks without creating anything: the path, or its nearest existing ancestor, must be a
+    directory this process may write (a read-only file system counts as not writable).
+    """
+    probe = path
+    while True:
+        try:
+            info = probe.stat()
+        except (FileNotFoundError, NotADirectoryError):  # missing, or below a file: look up
+            if probe.parent == probe:
+                return "expected a directory that can be created, found no existing parent"
+            probe = probe.parent
+            continue
+        except OSError as exc:
+            return f"expected a directory shipper can use, cannot look at {probe}: {exc.strerror}"
+        break
+    where = "" if probe == path else f" (it would be created in {probe})"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"expected a directory shipper can create and write, {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"expected a directory shipper can create and write, {probe} is not writable{where}"
+    return None
+
+
 def _check_distinct_addresses(sources: Mapping[str, SourceConfig], table: _Table) -> None:
     seen: dict[tuple[Address, str], str] = {}
     paths: dict[Path, str] = {}
@@ -855,5 +902,14 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             [ConfigProblem("", f"{origin} is not valid TOML: {exc}")], origin
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "", f"{origin} is not UTF-8 text (TOML must be): bad byte at offset {exc.start}"
+                )
+            ],
+            origin,
         ) from exc
     return parse_config(raw, env, origin)

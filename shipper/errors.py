@@ -94,3 +94,9 @@ class ListenError(ShipperError):
     """
 
     retriable = True
+
+
+class DataDirError(ShipperError):
+    """The state directory (``data_dir``: the WAL, the chain checkpoint) cannot be used: a file in
+    the way, no permission, a read-only, full or failing disk. The operator must fix it; retrying
+    helps only once that is done."""

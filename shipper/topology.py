@@ -39,7 +39,7 @@ import trio
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage
 from shipper.config import Config, SyslogSourceConfig
-from shipper.errors import Backoff
+from shipper.errors import Backoff, DataDirError
 from shipper.events import Event, Malformed
 from shipper.logging import Throttle, get_logger
 from shipper.sinks.file import FileSink
@@ -111,9 +111,17 @@ class Topology:
         try:
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
             readers.update({slot.sink.id: slot.inputs for slot in self.sinks})
-            await trio.to_thread.run_sync(self.wal.open, readers)
-            await trio.to_thread.run_sync(self.chain.load, self.wal.directory, self.wal.epoch)
-            self._next_checkpoint = trio.current_time() + self.config.chain.checkpoint_interval
+            try:
+                await trio.to_thread.run_sync(self.wal.open, readers)
+                await trio.to_thread.run_sync(self.chain.load, self.wal.directory, self.wal.epoch)
+            except OSError as exc:
+                where = f": {exc.filename}" if exc.filename else ""
+                raise DataDirError(
+                    f"cannot use data_dir {self.config.data_dir}: {exc.strerror or exc}{where}"
+                ) from exc
+            # The replayed state covers the whole WAL now: store it, so that a crash loop shorter
+            # than checkpoint_interval does not replay an ever longer WAL at each start.
+            await self._checkpoint()
             async with trio.open_nursery() as nursery:
                 for slot in self.sinks:
                     await nursery.start(slot.sink.run, self.wal.readers[slot.sink.id])

@@ -91,7 +91,15 @@ def test_invalid_config_exits_78_naming_each_key(tmp_path: Path, command: str) -
     result = shipper(command, "-c", str(config))
     assert result.returncode == 78
     assert result.stdout == ""
-    assert result.stderr.splitlines() == [
+    lines = result.stderr.splitlines()
+    if command == "run":  # the daemon's log gets one entry saying why it did not start
+        failed = orjson.loads(lines.pop())
+        assert (failed["event"], failed["error"]) == (
+            "shipper_failed",
+            "invalid configuration (4 problems)",
+        )
+        assert len(failed["problems"]) == 4
+    assert lines == [
         f"{config}: invalid configuration",
         f'{config}: sources.agents.address: expected "host:port" (IPv6 as "[::1]:port"), '
         'got "127.0.0.1"',
