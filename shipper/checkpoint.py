@@ -114,8 +114,9 @@ def load_checkpoint(data_dir: Path) -> Checkpoint | str | None:
     return Checkpoint(data["epoch"], Position(segment, offset), data["state"])
 
 
-def store_checkpoint(data_dir: Path, checkpoint: Checkpoint) -> None:
-    """Write the checkpoint atomically and durably (blocking: run it in a worker thread)."""
+def store_checkpoint(data_dir: Path, checkpoint: Checkpoint) -> int:
+    """Write the checkpoint atomically and durably (blocking: run it in a worker thread); its
+    size in bytes."""
     directory = data_dir / CHAIN_DIR
     if not directory.is_dir():
         directory.mkdir(parents=True, exist_ok=True)
@@ -131,16 +132,21 @@ def store_checkpoint(data_dir: Path, checkpoint: Checkpoint) -> None:
         }
     )
     replace_file(checkpoint_path(data_dir), data)
+    return len(data)
 
 
-def wal_envelopes(wal_dir: Path, start: Position | None) -> Iterator[tuple[Position, bytes]]:
+def wal_envelopes(
+    wal_dir: Path, start: Position | None, end: Position | None = None
+) -> Iterator[tuple[Position, bytes]]:
     """(position after its record, envelope) of every event in the intact WAL records from
-    ``start`` (None: the oldest), in order; damaged ranges and a torn tail are passed over
-    (recovery deals with them)."""
+    ``start`` (None: the oldest) up to ``end`` (None: all), in order; damaged ranges and a torn
+    tail are passed over (recovery deals with them)."""
     numbers = sorted(n for p in wal_dir.glob("*.seg") if (n := segment_number(p.name)) is not None)
     for number in numbers:
         if start is not None and number < start.segment:
             continue
+        if end is not None and number > end.segment:
+            return
         try:
             data = (wal_dir / segment_name(number)).read_bytes()
         except FileNotFoundError:
@@ -148,11 +154,13 @@ def wal_envelopes(wal_dir: Path, start: Position | None) -> Iterator[tuple[Posit
         offset = SEGMENT_HEADER_SIZE
         if start is not None and number == start.segment:
             offset = max(offset, start.offset)
+        if end is not None and number == end.segment:
+            data = data[: end.offset]
         for item in records.scan(data, offset):
             if isinstance(item, records.Record):
-                end = Position(number, item.end)
+                after = Position(number, item.end)
                 for envelope in envelopes(number, item.offset, item.payload):
-                    yield end, envelope
+                    yield after, envelope
 
 
 def record_bytes(envelope: bytes, parsed: dict[str, Any]) -> bytes:
@@ -200,8 +208,17 @@ class ChainStage:
 
     # --- start: checkpoint and replay -----------------------------------------------------------
 
-    def load(self, wal_dir: Path, epoch: str) -> None:
-        """Restore the state: the checkpoint, then the WAL after it (blocking; before serving)."""
+    def rebuilt(self, wal_dir: Path, epoch: str, end: Position) -> Verifier:
+        """The verifier as it was at ``end`` of the WAL: the checkpoint, then the WAL after it up
+        to ``end`` (blocking: a worker thread; this stage is not touched). The writer's way back
+        when the WAL refused batches this stage had verified already: it verifies them again."""
+        stage = ChainStage(self.config, self.data_dir)
+        stage.load(wal_dir, epoch, end)
+        return stage.verifier
+
+    def load(self, wal_dir: Path, epoch: str, end: Position | None = None) -> None:
+        """Restore the state: the checkpoint, then the WAL after it, up to ``end`` if given
+        (blocking; before serving)."""
         start: Position | None = None
         found = load_checkpoint(self.data_dir)
         if isinstance(found, str):
@@ -222,7 +239,7 @@ class ChainStage:
                         detail="the WAL was replaced; its whole content is replayed",
                     )
         replayed = mismatched = failed = 0
-        for position, envelope in wal_envelopes(wal_dir, start):
+        for position, envelope in wal_envelopes(wal_dir, start, end):
             try:
                 parsed = orjson.loads(envelope)
                 stored = parsed.get("chain")
@@ -253,10 +270,14 @@ class ChainStage:
             checkpoint=str(start) if start is not None else None,
         )
 
-    def checkpoint(self, epoch: str, position: Position) -> None:
-        """Store the state as covering the WAL up to ``position`` (blocking: a worker thread)."""
-        store_checkpoint(self.data_dir, Checkpoint(epoch, position, self.verifier.snapshot()))
+    def checkpoint(self, epoch: str, position: Position) -> int:
+        """Store the state as covering the WAL up to ``position`` (blocking: a worker thread);
+        the bytes the checkpoint file took."""
+        size = store_checkpoint(
+            self.data_dir, Checkpoint(epoch, position, self.verifier.snapshot())
+        )
         self.counters["checkpoints"] += 1
+        return size
 
     # --- per batch ------------------------------------------------------------------------------
 

@@ -146,6 +146,26 @@ def with_id(envelope: bytes, event_id: str) -> bytes:
     )
 
 
+#: What an event takes beyond its raw bytes, in the WAL and in memory: the envelope's keys,
+#: timestamp and source object, the ``Event`` itself.
+EVENT_OVERHEAD: Final = 256
+
+
+def event_bytes(event: Event) -> int:
+    """About how many bytes ``event`` takes (its record's bytes, or its malformed bytes as
+    base64, plus ``EVENT_OVERHEAD``): what bounds batches and buffers in bytes."""
+    raw = event.record_json
+    if raw is not None:
+        return EVENT_OVERHEAD + len(raw)
+    malformed = event.malformed
+    return EVENT_OVERHEAD + (len(malformed.raw) * 4 // 3 if malformed is not None else 0)
+
+
+def batch_bytes(events: list[Event]) -> int:
+    """``event_bytes`` of a batch."""
+    return sum(map(event_bytes, events))
+
+
 def alert_event(action: str, agent: str | None, details: dict[str, Any]) -> Event:
     """An alert raised by shipper: ``record`` = ``{"action": action, "agent": agent, **details}``."""
     record = {"action": action, "agent": agent, **details}

@@ -16,11 +16,25 @@ The chain stage (``shipper.checkpoint``) runs in the writer's task, between the 
 the WAL, so its state always matches a WAL position; it is checkpointed every
 ``chain.checkpoint_interval``, when the WAL is full, and at shutdown, and restored at start.
 
-The writer keeps up to ``PIPELINE_DEPTH`` batches written to the WAL and not yet accepted: while
-the WAL's sync lane fsyncs them, the writer verifies, encodes and writes the next ones (group
-commit). Before a checkpoint it waits until every batch it wrote is accepted. When the disk
-refuses, the WAL goes back to its last accepted batch and the writer writes every later batch
-again, in order, with backoff, the sources waiting meanwhile.
+The writer appends batches of at most ``ROUTE_EVENTS`` events and about ``ROUTE_BYTES`` bytes
+(a larger batch, such as a UDP burst, is cut), and keeps up to ``PIPELINE_DEPTH`` of them written
+to the WAL and not yet accepted: while the WAL's sync lane fsyncs them, the writer verifies,
+encodes and writes the next ones (group commit). Before a checkpoint it waits until every batch it
+wrote is accepted.
+
+The WAL is full at ``max_bytes``, and also when its file system has less than its reserve free
+(``RESERVE_BYTES`` plus twice the last checkpoint): a disk filling up is a full buffer. Before the
+chain stage sees a batch, a full WAL makes the writer settle what is in flight and checkpoint
+(which lets the WAL free every segment the sinks have passed), then wait for room, trying a failed
+checkpoint again meanwhile (``block``), or drop the batch, counted (``drop_newest``).
+
+When the WAL refuses batches anyway (a write or an fsync failed: the disk filled up faster than
+the reserve, or an I/O error), it goes back to its last accepted batch; the writer takes every
+batch it had not accepted back out of the chain state (``ChainStage.rebuilt``: the checkpoint plus
+the WAL up to that batch) and queues them, unverified, in front of everything else. They are
+verified and written again, in order, after a growing pause (or once there is room). The chain
+state is therefore never ahead of the WAL for long: checkpoints, and with them the freeing of
+segments, go on while the disk refuses, and the daemon resumes by itself once space returns.
 
 Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading;
 each source closes its channel once its connections have handed on what they read; the writer
@@ -40,7 +54,7 @@ from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, 
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage
 from shipper.config import Config, SyslogSourceConfig
 from shipper.errors import Backoff, DataDirError
-from shipper.events import Event, Malformed
+from shipper.events import Event, Malformed, batch_bytes, event_bytes
 from shipper.logging import Throttle, get_logger
 from shipper.sinks.file import FileSink
 from shipper.sources._net import Bound
@@ -51,8 +65,15 @@ log = get_logger("shipper.topology")
 
 #: Batches (one per socket read) the ingest channel holds.
 CHANNEL_BATCHES = 16
-#: The WAL writer gathers queued batches up to this many events per append.
+#: The WAL writer gathers queued batches up to this many events per append...
 ROUTE_EVENTS = 4096
+#: ... and about this many bytes (``batch_bytes``); a larger batch is cut into several appends.
+ROUTE_BYTES = 2 * 1024 * 1024
+#: Free space the WAL keeps on its file system (below it, it counts as full): room for the
+#: appends in flight, plus twice the last chain checkpoint (added once one is written).
+RESERVE_BYTES = (PIPELINE_DEPTH + 2) * ROUTE_BYTES
+#: While blocked on a full WAL, how often a failed checkpoint is tried again.
+ROOM_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -93,14 +114,22 @@ class Topology:
                 fsync=buffer.fsync,
                 fsync_interval=buffer.fsync_interval,
                 when_full=buffer.when_full,
+                reserve_bytes=RESERVE_BYTES,
             ),
         )
         self.chain = ChainStage(config.chain, config.data_dir)
         self._next_checkpoint = 0.0
+        self._checkpoint_failed = False
         # Batches the chain stage has seen and the WAL has not accepted yet, in order: not yet
-        # written (or to write again), and written (with the WAL's number for each).
-        self._unwritten: deque[list[bytes]] = deque()
-        self._unaccepted: deque[tuple[int, list[bytes]]] = deque()
+        # written, and written (with the WAL's number for each).
+        self._unwritten: deque[_Batch] = deque()
+        self._unaccepted: deque[_Batch] = deque()
+        # Batches to verify before anything new from the sources, in order: refused by the WAL
+        # (and taken back out of the chain state), or the rest of a batch larger than one append.
+        self._requeued: deque[list[Event]] = deque()
+        self._pause_due = False  # the WAL refused batches: pause before writing them again
+        self._refused_since = 0.0  # when the WAL began refusing (0: it is not)
+        self._retry = Backoff()
         self.bound: dict[str, list[Bound]] = {}
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
@@ -156,6 +185,7 @@ class Topology:
                 "bytes_written": wal.counters["bytes"],
                 "fsyncs": wal.counters["fsyncs"],
                 "buffer_bytes": wal.total_bytes,
+                "free_bytes": wal.free_bytes(),
                 "blocked": wal.counters["blocked"],
                 "blocked_ms": wal.counters["blocked_ms"],
                 "dropped": {"full": wal.counters["dropped_full"]},
@@ -167,6 +197,7 @@ class Topology:
                     if key.startswith("recovery_")
                 },
             },
+            "writer": dict(self.counters),
             "sinks": {
                 slot.sink.id: {
                     **slot.sink.counters,
@@ -188,41 +219,75 @@ class Topology:
         """Verify and append every batch from the sources; close the WAL when they are done."""
         try:
             async with self._ingest:
-                async for first in self._ingest:
-                    # Take whatever else is queued too: per-batch costs are then paid per
-                    # channel-full, not per socket read (a TLS read holds at most 16 KiB).
-                    batch = first  # a source never touches a batch after sending it
-                    while len(batch) < ROUTE_EVENTS:
-                        try:
-                            batch.extend(self._ingest.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    await self._verify_and_append(batch)
-                    if not self._ingest.statistics().current_buffer_used:
-                        # Nothing else to do: settle what is in flight (a refusal is retried).
-                        await self._append([], keep=0)
-            await self._append([], keep=0)
+                while (batch := await self._next_batch()) is not None:
+                    await self._take(batch)
+                    if not self._requeued and not self._ingest.statistics().current_buffer_used:
+                        await self._settle()  # nothing else to do: settle what is in flight
+                await self._flush()  # the sources are done: append what they sent
         finally:
             with trio.CancelScope(shield=True):
                 await self._checkpoint()
             await self.wal.close()
 
-    async def _verify_and_append(self, batch: list[Event]) -> None:
+    async def _flush(self) -> None:
+        """Append everything taken so far, refused batches included, until the WAL accepted all."""
+        while self._requeued or not await self._settle():
+            if self._requeued:
+                await self._take(self._requeued.popleft())
+
+    async def _next_batch(self) -> list[Event] | None:
+        """The next batch to verify and append: a requeued one first (refused by the WAL, or
+        the rest of a large batch), else what the sources queued, gathered up to
+        ``ROUTE_EVENTS`` events and about ``ROUTE_BYTES`` bytes; None once the sources are done.
+        """
+        if self._requeued:
+            return self._requeued.popleft()
+        try:
+            batch = await self._ingest.receive()  # a source never touches a batch it sent
+        except trio.EndOfChannel:
+            return None
+        # Take whatever else is queued too: per-batch costs are then paid per channel-full, not
+        # per socket read (a TLS read holds at most 16 KiB).
+        size = batch_bytes(batch)
+        while len(batch) < ROUTE_EVENTS and size < ROUTE_BYTES:
+            try:
+                more = self._ingest.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            batch.extend(more)
+            size += batch_bytes(more)
+        if len(batch) > ROUTE_EVENTS or size > ROUTE_BYTES:
+            head = cut(batch, ROUTE_EVENTS, ROUTE_BYTES)
+            self._requeued.appendleft(batch[head:])  # bounded appends, whatever a source sent
+            del batch[head:]
+        return batch
+
+    async def _take(self, batch: list[Event]) -> None:
+        """Verify and append one batch, after whatever must come first: settling what is in
+        flight and a checkpoint (when one is due, the WAL is full, or it refused batches), a pause
+        after a refusal, room in the WAL (or dropping the batch, with ``drop_newest``)."""
         wal = self.wal
-        now = trio.current_time()
-        if wal.full or now >= self._next_checkpoint:
-            await self._append([], keep=0)  # every batch written so far accepted
+        if self._pause_due or wal.full or trio.current_time() >= self._next_checkpoint:
+            self._requeued.appendleft(batch)  # batches refused now go in front of it
+            if not await self._settle():
+                return  # the refused batches come back first
             await self._checkpoint()  # the state covers exactly what the WAL holds
-        if wal.full and wal.settings.when_full == "drop_newest":
-            wal.drop(len(batch))  # the chain must not see what the WAL does not keep
-            self.counters["dropped"] += len(batch)
-            return
-        if wal.full:
-            await wal.wait_for_room()  # block: the sources wait meanwhile
-            now = trio.current_time()
+            if self._pause_due:
+                self._pause_due = False
+                if not wal.full:  # a refusal not for space: wait a little before retrying
+                    await trio.sleep(self._retry.next())
+            batch = self._requeued.popleft()  # the same batch: nothing was refused meanwhile
+            if wal.full and wal.settings.when_full == "drop_newest":
+                wal.drop(len(batch))  # the chain must not see what the WAL does not keep
+                self.counters["dropped"] += len(batch)
+                return
+            if wal.full:
+                await self._wait_for_room()  # block: the sources wait meanwhile
         # From here the batch must reach the WAL: its writes are granted (no drop, no wait).
-        verified = self.chain.process(batch, now)
-        await self._append(self._entries(verified))
+        before = self.chain.counters.copy()
+        verified = self.chain.process(batch, trio.current_time())
+        self._unwritten.append(_Batch(batch, self._entries(verified), before))
+        await self._append(PIPELINE_DEPTH)
 
     def _entries(self, events: list[Event]) -> list[bytes]:
         """The WAL entries of ``events``. Never raises: an event that cannot be encoded (a defect)
@@ -267,54 +332,137 @@ class Topology:
                 "the WAL from the previous checkpoint",
             )
             return
+        self._checkpoint_failed = True
         if not await wal.sync():
             return
         position = wal.committed
         try:
-            await trio.to_thread.run_sync(self.chain.checkpoint, wal.epoch, position)
+            size = await trio.to_thread.run_sync(self.chain.checkpoint, wal.epoch, position)
         except OSError as exc:
             self.chain.counters["checkpoint_errors"] += 1
-            log.error("chain_checkpoint_failed", error=str(exc))
+            log.error("chain_checkpoint_failed", error=str(exc), **wal.fullness())
             return
+        self._checkpoint_failed = False
+        wal.reserve_bytes = RESERVE_BYTES + 2 * size  # the next one must fit on a full disk too
         await wal.readers[CHAIN_CURSOR].ack(position)
 
-    async def _append(self, entries: list[bytes], keep: int = PIPELINE_DEPTH) -> None:
-        """Write a batch of WAL entries after every earlier one, then wait until at most ``keep``
-        batches are written and not yet accepted. While the disk refuses, retry with backoff (the
-        sources wait meanwhile): the WAL then went back to its last accepted batch, so every
-        later one is written again, in order."""
+    async def _settle(self) -> bool:
+        """Wait until every batch written is accepted; False if the WAL refused some (they are
+        requeued, to be verified again)."""
+        return await self._append(0)
+
+    async def _append(self, keep: int) -> bool:
+        """Write every verified batch not yet written, after every earlier one, then wait until
+        at most ``keep`` batches are written and not yet accepted. True when that is done.
+
+        False when the WAL refused batches: it then went back to its last accepted batch, so
+        every batch not accepted goes back, unverified, to the front of the queue, and the chain
+        state goes back to that same point (``ChainStage.rebuilt``); they are verified and written
+        again, in order, after a pause (or, when the disk is full, once it has room). Meanwhile
+        nothing is ahead of the WAL, so checkpoints, and with them the freeing of the segments
+        the sinks have passed, go on.
+        """
         wal = self.wal
-        if entries:
-            self._unwritten.append(entries)
-        backoff = Backoff()
-        while True:
-            try:
-                while self._unwritten:
-                    # when_full was applied before the chain stage saw the batch: a granted
-                    # write is never dropped
-                    seq = await wal.write(self._unwritten[0], granted=True)
-                    assert seq is not None
-                    self._unaccepted.append((seq, self._unwritten.popleft()))
-                while self._unaccepted and (
-                    len(self._unaccepted) > keep or wal.accepted(self._unaccepted[0][0])
-                ):
-                    await wal.wait_accepted(self._unaccepted[0][0])
-                    self.counters["events"] += len(self._unaccepted.popleft()[1])
+        try:
+            while self._unwritten:
+                # when_full was applied before the chain stage saw the batch: a granted write is
+                # never dropped
+                seq = await wal.write(self._unwritten[0].entries, granted=True)
+                assert seq is not None
+                written = self._unwritten.popleft()
+                written.seq = seq
+                self._unaccepted.append(written)
+            while self._unaccepted and (
+                len(self._unaccepted) > keep or wal.accepted(self._unaccepted[0].seq)
+            ):
+                await wal.wait_accepted(self._unaccepted[0].seq)
+                self._accepted(self._unaccepted.popleft())
+        except WalWriteError as exc:
+            await self._refused(exc)
+            return False
+        return True
+
+    def _accepted(self, batch: _Batch) -> None:
+        self.counters["events"] += len(batch.entries)
+        if self._refused_since:
+            log.info(
+                "wal_write_recovered",
+                refused_seconds=round(trio.current_time() - self._refused_since, 3),
+            )
+            self._refused_since = 0.0
+            self._retry = Backoff()
+
+    async def _refused(self, exc: WalWriteError) -> None:
+        """The WAL refused batches: count what it had accepted, send the rest back before the
+        chain stage, and take the chain state back to what the WAL holds."""
+        wal = self.wal
+        again: list[_Batch] = []
+        for batch in self._unaccepted:
+            if wal.accepted(batch.seq):
+                self._accepted(batch)
+            else:
+                again.append(batch)
+        again.extend(self._unwritten)
+        self._unaccepted.clear()
+        self._unwritten.clear()
+        self._pause_due = True
+        if not self._refused_since:
+            self._refused_since = trio.current_time()
+        self.counters["write_refusals"] += 1
+        with trio.CancelScope(shield=True):  # the state must never stay ahead of the WAL
+            await wal.cut_refused()
+            log.error(
+                "wal_write_failed",
+                error=str(exc),
+                events=sum(len(batch.events) for batch in again),
+                full=wal.full,
+                **wal.fullness(),
+            )
+            if not again:
                 return
-            except WalWriteError as exc:
-                again = []
-                for seq, batch in self._unaccepted:
-                    if wal.accepted(seq):
-                        self.counters["events"] += len(batch)
-                    else:
-                        again.append(batch)
-                self._unaccepted.clear()
-                self._unwritten.extendleft(reversed(again))
-                wait = backoff.next()
-                log.error(
-                    "wal_write_failed",
-                    error=str(exc),
-                    events=sum(map(len, self._unwritten)),
-                    retry_in=round(wait, 3),
-                )
-                await trio.sleep(wait)
+            verifier = await trio.to_thread.run_sync(
+                self.chain.rebuilt, wal.directory, wal.epoch, wal.committed
+            )
+        self.chain.verifier = verifier
+        self.chain.counters = again[0].counters  # as they were before the first refused batch
+        self._requeued.extendleft(reversed([batch.events for batch in again]))
+        self.counters["requeued_batches"] += len(again)
+
+    async def _wait_for_room(self) -> None:
+        """Wait until the WAL has room (``when_full = "block"``), however long that takes: room
+        comes back as sinks acknowledge, or from outside when the disk was low. A checkpoint that
+        failed (on a full disk) is tried again meanwhile: the segments the sinks have passed are
+        freed only once a checkpoint covers them."""
+        wal = self.wal
+        wal.counters["blocked"] += 1
+        log.warning("wal_full_blocking", **wal.fullness())
+        started = trio.current_time()
+        while not await wal.wait_for_room(timeout=ROOM_CHECK_SECONDS):
+            if self._checkpoint_failed:
+                await self._checkpoint()
+        blocked = trio.current_time() - started
+        wal.counters["blocked_ms"] += int(blocked * 1000)
+        log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A batch on its way into the WAL: the events as the sources sent them (verified again if
+    the WAL refuses them), their WAL entries, the chain stage's counters before it, and the
+    WAL's number for it once written."""
+
+    events: list[Event]
+    entries: list[bytes]
+    counters: Counter[str]
+    seq: int = 0
+
+
+def cut(batch: list[Event], max_events: int, max_bytes: int) -> int:
+    """How many events from the start of ``batch`` make at most ``max_events`` events and
+    about ``max_bytes`` bytes (``batch_bytes``); at least one."""
+    size = 0
+    for index, event in enumerate(batch):
+        size += event_bytes(event)
+        if index and (index >= max_events or size > max_bytes):
+            return index
+    return len(batch)

@@ -17,8 +17,11 @@ def seed_hash(record: dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def chain(count: int, agent: str = AGENT, first: int = 1, prev: str = "") -> list[dict[str, Any]]:
-    """``count`` correctly chained seed records of ``agent``, sequences from ``first``."""
+def chain(
+    count: int, agent: str = AGENT, first: int = 1, prev: str = "", padding: int = 0
+) -> list[dict[str, Any]]:
+    """``count`` correctly chained seed records of ``agent``, sequences from ``first``; with
+    ``padding``, each carries that many more bytes of notes."""
     records = []
     for sequence in range(first, first + count):
         record: dict[str, Any] = {
@@ -29,14 +32,19 @@ def chain(count: int, agent: str = AGENT, first: int = 1, prev: str = "") -> lis
             "requestDetails": {"rows": sequence * 7, "table": f"t{sequence % 5}"},
             "prevHash": prev,
         }
+        if padding:
+            record["notes"] = "n" * padding
         record["hash"] = prev = seed_hash(record)
         records.append(record)
     return records
 
 
-def chain_lines(count: int, agent: str = AGENT, first: int = 1, prev: str = "") -> list[bytes]:
+def chain_lines(
+    count: int, agent: str = AGENT, first: int = 1, prev: str = "", padding: int = 0
+) -> list[bytes]:
     """``chain(...)`` as JSON lines (LF-terminated), ready to send to a json_tls source."""
-    return [json.dumps(record).encode() + b"\n" for record in chain(count, agent, first, prev)]
+    records = chain(count, agent, first, prev, padding)
+    return [json.dumps(record).encode() + b"\n" for record in records]
 
 
 def safeclaw_lines(count: int, *, compact: bool = True) -> list[bytes]:

@@ -27,7 +27,6 @@ from shipper.config import Address, parse_config
 from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.topology import Topology
-from tests.buffer.test_wal import events as wal_events
 from tests.buffer.test_wal import read_all
 from tests.chains import AGENT, chain, chain_lines, safeclaw_lines
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
@@ -381,21 +380,31 @@ async def test_batches_refused_by_a_failed_fsync_are_written_again_in_order(
     assert stored.state["agents"][AGENT]["last_sequence"] == 30
 
 
+def numbered(first: int, count: int) -> list[Event]:
+    """Events whose records are ``{"n": first}`` ... (they name no agent: not verified)."""
+    return [
+        Event("2026-11-23T00:00:00.000000Z", SOURCE, None, orjson.dumps({"n": n}))
+        for n in range(first, first + count)
+    ]
+
+
 async def test_the_writer_writes_refused_batches_again_in_their_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With several batches written and not yet accepted when an fsync fails, the topology's
-    writer writes every refused one again, oldest first: the WAL holds them once, in order."""
+    writer takes every refused one back and writes it again, oldest first: the WAL holds them
+    once, in order."""
     fsync = FailFirstFsync()
     monkeypatch.setattr(wal_module, "_sync_fds", fsync)
     topology = Topology(parse_config(file_sink_config(tmp_path)))
     wal = topology.wal
-    wal.open({"archive": None})
-    for first in range(1, 31, 3):  # the oldest is waited for once more than PIPELINE_DEPTH wait
-        await topology._append(wal_events(first, 3))
-    await topology._append([], keep=0)
+    wal.open({CHAIN_CURSOR: None, "archive": None})
+    # Queued as the writer queues them: with PIPELINE_DEPTH in flight when the fsync fails.
+    topology._requeued.extend(numbered(first, 3) for first in range(1, 31, 3))
+    await topology._flush()
     assert fsync.calls >= 2
     assert wal.counters["write_errors"] == 1
+    assert topology.counters["requeued_batches"] >= 1
     assert topology.counters["events"] == 30
     assert await read_all(wal.readers["archive"]) == list(range(1, 31))
     await wal.close()
@@ -403,30 +412,34 @@ async def test_the_writer_writes_refused_batches_again_in_their_order(
 
 
 @pytest.mark.parametrize("when_full", ["block", "drop_newest"])
-async def test_refused_batches_are_written_again_even_if_that_fills_the_wal(
+async def test_refused_batches_are_written_again_when_their_room_comes_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when_full: str
 ) -> None:
-    """Batches the chain stage verified, refused by a failed fsync, are written again even when
-    their rewrite (a new segment, a few bytes more) finds the WAL full: neither dropped nor
-    left waiting for space that only the writer's own checkpoint would free."""
+    """Batches the chain stage verified and a failed fsync refused go back before the chain
+    stage; their room comes back with the rollback (and the checkpoint taken before they are
+    written again frees what the sinks passed), so they are written again, not dropped, and
+    nothing waits for space only the writer's own checkpoint would free."""
     raw = file_sink_config(tmp_path)
     raw["buffer"] = {"max_bytes": "4MiB", "when_full": when_full}
     topology = Topology(parse_config(raw))
     wal = topology.wal
     wal.open({CHAIN_CURSOR: None, "archive": None})
-    await topology._append(wal_events(1, 50), keep=0)
+    await topology._take(numbered(1, 50))
+    await topology._flush()
     archive = wal.readers["archive"]
     batch = await archive.read(10**9)
     assert batch is not None
     await archive.ack(batch.end)  # the sink is caught up; the chain cursor holds the segment
-    await topology._append(wal_events(51, 5))  # A: written, not yet accepted
+    topology._next_checkpoint = trio.current_time() + 3600
+    await topology._take(numbered(51, 5))  # A: written, not yet accepted
     wal.settings = dataclasses.replace(wal.settings, max_bytes=wal.total_bytes + 1)
     assert not wal.full
-    await topology._append(wal_events(56, 5))  # B: the WAL is full after it
+    await topology._take(numbered(56, 5))  # B: the WAL is full after it
     assert len(topology._unaccepted) == 2
     monkeypatch.setattr(wal_module, "_sync_fds", FailFirstFsync())
     with trio.fail_after(10):
-        await topology._append([], keep=0)  # A and B refused, then written again
+        await topology._flush()  # A and B refused, then written again
+    assert topology.counters["requeued_batches"] == 2
     assert topology.counters["dropped"] == 0
     assert await read_all(archive) == list(range(51, 61))
     await wal.close()

@@ -31,15 +31,18 @@ group (at most 1.5 times ``GROUP_BYTES``, or one larger entry), not one event.
   so a reader in another process could follow the same files.
 * A segment is deleted only when every sink's cursor has passed all of it, and never while it is
   the one being written.
-* ``max_bytes`` bounds the segments on disk. When it is reached, ``when_full = "block"`` makes the
-  writer wait (so sources stop reading and senders feel backpressure), ``"drop_newest"`` drops the
-  batch, counted and logged.
+* ``max_bytes`` bounds the segments on disk. When it is reached, or when the file system has less
+  than ``reserve_bytes`` free (a disk filling up before ``max_bytes`` is a full WAL too; see
+  ``full``), ``when_full = "block"`` makes the writer wait (so sources stop reading and senders
+  feel backpressure), ``"drop_newest"`` drops the batch, counted and logged. A writer that applies
+  ``when_full`` itself (``write(granted=True)``) may pass the bound by the batches it has in flight.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import secrets
 from collections import Counter, deque
@@ -70,6 +73,8 @@ log = get_logger("shipper.buffer")
 READ_BYTES = 1024 * 1024
 #: The size the writer aims at for the payload of one record (a group of entries).
 GROUP_BYTES = 64 * 1024
+#: While the file system is low on space, how often its free space is looked at again.
+DISK_POLL_SECONDS = 1.0
 #: Batches a writer keeps written and not yet accepted (``Wal.write``, then ``wait_accepted`` of
 #: the oldest): the fsync of one overlaps the encoding, framing and writing of the next ones.
 PIPELINE_DEPTH = 4
@@ -82,6 +87,7 @@ class WalSettings:
     fsync: str = "batch"  # "batch" | "interval" | "never"
     fsync_interval: float = 1.0
     when_full: str = "block"  # "block" | "drop_newest"
+    reserve_bytes: int = 0  # free space kept on the file system (see ``Wal.full``)
 
 
 @dataclass
@@ -140,6 +146,9 @@ class Wal:
         self._refusal_pending = False  # batches were refused and the writer was not told yet
         self._activity = trio.Event()  # set on a write, an fsync's end, and close: wakes run()
         self._lock: int | None = None  # the directory's flock, held from open() to release()
+        #: Free space kept on the WAL's file system: below it the WAL counts as full, as at
+        #: ``max_bytes`` (room for the batches in flight and the chain checkpoint).
+        self.reserve_bytes = settings.reserve_bytes
         self.report: Report | None = None
 
     # --- opening and closing -------------------------------------------------------------------
@@ -198,8 +207,21 @@ class Wal:
 
     @property
     def full(self) -> bool:
-        """Whether an append now would wait for space (or drop, with ``drop_newest``)."""
-        return self.total_bytes >= self.settings.max_bytes
+        """Whether an append now would wait for space (or drop, with ``drop_newest``): the WAL
+        holds ``max_bytes``, or its file system has less than ``reserve_bytes`` free."""
+        if self.total_bytes >= self.settings.max_bytes:
+            return True
+        free = self.free_bytes()
+        return free is not None and free < self.reserve_bytes
+
+    def free_bytes(self) -> int | None:
+        """Bytes an unprivileged writer may still use on the WAL's file system (None if that
+        cannot be told)."""
+        try:
+            info = os.statvfs(self.directory)
+        except OSError:
+            return None
+        return info.f_bavail * info.f_frsize
 
     @property
     def total_bytes(self) -> int:
@@ -549,29 +571,37 @@ class Wal:
         except OSError as exc:
             log.error("wal_rollback_failed", segment=keep.segment, error=str(exc))
 
+    async def cut_refused(self) -> None:
+        """Cut refused batches off the files now (rather than at the next write), so that their
+        bytes neither count toward ``max_bytes`` nor stop a checkpoint meanwhile."""
+        if self._needs_rollback:
+            async with self._io:
+                if self._needs_rollback:
+                    await self._roll_back()
+
     def drop(self, count: int) -> None:
         """Count and log ``count`` events dropped because the WAL is full (``drop_newest``)."""
         self.counters["dropped_full"] += count
         log.warning("wal_full_dropped", events=count, max_bytes=self.settings.max_bytes)
 
-    async def wait_for_room(self) -> None:
-        """Wait while the WAL is full (``when_full = "block"``; returns early when a failure is
-        pending: the next write reports it)."""
-        if self.full and self.settings.when_full == "block":
-            await self._wait_for_space(0)
+    async def wait_for_room(self, timeout: float = math.inf) -> bool:  # noqa: ASYNC109
+        """Wait while the WAL is full (see ``full``): True once it has room, False if it is still
+        full after ``timeout`` seconds. Returns True at once when a failure is pending: the next
+        write reports it.
 
-    async def _wait_for_space(self, count: int) -> bool:
-        """Apply ``when_full``: False to drop the batch, or wait until the WAL has room."""
-        if self.settings.when_full == "drop_newest":
-            self.drop(count)
-            return False
-        self.counters["blocked"] += 1
-        log.warning("wal_full_blocking", bytes=self.total_bytes, max_bytes=self.settings.max_bytes)
-        started = trio.current_time()
+        Room comes back as sinks acknowledge (segments every reader passed are deleted; when only
+        the segment being written holds them, a new one is started so that it can go) or, for a
+        file system low on space, from outside: free space is looked at again every
+        ``DISK_POLL_SECONDS`` meanwhile.
+        """
+        deadline = trio.current_time() + timeout
         backoff = Backoff()
-        while self.total_bytes >= self.settings.max_bytes:
+        while self.full:
             if self._needs_rollback or self._refusal_pending:
                 break  # the write rolls back and says batches were refused
+            now = trio.current_time()
+            if now >= deadline:
+                return False
             progress = self._progress = trio.Event()
             active_size = self._sizes.get(self._active, SEGMENT_HEADER_SIZE)
             if active_size > SEGMENT_HEADER_SIZE and all(
@@ -581,11 +611,33 @@ class Wal:
                 # start a new one so that collect() may delete it.
                 self._seal = True
                 if not await self.append_nothing():  # logged and counted: try again later
-                    await trio.sleep(backoff.next())
+                    await trio.sleep(min(backoff.next(), max(0.0, deadline - now)))
                     continue
                 await self.collect()
                 continue
-            await progress.wait()
+            with trio.move_on_at(min(deadline, now + DISK_POLL_SECONDS)):
+                await progress.wait()
+        return True
+
+    def fullness(self) -> dict[str, int | None]:
+        """What makes the WAL full or not, for logs: its bytes and bound, the free bytes of its
+        file system and the reserve kept there."""
+        return {
+            "bytes": self.total_bytes,
+            "max_bytes": self.settings.max_bytes,
+            "free_bytes": self.free_bytes(),
+            "reserve_bytes": self.reserve_bytes,
+        }
+
+    async def _wait_for_space(self, count: int) -> bool:
+        """Apply ``when_full``: False to drop the batch, or wait until the WAL has room."""
+        if self.settings.when_full == "drop_newest":
+            self.drop(count)
+            return False
+        self.counters["blocked"] += 1
+        log.warning("wal_full_blocking", **self.fullness())
+        started = trio.current_time()
+        await self.wait_for_room()
         blocked = trio.current_time() - started
         self.counters["blocked_ms"] += int(blocked * 1000)
         log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
