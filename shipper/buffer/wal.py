@@ -885,23 +885,34 @@ class WalReader:
                 (item.offset for item in records.scan(rest) if isinstance(item, records.Record)),
                 len(rest),
             )
-            self.counters["corrupt_bytes"] += resume
-            log.error(
-                "wal_corrupt_while_reading",
-                sink=self.sink,
-                segment=segment,
-                offset=offset,
-                size=resume,
-            )
+            self._corrupt(segment, offset, resume, "bad checksum")
             self.position = Position(segment, offset + resume)
             return ReadBatch([], self.position, 0, 0)
         batch: list[bytes] = []
         events = 0
         for item in found:
+            try:
+                batch.extend(envelopes(segment, offset + item.offset, item.payload, self.inputs))
+            except ValueError:
+                # A whole record whose payload is not entries (say, one of another WAL format
+                # in a segment whose header was damaged): stepped over like corrupt bytes.
+                self._corrupt(segment, offset + item.offset, item.end - item.offset, "not entries")
+                continue
             events += item.payload.count(b"\n") + 1
-            batch.extend(envelopes(segment, offset + item.offset, item.payload, self.inputs))
         self.position = Position(segment, offset + stop)
         return ReadBatch(batch, self.position, len(found), events)
+
+    def _corrupt(self, segment: int, offset: int, size: int, reason: str) -> None:
+        """Accepted bytes damaged after recovery scanned them: counted, logged, stepped over."""
+        self.counters["corrupt_bytes"] += size
+        log.error(
+            "wal_corrupt_while_reading",
+            sink=self.sink,
+            segment=segment,
+            offset=offset,
+            size=size,
+            reason=reason,
+        )
 
     async def ack(self, end: Position) -> None:
         """The sink's destination confirmed everything before ``end``: persist and collect."""
@@ -954,6 +965,8 @@ def envelopes(
     source ids, and the alerts (route "").
 
     The readers' hot loop: one slice and one concatenation per event, nothing else allocated.
+    Raises ValueError if an entry is not one (damage that passed its record's checksum, say a
+    record of another WAL format): ``WalReader.read`` steps over such a record as corrupt.
     """
     prefix = b'%s"id":"%d-' % (ENVELOPE_HEAD, segment)
     skip = len(ENVELOPE_HEAD)
@@ -962,7 +975,7 @@ def envelopes(
     for item in payload.split(b"\n"):
         source, _, envelope = item.partition(b"\0")
         if inputs is None or not source or source in inputs:
-            if not envelope.startswith(ENVELOPE_HEAD):  # only a bug in the writer can do this
+            if not envelope.startswith(ENVELOPE_HEAD):
                 raise ValueError(f"WAL entry at {segment}-{position} is not an envelope")
             found.append(prefix + b'%d",' % position + envelope[skip:])
         position += len(item) + 1

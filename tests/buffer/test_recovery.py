@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper.buffer import cursor
-from shipper.buffer.record import HEADER_SIZE, encode, encode_many
+from shipper.buffer.record import HEADER_SIZE, Record, encode, encode_many, scan
 from shipper.buffer.recovery import (
     CURSOR_DIR,
     LOCK_FILE,
@@ -22,6 +22,8 @@ from shipper.buffer.recovery import (
     recover,
 )
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, header, segment_name
+from tests.buffer.test_wal import events, numbers, open_wal
+from tests.conftest import LogCapture
 
 PAYLOADS = [b"alpha", b"the second record", b"gamma gamma"]
 H = SEGMENT_HEADER_SIZE
@@ -56,6 +58,13 @@ def flip(path: Path, offset: int, mask: int = 0x10) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= mask
     path.write_bytes(bytes(data))
+
+
+def overwrite(path: Path, offset: int, data: bytes) -> None:
+    """Write ``data`` over the bytes of the file at ``path`` from ``offset``."""
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        file.write(data)
 
 
 def snapshot(directory: Path) -> dict[str, bytes | None]:
@@ -530,3 +539,34 @@ def test_any_damage_recovers_idempotently(
         for info in first.segments:
             size = (directory / segment_name(info.number)).stat().st_size
             assert size == info.size
+
+
+# --- readers -----------------------------------------------------------------------------------
+
+
+async def test_reader_steps_over_a_record_that_holds_no_entries(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """A CRC-valid record whose payload is not entries (written after recovery scanned the
+    segment) is stepped over as corrupt, logged at error and counted; the rest is delivered."""
+    wal = open_wal(tmp_path)
+    for first in (1, 4, 7):
+        assert await wal.append(events(first, 3))
+    path = tmp_path / segment_name(wal.committed.segment)
+    data = path.read_bytes()
+    middle = [item for item in scan(data, H) if isinstance(item, Record)][1]
+    size = middle.end - middle.offset
+    foreign = encode(b'{"v":1,"id":"1-40"}'.ljust(size - HEADER_SIZE, b" "))  # WAL format 1
+    overwrite(path, middle.offset, foreign)
+    reader = wal.readers["a"]
+    delivered: list[int] = []
+    while reader.has_unread:
+        batch = await reader.read()
+        assert batch is not None
+        delivered.extend(numbers(batch))
+    assert delivered == [1, 2, 3, 7, 8, 9]
+    assert reader.counters["corrupt_bytes"] == size
+    [entry] = logs.entries("wal_corrupt_while_reading")
+    assert (entry["level"], entry["offset"], entry["size"]) == ("error", middle.offset, size)
+    await wal.close()
+    wal.release()
