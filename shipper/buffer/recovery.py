@@ -10,8 +10,18 @@ corrupt bytes between valid records    copied to ``<segment>.<offset>.quarantine
                                        segment, skipped by every reader, counted ("corrupt";
                                        at later starts "quarantined" until the segment goes)
 segment of an earlier format version   refuses the start (``WalFormatError``), nothing changed
-segment with a bad header              renamed to ``<name>.corrupt`` (kept for inspection);
-                                       a header cut short in the newest segment is torn
+segment with a bad header (magic or    its records carry their own checksums: if any is whole
+number) and valid records after it     and holds entries, the segment is kept ("salvaged"):
+                                       the damaged 16 bytes are copied to
+                                       ``<segment>.0.quarantine``, the header is rewritten in
+                                       place, and its records are read as in any segment, except
+                                       that one whose checksum is right but whose payload is not
+                                       entries (say, a record of WAL format 1 behind a damaged
+                                       version byte) is quarantined like corrupt bytes, now and
+                                       at later starts (a reader would not know what to do with
+                                       it)
+segment with a bad header and no       renamed to ``<name>.corrupt`` (kept for inspection);
+valid record                           a header cut short in the newest segment is torn
                                        creation and the file is removed
 missing or corrupt cursor              the sink starts at the oldest retained record
                                        (at-least-once), with a warning; the cursor is rewritten
@@ -27,9 +37,11 @@ recovery would do.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from shipper.buffer import cursor as cursors
 from shipper.buffer.record import Corrupt, Record, Torn, scan
@@ -38,16 +50,29 @@ from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
     Position,
     fsync_dir,
+    header,
     header_ok,
     other_version,
     segment_name,
     segment_number,
 )
 from shipper.errors import ShipperError
+from shipper.events import ENVELOPE_HEAD
 
 CURSOR_DIR = "cursors"
 LOCK_FILE = "lock"
 EPOCH_FILE = "epoch"
+
+
+#: A record payload of whole entries (the format is ``shipper.buffer.wal``'s): each a route
+#: without LF or NUL, NUL, and an envelope that starts as every envelope does, joined by LF.
+_ENTRY: Final = rb"[^\n\0]*+\0" + re.escape(ENVELOPE_HEAD) + rb"[^\n]*+"
+_ENTRIES: Final = re.compile(_ENTRY + rb"(?:\n" + _ENTRY + rb")*+")
+
+
+def holds_entries(payload: bytes) -> bool:
+    """Whether a record's payload is entries a reader can deliver (``wal.envelopes``)."""
+    return _ENTRIES.fullmatch(payload) is not None
 
 
 class WalFormatError(ShipperError):
@@ -66,8 +91,8 @@ class SegmentInfo:
 
 @dataclass
 class Finding:
-    kind: str  # "torn", "corrupt", "quarantined", "bad_segment", "other_version", "cursor",
-    # "released", "stray"
+    kind: str  # "torn", "corrupt", "quarantined", "salvaged", "bad_segment", "other_version",
+    # "cursor", "released", "stray"
     detail: str
     segment: int | None = None
     offset: int | None = None
@@ -105,7 +130,7 @@ class Report:
     def damaged(self) -> bool:
         """Whether anything was found that lost, skipped or reset data."""
         return any(
-            f.kind in ("torn", "corrupt", "bad_segment", "other_version", "cursor")
+            f.kind in ("torn", "corrupt", "salvaged", "bad_segment", "other_version", "cursor")
             for f in self.findings
         )
 
@@ -163,6 +188,7 @@ def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> S
             raise WalFormatError(detail)
         report.findings.append(Finding("other_version", detail, number, 0, len(data)))
         return None
+    salvage = False
     if not header_ok(data, number):
         if last and len(data) < SEGMENT_HEADER_SIZE:
             report.findings.append(
@@ -177,40 +203,41 @@ def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> S
             if repair:
                 path.unlink()
             return None
-        report.findings.append(
-            Finding(
-                "bad_segment",
-                f"bad segment header; renamed to {path.name}.corrupt",
-                number,
-                0,
-                len(data),
-            )
+        # The records carry their own checksums: if any of them is whole and holds entries,
+        # the header alone is damaged, and they are kept.
+        salvage = any(
+            isinstance(item, Record) and holds_entries(item.payload)
+            for item in scan(data, SEGMENT_HEADER_SIZE)
         )
-        if repair:
-            path.rename(path.with_name(path.name + ".corrupt"))
-        return None
-    info = SegmentInfo(number, len(data), 0)
-    for item in scan(data, SEGMENT_HEADER_SIZE):
-        if isinstance(item, Record):
-            info.records += 1
-            info.events += item.payload.count(b"\n") + 1  # entries are joined by LF
-        elif isinstance(item, Corrupt):
-            quarantine = path.with_name(f"{path.name}.{item.offset}.quarantine")
-            known = quarantine.exists()
+        if not salvage:
             report.findings.append(
                 Finding(
-                    "quarantined" if known else "corrupt",
-                    f"bad checksum; {len(item.raw)} bytes "
-                    + ("skipped, quarantined earlier" if known else "quarantined")
-                    + f" in {quarantine.name}",
+                    "bad_segment",
+                    f"bad segment header; renamed to {path.name}.corrupt",
                     number,
-                    item.offset,
-                    len(item.raw),
+                    0,
+                    len(data),
                 )
             )
-            info.skips.append((item.offset, item.end))
-            if repair and not known:
-                quarantine.write_bytes(item.raw)
+            if repair:
+                path.rename(path.with_name(path.name + ".corrupt"))
+            return None
+    kept_header = path.with_name(f"{path.name}.0.quarantine")
+    # Records behind a header this shipper wrote are entries (and a reader steps over one that
+    # is not); behind a damaged header, now or at an earlier start, each is checked.
+    check = salvage or kept_header.exists()
+    first_finding = len(report.findings)
+    info = SegmentInfo(number, len(data), 0)
+    for item in scan(data, SEGMENT_HEADER_SIZE):
+        if isinstance(item, Record) and (not check or holds_entries(item.payload)):
+            info.records += 1
+            info.events += item.payload.count(b"\n") + 1  # entries are joined by LF
+        elif isinstance(item, Record | Corrupt):
+            if isinstance(item, Corrupt):
+                reason, raw = "bad checksum", item.raw
+            else:  # never handed to a reader: it would not know what to do with it
+                reason, raw = "checksum valid but not WAL entries", data[item.offset : item.end]
+            _quarantine(report, path, info, item.offset, raw, reason, repair)
         elif isinstance(item, Torn):
             report.findings.append(
                 Finding(
@@ -226,7 +253,61 @@ def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> S
                 with open(path, "r+b") as file:
                     file.truncate(item.offset)
                     os.fsync(file.fileno())
+    if salvage:
+        report.findings.insert(
+            first_finding,
+            Finding(
+                "salvaged",
+                f"bad segment header ({data[:SEGMENT_HEADER_SIZE].hex()}, expected "
+                f"{header(number).hex()}); its {info.events} events in {info.records} records "
+                f"pass their checksums and are kept: header rewritten, the damaged one kept in "
+                f"{kept_header.name}",
+                number,
+                0,
+                SEGMENT_HEADER_SIZE,
+            ),
+        )
+        if repair:
+            _write_durably(kept_header, data[:SEGMENT_HEADER_SIZE])
+            with open(path, "r+b") as file:
+                file.write(header(number))
+                os.fsync(file.fileno())
     return info
+
+
+def _quarantine(
+    report: Report,
+    path: Path,
+    info: SegmentInfo,
+    offset: int,
+    raw: bytes,
+    reason: str,
+    repair: bool,
+) -> None:
+    """Skip the bytes ``raw`` at ``offset`` of the segment at ``path``, copied beside it."""
+    quarantine = path.with_name(f"{path.name}.{offset}.quarantine")
+    known = quarantine.exists()
+    report.findings.append(
+        Finding(
+            "quarantined" if known else "corrupt",
+            f"{reason}; {len(raw)} bytes "
+            + ("skipped, quarantined earlier" if known else "quarantined")
+            + f" in {quarantine.name}",
+            info.number,
+            offset,
+            len(raw),
+        )
+    )
+    info.skips.append((offset, offset + len(raw)))
+    if repair and not known:
+        quarantine.write_bytes(raw)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Create or replace ``path`` with ``data``, fsynced (the directory is fsynced by the caller)."""
+    with open(path, "wb") as file:
+        file.write(data)
+        os.fsync(file.fileno())
 
 
 def _recover_cursors(report: Report, sink_ids: Sequence[str], repair: bool) -> None:

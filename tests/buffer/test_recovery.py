@@ -22,11 +22,22 @@ from shipper.buffer.recovery import (
     recover,
 )
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, header, segment_name
-from tests.buffer.test_wal import events, numbers, open_wal
+from shipper.buffer.wal import Wal
+from tests.buffer.test_wal import events, numbers, open_wal, segment_files
 from tests.conftest import LogCapture
 
-PAYLOADS = [b"alpha", b"the second record", b"gamma gamma"]
 H = SEGMENT_HEADER_SIZE
+
+
+def entries(*texts: str, route: bytes = b"agents") -> bytes:
+    """A record payload of one entry per text, each with an envelope-like JSON object."""
+    return b"\n".join(route + b"\0" + b'{"v":1,"text":"%s"}' % t.encode() for t in texts)
+
+
+PAYLOADS = [entries("alpha"), entries("the second", "record"), entries("gamma", route=b"")]
+EVENTS = 4  # entries in PAYLOADS
+#: Payloads that pass their checksums but hold no entries (what recovery quarantines).
+NOT_ENTRIES = [b"alpha", b"the second record", b'{"v":1,"id":"1-24","record":{}}']
 
 
 def offsets_of(payloads: list[bytes]) -> list[int]:
@@ -112,8 +123,8 @@ def test_clean_wal_has_no_findings(tmp_path: Path) -> None:
     report = recover(tmp_path, ["a"])
     assert report.findings == []
     assert report.segments == [
-        SegmentInfo(1, segment_size(), 3, events=3),
-        SegmentInfo(2, segment_size(), 3, events=3),
+        SegmentInfo(1, segment_size(), 3, events=EVENTS),
+        SegmentInfo(2, segment_size(), 3, events=EVENTS),
     ]
     assert report.cursors == {"a": Position(1, offsets_of(PAYLOADS)[1])}
     assert snapshot(tmp_path) == before
@@ -138,7 +149,7 @@ def test_torn_tail_is_truncated(tmp_path: Path, tail: bytes) -> None:
             "torn", "torn record at the end of the segment; truncated", 1, segment_size(), len(tail)
         )
     ]
-    assert report.segments == [SegmentInfo(1, segment_size(), 3, events=3)]
+    assert report.segments == [SegmentInfo(1, segment_size(), 3, events=EVENTS)]
 
 
 def test_corrupt_middle_record_is_quarantined(tmp_path: Path) -> None:
@@ -166,14 +177,72 @@ def test_corrupt_middle_record_is_quarantined(tmp_path: Path) -> None:
     "bad_header",
     [
         pytest.param(b"SHPXAL\x00\x02" + header(1)[8:], id="wrong-magic"),
+        pytest.param(b"SHPWAL\x00\x03" + header(1)[8:], id="wrong-version-byte"),
         pytest.param(header(7), id="wrong-number"),
+        pytest.param(bytes(H), id="zeroed"),
+    ],
+)
+def test_bad_header_with_valid_records_is_salvaged(tmp_path: Path, bad_header: bytes) -> None:
+    """A damaged header in front of checksummed records is copied to a quarantine file and
+    rewritten in place; every record is kept and the finding says how many."""
+    path = tmp_path / segment_name(1)
+    path.write_bytes(bad_header + encode_many(PAYLOADS))
+    write_segment(tmp_path, 2)
+    report = recover(tmp_path, [])
+    assert path.read_bytes() == header(1) + encode_many(PAYLOADS)
+    assert (tmp_path / f"{segment_name(1)}.0.quarantine").read_bytes() == bad_header
+    assert not (tmp_path / f"{segment_name(1)}.corrupt").exists()
+    [finding] = report.findings
+    assert (finding.kind, finding.segment, finding.offset, finding.size) == ("salvaged", 1, 0, H)
+    assert f"{EVENTS} events in 3 records" in finding.detail
+    assert bad_header.hex() in finding.detail
+    assert report.segments == [
+        SegmentInfo(1, segment_size(), 3, events=EVENTS),
+        SegmentInfo(2, segment_size(), 3, events=EVENTS),
+    ]
+    assert report.damaged
+    assert recover(tmp_path, []).findings == []
+
+
+def test_salvage_quarantines_what_is_not_entries_and_keeps_the_rest(tmp_path: Path) -> None:
+    """In a segment behind a damaged header, a checksummed record that holds no entries and a
+    record with a bad checksum are quarantined and skipped; the valid ones are kept."""
+    payloads = [PAYLOADS[0], NOT_ENTRIES[2], PAYLOADS[1], PAYLOADS[2]]
+    path = write_segment(tmp_path, 1, payloads)
+    at = [*offsets_of(payloads), segment_size(payloads)]
+    flip(path, 3)  # magic
+    flip(path, at[2] + HEADER_SIZE + 1)  # payload of the third record
+    report = recover(tmp_path, [])
+    assert kinds(report) == ["salvaged", "corrupt", "corrupt"]
+    assert "2 events in 2 records" in report.findings[0].detail
+    assert "not WAL entries" in report.findings[1].detail
+    assert "bad checksum" in report.findings[2].detail
+    assert report.segments == [
+        SegmentInfo(1, segment_size(payloads), 2, [(at[1], at[2]), (at[2], at[3])], events=2)
+    ]
+    quarantine = tmp_path / f"{segment_name(1)}.{at[1]}.quarantine"
+    assert quarantine.read_bytes() == encode(NOT_ENTRIES[2])
+    assert path.read_bytes()[:H] == header(1)
+    again = recover(tmp_path, [])  # the header is whole now: the record is still skipped
+    assert again.segments == report.segments
+    assert again.findings == known_quarantines(report)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"SHPXAL\x00\x02" + header(1)[8:] + encode_many(NOT_ENTRIES), id="no-entries"),
+        pytest.param(b"SHPWAL\x00\x41" + header(1)[8:] + encode_many(NOT_ENTRIES), id="format-1"),
+        pytest.param(b"SHPXAL\x00\x02" + header(1)[8:] + b"garbage" * 10, id="no-record"),
         pytest.param(header(1)[:9], id="cut-short-in-older-segment"),
     ],
 )
-def test_bad_header_is_renamed_corrupt(tmp_path: Path, bad_header: bytes) -> None:
-    """A segment whose header is wrong (and is not the newest one cut short) becomes ``.corrupt``."""
+def test_bad_header_without_valid_records_is_renamed_corrupt(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A segment whose header is wrong and that holds no checksummed record of entries (and is
+    not the newest one cut short) becomes ``.corrupt``, whole."""
     path = tmp_path / segment_name(1)
-    content = bad_header + encode_many(PAYLOADS) if len(bad_header) == H else bad_header
     path.write_bytes(content)
     write_segment(tmp_path, 2)
     report = recover(tmp_path, [])
@@ -202,7 +271,7 @@ def test_segment_of_another_format_version_refuses_the_start(tmp_path: Path) -> 
 
 def test_events_count_the_entries_of_grouped_records(tmp_path: Path) -> None:
     """A segment's ``events`` counts every LF-joined entry of its records, ``records`` the records."""
-    write_segment(tmp_path, 1, [b"a\0x", b"a\0x\na\0y\n\0z"])
+    write_segment(tmp_path, 1, [entries("x"), entries("x", "y") + b"\n" + entries("z", route=b"")])
     report = recover(tmp_path, [])
     assert [(info.records, info.events) for info in report.segments] == [(2, 4)]
 
@@ -219,7 +288,7 @@ def test_newest_header_cut_short_is_removed(tmp_path: Path, size: int) -> None:
     assert [(f.kind, f.segment, f.offset, f.size) for f in report.findings] == [
         ("torn", 2, 0, size)
     ]
-    assert report.segments == [SegmentInfo(1, segment_size(), 3, events=3)]
+    assert report.segments == [SegmentInfo(1, segment_size(), 3, events=EVENTS)]
 
 
 def test_older_segment_cut_mid_record_is_truncated(tmp_path: Path) -> None:
@@ -233,8 +302,8 @@ def test_older_segment_cut_mid_record_is_truncated(tmp_path: Path) -> None:
         ("torn", 1, segment_size(), 12)
     ]
     assert report.segments == [
-        SegmentInfo(1, segment_size(), 3, events=3),
-        SegmentInfo(2, segment_size(), 3, events=3),
+        SegmentInfo(1, segment_size(), 3, events=EVENTS),
+        SegmentInfo(2, segment_size(), 3, events=EVENTS),
     ]
 
 
@@ -432,7 +501,7 @@ def test_damaged_wal_reports_every_kind(tmp_path: Path) -> None:
     }
     assert report.segments == [
         SegmentInfo(2, segment_size(), 2, [(start, end)], events=2),
-        SegmentInfo(3, segment_size(), 3, events=3),
+        SegmentInfo(3, segment_size(), 3, events=EVENTS),
     ]
 
 
@@ -502,9 +571,18 @@ DAMAGE = st.one_of(
 )
 
 
+#: Record payloads: mostly entries, some that only pass their checksums.
+PAYLOAD = st.one_of(
+    st.lists(st.text(st.characters(codec="ascii", exclude_characters='\n"\\\0')), min_size=1).map(
+        lambda texts: entries(*texts)
+    ),
+    st.binary(min_size=1, max_size=20),
+)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
-    st.lists(st.lists(st.binary(min_size=1, max_size=20), max_size=5), min_size=1, max_size=3),
+    st.lists(st.lists(PAYLOAD, max_size=5), min_size=1, max_size=3),
     st.lists(st.tuples(st.integers(0, 2), DAMAGE), max_size=4),
 )
 def test_any_damage_recovers_idempotently(
@@ -541,6 +619,46 @@ def test_any_damage_recovers_idempotently(
             assert size == info.size
 
 
+# --- end to end: recovery, then a reader --------------------------------------------------------
+
+
+async def written_wal(directory: Path, count: int) -> list[Path]:
+    """A closed WAL holding events 1..count over several small segments; its segment files."""
+    wal = open_wal(directory, segment_bytes=4096)
+    for first in range(1, count + 1, 5):
+        assert await wal.append(events(first, 5))
+    await wal.close()
+    wal.release()
+    return segment_files(directory)
+
+
+async def delivered(wal: Wal, sink: str = "a") -> list[int]:
+    """Every event number ``sink``'s reader is handed until it has read all, acknowledging
+    each batch."""
+    reader = wal.readers[sink]
+    seen: list[int] = []
+    while reader.has_unread:
+        batch = await reader.read()
+        assert batch is not None
+        seen.extend(numbers(batch))
+        await reader.ack(batch.end)
+    return seen
+
+
+async def test_every_event_behind_a_damaged_middle_header_is_delivered(tmp_path: Path) -> None:
+    """After one byte flips in the header of a middle segment, a restarted WAL still hands the
+    sink every event that segment holds, once and in order."""
+    segments = await written_wal(tmp_path, 60)
+    assert len(segments) >= 3
+    flip(segments[1], 9)  # the segment number
+    wal = open_wal(tmp_path)
+    assert wal.report is not None
+    assert kinds(wal.report) == ["salvaged", "cursor"]  # no cursor yet: from the oldest
+    assert await delivered(wal) == list(range(1, 61))
+    await wal.close()
+    wal.release()
+
+
 # --- readers -----------------------------------------------------------------------------------
 
 
@@ -570,3 +688,64 @@ async def test_reader_steps_over_a_record_that_holds_no_entries(
     assert (entry["level"], entry["offset"], entry["size"]) == ("error", middle.offset, size)
     await wal.close()
     wal.release()
+
+
+def kept_payloads(directory: Path, report: Report) -> list[bytes]:
+    """The payloads a reader would be handed from the recovered WAL: every record outside the
+    skipped ranges of each segment recovery kept, in order."""
+    kept: list[bytes] = []
+    for info in report.segments:
+        data = (directory / segment_name(info.number)).read_bytes()
+        skipped = {start for start, _end in info.skips}
+        kept.extend(
+            item.payload
+            for item in scan(data, H)
+            if isinstance(item, Record) and item.offset not in skipped
+        )
+    return kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 5), min_size=1, max_size=4),
+    st.sampled_from(["flip", "cut"]),
+    st.integers(0, 2**16),
+    st.integers(0, 7),
+)
+def test_one_damage_loses_only_the_records_it_touches(
+    sizes: list[int], damage: str, where: int, bit: int
+) -> None:
+    """One flipped bit (header included) or one cut anywhere in a WAL loses exactly the records
+    whose bytes it touched; every other record is still handed to readers, in order."""
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        segments = [
+            [entries(f"segment {number} record {i}") for i in range(size)]
+            for number, size in enumerate(sizes, start=1)
+        ]
+        for number, payloads in enumerate(segments, start=1):
+            write_segment(directory, number, payloads)
+        target = where % len(segments)
+        payloads = segments[target]
+        path = directory / segment_name(target + 1)
+        data = bytearray(path.read_bytes())
+        at = where % len(data)
+        if damage == "flip":
+            data[at] ^= 1 << bit
+        else:
+            del data[at:]
+        path.write_bytes(bytes(data))
+
+        def touched(start: int, payload: bytes) -> bool:
+            end = start + HEADER_SIZE + len(payload)
+            return start <= at < end if damage == "flip" else end > at
+
+        expected = [
+            payload
+            for index, segment in enumerate(segments)
+            for start, payload in zip(offsets_of(segment), segment, strict=True)
+            if index != target or not touched(start, payload)
+        ]
+        report = recover(directory, [])
+        assert kept_payloads(directory, report) == expected
+        assert sum(info.events for info in report.segments) == len(expected)
