@@ -4,8 +4,14 @@ uses it, and report everything it found. Never a crash loop, never a silent loss
 =====================================  ==========================================================
 found                                  outcome
 =====================================  ==========================================================
-torn record at the end of a segment    truncated away (it was never acknowledged under
-(interrupted append, zero-filled tail)  ``fsync = "batch"``); logged with its size
+torn record at the end of the newest   truncated away (it was never acknowledged under
+segment (interrupted append,           ``fsync = "batch"``); logged with its size ("torn")
+zero-filled tail)
+torn record at the end of an older     accepted data is gone: the segment was whole when the
+segment (cut short)                    next one began ("lost", an error, with the offset where
+                                       its valid records end and the size of what is left
+                                       after them); those bytes are copied to
+                                       ``<segment>.<offset>.quarantine``, then cut off
 corrupt bytes between valid records    copied to ``<segment>.<offset>.quarantine`` beside the
                                        segment, skipped by every reader, counted ("corrupt";
                                        at later starts "quarantined" until the segment goes)
@@ -89,14 +95,29 @@ class SegmentInfo:
     events: int = 0  # entries in those records
 
 
+#: The log level of each kind of finding (``Wal.open`` logs them as ``wal_recovery``; the others
+#: are warnings): info for what loses nothing, error for accepted data lost.
+LEVELS: Final = {
+    "quarantined": "info",
+    "released": "info",
+    "stray": "info",
+    "lost": "error",
+}
+
+
 @dataclass
 class Finding:
-    kind: str  # "torn", "corrupt", "quarantined", "salvaged", "bad_segment", "other_version",
-    # "cursor", "released", "stray"
+    kind: str  # "torn", "lost", "corrupt", "quarantined", "salvaged", "bad_segment",
+    # "other_version", "cursor", "released", "stray"
     detail: str
     segment: int | None = None
     offset: int | None = None
     size: int | None = None
+
+    @property
+    def level(self) -> str:
+        """How loud this finding is logged: "info", "warning" or "error"."""
+        return LEVELS.get(self.kind, "warning")
 
 
 @dataclass
@@ -130,7 +151,8 @@ class Report:
     def damaged(self) -> bool:
         """Whether anything was found that lost, skipped or reset data."""
         return any(
-            f.kind in ("torn", "corrupt", "salvaged", "bad_segment", "other_version", "cursor")
+            f.kind
+            in ("torn", "lost", "corrupt", "salvaged", "bad_segment", "other_version", "cursor")
             for f in self.findings
         )
 
@@ -239,16 +261,34 @@ def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> S
                 reason, raw = "checksum valid but not WAL entries", data[item.offset : item.end]
             _quarantine(report, path, info, item.offset, raw, reason, repair)
         elif isinstance(item, Torn):
-            report.findings.append(
-                Finding(
-                    "torn",
-                    "torn record at the end of the segment; truncated",
-                    number,
-                    item.offset,
-                    item.size,
-                )
-            )
             info.size = item.offset
+            if last:
+                report.findings.append(
+                    Finding(
+                        "torn",
+                        "torn record at the end of the segment; truncated",
+                        number,
+                        item.offset,
+                        item.size,
+                    )
+                )
+            else:
+                # A later segment exists, so this one was whole and fsynced when it was left:
+                # what followed the cut was accepted data, and it is gone.
+                cut = path.with_name(f"{path.name}.{item.offset}.quarantine")
+                report.findings.append(
+                    Finding(
+                        "lost",
+                        f"segment {number} is cut short: its valid records end at offset "
+                        f"{item.offset} and the rest of the segment is missing; the "
+                        f"{item.size} bytes after them are quarantined in {cut.name} and cut off",
+                        number,
+                        item.offset,
+                        item.size,
+                    )
+                )
+                if repair:
+                    _write_durably(cut, data[item.offset :])
             if repair:
                 with open(path, "r+b") as file:
                     file.truncate(item.offset)

@@ -159,9 +159,9 @@ class Wal:
         try:
             self.epoch = _epoch(self.directory)
             report = recover(self.directory, list(sinks))
+            log_at = {"info": log.info, "warning": log.warning, "error": log.error}
             for finding in report.findings:
-                quiet = finding.kind in ("released", "stray", "quarantined")
-                (log.info if quiet else log.warning)(
+                log_at[finding.level](
                     "wal_recovery",
                     kind=finding.kind,
                     detail=finding.detail,

@@ -291,20 +291,49 @@ def test_newest_header_cut_short_is_removed(tmp_path: Path, size: int) -> None:
     assert report.segments == [SegmentInfo(1, segment_size(), 3, events=EVENTS)]
 
 
-def test_older_segment_cut_mid_record_is_truncated(tmp_path: Path) -> None:
-    """An older segment that ends in a cut record is truncated like the newest one would be."""
-    older = write_segment(tmp_path, 1, tail=encode(b"cut in half")[:12])
+def test_older_segment_cut_short_is_reported_lost(tmp_path: Path) -> None:
+    """An older segment that ends in a cut record lost accepted data: an error-level "lost"
+    finding with the range, the partial bytes quarantined, then cut off."""
+    tail = encode(entries("cut in half"))[:12]
+    older = write_segment(tmp_path, 1, tail=tail)
     newer = write_segment(tmp_path, 2)
     report = recover(tmp_path, [])
-    assert older.stat().st_size == segment_size()
+    assert older.read_bytes() == header(1) + encode_many(PAYLOADS)
     assert newer.stat().st_size == segment_size()
-    assert [(f.kind, f.segment, f.offset, f.size) for f in report.findings] == [
-        ("torn", 1, segment_size(), 12)
-    ]
+    quarantine = tmp_path / f"{segment_name(1)}.{segment_size()}.quarantine"
+    assert quarantine.read_bytes() == tail
+    [finding] = report.findings
+    assert (finding.kind, finding.level, finding.segment, finding.offset, finding.size) == (
+        "lost",
+        "error",
+        1,
+        segment_size(),
+        12,
+    )
+    assert "rest of the segment is missing" in finding.detail
+    assert quarantine.name in finding.detail
+    assert report.damaged
     assert report.segments == [
         SegmentInfo(1, segment_size(), 3, events=EVENTS),
         SegmentInfo(2, segment_size(), 3, events=EVENTS),
     ]
+    assert recover(tmp_path, []).findings == []
+
+
+def test_lost_data_is_logged_at_error_and_counted(tmp_path: Path, logs: LogCapture) -> None:
+    """``Wal.open`` logs a "lost" finding at error level and counts it."""
+    write_segment(tmp_path, 1, tail=encode(entries("cut"))[:12])
+    write_segment(tmp_path, 2)
+    wal = open_wal(tmp_path, {})
+    [entry] = logs.entries("wal_recovery")
+    assert (entry["level"], entry["kind"], entry["segment"], entry["offset"]) == (
+        "error",
+        "lost",
+        1,
+        segment_size(),
+    )
+    assert wal.counters["recovery_lost"] == 1
+    wal.release()
 
 
 # --- cursors -----------------------------------------------------------------------------------
@@ -466,9 +495,9 @@ def test_stray_files_are_listed_and_left_alone(tmp_path: Path) -> None:
 def damaged_wal(directory: Path) -> None:
     """A WAL with one of every kind of damage in recovery's table."""
     (directory / segment_name(1)).write_bytes(b"garbage, not a header" + bytes(40))
-    second = write_segment(directory, 2, tail=encode(b"next")[:5])  # older, cut mid-record
+    second = write_segment(directory, 2, tail=encode(b"next")[:5])  # older, cut: lost
     flip(second, offsets_of(PAYLOADS)[1] + 1)  # length field of the middle record
-    write_segment(directory, 3, tail=bytes(100))  # zero-filled tail
+    write_segment(directory, 3, tail=bytes(100))  # zero-filled tail, also lost: 4 was begun
     (directory / segment_name(4)).write_bytes(header(4)[:6])  # newest, header cut short
     (directory / "stray.log").write_bytes(b"?")
     store_cursor(directory, "beyond", Position(3, 10_000))
@@ -488,6 +517,7 @@ def test_damaged_wal_reports_every_kind(tmp_path: Path) -> None:
         "bad_segment",
         "corrupt",
         "cursor",
+        "lost",
         "released",
         "stray",
         "torn",
@@ -533,8 +563,10 @@ def test_second_recovery_finds_only_the_same_skips(tmp_path: Path) -> None:
     first = recover(tmp_path, SINKS)
     for sink, position in first.cursors.items():  # reset cursors are rewritten by recovery
         assert cursor.load(tmp_path / CURSOR_DIR, sink) == position
-    [quarantine] = tmp_path.glob("*.quarantine")
-    os.utime(quarantine, ns=(10**18, 10**18))  # a rewrite would set the current time
+    quarantines = sorted(tmp_path.glob("*.quarantine"))
+    assert len(quarantines) == 3  # a corrupt record, and the bytes after two cuts
+    for quarantine in quarantines:
+        os.utime(quarantine, ns=(10**18, 10**18))  # a rewrite would set the current time
     after_first = snapshot(tmp_path)
     second = recover(tmp_path, SINKS)
     assert snapshot(tmp_path) == after_first
@@ -545,8 +577,8 @@ def test_second_recovery_finds_only_the_same_skips(tmp_path: Path) -> None:
     assert second.by_kind("corrupt") == []
     assert second.segments == first.segments
     assert second.cursors == first.cursors
-    assert list(tmp_path.glob("*.quarantine")) == [quarantine]
-    assert quarantine.stat().st_mtime_ns == 10**18
+    assert sorted(tmp_path.glob("*.quarantine")) == quarantines
+    assert all(quarantine.stat().st_mtime_ns == 10**18 for quarantine in quarantines)
 
 
 # --- cursor files ------------------------------------------------------------------------------
