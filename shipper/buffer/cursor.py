@@ -8,7 +8,10 @@ meaning: every record before (segment, offset) has been delivered by that sink a
 A cursor is written to ``<sink id>.json.tmp``, fsynced, renamed over the old one, and the directory
 fsynced, so a crash leaves either the old cursor or the new one, never a mix. A cursor that is
 missing, unreadable, or of another sink counts as absent: the sink starts from the oldest retained
-record (at-least-once), and recovery says so with a warning.
+record (at-least-once), and recovery says so with a warning. A cursor that reads well but points
+where no sink could have stopped (beyond the end of the WAL, past the end of its segment, or not
+at a record boundary) is damage: the sink starts from the oldest retained record too, and
+recovery reports it as an error (``shipper.buffer.recovery``).
 """
 
 from __future__ import annotations

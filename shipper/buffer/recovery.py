@@ -31,7 +31,10 @@ valid record                           a header cut short in the newest segment 
                                        creation and the file is removed
 missing or corrupt cursor              the sink starts at the oldest retained record
                                        (at-least-once), with a warning; the cursor is rewritten
-cursor beyond the end of the WAL       moved to the end, with a warning
+cursor that cannot be where its sink   damaged ("bad_cursor", an error): the sink starts at
+stopped: beyond the end of the WAL,    the oldest retained record (at least once: the file
+past the end of its segment, or not    sink recognises what it had written); the cursor is
+at a record boundary                   rewritten
 cursor of a sink no longer configured  released (its file removed), so it holds no segment
 stray files                            left alone, listed
 =====================================  ==========================================================
@@ -102,13 +105,14 @@ LEVELS: Final = {
     "released": "info",
     "stray": "info",
     "lost": "error",
+    "bad_cursor": "error",
 }
 
 
 @dataclass
 class Finding:
     kind: str  # "torn", "lost", "corrupt", "quarantined", "salvaged", "bad_segment",
-    # "other_version", "cursor", "released", "stray"
+    # "other_version", "cursor", "bad_cursor", "released", "stray"
     detail: str
     segment: int | None = None
     offset: int | None = None
@@ -128,6 +132,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     #: The highest segment number ever seen here (bad segments included): new ones go above it.
     highest: int = 0
+    #: The stored cursor positions found at a record boundary (or at the end) of their segment.
+    boundaries: set[Position] = field(default_factory=set)
 
     def by_kind(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]
@@ -152,7 +158,16 @@ class Report:
         """Whether anything was found that lost, skipped or reset data."""
         return any(
             f.kind
-            in ("torn", "lost", "corrupt", "salvaged", "bad_segment", "other_version", "cursor")
+            in (
+                "torn",
+                "lost",
+                "corrupt",
+                "salvaged",
+                "bad_segment",
+                "other_version",
+                "cursor",
+                "bad_cursor",
+            )
             for f in self.findings
         )
 
@@ -186,17 +201,28 @@ def recover(directory: Path, sink_ids: Sequence[str], repair: bool = True) -> Re
             report.findings.append(Finding("stray", f"unknown file left alone: {path.name}"))
     numbers.sort()
     report.highest = max([report.highest, *numbers])
+    loaded = {sink: cursors.load(directory / CURSOR_DIR, sink) for sink in sink_ids}
+    targets: dict[int, set[int]] = {}  # the cursors' offsets, by segment: are they boundaries?
+    for position in loaded.values():
+        if isinstance(position, Position):
+            targets.setdefault(position.segment, set()).add(position.offset)
     for index, number in enumerate(numbers):
-        info = _recover_segment(report, number, last=index == len(numbers) - 1, repair=repair)
+        info = _recover_segment(
+            report, number, index == len(numbers) - 1, repair, targets.get(number, set())
+        )
         if info is not None:
             report.segments.append(info)
-    _recover_cursors(report, sink_ids, repair)
+    _recover_cursors(report, loaded, repair)
     if repair:
         fsync_dir(directory)
     return report
 
 
-def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> SegmentInfo | None:
+def _recover_segment(
+    report: Report, number: int, last: bool, repair: bool, targets: set[int]
+) -> SegmentInfo | None:
+    """Scan (and repair) one segment; its state, or None if it is set aside. ``targets``: the
+    offsets of cursors in this segment; those at a record boundary go into the report."""
     directory = report.directory
     path = directory / segment_name(number)
     data = path.read_bytes()
@@ -250,7 +276,10 @@ def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> S
     check = salvage or kept_header.exists()
     first_finding = len(report.findings)
     info = SegmentInfo(number, len(data), 0)
+    boundaries: set[int] = set()
     for item in scan(data, SEGMENT_HEADER_SIZE):
+        if item.offset in targets:
+            boundaries.add(item.offset)
         if isinstance(item, Record) and (not check or holds_entries(item.payload)):
             info.records += 1
             info.events += item.payload.count(b"\n") + 1  # entries are joined by LF
@@ -293,6 +322,8 @@ def _recover_segment(report: Report, number: int, last: bool, repair: bool) -> S
                 with open(path, "r+b") as file:
                     file.truncate(item.offset)
                     os.fsync(file.fileno())
+    boundaries.add(info.size)  # the end, where a sink that delivered everything rests
+    report.boundaries.update(Position(number, offset) for offset in boundaries & targets)
     if salvage:
         report.findings.insert(
             first_finding,
@@ -350,41 +381,47 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(file.fileno())
 
 
-def _recover_cursors(report: Report, sink_ids: Sequence[str], repair: bool) -> None:
+def _recover_cursors(
+    report: Report, loaded: dict[str, Position | str | None], repair: bool
+) -> None:
     directory = report.directory / CURSOR_DIR
     sizes = {info.number: info for info in report.segments}
-    for sink in sink_ids:
-        loaded = cursors.load(directory, sink)
+    for sink, stored in loaded.items():
         position = report.oldest
-        if loaded is None:
+        if stored is None:
             if report.segments:
                 report.findings.append(
                     Finding(
                         "cursor", f"sink {sink}: no cursor; starts at the oldest record {position}"
                     )
                 )
-        elif isinstance(loaded, str):
+        elif isinstance(stored, str):
             report.findings.append(
-                Finding("cursor", f"sink {sink}: {loaded}; starts at the oldest record {position}")
+                Finding("cursor", f"sink {sink}: {stored}; starts at the oldest record {position}")
             )
-        elif loaded > report.end:
-            position = report.end
-            report.findings.append(
-                Finding(
-                    "cursor", f"sink {sink}: cursor {loaded} is beyond the end; moved to {position}"
+        elif stored.segment >= report.oldest.segment:  # (before it: segments it had passed)
+            damage = _cursor_damage(report, stored, sizes.get(stored.segment))
+            if damage is None:
+                position = stored
+            else:
+                report.findings.append(
+                    Finding(
+                        "bad_cursor",
+                        f"sink {sink}: cursor {stored} {damage}; starts at the oldest record "
+                        f"{position} (what it had delivered comes again)",
+                        stored.segment,
+                        stored.offset,
+                    )
                 )
-            )
-        elif loaded >= report.oldest:
-            position = loaded
         info = sizes.get(position.segment)
         for start, end in info.skips if info is not None else ():
             if start <= position.offset < end:  # never rest inside a quarantined range
                 position = Position(position.segment, end)
         report.cursors[sink] = position
-        if repair and report.segments and loaded != position:
+        if repair and report.segments and stored != position:
             cursors.store(directory, sink, position)  # so that the next start agrees
     for stored in cursors.stored_sinks(directory):
-        if stored not in sink_ids:
+        if stored not in loaded:
             report.findings.append(
                 Finding(
                     "released", f"sink {stored} is no longer configured; its cursor is released"
@@ -392,3 +429,23 @@ def _recover_cursors(report: Report, sink_ids: Sequence[str], repair: bool) -> N
             )
             if repair:
                 cursors.cursor_path(directory, stored).unlink(missing_ok=True)
+
+
+def _cursor_damage(report: Report, position: Position, info: SegmentInfo | None) -> str | None:
+    """Why a stored cursor (at or after the oldest segment) cannot be where its sink stopped,
+    or None if it can: no sink acknowledges beyond the records the WAL holds, or mid-record."""
+    if not report.segments:
+        return "points into a WAL that holds no segment"
+    if info is None:
+        if position.segment > report.highest:
+            return f"is beyond the end of the WAL ({report.end})"
+        return None  # its segment was set aside (or never begun): the reader goes on after it
+    if position.offset > info.size:
+        if info is report.segments[-1]:
+            return f"is beyond the end of the WAL ({report.end})"
+        return f"is past the end of segment {info.number} ({info.size} bytes)"
+    if position not in report.boundaries and not any(
+        start <= position.offset < end for start, end in info.skips
+    ):
+        return f"is not at a record boundary of segment {info.number}"
+    return None

@@ -389,31 +389,69 @@ def test_corrupt_cursor_starts_at_oldest(tmp_path: Path, content: bytes) -> None
 
 
 @pytest.mark.parametrize(
-    "stored",
+    ("stored", "why"),
     [
-        pytest.param(Position(2, segment_size() + 1), id="past-last-record"),
-        pytest.param(Position(9, H), id="later-segment"),
+        pytest.param(Position(2, segment_size() + 1), "beyond the end", id="past-last-record"),
+        pytest.param(Position(9, H), "beyond the end", id="later-segment"),
+        pytest.param(Position(1, segment_size() + 1), "past the end of segment 1", id="past-own"),
+        pytest.param(Position(1, offsets_of(PAYLOADS)[1] + 3), "record boundary", id="mid-record"),
+        pytest.param(Position(1, H - 1), "record boundary", id="in-header"),
     ],
 )
-def test_cursor_beyond_end_moves_to_end(tmp_path: Path, stored: Position) -> None:
-    """A cursor past the end of the WAL is moved to the end, with a cursor finding."""
+def test_damaged_cursor_starts_at_oldest(tmp_path: Path, stored: Position, why: str) -> None:
+    """A cursor no sink could have stored (beyond the end of the WAL, past the end of its
+    segment, or not at a record boundary) is damage: an error-level finding, the sink starts
+    at the oldest record, and the cursor is rewritten there."""
     write_segment(tmp_path, 1)
     write_segment(tmp_path, 2)
     store_cursor(tmp_path, "a", stored)
     report = recover(tmp_path, ["a"])
-    assert report.cursors == {"a": Position(2, segment_size())}
-    assert kinds(report) == ["cursor"]
-    assert "beyond the end" in report.findings[0].detail
-    assert cursor.load(tmp_path / CURSOR_DIR, "a") == Position(2, segment_size())
+    assert report.cursors == {"a": Position(1, H)}
+    [finding] = report.findings
+    assert (finding.kind, finding.level, finding.segment, finding.offset) == (
+        "bad_cursor",
+        "error",
+        stored.segment,
+        stored.offset,
+    )
+    assert why in finding.detail
+    assert report.damaged
+    assert cursor.load(tmp_path / CURSOR_DIR, "a") == Position(1, H)
+    assert recover(tmp_path, ["a"]).findings == []
 
 
-def test_cursor_beyond_truncated_end_moves_to_end(tmp_path: Path) -> None:
-    """A cursor inside a torn tail that recovery cuts off is moved to the new end of the WAL."""
+def test_cursor_beyond_truncated_end_starts_at_oldest(tmp_path: Path) -> None:
+    """A cursor inside a torn tail that recovery cuts off is beyond the end: the sink starts
+    at the oldest record."""
     write_segment(tmp_path, 1, tail=encode(b"never acknowledged")[:20])
     store_cursor(tmp_path, "a", Position(1, segment_size() + 10))
     report = recover(tmp_path, ["a"])
-    assert report.cursors == {"a": Position(1, segment_size())}
-    assert kinds(report) == ["torn", "cursor"]
+    assert report.cursors == {"a": Position(1, H)}
+    assert kinds(report) == ["torn", "bad_cursor"]
+
+
+@pytest.mark.parametrize("record", [0, 1, 2, 3])
+def test_cursor_at_a_record_boundary_is_kept(tmp_path: Path, record: int) -> None:
+    """A cursor at the start of any record of its segment, or at its end, is kept as it is."""
+    write_segment(tmp_path, 1)
+    write_segment(tmp_path, 2)
+    stored = Position(1, [*offsets_of(PAYLOADS), segment_size()][record])
+    store_cursor(tmp_path, "a", stored)
+    report = recover(tmp_path, ["a"])
+    assert report.cursors == {"a": stored}
+    assert report.findings == []
+
+
+def test_cursor_in_a_segment_set_aside_is_kept(tmp_path: Path) -> None:
+    """A cursor in a segment recovery set aside (renamed ``.corrupt``) is not damage: the
+    sink goes on with the next segment."""
+    write_segment(tmp_path, 1)
+    (tmp_path / segment_name(2)).write_bytes(b"not a segment at all" * 3)
+    write_segment(tmp_path, 3)
+    store_cursor(tmp_path, "a", Position(2, 40))
+    report = recover(tmp_path, ["a"])
+    assert report.cursors == {"a": Position(2, 40)}
+    assert kinds(report) == ["bad_segment"]
 
 
 def test_cursor_at_end_is_kept(tmp_path: Path) -> None:
@@ -514,6 +552,7 @@ def test_damaged_wal_reports_every_kind(tmp_path: Path) -> None:
     damaged_wal(tmp_path)
     report = recover(tmp_path, SINKS)
     assert sorted(set(kinds(report))) == [
+        "bad_cursor",
         "bad_segment",
         "corrupt",
         "cursor",
@@ -524,7 +563,7 @@ def test_damaged_wal_reports_every_kind(tmp_path: Path) -> None:
     ]
     start, end = offsets_of(PAYLOADS)[1], offsets_of(PAYLOADS)[2]
     assert report.cursors == {
-        "beyond": Position(3, segment_size()),
+        "beyond": Position(2, H),
         "skipped": Position(2, end),
         "broken": Position(2, H),
         "missing": Position(2, H),
@@ -687,6 +726,22 @@ async def test_every_event_behind_a_damaged_middle_header_is_delivered(tmp_path:
     assert wal.report is not None
     assert kinds(wal.report) == ["salvaged", "cursor"]  # no cursor yet: from the oldest
     assert await delivered(wal) == list(range(1, 61))
+    await wal.close()
+    wal.release()
+
+
+async def test_every_retained_event_is_delivered_after_a_cursor_beyond_the_end(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """A sink whose cursor points past the end of the WAL is handed every retained event again
+    (at least once) instead of none, and the damage is logged at error."""
+    await written_wal(tmp_path, 30)
+    store_cursor(tmp_path, "a", Position(99, 4096))
+    wal = open_wal(tmp_path)
+    assert await delivered(wal) == list(range(1, 31))
+    [entry] = logs.entries("wal_recovery")
+    assert (entry["level"], entry["kind"], entry["segment"]) == ("error", "bad_cursor", 99)
+    assert wal.counters["recovery_bad_cursor"] == 1
     await wal.close()
     wal.release()
 
