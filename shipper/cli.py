@@ -122,7 +122,8 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def cmd_buffer(path: str, action: str, as_json: bool) -> int:
-    """Report on the WAL (``inspect`` changes nothing; ``repair`` does what start-up does).
+    """Report on the WAL (``inspect`` changes nothing; ``repair`` does what start-up does, with
+    the chain checkpoint's epoch as the hint for a damaged ``epoch`` file).
 
     Exit 0 when the WAL is healthy (or was repaired), 1 when ``inspect`` found damage or the WAL is
     in use by a running daemon (for ``repair``).
@@ -138,9 +139,16 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
         except WalLocked as exc:
             print(f"shipper buffer repair: {exc}", file=sys.stderr)
             return 1
+    from shipper.checkpoint import Checkpoint, load_checkpoint
+
+    # The chain checkpoint's epoch is the best evidence of the WAL's, if its file is damaged.
+    found = load_checkpoint(config.data_dir)
+    hint = found.epoch if isinstance(found, Checkpoint) else None
     try:
         # The chain checkpoint's cursor holds segments like a sink's: repair must keep it.
-        report = recover(directory, [CHAIN_CURSOR, *config.sinks], repair=action == "repair")
+        report = recover(
+            directory, [CHAIN_CURSOR, *config.sinks], repair=action == "repair", epoch_hint=hint
+        )
     except WalFormatError as exc:
         print(f"shipper buffer {action}: {exc}", file=sys.stderr)
         return 1
@@ -154,6 +162,7 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
     document = {
         "directory": str(directory),
         "action": action,
+        "epoch": report.epoch or None,
         "segments": [
             {
                 "segment": s.number,
@@ -166,12 +175,13 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
         ],
         "bytes": sum(s.size for s in report.segments),
         "sinks": sinks,
-        "findings": [asdict(finding) for finding in report.findings],
+        "findings": [{**asdict(f), "level": f.level} for f in report.findings],
     }
     if as_json:
         print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
     else:
         print(f"WAL {directory}: {len(report.segments)} segments, {document['bytes']} bytes")
+        print(f"  epoch: {report.epoch or 'none'}")
         for info in report.segments:
             print(
                 f"  segment {info.number}: {info.size} bytes, {info.events} events"

@@ -51,7 +51,7 @@ from typing import Any
 import trio
 
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
-from shipper.checkpoint import CHAIN_CURSOR, ChainStage
+from shipper.checkpoint import CHAIN_CURSOR, ChainStage, Checkpoint, load_checkpoint
 from shipper.config import Config, SyslogSourceConfig
 from shipper.errors import Backoff, DataDirError
 from shipper.events import Event, Malformed, batch_bytes, event_bytes
@@ -141,7 +141,10 @@ class Topology:
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
             readers.update({slot.sink.id: slot.inputs for slot in self.sinks})
             try:
-                await trio.to_thread.run_sync(self.wal.open, readers)
+                found = await trio.to_thread.run_sync(load_checkpoint, self.config.data_dir)
+                # The checkpoint's epoch is the best evidence of the WAL's, if wal/epoch is lost.
+                hint = found.epoch if isinstance(found, Checkpoint) else None
+                await trio.to_thread.run_sync(self.wal.open, readers, hint)
                 await trio.to_thread.run_sync(self.chain.load, self.wal.directory, self.wal.epoch)
             except OSError as exc:
                 where = f": {exc.filename}" if exc.filename else ""

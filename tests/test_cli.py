@@ -266,6 +266,7 @@ def test_buffer_inspect_and_repair_report_wal_damage(tmp_path: Path) -> None:
     damaged[16 + 8 + len(good) // 3] ^= 0x01  # a bit flipped in the second record's payload
     segment = wal / segment_name(1)
     segment.write_bytes(bytes(damaged))
+    (wal / "epoch").write_bytes(b"0123456789abcdef\n")  # as a WAL that wrote segments has
 
     inspect = shipper("buffer", "inspect", "-c", str(config), "--json")
     assert inspect.returncode == 1, inspect.stderr

@@ -36,17 +36,33 @@ stopped: beyond the end of the WAL,    the oldest retained record (at least once
 past the end of its segment, or not    sink recognises what it had written); the cursor is
 at a record boundary                   rewritten
 cursor of a sink no longer configured  released (its file removed), so it holds no segment
+damaged ``epoch`` file (not 16         kept as ``epoch.corrupt``; the epoch is taken from the
+lowercase hex digits, unreadable)      best evidence, the chain checkpoint's epoch
+                                       (``epoch_hint``), else a new one is started, and the
+                                       file is written again ("epoch", an error: with a new
+                                       epoch the file sink may archive again what it had not
+                                       acknowledged, and a chain checkpoint of the old epoch
+                                       makes the chain stage replay the whole WAL)
+``epoch`` file missing while the WAL   the same, without a copy ("epoch_missing", a warning); a
+holds segments                         new WAL directory simply gets its epoch
 stray files                            left alone, listed
 =====================================  ==========================================================
 
 With ``repair=False`` (``shipper buffer inspect``) nothing is changed; the report says what
 recovery would do.
+
+The WAL directory: segments (``shipper.buffer.segment``), ``cursors/`` (``shipper.buffer.cursor``),
+``lock`` (held by the one process using the WAL), and ``epoch``: 16 lowercase hex digits and LF,
+made when the directory is first used. The epoch names the directory's lifetime: positions (event
+ids) start again in a new WAL, so the file sink and the chain checkpoint only trust positions of
+the epoch they were written in.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +78,7 @@ from shipper.buffer.segment import (
     header,
     header_ok,
     other_version,
+    replace_file,
     segment_name,
     segment_number,
 )
@@ -82,6 +99,30 @@ _ENTRIES: Final = re.compile(_ENTRY + rb"(?:\n" + _ENTRY + rb")*+")
 def holds_entries(payload: bytes) -> bool:
     """Whether a record's payload is entries a reader can deliver (``wal.envelopes``)."""
     return _ENTRIES.fullmatch(payload) is not None
+
+
+#: What ``wal/epoch`` holds: 16 lowercase hex digits (``secrets.token_hex(8)``), then LF.
+_EPOCH: Final = re.compile(rb"[0-9a-f]{16}\n?")
+
+
+def valid_epoch(epoch: str) -> bool:
+    """Whether ``epoch`` is one this shipper could have made (also safe in a file name)."""
+    return re.fullmatch("[0-9a-f]{16}", epoch) is not None
+
+
+def read_epoch(directory: Path) -> tuple[str | None, str | None]:
+    """The WAL's epoch from ``directory/epoch``: (epoch, None); (None, None) if there is no
+    such file; (None, why) if it is damaged (never raises for what the file holds)."""
+    path = directory / EPOCH_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot be read: {exc.strerror or exc}"
+    if _EPOCH.fullmatch(raw) is None:
+        return None, f"holds {raw[:40]!r}, not 16 lowercase hex digits"
+    return raw.decode().strip(), None
 
 
 class WalFormatError(ShipperError):
@@ -106,13 +147,14 @@ LEVELS: Final = {
     "stray": "info",
     "lost": "error",
     "bad_cursor": "error",
+    "epoch": "error",
 }
 
 
 @dataclass
 class Finding:
     kind: str  # "torn", "lost", "corrupt", "quarantined", "salvaged", "bad_segment",
-    # "other_version", "cursor", "bad_cursor", "released", "stray"
+    # "other_version", "cursor", "bad_cursor", "epoch", "epoch_missing", "released", "stray"
     detail: str
     segment: int | None = None
     offset: int | None = None
@@ -134,6 +176,8 @@ class Report:
     highest: int = 0
     #: The stored cursor positions found at a record boundary (or at the end) of their segment.
     boundaries: set[Position] = field(default_factory=set)
+    #: The WAL's epoch (``wal/epoch``) as recovered; "" if there is none yet (``repair=False``).
+    epoch: str = ""
 
     def by_kind(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]
@@ -167,6 +211,8 @@ class Report:
                 "other_version",
                 "cursor",
                 "bad_cursor",
+                "epoch",
+                "epoch_missing",
             )
             for f in self.findings
         )
@@ -179,8 +225,17 @@ class Report:
         return Position(last.number, last.size)
 
 
-def recover(directory: Path, sink_ids: Sequence[str], repair: bool = True) -> Report:
-    """Scan (and with ``repair``, fix) the WAL in ``directory``; the state the WAL starts from."""
+def recover(
+    directory: Path,
+    sink_ids: Sequence[str],
+    repair: bool = True,
+    epoch_hint: str | None = None,
+) -> Report:
+    """Scan (and with ``repair``, fix) the WAL in ``directory``; the state the WAL starts from.
+
+    ``epoch_hint``: the epoch the WAL most likely has (the chain checkpoint's), used if the
+    ``epoch`` file is damaged or missing.
+    """
     report = Report(directory)
     if repair:
         (directory / CURSOR_DIR).mkdir(parents=True, exist_ok=True)
@@ -213,9 +268,59 @@ def recover(directory: Path, sink_ids: Sequence[str], repair: bool = True) -> Re
         if info is not None:
             report.segments.append(info)
     _recover_cursors(report, loaded, repair)
+    _recover_epoch(report, epoch_hint, repair)
     if repair:
         fsync_dir(directory)
     return report
+
+
+def _recover_epoch(report: Report, hint: str | None, repair: bool) -> None:
+    """Read ``epoch``; if it is damaged (or missing while the WAL holds segments), take the
+    best evidence of what it was (``hint``), else start a new one; with ``repair``, write it."""
+    path = report.directory / EPOCH_FILE
+    epoch, damage = read_epoch(report.directory)
+    if epoch is not None:
+        report.epoch = epoch
+        return
+    if report.highest == 0 or hint is None or not valid_epoch(hint):
+        # Without segments, positions start again at the first one: an old epoch (of a wiped
+        # WAL, say) would make the file sink take new events for ones it had archived.
+        hint = None
+    if damage is not None or report.highest > 0:
+        if hint is not None:
+            outcome = (
+                f"the chain checkpoint's epoch {hint} is used, so the sinks and the checkpoint "
+                "go on as before"
+            )
+        else:
+            outcome = (
+                "a new epoch is started (no chain checkpoint tells the old one): the file sink "
+                "may archive again events it had written but not acknowledged, and a chain "
+                "checkpoint of the old epoch would make the chain stage replay the whole WAL"
+            )
+        if damage is not None:
+            aside, number = path.with_name(EPOCH_FILE + ".corrupt"), 0
+            while aside.exists() or aside.is_symlink():  # keep the copies of earlier damage
+                number += 1
+                aside = path.with_name(f"{EPOCH_FILE}.{number}.corrupt")
+            report.findings.append(
+                Finding("epoch", f"{EPOCH_FILE} {damage}; kept as {aside.name}; {outcome}")
+            )
+            if repair:
+                path.rename(aside)
+        else:
+            report.findings.append(
+                Finding(
+                    "epoch_missing",
+                    f"{EPOCH_FILE} is missing but the WAL holds segments; {outcome}",
+                )
+            )
+    # else: a new WAL directory, which gets its epoch now
+    if not repair:
+        report.epoch = hint or ""
+        return
+    report.epoch = hint or secrets.token_hex(8)
+    replace_file(path, report.epoch.encode() + b"\n")
 
 
 def _recover_segment(

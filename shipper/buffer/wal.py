@@ -31,6 +31,12 @@ group (at most 1.5 times ``GROUP_BYTES``, or one larger entry), not one event.
   so a reader in another process could follow the same files.
 * A segment is deleted only when every sink's cursor has passed all of it, and never while it is
   the one being written.
+* ``open`` recovers the directory first (``shipper.buffer.recovery`` says what it finds and
+  does); each finding is logged as ``wal_recovery`` at its level and counted
+  (``recovery_<kind>``). The WAL's ``epoch`` is the one recovery read or restored: the chain
+  checkpoint's (``epoch_hint``) if the ``epoch`` file is damaged or lost, else a new one.
+* A record that holds no entries although its checksum is right (damage recovery did not see) is
+  stepped over by the reader like corrupt bytes, counted and logged (``wal_corrupt_while_reading``).
 * ``max_bytes`` bounds the segments on disk. When it is reached, or when the file system has less
   than ``reserve_bytes`` free (a disk filling up before ``max_bytes`` is a full WAL too; see
   ``full``), ``when_full = "block"`` makes the writer wait (so sources stop reading and senders
@@ -44,7 +50,6 @@ import contextlib
 import fcntl
 import math
 import os
-import secrets
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +59,7 @@ import trio
 
 from shipper.buffer import cursor as cursors
 from shipper.buffer import record as records
-from shipper.buffer.recovery import CURSOR_DIR, EPOCH_FILE, LOCK_FILE, Report, recover
+from shipper.buffer.recovery import CURSOR_DIR, LOCK_FILE, Report, recover
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
     Position,
@@ -153,12 +158,18 @@ class Wal:
 
     # --- opening and closing -------------------------------------------------------------------
 
-    def open(self, sinks: dict[str, frozenset[str] | None]) -> Report:
-        """Lock and recover the directory and start a new segment (blocking; before serving)."""
+    def open(
+        self, sinks: dict[str, frozenset[str] | None], epoch_hint: str | None = None
+    ) -> Report:
+        """Lock and recover the directory and start a new segment (blocking; before serving).
+
+        ``epoch_hint``: the epoch this WAL most likely has (the chain checkpoint's), for
+        recovery to use if the ``epoch`` file is damaged or missing.
+        """
         self._lock = lock_directory(self.directory)
         try:
-            self.epoch = _epoch(self.directory)
-            report = recover(self.directory, list(sinks))
+            report = recover(self.directory, list(sinks), epoch_hint=epoch_hint)
+            self.epoch = report.epoch
             log_at = {"info": log.info, "warning": log.warning, "error": log.error}
             for finding in report.findings:
                 log_at[finding.level](
@@ -980,22 +991,6 @@ def envelopes(
             found.append(prefix + b'%d",' % position + envelope[skip:])
         position += len(item) + 1
     return found
-
-
-def _epoch(directory: Path) -> str:
-    """The id of this WAL directory's lifetime, created with it (a new one after a wipe)."""
-    path = directory / EPOCH_FILE
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        epoch = secrets.token_hex(8)
-        tmp = path.with_name(EPOCH_FILE + ".tmp")
-        tmp.write_text(epoch + "\n")
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-        fsync_dir(directory)
-        return epoch
 
 
 class WalLocked(ShipperError):

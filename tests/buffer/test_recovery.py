@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from shipper.buffer import cursor
 from shipper.buffer.record import HEADER_SIZE, Record, encode, encode_many, scan
 from shipper.buffer.recovery import (
     CURSOR_DIR,
+    EPOCH_FILE,
     LOCK_FILE,
     Finding,
     Report,
@@ -22,11 +25,14 @@ from shipper.buffer.recovery import (
     recover,
 )
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, header, segment_name
-from shipper.buffer.wal import Wal
+from shipper.buffer.wal import Wal, WalSettings
 from tests.buffer.test_wal import events, numbers, open_wal, segment_files
-from tests.conftest import LogCapture
+from tests.chains import chain_lines
+from tests.conftest import LogCapture, archive_lines
+from tests.test_checkpoint import run_once
 
 H = SEGMENT_HEADER_SIZE
+EPOCH = "0123456789abcdef"
 
 
 def entries(*texts: str, route: bytes = b"agents") -> bytes:
@@ -53,7 +59,10 @@ def offsets_of(payloads: list[bytes]) -> list[int]:
 def write_segment(
     directory: Path, number: int, payloads: list[bytes] = PAYLOADS, tail: bytes = b""
 ) -> Path:
-    """Write segment ``number`` holding ``payloads`` then ``tail``; its path."""
+    """Write segment ``number`` holding ``payloads`` then ``tail`` (and the WAL's epoch file,
+    if there is none yet); its path."""
+    if not (directory / EPOCH_FILE).exists():
+        (directory / EPOCH_FILE).write_bytes(EPOCH.encode() + b"\n")
     path = directory / segment_name(number)
     path.write_bytes(header(number) + encode_many(payloads) + tail)
     return path
@@ -527,6 +536,160 @@ def test_stray_files_are_listed_and_left_alone(tmp_path: Path) -> None:
     assert [info.number for info in report.segments] == [1]
 
 
+# --- the epoch file ----------------------------------------------------------------------------
+
+OTHER_EPOCH = "fedcba9876543210"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\xff\xfe\x00not utf-8", id="not-utf-8"),
+        pytest.param(b"0123456789ABCDEF\n", id="upper-case"),
+        pytest.param(b"0123456789abcde\n", id="short"),
+        pytest.param(b"0123456789abcdef0\n", id="long"),
+        pytest.param(b"../../etc/passwd", id="path"),
+        pytest.param(b"*\n", id="glob"),
+    ],
+)
+def test_damaged_epoch_is_kept_aside_and_the_hint_used(tmp_path: Path, content: bytes) -> None:
+    """A damaged epoch file is copied to ``epoch.corrupt`` and written again with the hint (the
+    chain checkpoint's epoch), reported as an error-level "epoch" finding."""
+    write_segment(tmp_path, 1)
+    (tmp_path / EPOCH_FILE).write_bytes(content)
+    report = recover(tmp_path, [], epoch_hint=OTHER_EPOCH)
+    assert report.epoch == OTHER_EPOCH
+    assert (tmp_path / EPOCH_FILE).read_bytes() == OTHER_EPOCH.encode() + b"\n"
+    assert (tmp_path / f"{EPOCH_FILE}.corrupt").read_bytes() == content
+    [finding] = report.findings
+    assert (finding.kind, finding.level) == ("epoch", "error")
+    assert "epoch.corrupt" in finding.detail
+    assert f"checkpoint's epoch {OTHER_EPOCH} is used" in finding.detail
+    assert report.damaged
+    assert recover(tmp_path, [], epoch_hint=EPOCH).findings == []  # the file wins now
+    assert recover(tmp_path, []).epoch == OTHER_EPOCH
+
+
+@pytest.mark.parametrize("hint", [None, "", "not an epoch", "0123456789ABCDEF"])
+def test_damaged_epoch_without_a_usable_hint_starts_a_new_one(
+    tmp_path: Path, hint: str | None
+) -> None:
+    """Without a (valid) hint, a damaged epoch file is replaced by a new epoch, and the finding
+    says what that means for the sinks and the chain checkpoint."""
+    write_segment(tmp_path, 1)
+    (tmp_path / EPOCH_FILE).write_bytes(b"garbage")
+    report = recover(tmp_path, [], epoch_hint=hint)
+    assert re.fullmatch("[0-9a-f]{16}", report.epoch)
+    assert report.epoch not in (EPOCH, hint)
+    assert (tmp_path / EPOCH_FILE).read_bytes() == report.epoch.encode() + b"\n"
+    [finding] = report.findings
+    assert finding.kind == "epoch"
+    assert "new epoch" in finding.detail
+    assert "archive again" in finding.detail
+    assert "replay the whole WAL" in finding.detail
+
+
+def test_earlier_damaged_epoch_copies_are_kept(tmp_path: Path) -> None:
+    """A second damaged epoch file is kept beside the first copy, not over it."""
+    write_segment(tmp_path, 1)
+    (tmp_path / f"{EPOCH_FILE}.corrupt").write_bytes(b"first")
+    (tmp_path / EPOCH_FILE).write_bytes(b"second")
+    report = recover(tmp_path, [], epoch_hint=OTHER_EPOCH)
+    assert (tmp_path / f"{EPOCH_FILE}.corrupt").read_bytes() == b"first"
+    assert (tmp_path / f"{EPOCH_FILE}.1.corrupt").read_bytes() == b"second"
+    assert "epoch.1.corrupt" in report.findings[0].detail
+
+
+def test_unreadable_epoch_is_damage(tmp_path: Path) -> None:
+    """An epoch "file" that cannot be read (here a directory) is damage, never a crash."""
+    write_segment(tmp_path, 1)
+    (tmp_path / EPOCH_FILE).unlink()
+    (tmp_path / EPOCH_FILE).mkdir()
+    report = recover(tmp_path, [], epoch_hint=OTHER_EPOCH)
+    assert kinds(report) == ["epoch"]
+    assert (tmp_path / f"{EPOCH_FILE}.corrupt").is_dir()
+    assert report.epoch == OTHER_EPOCH
+
+
+@pytest.mark.parametrize("hint", [OTHER_EPOCH, None])
+def test_missing_epoch_with_segments_is_reported(tmp_path: Path, hint: str | None) -> None:
+    """An epoch file missing beside segments is a warning-level "epoch_missing" finding; the
+    hint is used if there is one, else a new epoch is written."""
+    write_segment(tmp_path, 1)
+    (tmp_path / EPOCH_FILE).unlink()
+    report = recover(tmp_path, [], epoch_hint=hint)
+    [finding] = report.findings
+    assert (finding.kind, finding.level) == ("epoch_missing", "warning")
+    assert report.damaged
+    assert report.epoch == hint if hint else re.fullmatch("[0-9a-f]{16}", report.epoch)
+    assert (tmp_path / EPOCH_FILE).read_bytes() == report.epoch.encode() + b"\n"
+    assert not (tmp_path / f"{EPOCH_FILE}.corrupt").exists()
+
+
+def test_new_wal_directory_gets_an_epoch_silently(tmp_path: Path) -> None:
+    """A WAL directory with no segment and no epoch file gets a new epoch without a finding
+    (the hint of a checkpoint of a wiped WAL is not used); inspect leaves it without one."""
+    assert recover(tmp_path, [], repair=False).epoch == ""
+    assert not (tmp_path / EPOCH_FILE).exists()
+    report = recover(tmp_path, ["a"], epoch_hint=OTHER_EPOCH)
+    assert report.findings == []
+    assert re.fullmatch("[0-9a-f]{16}", report.epoch)
+    assert report.epoch != OTHER_EPOCH
+    assert (tmp_path / EPOCH_FILE).read_bytes() == report.epoch.encode() + b"\n"
+
+
+def test_damaged_epoch_without_segments_is_not_replaced_by_the_hint(tmp_path: Path) -> None:
+    """Without segments positions start again at the first one, so a damaged epoch is replaced
+    by a new one, never by the hint (the file sink would take new events for archived ones)."""
+    (tmp_path / EPOCH_FILE).write_bytes(b"garbage")
+    report = recover(tmp_path, [], epoch_hint=OTHER_EPOCH)
+    assert kinds(report) == ["epoch"]
+    assert re.fullmatch("[0-9a-f]{16}", report.epoch)
+    assert report.epoch != OTHER_EPOCH
+
+
+def test_valid_epoch_is_kept_whatever_the_hint(tmp_path: Path) -> None:
+    """A valid epoch file is the epoch, even if the chain checkpoint names another (the WAL was
+    wiped since: the checkpoint is of the old one)."""
+    write_segment(tmp_path, 1)
+    before = snapshot(tmp_path)
+    report = recover(tmp_path, [], epoch_hint=OTHER_EPOCH)
+    assert report.epoch == EPOCH
+    assert report.findings == []
+    assert snapshot(tmp_path) == {**before, CURSOR_DIR: None}
+
+
+def test_inspect_reports_a_damaged_epoch_and_changes_nothing(tmp_path: Path) -> None:
+    """With repair=False a damaged epoch is reported as repair would fix it, and left alone."""
+    write_segment(tmp_path, 1)
+    (tmp_path / EPOCH_FILE).write_bytes(b"\x00" * 16)
+    before = snapshot(tmp_path)
+    inspected = recover(tmp_path, [], repair=False, epoch_hint=OTHER_EPOCH)
+    assert snapshot(tmp_path) == before
+    assert inspected.epoch == OTHER_EPOCH
+    repaired = recover(tmp_path, [], epoch_hint=OTHER_EPOCH)
+    assert inspected.findings == repaired.findings
+
+
+def test_wal_opens_with_the_hinted_epoch_and_logs_the_damage(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """``Wal.open`` with a damaged epoch file succeeds, takes the hinted epoch, and logs an
+    error-level ``wal_recovery`` entry."""
+    write_segment(tmp_path, 1)
+    (tmp_path / EPOCH_FILE).write_bytes(b"\xc3\x28 not utf-8")
+    wal = Wal(tmp_path, WalSettings())
+    wal.open({"a": None}, epoch_hint=OTHER_EPOCH)
+    assert wal.epoch == OTHER_EPOCH
+    assert [(e["level"], e["kind"]) for e in logs.entries("wal_recovery")] == [
+        ("warning", "cursor"),
+        ("error", "epoch"),
+    ]
+    assert wal.counters["recovery_epoch"] == 1
+    wal.release()
+
+
 # --- repair=False and idempotence --------------------------------------------------------------
 
 
@@ -744,6 +907,30 @@ async def test_every_retained_event_is_delivered_after_a_cursor_beyond_the_end(
     assert wal.counters["recovery_bad_cursor"] == 1
     await wal.close()
     wal.release()
+
+
+async def test_daemon_starts_with_a_damaged_epoch_and_keeps_the_checkpoints(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """With ``wal/epoch`` damaged between two runs, the daemon starts, keeps the epoch of the
+    chain checkpoint (so the checkpoint is used, not a full replay) and archives each event
+    once, in files of that one epoch."""
+    lines = chain_lines(12)
+    await run_once(tmp_path, b"".join(lines[:6]), expect=6)
+    wal_dir = tmp_path / "var" / "wal"
+    epoch = (wal_dir / EPOCH_FILE).read_bytes()
+    (wal_dir / EPOCH_FILE).write_bytes(b"\xff\xfe damaged")
+    await run_once(tmp_path, b"".join(lines[6:]), expect=12)
+    assert (wal_dir / EPOCH_FILE).read_bytes() == epoch
+    archived = [orjson.loads(line) for line in archive_lines(tmp_path / "archive")]
+    assert [e["record"]["sequence"] for e in archived] == list(range(1, 13))
+    assert [e["chain"]["status"] for e in archived] == ["genesis"] + ["ok"] * 11
+    files = list((tmp_path / "archive").glob("events-*.jsonl"))
+    assert {f.name.rsplit("-", 1)[1] for f in files} == {epoch.decode().strip() + ".jsonl"}
+    [found] = logs.entries("wal_recovery")
+    assert (found["level"], found["kind"]) == ("error", "epoch")
+    assert logs.entries("chain_state_loaded")[-1]["checkpoint"] is not None
+    assert logs.entries("chain_checkpoint_other_wal") == []
 
 
 # --- readers -----------------------------------------------------------------------------------
