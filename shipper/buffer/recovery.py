@@ -148,6 +148,7 @@ LEVELS: Final = {
     "lost": "error",
     "bad_cursor": "error",
     "epoch": "error",
+    "other_version": "error",  # (only buffer inspect reports it: it refuses a start)
 }
 
 

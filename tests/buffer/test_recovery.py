@@ -273,7 +273,7 @@ def test_segment_of_another_format_version_refuses_the_start(tmp_path: Path) -> 
         recover(tmp_path, [])
     assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir() if p.is_file()) == before
     report = recover(tmp_path, [], repair=False)
-    assert [f.kind for f in report.findings] == ["other_version"]
+    assert [(f.kind, f.level) for f in report.findings] == [("other_version", "error")]
     assert report.damaged
     assert [info.number for info in report.segments] == [2]
 
