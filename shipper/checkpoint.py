@@ -159,7 +159,12 @@ def wal_envelopes(
         for item in records.scan(data, offset):
             if isinstance(item, records.Record):
                 after = Position(number, item.end)
-                for envelope in envelopes(number, item.offset, item.payload):
+                try:
+                    found = envelopes(number, item.offset, item.payload)
+                except ValueError:  # checksummed, yet not entries: readers step over it too
+                    log.error("chain_replay_skipped_record", segment=number, offset=item.offset)
+                    continue
+                for envelope in found:
                     yield after, envelope
 
 

@@ -18,7 +18,7 @@ import orjson
 import trio
 
 from shipper import __version__
-from shipper.buffer.recovery import EPOCH_FILE, WalFormatError, recover
+from shipper.buffer.recovery import WalFormatError, read_epoch, recover
 from shipper.buffer.wal import WalLocked, lock_directory
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage, checkpoint_path
 from shipper.config import Config, load_config
@@ -208,10 +208,7 @@ def cmd_chain_status(path: str, agent: str | None, as_json: bool) -> int:
         return EX_CONFIG
     configure("warning")  # keep the daemon's info entries off the report
     wal_dir = config.data_dir / "wal"
-    try:
-        epoch = (wal_dir / EPOCH_FILE).read_text().strip()
-    except OSError:
-        epoch = ""
+    epoch = read_epoch(wal_dir)[0] or ""  # damaged or missing: no checkpoint matches it
     stage = ChainStage(config.chain, config.data_dir)
     if wal_dir.is_dir() or checkpoint_path(config.data_dir).exists():
         stage.load(wal_dir, epoch)

@@ -13,8 +13,10 @@ import orjson
 import pytest
 import trio
 
+from shipper.buffer import record as record_module
 from shipper.buffer import wal as wal_module
-from shipper.buffer.segment import Position
+from shipper.buffer.segment import Position, segment_name
+from shipper.buffer.segment import header as segment_header
 from shipper.checkpoint import (
     CHAIN_CURSOR,
     ChainStage,
@@ -444,3 +446,34 @@ async def test_refused_batches_are_written_again_when_their_room_comes_back(
     assert await read_all(archive) == list(range(51, 61))
     await wal.close()
     wal.release()
+
+
+def test_replay_steps_over_a_checksummed_record_that_holds_no_entries(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """A WAL record whose checksum is right but whose payload is not entries (damage recovery did
+    not see) is stepped over and logged by the replay; the records around it are replayed."""
+    wal_dir = tmp_path / "var" / "wal"
+    wal_dir.mkdir(parents=True)
+    good = [
+        b"agents\0"
+        + Event(
+            "2026-11-23T00:00:00.000000Z",
+            SOURCE,
+            AGENT,
+            orjson.dumps(record),
+            chain={"status": "genesis" if record["sequence"] == 1 else "ok"},
+        ).encode_without_id()
+        for record in chain(2)
+    ]
+    (wal_dir / segment_name(1)).write_bytes(
+        segment_header(1)
+        + record_module.encode(good[0])
+        + record_module.encode(b"not an entry at all")
+        + record_module.encode(good[1])
+    )
+    replayed = stage(tmp_path)
+    replayed.load(wal_dir, "")
+    assert replayed.counters["replayed"] == 2
+    assert replayed.verifier.agents[AGENT].last_sequence == 2
+    assert logs.entries("chain_replay_skipped_record")
