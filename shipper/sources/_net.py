@@ -540,6 +540,11 @@ class FramedSource:
         if self.server is not None:
             self.server.stop()
 
+    async def _deliver(self, batch: list[Event]) -> None:
+        """Hand a batch of events on to the pipeline. Every send of a source goes through here;
+        a full pipeline makes it wait (backpressure)."""
+        await self._send.send(batch)
+
     def source_info(self, peer: str, connection: Connection | None = None) -> dict[str, Any]:
         """The envelope's ``source`` object (shared by every event of a connection)."""
         info: dict[str, Any] = {"id": self.id, "kind": self.kind, "peer": peer}
@@ -583,7 +588,7 @@ class FramedSource:
             if grant is not None:
                 batch = self.check_identity(batch, grant)
             if batch:
-                await self._send.send(batch)
+                await self._deliver(batch)
         tail = framer.finish()
         if tail is not None:
             received_at = utc_timestamp()
@@ -597,7 +602,7 @@ class FramedSource:
             if grant is not None:
                 batch = self.check_identity(batch, grant)
             if batch:
-                await self._send.send(batch)
+                await self._deliver(batch)
         self.log.debug(
             "connection_closed",
             source=self.id,

@@ -181,7 +181,7 @@ class SyslogSource(FramedSource):
             self._pending_added = trio.Event()
             batch, self._pending = self._pending, []
             if batch:
-                await self._send.send(batch)
+                await self._deliver(batch)
             elif self._stopping:
                 return
 
@@ -200,7 +200,7 @@ class SyslogSource(FramedSource):
                     data, ancdata, _flags, _address = received
                     batch = self._datagram(data, peer, limit, datagram_credentials(ancdata))
                     if batch:
-                        await self._send.send(batch)  # a full pipeline holds the senders
+                        await self._deliver(batch)  # a full pipeline holds the senders
         finally:
             file.remove()
 
