@@ -473,6 +473,14 @@ class TlsServerConfig:
 #: claim (``shipper.sources._identity``).
 IdentityTable = Mapping[str, tuple[str, ...]]
 
+#: Defaults of the keys of the stream listeners (``json_tls``; ``syslog`` over tcp, tls and unix
+#: stream sockets): connection admission, see ``shipper.sources._net``.
+MAX_CONNECTIONS: Final = 1024
+MAX_CONNECTIONS_PER_PEER: Final = 64
+IDLE_TIMEOUT: Final = 300.0
+HANDSHAKE_TIMEOUT: Final = 10.0
+FRAME_TIMEOUT: Final = 30.0
+
 
 @dataclass(frozen=True)
 class JsonTlsSourceConfig:
@@ -482,9 +490,12 @@ class JsonTlsSourceConfig:
     address: Address
     tls: TlsServerConfig | None = None
     max_line_bytes: int = 1024 * 1024
-    max_connections: int = 1024
-    idle_timeout: float = 300.0
+    max_connections: int = MAX_CONNECTIONS
+    idle_timeout: float = IDLE_TIMEOUT
     identity: IdentityTable | None = None
+    max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    frame_timeout: float = FRAME_TIMEOUT
     kind: Literal["json_tls"] = "json_tls"
 
 
@@ -493,7 +504,8 @@ class SyslogSourceConfig:
     """``type = "syslog"``: RFC 5424/3164 over TCP, TLS (RFC 5425), UDP or a unix socket.
 
     ``address`` is set for every mode but ``"unix"``, which has ``path`` (and ``socket_type``,
-    ``socket_mode``) instead.
+    ``socket_mode``) instead. The connection keys (``max_connections`` ... ``frame_timeout``)
+    apply to the stream modes.
     """
 
     id: str
@@ -501,12 +513,15 @@ class SyslogSourceConfig:
     mode: str = "tcp"
     tls: TlsServerConfig | None = None
     max_message_bytes: int = 64 * 1024
-    max_connections: int = 1024
-    idle_timeout: float = 300.0
+    max_connections: int = MAX_CONNECTIONS
+    idle_timeout: float = IDLE_TIMEOUT
     path: Path | None = None
     socket_type: str = "datagram"
     socket_mode: int = 0o660
     identity: IdentityTable | None = None
+    max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    frame_timeout: float = FRAME_TIMEOUT
     kind: Literal["syslog"] = "syslog"
 
 
@@ -684,6 +699,45 @@ def _syslog_listener(table: _Table, mode: str) -> tuple[Address | None, Path | N
     return None, path, socket_type, socket_mode
 
 
+#: Keys that only a stream listener takes.
+STREAM_ONLY_KEYS: Final = ("max_connections_per_peer", "handshake_timeout", "frame_timeout")
+
+
+def _refuse(table: _Table, keys: Sequence[str], message: str) -> None:
+    """Report each of ``keys`` that is present as not taken here (read, so not also unknown)."""
+    for key in keys:
+        if table.has(key):
+            table._take(key)
+            table.problem(key, message)
+
+
+def _admission(table: _Table, max_connections: int, tls: str | None) -> dict[str, Any]:
+    """The admission keys of a stream listener (``shipper.sources._net``).
+
+    ``max_connections_per_peer`` defaults to 64, or to ``max_connections`` when that is lower; a
+    value above ``max_connections`` is refused (it could never be reached). ``tls`` is None with
+    TLS, else why ``handshake_timeout`` means nothing here.
+    """
+    per_peer = table.integer(
+        "max_connections_per_peer",
+        min(MAX_CONNECTIONS_PER_PEER, max_connections),
+        minimum=1,
+        maximum=1_000_000,
+    )
+    if table.has("max_connections_per_peer") and per_peer > max_connections:
+        table.problem(
+            "max_connections_per_peer",
+            f"expected at most max_connections ({max_connections}), got {per_peer}",
+        )
+    if tls is not None:
+        _refuse(table, ("handshake_timeout",), tls)
+    return {
+        "max_connections_per_peer": per_peer,
+        "handshake_timeout": table.duration("handshake_timeout", HANDSHAKE_TIMEOUT, minimum=0.001),
+        "frame_timeout": table.duration("frame_timeout", FRAME_TIMEOUT, minimum=0.001),
+    }
+
+
 def _source(source_id: str, table: _Table) -> SourceConfig | None:
     kind = table.choice("type", SOURCE_TYPES)
     if kind == "syslog":
@@ -693,8 +747,25 @@ def _source(source_id: str, table: _Table) -> SourceConfig | None:
         json_address = table.address("address")
     tls_table = table.table("tls")
     tls = _tls_server(tls_table) if tls_table is not None else None
-    max_connections = table.integer("max_connections", 1024, minimum=1, maximum=1_000_000)
-    idle_timeout = table.duration("idle_timeout", 300.0, minimum=0.001)
+    max_connections = table.integer(
+        "max_connections", MAX_CONNECTIONS, minimum=1, maximum=1_000_000
+    )
+    idle_timeout = table.duration("idle_timeout", IDLE_TIMEOUT, minimum=0.001)
+    limits: dict[str, Any] = {}
+    if kind == "json_tls":
+        no_tls = None if tls_table is not None else "expected only with TLS, got no tls table"
+        limits = _admission(table, max_connections, no_tls)
+    elif mode in ("tcp", "tls") or (mode == "unix" and socket_type == "stream"):
+        no_tls = None if mode == "tls" else f'expected only with mode = "tls", got mode = "{mode}"'
+        limits = _admission(table, max_connections, no_tls)
+    else:
+        got = f'mode = "{mode}"' + (' with socket_type = "datagram"' if mode == "unix" else "")
+        _refuse(
+            table,
+            STREAM_ONLY_KEYS,
+            'expected only with a stream mode ("tcp", "tls", or "unix" with socket_type = '
+            f'"stream"), got {got}',
+        )
     identity_table = table.table("identity")
     identity = _identity(identity_table) if identity_table is not None else None
     if identity_table is not None and (tls_table is None or not tls_table.has("client_ca")):
@@ -724,6 +795,7 @@ def _source(source_id: str, table: _Table) -> SourceConfig | None:
             socket_type=socket_type,
             socket_mode=socket_mode,
             identity=identity,
+            **limits,
         )
     else:
         config = JsonTlsSourceConfig(
@@ -736,6 +808,7 @@ def _source(source_id: str, table: _Table) -> SourceConfig | None:
             max_connections=max_connections,
             idle_timeout=idle_timeout,
             identity=identity,
+            **limits,
         )
     table.finish()
     return config

@@ -1,12 +1,25 @@
 """Stream listeners shared by the network sources: accept, TLS, limits, peer identity, shutdown.
 
 A ``StreamServer`` accepts TCP connections (wrapped in TLS when it has an ``SSLContext``), or
-connections to a unix stream socket, refuses connections past ``max_connections`` with a logged
-reason, completes the TLS handshake under the idle timeout, and hands each connection to the
-source's handler as a ``Connection``. The handler reads with ``Connection.receive()``, which ends
-the stream on peer EOF, on an idle timeout, and when the server is stopping; the handler's sends to
-the pipeline are never interrupted by a stop, so what has been read is handed on (phase one of
-shutdown). Only a forced shutdown cancels everything.
+connections to a unix stream socket, and hands each connection to the source's handler as a
+``Connection``. The handler reads with ``Connection.receive()``, which ends the stream on peer EOF,
+on a timeout, and when the server is stopping; the handler's sends to the pipeline are never
+interrupted by a stop, so what has been read is handed on (phase one of shutdown). Only a forced
+shutdown cancels everything.
+
+Admission: no sender may hold connection slots it does not use. A connection is refused at once
+when ``max_connections`` are open, or when ``max_connections_per_peer`` are open from its peer (the
+remote IP address; over a unix stream socket, the sender's uid from ``SO_PEERCRED``). The TLS
+handshake must complete within ``handshake_timeout``. Once the first byte of a frame (a line, a
+syslog message) has arrived, the frame must be complete within ``frame_timeout``, else the
+connection is closed and its partial frame becomes a ``malformed`` event ("incomplete ...:
+connection ended (frame_timeout)"); only time spent waiting for the peer counts, not time the
+handler waits for the pipeline (backpressure). Between frames, a connection silent for
+``idle_timeout`` is closed. Every refusal (``max_connections``, ``max_connections_per_peer``,
+``handshake_failed``, ``handshake_timeout``, ``frame_timeout``) is counted as
+``connections_refused`` and as ``refused_<reason>``, and logged as ``connection_refused`` with the
+``reason`` at most ``REFUSAL_LOGS_PER_SECOND`` times a second per source, each line with
+``not_logged_since`` (how many refusals were left out before it).
 
 Unix sockets (``bind_unix_socket``, ``UnixSocketFile``): at start, a file already at the path is
 removed only if it is a socket that nobody listens on any more (a stale one, left by a crash);
@@ -26,6 +39,7 @@ counted outcome of every frame, ``malformed`` events for what is not a message, 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import ssl
@@ -40,7 +54,17 @@ import trio
 
 from shipper.codecs.framing import BadFraming, Oversized, SyslogFrame
 from shipper.codecs.jsonlines import is_blank
-from shipper.config import Address, IdentityTable, TlsServerConfig
+from shipper.config import (
+    FRAME_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_PEER,
+    Address,
+    IdentityTable,
+    JsonTlsSourceConfig,
+    SyslogSourceConfig,
+)
 from shipper.errors import ListenError
 from shipper.events import IDENTITY_ALERT, Event, Malformed, alert_event, utc_timestamp
 from shipper.logging import Throttle, get_logger
@@ -49,6 +73,9 @@ from shipper.sources._identity import Grant, IdentityPolicy, claims
 RECEIVE_BYTES: Final = 256 * 1024
 #: A source logs at most this many `malformed_input` entries a second (all are counted).
 MALFORMED_LOGS_PER_SECOND: Final = 10
+#: A source logs at most this many `connection_refused` (and `connection_reset_early`) entries a
+#: second (all are counted).
+REFUSAL_LOGS_PER_SECOND: Final = 10
 _ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _RDN_NAMES: Final = {
     "commonName": "CN",
@@ -185,6 +212,19 @@ def datagram_credentials(ancdata: Sequence[tuple[int, int, bytes]]) -> dict[str,
     return None
 
 
+def peer_host(sockname: Any) -> str:
+    """The IP address of a socket address tuple, the key of the per-peer connection limit (an
+    IPv4-mapped IPv6 address counts as its IPv4 address)."""
+    host = str(sockname[0]) if isinstance(sockname, tuple) and sockname else str(sockname)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 def format_peer(sockname: Any) -> str:
     """``host:port`` (``[v6]:port``) from a socket address tuple."""
     if isinstance(sockname, tuple) and len(sockname) >= 2:
@@ -238,6 +278,7 @@ class Connection:
         tls_subject: str | None = None,
         tls_san: list[str] | None = None,
         peer_cred: dict[str, int] | None = None,
+        peer_key: str | None = None,
     ) -> None:
         self.server = server
         self.stream = stream
@@ -246,9 +287,14 @@ class Connection:
         self.tls_san = tls_san or []
         #: The sending process's pid, uid and gid (unix sockets only).
         self.peer_cred = peer_cred
-        #: Why reading ended: "eof", "idle_timeout", "shutdown" or "broken: <reason>".
+        #: What the per-peer connection limit counts this connection under (None: not counted).
+        self.peer_key = peer_key
+        #: Why reading ended: "eof", "idle_timeout", "frame_timeout", "shutdown" or
+        #: "broken: <reason>".
         self.end_reason = ""
         self._scope: trio.CancelScope | None = None
+        #: Seconds of waiting for the peer left to the unfinished frame (None: between frames).
+        self._frame_left: float | None = None
         self.bytes_received = 0
         server.register(self)
 
@@ -257,12 +303,25 @@ class Connection:
         if self._scope is not None:
             self._scope.cancel()
 
+    def frame_progress(self, unfinished: bool, began_now: bool) -> None:
+        """After each feed of the framer: whether a frame is unfinished, and whether it began in
+        that feed (a frame was completed before it). An unfinished frame must be completed within
+        ``frame_timeout`` of waiting for the peer, counted from the read that began it."""
+        if not unfinished:
+            self._frame_left = None
+        elif began_now or self._frame_left is None:
+            self._frame_left = self.server.frame_timeout
+
     async def receive(self) -> bytes:
         """The next bytes; ``b""`` when the stream has ended (see ``end_reason``)."""
         if self.server.stopping:
             self.end_reason = "shutdown"
             return b""
-        with trio.CancelScope(deadline=trio.current_time() + self.server.idle_timeout) as scope:
+        idle = self.server.idle_timeout
+        frame_left = self._frame_left
+        wait = idle if frame_left is None else max(0.0, min(idle, frame_left))
+        start = trio.current_time()
+        with trio.CancelScope(deadline=start + wait) as scope:
             self._scope = scope
             try:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
@@ -272,8 +331,15 @@ class Connection:
                 return b""
             finally:
                 self._scope = None
+        if frame_left is not None:  # only the time spent waiting for the peer counts
+            self._frame_left = frame_left - (trio.current_time() - start)
         if scope.cancelled_caught:
-            self.end_reason = "shutdown" if self.server.stopping else "idle_timeout"
+            if self.server.stopping:
+                self.end_reason = "shutdown"
+            elif frame_left is not None and frame_left <= idle:
+                self.end_reason = "frame_timeout"
+            else:
+                self.end_reason = "idle_timeout"
             return b""
         if not data:
             self.end_reason = "eof"
@@ -296,9 +362,12 @@ class StreamServer:
         counters: Counter[str],
         *,
         ssl_context: ssl.SSLContext | None = None,
-        max_connections: int = 1024,
-        idle_timeout: float = 300.0,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
         socket_mode: int = 0o660,
+        max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        frame_timeout: float = FRAME_TIMEOUT,
     ) -> None:
         self.source_id = source_id
         self.address = address
@@ -306,23 +375,57 @@ class StreamServer:
         self.counters = counters
         self.ssl_context = ssl_context
         self.max_connections = max_connections
+        self.max_connections_per_peer = max_connections_per_peer
         self.idle_timeout = idle_timeout
+        self.handshake_timeout = handshake_timeout
+        self.frame_timeout = frame_timeout
         self.socket_mode = socket_mode
         self.stopping = False
         self.bound: list[Bound] = []
         self._accept_scope = trio.CancelScope()
         self._connections: set[Connection] = set()
+        self._per_peer: Counter[str] = Counter()
+        self._refusal_log = Throttle(REFUSAL_LOGS_PER_SECOND)
+        self._reset_log = Throttle(REFUSAL_LOGS_PER_SECOND)
 
     @property
     def connections(self) -> int:
         return len(self._connections)
 
+    def connections_from(self, peer_key: str) -> int:
+        """How many open connections the per-peer limit counts under ``peer_key``."""
+        return self._per_peer[peer_key]
+
     def register(self, connection: Connection) -> None:
         """Count a connection and let ``stop()`` reach it (until ``unregister``)."""
+        if connection not in self._connections and connection.peer_key is not None:
+            self._per_peer[connection.peer_key] += 1
         self._connections.add(connection)
 
     def unregister(self, connection: Connection) -> None:
+        if connection in self._connections and connection.peer_key is not None:
+            self._per_peer[connection.peer_key] -= 1
+            if not self._per_peer[connection.peer_key]:
+                del self._per_peer[connection.peer_key]  # the table holds live peers only
         self._connections.discard(connection)
+
+    def refuse(self, peer: str, reason: str, detail: str) -> None:
+        """Count a connection refused (or cut off) for ``reason`` and log it, at most
+        ``REFUSAL_LOGS_PER_SECOND`` lines a second, each saying how many were left out."""
+        self.counters["connections_refused"] += 1
+        self.counters[f"refused_{reason}"] += 1
+        left_out = self._refusal_log.allow(trio.current_time())
+        if left_out is None:
+            return
+        log.warning(
+            "connection_refused",
+            source=self.source_id,
+            peer=peer,
+            reason=reason,
+            detail=detail,
+            not_logged_since=left_out,
+            refused_total=self.counters["connections_refused"],
+        )
 
     def stop(self) -> None:
         """Stop accepting, and make every connection stop reading (what it read is handed on)."""
@@ -398,26 +501,39 @@ class StreamServer:
                 if isinstance(self.address, Path):
                     peer = str(self.address)
                     peer_cred = peer_credentials(stream.socket)
+                    uid = "unknown" if peer_cred is None else peer_cred["uid"]
+                    key = f"uid {uid}"
                 else:
-                    peer = format_peer(stream.socket.getpeername())
+                    sockname = stream.socket.getpeername()
+                    peer = format_peer(sockname)
+                    key = peer_host(sockname)
             except OSError as exc:  # reset before we got to it (a port scan, a health check)
                 self.counters["connections_reset_early"] += 1
-                log.info("connection_reset_early", source=self.source_id, error=str(exc))
+                left_out = self._reset_log.allow(trio.current_time())
+                if left_out is not None:
+                    log.info(
+                        "connection_reset_early",
+                        source=self.source_id,
+                        error=str(exc),
+                        not_logged_since=left_out,
+                    )
                 await _close(stream)
                 continue
             if len(self._connections) >= self.max_connections:
-                self.counters["connections_refused"] += 1
-                log.warning(
-                    "connection_refused",
-                    source=self.source_id,
-                    peer=peer,
-                    reason=f"max_connections ({self.max_connections}) reached",
+                self.refuse(peer, "max_connections", f"{self.max_connections} connections open")
+                await _close(stream)
+                continue
+            if self._per_peer[key] >= self.max_connections_per_peer:
+                self.refuse(
+                    peer,
+                    "max_connections_per_peer",
+                    f"{self.max_connections_per_peer} connections from {key} open",
                 )
                 await _close(stream)
                 continue
             self.counters["connections_accepted"] += 1
-            # Registers now: counts toward the limit.
-            connection = Connection(self, stream, peer, peer_cred=peer_cred)
+            # Registers now: counts toward the limits.
+            connection = Connection(self, stream, peer, peer_cred=peer_cred, peer_key=key)
             nursery.start_soon(self._run_connection, connection)
 
     async def _run_connection(self, connection: Connection) -> None:
@@ -447,23 +563,31 @@ class StreamServer:
             await _close(stream)
 
     async def _handshake(self, connection: Connection, tls: trio.SSLStream[Any]) -> bool:
-        """Complete the TLS handshake under the idle timeout; log and count a failure."""
-        reason = ""
-        with trio.CancelScope(deadline=trio.current_time() + self.idle_timeout) as scope:
+        """Complete the TLS handshake within ``handshake_timeout``; refuse the connection if it
+        fails or takes longer."""
+        failure = ""
+        with trio.CancelScope(deadline=trio.current_time() + self.handshake_timeout) as scope:
             connection._scope = scope
             try:
                 await tls.do_handshake()
             except trio.BrokenResourceError as exc:
-                reason = str(exc.__cause__ or exc) or "connection closed during handshake"
+                failure = str(exc.__cause__ or exc) or "connection closed during handshake"
             finally:
                 connection._scope = None
         if scope.cancelled_caught:
-            reason = "shutdown" if self.stopping else "handshake timed out"
-        if reason:
-            self.counters["tls_handshake_failed"] += 1
-            log.warning(
-                "connection_refused", source=self.source_id, peer=connection.peer, reason=reason
-            )
+            if self.stopping:
+                log.debug(
+                    "connection_closed",
+                    source=self.source_id,
+                    peer=connection.peer,
+                    reason="shutdown during the TLS handshake",
+                )
+            else:
+                detail = f"no TLS handshake within handshake_timeout ({self.handshake_timeout}s)"
+                self.refuse(connection.peer, "handshake_timeout", detail)
+            return False
+        if failure:
+            self.refuse(connection.peer, "handshake_failed", failure)
             return False
         connection.tls_subject, connection.tls_san = peer_identity(tls.getpeercert())
         return True
@@ -478,6 +602,9 @@ async def _close(stream: trio.abc.AsyncResource) -> None:
 
 class Framer(Protocol):
     """What a stream source needs of a sans-IO framer (``codecs.framing``)."""
+
+    @property
+    def buffered(self) -> int: ...
 
     def feed(self, data: bytes) -> Sequence[SyslogFrame]: ...
 
@@ -517,33 +644,32 @@ class FramedSource:
         self._malformed_log = Throttle(MALFORMED_LOGS_PER_SECOND)
 
     def _listen(
-        self,
-        address: Bound,
-        tls: TlsServerConfig | None,
-        max_connections: int,
-        idle_timeout: float,
-        socket_mode: int = 0o660,
+        self, address: Bound, config: JsonTlsSourceConfig | SyslogSourceConfig
     ) -> StreamServer:
+        tls = config.tls
         return StreamServer(
             self.id,
             address,
             self.handle,
             self.counters,
             ssl_context=tls.build() if tls is not None else None,
-            max_connections=max_connections,
-            idle_timeout=idle_timeout,
-            socket_mode=socket_mode,
+            max_connections=config.max_connections,
+            idle_timeout=config.idle_timeout,
+            socket_mode=config.socket_mode if isinstance(config, SyslogSourceConfig) else 0o660,
+            max_connections_per_peer=config.max_connections_per_peer,
+            handshake_timeout=config.handshake_timeout,
+            frame_timeout=config.frame_timeout,
         )
-
-    def stop(self) -> None:
-        """Stop accepting and reading; what was read is still handed on."""
-        if self.server is not None:
-            self.server.stop()
 
     async def _deliver(self, batch: list[Event]) -> None:
         """Hand a batch of events on to the pipeline. Every send of a source goes through here;
         a full pipeline makes it wait (backpressure)."""
         await self._send.send(batch)
+
+    def stop(self) -> None:
+        """Stop accepting and reading; what was read is still handed on."""
+        if self.server is not None:
+            self.server.stop()
 
     def source_info(self, peer: str, connection: Connection | None = None) -> dict[str, Any]:
         """The envelope's ``source`` object (shared by every event of a connection)."""
@@ -584,7 +710,9 @@ class FramedSource:
         events_before = self.counters["events"]
         while data := await connection.receive():
             self.counters["bytes"] += len(data)
-            batch = self._decode(framer.feed(data), source, utc_timestamp())
+            frames = framer.feed(data)
+            connection.frame_progress(framer.buffered > 0, bool(frames))
+            batch = self._decode(frames, source, utc_timestamp())
             if grant is not None:
                 batch = self.check_identity(batch, grant)
             if batch:
@@ -592,13 +720,19 @@ class FramedSource:
         tail = framer.finish()
         if tail is not None:
             received_at = utc_timestamp()
-            if connection.end_reason == "eof" or isinstance(tail, BadFraming):
+            cut_off = f"incomplete {self.unit}: connection ended ({connection.end_reason})"
+            if connection.end_reason == "eof":
                 batch = self._decode([tail], source, received_at)
+            elif isinstance(tail, BadFraming):  # counted as bad framing; the reason says why
+                reason = f"{cut_off}: {tail.reason}"
+                batch = self._decode(
+                    [BadFraming(reason, tail.prefix, tail.size)], source, received_at
+                )
             else:
                 raw = tail.prefix if isinstance(tail, Oversized) else tail
                 size = tail.size if isinstance(tail, Oversized) else len(tail)
-                reason = f"incomplete {self.unit}: connection ended ({connection.end_reason})"
-                batch = [self._malformed(source, received_at, reason, raw, size)]
+                batch = [self._malformed(source, received_at, cut_off, raw, size)]
+                self.counters["events"] += 1
             if grant is not None:
                 batch = self.check_identity(batch, grant)
             if batch:
@@ -614,6 +748,12 @@ class FramedSource:
         if connection.end_reason == "idle_timeout":
             self.counters["idle_timeouts"] += 1
             self.log.info("connection_idle_closed", source=self.id, peer=connection.peer)
+        elif connection.end_reason == "frame_timeout":
+            server = connection.server
+            detail = (
+                f"a {self.unit} was not completed within frame_timeout ({server.frame_timeout}s)"
+            )
+            server.refuse(connection.peer, "frame_timeout", detail)
 
     def check_identity(self, batch: list[Event], grant: Grant) -> list[Event]:
         """Mark each event whose claims the certificate may not make (``identity_mismatch``) and

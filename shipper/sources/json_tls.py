@@ -15,14 +15,19 @@ longer than ``max_line_bytes``            ``malformed`` event with its first 4 K
                                           (``malformed``, ``oversized``); the connection
                                           carries on with the next line
 unterminated at the peer's EOF            decoded like any line (a last line may lack its LF)
-unterminated when shutdown or the         ``malformed`` event, reason names why (``malformed``)
-idle timeout ends the connection
+unterminated when shutdown,               ``malformed`` event, reason names why (``malformed``)
+``idle_timeout`` or ``frame_timeout``     ("incomplete line: connection ended
+ends the connection                       (frame_timeout)")
 ========================================  ====================================================
+
+Connection admission (``max_connections``, ``max_connections_per_peer``, ``idle_timeout``,
+``frame_timeout``, ``handshake_timeout``) is ``shipper.sources._net``'s: a line must be complete
+within ``frame_timeout`` of its first byte.
 
 With ``[sources.X.tls]`` and a ``client_ca``, the verified client certificate's subject (RFC 4514)
 and subjectAltName values go into every event's ``source.tls_subject`` / ``source.tls_san``; with
 ``require_client_cert`` a client without a valid certificate is refused at the handshake (logged as
-``connection_refused``, counted as ``tls_handshake_failed``). With ``[sources.X.identity]``, each
+``connection_refused``, counted as ``refused_handshake_failed``). With ``[sources.X.identity]``, each
 record's agent id is checked against what that certificate may claim: a record it may not claim is
 archived with ``identity_mismatch`` and followed by a ``shipper.identity_alert`` event (counted as
 ``identity_mismatch``; see ``shipper.sources._identity``).
@@ -58,9 +63,7 @@ class JsonTlsSource(FramedSource):
             config.id, send, agent_of, config.max_line_bytes, "max_line_bytes", config.identity
         )
         self.config = config
-        self.server: StreamServer = self._listen(
-            config.address, config.tls, config.max_connections, config.idle_timeout
-        )
+        self.server: StreamServer = self._listen(config.address, config)
 
     async def run(self, *, task_status: trio.TaskStatus[list[Bound]]) -> None:
         """Serve until stopped; closes this source's channel to the pipeline when done."""

@@ -7,9 +7,11 @@ of ``socket_type = "datagram"`` (the default: what ``/dev/log`` is, and what ``l
 Framing over TCP, TLS and unix stream sockets is detected per connection
 (``codecs.framing.AutoFramer``): octet counting (RFC 6587 3.4.1, what rsyslog's
 ``TCP_Framing="octet-counted"`` and RFC 5425 send) when the first byte is a digit, LF (or NUL)
-framing otherwise; limits, ``max_connections`` and ``idle_timeout`` are the same for all three.
-Over UDP and unix datagram sockets each datagram is one message (a datagram that starts with a
-digit is read as octet-counted, as ``loggen -P`` sends it).
+framing otherwise; limits, and connection admission (``max_connections``,
+``max_connections_per_peer``, ``idle_timeout``, ``frame_timeout``, ``handshake_timeout`` with
+TLS: see ``shipper.sources._net``), are the same for all three. Over UDP and unix datagram
+sockets each datagram is one message (a datagram that starts with a digit is read as
+octet-counted, as ``loggen -P`` sends it).
 
 What a message becomes:
 
@@ -32,6 +34,9 @@ frame over ``max_message_bytes``          ``malformed`` event with the first 4 K
                                           (``malformed``, ``oversized``); carries on
 bytes that break the octet framing        ``malformed`` event; the connection goes on with LF
                                           framing (``malformed``, ``bad_framing``)
+a frame cut off by shutdown,              ``malformed`` event, the reason says why
+``idle_timeout`` or ``frame_timeout``     ("incomplete message: connection ended
+                                          (frame_timeout)"...) (``malformed``)
 UDP datagram while the pipeline is full   held in a buffer of ``UDP_BUFFER_EVENTS`` events
                                           (handed on as one batch as soon as the pipeline has
                                           room); once that is full too, dropped (UDP cannot be
@@ -118,13 +123,7 @@ class SyslogSource(FramedSource):
         unix_stream = config.mode == "unix" and config.socket_type == "stream"
         if config.mode in ("tcp", "tls") or unix_stream:
             assert listen is not None
-            self.server = self._listen(
-                listen,
-                config.tls,
-                config.max_connections,
-                config.idle_timeout,
-                config.socket_mode,
-            )
+            self.server = self._listen(listen, config)
 
     async def run(self, *, task_status: trio.TaskStatus[list[Bound]]) -> None:
         """Serve until stopped; closes this source's channel to the pipeline when done."""

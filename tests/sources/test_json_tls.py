@@ -136,7 +136,7 @@ async def test_idle_timeout_closes_and_keeps_the_partial_line(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A silent connection is closed after idle_timeout; its unfinished line is archived as malformed."""
-    source, receive = make_source(idle_timeout=30.0)
+    source, receive = make_source(idle_timeout=30.0, frame_timeout=60.0)
     client, server = trio.testing.memory_stream_pair()
     connection = Connection(source.server, server, PEER)
     async with trio.open_nursery() as nursery:
@@ -255,7 +255,7 @@ async def test_client_without_a_valid_certificate_is_refused(
 
             with pytest.raises(trio.BrokenResourceError):
                 await exchange()
-        await wait_until(lambda: source.counters["tls_handshake_failed"] == 1)
+        await wait_until(lambda: source.counters["refused_handshake_failed"] == 1)
         source.stop()
     assert drain(receive) == []
     assert source.counters["events"] == 0
