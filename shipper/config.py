@@ -480,6 +480,12 @@ MAX_CONNECTIONS_PER_PEER: Final = 64
 IDLE_TIMEOUT: Final = 300.0
 HANDSHAKE_TIMEOUT: Final = 10.0
 FRAME_TIMEOUT: Final = 30.0
+#: Defaults of the burst buffer of a ``syslog`` source with ``mode = "udp"`` (events, bytes).
+BURST_EVENTS: Final = 65536
+BURST_BYTES: Final = 16 * 1024 * 1024
+#: ``receive_buffer`` bounds: SO_RCVBUF takes a C int, which the kernel doubles.
+MIN_RECEIVE_BUFFER: Final = 4096
+MAX_RECEIVE_BUFFER: Final = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -505,7 +511,8 @@ class SyslogSourceConfig:
 
     ``address`` is set for every mode but ``"unix"``, which has ``path`` (and ``socket_type``,
     ``socket_mode``) instead. The connection keys (``max_connections`` ... ``frame_timeout``)
-    apply to the stream modes.
+    apply to the stream modes; ``receive_buffer`` (None: the kernel's default) and the burst
+    buffer's bounds to ``mode = "udp"``.
     """
 
     id: str
@@ -522,6 +529,9 @@ class SyslogSourceConfig:
     max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     frame_timeout: float = FRAME_TIMEOUT
+    receive_buffer: int | None = None
+    burst_events: int = BURST_EVENTS
+    burst_bytes: int = BURST_BYTES
     kind: Literal["syslog"] = "syslog"
 
 
@@ -699,8 +709,9 @@ def _syslog_listener(table: _Table, mode: str) -> tuple[Address | None, Path | N
     return None, path, socket_type, socket_mode
 
 
-#: Keys that only a stream listener takes.
+#: Keys that only a stream listener takes, and keys that only a UDP syslog source takes.
 STREAM_ONLY_KEYS: Final = ("max_connections_per_peer", "handshake_timeout", "frame_timeout")
+UDP_ONLY_KEYS: Final = ("receive_buffer", "burst_events", "burst_bytes")
 
 
 def _refuse(table: _Table, keys: Sequence[str], message: str) -> None:
@@ -738,6 +749,20 @@ def _admission(table: _Table, max_connections: int, tls: str | None) -> dict[str
     }
 
 
+def _udp_buffers(table: _Table) -> dict[str, Any]:
+    """``receive_buffer`` (None: the kernel's default) and the burst buffer's bounds."""
+    receive_buffer = None
+    if table.has("receive_buffer"):
+        receive_buffer = table.size(
+            "receive_buffer", minimum=MIN_RECEIVE_BUFFER, maximum=MAX_RECEIVE_BUFFER
+        )
+    return {
+        "receive_buffer": receive_buffer,
+        "burst_events": table.integer("burst_events", BURST_EVENTS, minimum=1, maximum=10_000_000),
+        "burst_bytes": table.size("burst_bytes", BURST_BYTES, minimum=64 * 1024),
+    }
+
+
 def _source(source_id: str, table: _Table) -> SourceConfig | None:
     kind = table.choice("type", SOURCE_TYPES)
     if kind == "syslog":
@@ -758,6 +783,7 @@ def _source(source_id: str, table: _Table) -> SourceConfig | None:
     elif mode in ("tcp", "tls") or (mode == "unix" and socket_type == "stream"):
         no_tls = None if mode == "tls" else f'expected only with mode = "tls", got mode = "{mode}"'
         limits = _admission(table, max_connections, no_tls)
+        _refuse(table, UDP_ONLY_KEYS, f'expected only with mode = "udp", got mode = "{mode}"')
     else:
         got = f'mode = "{mode}"' + (' with socket_type = "datagram"' if mode == "unix" else "")
         _refuse(
@@ -766,6 +792,10 @@ def _source(source_id: str, table: _Table) -> SourceConfig | None:
             'expected only with a stream mode ("tcp", "tls", or "unix" with socket_type = '
             f'"stream"), got {got}',
         )
+        if mode == "udp":
+            limits = _udp_buffers(table)
+        else:
+            _refuse(table, UDP_ONLY_KEYS, f'expected only with mode = "udp", got {got}')
     identity_table = table.table("identity")
     identity = _identity(identity_table) if identity_table is not None else None
     if identity_table is not None and (tls_table is None or not tls_table.has("client_ca")):

@@ -37,15 +37,37 @@ bytes that break the octet framing        ``malformed`` event; the connection go
 a frame cut off by shutdown,              ``malformed`` event, the reason says why
 ``idle_timeout`` or ``frame_timeout``     ("incomplete message: connection ended
                                           (frame_timeout)"...) (``malformed``)
-UDP datagram while the pipeline is full   held in a buffer of ``UDP_BUFFER_EVENTS`` events
-                                          (handed on as one batch as soon as the pipeline has
-                                          room); once that is full too, dropped (UDP cannot be
-                                          slowed) (``dropped_full``), logged at most once a
-                                          second
+UDP datagram while the pipeline is full   held in the burst buffer (see below); once that is
+                                          full too, dropped (``dropped_full``), logged
+                                          (``udp_dropped_full``) at most once a second
+UDP datagram while shipper cannot read    dropped by the kernel when the socket's receive
+fast enough                               buffer is full; counted (``kernel_dropped``), logged
+                                          (``udp_kernel_dropped``) at most once a second
 TLS: a claim the client certificate may   archived with ``identity_mismatch``, followed by a
 not make (``[sources.X.identity]``)       ``shipper.identity_alert`` event
                                           (``identity_mismatch``), logged at most once a second
 ========================================  ====================================================
+
+UDP cannot slow its senders, and loses data in two places, each counted:
+
+* The kernel's receive buffer (``receive_buffer``; the kernel's default,
+  ``net.core.rmem_default``, when not set) holds datagrams until shipper reads them; when it is
+  full the kernel drops them. With ``receive_buffer`` the source asks for that size with
+  ``SO_RCVBUFFORCE`` (not capped by ``net.core.rmem_max``; needs CAP_NET_ADMIN), else with
+  ``SO_RCVBUF``, and logs ``udp_receive_buffer`` with what it asked for and what the kernel
+  granted (half of what Linux reports: the other half is the kernel's bookkeeping), as a warning
+  naming the sysctl to raise when it got less. Linux counts the drops per socket
+  (``SO_RXQ_OVFL``) and hands the count over with the next datagram received: its increase is
+  counted as ``kernel_dropped`` and logged as ``udp_kernel_dropped`` (``dropped`` since the last
+  line, ``dropped_total``) at most once a second, a second after the last line at the latest.
+* The burst buffer holds what the source read while the pipeline was full, and hands it on as
+  soon as there is room, in batches of at most about ``FORWARD_BYTES``. It is bounded by
+  ``burst_events`` and ``burst_bytes``; an event counts its bytes plus a fixed overhead, and its
+  syslog header's and structured data's objects (``burst_cost``, an upper bound of the memory it
+  holds; its parsed record is dropped, the chain stage parses it again). The batch being handed
+  on counts until the pipeline took it. A datagram whose events do not fit is dropped
+  (``dropped_full``; logged as ``udp_dropped_full`` at most once a second); an empty buffer takes
+  any one datagram.
 
 Every other sender is slowed instead: a full pipeline stops the reads. That includes unix datagram
 sockets: unlike UDP, the kernel holds a sender (``syslog(3)``, ``logger``) while the socket's queue
@@ -59,7 +81,8 @@ gid (see ``shipper.sources._net``). Identity binding is documented in
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Final, TypeVar
 
@@ -86,10 +109,69 @@ from shipper.sources._net import (
 
 T = TypeVar("T")
 
-#: Events a UDP source holds while the pipeline is full (bursts); beyond them it drops.
-UDP_BUFFER_EVENTS: Final = 65536
-#: Room for one ``SCM_CREDENTIALS`` message in ``recvmsg``'s ancillary buffer.
+#: What one event counts in the burst buffer beyond its bytes (``record`` or ``malformed`` raw
+#: bytes) and its syslog header's strings: the ``Event``, its ``source`` and ``syslog`` dicts.
+#: Measured with tracemalloc at 0.5 (malformed) to 1.2 KiB (see ``burst_cost``).
+BURST_EVENT_OVERHEAD: Final = 1536
+#: What each SD-ID and each SD-PARAM of the structured data counts beyond 4 bytes a character
+#: of its names and value (a dict or a dict slot and its strings: measured at 80 to 145 bytes).
+SD_ITEM_OVERHEAD: Final = 192
+#: The burst buffer is handed on in batches of at most about this many bytes (as counted above).
+FORWARD_BYTES: Final = 1024 * 1024
+#: No UDP datagram is longer (IPv6 allows 65,527 payload bytes, IPv4 65,507).
+_UDP_MAX_DATAGRAM: Final = 65535
+#: Linux's socket options, where Python's socket module lacks the names.
+SO_RXQ_OVFL: Final[int] = getattr(socket, "SO_RXQ_OVFL", 40)
+SO_RCVBUFFORCE: Final[int] = getattr(socket, "SO_RCVBUFFORCE", 33)
+#: Room in ``recvmsg``'s ancillary buffer for one ``SO_RXQ_OVFL`` count (a 32-bit counter) and
+#: for one ``SCM_CREDENTIALS`` message.
+_OVERFLOW_SPACE: Final = socket.CMSG_SPACE(4)
 _CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(12)
+
+
+def burst_cost(event: Event) -> int:
+    """What an event counts against ``burst_bytes``: an upper bound of the memory it holds while
+    it waits, without its parsed record (dropped while it waits; the chain stage parses it
+    again). Its bytes, ``BURST_EVENT_OVERHEAD``, 4 bytes a character of the syslog header's
+    strings (a Python string takes at most 4 a character), and ``SD_ITEM_OVERHEAD`` plus 4 bytes a
+    character for each SD-ID and SD-PARAM: a datagram of many empty SD-ELEMENTs takes 25 times
+    its size in objects, and counts as much (``tests/sources/test_udp_limits.py`` measures it)."""
+    if event.record_json is not None:
+        cost = len(event.record_json) + BURST_EVENT_OVERHEAD
+    else:
+        cost = BURST_EVENT_OVERHEAD + (len(event.malformed.raw) if event.malformed else 0)
+    header = event.syslog
+    if header is not None:
+        for key in ("hostname", "app_name", "procid", "msgid"):
+            value = header.get(key)
+            if isinstance(value, str):
+                cost += 4 * len(value)
+        for sd_id, params in header["sd"].items():
+            cost += SD_ITEM_OVERHEAD + 4 * len(sd_id)
+            for name, value in params.items():
+                cost += SD_ITEM_OVERHEAD + 4 * (len(name) + len(value))
+    return cost
+
+
+def kernel_drop_count(ancdata: Sequence[tuple[int, int, bytes]]) -> int | None:
+    """The socket's drop counter (``SO_RXQ_OVFL``) from ``recvmsg`` ancillary data: how many
+    datagrams the kernel had dropped for a full receive buffer when this one was queued (a 32-bit
+    counter; Linux sends it only once it is not zero)."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder)
+    return None
+
+
+def request_receive_buffer(sock: Any, size: int) -> bool:
+    """Ask for a receive buffer of ``size`` bytes: with ``SO_RCVBUFFORCE`` (not capped by
+    ``net.core.rmem_max``; needs CAP_NET_ADMIN), else ``SO_RCVBUF``. Whether it was forced."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:  # EPERM without the privilege
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        return False
+    return True
 
 
 class SyslogSource(FramedSource):
@@ -115,10 +197,20 @@ class SyslogSource(FramedSource):
         self.config = config
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
-        self._drop_log = Throttle(1)
-        self.udp_buffer_events = UDP_BUFFER_EVENTS
-        self._pending: list[Event] = []  # UDP events waiting for room in the pipeline
+        # UDP: the burst buffer. Held = waiting here, or in the batch being handed on.
+        self._pending: list[Event] = []
         self._pending_added = trio.Event()
+        self._reader_done = False
+        self.held_events = 0
+        self.held_bytes = 0
+        self._full_log = Throttle(1)
+        self._full_logged = 0
+        # UDP: the kernel's drop counter, as last reported, and what the log has reported.
+        self._kernel_reported = 0
+        self._kernel_logged = 0
+        self._kernel_log = Throttle(1)
+        self._kernel_unlogged = trio.Event()
+        self._kernel_reporting = trio.CancelScope()
         listen: Bound | None = config.path if config.mode == "unix" else config.address
         unix_stream = config.mode == "unix" and config.socket_type == "stream"
         if config.mode in ("tcp", "tls") or unix_stream:
@@ -155,6 +247,8 @@ class SyslogSource(FramedSource):
         with sock:
             try:
                 await sock.bind((address.host, address.port))
+                sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+                self._set_receive_buffer(sock)
             except OSError as exc:
                 raise ListenError(
                     f"source {self.id}: cannot listen on {address} (udp): {exc.strerror or exc}"
@@ -162,27 +256,42 @@ class SyslogSource(FramedSource):
             host, port = sock.getsockname()[:2]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._forward_pending)
+                nursery.start_soon(self._report_kernel_drops)
                 task_status.started([Address(host, port)])
-                limit = self.config.max_message_bytes
-                receive = partial(sock.recvfrom, limit + 1)
                 try:
-                    while (received := await self._receive(receive)) is not None:
-                        data, peer = received
-                        self._offer(self._datagram(data, peer, limit))
+                    bufsize = min(self.config.max_message_bytes + 1, _UDP_MAX_DATAGRAM + 1)
+                    await self._read_datagrams(sock, bufsize, _OVERFLOW_SPACE, None)
                 finally:
-                    self._stopping = True
+                    self._kernel_reporting.cancel()
+                    self._reader_done = True
                     self._pending_added.set()  # the forwarder hands on the rest, then ends
 
-    async def _forward_pending(self) -> None:
-        """Hand the UDP events read meanwhile on as one batch whenever the pipeline has room."""
-        while True:
-            await self._pending_added.wait()
-            self._pending_added = trio.Event()
-            batch, self._pending = self._pending, []
-            if batch:
-                await self._deliver(batch)
-            elif self._stopping:
-                return
+    def _set_receive_buffer(self, sock: Any) -> None:
+        """Apply ``receive_buffer`` (if set) and log what the kernel granted."""
+        requested = self.config.receive_buffer
+        forced = False
+        if requested is not None:
+            forced = request_receive_buffer(sock, requested)
+        # Linux reports twice what it granted (the other half is its bookkeeping).
+        reported = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        granted = reported // 2
+        fields: dict[str, Any] = {
+            "source": self.id,
+            "requested": requested,
+            "granted": granted,
+            "kernel_reported": reported,
+            "forced": forced,
+        }
+        if requested is not None and granted < requested:
+            self.log.warning(
+                "udp_receive_buffer",
+                **fields,
+                hint=f"the kernel capped receive_buffer: raise net.core.rmem_max to at least "
+                f"{requested} (sysctl -w net.core.rmem_max={requested}), or give shipper "
+                "CAP_NET_ADMIN",
+            )
+        else:
+            self.log.info("udp_receive_buffer", **fields)
 
     async def _serve_unix_datagrams(self, task_status: trio.TaskStatus[list[Bound]]) -> None:
         path = self.config.path
@@ -192,16 +301,29 @@ class SyslogSource(FramedSource):
             with trio.socket.from_stdlib_socket(raw) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
                 task_status.started([path])
-                limit = self.config.max_message_bytes
-                peer = str(path)
-                receive = partial(sock.recvmsg, limit + 1, _CREDENTIALS_SPACE)
-                while (received := await self._receive(receive)) is not None:
-                    data, ancdata, _flags, _address = received
-                    batch = self._datagram(data, peer, limit, datagram_credentials(ancdata))
-                    if batch:
-                        await self._deliver(batch)  # a full pipeline holds the senders
+                bufsize = self.config.max_message_bytes + 1
+                await self._read_datagrams(sock, bufsize, _CREDENTIALS_SPACE, str(path))
         finally:
             file.remove()
+
+    async def _read_datagrams(
+        self, sock: trio.socket.SocketType, bufsize: int, ancillary: int, unix_path: str | None
+    ) -> None:
+        """Read datagrams until stopped. UDP (``unix_path`` None): each goes to the burst buffer,
+        and the kernel's drop counter is followed. Unix: each is handed on, a full pipeline
+        holding the senders (the kernel queues them)."""
+        receive = partial(sock.recvmsg, bufsize, ancillary)
+        limit = self.config.max_message_bytes
+        while (received := await self._receive(receive)) is not None:
+            data, ancdata, _flags, address = received
+            if unix_path is None:
+                self._note_kernel_drops(kernel_drop_count(ancdata))
+                self._offer(self._datagram(data, address, limit))
+            else:
+                credentials = datagram_credentials(ancdata)
+                batch = self._datagram(data, unix_path, limit, credentials)
+                if batch:
+                    await self._deliver(batch)
 
     async def _receive(self, receive: Callable[[], Awaitable[T]]) -> T | None:
         """What ``receive()`` returns (one datagram), or None once ``stop()`` was called: a stop
@@ -238,22 +360,105 @@ class SyslogSource(FramedSource):
                 frames.append(tail)
         return self._decode(frames, source, received_at)
 
+    # --- UDP: the burst buffer -----------------------------------------------------------------
+
     def _offer(self, batch: list[Event]) -> None:
-        """Queue a UDP batch for the forwarder without waiting; if the buffer is full (the
-        pipeline has been full for that long), drop it (counted, logged)."""
+        """Put a datagram's events in the burst buffer without waiting. If they do not fit in
+        ``burst_events`` and ``burst_bytes`` (the pipeline has been full that long), drop them
+        (counted, logged); an empty buffer takes any one datagram."""
         if not batch:
             return
-        if len(self._pending) + len(batch) <= self.udp_buffer_events:
-            self._pending.extend(batch)
-            self._pending_added.set()
-        else:
-            self.counters["dropped_full"] += len(batch)
-            if self._drop_log.allow(trio.current_time()) is not None:
-                self.log.warning(
-                    "udp_dropped_full",
-                    source=self.id,
-                    dropped_total=self.counters["dropped_full"],
-                )
+        size = sum(map(burst_cost, batch))
+        config = self.config
+        if self.held_events and (
+            self.held_events + len(batch) > config.burst_events
+            or self.held_bytes + size > config.burst_bytes
+        ):
+            self._drop_full(len(batch))
+            return
+        for event in batch:  # bounded memory while they wait: the chain stage parses again
+            event.parsed = None
+        self._pending.extend(batch)
+        self.held_events += len(batch)
+        self.held_bytes += size
+        self._pending_added.set()
+
+    def _drop_full(self, events: int) -> None:
+        self.counters["dropped_full"] += events
+        left_out = self._full_log.allow(trio.current_time())
+        if left_out is None:
+            return
+        total = self.counters["dropped_full"]
+        self.log.warning(
+            "udp_dropped_full",
+            source=self.id,
+            dropped=total - self._full_logged,
+            dropped_total=total,
+            not_logged_since=left_out,
+            burst_events=self.config.burst_events,
+            burst_bytes=self.config.burst_bytes,
+        )
+        self._full_logged = total
+
+    async def _forward_pending(self) -> None:
+        """Hand the burst buffer on, in batches of about ``FORWARD_BYTES``, whenever the pipeline
+        has room; end once the reader has ended and everything is handed on."""
+        while True:
+            await self._pending_added.wait()
+            self._pending_added = trio.Event()
+            while self._pending:
+                taken = size = 0
+                for event in self._pending:
+                    taken += 1
+                    size += burst_cost(event)
+                    if size >= FORWARD_BYTES:
+                        break
+                batch = self._pending[:taken]
+                del self._pending[:taken]
+                await self._deliver(batch)
+                self.held_events -= taken
+                self.held_bytes -= size
+            if self._reader_done:
+                return
+
+    # --- UDP: what the kernel dropped ------------------------------------------------------------
+
+    def _note_kernel_drops(self, reported: int | None) -> None:
+        """Count what the kernel dropped since its last report (the counter wraps at 2**32)."""
+        if reported is None or reported == self._kernel_reported:
+            return
+        self.counters["kernel_dropped"] += (reported - self._kernel_reported) % 2**32
+        self._kernel_reported = reported
+        self._log_kernel_drops()
+
+    def _log_kernel_drops(self) -> None:
+        """Log the drops not logged yet, at most once a second; else leave them to the reporter."""
+        total = self.counters["kernel_dropped"]
+        if total == self._kernel_logged:
+            return
+        left_out = self._kernel_log.allow(trio.current_time())
+        if left_out is None:
+            self._kernel_unlogged.set()
+            return
+        self.log.warning(
+            "udp_kernel_dropped",
+            source=self.id,
+            dropped=total - self._kernel_logged,
+            dropped_total=total,
+            not_logged_since=left_out,
+            hint="the receive buffer overflowed: raise receive_buffer",
+        )
+        self._kernel_logged = total
+
+    async def _report_kernel_drops(self) -> None:
+        """Log drops that came within a second of the last line once that second has passed
+        (more datagrams may never come to carry them); cancelled when the reader ends."""
+        with self._kernel_reporting:
+            while True:
+                await self._kernel_unlogged.wait()
+                self._kernel_unlogged = trio.Event()
+                await trio.sleep(1.0)  # the rate limit: the throttle's second has passed then
+                self._log_kernel_drops()
 
     # --- decoding ------------------------------------------------------------------------------
 
@@ -273,4 +478,7 @@ class SyslogSource(FramedSource):
         fields = message.record()
         if "msg_error" in fields:  # invalid UTF-8: kept as msg_b64, with the reason
             self.counters["invalid_utf8"] += 1
-        return Event(received_at, source, None, orjson.dumps(fields), syslog=header)
+        # A copy: orjson's result keeps an allocation of 4 KiB or more however short it is, and
+        # the event may wait (the burst buffer, the ingest channel).
+        record_json = bytes(memoryview(orjson.dumps(fields)))
+        return Event(received_at, source, None, record_json, syslog=header)

@@ -201,12 +201,14 @@ async def test_logger_messages_reach_the_archive(
 async def test_udp_bursts_wait_in_a_bounded_buffer_and_only_its_overflow_is_dropped(
     logs: LogCapture,
 ) -> None:
-    """A UDP source cannot slow its sender: while the pipeline is full it buffers up to its bound,
-    hands the buffer on as one batch when there is room, and drops, counts and logs the rest."""
-    config = SyslogSourceConfig(id="udp", address=Address("127.0.0.1", 0), mode="udp")
+    """A UDP source cannot slow its sender: while the pipeline is full it buffers up to its bound
+    (burst_events), hands the buffer on as one batch when there is room, and drops, counts and
+    logs the rest."""
+    config = SyslogSourceConfig(
+        id="udp", address=Address("127.0.0.1", 0), mode="udp", burst_events=2
+    )
     send, receive = trio.open_memory_channel[list[Event]](0)  # full: nobody is receiving yet
     source = SyslogSource(config, send)
-    source.udp_buffer_events = 2
     peer = ("10.0.0.7", 514)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(source._forward_pending)
@@ -216,8 +218,9 @@ async def test_udp_bursts_wait_in_a_bounded_buffer_and_only_its_overflow_is_drop
         assert len(logs.entries("udp_dropped_full")) == 1  # logged at most once a second
         first = await receive.receive()  # room at last: the buffer comes as one batch
         assert [event.record_json for event in first] == [AUDIT_JSON, AUDIT_JSON]
+        await wait_until(lambda: source.held_events == 0)  # the forwarder saw the send through
         source._offer(source._datagram(RFC5424_JSON, peer, config.max_message_bytes))
         assert len(await receive.receive()) == 1
-        source._stopping = True
+        source._reader_done = True
         source._pending_added.set()
     assert source.counters["dropped_full"] == 3
