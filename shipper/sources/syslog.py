@@ -350,6 +350,7 @@ class SyslogSource(FramedSource):
         if len(data) > limit:
             self.counters["oversized"] += 1
             reason = f"datagram longer than max_message_bytes ({limit})"
+            self.counters["events"] += 1
             return [self._malformed(source, received_at, reason, data, len(data))]
         frames: list[SyslogFrame] = [data]
         if data[:1].isdigit():  # loggen -P: octet counting even on UDP

@@ -1,5 +1,6 @@
 """UDP limits: the burst buffer bounded in bytes as well as events, the receive buffer, counted
-kernel drops, and the config keys that set them."""
+kernel drops, the config keys that set them; and a property of every source's decode path: no
+input makes it raise, and every frame or datagram gets a counted outcome."""
 
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shipper.config import Address, SyslogSourceConfig, parse_config
+from shipper.codecs.framing import AutoFramer, LineFramer
+from shipper.config import Address, JsonTlsSourceConfig, SyslogSourceConfig, parse_config
 from shipper.errors import ConfigError
 from shipper.events import Event
+from shipper.sources._net import Connection, FramedSource
+from shipper.sources.json_tls import JsonTlsSource
 from shipper.sources.syslog import FORWARD_BYTES, SO_RCVBUFFORCE, SyslogSource, burst_cost
 from tests.conftest import LogCapture, wait_until
 
@@ -335,3 +341,142 @@ def test_a_json_tls_source_does_not_take_the_udp_keys() -> None:
     raw = copy.deepcopy(MINIMAL)
     raw["sources"]["u"] = {"type": "json_tls", "address": "127.0.0.1:6515", "burst_events": 5}
     assert problems(raw) == ["sources.u.burst_events: unknown key"]
+
+
+# --- property: every input gets a counted outcome --------------------------------------------
+
+RECORD = b'{"agentId":"a","sequence":1}'
+
+
+def deep_json(depth: int) -> bytes:
+    """An audit record holding ``depth`` nested arrays."""
+    return b'{"agentId":"a","x":' + b"[" * depth + b"]" * depth + b"}"
+
+
+#: Frames: random bytes, octet counts broken or huge, NULs, deep nesting inside JSON (up to 200
+#: levels), records, syslog messages around them.
+PIECES = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        lambda count, body: b"%d %s" % (count, body),
+        st.one_of(st.integers(0, 300), st.integers(10**9, 10**15)),
+        st.binary(max_size=60),
+    ),
+    st.lists(st.sampled_from([b"\0", b"\n", b"\r", b" ", b"<13>", b"x", b"{", b"}", b"9"])).map(
+        b"".join
+    ),
+    st.integers(1, 200).map(deep_json),
+    st.integers(1, 200).map(lambda depth: b"<13>1 - h a - - - " + deep_json(depth)),
+    st.just(RECORD),
+    st.just(b'<13>1 2026-11-23T10:45:23Z host-7 app - - [a b="c"] ' + RECORD),
+)
+
+
+def check_events(source: FramedSource, events: list[Event]) -> None:
+    """Each event is a record or a malformed input, encodes to one JSON line, and is counted."""
+    for event in events:
+        assert (event.record_json is None) != (event.malformed is None)
+        assert isinstance(orjson.loads(event.encode("1-1")), dict)
+    assert source.counters["events"] == len(events)
+    assert source.counters["malformed"] == sum(event.malformed is not None for event in events)
+
+
+async def feed_stream(source: FramedSource, chunks: list[bytes]) -> list[Event]:
+    """Run the source's handler over a memory stream fed ``chunks``; the events it handed on."""
+    events: list[Event] = []
+    send, receive = trio.open_memory_channel[list[Event]](0)
+    source._send = send
+    client, server = trio.testing.memory_stream_pair()
+    assert source.server is not None
+    connection = Connection(source.server, server, "10.0.0.7:51234")
+
+    async def collect() -> None:
+        async for batch in receive:
+            events.extend(batch)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect)
+        async with send:
+            nursery.start_soon(source.handle, connection)
+            for chunk in chunks:
+                await client.send_all(chunk)
+            await client.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+    return events
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pieces=st.lists(PIECES, max_size=12),
+    separator=st.sampled_from([b"\n", b"\r\n", b"\0", b""]),
+    cuts=st.lists(st.integers(1, 64), max_size=20),
+    kind=st.sampled_from(["json_tls", "syslog"]),
+)
+def test_any_stream_gives_every_frame_one_counted_outcome(
+    pieces: list[bytes], separator: bytes, cuts: list[int], kind: str
+) -> None:
+    """Whatever bytes a stream carries, cut anywhere, the source never raises: every frame its
+    framer finds becomes one event or one blank line, each event is counted and encodes."""
+    data = separator.join(pieces)
+    chunks, rest = [], data
+    for cut in cuts:
+        chunks.append(rest[:cut])
+        rest = rest[cut:]
+    chunks.append(rest)
+    source: FramedSource
+    if kind == "json_tls":
+        source = JsonTlsSource(
+            JsonTlsSourceConfig(id="j", address=Address("127.0.0.1", 0), max_line_bytes=256),
+            trio.open_memory_channel[list[Event]](0)[0],
+        )
+        framer: LineFramer | AutoFramer = LineFramer(256)
+    else:
+        source = SyslogSource(
+            SyslogSourceConfig(id="s", address=Address("127.0.0.1", 0), max_message_bytes=256),
+            trio.open_memory_channel[list[Event]](0)[0],
+        )
+        framer = AutoFramer(256)
+    events = trio.run(feed_stream, source, [chunk for chunk in chunks if chunk])
+    frames = len(framer.feed(data)) + (framer.finish() is not None)
+    assert source.counters["events"] + source.counters["blank_lines"] == frames
+    assert source.counters["bytes"] == len(data)
+    check_events(source, events)
+
+
+@settings(max_examples=150, deadline=None)
+@given(datagrams=st.lists(PIECES, max_size=12), udp=st.booleans())
+def test_any_datagram_gets_counted_outcomes(datagrams: list[bytes], udp: bool) -> None:
+    """Whatever datagrams come, the source never raises: each gives as many counted outcomes
+    (events, blank lines) as it holds frames, and over UDP, with the pipeline full, each event
+    is either held in the burst buffer or counted as dropped."""
+    mode = "udp" if udp else "unix"
+    config = SyslogSourceConfig(
+        id="d",
+        mode=mode,
+        address=Address("127.0.0.1", 0) if udp else None,
+        max_message_bytes=256,
+        burst_events=20,
+        burst_bytes=64 * 1024,
+    )
+    source = SyslogSource(config, trio.open_memory_channel[list[Event]](0)[0])
+
+    async def run() -> list[Event]:
+        events: list[Event] = []
+        for datagram in datagrams:
+            before = source.counters["events"] + source.counters["blank_lines"]
+            batch = source._datagram(datagram, PEER if udp else "/run/s.sock", 256)
+            frames = 1
+            if datagram[:1].isdigit() and len(datagram) <= 256:
+                framer = AutoFramer(256)
+                frames = len(framer.feed(datagram)) + (framer.finish() is not None)
+            outcomes = source.counters["events"] + source.counters["blank_lines"] - before
+            assert outcomes == frames
+            events.extend(batch)
+            if udp:
+                source._offer(batch)
+        return events
+
+    events = trio.run(run)
+    check_events(source, events)
+    if udp:
+        assert source.held_events + source.counters["dropped_full"] == len(events)
