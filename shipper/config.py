@@ -1,6 +1,6 @@
 """Configuration: TOML in, validated frozen objects out.
 
-The file format is the contract of DESIGN.md ("Configuration"). Rules that hold for every key:
+The file format is a user-facing contract (README, "Configuration"). Rules that hold for every key:
 
 * Unknown keys are rejected, with the nearest known key suggested.
 * Strings may hold ``${NAME}``: the value of environment variable NAME (a missing variable is an

@@ -1,6 +1,6 @@
 """The event envelope: what shipper adds around each agent record, and its one-line JSON form.
 
-Every archived line is one JSON object (DESIGN.md, "Event model"), keys in this order::
+Every archived line is one JSON object (README, "The archived event"), keys in this order::
 
     {"v":1,"id":"...","received_at":"2026-11-22T10:45:23.102345Z",
      "source":{"id":"agents_tls","kind":"json_tls","peer":"10.0.0.7:51234",

@@ -50,6 +50,7 @@ from typing import Any
 
 import trio
 
+from shipper.budget import ByteBudget
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage, Checkpoint, load_checkpoint
 from shipper.config import Config, SyslogSourceConfig
@@ -63,8 +64,10 @@ from shipper.sources.syslog import SyslogSource
 
 log = get_logger("shipper.topology")
 
-#: Batches (one per socket read) the ingest channel holds.
+#: Batches (one per socket read) the ingest channel holds...
 CHANNEL_BATCHES = 16
+#: ... and bytes (``batch_bytes``): sources wait while it holds more (``shipper.budget``).
+CHANNEL_BYTES = 32 * 1024 * 1024
 #: The WAL writer gathers queued batches up to this many events per append...
 ROUTE_EVENTS = 4096
 #: ... and about this many bytes (``batch_bytes``); a larger batch is cut into several appends.
@@ -98,6 +101,9 @@ class Topology:
             else:
                 self.sources.append(JsonTlsSource(source, ingest_send.clone(), agent_of))
         ingest_send.close()
+        self.budget = ByteBudget(CHANNEL_BYTES)
+        for running in self.sources:
+            running.budget = self.budget
         self.sinks = [
             SinkSlot(
                 FileSink(sink),
@@ -252,13 +258,16 @@ class Topology:
         # Take whatever else is queued too: per-batch costs are then paid per channel-full, not
         # per socket read (a TLS read holds at most 16 KiB).
         size = batch_bytes(batch)
+        self.budget.release(size)
         while len(batch) < ROUTE_EVENTS and size < ROUTE_BYTES:
             try:
                 more = self._ingest.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
             batch.extend(more)
-            size += batch_bytes(more)
+            more_size = batch_bytes(more)
+            self.budget.release(more_size)
+            size += more_size
         if len(batch) > ROUTE_EVENTS or size > ROUTE_BYTES:
             head = cut(batch, ROUTE_EVENTS, ROUTE_BYTES)
             self._requeued.appendleft(batch[head:])  # bounded appends, whatever a source sent

@@ -25,6 +25,7 @@ from shipper.config import Address, parse_config
 from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sources.json_tls import JsonTlsSource
+from shipper.sources.syslog import SyslogSource
 from tests.conftest import LogCapture, TlsFiles, archive_lines, wait_until
 
 #: The record that ended the daemon: deep nesting around a float, within orjson's own limit.
@@ -385,3 +386,30 @@ async def test_a_defect_in_one_connection_ends_only_that_connection(
     (failed,) = logs.entries("connection_failed")
     assert "injected defect" in failed["error"]
     assert [e["agent"] for e in by_source(root)["json"]] == ["after-json"]
+
+
+async def test_a_defect_while_decoding_a_datagram_costs_only_that_datagram(
+    sandbox: Callable[[], Path],
+    tls_files: TlsFiles,
+    logs: LogCapture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A decoder that raises for one datagram (UDP or unix) archives it as malformed with the
+    cause and a logged traceback; the source goes on with the next datagram."""
+    real = SyslogSource._datagram
+
+    def failing(self: SyslogSource, data: bytes, *args: Any) -> list[Event]:
+        if b"boom" in data:
+            raise RuntimeError("injected defect")
+        return real(self, data, *args)
+
+    monkeypatch.setattr(SyslogSource, "_datagram", failing)
+    found, _metrics = await run_paths(sandbox(), tls_files, logs, [b'{"boom":1}'])
+    for path in ("syslog_udp", "syslog_unix"):
+        first, after = found[path]
+        assert "injected defect" in first["malformed"]["reason"]
+        assert b"boom" in base64.b64decode(first["malformed"]["raw_b64"])
+        assert after["agent"] == f"after-{path}"
+    failed = logs.entries("datagram_failed")
+    assert failed
+    assert "RuntimeError: injected defect" in failed[0]["error"]

@@ -217,7 +217,7 @@ class SyslogMessage:
         return None
 
     def envelope_syslog(self) -> dict[str, Any]:
-        """The envelope's ``syslog`` object (DESIGN.md, "Event model")."""
+        """The envelope's ``syslog`` object (``shipper.events``)."""
         return {
             "facility": self.facility,
             "severity": self.severity,

@@ -52,6 +52,7 @@ from typing import Any, ClassVar, Final, Protocol
 
 import trio
 
+from shipper.budget import ByteBudget
 from shipper.codecs.framing import BadFraming, Oversized, SyslogFrame
 from shipper.codecs.jsonlines import is_blank
 from shipper.config import (
@@ -66,7 +67,14 @@ from shipper.config import (
     SyslogSourceConfig,
 )
 from shipper.errors import ListenError
-from shipper.events import IDENTITY_ALERT, Event, Malformed, alert_event, utc_timestamp
+from shipper.events import (
+    IDENTITY_ALERT,
+    Event,
+    Malformed,
+    alert_event,
+    batch_bytes,
+    utc_timestamp,
+)
 from shipper.logging import Throttle, get_logger
 from shipper.sources._identity import Grant, IdentityPolicy, claims
 
@@ -639,6 +647,9 @@ class FramedSource:
         self.counters: Counter[str] = Counter()
         self.log = get_logger(f"shipper.sources.{self.kind}")
         self.server: StreamServer | None = None
+        #: The bytes the pipeline's ingest channel may hold, shared by every source (the
+        #: topology sets it; the writer gives back what it takes out).
+        self.budget: ByteBudget | None = None
         self.identity = IdentityPolicy(identity) if identity is not None else None
         self._mismatch_log = Throttle(1)
         self._malformed_log = Throttle(MALFORMED_LOGS_PER_SECOND)
@@ -663,8 +674,18 @@ class FramedSource:
 
     async def _deliver(self, batch: list[Event]) -> None:
         """Hand a batch of events on to the pipeline. Every send of a source goes through here;
-        a full pipeline makes it wait (backpressure)."""
-        await self._send.send(batch)
+        a full pipeline (in batches, or in bytes with a ``budget``) makes it wait
+        (backpressure)."""
+        if self.budget is None:
+            await self._send.send(batch)
+            return
+        size = batch_bytes(batch)
+        await self.budget.acquire(size)
+        try:
+            await self._send.send(batch)
+        except BaseException:
+            self.budget.release(size)  # not sent: not in the channel
+            raise
 
     def stop(self) -> None:
         """Stop accepting and reading; what was read is still handed on."""

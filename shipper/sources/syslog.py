@@ -204,6 +204,7 @@ class SyslogSource(FramedSource):
         self.held_events = 0
         self.held_bytes = 0
         self._full_log = Throttle(1)
+        self._error_log = Throttle(1)
         self._full_logged = 0
         # UDP: the kernel's drop counter, as last reported, and what the log has reported.
         self._kernel_reported = 0
@@ -318,12 +319,30 @@ class SyslogSource(FramedSource):
             data, ancdata, _flags, address = received
             if unix_path is None:
                 self._note_kernel_drops(kernel_drop_count(ancdata))
-                self._offer(self._datagram(data, address, limit))
+                self._offer(self._guarded(data, address, limit))
             else:
                 credentials = datagram_credentials(ancdata)
-                batch = self._datagram(data, unix_path, limit, credentials)
+                batch = self._guarded(data, unix_path, limit, credentials)
                 if batch:
                     await self._deliver(batch)
+
+    def _guarded(
+        self, data: bytes, peer: Any, limit: int, peer_cred: dict[str, int] | None = None
+    ) -> list[Event]:
+        """``_datagram``, except that a defect raising while one datagram is decoded costs that
+        datagram only: it is archived as ``malformed`` with the cause, logged with the traceback
+        (``datagram_failed``, at most once a second) and counted (``handler_errors``)."""
+        try:
+            return self._datagram(data, peer, limit, peer_cred)
+        except Exception as exc:
+            self.counters["handler_errors"] += 1
+            cause = f"{type(exc).__name__}: {exc}"[:300]
+            if self._error_log.allow(trio.current_time()) is not None:
+                self.log.exception("datagram_failed", source=self.id, error=cause)
+            source = {"id": self.id, "kind": self.kind, "peer": str(peer)}
+            reason = f"shipper failed to decode this datagram ({cause})"
+            self.counters["events"] += 1
+            return [self._malformed(source, utc_timestamp(), reason, data, len(data))]
 
     async def _receive(self, receive: Callable[[], Awaitable[T]]) -> T | None:
         """What ``receive()`` returns (one datagram), or None once ``stop()`` was called: a stop
