@@ -16,6 +16,7 @@ import structlog
 import trio
 import trustme
 
+from shipper.events import Event
 from shipper.logging import configure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +115,16 @@ def logs() -> Iterator[LogCapture]:
     yield capture
     structlog.reset_defaults()
     logging.getLogger().handlers.clear()
+
+
+def drain(receive: trio.MemoryReceiveChannel[list[Event]]) -> list[Event]:
+    """Every event queued in a source's channel right now (what a source handed on)."""
+    events: list[Event] = []
+    while True:
+        try:
+            events.extend(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return events
 
 
 def file_sink_config(root: Path, **sink: object) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from shipper.shutdown import Shutdown, run_daemon
 from shipper.sources._net import Connection, FramedSource, StreamServer
 from shipper.sources.json_tls import JsonTlsSource
 from shipper.sources.syslog import SyslogSource
-from tests.conftest import LogCapture, TlsFiles, archive_lines, file_sink_config, wait_until
+from tests.conftest import LogCapture, TlsFiles, archive_lines, drain, file_sink_config, wait_until
 
 PEER = "10.0.0.7:51234"
 RECORD = b'{"agentId":"customer-service-agent-03","sequence":1,"action":"database.query"}'
@@ -55,16 +55,6 @@ def syslog_source(**settings: Any) -> tuple[SyslogSource, trio.MemoryReceiveChan
 def server_of(source: FramedSource) -> StreamServer:
     assert source.server is not None
     return source.server
-
-
-def drain(receive: trio.MemoryReceiveChannel[list[Event]]) -> list[Event]:
-    """Every event queued in the channel right now."""
-    events: list[Event] = []
-    while True:
-        try:
-            events.extend(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return events
 
 
 def reasons(events: list[Event]) -> list[bytes | str]:

@@ -16,7 +16,7 @@ from shipper.config import Address, JsonTlsSourceConfig, TlsServerConfig
 from shipper.events import Event
 from shipper.sources._net import Connection
 from shipper.sources.json_tls import JsonTlsSource
-from tests.conftest import TlsFiles, wait_until
+from tests.conftest import TlsFiles, drain, wait_until
 
 PEER = "10.0.0.7:51234"
 RECORD = b'{"agentId":"customer-service-agent-03","sequence":1,"action":"database.query"}'
@@ -29,16 +29,6 @@ def make_source(
     config = JsonTlsSourceConfig(id="agents", address=Address("127.0.0.1", 0), **settings)  # type: ignore[arg-type]
     send, receive = trio.open_memory_channel[list[Event]](1000)
     return JsonTlsSource(config, send), receive
-
-
-def drain(receive: trio.MemoryReceiveChannel[list[Event]]) -> list[Event]:
-    """Every event queued in the channel right now."""
-    events: list[Event] = []
-    while True:
-        try:
-            events.extend(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return events
 
 
 async def feed(source: JsonTlsSource, chunks: Sequence[bytes]) -> None:

@@ -20,7 +20,7 @@ from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sources._net import bind_unix_socket
 from shipper.sources.syslog import SyslogSource
-from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
+from tests.conftest import LogCapture, archive_lines, drain, file_sink_config, wait_until
 from tests.sources.test_syslog_source import AUDIT, AUDIT_JSON, RFC5424_JSON, run_logger
 
 PLAIN = b"<13>Nov 23 10:45:23 host-7 sshd[42]: Accepted publickey for alice"
@@ -39,16 +39,6 @@ def make_source(
     config = SyslogSourceConfig(id="local", mode="unix", path=path, **settings)
     send, receive = trio.open_memory_channel[list[Event]](capacity)
     return SyslogSource(config, send), receive
-
-
-def drain(receive: trio.MemoryReceiveChannel[list[Event]]) -> list[Event]:
-    """Every event queued in the channel right now."""
-    events: list[Event] = []
-    while True:
-        try:
-            events.extend(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return events
 
 
 @contextlib.contextmanager
