@@ -349,7 +349,11 @@ EDITS: dict[str, Any] = {
     "prev": lambda r: rehash({**r, "prevHash": "sha256:" + "0" * 64}),
     "sequence_str": lambda r: {**r, "sequence": str(r["sequence"])},
     "sequence_bool": lambda r: {**r, "sequence": True},
-    "sequence_float": lambda r: {**r, "sequence": float(r["sequence"])},
+    # (an earlier edit may have made the sequence a string or a bool already)
+    "sequence_float": lambda r: {
+        **r,
+        "sequence": float(r["sequence"]) if type(r["sequence"]) is int else 2.5,
+    },
     "sequence_huge": lambda r: {**r, "sequence": 2**70},
     "no_hash": lambda r: {k: v for k, v in r.items() if k != "hash"},
     "hash_int": lambda r: {**r, "hash": 7},
