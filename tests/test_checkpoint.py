@@ -17,6 +17,7 @@ from shipper.buffer import record as record_module
 from shipper.buffer import wal as wal_module
 from shipper.buffer.segment import Position, segment_name
 from shipper.buffer.segment import header as segment_header
+from shipper.chain import Verifier
 from shipper.checkpoint import (
     CHAIN_CURSOR,
     ChainStage,
@@ -102,7 +103,7 @@ async def test_a_restart_neither_forgets_an_agent_nor_archives_a_resend_twice(
     stored = load_checkpoint(tmp_path / "var")
     assert not isinstance(stored, str)
     assert stored is not None
-    assert stored.state["agents"][AGENT]["last_sequence"] == 10
+    assert Verifier.restore(stored.state).agents[AGENT].last_sequence == 10
     await run_once(tmp_path, b"".join(lines[6:]), expect=20)  # 7..10 again, then 11..20
     found = envelopes(tmp_path)
     assert [e["record"]["sequence"] for e in found] == list(range(1, 21))
@@ -379,7 +380,7 @@ async def test_batches_refused_by_a_failed_fsync_are_written_again_in_order(
     stored = load_checkpoint(tmp_path / "var")
     assert not isinstance(stored, str)
     assert stored is not None
-    assert stored.state["agents"][AGENT]["last_sequence"] == 30
+    assert Verifier.restore(stored.state).agents[AGENT].last_sequence == 30
 
 
 def numbered(first: int, count: int) -> list[Event]:

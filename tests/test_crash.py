@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 
+from shipper.chain import Verifier
 from shipper.checkpoint import Checkpoint, load_checkpoint, wal_envelopes
 from tests.chains import seed_hash
 from tests.conftest import archive_lines, free_port
@@ -214,6 +215,7 @@ def test_sigkill_mid_chain_gives_no_false_genesis_gap_or_duplicate(tmp_path: Pat
     # Counted once each, through every kill: what the WAL held was replayed, never recounted.
     stored = load_checkpoint(tmp_path / "var")
     assert isinstance(stored, Checkpoint)
+    restored = Verifier.restore(stored.state)
     for agent in AGENTS:
-        counts = stored.state["agents"][agent]["counts"]
+        counts = restored.agents[agent].counts
         assert (counts["genesis"], counts["ok"]) == (1, final[agent] - 1)
