@@ -57,13 +57,39 @@ fork detection, and at most ``max_gaps`` open gaps; when another gap would open,
 closed as permanent and reported in ``verdict.expired`` (the caller raises an alert for each). An
 open gap costs four values however many records it spans.
 
+Bounded agents: at most ``max_agents`` agents are tracked. When a record of an agent not tracked
+comes while ``max_agents`` are, the least recently active agent is evicted first, by the CLOCK
+algorithm, an approximate LRU (``Verifier._admit``): the agents stand in a circle in the order
+they came, and a hand passes over each agent whose ``last_sequence`` moved since the hand last
+passed it (marking it) and evicts the first one that did not move; the new agent takes its place.
+Activity is a move of ``last_sequence`` (ok, gap, broken_link, bad_hash, or any line for line
+hashing): an agent sending only resends, late records, forks or regressed ones counts as idle.
+The ok fast path does nothing for the sweep. Each eviction comes in ``verdict.evicted`` of the
+record that needed the room (an ``Eviction``: the agent and all that was known of it, last
+sequence and hash, open gaps, counts, last alert); the caller raises an ``agent_evicted`` alert
+(medium) for each. ``counts["agents_evicted"]`` counts them, and the records of evicted agents
+stay in the totals. What eviction forgets: the agent's first record after it is ``adopted``,
+whatever it is, and its chain restarts there (normally its next record, whose prevHash is the
+alert's ``last_hash``, which links the two; a resend would restart it at an old sequence, and
+the next records would show as a ``gap``); later resends of earlier records are ``regressed``,
+not ``duplicate``, and so are late records for the gaps it had open.
+
+Memory per agent (CPython 3.11, 64-bit; ``bench.chain`` measures it): about 1.7 KB for an agent
+with one record, and 11 KB with a full window of 64: each pair is a hash string of 71 characters
+(128 bytes), a sequence (32 bytes past 256) and two list slots, about 160 bytes; the ring's list
+is 1 KB, the state, counts and agent id some 0.6 KB. So ``max_agents`` bounds the chain state to
+about ``max_agents * (window * 160 B + 0.7 KB)``: 1.1 GB for 100,000 agents at window 64. (A
+ring packed into one bytearray of raw digests and 64-bit sequences would take 3 KB; it was left
+out because packing costs the ok fast path about 0.2 us a record, 3% of its time.)
+
 ``snapshot()`` / ``Verifier.restore()`` give and take the whole state (the chain checkpoint,
-``shipper.checkpoint``): version 2 holds a list per state field over all agents and each ring as
-it is, so that with 100,000 agents it is taken in a few C-level passes and orjson writes it in C
-(``Verifier.snapshot``); version 1 (an object per agent) still restores. Feeding the same records
-to a restored verifier gives the same verdicts, which is what replaying the WAL after a
-checkpoint relies on. Every integer in a state comes from orjson, which reads integers past 64
-bits as floats (``unchained``), so orjson can write the state back.
+``shipper.checkpoint``): version 2 holds a list per state field over all agents, in the sweep's
+order, and each ring as it is, so that with 100,000 agents it is taken in a few C-level passes
+and orjson writes it in C (``Verifier.snapshot``); version 1 (an object per agent) still
+restores. Feeding the same records to a restored verifier gives the same verdicts and evictions,
+which is what replaying the WAL after a checkpoint relies on. Every integer in a state comes
+from orjson, which reads integers past 64 bits as floats (``unchained``), so orjson can write
+the state back.
 """
 
 from __future__ import annotations
@@ -71,7 +97,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import orjson
 
@@ -97,6 +123,7 @@ SEVERITY: Final[dict[str, str]] = {
     "gap": "medium",
     "regressed": "medium",
     "gap_expired": "medium",
+    "agent_evicted": "medium",
     "fork": "critical",
     "broken_link": "critical",
     "bad_hash": "critical",
@@ -112,6 +139,7 @@ SNAPSHOT_COLUMNS: Final = (
     "last_sequence",
     "last_hash",
     "ok_base",
+    "swept",
     "ring",
     "gaps",
     "others",
@@ -208,6 +236,7 @@ class Verdict:
     expected_prev_hash: str | None = None
     detail: str | None = None
     expired: tuple[Gap, ...] = ()  # gaps closed as permanent by this record
+    evicted: tuple[Eviction, ...] = ()  # agents forgotten to make room for this record's agent
 
     __slots__ = ("__dict__", "expected", "sequence", "status")
 
@@ -337,11 +366,15 @@ class AgentState:
     gaps: list[Gap] = field(default_factory=list)  # ordered by sequence, disjoint
     others: Counter[str] = field(default_factory=Counter)  # counts of every status but ok
     last_alert: dict[str, Any] | None = None
+    # last_sequence when the eviction sweep last passed the agent (``Verifier._admit``): if
+    # last_sequence has moved since, the agent was active. Nothing on the fast path touches it.
+    swept: int = -1
 
     @classmethod
     def first(cls, sequence: int, value: str, window: int) -> AgentState:
-        """The state after an agent's first record."""
-        state = cls(sequence, value, [-1, ""] * window, sequence)
+        """The state after an agent's first record (not active since: the sweep's next victim
+        once it has passed every older agent)."""
+        state = cls(sequence, value, [-1, ""] * window, sequence, swept=sequence)
         state.remember(sequence, value)
         return state
 
@@ -386,7 +419,7 @@ class AgentState:
     @classmethod
     def from_v1(cls, data: dict[str, Any], window: int) -> AgentState:
         """An agent's state from a version 1 snapshot (an object per agent, its recent hashes
-        as sorted (sequence, hash) pairs)."""
+        as sorted (sequence, hash) pairs, no sweep mark: every agent counts as idle)."""
         last_sequence = int(data["last_sequence"])
         state = cls(
             last_sequence,
@@ -396,22 +429,67 @@ class AgentState:
             gaps=[Gap(int(g[0]), int(g[1]), g[2], g[3]) for g in data["gaps"]],
             others=Counter({str(k): int(v) for k, v in data["counts"].items() if k != "ok"}),
             last_alert=data.get("last_alert"),
+            swept=last_sequence,
         )
         for sequence, value in data["recent"]:
             state.remember(int(sequence), str(value))
         return state
 
 
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """An agent forgotten to make room for another (``max_agents``), with all that was known of
+    it: enough for an auditor to link its next record, which will be ``adopted``, to its chain."""
+
+    agent: str
+    state: AgentState
+    admitted: str  # the new agent whose first record needed the room
+    max_agents: int
+
+    def alert_details(self) -> dict[str, Any]:
+        """What the ``agent_evicted`` alert says (beside source and peer; its agent is the
+        evicted one)."""
+        state = self.state
+        return {
+            "status": "agent_evicted",
+            "severity": SEVERITY["agent_evicted"],
+            "last_sequence": state.last_sequence,
+            "last_hash": state.last_hash,
+            "open_gaps": [
+                {"missing": [gap.first, gap.last], "before": gap.before, "after": gap.after}
+                for gap in state.gaps
+            ],
+            "counts": state.counts,
+            "last_alert": state.last_alert,
+            "admitted": self.admitted,
+            "max_agents": self.max_agents,
+            "detail": "max_agents agents were tracked: the least recently active one is "
+            "forgotten, and its next record will be adopted",
+        }
+
+
 class Verifier:
     """Verifies every agent's chain, one record at a time, in arrival order."""
 
-    def __init__(self, profile: Profile = SEED, *, window: int = 64, max_gaps: int = 64) -> None:
-        if window < 1 or max_gaps < 1:
-            raise ValueError("window and max_gaps must be at least 1")
+    def __init__(
+        self,
+        profile: Profile = SEED,
+        *,
+        window: int = 64,
+        max_gaps: int = 64,
+        max_agents: int = 100_000,
+    ) -> None:
+        if window < 1 or max_gaps < 1 or max_agents < 1:
+            raise ValueError("window, max_gaps and max_agents must be at least 1")
         self.profile = profile
         self.window = window
         self.max_gaps = max_gaps
+        self.max_agents = max_agents
         self.agents: dict[str, AgentState] = {}
+        # The eviction sweep (``_admit``): every tracked agent once, in a circle; the sweep
+        # looks at ``_clock[_hand]`` next. (None marks a slot emptied while ``_admit`` runs.)
+        self._clock: list[str | None] = []
+        self._hand = 0
         self._others: Counter[str] = Counter()  # every status but ok
         # ok records beyond those of the agents (a restored snapshot's; ok counts are per agent).
         self._ok_elsewhere = 0
@@ -433,11 +511,13 @@ class Verifier:
             self.profile,
             window=self.window,
             max_gaps=self.max_gaps,
+            max_agents=self.max_agents,
         )
 
     @property
     def counts(self) -> dict[str, int]:
-        """Records seen per status, over all agents (and ``gap_expired``: gaps given up)."""
+        """Records seen per status, over all agents (those evicted included), ``gap_expired``
+        (gaps given up) and ``agents_evicted``."""
         states = self.agents.values()
         ok = (
             self._ok_elsewhere
@@ -546,10 +626,13 @@ class Verifier:
         state = self.agents.get(agent)
         if state is None:
             first = sequence <= 1 or prev in (None, "", self.profile.genesis)
-            self.agents[agent] = AgentState.first(sequence, claimed, self.window)
-            return Verdict.of(
+            evicted = self._admit(agent, AgentState.first(sequence, claimed, self.window))
+            verdict = Verdict.of(
                 "genesis" if first else "adopted", sequence, None, hash=claimed, prev_hash=prev
             )
+            if evicted:
+                verdict.evicted = evicted
+            return verdict
         last = state.last_sequence
         verdict = Verdict.of("ok", sequence, last + 1, hash=claimed, prev_hash=prev)
         if sequence == last + 1:
@@ -598,11 +681,15 @@ class Verifier:
         prev = record.get(profile.prev_hash)
         state = self.agents.get(agent)
         if state is None:
-            self.agents[agent] = AgentState.first(1, own, self.window)
+            evicted = self._admit(agent, AgentState.first(1, own, self.window))
             if not isinstance(prev, str) or not prev:
-                return Verdict.of("unchained", 1, hash=own, detail=f"no {profile.prev_hash!r}")
-            status = "genesis" if prev == profile.genesis else "adopted"
-            return Verdict.of(status, 1, hash=own, prev_hash=prev)
+                verdict = Verdict.of("unchained", 1, hash=own, detail=f"no {profile.prev_hash!r}")
+            else:
+                status = "genesis" if prev == profile.genesis else "adopted"
+                verdict = Verdict.of(status, 1, hash=own, prev_hash=prev)
+            if evicted:
+                verdict.evicted = evicted
+            return verdict
         sequence = state.last_sequence + 1
         verdict = Verdict.of(
             "ok", sequence, sequence, hash=own, prev_hash=prev if isinstance(prev, str) else None
@@ -642,16 +729,59 @@ class Verifier:
             expired.append(state.gaps.pop(0))
         return tuple(expired)
 
+    def _admit(self, agent: str, state: AgentState) -> tuple[Eviction, ...]:
+        """Track a new agent; if ``max_agents`` are tracked, forget the least recently active one
+        first (more than one only if a snapshot held more agents than the bound); the agents
+        forgotten.
+
+        An approximate LRU, the CLOCK algorithm: the agents stand in a circle (``_clock``) in
+        the order they came, and a hand sweeps it. The agent under the hand was active if its
+        ``last_sequence`` moved since the hand last passed it (``swept``): the hand marks it and
+        goes on; the first agent that did not move is evicted and the new one takes its place,
+        just behind the hand (the last the hand reaches again). Each agent the hand passes over
+        has sent records since its last pass, so a sweep costs O(1) per record on average;
+        verifying a record costs nothing more."""
+        agents = self.agents
+        clock = self._clock
+        evicted: list[Eviction] = []
+        hand = self._hand
+        emptied = hand
+        while len(agents) >= self.max_agents:
+            name = clock[hand]
+            if name is not None:
+                held = agents[name]
+                if held.last_sequence != held.swept:
+                    held.swept = held.last_sequence
+                else:
+                    del agents[name]
+                    clock[hand] = None
+                    emptied = hand
+                    self._others["agents_evicted"] += 1
+                    self._ok_elsewhere += held.ok  # its records stay in the totals
+                    evicted.append(Eviction(name, held, agent, self.max_agents))
+            hand = (hand + 1) % len(clock)
+        agents[agent] = state
+        if not evicted:  # not full, so the hand has never moved: the end is just behind it
+            clock.append(agent)
+        elif len(evicted) == 1:
+            clock[emptied] = agent
+            self._hand = hand
+        else:  # the surplus of a larger snapshot: close the circle up, from the hand on
+            self._clock = [name for name in clock[hand:] + clock[:hand] if name is not None]
+            self._clock.append(agent)
+            self._hand = 0
+        return tuple(evicted)
+
     def snapshot(self) -> dict[str, Any]:
         """The whole state, for ``orjson.dumps`` (see ``restore``); version 2::
 
             {"v": 2, "profile": "seed", "counts": {"ok": 812, "gap": 1, ...},
              "agents": {"id": [...], "last_sequence": [...], "last_hash": [...], "ok_base": [...],
-                        "ring": [[...], ...], "gaps": [...], "others": [...],
+                        "swept": [...], "ring": [[...], ...], "gaps": [...], "others": [...],
                         "last_alert": [...]}}
 
         ``agents`` holds one list per ``AgentState`` field (``SNAPSHOT_COLUMNS``), the agents in
-        the order they came; ``ring`` the states' rings as they are (``window`` slots of sequence and
+        sweep order; ``ring`` the states' rings as they are (``window`` slots of sequence and
         hash, -1 and "" while empty), ``gaps`` per agent a list of ``[first, last, before,
         after]`` (``Gap``), ``others`` per agent the counts of every status but ok.
 
@@ -659,8 +789,9 @@ class Verifier:
         GIL, so a few C-level passes over the states make it (no object per agent) and orjson
         writes the rest in C. It shares the live state (rings, counters, gaps): serialize it
         before the next record is fed."""
-        ids = list(self.agents)
-        states = list(self.agents.values())
+        # (No slot of the circle is empty but while ``_admit`` runs.)
+        ids = cast(list[str], self._clock[self._hand :] + self._clock[: self._hand])
+        states = list(map(self.agents.__getitem__, ids))
         last_sequence = [state.last_sequence for state in states]
         ok_base = [state.ok_base for state in states]
         agents: dict[str, list[Any]] = {
@@ -668,6 +799,7 @@ class Verifier:
             "last_sequence": last_sequence,
             "last_hash": [state.last_hash for state in states],
             "ok_base": ok_base,
+            "swept": [state.swept for state in states],
             "ring": [state.ring for state in states],
             # Gaps are few: only an agent that has some costs a list here.
             "gaps": [state.gaps and [gap.as_json() for gap in state.gaps] for state in states],
@@ -691,11 +823,13 @@ class Verifier:
         *,
         window: int = 64,
         max_gaps: int = 64,
+        max_agents: int = 100_000,
     ) -> Verifier:
         """A verifier in the state a snapshot (parsed from its JSON) describes: version 2, or
         version 1 (written before). The state takes over the lists in ``data``. Raises
         ``ValueError`` if ``data`` is not a snapshot of a known version, was taken with another
-        profile, or is damaged."""
+        profile, or is damaged. More agents than ``max_agents`` are all kept; the surplus is
+        evicted, with alerts, when the next new agent comes."""
         if not isinstance(data, dict) or data.get("v") not in SNAPSHOT_VERSIONS:
             raise ValueError(
                 f"not a chain snapshot of version {' or '.join(map(str, SNAPSHOT_VERSIONS))}"
@@ -704,7 +838,7 @@ class Verifier:
             raise ValueError(
                 f"the snapshot was taken with profile {data.get('profile')!r}, not {profile.name!r}"
             )
-        verifier = cls(profile, window=window, max_gaps=max_gaps)
+        verifier = cls(profile, window=window, max_gaps=max_gaps, max_agents=max_agents)
         try:
             counts = {str(k): int(v) for k, v in data["counts"].items()}
             ok = counts.pop("ok", 0)
@@ -715,6 +849,7 @@ class Verifier:
             else:
                 verifier._restore_agents(data["agents"])
             verifier._ok_elsewhere = ok - sum(state.ok for state in verifier.agents.values())
+            verifier._clock = list(verifier.agents)  # the sweep's order, from the hand on
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ValueError(f"damaged chain snapshot: {exc!r}") from exc
         return verifier
@@ -728,6 +863,7 @@ class Verifier:
             last_sequence,
             last_hash,
             ok_base,
+            swept,
             ring,
             gaps,
             others,
@@ -738,6 +874,7 @@ class Verifier:
                 and type(last_sequence) is int
                 and type(last_hash) is str
                 and type(ok_base) is int
+                and type(swept) is int
                 and type(ring) is list
                 and type(gaps) is list
                 and type(others) is dict
@@ -761,6 +898,7 @@ class Verifier:
                 [_gap_from(gap) for gap in gaps],
                 counts,
                 last_alert,
+                swept,
             )
         if len(agents) != len(columns["id"]):
             raise ValueError("an agent is listed twice")
@@ -772,6 +910,7 @@ class Verifier:
         )
         return {
             "profile": self.profile.name,
+            "max_agents": self.max_agents,
             "counts": self.counts,
             "agents": {
                 name: {

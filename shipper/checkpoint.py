@@ -9,9 +9,10 @@ Checkpoint file ``<data_dir>/chain/checkpoint.json``, one JSON object, replaced 
 
 meaning: ``state`` is the verifier's state after every WAL record before (segment, offset) of
 the WAL of that epoch, and nothing after. Version 2 holds a version 2 snapshot (``shipper.chain``:
-a list per state field over all agents, each agent's ring as it is): with 100,000 agents the
-worker thread holds the GIL for about 0.25 s to take and write it (2.1 s with version 1), or
-0.7 s at full dedupe windows (20 s), whose file is then some 520 MB (64 hashes an agent). A version 1 checkpoint (written before; its state a version 1 snapshot, an
+a list per state field over all agents, in the eviction sweep's order, each agent's ring as it
+is): with 100,000 agents the worker thread holds the GIL for about 0.25 s to take and write it
+(2.1 s with version 1), or 0.7 s at full dedupe windows (20 s), whose file is then some 520 MB
+(64 hashes an agent). A version 1 checkpoint (written before; its state a version 1 snapshot, an
 object per agent) still loads, so an upgrade replays only the WAL after it; the next checkpoint
 is version 2.
 
@@ -44,9 +45,11 @@ Rules:
 What the stage does to each event: records with an agent (the profile's agent field; for line
 hashing without one, the sender: the first TLS SAN, the TLS subject, the syslog hostname or the
 peer's address) get ``chain`` = the verdict and ``agent`` = that agent; exact duplicates are
-removed (counted in ``duplicates_dropped``); a verdict with an alert, and each gap it expires,
-adds a ``shipper.chain_alert`` event right after the event (and a warning in the daemon's log,
-at most ``LOG_ALERTS_PER_SECOND`` a second; each says how many were left out before it). Alerts, malformed events and
+removed (counted in ``duplicates_dropped``); a verdict with an alert, each gap it expires, and
+each agent evicted to make room for its agent (``[chain] max_agents``; the alert's agent is the
+evicted one, ``admitted`` the new one; counted in ``agents_evicted``) adds a
+``shipper.chain_alert`` event right after the event (and a warning in the daemon's log, at most
+``LOG_ALERTS_PER_SECOND`` a second; each says how many were left out before it). Alerts, malformed events and
 events with ``identity_mismatch`` are not verified (an impostor's records must not move the
 chain of the agent it claims to be).
 
@@ -233,7 +236,11 @@ class ChainStage:
         self._error_log = Throttle(1)
 
     def _new_verifier(self, state: dict[str, Any] | None = None) -> Verifier:
-        settings = {"window": self.config.dedupe_window, "max_gaps": self.config.max_open_gaps}
+        settings = {
+            "window": self.config.dedupe_window,
+            "max_gaps": self.config.max_open_gaps,
+            "max_agents": self.config.max_agents,
+        }
         if state is None:
             return Verifier(self.profile, **settings)
         return Verifier.restore(state, self.profile, **settings)
@@ -364,6 +371,9 @@ class ChainStage:
             out.append(self._alert(event, agent, verdict.alert_details(), verdict, now))
         for gap in verdict.expired:
             out.append(self._alert(event, agent, expired_alert_details(gap), None, now))
+        for eviction in verdict.evicted:
+            self.counters["agents_evicted"] += 1
+            out.append(self._alert(event, eviction.agent, eviction.alert_details(), None, now))
 
     def _verify_failed(self, event: Event, exc: Exception, out: list[Event], now: float) -> None:
         """A defect raised while ``event`` was verified: archive it unverified, say so loudly."""

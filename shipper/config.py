@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 CHAIN_PROFILES: Final = (*PROFILES, "custom")
+#: The most ``[chain] max_agents`` may be (about 1 TB of chain state at full dedupe windows).
+MAX_TRACKED_AGENTS: Final = 100_000_000
 #: Keys of ``[chain]`` that only a custom profile takes.
 CHAIN_FIELD_KEYS: Final = (
     "agent",
@@ -561,6 +563,7 @@ class ChainConfig:
     dedupe_window: int = 64
     max_open_gaps: int = 64
     checkpoint_interval: float = 10.0
+    max_agents: int = 100_000
 
 
 FSYNC_POLICIES: Final = ("batch", "interval", "never")
@@ -618,6 +621,9 @@ def _chain(table: _Table) -> ChainConfig:
     window = table.integer("dedupe_window", 64, minimum=1, maximum=1_000_000)
     max_gaps = table.integer("max_open_gaps", 64, minimum=1, maximum=1_000_000)
     interval = table.duration("checkpoint_interval", 10.0, minimum=0.1)
+    max_agents = table.integer(
+        "max_agents", ChainConfig.max_agents, minimum=1, maximum=MAX_TRACKED_AGENTS
+    )
     fields = PROFILES.get(name, SEED)
     if name != "custom":
         for key in CHAIN_FIELD_KEYS:
@@ -656,7 +662,7 @@ def _chain(table: _Table) -> ChainConfig:
         except ValueError as exc:
             table.problem("agent" if "agent" in str(exc) else "hashing", str(exc))
             fields = SEED
-    return ChainConfig(name, fields, window, max_gaps, interval)
+    return ChainConfig(name, fields, window, max_gaps, interval, max_agents)
 
 
 def _file_mode(value: object) -> int:
