@@ -20,7 +20,20 @@ each chunk starting from the state the previous chunk left (restored outside the
 time is the sum over chunks of its best run. This keeps the machine's speed swings (10 to 45%
 here) out of the ratio.
 
-Run: ``make bench-chain`` or ``.venv/bin/python -m bench.chain [--events N] [--agents N]``.
+Then, for sizing ``[chain] max_agents``:
+
+* memory per agent (``tracemalloc``: what feeding real records leaves allocated, divided by the
+  agents): an agent with one record, and one with a full dedupe window (320 records: the ring then
+  holds sequences past 256, which Python does not share);
+* the chain checkpoint with ``--checkpoint-agents`` agents (100,000), each with one record or a
+  full window: ``Verifier.snapshot`` and ``orjson.dumps`` (what the daemon's worker thread does
+  with the GIL held), the file's size, and ``orjson.loads`` + ``Verifier.restore`` with the
+  garbage collector paused (what ``ChainStage.load`` does at start). The state is made as a
+  snapshot holds it (hashes of the right length, not of real records: feeding 6.4 million records
+  would take minutes).
+
+Run: ``make bench-chain`` or ``.venv/bin/python -m bench.chain [--events N] [--agents N]
+[--parts throughput,memory,checkpoint]``.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import copy
 import gc
 import hashlib
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +51,7 @@ import orjson
 
 from bench.events import generate_lines
 from bench.timing import interleaved_best
-from shipper.chain import SEED, Verifier
+from shipper.chain import SEED, SNAPSHOT_VERSION, Verifier
 from shipper.codecs.canonical import canonicalize
 
 State = Any  # a loop's state at the start of a chunk
@@ -136,16 +150,110 @@ def best_times(lines: Sequence[bytes], repeats: int, chunk: int) -> dict[str, fl
     return interleaved_best(list(LOOPS), len(chunks), repeats, run)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the loops and print events/s for each and the ratios."""
-    parser = argparse.ArgumentParser(prog="python -m bench.chain", description=__doc__)
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--agents", type=int, default=1_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk", type=int, default=5_000, help="events per interleaved run")
-    args = parser.parse_args(argv)
+def memory_per_agent(agents: int, records: int, window: int = 64) -> float:
+    """Bytes the verifier holds per agent after ``records`` records of each of ``agents`` agents
+    (real chains, fed as the chain stage feeds them)."""
+    lines = generate_lines(agents * records, agents)
+    verifier = Verifier(window=window)
+    feed = verifier.feed
+    loads = orjson.loads
+    agent_of = SEED.agent_of
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for line in lines:
+            record = loads(line)
+            agent = agent_of(record)
+            assert agent is not None
+            feed(agent, record, line)
+        del record, agent
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(verifier.agents) == agents
+    assert set(verifier.counts) == ({"genesis", "ok"} if records > 1 else {"genesis"})
+    return (after - before) / agents
 
+
+def synthetic_snapshot(agents: int, records: int, window: int = 64) -> dict[str, Any]:
+    """A version 2 snapshot of ``agents`` agents with ``records`` accepted records each (their
+    last ``window`` in the ring), as ``Verifier.snapshot`` writes it."""
+    ring_empty = [-1, ""] * window
+    ids, last_sequence, last_hash, rings = [], [], [], []
+    counter = 0
+    for n in range(agents):
+        ring = list(ring_empty)
+        sequence = 1_000
+        value = ""
+        for sequence in range(1_000, 1_000 + records):
+            counter += 1
+            value = "sha256:" + hashlib.sha256(counter.to_bytes(8, "big")).hexdigest()
+            slot = (sequence % window) * 2
+            ring[slot], ring[slot + 1] = sequence, value
+        ids.append(f"agent-{n:06d}")
+        last_sequence.append(sequence)
+        last_hash.append(value)
+        rings.append(ring)
+    return {
+        "v": SNAPSHOT_VERSION,
+        "profile": SEED.name,
+        "counts": {"genesis": agents, "ok": agents * (records - 1)},
+        "agents": {
+            "id": ids,
+            "last_sequence": last_sequence,
+            "last_hash": last_hash,
+            "ok_base": [1_000] * agents,
+            "swept": [1_000] * agents,
+            "ring": rings,
+            "gaps": [[] for _ in range(agents)],
+            "others": [{"genesis": 1} for _ in range(agents)],
+            "last_alert": [None] * agents,
+        },
+    }
+
+
+def checkpoint_times(agents: int, records: int, repeats: int) -> dict[str, float]:
+    """Best seconds of the checkpoint's steps for ``agents`` agents of ``records`` records each;
+    ``bytes``: the size of the state."""
+    verifier = Verifier.restore(synthetic_snapshot(agents, records), max_agents=agents)
+    best = dict.fromkeys(("snapshot", "dumps", "loads", "restore"), float("inf"))
+    size = 0
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        snapshot = verifier.snapshot()
+        taken = time.perf_counter()
+        data = orjson.dumps(snapshot)
+        dumped = time.perf_counter()
+        del snapshot
+        size = len(data)
+        enabled = gc.isenabled()
+        gc.disable()  # as ChainStage.load does
+        try:
+            start_load = time.perf_counter()
+            parsed = orjson.loads(data)
+            loaded = time.perf_counter()
+            restored = Verifier.restore(parsed, max_agents=agents)
+            done = time.perf_counter()
+        finally:
+            if enabled:
+                gc.enable()
+        assert len(restored.agents) == agents
+        del parsed, restored, data
+        for name, seconds in (
+            ("snapshot", taken - start),
+            ("dumps", dumped - taken),
+            ("loads", loaded - start_load),
+            ("restore", done - loaded),
+        ):
+            best[name] = min(best[name], seconds)
+    return {**best, "bytes": float(size)}
+
+
+def print_throughput(args: argparse.Namespace) -> None:
+    """Run the loops and print events/s for each and the ratios."""
     lines = generate_lines(args.events, args.agents, args.seed)
     megabytes = sum(len(line) + 1 for line in lines) / 1e6
     best = best_times(lines, args.repeats, args.chunk)
@@ -165,6 +273,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print(f"ratio verifier/limit: {best['limit'] / best['verifier']:.3f}  (target 0.8)")
     print(f"ratio verifier/orjson: {best['orjson'] / best['verifier']:.3f}")
+
+
+def print_memory() -> None:
+    """Print the memory an agent's state takes (dedupe window 64)."""
+    one = memory_per_agent(2_000, 1)
+    # 320 records: the ring holds sequences 257 to 320, past the integers Python shares.
+    full = memory_per_agent(200, 320)
+    print("memory per agent (tracemalloc, dedupe_window 64):")
+    print(f"  one record                        {one:>8,.0f} bytes")
+    print(f"  full dedupe window (320 records)  {full:>8,.0f} bytes")
+
+
+def print_checkpoint(agents: int, repeats: int) -> None:
+    """Print what the checkpoint of ``agents`` agents costs."""
+    print(f"checkpoint of {agents:,} agents (best of {repeats}):")
+    print("  records/agent  snapshot   dumps  (GIL held)      size   loads  restore")
+    for records in (1, 64):
+        times = checkpoint_times(agents, records, repeats)
+        held = times["snapshot"] + times["dumps"]
+        print(
+            f"  {records:>13}  {times['snapshot']:7.3f}s {times['dumps']:6.3f}s  ({held:6.3f}s)"
+            f"  {times['bytes'] / 1e6:6.1f} MB {times['loads']:6.3f}s  {times['restore']:6.3f}s"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the parts asked for and print their figures."""
+    parser = argparse.ArgumentParser(prog="python -m bench.chain", description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--agents", type=int, default=1_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk", type=int, default=5_000, help="events per interleaved run")
+    parser.add_argument(
+        "--parts", default="throughput,memory,checkpoint", help="which figures to measure"
+    )
+    parser.add_argument("--checkpoint-agents", type=int, default=100_000)
+    parser.add_argument("--checkpoint-repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if "throughput" in parts:
+        print_throughput(args)
+    if "memory" in parts:
+        print_memory()
+    if "checkpoint" in parts:
+        print_checkpoint(args.checkpoint_agents, args.checkpoint_repeats)
     return 0
 
 
