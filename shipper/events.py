@@ -28,6 +28,7 @@ sink, whatever its ``inputs``: in the WAL their route is the empty source id.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -164,6 +165,24 @@ def event_bytes(event: Event) -> int:
 def batch_bytes(events: list[Event]) -> int:
     """``event_bytes`` of a batch."""
     return sum(map(event_bytes, events))
+
+
+class Batch(list[Event]):
+    """Events as a source hands them on, with the bytes they are counted as (``size``): the
+    source's own estimate (say, the bytes it read plus ``EVENT_OVERHEAD`` an event), or
+    ``batch_bytes``. It travels with the batch so that what is taken from a budget and given back
+    is the same number, and is counted once."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, events: Iterable[Event] = (), size: int | None = None) -> None:
+        super().__init__(events)
+        self.size = batch_bytes(self) if size is None else size
+
+
+def size_of(batch: list[Event]) -> int:
+    """The bytes a batch counts as: its ``Batch.size``, else ``batch_bytes``."""
+    return batch.size if type(batch) is Batch else batch_bytes(batch)
 
 
 def alert_event(action: str, agent: str | None, details: dict[str, Any]) -> Event:

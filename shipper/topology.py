@@ -55,7 +55,7 @@ from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, 
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage, Checkpoint, load_checkpoint
 from shipper.config import Config, SyslogSourceConfig
 from shipper.errors import Backoff, DataDirError
-from shipper.events import Event, Malformed, batch_bytes, event_bytes
+from shipper.events import Event, Malformed, event_bytes, size_of
 from shipper.logging import Throttle, get_logger
 from shipper.sinks.file import FileSink
 from shipper.sources._net import Bound
@@ -257,7 +257,7 @@ class Topology:
             return None
         # Take whatever else is queued too: per-batch costs are then paid per channel-full, not
         # per socket read (a TLS read holds at most 16 KiB).
-        size = batch_bytes(batch)
+        size = size_of(batch)
         self.budget.release(size)
         while len(batch) < ROUTE_EVENTS and size < ROUTE_BYTES:
             try:
@@ -265,13 +265,14 @@ class Topology:
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
             batch.extend(more)
-            more_size = batch_bytes(more)
+            more_size = size_of(more)
             self.budget.release(more_size)
             size += more_size
         if len(batch) > ROUTE_EVENTS or size > ROUTE_BYTES:
             head = cut(batch, ROUTE_EVENTS, ROUTE_BYTES)
-            self._requeued.appendleft(batch[head:])  # bounded appends, whatever a source sent
-            del batch[head:]
+            if head < len(batch):  # bounded appends, whatever a source sent
+                self._requeued.appendleft(batch[head:])
+                del batch[head:]
         return batch
 
     async def _take(self, batch: list[Event]) -> None:

@@ -59,13 +59,13 @@ difference:
 
 When the screen fires, a walk over the value decides exactly: the slow path (a pure-Python JCS
 serializer) is taken if and only if the value holds a case 1, 2, 3 or 5 number or a case 4 object;
-otherwise the orjson bytes are returned after all. Both the walk and the slow path are iterative: no depth of
-nesting can exhaust Python's recursion limit (orjson refuses to write more than 254 levels, so a
-deeper value always takes the slow path). A seed-profile audit record (ASCII strings,
-integers, a float such as 0.18, nested objects and arrays, ``null``, ``true``) passes the screen
-and costs one ``orjson.dumps`` plus four scans of its output (one ``find``, two literal-prefix
-regular expressions, ``isascii``); string contents that merely look like a screened pattern
-(``"v1.0,"``, ``"+49 30"``) cost the walk, not the slow path.
+otherwise the orjson bytes are returned after all. Both the walk and the slow path are iterative:
+no depth of nesting can exhaust Python's recursion limit (orjson refuses to write more than 254
+levels, so a deeper value always takes the slow path). A seed-profile audit record (ASCII
+strings, integers, a float such as 0.18, nested objects and arrays, ``null``, ``true``) passes the
+screen and costs one ``orjson.dumps`` plus four scans of its output (one ``find``, two
+literal-prefix regular expressions, ``isascii``); string contents that merely look like a screened
+pattern (``"v1.0,"``, ``"+49 30"``) cost the walk, not the slow path.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ event. Blank lines carry nothing and are counted, not archived.
 
 A JSON object is a record only within these limits (a ``Refused`` reason otherwise):
 
-* **Depth**: at most ``MAX_DEPTH`` nested levels of objects and arrays, the record itself being
-  level 1. Deeper input is refused before anything walks it recursively (the canonical form, the
-  log, a reader of the archive), and stays within what orjson can write back (254 levels).
+* **Depth**: at most ``MAX_DEPTH`` (254) nested levels of objects and arrays, the record itself
+  being level 1: what orjson itself writes back, so that no one who walks a record (the canonical
+  form, the envelope, a reader of the archive) meets one deeper.
 * **Unique member names** (RFC 7493, I-JSON, section 2.3; RFC 8785 hashing presumes I-JSON): an
   object that names a member twice, anywhere in the record, is refused; the reason names the first
   duplicate name found. A parser keeps one of the two values (orjson the last), so a record with two
@@ -22,12 +22,15 @@ A JSON object is a record only within these limits (a ``Refused`` reason otherwi
 * **Size** is the framer's business (``max_line_bytes``, ``max_message_bytes``): a record never
   exceeds its source's frame limit.
 
-Checking names costs almost nothing for records written by a JSON library: orjson returns each
-object's distinct names, so a record whose member count equals the count of ``":`` in its bytes,
-and which has no whitespace between a name and its colon, cannot hold a duplicate (each member
-needs one ``"`` + ``:`` of its own, and a ``":`` inside a string only adds to the count). Only
-records that fail that screen are parsed again, by the standard library with every object's member
-pairs in hand.
+Both checks cost little for records written by a JSON library. The parsed value is written back
+with orjson (which refuses what is too deep); when that gives the line's very bytes, as it does for
+what orjson, ``JSON.stringify`` and other compact writers send, the line holds exactly the parsed
+members and cannot repeat a name. Otherwise the members are counted: a name's closing quote and its
+colon make ``":``, which a string can only hold as ``\":`` (its quote escaped). So when neither the
+line nor orjson's bytes hold ``\":``, and the line has no whitespace between a name and its colon,
+the count of ``":`` in the line is the number of members it names, and in orjson's bytes the number
+of members parsed: equal, no name was given twice. Only records that fail both screens are parsed
+again, by the standard library with every object's member pairs in hand.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from typing import Any, Final
 
 import orjson
 
-#: The deepest nesting of objects and arrays a record may have (the record itself is level 1).
-MAX_DEPTH: Final = 128
+#: The deepest nesting of objects and arrays a record may have (the record itself is level 1):
+#: orjson writes no deeper.
+MAX_DEPTH: Final = 254
 
 _JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number"}
 #: A member name's closing quote, whitespace, then its colon: the count screen cannot see it.
@@ -63,7 +67,7 @@ def is_blank(line: bytes) -> bool:
     return not line or line.isspace()
 
 
-def decode_object(line: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any] | str:
+def decode_object(line: bytes) -> dict[str, Any] | str:
     """The JSON object in ``line``, or a one-line reason why it is not a record (a ``Refused``
     when it is a JSON object over a limit)."""
     try:
@@ -76,47 +80,33 @@ def decode_object(line: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any] | s
         else:
             kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
         return f"expected a JSON object, got {kind}"
-    # Every object or array in the value needs a "{" or "[" of its own in the bytes: one of them
-    # means a flat record, with no walk needed (string contents can only add to the count).
-    if line.count(b"{") + line.count(b"[") == 1:
-        members = len(value)
-    else:
-        shape = _members(value, max_depth)
-        if isinstance(shape, str):
-            return Refused(shape)
-        members = shape
-    if line.count(b'":') != members or _LOOSE_NAME_END.search(line) is not None:
+    try:
+        written = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # orjson writes no deeper than MAX_DEPTH levels
+        return Refused(f"nested deeper than {MAX_DEPTH} levels of objects and arrays")
+    if written != line and not _same_member_count(line, written):
         duplicate = _duplicate_name_reason(line)
         if duplicate is not None:
             return Refused(duplicate)
     return value
 
 
-def _members(value: dict[str, Any], max_depth: int) -> int | str:
-    """How many members the objects in ``value`` have in all, or why it is too deep (iterative:
-    no recursion however deep the value)."""
-    members = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        container, depth = stack.pop()
-        if type(container) is dict:
-            members += len(container)
-            items = container.values()
-        else:
-            items = container
-        for item in items:
-            kind = type(item)
-            if kind is dict or kind is list:
-                if depth >= max_depth:
-                    return f"nested deeper than {max_depth} levels of objects and arrays"
-                stack.append((item, depth + 1))
-    return members
+def _same_member_count(line: bytes, written: bytes) -> bool:
+    """Whether ``line`` surely names as many members as orjson wrote back (``written``): see the
+    module docstring. False means "cannot tell", not "differ"."""
+    return (
+        line.count(b'":') == written.count(b'":')
+        and b'\\":' not in written
+        and b'\\":' not in line
+        and _LOOSE_NAME_END.search(line) is None
+    )
 
 
 def _duplicate_name_reason(line: bytes) -> str | None:
     """The reason naming the first member name that an object of ``line`` repeats, or None.
 
-    ``line`` is a JSON object orjson accepted, within ``MAX_DEPTH``; names are compared after
+    ``line`` is a JSON object orjson accepted and wrote back (so within ``MAX_DEPTH``, which the
+    standard library's parser handles); names are compared after
     unescaping, as RFC 7493 does (``"a"`` and ``"\\u0061"`` are the same name).
     """
     found: list[str] = []

@@ -68,11 +68,12 @@ from shipper.config import (
 )
 from shipper.errors import ListenError
 from shipper.events import (
+    EVENT_OVERHEAD,
     IDENTITY_ALERT,
+    Batch,
     Event,
     Malformed,
     alert_event,
-    batch_bytes,
     utc_timestamp,
 )
 from shipper.logging import Throttle, get_logger
@@ -672,19 +673,19 @@ class FramedSource:
             frame_timeout=config.frame_timeout,
         )
 
-    async def _deliver(self, batch: list[Event]) -> None:
-        """Hand a batch of events on to the pipeline. Every send of a source goes through here;
-        a full pipeline (in batches, or in bytes with a ``budget``) makes it wait
-        (backpressure)."""
+    async def _deliver(self, batch: list[Event], size: int | None = None) -> None:
+        """Hand a batch of events on to the pipeline, counted as ``size`` bytes (default:
+        ``batch_bytes``). Every send of a source goes through here; a full pipeline (in batches,
+        or in bytes with a ``budget``) makes it wait (backpressure)."""
+        sent = Batch(batch, size)
         if self.budget is None:
-            await self._send.send(batch)
+            await self._send.send(sent)
             return
-        size = batch_bytes(batch)
-        await self.budget.acquire(size)
+        await self.budget.acquire(sent.size)
         try:
-            await self._send.send(batch)
+            await self._send.send(sent)
         except BaseException:
-            self.budget.release(size)  # not sent: not in the channel
+            self.budget.release(sent.size)  # not sent: not in the channel
             raise
 
     def stop(self) -> None:
@@ -736,8 +737,8 @@ class FramedSource:
             batch = self._decode(frames, source, utc_timestamp())
             if grant is not None:
                 batch = self.check_identity(batch, grant)
-            if batch:
-                await self._deliver(batch)
+            if batch:  # counted as the bytes read (an event's record is within them) and more
+                await self._deliver(batch, len(data) + EVENT_OVERHEAD * len(batch))
         tail = framer.finish()
         if tail is not None:
             received_at = utc_timestamp()

@@ -9,7 +9,7 @@ a JSON object                             event with ``record`` (``events``)
 blank or whitespace only                  nothing to archive (``blank_lines``)
 not JSON / not an object / bad UTF-8      ``malformed`` event with the reason (``malformed``)
 a JSON object over a record limit         ``malformed`` event with the reason (``malformed``),
-(deeper than 128 levels, a member name    never verified or identity-checked
+(deeper than 254 levels, a member name    never verified or identity-checked
 given twice; see ``codecs.jsonlines``)
 longer than ``max_line_bytes``            ``malformed`` event with its first 4 KiB
                                           (``malformed``, ``oversized``); the connection

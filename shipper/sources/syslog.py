@@ -24,7 +24,7 @@ MSG is a JSON object (an audit record)    event: ``record`` = that object, byte 
 any other parseable message               event: ``record`` = the parsed fields plus ``msg``
                                           and ``timestamp``; ``syslog`` as above (``events``)
 MSG is a JSON object over a record limit  ``malformed`` event with the reason (``malformed``):
-(deeper than 128 levels, a member name    the whole message's bytes, never verified or
+(deeper than 254 levels, a member name    the whole message's bytes, never verified or
 given twice; ``codecs.jsonlines``)        identity-checked
 MSG not valid UTF-8                       as above, ``msg`` with U+FFFD for the bad bytes,
                                           plus ``msg_b64`` (the bytes) and ``msg_error`` (why)
@@ -435,7 +435,7 @@ class SyslogSource(FramedSource):
                         break
                 batch = self._pending[:taken]
                 del self._pending[:taken]
-                await self._deliver(batch)
+                await self._deliver(batch, size)
                 self.held_events -= taken
                 self.held_bytes -= size
             if self._reader_done:
