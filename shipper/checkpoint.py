@@ -223,6 +223,16 @@ def sender_identity(source: dict[str, Any], syslog: dict[str, Any] | None) -> st
     return None
 
 
+#: ``ChainStage._read`` when no checkpoint was read ahead of ``load``.
+_UNREAD: Final = object()
+
+
+def _stored(read: object) -> Checkpoint | str | None:
+    """What ``read_checkpoint`` kept (typed back)."""
+    assert read is None or isinstance(read, Checkpoint | str)
+    return read
+
+
 class _Failed(Exception):
     """A defect raised while event ``index`` of a batch was verified (``out`` held ``mark``
     events before it)."""
@@ -242,6 +252,7 @@ class ChainStage:
         self.verifier = self._new_verifier()
         self.counters: Counter[str] = Counter()
         self._alert_log = Throttle(LOG_ALERTS_PER_SECOND)
+        self._read: Checkpoint | str | object | None = _UNREAD  # see read_checkpoint
         self._error_log = Throttle(1)
 
     def _new_verifier(self, state: dict[str, Any] | None = None) -> Verifier:
@@ -264,12 +275,21 @@ class ChainStage:
         stage.load(wal_dir, epoch, end)
         return stage.verifier
 
+    def read_checkpoint(self) -> Checkpoint | str | None:
+        """The stored checkpoint (as ``load_checkpoint`` says), kept for the next ``load``, which
+        then does not read it again (blocking: a worker thread). The daemon reads it before the
+        WAL opens: its epoch is the best evidence of the WAL's, should ``wal/epoch`` be lost."""
+        with collector_paused():
+            self._read = load_checkpoint(self.data_dir)
+        return self._read
+
     def load(self, wal_dir: Path, epoch: str, end: Position | None = None) -> None:
         """Restore the state: the checkpoint, then the WAL after it, up to ``end`` if given
         (blocking; before serving)."""
         start: Position | None = None
         with collector_paused():
-            found = load_checkpoint(self.data_dir)
+            read, self._read = self._read, _UNREAD
+            found = load_checkpoint(self.data_dir) if read is _UNREAD else _stored(read)
             if isinstance(found, Checkpoint):
                 try:
                     self.verifier = self._new_verifier(found.state)

@@ -52,7 +52,7 @@ import trio
 
 from shipper.budget import ByteBudget
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
-from shipper.checkpoint import CHAIN_CURSOR, ChainStage, Checkpoint, load_checkpoint
+from shipper.checkpoint import CHAIN_CURSOR, ChainStage, Checkpoint
 from shipper.config import Config, SyslogSourceConfig
 from shipper.errors import Backoff, DataDirError
 from shipper.events import Event, Malformed, event_bytes, size_of
@@ -147,7 +147,7 @@ class Topology:
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
             readers.update({slot.sink.id: slot.inputs for slot in self.sinks})
             try:
-                found = await trio.to_thread.run_sync(load_checkpoint, self.config.data_dir)
+                found = await trio.to_thread.run_sync(self.chain.read_checkpoint)
                 # The checkpoint's epoch is the best evidence of the WAL's, if wal/epoch is lost.
                 hint = found.epoch if isinstance(found, Checkpoint) else None
                 await trio.to_thread.run_sync(self.wal.open, readers, hint)
@@ -354,6 +354,10 @@ class Topology:
         except OSError as exc:
             self.chain.counters["checkpoint_errors"] += 1
             log.error("chain_checkpoint_failed", error=str(exc), **wal.fullness())
+            return
+        except Exception as exc:  # a defect (a state orjson cannot write): never the daemon's end
+            self.chain.counters["checkpoint_errors"] += 1
+            log.exception("chain_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
             return
         self._checkpoint_failed = False
         wal.reserve_bytes = RESERVE_BYTES + 2 * size  # the next one must fit on a full disk too

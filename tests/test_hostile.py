@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shipper.chain
+from shipper.checkpoint import ChainStage
 from shipper.codecs.canonical import canonicalize
 from shipper.codecs.jsonlines import MAX_DEPTH, is_blank
 from shipper.config import Address, parse_config
@@ -413,3 +414,24 @@ async def test_a_defect_while_decoding_a_datagram_costs_only_that_datagram(
     failed = logs.entries("datagram_failed")
     assert failed
     assert "RuntimeError: injected defect" in failed[0]["error"]
+
+
+async def test_a_defect_while_checkpointing_costs_only_that_checkpoint(
+    sandbox: Callable[[], Path],
+    tls_files: TlsFiles,
+    logs: LogCapture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checkpoint that raises something other than an I/O error (a state orjson cannot write,
+    say) is logged with its cause and counted; the daemon goes on archiving."""
+
+    def failing(self: ChainStage, epoch: str, position: object) -> int:
+        raise TypeError("Integer exceeds 64-bit range")
+
+    monkeypatch.setattr(ChainStage, "checkpoint", failing)
+    found, metrics = await run_paths(sandbox(), tls_files, logs, [b'{"agentId":"a"}'])
+    assert all(found[path] for path in PATHS)
+    failed = logs.entries("chain_checkpoint_failed")
+    assert failed
+    assert failed[0]["error"] == "TypeError: Integer exceeds 64-bit range"
+    assert metrics["chain"]["checkpoint_errors"] >= 2  # at start and at shutdown
