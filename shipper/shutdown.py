@@ -103,6 +103,7 @@ async def run_daemon(
                 "shutdown_forced",
                 reason="second signal" if shutdown.forced.is_set() else "shutdown_timeout passed",
                 undelivered_bytes=topology.pending(),
+                discarded=topology.not_accepted(),
                 **summary,
             )
         nursery.cancel_scope.cancel()

@@ -51,6 +51,7 @@ from typing import Any
 import trio
 
 from shipper.budget import ByteBudget
+from shipper.buffer.segment import Position
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
 from shipper.checkpoint import CHAIN_CURSOR, ChainStage, Checkpoint
 from shipper.config import Config, SyslogSourceConfig
@@ -64,8 +65,8 @@ from shipper.sources.syslog import SyslogSource
 
 log = get_logger("shipper.topology")
 
-#: Batches (one per socket read) the ingest channel holds...
-CHANNEL_BATCHES = 16
+#: Batches (one per slice of a socket read, ``FEED_BYTES``) the ingest channel holds...
+CHANNEL_BATCHES = 64
 #: ... and bytes (``batch_bytes``): sources wait while it holds more (``shipper.budget``).
 CHANNEL_BYTES = 32 * 1024 * 1024
 #: The WAL writer gathers queued batches up to this many events per append...
@@ -75,8 +76,10 @@ ROUTE_BYTES = 2 * 1024 * 1024
 #: Free space the WAL keeps on its file system (below it, it counts as full): room for the
 #: appends in flight, plus twice the last chain checkpoint (added once one is written).
 RESERVE_BYTES = (PIPELINE_DEPTH + 2) * ROUTE_BYTES
-#: While blocked on a full WAL, how often a failed checkpoint is tried again.
+#: While blocked on a full WAL, how often a failed checkpoint may be tried again...
 ROOM_CHECK_SECONDS = 1.0
+#: ... at the soonest: failed checkpoints are tried again after growing pauses from this.
+CHECKPOINT_RETRY_SECONDS = 1.0
 
 
 @dataclass
@@ -126,6 +129,9 @@ class Topology:
         self.chain = ChainStage(config.chain, config.data_dir)
         self._next_checkpoint = 0.0
         self._checkpoint_failed = False
+        self._checkpointed: Position | None = None  # where the last checkpoint stored covers
+        self._checkpoint_retry = Backoff(CHECKPOINT_RETRY_SECONDS, 30.0)
+        self._checkpoint_retry_at = 0.0
         # Batches the chain stage has seen and the WAL has not accepted yet, in order: not yet
         # written, and written (with the WAL's number for each).
         self._unwritten: deque[_Batch] = deque()
@@ -159,7 +165,7 @@ class Topology:
                 ) from exc
             # The replayed state covers the whole WAL now: store it, so that a crash loop shorter
             # than checkpoint_interval does not replay an ever longer WAL at each start.
-            await self._checkpoint()
+            await self._checkpoint(force=True)
             async with trio.open_nursery() as nursery:
                 for slot in self.sinks:
                     await nursery.start(slot.sink.run, self.wal.readers[slot.sink.id])
@@ -218,6 +224,17 @@ class Topology:
             },
         }
 
+    def not_accepted(self) -> dict[str, int]:
+        """What was read from senders and not (yet) accepted by the WAL: lost if the daemon stops
+        now (a forced shutdown). Events in the writer's hands, and batches and bytes still queued
+        in the ingest channel."""
+        held = [*self._requeued, *(b.events for b in (*self._unwritten, *self._unaccepted))]
+        return {
+            "events_in_writer": sum(map(len, held)),
+            "batches_queued": self._ingest.statistics().current_buffer_used,
+            "bytes_queued": self.budget.used,
+        }
+
     def pending(self) -> dict[str, int]:
         """Per sink, bytes in the WAL not yet acknowledged (they wait for the next start)."""
         return {
@@ -235,7 +252,7 @@ class Topology:
                 await self._flush()  # the sources are done: append what they sent
         finally:
             with trio.CancelScope(shield=True):
-                await self._checkpoint()
+                await self._checkpoint(force=True)
             await self.wal.close()
 
     async def _flush(self) -> None:
@@ -289,13 +306,14 @@ class Topology:
                 self._pause_due = False
                 if not wal.full:  # a refusal not for space: wait a little before retrying
                     await trio.sleep(self._retry.next())
-            batch = self._requeued.popleft()  # the same batch: nothing was refused meanwhile
             if wal.full and wal.settings.when_full == "drop_newest":
+                batch = self._requeued.popleft()
                 wal.drop(len(batch))  # the chain must not see what the WAL does not keep
                 self.counters["dropped"] += len(batch)
                 return
             if wal.full:
                 await self._wait_for_room()  # block: the sources wait meanwhile
+            batch = self._requeued.popleft()  # the same batch: nothing was refused meanwhile
         # From here the batch must reach the WAL: its writes are granted (no drop, no wait).
         before = self.chain.counters.copy()
         verified = self.chain.process(batch, trio.current_time())
@@ -333,9 +351,10 @@ class Topology:
         taken then (a forced shutdown can cancel the writes)."""
         return bool(self._unwritten or self._unaccepted)
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self, *, force: bool = False) -> None:
         """Store the chain state as covering everything the WAL holds, and let the WAL free
-        what it covers. A failure is logged; the WAL keeps the segments until a later one."""
+        what it covers. A failure is logged; the WAL keeps the segments until a later one, tried
+        after a growing pause (unless ``force``: at start and at shutdown)."""
         self._next_checkpoint = trio.current_time() + self.config.chain.checkpoint_interval
         wal = self.wal
         if self._chain_ahead:
@@ -345,7 +364,14 @@ class Topology:
                 "the WAL from the previous checkpoint",
             )
             return
+        now = trio.current_time()
+        if not force and self._checkpoint_failed and now < self._checkpoint_retry_at:
+            return  # failed a moment ago (a full disk, say): not once per batch
+        unchanged = not self._checkpoint_failed and wal.committed == self._checkpointed
+        if not force and unchanged and wal.full:
+            return  # full, and nothing accepted since the last one: not once per dropped batch
         self._checkpoint_failed = True
+        self._checkpoint_retry_at = now + self._checkpoint_retry.next()
         if not await wal.sync():
             return
         position = wal.committed
@@ -360,6 +386,8 @@ class Topology:
             log.exception("chain_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
             return
         self._checkpoint_failed = False
+        self._checkpoint_retry = Backoff(CHECKPOINT_RETRY_SECONDS, 30.0)
+        self._checkpointed = position
         wal.reserve_bytes = RESERVE_BYTES + 2 * size  # the next one must fit on a full disk too
         await wal.readers[CHAIN_CURSOR].ack(position)
 

@@ -12,8 +12,9 @@ import trio.testing
 import shipper.topology
 from shipper.budget import ByteBudget
 from shipper.config import Address, parse_config
-from shipper.events import Event, batch_bytes
+from shipper.events import EVENT_OVERHEAD, Event, batch_bytes
 from shipper.shutdown import Shutdown, run_daemon
+from shipper.sources._net import FEED_BYTES
 from shipper.topology import Topology
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 
@@ -102,3 +103,50 @@ async def test_the_channel_holds_at_most_its_budget_while_the_writer_stalls(
         await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 8 * per_connection)
         shutdown.request("test")
     assert topology.budget.used == 0
+
+
+async def test_connections_waiting_for_room_hold_no_decoded_events(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the writer stalled, many connections sending tiny records make no more events than
+    the channel's budget holds: a connection takes its room before it decodes, so one that waits
+    holds one slice's frames, not thousands of parsed records."""
+    limit = 1024 * 1024
+    monkeypatch.setattr(shipper.topology, "CHANNEL_BYTES", limit)
+    gate = trio.Event()
+    real = Topology._take
+    stalled_in: list[Topology] = []
+
+    async def stalled(self: Topology, batch: list[Event]) -> None:
+        stalled_in.append(self)
+        await gate.wait()
+        await real(self, batch)
+
+    monkeypatch.setattr(Topology, "_take", stalled)
+    shutdown = Shutdown()
+    connections, per_connection = 20, 5_000
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, parse_config(file_sink_config(tmp_path)), shutdown)
+        address: Address = bound["agents"][0]
+
+        async def send() -> None:
+            stream = await trio.open_tcp_stream(address.host, address.port)
+            async with stream:
+                await stream.send_all(b"{}\n" * per_connection)
+
+        async with trio.open_nursery() as senders:
+            for _ in range(connections):
+                senders.start_soon(send)
+            await wait_until(lambda: bool(stalled_in))
+            topology = stalled_in[0]
+            (source,) = topology.sources
+            await trio.sleep(0.5)  # the senders push against the full pipeline meanwhile
+            made = source.counters["events"]
+            one_slice = FEED_BYTES // 3  # "{}\n": 3 bytes a record
+            # the stalled writer's batch, the channel's budget, and one slice passing alone
+            assert made <= 2 * limit // EVENT_OVERHEAD + 2 * one_slice
+            gate.set()
+        await wait_until(
+            lambda: len(archive_lines(tmp_path / "archive")) == connections * per_connection, 120
+        )
+        shutdown.request("test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,29 @@ async def test_backpressure_blocks_the_sender_and_loses_nothing(
     assert sequences == list(range(total))
     assert not logs.entries("wal_full_dropped")
     assert logs.entries("wal_unblocked")
+
+
+async def test_a_forced_shutdown_says_what_it_discards(tmp_path: Path, logs: LogCapture) -> None:
+    """Events read but never accepted by a full WAL are counted in ``shutdown_forced`` when the
+    deadline gives up on them, next to what stays in the WAL."""
+    blocker = tmp_path / "archive"
+    blocker.write_text("the sink cannot write: the WAL fills up")
+    raw = file_sink_config(tmp_path)
+    raw["shutdown_timeout"] = "300ms"
+    raw["buffer"] = {"max_bytes": "1MiB", "segment_bytes": "64KiB"}
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
+        line = orjson.dumps({"agentId": "a", "notes": "x" * 1000}) + b"\n"
+
+        async def sender() -> None:
+            with contextlib.suppress(trio.BrokenResourceError):  # the stop closes the connection
+                await send(bound["agents"][0], line * 3000)
+
+        nursery.start_soon(sender)
+        await wait_until(lambda: bool(logs.entries("wal_full_blocking")))
+        shutdown.request("SIGTERM")
+    (forced,) = logs.entries("shutdown_forced")
+    discarded = forced["discarded"]
+    assert discarded["events_in_writer"] > 0
+    assert discarded["events_in_writer"] + forced["metrics"]["writer"]["events"] <= 3000

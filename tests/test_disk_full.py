@@ -189,3 +189,35 @@ async def test_a_full_disk_drops_new_batches_with_drop_newest(
     dropped = complete["metrics"]["buffer"]["dropped"]["full"]
     assert dropped > 0
     assert len(verified(tmp_path)) + dropped == 300
+
+
+async def test_dropping_on_a_full_disk_logs_and_checkpoints_at_a_bounded_rate(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """Hundreds of batches dropped on a full disk give at most a line or two a second, each
+    counting what was dropped since the last, and no checkpoint attempt per batch."""
+    lines = chain_lines(300, padding=100)
+    with small_fs(tmp_path / "fs", 32 * MiB) as fs:
+        shutdown = Shutdown()
+        raw = config_on(fs, tmp_path, when_full="drop_newest")
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
+            await send(bound["agents"][0], lines[0])
+            await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 1)
+            filler = fill(fs)
+            started = trio.current_time()
+            for line in lines[1:]:  # one connection, so one batch, each
+                await send(bound["agents"][0], line)
+            elapsed = trio.current_time() - started
+            await wait_until(lambda: bool(logs.entries("wal_full_dropped")))
+            filler.unlink()
+            shutdown.request("test")
+    (complete,) = logs.entries("shutdown_complete")
+    dropped = complete["metrics"]["buffer"]["dropped"]["full"]
+    assert dropped > 100
+    bound_lines = 2 * (int(elapsed) + 2)  # at most one a second, and a first one
+    entries = logs.entries("wal_full_dropped")
+    assert len(entries) <= bound_lines
+    assert sum(entry["events"] for entry in entries) <= dropped
+    assert entries[0]["free_bytes"] is not None
+    assert len(logs.entries("chain_checkpoint_failed")) <= bound_lines

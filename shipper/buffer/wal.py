@@ -71,7 +71,7 @@ from shipper.buffer.segment import (
 )
 from shipper.errors import Backoff, ShipperError
 from shipper.events import ENVELOPE_HEAD, Event, Malformed
-from shipper.logging import get_logger
+from shipper.logging import Throttle, get_logger
 
 log = get_logger("shipper.buffer")
 
@@ -154,6 +154,8 @@ class Wal:
         #: Free space kept on the WAL's file system: below it the WAL counts as full, as at
         #: ``max_bytes`` (room for the batches in flight and the chain checkpoint).
         self.reserve_bytes = settings.reserve_bytes
+        self._drop_log = Throttle(1)
+        self._drop_logged = 0  # dropped_full as of the last wal_full_dropped line
         self.report: Report | None = None
 
     # --- opening and closing -------------------------------------------------------------------
@@ -591,9 +593,19 @@ class Wal:
                     await self._roll_back()
 
     def drop(self, count: int) -> None:
-        """Count and log ``count`` events dropped because the WAL is full (``drop_newest``)."""
+        """Count and log ``count`` events dropped because the WAL is full (``drop_newest``): one
+        line a second at most, with the events dropped since the last one and why it is full."""
         self.counters["dropped_full"] += count
-        log.warning("wal_full_dropped", events=count, max_bytes=self.settings.max_bytes)
+        if self._drop_log.allow(trio.current_time()) is None:
+            return
+        total = self.counters["dropped_full"]
+        log.warning(
+            "wal_full_dropped",
+            events=total - self._drop_logged,
+            dropped_total=total,
+            **self.fullness(),
+        )
+        self._drop_logged = total
 
     async def wait_for_room(self, timeout: float = math.inf) -> bool:  # noqa: ASYNC109
         """Wait while the WAL is full (see ``full``): True once it has room, False if it is still

@@ -576,7 +576,8 @@ def _normalize_bsd(match: re.Match[bytes], now: datetime | None) -> str | None:
         return None
     moment = min(candidates, key=lambda c: abs(c - now))
     fraction = (match[8] or b"").decode("ascii")
-    return f"{moment:%Y-%m-%dT%H:%M}:{second:02d}{fraction}{_zone(moment)}"
+    # %Y writes year 1 as "1": RFC 3339 needs four digits
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M}:{second:02d}{fraction}{_zone(moment)}"
 
 
 def _zone(moment: datetime) -> str:

@@ -79,7 +79,11 @@ from shipper.events import (
 from shipper.logging import Throttle, get_logger
 from shipper.sources._identity import Grant, IdentityPolicy, claims
 
-RECEIVE_BYTES: Final = 256 * 1024
+#: The most one read of a connection takes (TLS records hold 16 KiB; TCP reads rarely more than
+#: 64 KiB): what a connection holds while it waits for room in the pipeline, with...
+RECEIVE_BYTES: Final = 64 * 1024
+#: ... the frames of one slice of it: a read is framed and decoded in slices of this size.
+FEED_BYTES: Final = 16 * 1024
 #: A source logs at most this many `malformed_input` entries a second (all are counted).
 MALFORMED_LOGS_PER_SECOND: Final = 10
 #: A source logs at most this many `connection_refused` (and `connection_reset_early`) entries a
@@ -673,19 +677,29 @@ class FramedSource:
             frame_timeout=config.frame_timeout,
         )
 
-    async def _deliver(self, batch: list[Event], size: int | None = None) -> None:
+    async def _deliver(
+        self, batch: list[Event], size: int | None = None, *, reserved: bool = False
+    ) -> None:
         """Hand a batch of events on to the pipeline, counted as ``size`` bytes (default:
         ``batch_bytes``). Every send of a source goes through here; a full pipeline (in batches,
-        or in bytes with a ``budget``) makes it wait (backpressure)."""
+        or in bytes with a ``budget``) makes it wait (backpressure). ``reserved``: the caller
+        took ``size`` from the budget already (before it made the events)."""
         sent = Batch(batch, size)
-        if self.budget is None:
-            await self._send.send(sent)
+        budget = self.budget
+        if budget is None:
+            if sent:
+                await self._send.send(sent)
             return
-        await self.budget.acquire(sent.size)
+        if not sent:
+            if reserved:
+                budget.release(sent.size)
+            return
+        if not reserved:
+            await budget.acquire(sent.size)
         try:
             await self._send.send(sent)
         except BaseException:
-            self.budget.release(sent.size)  # not sent: not in the channel
+            budget.release(sent.size)  # not sent: not in the channel
             raise
 
     def stop(self) -> None:
@@ -732,13 +746,23 @@ class FramedSource:
         events_before = self.counters["events"]
         while data := await connection.receive():
             self.counters["bytes"] += len(data)
-            frames = framer.feed(data)
-            connection.frame_progress(framer.buffered > 0, bool(frames))
-            batch = self._decode(frames, source, utc_timestamp())
-            if grant is not None:
-                batch = self.check_identity(batch, grant)
-            if batch:  # counted as the bytes read (an event's record is within them) and more
-                await self._deliver(batch, len(data) + EVENT_OVERHEAD * len(batch))
+            # In slices, each one's room in the pipeline taken before its events exist: a
+            # connection that must wait holds at most one slice's frames, never thousands of
+            # parsed events (tiny records multiply memory by some hundred).
+            for start in range(0, len(data), FEED_BYTES):
+                chunk = data[start : start + FEED_BYTES] if len(data) > FEED_BYTES else data
+                frames = framer.feed(chunk)
+                connection.frame_progress(framer.buffered > 0, bool(frames))
+                if not frames:
+                    continue
+                # counted as the bytes fed (each record is within them) and more per event
+                size = len(chunk) + EVENT_OVERHEAD * len(frames)
+                if self.budget is not None:
+                    await self.budget.acquire(size)
+                batch = self._decode(frames, source, utc_timestamp())
+                if grant is not None:
+                    batch = self.check_identity(batch, grant)
+                await self._deliver(batch, size, reserved=True)
         tail = framer.finish()
         if tail is not None:
             received_at = utc_timestamp()

@@ -987,3 +987,11 @@ rfc3164_frames = st.tuples(
 def test_fast_path_agrees_with_the_careful_parser(frame: bytes, now: datetime | None) -> None:
     """Near-valid frames of every form parse exactly as the careful parser reads them."""
     assert parse(frame, now=now) == careful(frame, now)
+
+
+def test_an_rfc3164_year_before_1000_is_written_with_four_digits() -> None:
+    """A BSD timestamp that names year 1 becomes an RFC 3339 timestamp with a four-digit year."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    message = parse(b"<13>Dec 31 0001 00:00:00 host app: x", now=now)
+    assert not isinstance(message, Malformed)
+    assert message.record()["timestamp"] == "0001-12-31T00:00:00Z"
