@@ -56,13 +56,9 @@ async def test_a_batch_larger_than_the_budget_passes_alone() -> None:
     assert budget.used == 1
 
 
-async def test_the_channel_holds_at_most_its_budget_while_the_writer_stalls(
-    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With the writer stalled and many connections sending, the bytes queued for it stay within
-    the channel's budget (plus one batch passing alone), the senders are slowed; once the writer
-    goes on, every record is archived."""
-    limit = 1024 * 1024
+def stall_writer(monkeypatch: pytest.MonkeyPatch, limit: int) -> tuple[trio.Event, list[Topology]]:
+    """Give the channel a budget of ``limit`` bytes and make the writer wait, before its first
+    batch, until the returned event is set; the list gets the topology once it waits."""
     monkeypatch.setattr(shipper.topology, "CHANNEL_BYTES", limit)
     gate = trio.Event()
     real = Topology._take
@@ -74,6 +70,17 @@ async def test_the_channel_holds_at_most_its_budget_while_the_writer_stalls(
         await real(self, batch)
 
     monkeypatch.setattr(Topology, "_take", stalled)
+    return gate, stalled_in
+
+
+async def test_the_channel_holds_at_most_its_budget_while_the_writer_stalls(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the writer stalled and many connections sending, the bytes queued for it stay within
+    the channel's budget (plus one batch passing alone), the senders are slowed; once the writer
+    goes on, every record is archived."""
+    limit = 1024 * 1024
+    gate, stalled_in = stall_writer(monkeypatch, limit)
     shutdown = Shutdown()
     line = orjson.dumps({"agentId": "a", "notes": "x" * 2000}) + b"\n"
     per_connection = 2000  # about 4 MB each, 32 MB in all
@@ -112,17 +119,7 @@ async def test_connections_waiting_for_room_hold_no_decoded_events(
     the channel's budget holds: a connection takes its room before it decodes, so one that waits
     holds one slice's frames, not thousands of parsed records."""
     limit = 1024 * 1024
-    monkeypatch.setattr(shipper.topology, "CHANNEL_BYTES", limit)
-    gate = trio.Event()
-    real = Topology._take
-    stalled_in: list[Topology] = []
-
-    async def stalled(self: Topology, batch: list[Event]) -> None:
-        stalled_in.append(self)
-        await gate.wait()
-        await real(self, batch)
-
-    monkeypatch.setattr(Topology, "_take", stalled)
+    gate, stalled_in = stall_writer(monkeypatch, limit)
     shutdown = Shutdown()
     connections, per_connection = 20, 5_000
     async with trio.open_nursery() as nursery:
