@@ -1,15 +1,16 @@
 """A bound in bytes on what waits between the sources and the WAL writer.
 
-The ingest channel holds at most ``CHANNEL_BATCHES`` batches, and each batch is bounded (one
-socket read, one datagram, a UDP burst cut to about 1 MiB), but batches differ a thousandfold in
-size. ``ByteBudget`` bounds the channel in bytes too: a source takes ``batch_bytes(batch)`` from
-the budget before it sends a batch (waiting while the budget is spent, which stops its reads: the
-sender is slowed), and the writer gives it back as it takes the batch out of the channel. A batch
-larger than the whole budget passes alone, when nothing else is queued, so nothing waits forever.
+The ingest channel holds at most ``CHANNEL_BATCHES`` batches, and each batch is bounded (a 16 KiB
+slice of a socket read, one datagram, a UDP burst cut to about 1 MiB), but batches differ a
+thousandfold in size. ``ByteBudget`` bounds the channel in bytes too: a source takes a batch's
+size (its ``shipper.events.Batch.size``: the bytes it came from plus ``EVENT_OVERHEAD`` an event)
+from the budget before it sends the batch, a stream source even before it makes the events
+(waiting while the budget is spent stops its reads: the sender is slowed), and the writer gives
+it back as it takes the batch out of the channel. A batch larger than the whole budget passes
+alone, when nothing else is queued, so nothing waits forever.
 
-What a batch holds in memory is bounded by its raw bytes times a small factor (the parsed record
-of a deeply nested object can take some 25 times its bytes); ``shipper.events.event_bytes`` is
-the measure used throughout (WAL appends, UDP bursts, this budget).
+What a batch holds in memory is bounded by the bytes counted times a small factor (parsed tiny
+records two to three times, the parse of a deeply nested record some 25 times its bytes).
 """
 
 from __future__ import annotations

@@ -144,6 +144,12 @@ def load_checkpoint(data_dir: Path) -> Checkpoint | str | None:
     return Checkpoint(data["epoch"], Position(segment, offset), data["state"])
 
 
+def read_checkpoint(data_dir: Path) -> Checkpoint | str | None:
+    """``load_checkpoint`` with the garbage collector paused (see ``collector_paused``)."""
+    with collector_paused():
+        return load_checkpoint(data_dir)
+
+
 def store_checkpoint(data_dir: Path, checkpoint: Checkpoint) -> int:
     """Write the checkpoint atomically and durably (blocking: run it in a worker thread); its
     size in bytes."""
@@ -223,16 +229,6 @@ def sender_identity(source: dict[str, Any], syslog: dict[str, Any] | None) -> st
     return None
 
 
-#: ``ChainStage._read`` when no checkpoint was read ahead of ``load``.
-_UNREAD: Final = object()
-
-
-def _stored(read: object) -> Checkpoint | str | None:
-    """What ``read_checkpoint`` kept (typed back)."""
-    assert read is None or isinstance(read, Checkpoint | str)
-    return read
-
-
 class _Failed(Exception):
     """A defect raised while event ``index`` of a batch was verified (``out`` held ``mark``
     events before it)."""
@@ -252,7 +248,6 @@ class ChainStage:
         self.verifier = self._new_verifier()
         self.counters: Counter[str] = Counter()
         self._alert_log = Throttle(LOG_ALERTS_PER_SECOND)
-        self._read: Checkpoint | str | object | None = _UNREAD  # see read_checkpoint
         self._error_log = Throttle(1)
 
     def _new_verifier(self, state: dict[str, Any] | None = None) -> Verifier:
@@ -275,21 +270,23 @@ class ChainStage:
         stage.load(wal_dir, epoch, end)
         return stage.verifier
 
-    def read_checkpoint(self) -> Checkpoint | str | None:
-        """The stored checkpoint (as ``load_checkpoint`` says), kept for the next ``load``, which
-        then does not read it again (blocking: a worker thread). The daemon reads it before the
-        WAL opens: its epoch is the best evidence of the WAL's, should ``wal/epoch`` be lost."""
-        with collector_paused():
-            self._read = load_checkpoint(self.data_dir)
-        return self._read
-
     def load(self, wal_dir: Path, epoch: str, end: Position | None = None) -> None:
         """Restore the state: the checkpoint, then the WAL after it, up to ``end`` if given
         (blocking; before serving)."""
+        self.load_from(read_checkpoint(self.data_dir), wal_dir, epoch, end)
+
+    def load_from(
+        self,
+        found: Checkpoint | str | None,
+        wal_dir: Path,
+        epoch: str,
+        end: Position | None = None,
+    ) -> None:
+        """``load`` from a checkpoint already read (``read_checkpoint``): the daemon reads it
+        before the WAL opens, as its epoch is the best evidence of the WAL's should ``wal/epoch``
+        be lost, and does not read it twice."""
         start: Position | None = None
         with collector_paused():
-            read, self._read = self._read, _UNREAD
-            found = load_checkpoint(self.data_dir) if read is _UNREAD else _stored(read)
             if isinstance(found, Checkpoint):
                 try:
                     self.verifier = self._new_verifier(found.state)

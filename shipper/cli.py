@@ -20,7 +20,13 @@ import trio
 from shipper import __version__
 from shipper.buffer.recovery import WalFormatError, read_epoch, recover
 from shipper.buffer.wal import WalLocked, lock_directory
-from shipper.checkpoint import CHAIN_CURSOR, ChainStage, checkpoint_path
+from shipper.checkpoint import (
+    CHAIN_CURSOR,
+    ChainStage,
+    Checkpoint,
+    checkpoint_path,
+    read_checkpoint,
+)
 from shipper.config import Config, load_config
 from shipper.errors import ConfigError, DataDirError, ListenError
 from shipper.logging import configure, get_logger
@@ -139,10 +145,9 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
         except WalLocked as exc:
             print(f"shipper buffer repair: {exc}", file=sys.stderr)
             return 1
-    from shipper.checkpoint import Checkpoint, load_checkpoint
 
     # The chain checkpoint's epoch is the best evidence of the WAL's, if its file is damaged.
-    found = load_checkpoint(config.data_dir)
+    found = read_checkpoint(config.data_dir)
     hint = found.epoch if isinstance(found, Checkpoint) else None
     try:
         # The chain checkpoint's cursor holds segments like a sink's: repair must keep it.

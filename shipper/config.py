@@ -273,6 +273,14 @@ class _Table:
             return [self._env_expand(name, item) for item in value]
         return value
 
+    def refuse(self, names: Sequence[str], message: str) -> None:
+        """Report each of ``names`` that is present as not taken here, saying ``message`` (read,
+        so that it is not also reported as unknown)."""
+        for name in names:
+            if name in self._raw:
+                self._take(name)
+                self.problem(name, message)
+
     def _take(self, name: str) -> Any:
         self._used.add(name)
         if name not in self._raw:
@@ -691,14 +699,10 @@ def _identity(table: _Table) -> IdentityTable:
 def _syslog_listener(table: _Table, mode: str) -> tuple[Address | None, Path | None, str, int]:
     """``address`` for the network modes; ``path``, ``socket_type``, ``socket_mode`` for unix."""
     if mode != "unix":
-        for key in ("path", "socket_type", "socket_mode"):
-            if table.has(key):
-                table._take(key)  # read, so that it is not also reported as unknown
-                table.problem(key, f'expected only with mode = "unix", got mode = "{mode}"')
+        unix_keys = ("path", "socket_type", "socket_mode")
+        table.refuse(unix_keys, f'expected only with mode = "unix", got mode = "{mode}"')
         return table.address("address"), None, "datagram", 0o660
-    if table.has("address"):
-        table._take("address")
-        table.problem("address", 'expected only with a network mode, got mode = "unix" (use path)')
+    table.refuse(("address",), 'expected only with a network mode, got mode = "unix" (use path)')
     path: Path | None = None
     if not table.has("path"):
         table.problem("path", 'required key is missing (mode = "unix")')
@@ -720,14 +724,6 @@ STREAM_ONLY_KEYS: Final = ("max_connections_per_peer", "handshake_timeout", "fra
 UDP_ONLY_KEYS: Final = ("receive_buffer", "burst_events", "burst_bytes")
 
 
-def _refuse(table: _Table, keys: Sequence[str], message: str) -> None:
-    """Report each of ``keys`` that is present as not taken here (read, so not also unknown)."""
-    for key in keys:
-        if table.has(key):
-            table._take(key)
-            table.problem(key, message)
-
-
 def _admission(table: _Table, max_connections: int, tls: str | None) -> dict[str, Any]:
     """The admission keys of a stream listener (``shipper.sources._net``).
 
@@ -747,7 +743,7 @@ def _admission(table: _Table, max_connections: int, tls: str | None) -> dict[str
             f"expected at most max_connections ({max_connections}), got {per_peer}",
         )
     if tls is not None:
-        _refuse(table, ("handshake_timeout",), tls)
+        table.refuse(("handshake_timeout",), tls)
     return {
         "max_connections_per_peer": per_peer,
         "handshake_timeout": table.duration("handshake_timeout", HANDSHAKE_TIMEOUT, minimum=0.001),
@@ -789,11 +785,10 @@ def _source(source_id: str, table: _Table) -> SourceConfig | None:
     elif mode in ("tcp", "tls") or (mode == "unix" and socket_type == "stream"):
         no_tls = None if mode == "tls" else f'expected only with mode = "tls", got mode = "{mode}"'
         limits = _admission(table, max_connections, no_tls)
-        _refuse(table, UDP_ONLY_KEYS, f'expected only with mode = "udp", got mode = "{mode}"')
+        table.refuse(UDP_ONLY_KEYS, f'expected only with mode = "udp", got mode = "{mode}"')
     else:
         got = f'mode = "{mode}"' + (' with socket_type = "datagram"' if mode == "unix" else "")
-        _refuse(
-            table,
+        table.refuse(
             STREAM_ONLY_KEYS,
             'expected only with a stream mode ("tcp", "tls", or "unix" with socket_type = '
             f'"stream"), got {got}',
@@ -801,7 +796,7 @@ def _source(source_id: str, table: _Table) -> SourceConfig | None:
         if mode == "udp":
             limits = _udp_buffers(table)
         else:
-            _refuse(table, UDP_ONLY_KEYS, f'expected only with mode = "udp", got {got}')
+            table.refuse(UDP_ONLY_KEYS, f'expected only with mode = "udp", got {got}')
     identity_table = table.table("identity")
     identity = _identity(identity_table) if identity_table is not None else None
     if identity_table is not None and (tls_table is None or not tls_table.has("client_ca")):

@@ -53,7 +53,7 @@ import trio
 from shipper.budget import ByteBudget
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
-from shipper.checkpoint import CHAIN_CURSOR, ChainStage, Checkpoint
+from shipper.checkpoint import CHAIN_CURSOR, ChainStage, Checkpoint, read_checkpoint
 from shipper.config import Config, SyslogSourceConfig
 from shipper.errors import Backoff, DataDirError
 from shipper.events import Event, Malformed, event_bytes, size_of
@@ -67,7 +67,8 @@ log = get_logger("shipper.topology")
 
 #: Batches (one per slice of a socket read, ``FEED_BYTES``) the ingest channel holds...
 CHANNEL_BATCHES = 64
-#: ... and bytes (``batch_bytes``): sources wait while it holds more (``shipper.budget``).
+#: ... and bytes (each batch's ``Batch.size``): sources wait while it holds more
+#: (``shipper.budget``).
 CHANNEL_BYTES = 32 * 1024 * 1024
 #: The WAL writer gathers queued batches up to this many events per append...
 ROUTE_EVENTS = 4096
@@ -76,9 +77,8 @@ ROUTE_BYTES = 2 * 1024 * 1024
 #: Free space the WAL keeps on its file system (below it, it counts as full): room for the
 #: appends in flight, plus twice the last chain checkpoint (added once one is written).
 RESERVE_BYTES = (PIPELINE_DEPTH + 2) * ROUTE_BYTES
-#: While blocked on a full WAL, how often a failed checkpoint may be tried again...
-ROOM_CHECK_SECONDS = 1.0
-#: ... at the soonest: failed checkpoints are tried again after growing pauses from this.
+#: Failed checkpoints are tried again after growing pauses from this (while blocked on a full
+#: WAL, at each look at its free space at the soonest).
 CHECKPOINT_RETRY_SECONDS = 1.0
 
 
@@ -153,11 +153,13 @@ class Topology:
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
             readers.update({slot.sink.id: slot.inputs for slot in self.sinks})
             try:
-                found = await trio.to_thread.run_sync(self.chain.read_checkpoint)
+                found = await trio.to_thread.run_sync(read_checkpoint, self.config.data_dir)
                 # The checkpoint's epoch is the best evidence of the WAL's, if wal/epoch is lost.
                 hint = found.epoch if isinstance(found, Checkpoint) else None
                 await trio.to_thread.run_sync(self.wal.open, readers, hint)
-                await trio.to_thread.run_sync(self.chain.load, self.wal.directory, self.wal.epoch)
+                await trio.to_thread.run_sync(
+                    self.chain.load_from, found, self.wal.directory, self.wal.epoch
+                )
             except OSError as exc:
                 where = f": {exc.filename}" if exc.filename else ""
                 raise DataDirError(
@@ -478,16 +480,12 @@ class Topology:
         comes back as sinks acknowledge, or from outside when the disk was low. A checkpoint that
         failed (on a full disk) is tried again meanwhile: the segments the sinks have passed are
         freed only once a checkpoint covers them."""
-        wal = self.wal
-        wal.counters["blocked"] += 1
-        log.warning("wal_full_blocking", **wal.fullness())
-        started = trio.current_time()
-        while not await wal.wait_for_room(timeout=ROOM_CHECK_SECONDS):
+
+        async def retry_checkpoint() -> None:
             if self._checkpoint_failed:
                 await self._checkpoint()
-        blocked = trio.current_time() - started
-        wal.counters["blocked_ms"] += int(blocked * 1000)
-        log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
+
+        await self.wal.block_until_room(retry_checkpoint)
 
 
 @dataclass(slots=True)

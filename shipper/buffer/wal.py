@@ -51,7 +51,7 @@ import fcntl
 import math
 import os
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -652,18 +652,29 @@ class Wal:
             "reserve_bytes": self.reserve_bytes,
         }
 
+    async def block_until_room(
+        self, meanwhile: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """``when_full = "block"``: wait until the WAL has room, however long that takes;
+        counted (``blocked``, ``blocked_ms``) and logged (``wal_full_blocking``, then
+        ``wal_unblocked``). ``meanwhile`` runs each time free space is looked at again while
+        the WAL is still full (the writer tries a failed checkpoint again then)."""
+        self.counters["blocked"] += 1
+        log.warning("wal_full_blocking", **self.fullness())
+        started = trio.current_time()
+        while not await self.wait_for_room(timeout=DISK_POLL_SECONDS):
+            if meanwhile is not None:
+                await meanwhile()
+        blocked = trio.current_time() - started
+        self.counters["blocked_ms"] += int(blocked * 1000)
+        log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
+
     async def _wait_for_space(self, count: int) -> bool:
         """Apply ``when_full``: False to drop the batch, or wait until the WAL has room."""
         if self.settings.when_full == "drop_newest":
             self.drop(count)
             return False
-        self.counters["blocked"] += 1
-        log.warning("wal_full_blocking", **self.fullness())
-        started = trio.current_time()
-        await self.wait_for_room()
-        blocked = trio.current_time() - started
-        self.counters["blocked_ms"] += int(blocked * 1000)
-        log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
+        await self.block_until_room()
         return True
 
     async def append_nothing(self) -> bool:
