@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +117,25 @@ def logs() -> Iterator[LogCapture]:
     yield capture
     structlog.reset_defaults()
     logging.getLogger().handlers.clear()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``path`` (created) with mount ``options`` (``size=16m``, ``ro``) for
+    the test, unmounted after; skips the test, saying why, where it cannot be mounted (it needs
+    root, as CI has)."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def drain(receive: trio.MemoryReceiveChannel[list[Event]]) -> list[Event]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +21,14 @@ from shipper.buffer.wal import Wal
 from shipper.config import Address, parse_config
 from shipper.shutdown import Shutdown, run_daemon
 from tests.chains import chain_lines
-from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
+from tests.conftest import LogCapture, archive_lines, file_sink_config, tmpfs, wait_until
 
 MiB = 1024 * 1024
 
 
-@contextlib.contextmanager
-def small_fs(path: Path, size: int) -> Iterator[Path]:
+def small_fs(path: Path, size: int) -> contextlib.AbstractContextManager[Path]:
     """A tmpfs of ``size`` bytes mounted at ``path`` for the test (skips if it cannot be)."""
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
+    return tmpfs(path, f"size={size}")
 
 
 def fill(path: Path, leave: int = 0) -> Path:

@@ -4,11 +4,8 @@ longer WAL."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ import structlog
 from shipper.cli import main
 from shipper.config import directory_problem
 from shipper.topology import Topology
-from tests.conftest import archive_lines, free_port
+from tests.conftest import archive_lines, free_port, tmpfs
 from tests.test_cli import (
     daemon_config,
     log_entries,
@@ -66,26 +63,9 @@ def test_a_data_dir_below_a_file_is_a_config_problem(tmp_path: Path) -> None:
     assert f"{tmp_path / 'state'} is not a directory" in result.stderr
 
 
-@contextlib.contextmanager
-def read_only_directory(path: Path) -> Iterator[Path]:
-    """A read-only file system mounted at ``path`` (root and mount(8) needed; skips otherwise)."""
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
-
-
 def test_a_data_dir_that_cannot_be_written_is_a_config_problem(tmp_path: Path) -> None:
     """A data_dir on a read-only file system is refused by validate, even for root."""
-    with read_only_directory(tmp_path / "ro") as readonly:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as readonly:
         assert directory_problem(readonly / "var") is not None
         raw = daemon_config(tmp_path, free_port())
         raw["data_dir"] = str(readonly / "var")
