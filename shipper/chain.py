@@ -83,7 +83,7 @@ ring packed into one bytearray of raw digests and 64-bit sequences would take 3 
 out because packing costs the ok fast path about 0.2 us a record, 3% of its time.)
 
 ``snapshot()`` / ``Verifier.restore()`` give and take the whole state (the chain checkpoint,
-``shipper.checkpoint``): version 2 holds a list per state field over all agents, in the sweep's
+``shipper.chain_stage``): version 2 holds a list per state field over all agents, in the sweep's
 order, and each ring as it is, so that with 100,000 agents it is taken in a few C-level passes
 and orjson writes it in C (``Verifier.snapshot``); version 1 (an object per agent) still
 restores. Feeding the same records to a restored verifier gives the same verdicts and evictions,

@@ -20,7 +20,7 @@ import trio
 from shipper import __version__
 from shipper.buffer.recovery import WalFormatError, read_epoch, recover
 from shipper.buffer.wal import WalLocked, lock_directory
-from shipper.checkpoint import (
+from shipper.chain_stage import (
     CHAIN_CURSOR,
     ChainStage,
     Checkpoint,

@@ -18,7 +18,7 @@ from shipper import __version__
 from shipper.config import Config
 from shipper.logging import get_logger
 from shipper.sdnotify import notify, watchdog
-from shipper.sources._net import Bound
+from shipper.sources import Listening
 from shipper.topology import Topology
 
 log = get_logger("shipper.daemon")
@@ -64,7 +64,7 @@ async def run_daemon(
     shutdown: Shutdown | None = None,
     *,
     handle_signals: bool = True,
-    task_status: trio.TaskStatus[dict[str, list[Bound]]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[dict[str, list[Listening]]] = trio.TASK_STATUS_IGNORED,
 ) -> bool:
     """Run until a stop is requested; True if everything read was delivered before exiting."""
     shutdown = shutdown if shutdown is not None else Shutdown()

@@ -12,7 +12,7 @@ The ingest channel is bounded, and the WAL writer waits when the WAL is full (``
 backpressure. Each sink reads the WAL at its own pace through its own cursor, so a slow or dead sink
 holds back no other sink until the WAL is full.
 
-The chain stage (``shipper.checkpoint``) runs in the writer's task, between the ingest channel and
+The chain stage (``shipper.chain_stage``) runs in the writer's task, between the ingest channel and
 the WAL, so its state always matches a WAL position; it is checkpointed every
 ``chain.checkpoint_interval``, when the WAL is full, and at shutdown, and restored at start.
 
@@ -53,13 +53,14 @@ import trio
 from shipper.budget import ByteBudget
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
-from shipper.checkpoint import CHAIN_CURSOR, ChainStage, Checkpoint, read_checkpoint
+from shipper.chain_stage import CHAIN_CURSOR, ChainStage, Checkpoint, read_checkpoint
 from shipper.config import Config, SyslogSourceConfig
-from shipper.errors import Backoff, DataDirError
+from shipper.errors import DataDirError
 from shipper.events import Event, Malformed, event_bytes, size_of
 from shipper.logging import Throttle, get_logger
+from shipper.retry import Backoff
 from shipper.sinks.file import FileSink
-from shipper.sources._net import Bound
+from shipper.sources import Listening
 from shipper.sources.json_tls import JsonTlsSource
 from shipper.sources.syslog import SyslogSource
 
@@ -142,12 +143,12 @@ class Topology:
         self._pause_due = False  # the WAL refused batches: pause before writing them again
         self._refused_since = 0.0  # when the WAL began refusing (0: it is not)
         self._retry = Backoff()
-        self.bound: dict[str, list[Bound]] = {}
+        self.bound: dict[str, list[Listening]] = {}
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
         self._error_log = Throttle(1)
 
-    async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Bound]]]) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Listening]]]) -> None:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
         try:
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}

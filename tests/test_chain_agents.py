@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from shipper.buffer.segment import Position
 from shipper.chain import SAFECLAW_JSONL, Verdict, Verifier, as_verdict
-from shipper.checkpoint import (
+from shipper.chain_stage import (
     ChainStage,
     Checkpoint,
     checkpoint_path,

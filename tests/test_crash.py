@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from shipper.chain import Verifier
-from shipper.checkpoint import Checkpoint, load_checkpoint, wal_envelopes
+from shipper.chain_stage import Checkpoint, load_checkpoint, wal_envelopes
 from tests.chains import seed_hash
 from tests.conftest import archive_lines, free_port
 from tests.test_cli import daemon_config, start_daemon, stop, wait_ready, write_config

@@ -16,7 +16,7 @@ from shipper.config import Address, parse_config
 from shipper.errors import ListenError
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sinks.file import FileSink
-from shipper.sources._net import Bound
+from shipper.sources import Listening
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 
 
@@ -102,7 +102,7 @@ async def test_shutdown_drains_every_accepted_event(
     shutdown = Shutdown()
     drained: list[bool] = []
 
-    async def daemon(task_status: trio.TaskStatus[dict[str, list[Bound]]]) -> None:
+    async def daemon(task_status: trio.TaskStatus[dict[str, list[Listening]]]) -> None:
         drained.append(await run_daemon(config, shutdown, task_status=task_status))
 
     async with trio.open_nursery() as nursery:
@@ -137,7 +137,7 @@ async def test_forced_shutdown_keeps_undelivered_events_for_the_next_start(
     shutdown = Shutdown()
     drained: list[bool] = []
 
-    async def daemon(task_status: trio.TaskStatus[dict[str, list[Bound]]]) -> None:
+    async def daemon(task_status: trio.TaskStatus[dict[str, list[Listening]]]) -> None:
         drained.append(await run_daemon(parse_config(raw), shutdown, task_status=task_status))
 
     async with trio.open_nursery() as nursery:

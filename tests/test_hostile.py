@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shipper.chain
-from shipper.checkpoint import ChainStage
+from shipper.chain_stage import ChainStage
 from shipper.codecs.canonical import canonicalize
 from shipper.codecs.jsonlines import MAX_DEPTH, is_blank
 from shipper.config import Address, parse_config

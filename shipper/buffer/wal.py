@@ -69,9 +69,10 @@ from shipper.buffer.segment import (
     segment_name,
     write_buffers,
 )
-from shipper.errors import Backoff, ShipperError
+from shipper.errors import ShipperError
 from shipper.events import ENVELOPE_HEAD, Event, Malformed
 from shipper.logging import Throttle, get_logger
+from shipper.retry import Backoff
 
 log = get_logger("shipper.buffer")
 
@@ -633,7 +634,7 @@ class Wal:
                 # Only the segment being written holds the space, and every sink is past it:
                 # start a new one so that collect() may delete it.
                 self._seal = True
-                if not await self.append_nothing():  # logged and counted: try again later
+                if not await self.open_next_segment():  # logged and counted: try again later
                     await trio.sleep(min(backoff.next(), max(0.0, deadline - now)))
                     continue
                 await self.collect()
@@ -677,7 +678,7 @@ class Wal:
         await self.block_until_room()
         return True
 
-    async def append_nothing(self) -> bool:
+    async def open_next_segment(self) -> bool:
         """Start the next segment now (what a sealed append would do first); False if that
         failed (logged, counted, rolled back like a failed write)."""
         async with self._io:

@@ -24,7 +24,7 @@ Syslog over TCP/TLS adds octet counting, RFC 6587 section 3.4.1 (``OctetCounting
 
 ``AutoFramer`` picks octet counting or LF framing per connection from the first byte, and the
 syslog LF framing (``SyslogLineFramer``) also ends a frame at a NUL. These framers yield
-``SyslogFrame`` values: a frame, an ``Oversized``, or a ``BadFraming(reason, prefix, size)`` for
+``Framed`` values: a frame, an ``Oversized``, or a ``BadFraming(reason, prefix, size)`` for
 bytes that break the framing. Their rules are in their class docstrings.
 """
 
@@ -159,8 +159,9 @@ class BadFraming:
     size: int
 
 
-#: What the syslog framers yield: a frame, an oversized frame, or bytes that broke the framing.
-SyslogFrame = bytes | Oversized | BadFraming
+#: What a framer (LF, octet counting, auto) yields: a frame, an oversized frame, or bytes that broke
+#: the framing.
+Framed = bytes | Oversized | BadFraming
 
 
 class SyslogLineFramer:
@@ -262,19 +263,19 @@ class OctetCountingFramer:
             return len(self._header) + 1 + self._got
         return len(self._header)
 
-    def _fall_back(self, reason: str, rest: bytes) -> list[SyslogFrame]:
+    def _fall_back(self, reason: str, rest: bytes) -> list[Framed]:
         self._fallback = SyslogLineFramer(self.max_frame, self.keep)
         self._fallback_reason = reason
         head = bytes(self._header)
         self._header.clear()
         return self._feed_fallback(head + rest)
 
-    def _feed_fallback(self, data: bytes) -> list[SyslogFrame]:
+    def _feed_fallback(self, data: bytes) -> list[Framed]:
         assert self._fallback is not None
         return self._mark_first(self._fallback.feed(data))
 
-    def _mark_first(self, frames: list[Frame]) -> list[SyslogFrame]:
-        out: list[SyslogFrame] = list(frames)
+    def _mark_first(self, frames: list[Frame]) -> list[Framed]:
+        out: list[Framed] = list(frames)
         if out and self._fallback_reason is not None:
             first = out[0]
             if isinstance(first, Oversized):
@@ -294,11 +295,11 @@ class OctetCountingFramer:
             return f"bad MSG-LEN: more than {MAX_MSG_LEN_DIGITS} digits"
         return f"bad MSG-LEN: expected a digit or SP after {bytes(self._header)!r}, got {bytes([byte])!r}"
 
-    def feed(self, data: bytes) -> list[SyslogFrame]:
+    def feed(self, data: bytes) -> list[Framed]:
         """Frames completed by ``data``, in order."""
         if self._fallback is not None:
             return self._feed_fallback(data)
-        out: list[SyslogFrame] = []
+        out: list[Framed] = []
         pos = 0
         end = len(data)
         while pos < end:
@@ -351,7 +352,7 @@ class OctetCountingFramer:
                 self._end_frame()
         return out
 
-    def _whole_frames(self, data: bytes, pos: int, out: list[SyslogFrame]) -> int:
+    def _whole_frames(self, data: bytes, pos: int, out: list[Framed]) -> int:
         """The fast path: append each complete frame of ``data`` from ``pos`` (at a frame
         boundary) whose MSG-LEN is well-formed and within ``max_frame``, without copying it
         byte by byte; return where it stopped: the end of ``data``, or the first place that
@@ -383,7 +384,7 @@ class OctetCountingFramer:
         self._got = 0
         self._skipping = False
 
-    def finish(self) -> SyslogFrame | None:
+    def finish(self) -> Framed | None:
         """At the end of the stream: what is left of an unfinished frame, if anything."""
         if self._fallback is not None:
             last = self._fallback.finish()
@@ -437,7 +438,7 @@ class AutoFramer:
         """Bytes of an unfinished frame held (or, while skipping an oversized one, counted)."""
         return 0 if self._framer is None else self._framer.buffered
 
-    def feed(self, data: bytes) -> list[SyslogFrame]:
+    def feed(self, data: bytes) -> list[Framed]:
         """Frames completed by ``data``, in order."""
         if self._framer is None:
             if not data:
@@ -448,6 +449,6 @@ class AutoFramer:
                 self._framer = SyslogLineFramer(self.max_frame, self.keep)
         return list(self._framer.feed(data))
 
-    def finish(self) -> SyslogFrame | None:
+    def finish(self) -> Framed | None:
         """At the end of the stream: the final unfinished frame, if any bytes are left."""
         return None if self._framer is None else self._framer.finish()

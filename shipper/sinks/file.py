@@ -39,8 +39,9 @@ import trio
 from shipper.buffer.segment import Position, fsync_dir
 from shipper.buffer.wal import WalReader
 from shipper.config import FileSinkConfig
-from shipper.errors import Backoff, DestinationUnavailable
+from shipper.errors import DestinationUnavailable
 from shipper.logging import get_logger
+from shipper.retry import Backoff
 
 log = get_logger("shipper.sinks.file")
 

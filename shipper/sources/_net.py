@@ -53,7 +53,7 @@ from typing import Any, ClassVar, Final, Protocol
 import trio
 
 from shipper.budget import ByteBudget
-from shipper.codecs.framing import BadFraming, Oversized, SyslogFrame
+from shipper.codecs.framing import BadFraming, Framed, Oversized
 from shipper.codecs.jsonlines import is_blank
 from shipper.config import (
     FRAME_TIMEOUT,
@@ -77,6 +77,7 @@ from shipper.events import (
     utc_timestamp,
 )
 from shipper.logging import Throttle, get_logger
+from shipper.sources import Listening
 from shipper.sources._identity import Grant, IdentityPolicy, claims
 
 #: The most one read of a connection takes (TLS records hold 16 KiB; TCP reads rarely more than
@@ -104,8 +105,6 @@ _RDN_NAMES: Final = {
 
 log = get_logger("shipper.sources")
 
-#: What a source listens on: a TCP/UDP address, or a unix socket's path.
-Bound = Address | Path
 #: How a source finds the agent a record names (the chain profile's ``Profile.agent_of``).
 AgentOf = Callable[[dict[str, Any]], str | None]
 #: ``struct ucred`` (``SO_PEERCRED``, ``SCM_CREDENTIALS``): pid, uid, gid.
@@ -370,7 +369,7 @@ class StreamServer:
     def __init__(
         self,
         source_id: str,
-        address: Bound,
+        address: Listening,
         handler: Handler,
         counters: Counter[str],
         *,
@@ -394,7 +393,7 @@ class StreamServer:
         self.frame_timeout = frame_timeout
         self.socket_mode = socket_mode
         self.stopping = False
-        self.bound: list[Bound] = []
+        self.bound: list[Listening] = []
         self._accept_scope = trio.CancelScope()
         self._connections: set[Connection] = set()
         self._per_peer: Counter[str] = Counter()
@@ -459,7 +458,7 @@ class StreamServer:
             self.bound.append(Address(host, port))
         return listeners
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[Bound]]) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
         """Listen; report the bound addresses; return once stopped and every connection ended."""
         self.bound = []
         if not isinstance(self.address, Path):
@@ -481,7 +480,7 @@ class StreamServer:
             unix_file.remove()
 
     async def _serve(
-        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[list[Bound]]
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[list[Listening]]
     ) -> None:
         async with trio.open_nursery() as connections:
             try:
@@ -619,9 +618,9 @@ class Framer(Protocol):
     @property
     def buffered(self) -> int: ...
 
-    def feed(self, data: bytes) -> Sequence[SyslogFrame]: ...
+    def feed(self, data: bytes) -> Sequence[Framed]: ...
 
-    def finish(self) -> SyslogFrame | None: ...
+    def finish(self) -> Framed | None: ...
 
 
 class FramedSource:
@@ -660,7 +659,7 @@ class FramedSource:
         self._malformed_log = Throttle(MALFORMED_LOGS_PER_SECOND)
 
     def _listen(
-        self, address: Bound, config: JsonTlsSourceConfig | SyslogSourceConfig
+        self, address: Listening, config: JsonTlsSourceConfig | SyslogSourceConfig
     ) -> StreamServer:
         tls = config.tls
         return StreamServer(
@@ -845,7 +844,7 @@ class FramedSource:
         )
 
     def _decode(
-        self, frames: Sequence[SyslogFrame], source: dict[str, Any], received_at: str
+        self, frames: Sequence[Framed], source: dict[str, Any], received_at: str
     ) -> list[Event]:
         batch: list[Event] = []
         for frame in frames:

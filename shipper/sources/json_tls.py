@@ -44,7 +44,8 @@ from shipper.codecs.framing import LineFramer
 from shipper.codecs.jsonlines import decode_object
 from shipper.config import JsonTlsSourceConfig
 from shipper.events import Event
-from shipper.sources._net import AgentOf, Bound, FramedSource, Framer, StreamServer
+from shipper.sources import Listening
+from shipper.sources._net import AgentOf, FramedSource, Framer, StreamServer
 
 
 class JsonTlsSource(FramedSource):
@@ -65,7 +66,7 @@ class JsonTlsSource(FramedSource):
         self.config = config
         self.server: StreamServer = self._listen(config.address, config)
 
-    async def run(self, *, task_status: trio.TaskStatus[list[Bound]]) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
         """Serve until stopped; closes this source's channel to the pipeline when done."""
         async with self._send:
             await self.server.serve(task_status=task_status)

@@ -90,16 +90,16 @@ import orjson
 import trio
 
 from shipper.chain import SEED
-from shipper.codecs.framing import AutoFramer, SyslogFrame
+from shipper.codecs.framing import AutoFramer, Framed
 from shipper.codecs.jsonlines import Refused, decode_object
 from shipper.codecs.syslog import parse
 from shipper.config import Address, SyslogSourceConfig
 from shipper.errors import ListenError
 from shipper.events import Event, Malformed, utc_timestamp
 from shipper.logging import Throttle
+from shipper.sources import Listening
 from shipper.sources._net import (
     AgentOf,
-    Bound,
     FramedSource,
     Framer,
     bind_unix_socket,
@@ -212,13 +212,13 @@ class SyslogSource(FramedSource):
         self._kernel_log = Throttle(1)
         self._kernel_unlogged = trio.Event()
         self._kernel_reporting = trio.CancelScope()
-        listen: Bound | None = config.path if config.mode == "unix" else config.address
+        listen: Listening | None = config.path if config.mode == "unix" else config.address
         unix_stream = config.mode == "unix" and config.socket_type == "stream"
         if config.mode in ("tcp", "tls") or unix_stream:
             assert listen is not None
             self.server = self._listen(listen, config)
 
-    async def run(self, *, task_status: trio.TaskStatus[list[Bound]]) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
         """Serve until stopped; closes this source's channel to the pipeline when done."""
         async with self._send:
             if self.server is not None:
@@ -240,7 +240,7 @@ class SyslogSource(FramedSource):
 
     # --- datagrams: UDP and unix ---------------------------------------------------------------
 
-    async def _serve_udp(self, task_status: trio.TaskStatus[list[Bound]]) -> None:
+    async def _serve_udp(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
         address = self.config.address
         assert address is not None
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
@@ -294,7 +294,7 @@ class SyslogSource(FramedSource):
         else:
             self.log.info("udp_receive_buffer", **fields)
 
-    async def _serve_unix_datagrams(self, task_status: trio.TaskStatus[list[Bound]]) -> None:
+    async def _serve_unix_datagrams(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
         path = self.config.path
         assert path is not None
         raw, file = bind_unix_socket(self.id, path, socket.SOCK_DGRAM, self.config.socket_mode)
@@ -371,7 +371,7 @@ class SyslogSource(FramedSource):
             reason = f"datagram longer than max_message_bytes ({limit})"
             self.counters["events"] += 1
             return [self._malformed(source, received_at, reason, data, len(data))]
-        frames: list[SyslogFrame] = [data]
+        frames: list[Framed] = [data]
         if data[:1].isdigit():  # loggen -P: octet counting even on UDP
             framer = AutoFramer(limit)
             frames = framer.feed(data)

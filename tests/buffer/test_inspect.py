@@ -10,7 +10,7 @@ import pytest
 
 from shipper.buffer.recovery import CURSOR_DIR, EPOCH_FILE
 from shipper.buffer.segment import Position
-from shipper.checkpoint import CHAIN_CURSOR, Checkpoint, store_checkpoint
+from shipper.chain_stage import CHAIN_CURSOR, Checkpoint, store_checkpoint
 from shipper.cli import main
 from tests.buffer.test_recovery import EPOCH, segment_size, snapshot, store_cursor, write_segment
 from tests.test_cli import daemon_config, write_config

@@ -29,7 +29,7 @@ from shipper.buffer.wal import Wal, WalSettings
 from tests.buffer.test_wal import events, numbers, open_wal, segment_files
 from tests.chains import chain_lines
 from tests.conftest import LogCapture, archive_lines
-from tests.test_checkpoint import run_once
+from tests.test_chain_stage import run_once
 
 H = SEGMENT_HEADER_SIZE
 EPOCH = "0123456789abcdef"

@@ -686,7 +686,7 @@ async def test_a_writer_blocked_on_a_full_wal_wakes_when_an_fsync_fails(
 async def test_starting_a_segment_after_a_failed_fsync_does_not_expose_refused_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``append_nothing`` after a failed fsync first cuts the refused bytes off: readers never
+    """``open_next_segment`` after a failed fsync first cuts the refused bytes off: readers never
     get the refused batch."""
     wal = open_wal(tmp_path)
     assert await wal.append(events(1, 2))
@@ -695,7 +695,7 @@ async def test_starting_a_segment_after_a_failed_fsync_does_not_expose_refused_b
     failing_fsyncs(monkeypatch, "I/O error")
     assert not await wal.sync()
     monkeypatch.undo()
-    assert await wal.append_nothing()
+    assert await wal.open_next_segment()
     assert await read_all(wal.readers["a"]) == [1, 2]
     await wal.close()
     wal.release()

@@ -6,20 +6,20 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from shipper.codecs.framing import SyslogFrame
+from shipper.codecs.framing import Framed
 
 
 class Framer(Protocol):
     """What every framer in ``shipper.codecs.framing`` offers."""
 
-    def feed(self, data: bytes, /) -> Sequence[SyslogFrame]: ...
+    def feed(self, data: bytes, /) -> Sequence[Framed]: ...
 
-    def finish(self) -> SyslogFrame | None: ...
+    def finish(self) -> Framed | None: ...
 
 
-def feed_chunks(framer: Framer, chunks: Iterable[bytes], finish: bool = True) -> list[SyslogFrame]:
+def feed_chunks(framer: Framer, chunks: Iterable[bytes], finish: bool = True) -> list[Framed]:
     """Every frame the framer yields for ``chunks``, plus what finish() returns when asked."""
-    frames: list[SyslogFrame] = []
+    frames: list[Framed] = []
     for chunk in chunks:
         frames += framer.feed(chunk)
     if finish:

@@ -12,9 +12,9 @@ from shipper.codecs.framing import (
     MAX_MSG_LEN_DIGITS,
     AutoFramer,
     BadFraming,
+    Framed,
     OctetCountingFramer,
     Oversized,
-    SyslogFrame,
     SyslogLineFramer,
 )
 from shipper.codecs.syslog import SyslogMessage, parse
@@ -59,7 +59,7 @@ def test_octet_frames_fed_whole() -> None:
 def test_octet_frames_fed_byte_by_byte() -> None:
     """Feeding one byte at a time yields each frame exactly when its last byte arrives."""
     framer = OctetCountingFramer(100)
-    frames: list[SyslogFrame] = []
+    frames: list[Framed] = []
     ends = set(itertools.accumulate(len(octet(m)) for m in MESSAGES))
     for index, chunk in enumerate(byte_by_byte(STREAM), start=1):
         got = framer.feed(chunk)
@@ -122,7 +122,7 @@ def test_lf_and_cr_between_frames_are_skipped() -> None:
         pytest.param(b"x" * 10_000, Oversized(b"xxx", 10_000), id="far-over"),
     ],
 )
-def test_octet_max_frame(message: bytes, frame: SyslogFrame) -> None:
+def test_octet_max_frame(message: bytes, frame: Framed) -> None:
     """A frame of max_frame bytes passes; a longer one is Oversized and skipped exactly."""
     stream = octet(message) + octet(b"next")
     expected = [frame, b"next"]
@@ -173,7 +173,7 @@ def test_bad_msg_len_is_reported_with_its_bytes(stream: bytes, reason: str) -> N
 def test_after_a_bad_msg_len_the_stream_is_lf_framed() -> None:
     """After a framing error the framer falls back to LF framing for the rest of the stream."""
     stream = octet(b"<13>ok") + b"5x <13>broken\n<13>line two\n" + octet(b"<13>c") + b"\n"
-    expected: list[SyslogFrame] = [
+    expected: list[Framed] = [
         b"<13>ok",
         BadFraming(
             "bad MSG-LEN: expected a digit or SP after b'5', got b'x'", b"5x <13>broken", 13
@@ -251,7 +251,7 @@ def test_finish_after_fallback_returns_the_last_line() -> None:
         pytest.param(b"<13>tail", [b"<13>tail"], id="unterminated-tail"),
     ],
 )
-def test_lf_mode_treats_nul_as_a_delimiter(stream: bytes, frames: list[SyslogFrame]) -> None:
+def test_lf_mode_treats_nul_as_a_delimiter(stream: bytes, frames: list[Framed]) -> None:
     """In LF mode a NUL ends a frame like an LF, and NUL+LF is a single delimiter."""
     for chunks in ([stream], byte_by_byte(stream), split_at(stream, [6])):
         assert feed_chunks(SyslogLineFramer(100), chunks) == frames
@@ -270,7 +270,7 @@ def test_lf_mode_treats_nul_as_a_delimiter(stream: bytes, frames: list[SyslogFra
     ],
 )
 def test_auto_framer_detects_from_the_first_byte(
-    stream: bytes, mode: str, frames: list[SyslogFrame]
+    stream: bytes, mode: str, frames: list[Framed]
 ) -> None:
     """The first byte of a connection picks octet counting (a digit) or LF framing (else)."""
     for chunks in ([stream], byte_by_byte(stream)):
@@ -314,7 +314,7 @@ def test_auto_framer_without_data() -> None:
         ),
     ],
 )
-def test_auto_framer_oversized_in_both_modes(stream: bytes, frames: list[SyslogFrame]) -> None:
+def test_auto_framer_oversized_in_both_modes(stream: bytes, frames: list[Framed]) -> None:
     """An oversized frame becomes Oversized in either mode and the next frame comes through."""
     for chunks in ([stream], byte_by_byte(stream)):
         framer = AutoFramer(10, keep=5)
@@ -341,7 +341,7 @@ chunk_cuts = st.lists(st.integers(min_value=0, max_value=500), max_size=20)
 def test_octet_frames_match_a_model(msgs: list[bytes], cuts: list[int], max_frame: int) -> None:
     """Any counted messages in any chunks come back as themselves, or Oversized past max_frame."""
     stream = b"".join(octet(m) for m in msgs if m)
-    expected: list[SyslogFrame] = [
+    expected: list[Framed] = [
         m if len(m) <= max_frame else Oversized(m[:7], len(m)) for m in msgs if m
     ]
     assert feed_chunks(OctetCountingFramer(max_frame, keep=7), split_at(stream, cuts)) == expected

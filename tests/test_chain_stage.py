@@ -18,7 +18,7 @@ from shipper.buffer import wal as wal_module
 from shipper.buffer.segment import Position, segment_name
 from shipper.buffer.segment import header as segment_header
 from shipper.chain import Verifier
-from shipper.checkpoint import (
+from shipper.chain_stage import (
     CHAIN_CURSOR,
     ChainStage,
     checkpoint_path,

@@ -1,8 +1,8 @@
-"""Retrying: the delays of ``shipper.errors.Backoff``."""
+"""Retrying: the delays of ``shipper.retry.Backoff``."""
 
 from __future__ import annotations
 
-from shipper.errors import Backoff
+from shipper.retry import Backoff
 
 
 def test_backoff_delays_double_with_jitter_up_to_the_limit() -> None:
