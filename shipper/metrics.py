@@ -383,3 +383,48 @@ def summary(snapshot: dict[str, Any]) -> dict[str, Any]:
     if troubled:
         out["health"] = troubled
     return out
+
+
+class CounterSet:
+    """A component's counters by short name, each a metric of the registry.
+
+    ``counters["events"] += n`` updates the metric ``<component>_events`` labelled with the
+    component's id (``source="agents"``), so a component counts as it would with a
+    ``collections.Counter``, and every count is in the registry's snapshot. The names are
+    declared up front, with their help text (and unit, for names ending in ``_bytes`` or
+    ``_seconds``); an undeclared name is a defect (``KeyError``).
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(
+        self,
+        registry: Registry,
+        component: str,
+        component_id: str,
+        declared: dict[str, str],
+    ) -> None:
+        self._values: dict[str, CounterValue] = {}
+        for key, help in declared.items():
+            name = f"{component}_{key}"
+            unit = next((u for u in ("bytes", "seconds") if name.endswith(f"_{u}")), "")
+            family = registry.counter(name, help, unit=unit, labels=(component,))
+            self._values[key] = family.labels(component_id)
+
+    def __getitem__(self, key: str) -> float:
+        return self._values[key].value
+
+    def __setitem__(self, key: str, value: float) -> None:
+        self._values[key].value = value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def as_dict(self) -> dict[str, float]:
+        """Every counter's value now, by short name (for a log entry, or to restore later)."""
+        return {key: child.value for key, child in self._values.items()}
+
+    def restore(self, values: dict[str, float]) -> None:
+        """Set the counters back to ``values`` (taken by ``as_dict``): work taken back."""
+        for key, value in values.items():
+            self._values[key].value = value

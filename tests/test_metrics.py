@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shipper.metrics import Health, Registry, merge, summary, value
+from shipper.metrics import CounterSet, Health, Registry, merge, summary, value
 
 
 def test_counters_keep_one_value_per_label_set() -> None:
@@ -147,3 +147,25 @@ def test_summary_nests_values_by_labels_and_names_troubled_components() -> None:
     assert shown["health"] == {
         "sink.archive": {"status": "degraded", "reason": "disk full", "since": 0.0}
     }
+
+
+def test_counter_set_counts_into_the_registry_by_component() -> None:
+    """A component's counter set counts like a ``Counter`` into metrics labelled with its id,
+    takes the unit from the name, refuses undeclared names, and restores taken-back counts."""
+    registry = Registry()
+    declared = {"events": "Events decoded", "bytes": "Bytes read"}
+    agents = CounterSet(registry, "source", "agents", declared)
+    syslog = CounterSet(registry, "source", "syslog", declared)
+    agents["events"] += 3
+    agents["bytes"] += 100
+    syslog["events"] += 1
+    before = agents.as_dict()
+    agents["events"] += 5
+    agents.restore(before)
+    snapshot = registry.snapshot()
+    assert value(snapshot, "source_events", "agents") == 3
+    assert value(snapshot, "source_events", "syslog") == 1
+    assert snapshot["metrics"]["source_bytes"]["unit"] == "bytes"
+    assert agents.as_dict() == {"events": 3, "bytes": 100}
+    with pytest.raises(KeyError):
+        agents["typo"] += 1
