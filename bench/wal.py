@@ -44,9 +44,10 @@ from crc32c import crc32c
 
 from bench.events import generate_lines
 from bench.timing import interleaved_best
+from shipper.buffer.config import FSYNC_POLICIES, BufferConfig, Fsync
 from shipper.buffer.record import HEADER
 from shipper.buffer.segment import write_buffers
-from shipper.buffer.wal import GROUP_BYTES, PIPELINE_DEPTH, Wal, WalSettings, entry
+from shipper.buffer.wal import GROUP_BYTES, PIPELINE_DEPTH, Wal, entry
 from shipper.events import Event
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:40000"}
@@ -110,7 +111,7 @@ def encode_pass(events: Sequence[Event]) -> float:
 def wal_pass(
     items: Sequence[bytes] | Sequence[Event],
     batch: int,
-    policy: str,
+    policy: Fsync,
     directory: Path,
     depth: int = PIPELINE_DEPTH,
 ) -> tuple[float, int, int]:
@@ -123,7 +124,7 @@ def wal_pass(
     fsyncing meanwhile); 0: one ``Wal.append`` at a time."""
     shutil.rmtree(directory, ignore_errors=True)
     wal = Wal(
-        directory, WalSettings(max_bytes=64 * 1024**3, segment_bytes=SEGMENT_BYTES, fsync=policy)
+        directory, BufferConfig(max_bytes=64 * 1024**3, segment_bytes=SEGMENT_BYTES, fsync=policy)
     )
     wal.open({"bench": None})
     encode = bool(items) and isinstance(items[0], Event)
@@ -209,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if name == ROWS[1]:
                     return _timed_writes(args.dir / "limit.bin", framed_batches(part, batch))
                 items = part_events if name == ROWS[6] else part
-                policy = name.split('"')[1]
+                policy = FSYNC_POLICIES[FSYNC_POLICIES.index(name.split('"')[1])]
                 depth = 0 if name == ROWS[3] else PIPELINE_DEPTH
                 elapsed, written, synced = wal_pass(items, batch, policy, args.dir / "w", depth)
                 fsyncs[batch, name] += synced

@@ -31,10 +31,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
+from shipper.buffer.config import FSYNC_POLICIES, MIN_MAX_BYTES, MIN_SEGMENT_BYTES, WHEN_FULL
+from shipper.buffer.config import BufferConfig as BufferConfig
 from shipper.chain import ALGORITHMS, PROFILES, SEED, Profile
 from shipper.errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
+C = TypeVar("C", bound=str)
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 CHAIN_PROFILES: Final = (*PROFILES, "custom")
@@ -305,11 +308,12 @@ class _Table:
     def string(self, name: str, default: str | _Missing = _REQUIRED) -> str:
         return self._get(name, default, _string, "")
 
-    def choice(self, name: str, choices: Sequence[str], default: str | _Missing = _REQUIRED) -> str:
-        def convert(value: object) -> str:
-            if value not in choices:
-                raise ValueError("expected " + _one_of(choices))
-            return str(value)
+    def choice(self, name: str, choices: Sequence[C], default: C | _Missing = _REQUIRED) -> C:
+        def convert(value: object) -> C:
+            for choice in choices:
+                if value == choice:
+                    return choice
+            raise ValueError("expected " + _one_of(choices))
 
         return self._get(name, default, convert, choices[0])
 
@@ -572,21 +576,6 @@ class ChainConfig:
     max_open_gaps: int = 64
     checkpoint_interval: float = 10.0
     max_agents: int = 100_000
-
-
-FSYNC_POLICIES: Final = ("batch", "interval", "never")
-WHEN_FULL: Final = ("block", "drop_newest")
-
-
-@dataclass(frozen=True)
-class BufferConfig:
-    """``[buffer]``: the write-ahead log (see ``shipper.buffer``)."""
-
-    max_bytes: int = 1024**3
-    segment_bytes: int = 64 * 1024**2
-    fsync: str = "batch"
-    fsync_interval: float = 1.0
-    when_full: str = "block"
 
 
 @dataclass(frozen=True)
@@ -889,9 +878,9 @@ def parse_config(
     buffer = BufferConfig()
     buffer_table = top.table("buffer")
     if buffer_table is not None:
-        max_bytes = buffer_table.size("max_bytes", buffer.max_bytes, minimum=1024 * 1024)
+        max_bytes = buffer_table.size("max_bytes", buffer.max_bytes, minimum=MIN_MAX_BYTES)
         segment_bytes = buffer_table.size(
-            "segment_bytes", min(buffer.segment_bytes, max_bytes // 4), minimum=64 * 1024
+            "segment_bytes", min(buffer.segment_bytes, max_bytes // 4), minimum=MIN_SEGMENT_BYTES
         )
         if segment_bytes * 2 > max_bytes:
             buffer_table.problem(
@@ -901,9 +890,11 @@ def parse_config(
         buffer = BufferConfig(
             max_bytes=max_bytes,
             segment_bytes=segment_bytes,
-            fsync=buffer_table.choice("fsync", FSYNC_POLICIES, "batch"),
-            fsync_interval=buffer_table.duration("fsync_interval", 1.0, minimum=0.001),
-            when_full=buffer_table.choice("when_full", WHEN_FULL, "block"),
+            fsync=buffer_table.choice("fsync", FSYNC_POLICIES, buffer.fsync),
+            fsync_interval=buffer_table.duration(
+                "fsync_interval", buffer.fsync_interval, minimum=0.001
+            ),
+            when_full=buffer_table.choice("when_full", WHEN_FULL, buffer.when_full),
         )
         buffer_table.finish()
 

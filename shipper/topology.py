@@ -52,7 +52,7 @@ import trio
 
 from shipper.budget import ByteBudget
 from shipper.buffer.segment import Position
-from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalSettings, WalWriteError, entry
+from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalWriteError, entry
 from shipper.chain_stage import CHAIN_CURSOR, ChainStage, Checkpoint, read_checkpoint
 from shipper.config import Config, SyslogSourceConfig
 from shipper.errors import DataDirError
@@ -115,18 +115,7 @@ class Topology:
             )
             for sink in config.sinks.values()
         ]
-        buffer = config.buffer
-        self.wal = Wal(
-            config.data_dir / "wal",
-            WalSettings(
-                max_bytes=buffer.max_bytes,
-                segment_bytes=buffer.segment_bytes,
-                fsync=buffer.fsync,
-                fsync_interval=buffer.fsync_interval,
-                when_full=buffer.when_full,
-                reserve_bytes=RESERVE_BYTES,
-            ),
-        )
+        self.wal = Wal(config.data_dir / "wal", config.buffer, RESERVE_BYTES)
         self.chain = ChainStage(config.chain, config.data_dir)
         self._next_checkpoint = 0.0
         self._checkpoint_failed = False

@@ -59,6 +59,7 @@ import trio
 
 from shipper.buffer import cursor as cursors
 from shipper.buffer import record as records
+from shipper.buffer.config import BufferConfig
 from shipper.buffer.recovery import CURSOR_DIR, LOCK_FILE, Report, recover
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
@@ -86,16 +87,6 @@ DISK_POLL_SECONDS = 1.0
 PIPELINE_DEPTH = 4
 
 
-@dataclass(frozen=True)
-class WalSettings:
-    max_bytes: int = 1024**3
-    segment_bytes: int = 64 * 1024**2
-    fsync: str = "batch"  # "batch" | "interval" | "never"
-    fsync_interval: float = 1.0
-    when_full: str = "block"  # "block" | "drop_newest"
-    reserve_bytes: int = 0  # free space kept on the file system (see ``Wal.full``)
-
-
 @dataclass
 class ReadBatch:
     """Envelopes read for one sink, and the position to acknowledge once they are delivered."""
@@ -116,9 +107,13 @@ class WalWriteError(ShipperError):
 
 
 class Wal:
-    """Segments on disk, one writer, one reader per sink."""
+    """Segments on disk, one writer, one reader per sink.
 
-    def __init__(self, directory: Path, settings: WalSettings) -> None:
+    ``settings`` is the ``[buffer]`` config as read (``shipper.buffer.config``);
+    ``reserve_bytes`` is the free space to keep on the file system (see ``full``).
+    """
+
+    def __init__(self, directory: Path, settings: BufferConfig, reserve_bytes: int = 0) -> None:
         self.directory = directory
         self.settings = settings
         self.counters: Counter[str] = Counter()
@@ -154,7 +149,7 @@ class Wal:
         self._lock: int | None = None  # the directory's flock, held from open() to release()
         #: Free space kept on the WAL's file system: below it the WAL counts as full, as at
         #: ``max_bytes`` (room for the batches in flight and the chain checkpoint).
-        self.reserve_bytes = settings.reserve_bytes
+        self.reserve_bytes = reserve_bytes
         self._drop_log = Throttle(1)
         self._drop_logged = 0  # dropped_full as of the last wal_full_dropped line
         self.report: Report | None = None

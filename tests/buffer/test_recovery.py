@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper.buffer import cursor
+from shipper.buffer.config import BufferConfig
 from shipper.buffer.record import HEADER_SIZE, Record, encode, encode_many, scan
 from shipper.buffer.recovery import (
     CURSOR_DIR,
@@ -25,7 +26,7 @@ from shipper.buffer.recovery import (
     recover,
 )
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, header, segment_name
-from shipper.buffer.wal import Wal, WalSettings
+from shipper.buffer.wal import Wal
 from tests.buffer.test_wal import events, numbers, open_wal, segment_files
 from tests.chains import chain_lines
 from tests.conftest import LogCapture, archive_lines
@@ -679,7 +680,7 @@ def test_wal_opens_with_the_hinted_epoch_and_logs_the_damage(
     error-level ``wal_recovery`` entry."""
     write_segment(tmp_path, 1)
     (tmp_path / EPOCH_FILE).write_bytes(b"\xc3\x28 not utf-8")
-    wal = Wal(tmp_path, WalSettings())
+    wal = Wal(tmp_path, BufferConfig())
     wal.open({"a": None}, epoch_hint=OTHER_EPOCH)
     assert wal.epoch == OTHER_EPOCH
     assert [(e["level"], e["kind"]) for e in logs.entries("wal_recovery")] == [

@@ -16,6 +16,7 @@ import trio
 from shipper.buffer import record as records
 from shipper.buffer import segment as segment_module
 from shipper.buffer import wal as wal_module
+from shipper.buffer.config import BufferConfig
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
     Position,
@@ -29,7 +30,6 @@ from shipper.buffer.wal import (
     Wal,
     WalLocked,
     WalReader,
-    WalSettings,
     WalWriteError,
     entry,
     envelopes,
@@ -63,7 +63,7 @@ def open_wal(
     path: Path, sinks: dict[str, frozenset[str] | None] | None = None, **settings: object
 ) -> Wal:
     """A WAL in ``path`` with the given sinks (default: one sink "a" taking everything)."""
-    wal = Wal(path, WalSettings(**settings))  # type: ignore[arg-type]
+    wal = Wal(path, BufferConfig(**settings))  # type: ignore[arg-type]
     wal.open(sinks if sinks is not None else {"a": None})
     return wal
 

@@ -37,6 +37,7 @@ from hypothesis.stateful import (
 )
 
 from shipper.buffer import wal as wal_module
+from shipper.buffer.config import BufferConfig, Fsync
 from shipper.buffer.record import HEADER_SIZE
 from shipper.buffer.recovery import CURSOR_DIR, EPOCH_FILE, LOCK_FILE
 from shipper.buffer.segment import (
@@ -46,7 +47,7 @@ from shipper.buffer.segment import (
     segment_number,
     write_all,
 )
-from shipper.buffer.wal import READ_BYTES, ReadBatch, Wal, WalSettings, WalWriteError, entry
+from shipper.buffer.wal import READ_BYTES, ReadBatch, Wal, WalWriteError, entry
 from shipper.events import Event
 
 T = TypeVar("T")
@@ -158,7 +159,7 @@ class WalModel(RuleBasedStateMachine):
         self.refused: list[list[Appended]] = []  # refused batches, to be written again in order
         self.accepted_seqs: list[int] = []  # numbers of the current Wal's accepted write()s
         self.sinks = {name: SinkModel(inputs) for name, inputs in SINKS.items()}
-        self.settings = WalSettings()
+        self.settings = BufferConfig()
         self.wal: Wal | None = None
         self.next_n = 0
         # By the current Wal (its counters start at zero): events dropped, events and bytes
@@ -176,9 +177,9 @@ class WalModel(RuleBasedStateMachine):
         drop_limit=st.one_of(st.none(), st.integers(32 * 1024, 400 * 1024)),
         fsync=st.sampled_from(["batch", "never"]),
     )
-    def start(self, drop_limit: int | None, fsync: str) -> None:
+    def start(self, drop_limit: int | None, fsync: Fsync) -> None:
         """Open a fresh WAL: unlimited, or small with ``when_full = "drop_newest"``."""
-        self.settings = WalSettings(
+        self.settings = BufferConfig(
             max_bytes=UNLIMITED if drop_limit is None else drop_limit,
             segment_bytes=SEGMENT_BYTES,
             fsync=fsync,
@@ -781,7 +782,7 @@ async def test_a_restart_deletes_segments_acknowledged_before_the_shutdown() -> 
     """A segment whose records every sink acknowledged before a restart is gone after it."""
     with tempfile.TemporaryDirectory(prefix="wal-model-") as tmp:
         directory = Path(tmp)
-        settings = WalSettings(segment_bytes=SEGMENT_BYTES)
+        settings = BufferConfig(segment_bytes=SEGMENT_BYTES)
         wal = Wal(directory, settings)
         wal.open({"all": None})
         source = SOURCES["agents"]

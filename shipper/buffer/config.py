@@ -1,0 +1,32 @@
+"""``[buffer]``: the settings of the write-ahead log (``shipper.buffer.wal``), and their defaults.
+
+``BufferConfig`` is what the config file's ``[buffer]`` table becomes and what ``Wal`` takes: its
+field defaults are the only place the defaults are written. This module imports nothing of
+``shipper.config`` (``shipper.config`` imports it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal, get_args
+
+#: ``fsync``: when a write batch is fsynced before its events count as accepted.
+Fsync = Literal["batch", "interval", "never"]
+FSYNC_POLICIES: Final[tuple[Fsync, ...]] = get_args(Fsync)
+#: ``when_full``: what the writer does with a batch while the WAL is full.
+WhenFull = Literal["block", "drop_newest"]
+WHEN_FULL: Final[tuple[WhenFull, ...]] = get_args(WhenFull)
+#: The smallest ``max_bytes`` and ``segment_bytes`` a config may give.
+MIN_MAX_BYTES: Final = 1024 * 1024
+MIN_SEGMENT_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """The WAL's bound (``max_bytes``), segment size, fsync policy and what to do when full."""
+
+    max_bytes: int = 1024**3
+    segment_bytes: int = 64 * 1024**2
+    fsync: Fsync = "batch"
+    fsync_interval: float = 1.0
+    when_full: WhenFull = "block"
