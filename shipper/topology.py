@@ -54,15 +54,13 @@ from shipper.budget import ByteBudget
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalWriteError, entry
 from shipper.chain_stage import CHAIN_CURSOR, ChainStage, Checkpoint, read_checkpoint
-from shipper.config import Config, SyslogSourceConfig
+from shipper.config import Config
 from shipper.errors import DataDirError
 from shipper.events import Event, Malformed, event_bytes, size_of
 from shipper.logging import Throttle, get_logger
 from shipper.retry import Backoff
-from shipper.sinks.file import FileSink
-from shipper.sources import Listening
-from shipper.sources.json_tls import JsonTlsSource
-from shipper.sources.syslog import SyslogSource
+from shipper.sinks import Sink
+from shipper.sources import Listening, Source
 
 log = get_logger("shipper.topology")
 
@@ -87,7 +85,7 @@ CHECKPOINT_RETRY_SECONDS = 1.0
 class SinkSlot:
     """A sink and the source ids it takes (None: all)."""
 
-    sink: FileSink
+    sink: Sink
     inputs: frozenset[str] | None
 
 
@@ -97,20 +95,17 @@ class Topology:
     def __init__(self, config: Config) -> None:
         self.config = config
         ingest_send, self._ingest = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
-        self.sources: list[JsonTlsSource | SyslogSource] = []
         agent_of = config.chain.profile_fields.agent_of
-        for source in config.sources.values():
-            if isinstance(source, SyslogSourceConfig):
-                self.sources.append(SyslogSource(source, ingest_send.clone(), agent_of))
-            else:
-                self.sources.append(JsonTlsSource(source, ingest_send.clone(), agent_of))
+        self.sources: list[Source] = [
+            source.build(ingest_send.clone(), agent_of) for source in config.sources.values()
+        ]
         ingest_send.close()
         self.budget = ByteBudget(CHANNEL_BYTES)
         for running in self.sources:
             running.budget = self.budget
         self.sinks = [
             SinkSlot(
-                FileSink(sink),
+                sink.build(),
                 frozenset(sink.inputs) if sink.inputs is not None else None,
             )
             for sink in config.sinks.values()

@@ -22,9 +22,6 @@ from shipper.config import (
     SOURCE_TYPES,
     Address,
     Config,
-    FileSinkConfig,
-    JsonTlsSourceConfig,
-    SyslogSourceConfig,
     TlsServerConfig,
     interpolate_env,
     load_config,
@@ -34,6 +31,9 @@ from shipper.config import (
     parse_size,
 )
 from shipper.errors import ConfigError, ConfigProblem
+from shipper.sinks.file import FileSinkConfig
+from shipper.sources.json_tls import JsonTlsSourceConfig
+from shipper.sources.syslog import SyslogSourceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIGS = sorted((REPO / "config").rglob("*.toml"))
@@ -63,6 +63,20 @@ def _with_sink(**keys: Any) -> dict[str, Any]:
     raw = copy.deepcopy(MINIMAL)
     raw["sinks"]["out"].update(keys)
     return raw
+
+
+def _source(config: Config, name: str = "a") -> JsonTlsSourceConfig:
+    """Source ``name`` of ``config``, which must be a json_tls source."""
+    source = config.sources[name]
+    assert isinstance(source, JsonTlsSourceConfig)
+    return source
+
+
+def _sink(config: Config, name: str = "out") -> FileSinkConfig:
+    """Sink ``name`` of ``config``, which must be a file sink."""
+    sink = config.sinks[name]
+    assert isinstance(sink, FileSinkConfig)
+    return sink
 
 
 def _problems(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
@@ -135,7 +149,7 @@ def test_default_config_listens_on_loopback_and_archives_to_files(
     """config/shipper.toml has a json_tls source on a loopback address and a file sink."""
     monkeypatch.chdir(REPO)
     config = load_config(REPO / "config" / "shipper.toml", env={})
-    json_sources = [s for s in config.sources.values() if s.kind == "json_tls"]
+    json_sources = [s for s in config.sources.values() if isinstance(s, JsonTlsSourceConfig)]
     assert json_sources
     for source in json_sources:
         assert ipaddress.ip_address(source.address.host).is_loopback
@@ -183,7 +197,7 @@ def test_values_are_converted_to_bytes_seconds_and_tuples() -> None:
     assert source.address == Address("::1", 7000)
     assert (source.max_line_bytes, source.max_connections, source.idle_timeout) == (2048, 7, 0.25)
     assert config.sinks["out"].inputs == ("a",)
-    assert config.sinks["out"].max_file_bytes == 1_000_000
+    assert _sink(config).max_file_bytes == 1_000_000
 
 
 def test_load_config_reads_toml_from_disk(tmp_path: Path) -> None:
@@ -623,16 +637,16 @@ def test_env_vars_are_interpolated_and_dollar_dollar_is_a_dollar() -> None:
     config = parse_config(
         raw, env={"HOST": "::1", "PORT": "7000", "IDLE": "2m", "ARCHIVE_DIR": "/srv"}
     )
-    assert config.sources["a"].address == Address("::1", 7000)
-    assert config.sources["a"].idle_timeout == 120.0
-    assert config.sinks["out"].path == Path("/srv/${HOME}/$x")
+    assert _source(config).address == Address("::1", 7000)
+    assert _source(config).idle_timeout == 120.0
+    assert _sink(config).path == Path("/srv/${HOME}/$x")
 
 
 def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without an explicit env mapping, variables come from os.environ."""
     monkeypatch.setenv("SHIPPER_TEST_ARCHIVE", "/tmp/from-env")
     config = parse_config(_with_sink(path="${SHIPPER_TEST_ARCHIVE}"))
-    assert config.sinks["out"].path == Path("/tmp/from-env")
+    assert _sink(config).path == Path("/tmp/from-env")
 
 
 @pytest.mark.parametrize(
@@ -741,7 +755,7 @@ def _with_tls(**tls: Any) -> dict[str, Any]:
 def test_tls_with_valid_files_builds_a_server_context(pems: _Pems) -> None:
     """Usable cert and key files give a TlsServerConfig whose context needs no client cert."""
     config = parse_config(_with_tls(cert=pems.server, key=pems.server), env={})
-    tls = config.sources["a"].tls
+    tls = _source(config).tls
     assert tls == TlsServerConfig(cert=pems.server, key=pems.server)
     assert tls is not None
     context = tls.build()
@@ -752,7 +766,7 @@ def test_tls_with_valid_files_builds_a_server_context(pems: _Pems) -> None:
 def test_client_ca_requires_client_certs_by_default(pems: _Pems) -> None:
     """With client_ca set, require_client_cert defaults to true and the context demands a cert."""
     config = parse_config(_with_tls(cert=pems.server, key=pems.server, client_ca=pems.ca), env={})
-    tls = config.sources["a"].tls
+    tls = _source(config).tls
     assert tls is not None
     assert tls.client_ca == pems.ca
     assert tls.require_client_cert is True
@@ -762,7 +776,7 @@ def test_client_ca_requires_client_certs_by_default(pems: _Pems) -> None:
 def test_client_ca_with_optional_client_certs(pems: _Pems) -> None:
     """require_client_cert = false with a client_ca makes client certificates optional."""
     raw = _with_tls(cert=pems.server, key=pems.server, client_ca=pems.ca, require_client_cert=False)
-    tls = parse_config(raw, env={}).sources["a"].tls
+    tls = _source(parse_config(raw, env={})).tls
     assert tls is not None
     assert tls.require_client_cert is False
     assert tls.build().verify_mode == ssl.CERT_OPTIONAL
@@ -1106,12 +1120,13 @@ def test_identity_table_maps_certificate_identities_to_patterns(pems: _Pems, kin
     """[sources.X.identity] with mutual TLS comes out as identity -> tuple of patterns."""
     raw = _identity_source(pems, {"host-7": ["host-7", "agent-*"], "CN=relay": ["*"]}, kind)
     source = parse_config(raw, env={}).sources["a"]
+    assert isinstance(source, JsonTlsSourceConfig | SyslogSourceConfig)
     assert source.identity == {"host-7": ("host-7", "agent-*"), "CN=relay": ("*",)}
 
 
 def test_sources_without_an_identity_table_check_nothing() -> None:
     """By default a source has no identity table."""
-    assert parse_config(MINIMAL, env={}).sources["a"].identity is None
+    assert _source(parse_config(MINIMAL, env={})).identity is None
 
 
 def test_identity_table_needs_tls_with_a_client_ca(pems: _Pems) -> None:

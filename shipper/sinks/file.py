@@ -30,18 +30,42 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import orjson
 import trio
 
 from shipper.buffer.segment import Position, fsync_dir
 from shipper.buffer.wal import WalReader
-from shipper.config import FileSinkConfig
+from shipper.config import SINK_TYPES, SinkCommon, SinkConfig, Table
 from shipper.errors import DestinationUnavailable
 from shipper.logging import get_logger
 from shipper.retry import Backoff
+
+
+@SINK_TYPES.register
+@dataclass(frozen=True, kw_only=True)
+class FileSinkConfig(SinkConfig):
+    """``type = "file"``: JSON-lines files in a directory, a new file past ``max_file_bytes``."""
+
+    kind: ClassVar[str] = "file"
+    path: Path
+    max_file_bytes: int = 128 * 1024 * 1024
+
+    @classmethod
+    def read(cls, table: Table, common: SinkCommon) -> FileSinkConfig | None:
+        path = table.path_("path")
+        max_file_bytes = table.size("max_file_bytes", cls.max_file_bytes, minimum=4096)
+        if path is None:
+            return None
+        return cls(**common, path=path, max_file_bytes=max_file_bytes)
+
+    def build(self) -> FileSink:
+        return FileSink(self)
+
 
 log = get_logger("shipper.sinks.file")
 

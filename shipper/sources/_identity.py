@@ -59,6 +59,10 @@ REASON_NO_ENTRY: Final = "certificate has no identity entry"
 REASON_NO_CERT: Final = "no client certificate"
 _SUBJECT_KEY_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9.-]*=")
 
+#: ``[sources.X.identity]``: certificate identity -> patterns of the agent ids and hostnames it may
+#: claim.
+IdentityTable = Mapping[str, tuple[str, ...]]
+
 
 def subject_attributes(subject: str) -> list[str]:
     """The ``TYPE=value`` parts of an RFC 4514 subject, as written (split at unescaped , and +)."""

@@ -55,17 +55,7 @@ import trio
 from shipper.budget import ByteBudget
 from shipper.codecs.framing import BadFraming, Framed, Oversized
 from shipper.codecs.jsonlines import is_blank
-from shipper.config import (
-    FRAME_TIMEOUT,
-    HANDSHAKE_TIMEOUT,
-    IDLE_TIMEOUT,
-    MAX_CONNECTIONS,
-    MAX_CONNECTIONS_PER_PEER,
-    Address,
-    IdentityTable,
-    JsonTlsSourceConfig,
-    SyslogSourceConfig,
-)
+from shipper.config import Address
 from shipper.errors import ListenError
 from shipper.events import (
     EVENT_OVERHEAD,
@@ -77,8 +67,16 @@ from shipper.events import (
     utc_timestamp,
 )
 from shipper.logging import Throttle, get_logger
-from shipper.sources import Listening
-from shipper.sources._identity import Grant, IdentityPolicy, claims
+from shipper.sources import AgentOf, Listening
+from shipper.sources._identity import Grant, IdentityPolicy, IdentityTable, claims
+from shipper.sources._listener import (
+    FRAME_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_PEER,
+    ListenerConfig,
+)
 
 #: The most one read of a connection takes (TLS records hold 16 KiB; TCP reads rarely more than
 #: 64 KiB): what a connection holds while it waits for room in the pipeline, with...
@@ -105,8 +103,6 @@ _RDN_NAMES: Final = {
 
 log = get_logger("shipper.sources")
 
-#: How a source finds the agent a record names (the chain profile's ``Profile.agent_of``).
-AgentOf = Callable[[dict[str, Any]], str | None]
 #: ``struct ucred`` (``SO_PEERCRED``, ``SCM_CREDENTIALS``): pid, uid, gid.
 _UCRED: Final = struct.Struct("3i")
 
@@ -659,7 +655,7 @@ class FramedSource:
         self._malformed_log = Throttle(MALFORMED_LOGS_PER_SECOND)
 
     def _listen(
-        self, address: Listening, config: JsonTlsSourceConfig | SyslogSourceConfig
+        self, address: Listening, config: ListenerConfig, socket_mode: int = 0o660
     ) -> StreamServer:
         tls = config.tls
         return StreamServer(
@@ -670,7 +666,7 @@ class FramedSource:
             ssl_context=tls.build() if tls is not None else None,
             max_connections=config.max_connections,
             idle_timeout=config.idle_timeout,
-            socket_mode=config.socket_mode if isinstance(config, SyslogSourceConfig) else 0o660,
+            socket_mode=socket_mode,
             max_connections_per_peer=config.max_connections_per_peer,
             handshake_timeout=config.handshake_timeout,
             frame_timeout=config.frame_timeout,

@@ -35,17 +35,68 @@ archived with ``identity_mismatch`` and followed by a ``shipper.identity_alert``
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import trio
 
 from shipper.chain import SEED
 from shipper.codecs.framing import LineFramer
 from shipper.codecs.jsonlines import decode_object
-from shipper.config import JsonTlsSourceConfig
+from shipper.config import SOURCE_TYPES, Address, Endpoint, Table
 from shipper.events import Event
-from shipper.sources import Listening
-from shipper.sources._net import AgentOf, FramedSource, Framer, StreamServer
+from shipper.sources import AgentOf, Listening
+from shipper.sources._listener import (
+    MAX_LINE_BYTES,
+    ListenerConfig,
+    read_admission,
+    read_identity,
+    read_limits,
+    read_tls,
+)
+from shipper.sources._net import FramedSource, Framer, StreamServer
+
+
+@SOURCE_TYPES.register
+@dataclass(frozen=True, kw_only=True)
+class JsonTlsSourceConfig(ListenerConfig):
+    """``type = "json_tls"``: newline-delimited JSON objects over TCP, TLS when ``tls`` is set.
+
+    Keys: ``address`` (required), ``max_line_bytes``, and the listener's (``_listener``):
+    ``tls``, ``max_connections``, ``idle_timeout``, ``max_connections_per_peer``,
+    ``frame_timeout``, ``handshake_timeout`` (with ``tls`` only), ``identity``.
+    """
+
+    kind: ClassVar[str] = "json_tls"
+    address: Address
+    max_line_bytes: int = 1024 * 1024
+
+    @classmethod
+    def read(cls, source_id: str, table: Table) -> JsonTlsSourceConfig:
+        address = table.address("address")
+        tls_table, tls = read_tls(table)
+        limits = read_limits(table)
+        no_tls = None if tls_table is not None else "expected only with TLS, got no tls table"
+        admission = read_admission(table, limits["max_connections"], no_tls)
+        return cls(
+            id=source_id,
+            address=address,
+            tls=tls,
+            identity=read_identity(table, tls_table),
+            max_line_bytes=table.size(
+                "max_line_bytes", cls.max_line_bytes, minimum=64, maximum=MAX_LINE_BYTES
+            ),
+            **limits,
+            **admission,
+        )
+
+    def build(
+        self, send: trio.MemorySendChannel[list[Event]], agent_of: AgentOf = SEED.agent_of
+    ) -> JsonTlsSource:
+        return JsonTlsSource(self, send, agent_of)
+
+    def endpoint(self) -> Endpoint | None:
+        return Endpoint("address", "tcp", self.address) if self.address.port else None
 
 
 class JsonTlsSource(FramedSource):

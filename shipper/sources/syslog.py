@@ -80,11 +80,15 @@ gid (see ``shipper.sources._net``). Identity binding is documented in
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, Final, Literal, TypeVar
 
 import orjson
 import trio
@@ -93,13 +97,22 @@ from shipper.chain import SEED
 from shipper.codecs.framing import AutoFramer, Framed
 from shipper.codecs.jsonlines import Refused, decode_object
 from shipper.codecs.syslog import parse
-from shipper.config import Address, SyslogSourceConfig
+from shipper.config import SOURCE_TYPES, Address, Endpoint, Table, literal_values
+from shipper.config.reader import show
 from shipper.errors import ListenError
 from shipper.events import Event, Malformed, utc_timestamp
 from shipper.logging import Throttle
-from shipper.sources import Listening
+from shipper.sources import AgentOf, Listening
+from shipper.sources._listener import (
+    MAX_LINE_BYTES,
+    ListenerConfig,
+    read_admission,
+    read_identity,
+    read_limits,
+    read_tls,
+    refuse_stream_keys,
+)
 from shipper.sources._net import (
-    AgentOf,
     FramedSource,
     Framer,
     bind_unix_socket,
@@ -108,6 +121,149 @@ from shipper.sources._net import (
 )
 
 T = TypeVar("T")
+
+#: ``mode``: the transport a syslog source listens on.
+SyslogMode = Literal["tcp", "tls", "udp", "unix"]
+SYSLOG_MODES: Final[tuple[SyslogMode, ...]] = literal_values(SyslogMode)
+#: ``socket_type`` of a syslog source with ``mode = "unix"``.
+UnixSocketType = Literal["datagram", "stream"]
+UNIX_SOCKET_TYPES: Final[tuple[UnixSocketType, ...]] = literal_values(UnixSocketType)
+#: The longest unix socket path the kernel binds (``sun_path`` holds 108 bytes with its NUL).
+MAX_UNIX_PATH_BYTES: Final = 107
+_FILE_MODE_RE: Final = re.compile(r"0?[0-7]{3}")
+#: Keys that only a syslog source with ``mode = "udp"`` takes.
+UDP_ONLY_KEYS: Final = ("receive_buffer", "burst_events", "burst_bytes")
+#: Defaults of the burst buffer of a ``syslog`` source with ``mode = "udp"`` (events, bytes).
+BURST_EVENTS: Final = 65536
+BURST_BYTES: Final = 16 * 1024 * 1024
+#: ``receive_buffer`` bounds: SO_RCVBUF takes a C int, which the kernel doubles.
+MIN_RECEIVE_BUFFER: Final = 4096
+MAX_RECEIVE_BUFFER: Final = 512 * 1024 * 1024
+
+
+@SOURCE_TYPES.register
+@dataclass(frozen=True, kw_only=True)
+class SyslogSourceConfig(ListenerConfig):
+    """``type = "syslog"``: RFC 5424/3164 over TCP, TLS (RFC 5425), UDP or a unix socket.
+
+    ``address`` is set for every mode but ``"unix"``, which has ``path`` (and ``socket_type``,
+    ``socket_mode``) instead. The connection keys (``max_connections`` ... ``frame_timeout``)
+    apply to the stream modes; ``receive_buffer`` (None: the kernel's default) and the burst
+    buffer's bounds to ``mode = "udp"``. ``tls`` is required with ``mode = "tls"``, and taken
+    only then.
+    """
+
+    kind: ClassVar[str] = "syslog"
+    address: Address | None = None
+    mode: SyslogMode = "tcp"
+    max_message_bytes: int = 64 * 1024
+    path: Path | None = None
+    socket_type: UnixSocketType = "datagram"
+    socket_mode: int = 0o660
+    receive_buffer: int | None = None
+    burst_events: int = BURST_EVENTS
+    burst_bytes: int = BURST_BYTES
+
+    @classmethod
+    def read(cls, source_id: str, table: Table) -> SyslogSourceConfig:
+        mode = table.choice("mode", SYSLOG_MODES, cls.mode)
+        address, path, socket_type, socket_mode = _read_listener(table, mode)
+        tls_table, tls = read_tls(table)
+        limits = read_limits(table)
+        extra: dict[str, Any] = {}
+        if mode in ("tcp", "tls") or (mode == "unix" and socket_type == "stream"):
+            no_tls = (
+                None if mode == "tls" else f'expected only with mode = "tls", got mode = "{mode}"'
+            )
+            extra = read_admission(table, limits["max_connections"], no_tls)
+            table.refuse(UDP_ONLY_KEYS, f'expected only with mode = "udp", got mode = "{mode}"')
+        else:
+            got = f'mode = "{mode}"' + (' with socket_type = "datagram"' if mode == "unix" else "")
+            refuse_stream_keys(table, got)
+            if mode == "udp":
+                extra = _read_udp_buffers(table)
+            else:
+                table.refuse(UDP_ONLY_KEYS, f'expected only with mode = "udp", got {got}')
+        identity = read_identity(table, tls_table, 'mode = "tls" and ')
+        if mode == "tls" and tls_table is None:
+            table.problem("tls", 'required table is missing (mode = "tls")')
+        elif mode != "tls" and tls_table is not None:
+            table.problem("tls", f'expected only with mode = "tls", got mode = "{mode}"')
+        return cls(
+            id=source_id,
+            address=address,
+            mode=mode,
+            tls=tls,
+            max_message_bytes=table.size(
+                "max_message_bytes", cls.max_message_bytes, minimum=64, maximum=MAX_LINE_BYTES
+            ),
+            path=path,
+            socket_type=socket_type,
+            socket_mode=socket_mode,
+            identity=identity,
+            **limits,
+            **extra,
+        )
+
+    def build(
+        self, send: trio.MemorySendChannel[list[Event]], agent_of: AgentOf = SEED.agent_of
+    ) -> SyslogSource:
+        return SyslogSource(self, send, agent_of)
+
+    def endpoint(self) -> Endpoint | None:
+        if self.path is not None:
+            return Endpoint("path", "unix", self.path)
+        if self.address is None or self.address.port == 0:
+            return None
+        return Endpoint("address", "udp" if self.mode == "udp" else "tcp", self.address)
+
+
+def _file_mode(value: object) -> int:
+    if not isinstance(value, str) or _FILE_MODE_RE.fullmatch(value) is None:
+        raise ValueError('expected an octal file mode in a string, like "0660"')
+    return int(value, 8)
+
+
+def _read_listener(
+    table: Table, mode: SyslogMode
+) -> tuple[Address | None, Path | None, UnixSocketType, int]:
+    """``address`` for the network modes; ``path``, ``socket_type``, ``socket_mode`` for unix."""
+    if mode != "unix":
+        unix_keys = ("path", "socket_type", "socket_mode")
+        table.refuse(unix_keys, f'expected only with mode = "unix", got mode = "{mode}"')
+        return table.address("address"), None, SyslogSourceConfig.socket_type, 0o660
+    table.refuse(("address",), 'expected only with a network mode, got mode = "unix" (use path)')
+    path: Path | None = None
+    if not table.has("path"):
+        table.problem("path", 'required key is missing (mode = "unix")')
+    else:
+        path = table.path_("path")
+        if path is not None and len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+            table.problem(
+                "path",
+                f"expected a socket path of at most {MAX_UNIX_PATH_BYTES} bytes, "
+                f"got {show(str(path))}",
+            )
+    socket_type = table.choice("socket_type", UNIX_SOCKET_TYPES, SyslogSourceConfig.socket_type)
+    socket_mode = table.convert(
+        "socket_mode", SyslogSourceConfig.socket_mode, _file_mode, SyslogSourceConfig.socket_mode
+    )
+    return None, path, socket_type, socket_mode
+
+
+def _read_udp_buffers(table: Table) -> dict[str, Any]:
+    """``receive_buffer`` (None: the kernel's default) and the burst buffer's bounds."""
+    receive_buffer = None
+    if table.has("receive_buffer"):
+        receive_buffer = table.size(
+            "receive_buffer", minimum=MIN_RECEIVE_BUFFER, maximum=MAX_RECEIVE_BUFFER
+        )
+    return {
+        "receive_buffer": receive_buffer,
+        "burst_events": table.integer("burst_events", BURST_EVENTS, minimum=1, maximum=10_000_000),
+        "burst_bytes": table.size("burst_bytes", BURST_BYTES, minimum=64 * 1024),
+    }
+
 
 #: What one event counts in the burst buffer beyond its bytes (``record`` or ``malformed`` raw
 #: bytes) and its syslog header's strings: the ``Event``, its ``source`` and ``syslog`` dicts.
@@ -216,7 +372,7 @@ class SyslogSource(FramedSource):
         unix_stream = config.mode == "unix" and config.socket_type == "stream"
         if config.mode in ("tcp", "tls") or unix_stream:
             assert listen is not None
-            self.server = self._listen(listen, config)
+            self.server = self._listen(listen, config, config.socket_mode)
 
     async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
         """Serve until stopped; closes this source's channel to the pipeline when done."""

@@ -16,19 +16,14 @@ import pytest
 import trio
 import trio.testing
 
-from shipper.config import (
-    Address,
-    JsonTlsSourceConfig,
-    SyslogSourceConfig,
-    TlsServerConfig,
-    parse_config,
-)
+from shipper.config import Address, TlsServerConfig, parse_config
 from shipper.errors import ConfigError
 from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
+from shipper.sources._listener import ListenerConfig
 from shipper.sources._net import Connection, FramedSource, StreamServer
-from shipper.sources.json_tls import JsonTlsSource
-from shipper.sources.syslog import SyslogSource
+from shipper.sources.json_tls import JsonTlsSource, JsonTlsSourceConfig
+from shipper.sources.syslog import SyslogSource, SyslogSourceConfig
 from tests.conftest import LogCapture, TlsFiles, archive_lines, drain, file_sink_config, wait_until
 
 PEER = "10.0.0.7:51234"
@@ -415,6 +410,7 @@ def test_stream_sources_get_the_documented_admission_defaults(source: dict[str, 
     raw = copy.deepcopy(MINIMAL)
     raw["sources"]["a"] = source
     config = parse_config(raw, env={}).sources["a"]
+    assert isinstance(config, ListenerConfig)
     assert (config.frame_timeout, config.handshake_timeout) == (30.0, 10.0)
     assert config.max_connections_per_peer == 64
 
@@ -426,6 +422,7 @@ def test_admission_keys_are_converted(tls_files: TlsFiles) -> None:
         tls=tls, frame_timeout="1m30s", handshake_timeout="2500ms", max_connections_per_peer=8
     )
     config = parse_config(raw, env={}).sources["a"]
+    assert isinstance(config, ListenerConfig)
     assert (config.frame_timeout, config.handshake_timeout) == (90.0, 2.5)
     assert config.max_connections_per_peer == 8
 
@@ -434,6 +431,7 @@ def test_the_per_peer_default_never_exceeds_max_connections() -> None:
     """With max_connections below 64, the per-peer limit defaults to max_connections; a per-peer
     limit above max_connections is refused."""
     config = parse_config(config_with(max_connections=10), env={}).sources["a"]
+    assert isinstance(config, ListenerConfig)
     assert config.max_connections_per_peer == 10
     assert problems(config_with(max_connections=10, max_connections_per_peer=11)) == [
         "sources.a.max_connections_per_peer: expected at most max_connections (10), got 11"

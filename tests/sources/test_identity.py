@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from shipper.config import Address, JsonTlsSourceConfig, SyslogSourceConfig, parse_config
+from shipper.config import Address, parse_config
 from shipper.events import IDENTITY_ALERT, Event
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sources._identity import (
@@ -22,8 +22,8 @@ from shipper.sources._identity import (
     subject_attributes,
 )
 from shipper.sources._net import Connection, FramedSource
-from shipper.sources.json_tls import JsonTlsSource
-from shipper.sources.syslog import SyslogSource
+from shipper.sources.json_tls import JsonTlsSource, JsonTlsSourceConfig
+from shipper.sources.syslog import SyslogSource, SyslogSourceConfig
 from tests.conftest import LogCapture, TlsFiles, archive_lines, file_sink_config, wait_until
 
 SUBJECT = "CN=agent-host-7,O=Example\\, Inc.+OU=agents"

@@ -12,10 +12,10 @@ import pytest
 import trio
 import trio.testing
 
-from shipper.config import Address, JsonTlsSourceConfig, TlsServerConfig
+from shipper.config import Address, TlsServerConfig
 from shipper.events import Event
 from shipper.sources._net import Connection
-from shipper.sources.json_tls import JsonTlsSource
+from shipper.sources.json_tls import JsonTlsSource, JsonTlsSourceConfig
 from tests.conftest import TlsFiles, drain, wait_until
 
 PEER = "10.0.0.7:51234"

@@ -12,11 +12,11 @@ import pytest
 import trio
 import trio.testing
 
-from shipper.config import Address, SyslogSourceConfig, parse_config
+from shipper.config import Address, parse_config
 from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sources._net import Connection
-from shipper.sources.syslog import SyslogSource
+from shipper.sources.syslog import SyslogSource, SyslogSourceConfig
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 
 AUDIT = {"agentId": "customer-service-agent-03", "sequence": 7, "action": "database.query"}

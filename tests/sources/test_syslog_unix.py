@@ -14,12 +14,12 @@ import orjson
 import pytest
 import trio
 
-from shipper.config import SyslogSourceConfig, parse_config
+from shipper.config import parse_config
 from shipper.errors import ListenError
 from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sources._net import bind_unix_socket
-from shipper.sources.syslog import SyslogSource
+from shipper.sources.syslog import SyslogSource, SyslogSourceConfig
 from tests.conftest import LogCapture, archive_lines, drain, file_sink_config, wait_until
 from tests.sources.test_syslog_source import AUDIT, AUDIT_JSON, RFC5424_JSON, run_logger
 

@@ -20,12 +20,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper.codecs.framing import AutoFramer, LineFramer
-from shipper.config import Address, JsonTlsSourceConfig, SyslogSourceConfig, parse_config
+from shipper.config import Address, parse_config
 from shipper.errors import ConfigError
 from shipper.events import Event
 from shipper.sources._net import Connection, FramedSource
-from shipper.sources.json_tls import JsonTlsSource
-from shipper.sources.syslog import FORWARD_BYTES, SO_RCVBUFFORCE, SyslogSource, burst_cost
+from shipper.sources.json_tls import JsonTlsSource, JsonTlsSourceConfig
+from shipper.sources.syslog import (
+    FORWARD_BYTES,
+    SO_RCVBUFFORCE,
+    SyslogMode,
+    SyslogSource,
+    SyslogSourceConfig,
+    burst_cost,
+)
 from tests.conftest import LogCapture, wait_until
 
 PEER = ("10.0.0.7", 514)
@@ -449,7 +456,7 @@ def test_any_datagram_gets_counted_outcomes(datagrams: list[bytes], udp: bool) -
     """Whatever datagrams come, the source never raises: each gives as many counted outcomes
     (events, blank lines) as it holds frames, and over UDP, with the pipeline full, each event
     is either held in the burst buffer or counted as dropped."""
-    mode = "udp" if udp else "unix"
+    mode: SyslogMode = "udp" if udp else "unix"
     config = SyslogSourceConfig(
         id="d",
         mode=mode,
