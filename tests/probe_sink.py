@@ -1,7 +1,7 @@
 """A sink type that exists only in tests: ``type = "probe"`` keeps what it is given in memory.
 
-Register it for a test with ``SINK_TYPES.registered(ProbeSinkConfig)``. Its key exercises the
-shared reader: ``capacity`` (an integer).
+Register it for a test with ``SINK_TYPES.registered(ProbeSinkConfig)``. Its keys exercise the
+shared reader: ``capacity`` (an integer), ``token`` (a secret), ``tls`` (a client TLS table).
 What the sink received is in its config's ``received`` list (``config.sinks[ID].received``).
 """
 
@@ -14,7 +14,12 @@ from typing import ClassVar
 import trio
 
 from shipper.buffer.wal import WalReader
-from shipper.config import SinkCommon, SinkConfig, Table
+from shipper.config import Secret, SinkCommon, SinkConfig, Table, TlsClientConfig
+
+
+def _no_spaces(value: str) -> None:
+    if " " in value:
+        raise ValueError("expected a token without spaces")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,12 +28,17 @@ class ProbeSinkConfig(SinkConfig):
 
     kind: ClassVar[str] = "probe"
     capacity: int = 10
+    token: Secret | None = None
+    tls: TlsClientConfig | None = None
     received: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def read(cls, table: Table, common: SinkCommon) -> ProbeSinkConfig:
         capacity = table.integer("capacity", cls.capacity, minimum=1, maximum=1000)
-        return cls(**common, capacity=capacity)
+        token = table.secret("token", None, check=_no_spaces)
+        tls_table = table.table("tls")
+        tls = tls_table.tls_client() if tls_table is not None else None
+        return cls(**common, capacity=capacity, token=token, tls=tls)
 
     def build(self) -> ProbeSink:
         return ProbeSink(self)

@@ -21,8 +21,11 @@ Rules that hold for every key:
   ``"1d"``, or a sum such as ``"1m30s"``.
 * Addresses are ``"host:port"`` (``"[::1]:port"`` for IPv6).
 * Relative paths resolve against the working directory.
-* A listener's TLS table takes ``cert``, ``key``, ``client_ca``, ``require_client_cert``
-  (``values.TlsServerConfig``); its files are loaded at validation.
+* Secrets (tokens, signing keys; usually ``"${NAME}"``) are never shown: not in a problem, not
+  in a log entry, not in the ``repr`` of a config object (``values.Secret``).
+* A client TLS table (a sink's connection) takes ``ca``, ``cert`` + ``key``, ``server_name`` and
+  ``verify`` (``values.TlsClientConfig``); a listener's takes ``cert``, ``key``, ``client_ca``,
+  ``require_client_cert`` (``values.TlsServerConfig``). Their files are loaded at validation.
 * Every problem is reported as ``key.path: what is wrong, got <value>``; all problems of a file are
   reported at once, and a ``ConfigError`` carries them.
 
@@ -61,6 +64,8 @@ from shipper.config.root import (
 from shipper.config.values import (
     MAX_SIZE,
     Address,
+    Secret,
+    TlsClientConfig,
     TlsServerConfig,
     literal_values,
     parse_address,
@@ -79,10 +84,12 @@ __all__ = [
     "Config",
     "Endpoint",
     "LogLevel",
+    "Secret",
     "SinkCommon",
     "SinkConfig",
     "SourceConfig",
     "Table",
+    "TlsClientConfig",
     "TlsServerConfig",
     "directory_problem",
     "interpolate_env",

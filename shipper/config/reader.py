@@ -2,11 +2,11 @@
 
 A ``Table`` wraps one TOML table and its dotted key path (``sinks.archive``). Each typed getter
 (``string``, ``choice``, ``size``, ``duration``, ``integer``, ``boolean``, ``address``, ``path_``,
-``file``, ``string_list``, ``table``) converts one key, or records a problem
+``file``, ``string_list``, ``secret``, ``table``) converts one key, or records a problem
 ``key.path: what is wrong, got <value>`` and returns its default (or a fallback), so that reading
 goes on and every problem of a file is reported at once. ``finish()`` reports each key no getter
 asked for as unknown, with the nearest asked-for key suggested. Strings (and strings in lists)
-go through ``${NAME}`` interpolation first.
+go through ``${NAME}`` interpolation first. A secret's value never appears in a problem.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any, Final, TypeVar
 
 from shipper.config.values import (
     Address,
+    Secret,
+    TlsClientConfig,
     TlsServerConfig,
     parse_address,
     parse_duration,
@@ -72,6 +74,17 @@ def show(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return str(value)
+
+
+def _kind_of(value: object) -> str:
+    """What a value is, without showing it (for secrets)."""
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return show(value) if isinstance(value, dict | list) else "another type"
 
 
 def one_of(choices: Sequence[str]) -> str:
@@ -135,7 +148,7 @@ class Table:
     def has(self, name: str) -> bool:
         return name in self._raw
 
-    def _env_expand(self, name: str, value: Any) -> Any:
+    def _env_expand(self, name: str, value: Any, secret: bool = False) -> Any:
         if isinstance(value, str) and "$" in value:
             try:
                 return interpolate_env(value, self._env)
@@ -143,10 +156,10 @@ class Table:
                 self.problem(name, f"environment variable {show(exc.args[0])} is not set")
                 return None
             except ValueError as exc:
-                self.problem(name, f"{exc}, got {show(value)}")
+                self.problem(name, f"{exc}" if secret else f"{exc}, got {show(value)}")
                 return None
         if isinstance(value, list):
-            return [self._env_expand(name, item) for item in value]
+            return [self._env_expand(name, item, secret) for item in value]
         return value
 
     def refuse(self, names: Sequence[str], message: str) -> None:
@@ -157,11 +170,11 @@ class Table:
                 self._take(name)
                 self.problem(name, message)
 
-    def _take(self, name: str) -> Any:
+    def _take(self, name: str, secret: bool = False) -> Any:
         self._used.add(name)
         if name not in self._raw:
             return REQUIRED
-        return self._env_expand(name, self._raw[name])
+        return self._env_expand(name, self._raw[name], secret)
 
     def convert(
         self, name: str, default: T | Missing, convert: Callable[[Any], T], fallback: T
@@ -263,6 +276,37 @@ class Table:
                 return None
         return path
 
+    def secret(
+        self,
+        name: str,
+        default: Secret | Missing | None = REQUIRED,
+        check: Callable[[str], None] | None = None,
+    ) -> Secret | None:
+        """A ``Secret`` (a string, usually ``"${NAME}"``); None when absent with no default, or
+        invalid. ``check`` raises ValueError("expected ...") for a value it refuses, and must not
+        put the value in its message: no problem about a secret shows the value."""
+        value = self._take(name, secret=True)
+        if isinstance(value, Missing):
+            if isinstance(default, Missing):
+                self.problem(name, "required key is missing")
+                return None
+            return default
+        if value is None:  # an interpolation problem, already reported
+            return None
+        if not isinstance(value, str):
+            self.problem(name, f"expected a string, got {_kind_of(value)}")
+            return None
+        if not value:
+            self.problem(name, "expected a secret that is not empty, got an empty string")
+            return None
+        if check is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                self.problem(name, f"{exc} (the value is not shown)")
+                return None
+        return Secret(value)
+
     def string_list(self, name: str) -> tuple[str, ...] | None:
         value = self._take(name)
         if (
@@ -312,7 +356,7 @@ class Table:
         mean nothing to report)."""
         self._used.update(self._raw)
 
-    # --- TLS ----------------------------------------------------------------------------------
+    # --- TLS tables ------------------------------------------------------------------------
 
     def tls_server(self) -> TlsServerConfig | None:
         """This table as a listener's TLS: ``cert``, ``key`` (required), ``client_ca``,
@@ -338,6 +382,39 @@ class Table:
             return None
         return config
 
+    def tls_client(self) -> TlsClientConfig | None:
+        """This table as a client's TLS (``TlsClientConfig``): ``ca``, ``cert`` and ``key`` (both
+        or neither), ``server_name``, ``verify`` (default true; ``ca`` only with it). The files are
+        loaded once here, so that unusable ones are a config problem. None after a problem."""
+        before = self.problem_count
+        ca = self.file("ca") if self.has("ca") else None
+        cert = self.file("cert") if self.has("cert") else None
+        key = self.file("key") if self.has("key") else None
+        server_name = self.convert("server_name", None, _host_name, None)
+        verify = self.boolean("verify", True)
+        self.finish()
+        for present, missing in (("cert", "key"), ("key", "cert")):
+            if self.has(present) and not self.has(missing):
+                self.problem(
+                    missing,
+                    f"required key is missing (with {present}: a client "
+                    "certificate needs both cert and key)",
+                )
+        if not verify and self.has("ca"):
+            self.problem(
+                "ca",
+                "expected only with verify = true (an unverified server is checked against no CA)",
+            )
+        if self.problem_count != before:
+            return None
+        config = TlsClientConfig(ca, cert, key, server_name, verify)
+        try:
+            config.build()
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self.problem("", f"cannot use these certificate files: {exc}")
+            return None
+        return config
+
 
 def _string(value: object) -> str:
     if not isinstance(value, str):
@@ -355,3 +432,12 @@ def _path(value: object) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a path")
     return Path(value)
+
+
+_HOST_NAME_RE: Final = re.compile(r"[^\s/\[\]]+")
+
+
+def _host_name(value: object) -> str:
+    if not isinstance(value, str) or not _HOST_NAME_RE.fullmatch(value):
+        raise ValueError("expected a host name (or IP address)")
+    return value

@@ -1,4 +1,4 @@
-"""The value types of config keys: sizes, durations, addresses, choices, TLS.
+"""The value types of config keys: sizes, durations, addresses, choices, secrets, TLS.
 
 The parsers are pure: they raise ``ValueError`` with the "expected ..." part of a message, and the
 reader (``shipper.config.reader.Table``) adds the key path and the value. A choice is a ``Literal``
@@ -11,6 +11,7 @@ checks against are the same thing::
 
 from __future__ import annotations
 
+import hmac
 import math
 import re
 import ssl
@@ -151,6 +152,43 @@ def literal_values(choice: Any) -> tuple[Any, ...]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Secrets
+
+
+class Secret:
+    """A secret from the config (a token, a signing key), usually given as ``${ENV}``.
+
+    Nothing shows its value: ``repr``, ``str`` and ``format`` give ``Secret('***')``, a config
+    object holding one prints and logs that (it is deliberately not a dataclass, which the JSON
+    log would take apart), and the reader never puts it into a ``ConfigError``. ``reveal()`` is
+    the one way to the value, for the code that sends it. Two secrets are equal when their values
+    are (compared in constant time), so configs holding them still compare.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The value, for the code that must send or use it (never log what this returns)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+
+# ---------------------------------------------------------------------------------------------
 # TLS
 
 
@@ -174,3 +212,44 @@ class TlsServerConfig:
                 ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
             )
         return context
+
+
+@dataclass(frozen=True)
+class TlsClientConfig:
+    """Client-side TLS of a sink's connection (an S3 endpoint, CEF over TLS, a webhook).
+
+    ``ca``: the CA file that signs the server's certificate; without it, the system's trusted
+    CAs (``ssl.get_default_verify_paths``), or certifi's bundle on a system that has none.
+    ``cert`` and ``key``: a client certificate to present (mutual TLS), both or neither.
+    ``server_name``: the name the server's certificate must carry (and the SNI sent), when it is
+    not the host the sink connects to (``server_hostname``). ``verify = false`` checks neither
+    the certificate nor the name: for tests against a self-signed server, never in production.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+    verify: bool = True
+
+    def build(self) -> ssl.SSLContext:
+        """The client ``SSLContext``; raises ``ssl.SSLError``/``OSError`` on unusable files."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca is None and self.verify:
+            paths = ssl.get_default_verify_paths()
+            if paths.cafile is None and paths.capath is None:  # a system without a CA store
+                import certifi
+
+                context.load_verify_locations(cafile=certifi.where())
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert is not None:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def server_hostname(self, host: str) -> str:
+        """The name to check the server's certificate against (and to send as SNI) when
+        connecting to ``host``: ``server_name`` if set, else ``host`` itself."""
+        return self.server_name if self.server_name is not None else host
