@@ -50,6 +50,7 @@ from shipper.config.registry import (
     Endpoint,
     SinkCommon,
     SinkConfig,
+    SourceCommon,
     SourceConfig,
 )
 from shipper.config.root import (
@@ -87,6 +88,7 @@ __all__ = [
     "Secret",
     "SinkCommon",
     "SinkConfig",
+    "SourceCommon",
     "SourceConfig",
     "Table",
     "TlsClientConfig",

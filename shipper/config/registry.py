@@ -5,8 +5,9 @@ A source or sink type is a frozen dataclass beside its component (``JsonTlsSourc
 ``SourceConfig`` or ``SinkConfig`` with:
 
 * ``kind``, its ``type`` name;
-* ``read(table, ...)``, a classmethod that reads its own keys with the shared reader
-  (``shipper.config.reader.Table``) and returns the config, or None after recording a problem;
+* ``read(table, common)``, a classmethod that reads its own keys with the shared reader
+  (``shipper.config.reader.Table``) and returns the config (``cls(**common, ...)``: ``common``
+  holds what every table of its kind has), or None after recording a problem;
 * ``build(...)``, which makes the runtime component from it (``XConfig.build() -> X``).
 
 It registers itself when its module is imported::
@@ -61,6 +62,12 @@ class Endpoint(NamedTuple):
     value: Address | Path
 
 
+class SourceCommon(TypedDict):
+    """The keys every source table has besides ``type``, read once for all source types."""
+
+    id: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class SourceConfig(ABC):
     """What every source type's config is: an ``id``, a ``kind``, a reader and a builder."""
@@ -70,8 +77,9 @@ class SourceConfig(ABC):
 
     @classmethod
     @abstractmethod
-    def read(cls, source_id: str, table: Table) -> SourceConfig | None:
-        """The config in ``table`` (``type`` already read); None after recording a problem."""
+    def read(cls, table: Table, common: SourceCommon) -> SourceConfig | None:
+        """The config in ``table``: ``common`` (already read) plus the type's own keys, as
+        ``cls(**common, ...)``; None after recording a problem."""
 
     @abstractmethod
     def build(self, send: trio.MemorySendChannel[list[Event]], agent_of: AgentOf) -> Source:
@@ -203,7 +211,7 @@ def read_sources(table: Table) -> dict[str, SourceConfig]:
         if cls is None:
             source_table.skip()
             continue
-        source = cls.read(source_id, source_table)
+        source = cls.read(source_table, SourceCommon(id=source_id))
         source_table.finish()
         if source is not None:
             sources[source_id] = source

@@ -43,7 +43,7 @@ import trio
 from shipper.chain import SEED
 from shipper.codecs.framing import LineFramer
 from shipper.codecs.jsonlines import decode_object
-from shipper.config import SOURCE_TYPES, Address, Endpoint, Table
+from shipper.config import SOURCE_TYPES, Address, Endpoint, SourceCommon, Table
 from shipper.events import Event
 from shipper.sources import AgentOf, Listening
 from shipper.sources._listener import (
@@ -72,14 +72,14 @@ class JsonTlsSourceConfig(ListenerConfig):
     max_line_bytes: int = 1024 * 1024
 
     @classmethod
-    def read(cls, source_id: str, table: Table) -> JsonTlsSourceConfig:
+    def read(cls, table: Table, common: SourceCommon) -> JsonTlsSourceConfig:
         address = table.address("address")
         tls_table, tls = read_tls(table)
         limits = read_limits(table)
         no_tls = None if tls_table is not None else "expected only with TLS, got no tls table"
         admission = read_admission(table, limits["max_connections"], no_tls)
         return cls(
-            id=source_id,
+            **common,
             address=address,
             tls=tls,
             identity=read_identity(table, tls_table),

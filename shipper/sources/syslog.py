@@ -97,7 +97,7 @@ from shipper.chain import SEED
 from shipper.codecs.framing import AutoFramer, Framed
 from shipper.codecs.jsonlines import Refused, decode_object
 from shipper.codecs.syslog import parse
-from shipper.config import SOURCE_TYPES, Address, Endpoint, Table, literal_values
+from shipper.config import SOURCE_TYPES, Address, Endpoint, SourceCommon, Table, literal_values
 from shipper.config.reader import show
 from shipper.errors import ListenError
 from shipper.events import Event, Malformed, utc_timestamp
@@ -165,7 +165,7 @@ class SyslogSourceConfig(ListenerConfig):
     burst_bytes: int = BURST_BYTES
 
     @classmethod
-    def read(cls, source_id: str, table: Table) -> SyslogSourceConfig:
+    def read(cls, table: Table, common: SourceCommon) -> SyslogSourceConfig:
         mode = table.choice("mode", SYSLOG_MODES, cls.mode)
         address, path, socket_type, socket_mode = _read_listener(table, mode)
         tls_table, tls = read_tls(table)
@@ -190,7 +190,7 @@ class SyslogSourceConfig(ListenerConfig):
         elif mode != "tls" and tls_table is not None:
             table.problem("tls", f'expected only with mode = "tls", got mode = "{mode}"')
         return cls(
-            id=source_id,
+            **common,
             address=address,
             mode=mode,
             tls=tls,
