@@ -79,11 +79,17 @@ async def test_a_wal_on_a_file_system_smaller_than_max_bytes_keeps_flowing(
     the WAL counts as full when the disk is low, checkpoints and frees what the sink passed, and
     goes on; every record is archived once, in order, verified ok."""
     lines = chain_lines(40_000, padding=900)  # about 40 MB through a 24 MiB file system
+    # The sink cannot write until the WAL has filled its file system once (a file stands where
+    # its directory goes): a sink that keeps pace would otherwise never let the disk fill.
+    archive = tmp_path / "archive"
+    archive.write_bytes(b"")
     with small_fs(tmp_path / "fs", 24 * MiB) as fs:
         shutdown = Shutdown()
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(run_daemon, parse_config(config_on(fs, tmp_path)), shutdown)
-            await send(bound["agents"][0], b"".join(lines))
+            nursery.start_soon(send, bound["agents"][0], b"".join(lines))
+            await wait_until(lambda: bool(logs.entries("wal_full_blocking")), 60)
+            archive.unlink()
             await wait_until(lambda: len(archive_lines(tmp_path / "archive")) >= 40_000, 240)
             shutdown.request("test")
     found = verified(tmp_path)
