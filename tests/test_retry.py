@@ -1,8 +1,9 @@
-"""Retrying: the delays of ``shipper.retry.Backoff``."""
+"""Retrying: the delays of ``shipper.retry.Backoff``, and how ``RetryPolicy`` classifies."""
 
 from __future__ import annotations
 
-from shipper.retry import Backoff
+from shipper.errors import DestinationRejected, DestinationUnavailable
+from shipper.retry import Backoff, Outcome, RetryPolicy
 
 
 def test_backoff_delays_double_with_jitter_up_to_the_limit() -> None:
@@ -13,3 +14,12 @@ def test_backoff_delays_double_with_jitter_up_to_the_limit() -> None:
     for step in steps:
         wait = backoff.next()
         assert step / 2 <= wait <= step
+
+
+def test_the_default_policy_classifies_by_who_is_at_fault() -> None:
+    """Unavailable is retried, rejected is dead-lettered, and anything else is a defect."""
+    policy = RetryPolicy()
+    assert policy.classify(DestinationUnavailable("down")) is Outcome.RETRY
+    assert policy.classify(DestinationRejected("no")) is Outcome.REJECT
+    assert policy.classify(OSError("untranslated")) is Outcome.DEFECT
+    assert policy.classify(RuntimeError("bug")) is Outcome.DEFECT
