@@ -1,0 +1,162 @@
+"""The sink contract: what a sink does, and what the driver (``shipper.sinks.driver``) does for it.
+
+A sink knows its destination and nothing else. It says
+
+* how to ``open`` it (``epoch`` names the WAL's lifetime: positions of another epoch say
+  nothing about this one's),
+* what the destination already holds (``resume_point``: the WAL position of the last event it
+  holds, or None if it holds none of this epoch's or cannot tell),
+* how to ``deliver`` one ``Batch``: return once the destination confirmed all of it (durably),
+* how to ``close`` it,
+* its ``health()``: what only it can know of its destination (the driver adds what it sees of
+  the deliveries, and the worse of the two is reported),
+
+and raises ``DestinationUnavailable`` ("try again later") or ``DestinationRejected`` ("this
+will never pass") when its destination says so, translated from the library's exceptions at the
+boundary. Its ``retry_policy`` (``shipper.retry.RetryPolicy``) classifies what it raises; a sink
+may bring its own. Its ``batching`` says how large and how old a batch may grow.
+
+The driver does the rest, the same for every sink: reading the WAL, skipping what
+``resume_point`` says the destination holds, batching, retries with backoff, dead letters,
+acknowledging only what was confirmed, counters and health, and restarting a sink whose code
+raised anything else (a defect) without stopping the daemon or the other sinks.
+
+Rules a sink keeps:
+
+* ``deliver`` may be called again with a batch (or part of one) that it took before: after a
+  failure, after a restart, after a crash before the acknowledgement. Before each retry and after
+  each ``open`` the driver asks ``resume_point`` and leaves out what the destination holds, so a
+  sink that answers it truthfully archives each event once; one that cannot tell (None) delivers
+  at least once.
+* A ``deliver`` that fails must not leave a torn event behind; a part of the batch it completed
+  may stay (``resume_point`` then says so).
+* ``open`` may be called again after ``close`` (a restart); ``close`` must not raise for a sink
+  that was never opened, and is called with cancellation shielded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from shipper.buffer.segment import Position
+from shipper.events import ENVELOPE_HEAD, utc_timestamp
+from shipper.retry import RetryPolicy
+
+Status = Literal["ok", "degraded", "failing"]
+#: Health statuses, from best to worst.
+STATUSES: tuple[Status, ...] = ("ok", "degraded", "failing")
+
+_ID_START = len(ENVELOPE_HEAD) + len(b'"id":"')
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Envelopes to deliver, in WAL order, with their WAL range: the positions (ids) of the
+    first and the last; ``size`` is the envelopes' bytes (without line ends)."""
+
+    envelopes: list[bytes]
+    first: Position
+    last: Position
+    size: int
+
+    @classmethod
+    def of(cls, envelopes: list[bytes], size: int | None = None) -> Batch:
+        """A batch of ``envelopes`` (at least one), its range read from their ids."""
+        return cls(
+            envelopes,
+            position_of(envelopes[0]),
+            position_of(envelopes[-1]),
+            sum(map(len, envelopes)) if size is None else size,
+        )
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How a sink's batches are made: at most ``max_events`` events, cut once they reach about
+    ``max_bytes`` (a read of the WAL of that size is never split by bytes), delivered at the
+    latest ``max_age`` seconds after their first event was read (0: as soon as what the WAL
+    holds right now is read)."""
+
+    max_events: int = 1000
+    max_bytes: int = 1024 * 1024
+    max_age: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_events < 1 or self.max_bytes < 1 or self.max_age < 0:
+            raise ValueError(f"batches must hold something and not age backwards: {self}")
+
+
+@dataclass(frozen=True)
+class Health:
+    """A sink's status, as plain data: ``status`` (``ok``, ``degraded``: it delivers with
+    trouble, retrying or dead-lettering; ``failing``: it does not deliver), ``since`` when
+    (RFC 3339 UTC), and the latest error (kept after a recovery)."""
+
+    status: Status = "ok"
+    since: str = field(default_factory=utc_timestamp)
+    last_error: str | None = None
+
+    def worse(self, other: Health) -> Health:
+        """Whichever of the two is worse (``self`` on a tie)."""
+        if STATUSES.index(other.status) > STATUSES.index(self.status):
+            return other
+        return self
+
+
+class Sink(Protocol):
+    """What a sink implements (see the module docstring for the rules)."""
+
+    id: str
+    kind: str
+    retry_policy: RetryPolicy
+    batching: BatchSettings
+
+    async def open(self, epoch: str) -> None: ...
+
+    async def resume_point(self) -> Position | None: ...
+
+    async def deliver(self, batch: Batch) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def health(self) -> Health: ...
+
+
+class SinkBase:
+    """Defaults for a sink: the default retry policy and batching, nothing to resume from, no
+    health of its own beyond what the driver sees, nothing to open or close."""
+
+    kind: str = "sink"
+    retry_policy: RetryPolicy = RetryPolicy()
+    batching: BatchSettings = BatchSettings()
+
+    def __init__(self, sink_id: str) -> None:
+        self.id = sink_id
+
+    async def open(self, epoch: str) -> None:
+        return None
+
+    async def resume_point(self) -> Position | None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def health(self) -> Health:
+        return _OK
+
+
+_OK = Health(since="")
+
+
+def position_of(envelope: bytes) -> Position:
+    """The WAL position in an envelope's id (``{"v":1,"id":"<segment>-<offset>",...``), read
+    from the bytes without parsing the JSON. Raises ValueError if it has no such id."""
+    if not envelope.startswith(ENVELOPE_HEAD):
+        raise ValueError(f"not an envelope: {envelope[:30]!r}")
+    end = envelope.find(b'"', _ID_START)
+    segment, dash, offset = envelope[_ID_START:end].partition(b"-")
+    if end < 0 or not dash or envelope[_ID_START - 6 : _ID_START] != b'"id":"':
+        raise ValueError(f"envelope without a WAL id: {envelope[:40]!r}")
+    return Position(int(segment), int(offset))
