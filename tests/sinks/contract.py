@@ -1,0 +1,192 @@
+"""The sink contract suite's harnesses: how each sink is built, read back and made to fail.
+
+``tests/sinks/test_contract.py`` runs one set of tests against every harness in ``HARNESSES``.
+A sink joins the suite with one line there: its name, a function that builds its harness in a
+temporary directory (a context manager, so that it can mount or start what it needs), and
+whether its destination can refuse a batch (only those run the refusal tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import trio
+
+from shipper.buffer.config import BufferConfig
+from shipper.buffer.segment import Position
+from shipper.buffer.wal import ReadBatch, Wal, WalReader, entry
+from shipper.events import Event
+from shipper.retry import RetryPolicy
+from shipper.sinks.base import Batch, BatchSettings, Health, Sink
+from tests.sinks.memory import MemoryDestination, MemorySink
+
+SINK = "contract"
+SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
+
+
+class Harness(Protocol):
+    """What the suite needs to know of a sink and its destination."""
+
+    def sink(self) -> Sink:
+        """A new sink on the destination (a restart builds another one), retrying fast."""
+        ...
+
+    def held(self) -> list[bytes]:
+        """The envelopes the destination holds, in order."""
+        ...
+
+    def make_unavailable(self) -> None:
+        """From now on the destination takes nothing (and says it is unavailable)."""
+        ...
+
+    def make_available(self) -> None: ...
+
+
+class Refusing(Harness, Protocol):
+    """A harness whose destination can refuse batches."""
+
+    def refuse(self, poison: bytes) -> None:
+        """From now on the destination refuses for good every batch with ``poison`` in it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to build a sink's harness, and whether it can refuse (``Refusing``)."""
+
+    make: Callable[[Path], contextlib.AbstractContextManager[Harness]]
+    can_refuse: bool
+
+
+class MemoryHarness:
+    """The test-only memory sink: a destination the test switches off and poisons."""
+
+    def __init__(self) -> None:
+        self.destination = MemoryDestination()
+
+    def sink(self) -> Sink:
+        return MemorySink(SINK, self.destination)
+
+    def held(self) -> list[bytes]:
+        return list(self.destination.held)
+
+    def make_unavailable(self) -> None:
+        self.destination.available = False
+
+    def make_available(self) -> None:
+        self.destination.available = True
+
+    def refuse(self, poison: bytes) -> None:
+        self.destination.poison = poison
+
+
+@contextlib.contextmanager
+def memory_harness(tmp_path: Path) -> Iterator[Harness]:
+    yield MemoryHarness()
+
+
+HARNESSES: dict[str, Kind] = {
+    "memory": Kind(memory_harness, can_refuse=True),
+}
+
+
+# --- the WAL side --------------------------------------------------------------------------------
+
+
+def open_wal(directory: Path) -> Wal:
+    """The WAL in ``directory`` (created or recovered), with one reader, the sink's."""
+    wal = Wal(directory, BufferConfig())
+    wal.open({SINK: None})
+    return wal
+
+
+async def reopen(wal: Wal) -> Wal:
+    """Close ``wal`` and open its directory again, as a restart of the daemon does."""
+    await wal.close()
+    wal.release()
+    return open_wal(wal.directory)
+
+
+def entries(first: int, count: int, **fields: Any) -> list[bytes]:
+    """WAL entries of events whose records hold ``n`` = first, first+1, ... and ``fields``."""
+    return [
+        entry(
+            Event(
+                "2026-11-23T00:00:00.000000Z",
+                SOURCE,
+                "a",
+                orjson.dumps({"n": n, "pad": "x" * 200, **fields}),
+            )
+        )
+        for n in range(first, first + count)
+    ]
+
+
+def numbers(envelopes: list[bytes]) -> list[int]:
+    """The ``n`` of each envelope's record, in order."""
+    return [orjson.loads(envelope)["record"]["n"] for envelope in envelopes]
+
+
+def ids(envelopes: list[bytes]) -> list[str]:
+    return [orjson.loads(envelope)["id"] for envelope in envelopes]
+
+
+class Watched:
+    """A sink's WAL reader whose acknowledgements a test can await."""
+
+    def __init__(self, reader: WalReader) -> None:
+        self.reader = reader
+        self.acks: list[Position] = []
+        self._acked = trio.Event()
+
+    async def read(self, max_bytes: int) -> ReadBatch | None:
+        return await self.reader.read(max_bytes)
+
+    async def ack(self, end: Position) -> None:
+        await self.reader.ack(end)
+        self.acks.append(end)
+        self._acked.set()
+        self._acked = trio.Event()
+
+    async def acked_to(self, position: Position) -> None:
+        """Wait until everything before ``position`` is acknowledged."""
+        while self.reader.acked < position:
+            await self._acked.wait()
+
+
+class CrashAfterDelivery:
+    """``inner``, except that once its destination has taken ``deliveries`` batches it dies:
+    ``scope`` is cancelled before the driver gets to acknowledge the batch."""
+
+    def __init__(self, inner: Sink, scope: trio.CancelScope, deliveries: int = 1) -> None:
+        self.inner = inner
+        self.scope = scope
+        self.left = deliveries
+        self.id = inner.id
+        self.kind = inner.kind
+        self.retry_policy: RetryPolicy = inner.retry_policy
+        self.batching: BatchSettings = inner.batching
+
+    async def open(self, epoch: str) -> None:
+        await self.inner.open(epoch)
+
+    async def resume_point(self) -> Position | None:
+        return await self.inner.resume_point()
+
+    async def deliver(self, batch: Batch) -> None:
+        await self.inner.deliver(batch)
+        self.left -= 1
+        if not self.left:
+            self.scope.cancel()
+            await trio.lowlevel.checkpoint()  # dies here: taken, never acknowledged
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def health(self) -> Health:
+        return self.inner.health()

@@ -1,0 +1,246 @@
+"""The sink driver's own rules: batching, resume within a batch, retry classification, dead
+letters, restarts, health."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import trio
+import trio.testing
+
+from shipper.buffer.config import BufferConfig
+from shipper.buffer.wal import Wal
+from shipper.retry import Outcome, RetryPolicy
+from shipper.sinks.base import Batch, BatchSettings, Health
+from shipper.sinks.driver import FAILING_AFTER, SinkDriver
+from tests.conftest import LogCapture, wait_until
+from tests.sinks.contract import Watched, entries, numbers, open_wal
+from tests.sinks.memory import MemoryDestination, MemorySink
+
+
+async def test_a_batch_cut_short_is_completed_without_doubles(tmp_path: Path) -> None:
+    """When the destination took part of a batch and then failed, the retry sends only the
+    rest: the driver asks what the destination holds before trying again."""
+    destination = MemoryDestination()
+    destination.take_then_fail = 4
+    wal = open_wal(tmp_path / "wal")
+    await wal.append(entries(1, 10))
+    await wal.close()
+    driver = SinkDriver(MemorySink("contract", destination), tmp_path)
+    await driver.run(wal.readers["contract"], wal.epoch)
+    assert numbers(destination.held) == list(range(1, 11))
+    assert destination.batches == [6]
+    assert driver.counters["retries"] == 1
+    assert driver.counters["already_delivered"] == 4
+    assert driver.counters["events"] == 6
+
+
+async def test_a_read_split_by_max_events_is_acknowledged_after_its_last_part(
+    tmp_path: Path,
+) -> None:
+    """Batches hold at most ``max_events``; a read cut into several batches is acknowledged
+    once, when its last part is delivered."""
+    destination = MemoryDestination()
+    sink = MemorySink("contract", destination, batching=BatchSettings(max_events=3, max_age=0.0))
+    wal = open_wal(tmp_path / "wal")
+    await wal.append(entries(1, 10))
+    await wal.close()
+    reader = Watched(wal.readers["contract"])
+    await SinkDriver(sink, tmp_path).run(reader, wal.epoch)
+    assert destination.batches == [3, 3, 3, 1]
+    assert numbers(destination.held) == list(range(1, 11))
+    assert reader.acks == [wal.committed]
+
+
+async def test_a_batch_waits_up_to_max_age_for_more_events(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A batch that is not full is delivered ``max_age`` after its first event was read, not
+    before."""
+    destination = MemoryDestination()
+    sink = MemorySink("contract", destination, batching=BatchSettings(max_age=5.0))
+    wal = open_wal(tmp_path / "wal")
+    reader = Watched(wal.readers["contract"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(SinkDriver(sink, tmp_path).run, reader, wal.epoch)
+        await wal.append(entries(1, 1))
+        appended = trio.current_time()
+        await reader.acked_to(wal.committed)
+        await wal.close()
+    (taken_at,) = destination.taken_at
+    assert 5.0 <= taken_at - appended < 5.5
+
+
+async def test_health_degrades_fails_and_recovers(tmp_path: Path, logs: LogCapture) -> None:
+    """An unavailable destination makes the sink degraded, then failing after FAILING_AFTER
+    tries in a row; the next delivery makes it ok again, logged as sink_recovered."""
+    destination = MemoryDestination()
+    destination.available = False
+    wal = open_wal(tmp_path / "wal")
+    reader = Watched(wal.readers["contract"])
+    driver = SinkDriver(MemorySink("contract", destination), tmp_path)
+    assert driver.health().status == "ok"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run, reader, wal.epoch)
+        await wal.append(entries(1, 3))
+        await wait_until(lambda: driver.counters["retries"] >= 1)
+        degraded = driver.health()
+        await wait_until(lambda: driver.counters["retries"] >= FAILING_AFTER)
+        failing = driver.health()
+        destination.available = True
+        await reader.acked_to(wal.committed)
+        await wal.close()
+    assert degraded.status == "degraded"
+    assert degraded.last_error == "the memory destination is down"
+    assert failing.status == "failing"
+    assert driver.health().status == "ok"
+    assert logs.entries("sink_open_failed")
+    (recovered,) = logs.entries("sink_recovered")
+    assert recovered["was"] == "failing"
+
+
+async def test_a_sinks_own_health_is_reported_when_it_is_worse(tmp_path: Path) -> None:
+    """What a sink says of its own health counts when it is worse than what the driver saw; a
+    health() that raises makes the sink failing."""
+
+    class Unlocked(MemorySink):
+        def health(self) -> Health:
+            return Health("degraded", "2026-11-23T00:00:00.000000Z", "bucket lock unknown")
+
+    class Raising(MemorySink):
+        def health(self) -> Health:
+            raise KeyError("lock")
+
+    unlocked = SinkDriver(Unlocked("u", MemoryDestination()), tmp_path).health()
+    assert (unlocked.status, unlocked.last_error) == ("degraded", "bucket lock unknown")
+    raising = SinkDriver(Raising("r", MemoryDestination()), tmp_path).health()
+    assert raising.status == "failing"
+    assert "KeyError" in (raising.last_error or "")
+
+
+class HttpStatus(Exception):
+    """A test destination's answer: an HTTP status code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"HTTP {code}")
+        self.code = code
+
+
+class HttpPolicy(RetryPolicy):
+    """Status codes as a webhook sink would map them: 4xx (but 408 and 429) refused for good,
+    the rest unavailable."""
+
+    def classify(self, exc: Exception) -> Outcome:
+        if isinstance(exc, HttpStatus):
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                return Outcome.REJECT
+            return Outcome.RETRY
+        return super().classify(exc)
+
+
+class AnsweringSink(MemorySink):
+    """A sink whose destination answers each try with the next status code, then takes."""
+
+    def __init__(self, destination: MemoryDestination, codes: list[int]) -> None:
+        super().__init__("contract", destination, retry_policy=HttpPolicy(0.01, 0.05))
+        self.codes = codes
+
+    async def deliver(self, batch: Batch) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.codes:
+            raise HttpStatus(self.codes.pop(0))
+        self.destination.take(batch)
+
+
+async def test_a_sinks_retry_policy_classifies_its_own_errors(tmp_path: Path) -> None:
+    """A sink's retry policy decides: its 503 is retried, its 404 sends the batch to the dead
+    letters, and the batch after it is delivered."""
+    destination = MemoryDestination()
+    sink = AnsweringSink(destination, [503, 429, 404])
+    wal = open_wal(tmp_path / "wal")
+    reader = Watched(wal.readers["contract"])
+    driver = SinkDriver(sink, tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run, reader, wal.epoch)
+        await wal.append(entries(1, 5))
+        await reader.acked_to(wal.committed)
+        await wal.append(entries(6, 5))
+        await reader.acked_to(wal.committed)
+        await wal.close()
+    assert driver.counters["retries"] == 2
+    assert driver.counters["dead_letters"] == 5
+    assert driver.counters["restarts"] == 0
+    assert numbers(destination.held) == list(range(6, 11))
+    (letters,) = (tmp_path / "dead_letter" / "contract").iterdir()
+    assert {orjson.loads(line)["reason"] for line in letters.read_bytes().splitlines()} == {
+        "HTTP 404"
+    }
+
+
+async def test_a_defect_at_open_restarts_the_sink(tmp_path: Path, logs: LogCapture) -> None:
+    """A sink whose open raises a defect is closed and opened again until it works; nothing is
+    lost."""
+
+    class FlakyOpen(MemorySink):
+        failures = 2
+
+        async def open(self, epoch: str) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise ZeroDivisionError("a bug in open")
+            await super().open(epoch)
+
+    destination = MemoryDestination()
+    wal = open_wal(tmp_path / "wal")
+    await wal.append(entries(1, 5))
+    await wal.close()
+    driver = SinkDriver(FlakyOpen("contract", destination), tmp_path)
+    await driver.run(wal.readers["contract"], wal.epoch)
+    assert numbers(destination.held) == [1, 2, 3, 4, 5]
+    assert driver.counters["restarts"] == 2
+    assert [entry["step"] for entry in logs.entries("sink_defect")] == ["open", "open"]
+
+
+async def test_a_dead_letter_is_durable_before_the_batch_is_acknowledged(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """While the dead-letter area cannot be written, the refused batch is not acknowledged;
+    once it can, the batch is written there, then acknowledged."""
+    data_dir = tmp_path / "data"
+    data_dir.write_text("a file where data_dir should be")
+    destination = MemoryDestination()
+    destination.poison = b"poison"
+    wal = open_wal(tmp_path / "wal")
+    start = wal.readers["contract"].acked
+    reader = Watched(wal.readers["contract"])
+    driver = SinkDriver(MemorySink("contract", destination), data_dir)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run, reader, wal.epoch)
+        await wal.append(entries(1, 5, tag="poison"))
+        await wait_until(lambda: driver.counters["dead_letter_errors"] >= 2)
+        assert wal.readers["contract"].acked == start
+        data_dir.unlink()
+        await reader.acked_to(wal.committed)
+        await wal.close()
+    (letters,) = (data_dir / "dead_letter" / "contract").iterdir()
+    assert len(letters.read_bytes().splitlines()) == 5
+    assert logs.entries("sink_dead_letter_failed")
+    (lettered,) = logs.entries("sink_dead_lettered")
+    assert lettered["path"] == str(letters)
+
+
+async def test_reads_with_nothing_for_the_sink_are_acknowledged_at_once(tmp_path: Path) -> None:
+    """Events of sources a sink does not take are acknowledged as soon as they are read; the
+    sink is never even opened for them."""
+    wal = Wal(tmp_path / "wal", BufferConfig())
+    wal.open({"contract": frozenset({"other"})})
+    reader = Watched(wal.readers["contract"])
+    sink = MemorySink("contract", MemoryDestination())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(SinkDriver(sink, tmp_path).run, reader, wal.epoch)
+        await wal.append(entries(1, 5))
+        await reader.acked_to(wal.committed)
+        await wal.close()
+    assert sink.opens == 0
+    assert reader.acks == [wal.committed]
