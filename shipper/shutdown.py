@@ -93,7 +93,9 @@ async def run_daemon(
         drained = topology.finished.is_set()
         summary: dict[str, Any] = {
             "events": topology.counters["events"],
-            "delivered": {slot.sink.id: slot.sink.counters["events"] for slot in topology.sinks},
+            "delivered": {
+                slot.driver.id: slot.driver.counters["events"] for slot in topology.sinks
+            },
             "metrics": topology.metrics(),
         }
         if drained:

@@ -10,7 +10,9 @@
 The ingest channel is bounded, and the WAL writer waits when the WAL is full (``when_full =
 "block"``): then the sources' handlers wait, stop reading their sockets, and senders feel
 backpressure. Each sink reads the WAL at its own pace through its own cursor, so a slow or dead sink
-holds back no other sink until the WAL is full.
+holds back no other sink until the WAL is full. Each sink runs under its own driver
+(``shipper.sinks.driver``), which batches, retries, dead-letters and restarts it: a sink's failure
+never ends the daemon.
 
 The chain stage (``shipper.chain_stage``) runs in the writer's task, between the ingest channel and
 the WAL, so its state always matches a WAL position; it is checkpointed every
@@ -45,7 +47,7 @@ appends what is left and closes the WAL; each sink delivers what is in the WAL a
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import trio
@@ -59,7 +61,7 @@ from shipper.errors import DataDirError
 from shipper.events import Event, Malformed, event_bytes, size_of
 from shipper.logging import Throttle, get_logger
 from shipper.retry import Backoff
-from shipper.sinks import Sink
+from shipper.sinks.driver import SinkDriver
 from shipper.sources import Listening, Source
 
 log = get_logger("shipper.topology")
@@ -83,9 +85,9 @@ CHECKPOINT_RETRY_SECONDS = 1.0
 
 @dataclass
 class SinkSlot:
-    """A sink and the source ids it takes (None: all)."""
+    """A sink's driver and the source ids the sink takes (None: all)."""
 
-    sink: Sink
+    driver: SinkDriver
     inputs: frozenset[str] | None
 
 
@@ -105,7 +107,7 @@ class Topology:
             running.budget = self.budget
         self.sinks = [
             SinkSlot(
-                sink.build(),
+                SinkDriver(sink.build(), config.data_dir),
                 frozenset(sink.inputs) if sink.inputs is not None else None,
             )
             for sink in config.sinks.values()
@@ -136,7 +138,7 @@ class Topology:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
         try:
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
-            readers.update({slot.sink.id: slot.inputs for slot in self.sinks})
+            readers.update({slot.driver.id: slot.inputs for slot in self.sinks})
             try:
                 found = await trio.to_thread.run_sync(read_checkpoint, self.config.data_dir)
                 # The checkpoint's epoch is the best evidence of the WAL's, if wal/epoch is lost.
@@ -154,8 +156,9 @@ class Topology:
             # than checkpoint_interval does not replay an ever longer WAL at each start.
             await self._checkpoint(force=True)
             async with trio.open_nursery() as nursery:
-                for slot in self.sinks:
-                    await nursery.start(slot.sink.run, self.wal.readers[slot.sink.id])
+                for slot in self.sinks:  # a sink's failure is its driver's: it never ends these
+                    reader = self.wal.readers[slot.driver.id]
+                    await nursery.start(slot.driver.run, reader, self.wal.epoch)
                 nursery.start_soon(self._write)
                 nursery.start_soon(self.wal.run)
                 for source in self.sources:
@@ -201,11 +204,12 @@ class Topology:
             },
             "writer": dict(self.counters),
             "sinks": {
-                slot.sink.id: {
-                    **slot.sink.counters,
-                    "lag_bytes": wal.lag_bytes(wal.readers[slot.sink.id])
-                    if slot.sink.id in wal.readers
+                slot.driver.id: {
+                    **slot.driver.counters,
+                    "lag_bytes": wal.lag_bytes(wal.readers[slot.driver.id])
+                    if slot.driver.id in wal.readers
                     else 0,
+                    "health": asdict(slot.driver.health()),
                 }
                 for slot in self.sinks
             },
@@ -225,7 +229,8 @@ class Topology:
     def pending(self) -> dict[str, int]:
         """Per sink, bytes in the WAL not yet acknowledged (they wait for the next start)."""
         return {
-            slot.sink.id: self.wal.lag_bytes(self.wal.readers[slot.sink.id]) for slot in self.sinks
+            slot.driver.id: self.wal.lag_bytes(self.wal.readers[slot.driver.id])
+            for slot in self.sinks
         }
 
     async def _write(self) -> None:

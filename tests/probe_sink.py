@@ -7,14 +7,13 @@ What the sink received is in its config's ``received`` list (``config.sinks[ID].
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import trio
 
-from shipper.buffer.wal import WalReader
 from shipper.config import Secret, SinkCommon, SinkConfig, Table, TlsClientConfig
+from shipper.sinks.base import Batch, BatchSettings, SinkBase
 
 
 def _no_spaces(value: str) -> None:
@@ -44,19 +43,16 @@ class ProbeSinkConfig(SinkConfig):
         return ProbeSink(self)
 
 
-class ProbeSink:
-    """Acknowledges everything the WAL gives it, keeping the envelopes."""
+class ProbeSink(SinkBase):
+    """Takes every batch the driver gives it, keeping the envelopes."""
+
+    kind = "probe"
+    batching = BatchSettings(max_age=0.0)
 
     def __init__(self, config: ProbeSinkConfig) -> None:
+        super().__init__(config.id)
         self.config = config
-        self.id = config.id
-        self.counters: Counter[str] = Counter()
 
-    async def run(
-        self, reader: WalReader, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        task_status.started()
-        while (batch := await reader.read()) is not None:
-            self.config.received.extend(batch.envelopes)
-            self.counters["events"] += len(batch.envelopes)
-            await reader.ack(batch.end)
+    async def deliver(self, batch: Batch) -> None:
+        await trio.lowlevel.checkpoint()
+        self.config.received.extend(batch.envelopes)

@@ -1,26 +1,14 @@
-"""Sinks: each reads the WAL through its own cursor and delivers to its destination.
+"""Sinks: each delivers what the WAL holds to its destination, run by the sink driver.
 
-Each sink type's config (``XSinkConfig`` beside its sink, registered in
-``shipper.config.SINK_TYPES``) builds the sink: ``config.build()``.
+``base`` is the contract a sink implements (``Sink``), ``driver`` runs every sink by the same
+rules (batching, resume, retries, dead letters in ``dead_letter``, restarts, counters, health), and
+``file`` is the local archive. Each sink type's config (``XSinkConfig`` beside its sink,
+registered in ``shipper.config.SINK_TYPES``) builds the sink: ``config.build()``; the topology
+runs it under a ``SinkDriver``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING, Protocol
+from shipper.sinks.base import Sink
 
-if TYPE_CHECKING:
-    import trio
-
-    from shipper.buffer.wal import WalReader
-
-
-class Sink(Protocol):
-    """What the topology needs of a running sink."""
-
-    id: str
-    counters: Counter[str]
-
-    async def run(self, reader: WalReader, *, task_status: trio.TaskStatus[None] = ...) -> None:
-        """Deliver what ``reader`` gives, acknowledging what the destination confirmed; return
-        when the WAL is closed and read to its end."""
+__all__ = ["Sink"]

@@ -13,37 +13,35 @@ Rules:
 * Files are created exclusively (never appended to across restarts); names sort in creation order.
   A file holds at most ``max_file_bytes`` unless a single line is larger (it then has a file of
   its own).
-* A batch is written whole or, on a write error, the file is truncated back to where the batch began
-  (or, if even that fails, abandoned for a new file) and the batch is retried with capped exponential
-  backoff: an unavailable directory or a full disk never stops the daemon, and never loses or tears
-  a line. Events wait in the pipeline meanwhile (backpressure).
-* Every batch is fsynced before the sink acknowledges it to the WAL, and the directory after a file
-  is created, so what the WAL has let go of survives a power cut.
+* A batch is written whole or, on a write error, the file is truncated back to where the write began
+  (or, if even that fails, abandoned for a new file) and the sink raises ``DestinationUnavailable``:
+  the driver (``shipper.sinks.driver``) tries again with capped exponential backoff, from the last
+  line written. An unavailable directory or a full disk never stops the daemon, and never loses or
+  tears a line. Events wait in the WAL meanwhile (backpressure).
+* Every write is fsynced before the driver acknowledges it to the WAL, and the directory after a
+  file is created, so what the WAL has let go of survives a power cut.
 * Exactly once across crashes: a crash between a write and its acknowledgement makes the WAL
-  deliver that batch again. At start the sink cuts a torn last line off the newest file of the
-  current WAL epoch, reads the id (the WAL position) of its last line, and skips what the WAL
-  offers up to that position. Files of another epoch are never used for this, so a wiped WAL (whose
-  positions start again) loses nothing.
+  deliver that batch again. At start (``resume_point``) the sink cuts a torn last line off the
+  newest file of the current WAL epoch and reads the id (the WAL position) of its last line; the
+  driver skips what the WAL offers up to that position. Files of another epoch are never used for
+  this, so a wiped WAL (whose positions start again) loses nothing.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-import orjson
 import trio
 
 from shipper.buffer.segment import Position, fsync_dir
-from shipper.buffer.wal import WalReader
 from shipper.config import SINK_TYPES, SinkCommon, SinkConfig, Table
 from shipper.errors import DestinationUnavailable
 from shipper.logging import get_logger
-from shipper.retry import Backoff
+from shipper.sinks.base import Batch, BatchSettings, SinkBase, position_of
 
 
 @SINK_TYPES.register
@@ -73,58 +71,58 @@ log = get_logger("shipper.sinks.file")
 WRITE_BYTES = 1024 * 1024
 #: How much of a file's end is read to find its last line (longer than any envelope).
 TAIL_BYTES = 72 * 1024 * 1024
-RETRY_INITIAL = 0.1
-RETRY_MAX = 30.0
 
 
-class FileSink:
+class FileSink(SinkBase):
     """Writes batches of encoded envelopes to rotating JSON-lines files."""
 
     kind = "file"
+    #: Each read of the WAL (up to ``WRITE_BYTES``) is written as soon as it is read, with
+    #: whatever else the WAL holds right then, in one write per file.
+    batching = BatchSettings(max_events=1 << 30, max_bytes=WRITE_BYTES, max_age=0.0)
 
     def __init__(self, config: FileSinkConfig) -> None:
+        super().__init__(config.id)
         self.config = config
-        self.id = config.id
-        self.counters: Counter[str] = Counter()
         self._fd: int | None = None
         self._size = 0
         self._serial = 0
         self.current_path: Path | None = None
         self._epoch = "0"
+        self._last: Position | None = None  # the last line written, once this run wrote one
 
-    async def run(
-        self,
-        reader: WalReader,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Deliver everything the WAL holds for this sink, acknowledging each batch once it is
-        fsynced; return when the WAL is closed and read to its end."""
-        task_status.started()
-        self._epoch = reader.wal.epoch
-        resume = await trio.to_thread.run_sync(self._resume_point)
-        try:
-            while (batch := await reader.read(WRITE_BYTES)) is not None:
-                lines = batch.envelopes
-                if resume is not None and lines:
-                    # Written before a crash, but not acknowledged: already in the archive.
-                    kept = [line for line in lines if _position(line) > resume]
-                    self.counters["already_written"] += len(lines) - len(kept)
-                    if kept:
-                        resume = None  # positions only grow: everything after is new
-                    lines = kept
-                while lines:
-                    chunk, lines = self._next_chunk(lines)
-                    await self._deliver(b"\n".join(chunk) + b"\n", len(chunk))
-                await reader.ack(batch.end)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._close)
+    async def open(self, epoch: str) -> None:
+        """Nothing to open yet: a file is created at the first write (so an unwritable
+        directory shows as a failed write, retried)."""
+        if epoch != self._epoch:
+            self._epoch, self._last = epoch, None
+
+    async def resume_point(self) -> Position | None:
+        """The id of the last line in the archive: what this run last wrote, else what the
+        newest file of this WAL epoch ends with (after cutting off a torn last line)."""
+        if self._last is not None:
+            return self._last
+        return await trio.to_thread.run_sync(self._resume_point)
+
+    async def deliver(self, batch: Batch) -> None:
+        """Write the batch, a new file where the current one would pass ``max_file_bytes``;
+        every write fsynced. A failed write leaves whole lines only (``resume_point`` says how
+        far it got)."""
+        lines = batch.envelopes
+        while lines:
+            chunk, lines = self._next_chunk(lines)
+            await trio.to_thread.run_sync(self._write, b"\n".join(chunk) + b"\n")
+            self._last = position_of(chunk[-1])
+
+    async def close(self) -> None:
+        await trio.to_thread.run_sync(self._close)
 
     def _next_chunk(self, lines: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         """The lines that fit in the current file (or a new one), and the rest."""
         limit = self.config.max_file_bytes
         room = limit - self._size if self._fd is not None else limit
+        if sum(map(len, lines)) + len(lines) <= room:
+            return lines, []
         if len(lines[0]) + 1 > room:
             room = limit  # it goes into a new file
         total = len(lines[0]) + 1
@@ -133,28 +131,6 @@ class FileSink:
             total += len(lines[count]) + 1
             count += 1
         return lines[:count], lines[count:]
-
-    async def _deliver(self, data: bytes, count: int) -> None:
-        """Write one gathered batch, retrying with backoff until the directory takes it."""
-        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
-        while True:
-            try:
-                await trio.to_thread.run_sync(self._write, data)
-            except DestinationUnavailable as exc:
-                self.counters["write_errors"] += 1
-                wait = backoff.next()
-                log.error(
-                    "sink_write_failed",
-                    sink=self.id,
-                    error=str(exc),
-                    events=count,
-                    retry_in=round(wait, 3),
-                )
-                await trio.sleep(wait)
-                continue
-            self.counters["events"] += count
-            self.counters["bytes"] += len(data)
-            return
 
     # The methods below run in a worker thread.
 
@@ -171,8 +147,8 @@ class FileSink:
             for path in reversed(files):
                 last = _last_line(path)
                 if last is not None:
-                    return _position(last)
-        except (OSError, ValueError, KeyError) as exc:
+                    return position_of(last)
+        except (OSError, ValueError) as exc:
             log.warning("sink_resume_point_unknown", sink=self.id, error=str(exc))
         return None
 
@@ -242,12 +218,6 @@ class FileSink:
             )
         finally:
             os.close(fd)
-
-
-def _position(envelope: bytes) -> Position:
-    """The WAL position in an envelope's id (``"<segment>-<offset>"``)."""
-    segment, _, offset = str(orjson.loads(envelope)["id"]).partition("-")
-    return Position(int(segment), int(offset))
 
 
 def _last_line(path: Path) -> bytes | None:

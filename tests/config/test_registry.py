@@ -118,8 +118,8 @@ def test_the_topology_builds_each_component_from_its_config(tmp_path: Path) -> N
     [source] = topology.sources
     assert source.id == "a"
     [slot] = topology.sinks
-    assert isinstance(slot.sink, ProbeSink)
-    assert slot.sink.config is config.sinks["out"]
+    assert isinstance(slot.driver.sink, ProbeSink)
+    assert slot.driver.sink.config is config.sinks["out"]
     assert topology.wal.settings is config.buffer
 
 

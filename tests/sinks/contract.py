@@ -9,6 +9,7 @@ whether its destination can refuse a batch (only those run the refusal tests).
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from shipper.buffer.wal import ReadBatch, Wal, WalReader, entry
 from shipper.events import Event
 from shipper.retry import RetryPolicy
 from shipper.sinks.base import Batch, BatchSettings, Health, Sink
-from tests.sinks.memory import MemoryDestination, MemorySink
+from shipper.sinks.file import FileSink, FileSinkConfig
+from tests.conftest import archive_lines, tmpfs
+from tests.sinks.memory import FAST, MemoryDestination, MemorySink
 
 SINK = "contract"
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
@@ -63,6 +66,42 @@ class Kind:
     can_refuse: bool
 
 
+class FileHarness:
+    """The file sink on a small tmpfs: unavailable is a full disk. Each line has a file of its
+    own (``max_file_bytes = 1``), so every write needs new room on the disk."""
+
+    def __init__(self, disk: Path) -> None:
+        self.path = disk / "archive"
+        self.ballast = disk / "ballast"
+
+    def sink(self) -> Sink:
+        sink = FileSink(FileSinkConfig(id=SINK, path=self.path, max_file_bytes=1))
+        sink.retry_policy = FAST
+        return sink
+
+    def held(self) -> list[bytes]:
+        return archive_lines(self.path)
+
+    def make_unavailable(self) -> None:
+        with open(self.ballast, "wb", buffering=0) as ballast:
+            for size in (1 << 20, 1 << 12, 1):
+                try:
+                    while True:
+                        ballast.write(b"\0" * size)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+
+    def make_available(self) -> None:
+        self.ballast.unlink()
+
+
+@contextlib.contextmanager
+def file_harness(tmp_path: Path) -> Iterator[Harness]:
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
+        yield FileHarness(disk)
+
+
 class MemoryHarness:
     """The test-only memory sink: a destination the test switches off and poisons."""
 
@@ -91,6 +130,7 @@ def memory_harness(tmp_path: Path) -> Iterator[Harness]:
 
 
 HARNESSES: dict[str, Kind] = {
+    "file": Kind(file_harness, can_refuse=False),
     "memory": Kind(memory_harness, can_refuse=True),
 }
 

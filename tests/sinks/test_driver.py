@@ -1,8 +1,9 @@
-"""The sink driver's own rules: batching, resume within a batch, retry classification, dead
-letters, restarts, health."""
+"""The sink driver's own rules: isolation of a broken sink, batching, resume within a batch,
+retry classification, dead letters, health."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import orjson
@@ -11,12 +12,87 @@ import trio.testing
 
 from shipper.buffer.config import BufferConfig
 from shipper.buffer.wal import Wal
+from shipper.config import parse_config
 from shipper.retry import Outcome, RetryPolicy
 from shipper.sinks.base import Batch, BatchSettings, Health
 from shipper.sinks.driver import FAILING_AFTER, SinkDriver
-from tests.conftest import LogCapture, wait_until
+from shipper.sinks.file import FileSink, FileSinkConfig
+from shipper.topology import SinkSlot, Topology
+from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 from tests.sinks.contract import Watched, entries, numbers, open_wal
-from tests.sinks.memory import MemoryDestination, MemorySink
+from tests.sinks.memory import FAST, BrokenSink, MemoryDestination, MemorySink
+
+
+async def test_a_broken_sink_restarts_with_growing_delays_beside_a_working_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, logs: LogCapture
+) -> None:
+    """A sink whose deliver always raises is closed and opened again after ever longer pauses,
+    its events wait unacknowledged, and a file sink on the same WAL delivers everything."""
+    wal = Wal(tmp_path / "wal", BufferConfig())
+    wal.open({"broken": None, "archive": None})
+    start = wal.readers["broken"].acked
+    broken = BrokenSink("broken")
+    broken_driver = SinkDriver(broken, tmp_path)
+    archive = Watched(wal.readers["archive"])
+    archive_driver = SinkDriver(
+        FileSink(FileSinkConfig(id="archive", path=tmp_path / "archive")), tmp_path
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broken_driver.run, wal.readers["broken"], wal.epoch)
+        await nursery.start(archive_driver.run, archive, wal.epoch)
+        for first in range(1, 100, 10):
+            await wal.append(entries(first, 10))
+        await archive.acked_to(wal.committed)
+        await broken.opens(6)
+        await wal.close()
+        nursery.cancel_scope.cancel()
+    assert numbers(archive_lines(tmp_path / "archive")) == list(range(1, 101))
+    assert archive_driver.counters["events"] == 100
+    opened_at = broken.opened_at[:6]  # steps of 1, 2, 4, 8, 16 s: each delay longer (jitter)
+    delays = [b - a for a, b in itertools.pairwise(opened_at)]
+    assert delays == sorted(delays)
+    assert delays[-1] > 4 * delays[0]
+    assert broken_driver.counters["restarts"] >= 5
+    assert broken.closes >= 5
+    assert wal.readers["broken"].acked == start
+    assert broken_driver.health().status == "failing"
+    assert "RuntimeError: this sink is broken" in (broken_driver.health().last_error or "")
+    defects = logs.entries("sink_defect")
+    assert len(defects) >= 5
+    assert "RuntimeError: this sink is broken" in defects[0]["exception"]
+
+
+async def test_a_broken_sink_never_stops_the_daemon_or_its_file_sink(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """In a running topology, a sink whose code raises on every batch is restarted again and
+    again, while events from the network reach the file archive, every one of them."""
+    topology = Topology(parse_config(file_sink_config(tmp_path)))
+    broken = BrokenSink("broken", FAST)
+    topology.sinks.append(SinkSlot(SinkDriver(broken, topology.config.data_dir), None))
+    lines = b"".join(
+        orjson.dumps({"agentId": "a", "sequence": n, "action": "db.query"}) + b"\n"
+        for n in range(1, 301)
+    )
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(topology.run)
+        address = bound["agents"][0]
+        async with await trio.open_tcp_stream(address.host, address.port) as stream:
+            await stream.send_all(lines)
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 300)
+        await broken.opens(4)
+        metrics = topology.metrics()
+        nursery.cancel_scope.cancel()
+    sequences = [
+        orjson.loads(line)["record"]["sequence"] for line in archive_lines(tmp_path / "archive")
+    ]
+    assert sequences == list(range(1, 301))
+    assert metrics["sinks"]["broken"]["restarts"] >= 3
+    assert metrics["sinks"]["broken"]["lag_bytes"] > 0
+    assert metrics["sinks"]["broken"]["health"]["status"] == "failing"
+    assert metrics["sinks"]["archive"]["events"] == 300
+    assert metrics["sinks"]["archive"]["health"]["status"] == "ok"
+    assert not logs.entries("shipper_failed")
 
 
 async def test_a_batch_cut_short_is_completed_without_doubles(tmp_path: Path) -> None:
