@@ -1,11 +1,18 @@
 """The exceptions shipper raises, named for who is at fault and whether retrying helps.
 
 * ``ConfigError``: the operator's configuration is wrong. Retrying never helps; fix the file.
-* ``PeerError``: a sender broke the protocol or a limit. Retrying the same bytes never helps.
 * ``DestinationUnavailable``: a sink's destination could not take the data right now (server down,
-  disk full, directory missing). Retrying later can help; the data waits.
+  disk full, directory missing). Retrying later can help; the data waits in the WAL and the sink
+  driver tries again with backoff.
 * ``DestinationRejected``: the destination refused the data for good (a permanent error). Retrying
-  the same data never helps; it goes to the dead-letter file with the reason.
+  the same data never helps; the sink driver puts it in the sink's dead-letter area
+  (``shipper.sinks.dead_letter``) with the reason, and goes on.
+* ``ListenError``, ``DataDirError``: an address or the state directory cannot be used; the daemon
+  does not start until the operator fixes it.
+
+How a sink's errors are retried is decided in one place, ``shipper.retry.RetryPolicy``; a sender
+breaking the protocol or a limit is not an exception: its input becomes a counted ``malformed``
+event, or its connection is closed, counted and logged.
 
 Library exceptions (``OSError``, ``ssl.SSLError``, ...) are translated into these once, at the
 boundary where shipper calls the library, with ``raise X from exc``.
@@ -14,14 +21,10 @@ boundary where shipper calls the library, with ``raise X from exc``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 
 class ShipperError(Exception):
     """Base class of every error shipper raises on purpose."""
-
-    #: Whether doing the same thing again later can succeed.
-    retriable: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -44,26 +47,8 @@ class ConfigError(ShipperError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-class PeerError(ShipperError):
-    """A sender broke the protocol or a limit; the same bytes will fail again."""
-
-
-@dataclass
-class LimitExceeded(PeerError):
-    """A bounded buffer was asked to hold more than its limit (names the limit and the sizes)."""
-
-    limit_name: str
-    limit: int
-    size: int
-
-    def __str__(self) -> str:
-        return f"{self.limit_name} exceeded: {self.size} bytes > {self.limit}"
-
-
 class DestinationUnavailable(ShipperError):
     """A sink's destination cannot take data now; the data waits and delivery is retried."""
-
-    retriable = True
 
 
 class DestinationRejected(ShipperError):
@@ -75,8 +60,6 @@ class ListenError(ShipperError):
 
     The operator must free the address or change it; systemd's restart may succeed once it is free.
     """
-
-    retriable = True
 
 
 class DataDirError(ShipperError):

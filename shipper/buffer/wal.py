@@ -103,8 +103,6 @@ class WalWriteError(ShipperError):
     Retrying later can succeed once space is freed; the caller backs off and retries.
     """
 
-    retriable = True
-
 
 class Wal:
     """Segments on disk, one writer, one reader per sink.
