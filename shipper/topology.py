@@ -47,7 +47,7 @@ appends what is left and closes the WAL; each sink delivers what is in the WAL a
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -209,7 +209,7 @@ class Topology:
                     "lag_bytes": wal.lag_bytes(wal.readers[slot.driver.id])
                     if slot.driver.id in wal.readers
                     else 0,
-                    "health": asdict(slot.driver.health()),
+                    "health": slot.driver.health().as_dict(),
                 }
                 for slot in self.sinks
             },

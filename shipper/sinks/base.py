@@ -8,8 +8,8 @@ A sink knows its destination and nothing else. It says
   holds, or None if it holds none of this epoch's or cannot tell),
 * how to ``deliver`` one ``Batch``: return once the destination confirmed all of it (durably),
 * how to ``close`` it,
-* its ``health()``: what only it can know of its destination (the driver adds what it sees of
-  the deliveries, and the worse of the two is reported),
+* its ``health()`` (``shipper.metrics.Health``): what only it can know of its destination (the
+  driver adds what it sees of the deliveries, and the worse of the two is reported),
 
 and raises ``DestinationUnavailable`` ("try again later") or ``DestinationRejected`` ("this
 will never pass") when its destination says so, translated from the library's exceptions at the
@@ -36,16 +36,13 @@ Rules a sink keeps:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from shipper.buffer.segment import Position
-from shipper.events import ENVELOPE_HEAD, utc_timestamp
+from shipper.events import ENVELOPE_HEAD
+from shipper.metrics import Health
 from shipper.retry import RetryPolicy
-
-Status = Literal["ok", "degraded", "failing"]
-#: Health statuses, from best to worst.
-STATUSES: tuple[Status, ...] = ("ok", "degraded", "failing")
 
 _ID_START = len(ENVELOPE_HEAD) + len(b'"id":"')
 
@@ -85,23 +82,6 @@ class BatchSettings:
     def __post_init__(self) -> None:
         if self.max_events < 1 or self.max_bytes < 1 or self.max_age < 0:
             raise ValueError(f"batches must hold something and not age backwards: {self}")
-
-
-@dataclass(frozen=True)
-class Health:
-    """A sink's status, as plain data: ``status`` (``ok``, ``degraded``: it delivers with
-    trouble, retrying or dead-lettering; ``failing``: it does not deliver), ``since`` when
-    (RFC 3339 UTC), and the latest error (kept after a recovery)."""
-
-    status: Status = "ok"
-    since: str = field(default_factory=utc_timestamp)
-    last_error: str | None = None
-
-    def worse(self, other: Health) -> Health:
-        """Whichever of the two is worse (``self`` on a tie)."""
-        if STATUSES.index(other.status) > STATUSES.index(self.status):
-            return other
-        return self
 
 
 class Sink(Protocol):
@@ -147,7 +127,7 @@ class SinkBase:
         return _OK
 
 
-_OK = Health(since="")
+_OK = Health()
 
 
 def position_of(envelope: bytes) -> Position:

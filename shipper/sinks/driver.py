@@ -38,10 +38,11 @@ Rules:
     stop for it.
 
   Every failed try counts in ``failures``.
-* **Health** (``health()``): ``ok``; ``degraded`` while retrying an unavailable destination or
-  after a dead letter; ``failing`` after ``FAILING_AFTER`` unavailable tries in a row, or a
-  defect; back to ``ok`` at the next delivery (logged as ``sink_recovered``). The sink's own
-  ``health()`` is combined with it: the worse one is reported.
+* **Health** (``health()``, a ``shipper.metrics.Health``: status, reason, since when on the
+  monotonic clock): ``ok``; ``degraded`` while retrying an unavailable destination or after a
+  dead letter; ``failing`` after ``FAILING_AFTER`` unavailable tries in a row, or a defect; the
+  reason is the latest error. Back to ``ok`` at the next delivery (logged as ``sink_recovered``).
+  The sink's own ``health()`` is combined with it: the worse one is reported.
 * **Shutdown.** When the WAL is closed and read, the driver delivers what is left, closes the
   sink and returns. Cancelled at any point (a retry, a delivery), it has acknowledged nothing it
   did not deliver: the rest comes again at the next start. The sink is closed, shielded.
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +62,10 @@ import trio
 
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import ReadBatch
-from shipper.events import utc_timestamp
 from shipper.logging import get_logger
+from shipper.metrics import Health, Status
 from shipper.retry import Backoff, Outcome
-from shipper.sinks.base import Batch, Health, Sink, Status, position_of
+from shipper.sinks.base import Batch, Sink, position_of
 from shipper.sinks.dead_letter import DeadLetters
 
 log = get_logger("shipper.sinks")
@@ -71,6 +73,7 @@ log = get_logger("shipper.sinks")
 #: Unavailable tries in a row after which a sink's health is ``failing`` rather than
 #: ``degraded``.
 FAILING_AFTER = 5
+_RANK: dict[Status, int] = {"ok": 0, "degraded": 1, "failing": 2}
 
 
 class Reader(Protocol):
@@ -101,7 +104,7 @@ class SinkDriver:
         self.id = sink.id
         self.counters: Counter[str] = Counter()
         self.dead_letters = DeadLetters(data_dir, sink.id)
-        self._health = Health()
+        self._health = Health(since=time.monotonic())
         self._unavailable = 0  # unavailable tries in a row
         self._epoch = ""
         self._opened = False
@@ -115,8 +118,8 @@ class SinkDriver:
         try:
             own = self.sink.health()
         except Exception as exc:  # a defect in the sink: it says nothing, and that is failing
-            own = Health("failing", self._health.since, f"health() raised {exc!r}")
-        return self._health.worse(own)
+            own = Health("failing", f"health() raised {exc!r}", self._health.since)
+        return own if _RANK[own.status] > _RANK[self._health.status] else self._health
 
     async def run(
         self,
@@ -283,9 +286,12 @@ class SinkDriver:
         self._unavailable = 0
         if self._health.status != "ok":
             log.info(
-                "sink_recovered", sink=self.id, was=self._health.status, since=self._health.since
+                "sink_recovered",
+                sink=self.id,
+                was=self._health.status,
+                seconds=round(time.monotonic() - self._health.since, 3),
             )
-            self._set_health("ok", None)
+            self._set_health("ok", "")
 
     async def _retry(self, exc: Exception, step: str, events: int, backoff: Backoff) -> None:
         """The destination is unavailable: wait, then try the same batch again (asking the
@@ -380,10 +386,6 @@ class SinkDriver:
                 exc_info=exc,
             )
 
-    def _set_health(self, status: Status, error: str | None) -> None:
-        current = self._health
-        self._health = Health(
-            status,
-            current.since if status == current.status else utc_timestamp(),
-            current.last_error if error is None else error,
-        )
+    def _set_health(self, status: Status, reason: str) -> None:
+        since = self._health.since if status == self._health.status else time.monotonic()
+        self._health = Health(status, reason, since)

@@ -22,8 +22,9 @@ from shipper.buffer.config import BufferConfig
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import ReadBatch, Wal, WalReader, entry
 from shipper.events import Event
+from shipper.metrics import Health
 from shipper.retry import RetryPolicy
-from shipper.sinks.base import Batch, BatchSettings, Health, Sink
+from shipper.sinks.base import Batch, BatchSettings, Sink
 from shipper.sinks.file import FileSink, FileSinkConfig
 from tests.conftest import archive_lines, tmpfs
 from tests.sinks.memory import FAST, MemoryDestination, MemorySink

@@ -13,8 +13,9 @@ import trio.testing
 from shipper.buffer.config import BufferConfig
 from shipper.buffer.wal import Wal
 from shipper.config import parse_config
+from shipper.metrics import Health
 from shipper.retry import Outcome, RetryPolicy
-from shipper.sinks.base import Batch, BatchSettings, Health
+from shipper.sinks.base import Batch, BatchSettings
 from shipper.sinks.driver import FAILING_AFTER, SinkDriver
 from shipper.sinks.file import FileSink, FileSinkConfig
 from shipper.topology import SinkSlot, Topology
@@ -56,7 +57,7 @@ async def test_a_broken_sink_restarts_with_growing_delays_beside_a_working_one(
     assert broken.closes >= 5
     assert wal.readers["broken"].acked == start
     assert broken_driver.health().status == "failing"
-    assert "RuntimeError: this sink is broken" in (broken_driver.health().last_error or "")
+    assert "RuntimeError: this sink is broken" in broken_driver.health().reason
     defects = logs.entries("sink_defect")
     assert len(defects) >= 5
     assert "RuntimeError: this sink is broken" in defects[0]["exception"]
@@ -168,7 +169,7 @@ async def test_health_degrades_fails_and_recovers(tmp_path: Path, logs: LogCaptu
         await reader.acked_to(wal.committed)
         await wal.close()
     assert degraded.status == "degraded"
-    assert degraded.last_error == "the memory destination is down"
+    assert degraded.reason == "the memory destination is down"
     assert failing.status == "failing"
     assert driver.health().status == "ok"
     assert logs.entries("sink_open_failed")
@@ -182,17 +183,17 @@ async def test_a_sinks_own_health_is_reported_when_it_is_worse(tmp_path: Path) -
 
     class Unlocked(MemorySink):
         def health(self) -> Health:
-            return Health("degraded", "2026-11-23T00:00:00.000000Z", "bucket lock unknown")
+            return Health("degraded", "bucket lock unknown", 12.0)
 
     class Raising(MemorySink):
         def health(self) -> Health:
             raise KeyError("lock")
 
     unlocked = SinkDriver(Unlocked("u", MemoryDestination()), tmp_path).health()
-    assert (unlocked.status, unlocked.last_error) == ("degraded", "bucket lock unknown")
+    assert (unlocked.status, unlocked.reason) == ("degraded", "bucket lock unknown")
     raising = SinkDriver(Raising("r", MemoryDestination()), tmp_path).health()
     assert raising.status == "failing"
-    assert "KeyError" in (raising.last_error or "")
+    assert "KeyError" in raising.reason
 
 
 class HttpStatus(Exception):
