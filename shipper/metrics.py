@@ -72,14 +72,14 @@ class Health:
 
 
 class CounterValue:
-    """One counter (one set of label values)."""
+    """One counter (one set of label values): a count of things, so a whole number."""
 
     __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self.value: float = 0
+        self.value: int = 0
 
-    def inc(self, amount: float = 1) -> None:
+    def inc(self, amount: int = 1) -> None:
         self.value += amount
 
 
@@ -202,6 +202,11 @@ class Registry:
     def __init__(self) -> None:
         self._families: dict[str, Family[Any]] = {}
         self._health: dict[str, Callable[[], Health]] = {}
+        self._collectors: list[Callable[[], None]] = []
+
+    def collector(self, collect: Callable[[], None]) -> None:
+        """Call ``collect`` before each snapshot (to bring metrics kept elsewhere up to date)."""
+        self._collectors.append(collect)
 
     def counter(
         self, name: str, help: str, *, unit: str = "", labels: Sequence[str] = ()
@@ -270,6 +275,8 @@ class Registry:
 
     def snapshot(self) -> dict[str, Any]:
         """Every metric and health check now, as plain data (see the module docstring)."""
+        for collect in self._collectors:
+            collect()
         health: dict[str, Any] = {}
         for component, check in self._health.items():
             try:
@@ -358,20 +365,30 @@ def value(snapshot: dict[str, Any], name: str, *labels: str) -> Any:
 
 
 def summary(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """``snapshot`` for a log entry: each metric's value, nested by its label values (a
-    histogram as its count and sum), and the health of each component that is not ok."""
+    """``snapshot`` for a log entry, grouped by component: ``<component>_<rest>`` goes under
+    ``out[component]``, then under the component's id when its first label is named after the
+    component (``source_events{source="agents"}``: ``out["source"]["agents"]["events"]``), then
+    under ``rest``, nested by the other label values. A histogram shows its count and sum. The
+    health of each component that is not ok is under ``out["health"]``."""
     out: dict[str, Any] = {}
     for name, metric in snapshot["metrics"].items():
+        component, _, rest = name.partition("_")
+        labels = metric["labels"]
+        by_id = bool(labels) and labels[0] == component
         for values, sample in metric["samples"]:
             shown = (
                 {"count": sample["count"], "sum": round(sample["sum"], 6)}
                 if isinstance(sample, dict)
                 else sample
             )
+            place = out.setdefault(component, {})
+            if by_id:
+                place = place.setdefault(values[0], {})
+                values = values[1:]
             if not values:
-                out[name] = shown
+                place[rest] = shown
                 continue
-            place = out.setdefault(name, {})
+            place = place.setdefault(rest, {})
             for label in values[:-1]:
                 place = place.setdefault(label, {})
             place[values[-1]] = shown
@@ -401,30 +418,32 @@ class CounterSet:
         self,
         registry: Registry,
         component: str,
-        component_id: str,
+        component_id: str | None,
         declared: dict[str, str],
     ) -> None:
         self._values: dict[str, CounterValue] = {}
+        labels = (component,) if component_id is not None else ()
+        values = (component_id,) if component_id is not None else ()
         for key, help in declared.items():
             name = f"{component}_{key}"
             unit = next((u for u in ("bytes", "seconds") if name.endswith(f"_{u}")), "")
-            family = registry.counter(name, help, unit=unit, labels=(component,))
-            self._values[key] = family.labels(component_id)
+            family = registry.counter(name, help, unit=unit, labels=labels)
+            self._values[key] = family.labels(*values)
 
-    def __getitem__(self, key: str) -> float:
+    def __getitem__(self, key: str) -> int:
         return self._values[key].value
 
-    def __setitem__(self, key: str, value: float) -> None:
+    def __setitem__(self, key: str, value: int) -> None:
         self._values[key].value = value
 
     def __contains__(self, key: object) -> bool:
         return key in self._values
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, int]:
         """Every counter's value now, by short name (for a log entry, or to restore later)."""
         return {key: child.value for key, child in self._values.items()}
 
-    def restore(self, values: dict[str, float]) -> None:
+    def restore(self, values: dict[str, int]) -> None:
         """Set the counters back to ``values`` (taken by ``as_dict``): work taken back."""
         for key, value in values.items():
             self._values[key].value = value

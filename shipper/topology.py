@@ -179,7 +179,7 @@ class Topology:
         """Counters of every component, for logs now and the API later."""
         wal = self.wal
         return {
-            "sources": {source.id: dict(source.counters) for source in self.sources},
+            "sources": {source.id: source.counters.as_dict() for source in self.sources},
             "chain": {
                 **self.chain.counters,
                 "agents": len(self.chain.verifier.agents),

@@ -128,22 +128,24 @@ def test_health_is_the_worst_per_component_and_a_raising_check_is_failing() -> N
     assert "boom" in merged["health"]["wal"]["reason"]
 
 
-def test_summary_nests_values_by_labels_and_names_troubled_components() -> None:
-    """The log view of a snapshot nests each metric by its label values, shows a histogram as
-    count and sum, and lists only the components that are not ok."""
+def test_summary_groups_by_component_and_names_troubled_components() -> None:
+    """The log view of a snapshot groups each metric under its component (and the component's
+    id when labelled by it), nests other labels, shows a histogram as count and sum, and lists
+    only the components that are not ok."""
     registry = Registry()
     registry.counter("wal_events", "Written").labels().inc(9)
     refused = registry.counter("source_refused", "Refused", labels=("source", "reason"))
     refused.labels("agents", "timeout").inc(2)
+    registry.counter("chain_verdicts", "Verdicts", labels=("status",)).labels("ok").inc(4)
     registry.histogram("wal_fsync_seconds", "f", unit="seconds", buckets=(1.0,)).labels().observe(
         0.5
     )
     registry.health("wal", lambda: Health())
     registry.health("sink.archive", lambda: Health("degraded", "disk full"))
     shown = summary(registry.snapshot())
-    assert shown["wal_events"] == 9
-    assert shown["source_refused"] == {"agents": {"timeout": 2}}
-    assert shown["wal_fsync_seconds"] == {"count": 1, "sum": 0.5}
+    assert shown["wal"] == {"events": 9, "fsync_seconds": {"count": 1, "sum": 0.5}}
+    assert shown["source"] == {"agents": {"refused": {"timeout": 2}}}
+    assert shown["chain"] == {"verdicts": {"ok": 4}}
     assert shown["health"] == {
         "sink.archive": {"status": "degraded", "reason": "disk full", "since": 0.0}
     }
@@ -169,3 +171,23 @@ def test_counter_set_counts_into_the_registry_by_component() -> None:
     assert agents.as_dict() == {"events": 3, "bytes": 100}
     with pytest.raises(KeyError):
         agents["typo"] += 1
+
+
+def test_collectors_run_before_each_snapshot() -> None:
+    """A collector brings a metric kept elsewhere up to date at each snapshot, and a singleton
+    component's counter set has no label."""
+    registry = Registry()
+    kept = {"ok": 0}
+    verdicts = registry.counter("chain_verdicts", "Verdicts", labels=("status",))
+
+    def collect() -> None:
+        for status, count in kept.items():
+            verdicts.labels(status).value = count
+
+    registry.collector(collect)
+    stage = CounterSet(registry, "chain", None, {"alerts": "Alerts raised"})
+    stage["alerts"] += 2
+    kept["ok"] = 7
+    snapshot = registry.snapshot()
+    assert value(snapshot, "chain_verdicts", "ok") == 7
+    assert value(snapshot, "chain_alerts") == 2

@@ -6,7 +6,6 @@ Each source type's config (``XSourceConfig`` beside its source, registered in
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,18 +16,46 @@ if TYPE_CHECKING:
     import trio
 
     from shipper.budget import ByteBudget
+    from shipper.metrics import CounterSet, Health, Registry
 
 #: Where a source listens: a TCP/UDP address, or a unix socket's path.
 Listening = Address | Path
 #: How a source finds the agent a record names (the chain profile's ``Profile.agent_of``).
 AgentOf = Callable[[dict[str, Any]], str | None]
 
+#: What every source counts (``source_<name>`` metrics, labelled with the source's id).
+SOURCE_COUNTERS: dict[str, str] = {
+    "events": "Events handed to the pipeline (records, malformed input, syslog messages)",
+    "bytes": "Bytes read from connections and datagrams",
+    "malformed": "Inputs archived as malformed events",
+    "oversized": "Frames longer than the source's limit",
+    "bad_framing": "Bytes that broke the framing",
+    "blank_lines": "Blank lines skipped (counted, not archived)",
+    "identity_mismatch": "Events whose claims the client certificate does not cover",
+    "connections_accepted": "Connections accepted",
+    "connections_refused": "Connections refused or cut off, for any reason",
+    "refused_max_connections": "Connections refused: max_connections open",
+    "refused_max_connections_per_peer": "Connections refused: max_connections_per_peer open",
+    "refused_handshake_timeout": "Connections cut off: no TLS handshake within its timeout",
+    "refused_handshake_failed": "Connections cut off: the TLS handshake failed",
+    "refused_frame_timeout": "Connections cut off: a frame not completed within frame_timeout",
+    "connections_reset_early": "Connections reset before they were accepted",
+    "accept_errors": "Errors accepting connections",
+    "idle_timeouts": "Connections closed for being idle",
+    "handler_errors": "Connections or datagrams ended by a defect (logged with the cause)",
+    "datagrams": "Datagrams received (UDP, unix)",
+    "dropped_full": "Datagrams' events dropped: the pipeline was full past the burst buffer",
+    "kernel_dropped": "Datagrams the kernel dropped (its receive buffer was full)",
+    "json_records": "Syslog messages whose MSG is a JSON record",
+    "invalid_utf8": "Syslog messages whose text is not UTF-8",
+}
+
 
 class Source(Protocol):
     """What the topology needs of a running source."""
 
     id: str
-    counters: Counter[str]
+    counters: CounterSet
     #: The bytes the pipeline's ingest channel may hold, shared by every source.
     budget: ByteBudget | None
 
@@ -38,3 +65,9 @@ class Source(Protocol):
 
     def stop(self) -> None:
         """Stop accepting and reading; what was read is still handed on."""
+
+    def register_metrics(self, registry: Registry) -> None:
+        """Count into ``registry`` from now on, and tell it this source's health."""
+
+    def health(self) -> Health:
+        """``ok`` while listening; ``failing`` before; ``degraded`` once stopping."""

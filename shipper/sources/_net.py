@@ -67,7 +67,8 @@ from shipper.events import (
     utc_timestamp,
 )
 from shipper.logging import Throttle, get_logger
-from shipper.sources import AgentOf, Listening
+from shipper.metrics import CounterSet, Health, Registry
+from shipper.sources import SOURCE_COUNTERS, AgentOf, Listening
 from shipper.sources._identity import Grant, IdentityPolicy, IdentityTable, claims
 from shipper.sources._listener import (
     FRAME_TIMEOUT,
@@ -367,7 +368,7 @@ class StreamServer:
         source_id: str,
         address: Listening,
         handler: Handler,
-        counters: Counter[str],
+        counters: CounterSet,
         *,
         ssl_context: ssl.SSLContext | None = None,
         max_connections: int = MAX_CONNECTIONS,
@@ -608,6 +609,18 @@ async def _close(stream: trio.abc.AsyncResource) -> None:
         await stream.aclose()
 
 
+class _Listening:
+    """A task status that marks its source as listening when the source reports where."""
+
+    def __init__(self, source: FramedSource, inner: trio.TaskStatus[list[Listening]]) -> None:
+        self._source = source
+        self._inner = inner
+
+    def started(self, value: list[Listening] | None = None) -> None:
+        self._source.listening = True
+        self._inner.started(value if value is not None else [])
+
+
 class Framer(Protocol):
     """What a stream source needs of a sans-IO framer (``codecs.framing``)."""
 
@@ -644,7 +657,9 @@ class FramedSource:
         self._agent_of = agent_of
         self._max_frame = max_frame
         self._oversized_reason = f"{self.unit} longer than {limit_key} ({max_frame})"
-        self.counters: Counter[str] = Counter()
+        self.counters = CounterSet(Registry(), "source", source_id, SOURCE_COUNTERS)
+        self.listening = False  # set once the source listens (its run reported where)
+        self.stopping = False
         self.log = get_logger(f"shipper.sources.{self.kind}")
         self.server: StreamServer | None = None
         #: The bytes the pipeline's ingest channel may hold, shared by every source (the
@@ -699,8 +714,33 @@ class FramedSource:
 
     def stop(self) -> None:
         """Stop accepting and reading; what was read is still handed on."""
+        self.stopping = True
         if self.server is not None:
             self.server.stop()
+
+    def register_metrics(self, registry: Registry) -> None:
+        """Count into ``registry`` from now on (what was counted so far comes along), and tell it
+        this source's health (``source.<id>``)."""
+        counters = CounterSet(registry, "source", self.id, SOURCE_COUNTERS)
+        counters.restore(self.counters.as_dict())
+        self.counters = counters
+        if self.server is not None:
+            self.server.counters = counters  # its connections count with the source's
+        registry.health(f"source.{self.id}", self.health)
+
+    def health(self) -> Health:
+        """``ok`` while listening; ``failing`` until it listens; ``degraded`` once stopping."""
+        if self.stopping:
+            return Health("degraded", "stopping")
+        if not self.listening:
+            return Health("failing", "not listening")
+        return Health()
+
+    def _reporting(
+        self, task_status: trio.TaskStatus[list[Listening]]
+    ) -> trio.TaskStatus[list[Listening]]:
+        """``task_status``, noting that the source listens once it reports where."""
+        return _Listening(self, task_status)
 
     def source_info(self, peer: str, connection: Connection | None = None) -> dict[str, Any]:
         """The envelope's ``source`` object (shared by every event of a connection)."""

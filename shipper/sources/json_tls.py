@@ -120,7 +120,7 @@ class JsonTlsSource(FramedSource):
     async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
         """Serve until stopped; closes this source's channel to the pipeline when done."""
         async with self._send:
-            await self.server.serve(task_status=task_status)
+            await self.server.serve(task_status=self._reporting(task_status))
 
     def _framer(self) -> Framer:
         return LineFramer(self._max_frame)

@@ -376,6 +376,7 @@ class SyslogSource(FramedSource):
 
     async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
         """Serve until stopped; closes this source's channel to the pipeline when done."""
+        task_status = self._reporting(task_status)
         async with self._send:
             if self.server is not None:
                 await self.server.serve(task_status=task_status)

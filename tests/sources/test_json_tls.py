@@ -14,6 +14,7 @@ import trio.testing
 
 from shipper.config import Address, TlsServerConfig
 from shipper.events import Event
+from shipper.metrics import Registry, value
 from shipper.sources._net import Connection
 from shipper.sources.json_tls import JsonTlsSource, JsonTlsSourceConfig
 from tests.conftest import TlsFiles, drain, wait_until
@@ -282,3 +283,27 @@ async def test_connections_past_max_connections_are_refused() -> None:
         await wait_until(lambda: source.counters["events"] == 1)
         source.stop()
     assert payloads(drain(receive)) == [RECORD]
+
+
+async def test_counts_and_health_go_to_the_registry_it_is_given() -> None:
+    """A source counts into the registry it is given (what it counted before comes along), and
+    its health is failing until it listens, ok while it does, degraded once it stops."""
+    source, receive = make_source()
+    await feed(source, [RECORD + b"\n"])
+    registry = Registry()
+    source.register_metrics(registry)
+    assert registry.snapshot()["health"]["source.agents"]["status"] == "failing"
+    async with trio.open_nursery() as nursery:
+        (address,) = await nursery.start(source.run)
+        assert registry.snapshot()["health"]["source.agents"]["status"] == "ok"
+        assert isinstance(address, Address)
+        stream = await trio.open_tcp_stream(address.host, address.port)
+        async with stream:
+            await stream.send_all(RECORD + b"\n" + RECORD + b"\n")
+        await wait_until(lambda: source.counters["events"] == 3)
+        source.stop()
+    snapshot = registry.snapshot()
+    assert value(snapshot, "source_events", "agents") == 3
+    assert value(snapshot, "source_connections_accepted", "agents") == 1
+    assert snapshot["health"]["source.agents"]["status"] == "degraded"
+    assert len(drain(receive)) == 3
