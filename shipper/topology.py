@@ -205,7 +205,7 @@ class Topology:
             "writer": dict(self.counters),
             "sinks": {
                 slot.driver.id: {
-                    **slot.driver.counters,
+                    **slot.driver.counters.as_dict(),
                     "lag_bytes": wal.lag_bytes(wal.readers[slot.driver.id])
                     if slot.driver.id in wal.readers
                     else 0,

@@ -53,7 +53,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -63,13 +63,25 @@ import trio
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import ReadBatch
 from shipper.logging import get_logger
-from shipper.metrics import Health, Status
+from shipper.metrics import CounterSet, Health, Registry, Status
 from shipper.retry import Backoff, Outcome
 from shipper.sinks.base import Batch, Sink, position_of
 from shipper.sinks.dead_letter import DeadLetters
 
 log = get_logger("shipper.sinks")
 
+#: What the driver counts for each sink (``sink_<name>`` metrics, labelled with the sink's id).
+SINK_COUNTERS: dict[str, str] = {
+    "events": "Events the destination confirmed",
+    "bytes": "Bytes of envelopes the destination confirmed",
+    "batches": "Batches the destination confirmed",
+    "retries": "Tries again after the destination was unavailable",
+    "failures": "Failed tries, whatever the cause",
+    "dead_letters": "Events the destination refused for good, kept in the dead-letter area",
+    "dead_letter_errors": "Failures writing to the dead-letter area",
+    "restarts": "Restarts after a defect in the sink's code",
+    "already_delivered": "Events left out at resume: the destination held them already",
+}
 #: Unavailable tries in a row after which a sink's health is ``failing`` rather than
 #: ``degraded``.
 FAILING_AFTER = 5
@@ -102,7 +114,7 @@ class SinkDriver:
     def __init__(self, sink: Sink, data_dir: Path) -> None:
         self.sink = sink
         self.id = sink.id
-        self.counters: Counter[str] = Counter()
+        self.counters = CounterSet(Registry(), "sink", sink.id, SINK_COUNTERS)
         self.dead_letters = DeadLetters(data_dir, sink.id)
         self._health = Health(since=time.monotonic())
         self._unavailable = 0  # unavailable tries in a row
@@ -112,6 +124,13 @@ class SinkDriver:
         self._resume_known = False  # whether _resume was asked since the last open or failure
         self._queue: deque[_Read] = deque()  # reads received and not yet in a batch
         self._reading_done = False
+
+    def register_metrics(self, registry: Registry) -> None:
+        """Count into ``registry`` from now on, and tell it this sink's health (``sink.<id>``)."""
+        counters = CounterSet(registry, "sink", self.id, SINK_COUNTERS)
+        counters.restore(self.counters.as_dict())
+        self.counters = counters
+        registry.health(f"sink.{self.id}", self.health)
 
     def health(self) -> Health:
         """The worse of what the driver saw of the deliveries and what the sink says."""
