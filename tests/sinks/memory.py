@@ -1,10 +1,15 @@
-"""Test-only sinks: an in-memory destination the test controls, and a sink that is broken."""
+"""Test-only sinks: an in-memory destination the test controls, and a sink that is broken
+(also a sink type, ``type = "broken"``, for daemons started from a config in tests)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import trio
 
 from shipper.buffer.segment import Position
+from shipper.config import SinkCommon, SinkConfig, Table
 from shipper.errors import DestinationRejected, DestinationUnavailable
 from shipper.retry import RetryPolicy
 from shipper.sinks.base import Batch, BatchSettings, SinkBase, position_of
@@ -107,3 +112,21 @@ class BrokenSink(SinkBase):
         """Wait until it was opened ``count`` times."""
         while len(self.opened_at) < count:
             await self.opened.wait()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokenSinkConfig(SinkConfig):
+    """``type = "broken"``: a ``BrokenSink`` that restarts within milliseconds. The sinks it
+    built are in ``built`` (register it with ``SINK_TYPES.registered(BrokenSinkConfig)``)."""
+
+    kind: ClassVar[str] = "broken"
+    built: list[BrokenSink] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def read(cls, table: Table, common: SinkCommon) -> BrokenSinkConfig:
+        return cls(**common)
+
+    def build(self) -> BrokenSink:
+        sink = BrokenSink(self.id, FAST)
+        self.built.append(sink)
+        return sink

@@ -12,16 +12,21 @@ import trio.testing
 
 from shipper.buffer.config import BufferConfig
 from shipper.buffer.wal import Wal
-from shipper.config import parse_config
+from shipper.config import SINK_TYPES, parse_config
 from shipper.metrics import Health
 from shipper.retry import Outcome, RetryPolicy
+from shipper.shutdown import Shutdown, run_daemon
 from shipper.sinks.base import Batch, BatchSettings
 from shipper.sinks.driver import FAILING_AFTER, SinkDriver
 from shipper.sinks.file import FileSink, FileSinkConfig
-from shipper.topology import SinkSlot, Topology
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 from tests.sinks.contract import Watched, entries, numbers, open_wal
-from tests.sinks.memory import FAST, BrokenSink, MemoryDestination, MemorySink
+from tests.sinks.memory import (
+    BrokenSink,
+    BrokenSinkConfig,
+    MemoryDestination,
+    MemorySink,
+)
 
 
 async def test_a_broken_sink_restarts_with_growing_delays_beside_a_working_one(
@@ -66,34 +71,45 @@ async def test_a_broken_sink_restarts_with_growing_delays_beside_a_working_one(
 async def test_a_broken_sink_never_stops_the_daemon_or_its_file_sink(
     tmp_path: Path, logs: LogCapture
 ) -> None:
-    """In a running topology, a sink whose code raises on every batch is restarted again and
-    again, while events from the network reach the file archive, every one of them."""
-    topology = Topology(parse_config(file_sink_config(tmp_path)))
-    broken = BrokenSink("broken", FAST)
-    topology.sinks.append(SinkSlot(SinkDriver(broken, topology.config.data_dir), None))
+    """A daemon configured with a sink type whose code raises on every batch restarts that sink
+    again and again, while events from the network reach the file sink beside it, every one,
+    and at shutdown the broken sink's events wait in the WAL (it cannot drain: the shutdown
+    ends at its deadline)."""
+    raw = file_sink_config(tmp_path)
+    raw["sinks"]["broken"] = {"type": "broken"}
+    raw["shutdown_timeout"] = "1s"
     lines = b"".join(
         orjson.dumps({"agentId": "a", "sequence": n, "action": "db.query"}) + b"\n"
         for n in range(1, 301)
     )
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(topology.run)
-        address = bound["agents"][0]
-        async with await trio.open_tcp_stream(address.host, address.port) as stream:
-            await stream.send_all(lines)
-        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 300)
-        await broken.opens(4)
-        metrics = topology.metrics()
-        nursery.cancel_scope.cancel()
+    with SINK_TYPES.registered(BrokenSinkConfig):
+        config = parse_config(raw)
+        broken_config = config.sinks["broken"]
+        assert isinstance(broken_config, BrokenSinkConfig)
+        shutdown = Shutdown()
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(run_daemon, config, shutdown)
+            address = bound["agents"][0]
+            async with await trio.open_tcp_stream(address.host, address.port) as stream:
+                await stream.send_all(lines)
+            await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 300)
+            (broken,) = broken_config.built
+            await broken.opens(4)
+            shutdown.request("test")
     sequences = [
         orjson.loads(line)["record"]["sequence"] for line in archive_lines(tmp_path / "archive")
     ]
     assert sequences == list(range(1, 301))
-    assert metrics["sinks"]["broken"]["restarts"] >= 3
-    assert metrics["sinks"]["broken"]["lag_bytes"] > 0
-    assert metrics["sinks"]["broken"]["health"]["status"] == "failing"
-    assert metrics["sinks"]["archive"]["events"] == 300
-    assert metrics["sinks"]["archive"]["health"]["status"] == "ok"
+    assert len(logs.entries("sink_defect")) >= 3
     assert not logs.entries("shipper_failed")
+    (forced,) = logs.entries("shutdown_forced")
+    sinks = forced["metrics"]["sinks"]
+    assert sinks["broken"]["restarts"] >= 3
+    assert sinks["broken"]["health"]["status"] == "failing"
+    assert sinks["archive"]["events"] == 300
+    assert sinks["archive"]["health"]["status"] == "ok"
+    assert forced["undelivered_bytes"]["broken"] > 0
+    assert forced["undelivered_bytes"]["archive"] == 0
 
 
 async def test_a_batch_cut_short_is_completed_without_doubles(tmp_path: Path) -> None:
