@@ -2,7 +2,7 @@
 
 For each batch size, and for each fsync policy, appends the same events to a fresh WAL and reports
 events/s and MB/s (bytes written to the segments, framing included). The events are WAL entries
-(``shipper.buffer.wal.entry``: route and envelope), encoded beforehand as the pipeline does before
+(``shipper.events.entry``: route and envelope), encoded beforehand as the pipeline does before
 its append; the encoding is timed on its own row.
 
 * ``raw disk``: the very bytes the WAL writes (prepared beforehand, not timed) written sequentially
@@ -16,7 +16,7 @@ its append; the encoding is timed on its own row.
   keeping ``PIPELINE_DEPTH`` batches written and not yet accepted before it waits for the oldest
   (``Wal.wait_accepted``), the sync lane fsyncing meanwhile (group commit). ``wal fsync="batch",
   one at a time`` is ``Wal.append`` per batch: write, fsync, and only then the next batch.
-* ``encode``: ``wal.entry`` for every event (the envelope's orjson encoding), no I/O: the work
+* ``encode``: ``events.entry`` for every event (the envelope's orjson encoding), no I/O: the work
   the pipeline does before the WAL. ``encode + wal fsync="batch"`` is both, as the daemon's writer
   task does them.
 
@@ -47,8 +47,8 @@ from bench.timing import interleaved_best
 from shipper.buffer.config import FSYNC_POLICIES, BufferConfig, Fsync
 from shipper.buffer.record import HEADER
 from shipper.buffer.segment import write_buffers
-from shipper.buffer.wal import GROUP_BYTES, PIPELINE_DEPTH, Wal, entry
-from shipper.events import Event
+from shipper.buffer.wal import GROUP_BYTES, PIPELINE_DEPTH, Wal
+from shipper.events import Event, entry
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:40000"}
 RECEIVED = "2026-11-23T00:00:00.000000Z"
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         seconds = min(encode_pass(events) for _ in range(args.repeats))
-        print(f"{'encode: wal.entry(event)':<34}{'':>6}{count / seconds:>12,.0f}")
+        print(f"{'encode: events.entry(event)':<34}{'':>6}{count / seconds:>12,.0f}")
         fsyncs: Counter[tuple[int, str]] = Counter()  # per batch size and row, over all runs
         appends: Counter[tuple[int, str]] = Counter()
         for batch in (int(b) for b in args.batches.split(",")):

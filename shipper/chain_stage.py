@@ -73,6 +73,7 @@ from typing import Any, Final
 import orjson
 
 from shipper.buffer import record as records
+from shipper.buffer.entries import take
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
     Position,
@@ -82,10 +83,9 @@ from shipper.buffer.segment import (
     segment_name,
     segment_number,
 )
-from shipper.buffer.wal import envelopes
 from shipper.chain import Verdict, Verifier, as_verdict, expired_alert_details, ok_envelope
 from shipper.config import ChainConfig
-from shipper.events import CHAIN_ALERT, Event, alert_event, utc_timestamp
+from shipper.events import CHAIN_ALERT, Event, alert_event, envelopes, utc_timestamp
 from shipper.logging import Throttle, get_logger
 
 log = get_logger("shipper.chain")
@@ -195,8 +195,11 @@ def wal_envelopes(
         for item in records.scan(data, offset):
             if isinstance(item, records.Record):
                 after = Position(number, item.end)
+                offsets: list[int] = []
+                payloads: list[bytes] = []
                 try:
-                    found = envelopes(number, item.offset, item.payload)
+                    take(item.offset, item.payload, None, offsets, payloads)
+                    found = envelopes(number, offsets, payloads)
                 except ValueError:  # checksummed, yet not entries: readers step over it too
                     log.error("chain_replay_skipped_record", segment=number, offset=item.offset)
                     continue

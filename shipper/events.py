@@ -23,6 +23,10 @@ Alerts are events that shipper raises itself (``alert_event``): their ``source``
 ``{"id":"shipper","kind":"alert"}``, their ``record.action`` names the alert
 (``shipper.chain_alert``, ``shipper.identity_alert``), and they have no ``chain``. They go to every
 sink, whatever its ``inputs``: in the WAL their route is the empty source id.
+
+In the WAL (``shipper.buffer.entries``) an event is an entry (``entry``): its route, the source
+id, and its envelope without ``id``. The id is the event's WAL position, ``"<segment>-<offset>"``;
+the daemon's WAL readers put it in as the envelope's second key (``envelopes``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
+
+from shipper.buffer.entries import ROUTE_END
+from shipper.buffer.record import MAX_PAYLOAD
 
 ENVELOPE_VERSION: Final = 1
 #: ``source.id`` of the events shipper raises itself.
@@ -145,6 +152,43 @@ def with_id(envelope: bytes, event_id: str) -> bytes:
         event_id.encode("ascii"),
         envelope[len(ENVELOPE_HEAD) :],
     )
+
+
+def entry(event: Event) -> bytes:
+    """What the WAL stores for ``event`` (an entry, ``shipper.buffer.entries``): its route
+    (``source_id``) and its envelope without the id. An envelope too large for a WAL record
+    (impossible within the config's limits) is stored as a ``malformed`` event instead of failing
+    the batch."""
+    envelope = event.encode_without_id()
+    if len(envelope) + 256 > MAX_PAYLOAD:  # (256: room for the route)
+        raw = event.record_json or b""
+        event = Event(
+            event.received_at,
+            event.source,
+            event.agent,
+            malformed=Malformed.of("envelope larger than the WAL's record limit", raw),
+        )
+        envelope = event.encode_without_id()
+    return event.source_id.encode() + ROUTE_END + envelope
+
+
+def envelopes(segment: int, offsets: list[int], payloads: list[bytes]) -> list[bytes]:
+    """The envelopes, ids put in, of the WAL entries read from ``segment`` whose payloads
+    (``Event.encode_without_id``) are ``payloads``, each at the offset in ``offsets`` (what a
+    ``WalReader`` hands out: its ``envelopes``).
+
+    The readers' hot loop: per event one formatted id and one copy of the envelope. Raises
+    ValueError if a payload is not an envelope without its id (damage that passed its record's
+    checksum): the reader then steps over its record as corrupt.
+    """
+    head = ENVELOPE_HEAD
+    prefix = b'%s"id":"%d-' % (head, segment)
+    found: list[bytes] = []
+    for offset, payload in zip(offsets, payloads, strict=True):
+        if not payload.startswith(head):
+            raise ValueError(f"the WAL entry at {segment}-{offset} is not an envelope")
+        found.append(payload.replace(head, prefix + b'%d",' % offset, 1))
+    return found
 
 
 #: What an event takes beyond its raw bytes, in the WAL and in memory: the envelope's keys,

@@ -54,11 +54,11 @@ import trio
 
 from shipper.budget import ByteBudget
 from shipper.buffer.segment import Position
-from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalWriteError, entry
+from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalWriteError
 from shipper.chain_stage import CHAIN_CURSOR, ChainStage, Checkpoint, read_checkpoint
 from shipper.config import Config
 from shipper.errors import DataDirError
-from shipper.events import Event, Malformed, event_bytes, size_of
+from shipper.events import Event, Malformed, entry, envelopes, event_bytes, size_of
 from shipper.logging import Throttle, get_logger
 from shipper.retry import Backoff
 from shipper.sinks.driver import SinkDriver
@@ -112,7 +112,7 @@ class Topology:
             )
             for sink in config.sinks.values()
         ]
-        self.wal = Wal(config.data_dir / "wal", config.buffer, RESERVE_BYTES)
+        self.wal = Wal(config.data_dir / "wal", config.buffer, RESERVE_BYTES, envelopes=envelopes)
         self.chain = ChainStage(config.chain, config.data_dir)
         self._next_checkpoint = 0.0
         self._checkpoint_failed = False

@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Final
 
 from shipper.buffer import cursor as cursors
+from shipper.buffer.entries import count, holds_entries
 from shipper.buffer.record import Corrupt, Record, Torn, scan
 from shipper.buffer.segment import (
     FORMAT_VERSION,
@@ -83,22 +84,10 @@ from shipper.buffer.segment import (
     segment_number,
 )
 from shipper.errors import ShipperError
-from shipper.events import ENVELOPE_HEAD
 
 CURSOR_DIR = "cursors"
 LOCK_FILE = "lock"
 EPOCH_FILE = "epoch"
-
-
-#: A record payload of whole entries (the format is ``shipper.buffer.wal``'s): each a route
-#: without LF or NUL, NUL, and an envelope that starts as every envelope does, joined by LF.
-_ENTRY: Final = rb"[^\n\0]*+\0" + re.escape(ENVELOPE_HEAD) + rb"[^\n]*+"
-_ENTRIES: Final = re.compile(_ENTRY + rb"(?:\n" + _ENTRY + rb")*+")
-
-
-def holds_entries(payload: bytes) -> bool:
-    """Whether a record's payload is entries a reader can deliver (``wal.envelopes``)."""
-    return _ENTRIES.fullmatch(payload) is not None
 
 
 #: What ``wal/epoch`` holds: 16 lowercase hex digits (``secrets.token_hex(8)``), then LF.
@@ -388,7 +377,7 @@ def _recover_segment(
             boundaries.add(item.offset)
         if isinstance(item, Record) and (not check or holds_entries(item.payload)):
             info.records += 1
-            info.events += item.payload.count(b"\n") + 1  # entries are joined by LF
+            info.events += count(item.payload)
         elif isinstance(item, Record | Corrupt):
             if isinstance(item, Corrupt):
                 reason, raw = "bad checksum", item.raw

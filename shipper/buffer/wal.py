@@ -1,20 +1,17 @@
 """The write-ahead log: the commit point between decode and the sinks.
 
-One writer appends batches of encoded events; each sink reads the WAL through its own
-``WalReader`` at its own pace and acknowledges what its destination confirmed.
+One writer appends batches of entries (``shipper.buffer.entries``: a route and an opaque
+payload each); each sink reads the WAL through its own ``WalReader`` at its own pace and
+acknowledges what its destination confirmed.
 
-Record payloads (the framing is ``shipper.buffer.record``'s) hold one or more *entries*, joined by
-LF; the writer groups the entries of one append into records of about ``GROUP_BYTES``::
-
-    entry    = source id, NUL, envelope without its id    (``entry``; the route: "" = every sink)
-    payload  = entry *(LF entry)
-
-An envelope is one line of JSON (``shipper.events``), so neither it nor a source id holds LF or
-NUL. The WAL does not store event ids: an event's id is its position, ``"<segment>-<offset>"``,
-the offset being that of the first byte of its entry in the segment file; readers put it into the
-envelope as its second key (``envelopes``). One checksum per group instead of one per event is what
-lets the writer keep up with the disk; the price is that damage to a record quarantines its whole
-group (at most 1.5 times ``GROUP_BYTES``, or one larger entry), not one event.
+The writer groups the entries of one append into records (``shipper.buffer.record``) of about
+``GROUP_BYTES``. The WAL stores no ids: an entry's position (its segment and the offset of its
+first byte in the segment file) is its id; a reader hands out the payloads routed to its inputs,
+or what its ``envelopes`` function makes of them with their positions (the daemon's: event
+envelopes with their ids, ``shipper.events.envelopes``). One checksum per group instead of one
+per entry is what lets the writer keep up with the disk; the price is that damage to a record
+quarantines its whole group (at most 1.5 times ``GROUP_BYTES``, or one larger entry), not one
+entry.
 
 * An event is accepted once its batch is written and, with ``fsync = "batch"``, fsynced.
   ``"interval"`` fsyncs every ``fsync_interval`` (a power cut loses at most that much);
@@ -60,6 +57,7 @@ import trio
 from shipper.buffer import cursor as cursors
 from shipper.buffer import record as records
 from shipper.buffer.config import BufferConfig
+from shipper.buffer.entries import take
 from shipper.buffer.recovery import CURSOR_DIR, LOCK_FILE, Report, recover
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
@@ -71,7 +69,6 @@ from shipper.buffer.segment import (
     write_buffers,
 )
 from shipper.errors import ShipperError
-from shipper.events import ENVELOPE_HEAD, Event, Malformed
 from shipper.logging import Throttle, get_logger
 from shipper.retry import Backoff
 
@@ -86,15 +83,20 @@ DISK_POLL_SECONDS = 1.0
 #: the oldest): the fsync of one overlaps the encoding, framing and writing of the next ones.
 PIPELINE_DEPTH = 4
 
+#: What a reader hands out for the payloads of one read: called with their segment, the offset
+#: of each one's entry (its position) and the payloads; raises ValueError for a payload it cannot
+#: take (the reader then steps over that payload's record as corrupt).
+Shape = Callable[[int, list[int], list[bytes]], list[bytes]]
+
 
 @dataclass
 class ReadBatch:
-    """Envelopes read for one sink, and the position to acknowledge once they are delivered."""
+    """What one read hands out, and the position to acknowledge once it is delivered."""
 
-    envelopes: list[bytes]
+    envelopes: list[bytes]  # the payloads routed to the reader, as its ``envelopes`` made them
     end: Position
     records: int  # records passed over
-    events: int  # events in them, including those of other sinks' inputs
+    events: int  # entries in them, including those of other sinks' inputs
 
 
 class WalWriteError(ShipperError):
@@ -109,11 +111,21 @@ class Wal:
 
     ``settings`` is the ``[buffer]`` config as read (``shipper.buffer.config``);
     ``reserve_bytes`` is the free space to keep on the file system (see ``full``).
+    ``envelopes``: what the readers hand out for the payloads they read (``Shape``); None: the
+    payloads as stored.
     """
 
-    def __init__(self, directory: Path, settings: BufferConfig, reserve_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        settings: BufferConfig,
+        reserve_bytes: int = 0,
+        *,
+        envelopes: Shape | None = None,
+    ) -> None:
         self.directory = directory
         self.settings = settings
+        self._envelopes = envelopes
         self.counters: Counter[str] = Counter()
         self.epoch = ""  # identifies this WAL directory's lifetime (see open)
         self._sizes: dict[int, int] = {}  # segment number -> bytes
@@ -191,7 +203,9 @@ class Wal:
         self.committed = Position(self._active, SEGMENT_HEADER_SIZE)
         self._write_state = (0, self.committed, self._fd)
         for sink, inputs in sinks.items():
-            self.readers[sink] = WalReader(self, sink, report.cursors[sink], inputs)
+            self.readers[sink] = WalReader(
+                self, sink, report.cursors[sink], inputs, self._envelopes
+            )
         self.report = report
         # Segments every sink had passed before the restart (the last one was still active
         # then): free their space now rather than at the next acknowledgement.
@@ -840,10 +854,16 @@ class WalReader:
     """One sink's view of the WAL: read in order, acknowledge, resume after a restart."""
 
     def __init__(
-        self, wal: Wal, sink: str, position: Position, inputs: frozenset[str] | None
+        self,
+        wal: Wal,
+        sink: str,
+        position: Position,
+        inputs: frozenset[str] | None,
+        envelopes: Shape | None = None,
     ) -> None:
         self.wal = wal
         self.sink = sink
+        self._shape = envelopes
         self.position = position
         self.acked = position
         self.inputs = None if inputs is None else frozenset(i.encode() for i in inputs)
@@ -916,19 +936,42 @@ class WalReader:
             self._corrupt(segment, offset, resume, "bad checksum")
             self.position = Position(segment, offset + resume)
             return ReadBatch([], self.position, 0, 0)
-        batch: list[bytes] = []
+        offsets: list[int] = []
+        payloads: list[bytes] = []
         events = 0
         for item in found:
             try:
-                batch.extend(envelopes(segment, offset + item.offset, item.payload, self.inputs))
+                events += take(offset + item.offset, item.payload, self.inputs, offsets, payloads)
             except ValueError:
                 # A whole record whose payload is not entries (say, one of another WAL format
                 # in a segment whose header was damaged): stepped over like corrupt bytes.
                 self._corrupt(segment, offset + item.offset, item.end - item.offset, "not entries")
-                continue
-            events += item.payload.count(b"\n") + 1
         self.position = Position(segment, offset + stop)
-        return ReadBatch(batch, self.position, len(found), events)
+        shape = self._shape
+        if shape is None:
+            return ReadBatch(payloads, self.position, len(found), events)
+        try:
+            shaped = shape(segment, offsets, payloads)
+        except ValueError:
+            shaped = self._shape_each(segment, offset, found, shape)
+        return ReadBatch(shaped, self.position, len(found), events)
+
+    def _shape_each(
+        self, segment: int, offset: int, found: list[records.Record], shape: Shape
+    ) -> list[bytes]:
+        """``shape`` record by record, stepping over those it refuses (the slow path, taken
+        only when a record holds a payload it cannot take)."""
+        shaped: list[bytes] = []
+        for item in found:
+            offsets: list[int] = []
+            payloads: list[bytes] = []
+            try:
+                take(offset + item.offset, item.payload, self.inputs, offsets, payloads)
+                shaped.extend(shape(segment, offsets, payloads))
+            except ValueError as exc:
+                if payloads:  # (a record that take refused was counted already)
+                    self._corrupt(segment, offset + item.offset, item.end - item.offset, str(exc))
+        return shaped
 
     def _corrupt(self, segment: int, offset: int, size: int, reason: str) -> None:
         """Accepted bytes damaged after recovery scanned them: counted, logged, stepped over."""
@@ -966,48 +1009,6 @@ class _WriteFailed(Exception):
     def __init__(self, error: OSError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def entry(event: Event) -> bytes:
-    """What the WAL stores for ``event``: its route (source id, "" for an alert), NUL, and its
-    envelope without the id. An envelope too large for a record (impossible within the config's
-    limits) is stored as a ``malformed`` event instead of failing the batch."""
-    envelope = event.encode_without_id()
-    if len(envelope) + 256 > records.MAX_PAYLOAD:
-        raw = event.record_json or b""
-        event = Event(
-            event.received_at,
-            event.source,
-            event.agent,
-            malformed=Malformed.of("envelope larger than the WAL's record limit", raw),
-        )
-        envelope = event.encode_without_id()
-    return event.source_id.encode() + b"\0" + envelope
-
-
-def envelopes(
-    segment: int, offset: int, payload: bytes, inputs: frozenset[bytes] | None = None
-) -> list[bytes]:
-    """The envelopes, ids put in, of the entries of the record at ``offset`` of ``segment``
-    whose payload is ``payload``, in order; with ``inputs``, only those routed to one of these
-    source ids, and the alerts (route "").
-
-    The readers' hot loop: one slice and one concatenation per event, nothing else allocated.
-    Raises ValueError if an entry is not one (damage that passed its record's checksum, say a
-    record of another WAL format): ``WalReader.read`` steps over such a record as corrupt.
-    """
-    prefix = b'%s"id":"%d-' % (ENVELOPE_HEAD, segment)
-    skip = len(ENVELOPE_HEAD)
-    position = offset + records.HEADER_SIZE
-    found: list[bytes] = []
-    for item in payload.split(b"\n"):
-        source, _, envelope = item.partition(b"\0")
-        if inputs is None or not source or source in inputs:
-            if not envelope.startswith(ENVELOPE_HEAD):
-                raise ValueError(f"WAL entry at {segment}-{position} is not an envelope")
-            found.append(prefix + b'%d",' % position + envelope[skip:])
-        position += len(item) + 1
-    return found
 
 
 class WalLocked(ShipperError):

@@ -17,6 +17,7 @@ from shipper.buffer import record as records
 from shipper.buffer import segment as segment_module
 from shipper.buffer import wal as wal_module
 from shipper.buffer.config import BufferConfig
+from shipper.buffer.entries import take
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
     Position,
@@ -31,11 +32,9 @@ from shipper.buffer.wal import (
     WalLocked,
     WalReader,
     WalWriteError,
-    entry,
-    envelopes,
     lock_directory,
 )
-from shipper.events import Event, alert_event, with_id
+from shipper.events import Event, alert_event, entry, envelopes, with_id
 from tests.conftest import wait_until
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
@@ -63,7 +62,7 @@ def open_wal(
     path: Path, sinks: dict[str, frozenset[str] | None] | None = None, **settings: object
 ) -> Wal:
     """A WAL in ``path`` with the given sinks (default: one sink "a" taking everything)."""
-    wal = Wal(path, BufferConfig(**settings))  # type: ignore[arg-type]
+    wal = Wal(path, BufferConfig(**settings), envelopes=envelopes)  # type: ignore[arg-type]
     wal.open(sinks if sinks is not None else {"a": None})
     return wal
 
@@ -277,7 +276,10 @@ def ids_match_offsets(directory: Path) -> list[int]:
         data = path.read_bytes()
         for item in records.scan(data, SEGMENT_HEADER_SIZE):
             assert isinstance(item, records.Record), item
-            for envelope in envelopes(number, item.offset, item.payload):
+            offsets: list[int] = []
+            payloads: list[bytes] = []
+            take(item.offset, item.payload, None, offsets, payloads)
+            for envelope in envelopes(number, offsets, payloads):
                 event_id = orjson.loads(envelope)["id"]
                 segment, offset = map(int, event_id.split("-"))
                 assert segment == number

@@ -47,8 +47,8 @@ from shipper.buffer.segment import (
     segment_number,
     write_all,
 )
-from shipper.buffer.wal import READ_BYTES, ReadBatch, Wal, WalWriteError, entry
-from shipper.events import Event
+from shipper.buffer.wal import READ_BYTES, ReadBatch, Wal, WalWriteError
+from shipper.events import Event, entry, envelopes
 
 T = TypeVar("T")
 
@@ -190,7 +190,7 @@ class WalModel(RuleBasedStateMachine):
     def open(self) -> None:
         """Open a ``Wal`` on the directory; every sink resumes at its acknowledged position."""
         assert not self.pending
-        self.wal = Wal(self.directory, self.settings)
+        self.wal = Wal(self.directory, self.settings, envelopes=envelopes)
         report = self.wal.open(dict(SINKS))
         self.dropped = self.events = self.bytes = 0
         self.cut_due = None
@@ -783,7 +783,7 @@ async def test_a_restart_deletes_segments_acknowledged_before_the_shutdown() -> 
     with tempfile.TemporaryDirectory(prefix="wal-model-") as tmp:
         directory = Path(tmp)
         settings = BufferConfig(segment_bytes=SEGMENT_BYTES)
-        wal = Wal(directory, settings)
+        wal = Wal(directory, settings, envelopes=envelopes)
         wal.open({"all": None})
         source = SOURCES["agents"]
         record = orjson.dumps({"n": 1})
@@ -796,7 +796,7 @@ async def test_a_restart_deletes_segments_acknowledged_before_the_shutdown() -> 
         await wal.close()
         wal.release()
 
-        again = Wal(directory, settings)
+        again = Wal(directory, settings, envelopes=envelopes)
         again.open({"all": None})
         try:
             assert not again.readers["all"].has_unread

@@ -20,8 +20,8 @@ import trio
 
 from shipper.buffer.config import BufferConfig
 from shipper.buffer.segment import Position
-from shipper.buffer.wal import ReadBatch, Wal, WalReader, entry
-from shipper.events import Event
+from shipper.buffer.wal import ReadBatch, Wal, WalReader
+from shipper.events import Event, entry, envelopes
 from shipper.metrics import Health
 from shipper.retry import RetryPolicy
 from shipper.sinks.base import Batch, BatchSettings, Sink
@@ -141,7 +141,7 @@ HARNESSES: dict[str, Kind] = {
 
 def open_wal(directory: Path) -> Wal:
     """The WAL in ``directory`` (created or recovered), with one reader, the sink's."""
-    wal = Wal(directory, BufferConfig())
+    wal = Wal(directory, BufferConfig(), envelopes=envelopes)
     wal.open({SINK: None})
     return wal
 

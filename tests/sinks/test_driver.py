@@ -13,6 +13,7 @@ import trio.testing
 from shipper.buffer.config import BufferConfig
 from shipper.buffer.wal import Wal
 from shipper.config import SINK_TYPES, parse_config
+from shipper.events import envelopes
 from shipper.metrics import Health
 from shipper.retry import Outcome, RetryPolicy
 from shipper.shutdown import Shutdown, run_daemon
@@ -34,7 +35,7 @@ async def test_a_broken_sink_restarts_with_growing_delays_beside_a_working_one(
 ) -> None:
     """A sink whose deliver always raises is closed and opened again after ever longer pauses,
     its events wait unacknowledged, and a file sink on the same WAL delivers everything."""
-    wal = Wal(tmp_path / "wal", BufferConfig())
+    wal = Wal(tmp_path / "wal", BufferConfig(), envelopes=envelopes)
     wal.open({"broken": None, "archive": None})
     start = wal.readers["broken"].acked
     broken = BrokenSink("broken")
@@ -326,7 +327,7 @@ async def test_a_dead_letter_is_durable_before_the_batch_is_acknowledged(
 async def test_reads_with_nothing_for_the_sink_are_acknowledged_at_once(tmp_path: Path) -> None:
     """Events of sources a sink does not take are acknowledged as soon as they are read; the
     sink is never even opened for them."""
-    wal = Wal(tmp_path / "wal", BufferConfig())
+    wal = Wal(tmp_path / "wal", BufferConfig(), envelopes=envelopes)
     wal.open({"contract": frozenset({"other"})})
     reader = Watched(wal.readers["contract"])
     sink = MemorySink("contract", MemoryDestination())
