@@ -72,17 +72,10 @@ from typing import Any, Final
 
 import orjson
 
-from shipper.buffer import record as records
-from shipper.buffer.entries import take
-from shipper.buffer.segment import (
-    SEGMENT_HEADER_SIZE,
-    Position,
-    fsync_dir,
-    read_object,
-    replace_file,
-    segment_name,
-    segment_number,
-)
+from shipper.buffer.published import HEAD_FILE, State, recovered
+from shipper.buffer.reader import WalReader
+from shipper.buffer.recovery import recover
+from shipper.buffer.segment import Position, fsync_dir, read_object, replace_file
 from shipper.chain import Verdict, Verifier, as_verdict, expired_alert_details, ok_envelope
 from shipper.config import ChainConfig
 from shipper.events import CHAIN_ALERT, Event, alert_event, envelopes, utc_timestamp
@@ -172,39 +165,27 @@ def store_checkpoint(data_dir: Path, checkpoint: Checkpoint) -> int:
 
 
 def wal_envelopes(
-    wal_dir: Path, start: Position | None, end: Position | None = None
+    wal_dir: Path,
+    start: Position | None,
+    end: Position | None = None,
+    state: State | None = None,
 ) -> Iterator[tuple[Position, bytes]]:
-    """(position after its record, envelope) of every event in the intact WAL records from
-    ``start`` (None: the oldest) up to ``end`` (None: all), in order; damaged ranges and a torn
-    tail are passed over (recovery deals with them)."""
-    numbers = sorted(n for p in wal_dir.glob("*.seg") if (n := segment_number(p.name)) is not None)
-    for number in numbers:
-        if start is not None and number < start.segment:
-            continue
-        if end is not None and number > end.segment:
-            return
-        try:
-            data = (wal_dir / segment_name(number)).read_bytes()
-        except FileNotFoundError:
-            continue  # deleted meanwhile: every reader had passed it
-        offset = SEGMENT_HEADER_SIZE
-        if start is not None and number == start.segment:
-            offset = max(offset, start.offset)
-        if end is not None and number == end.segment:
-            data = data[: end.offset]
-        for item in records.scan(data, offset):
-            if isinstance(item, records.Record):
-                after = Position(number, item.end)
-                offsets: list[int] = []
-                payloads: list[bytes] = []
-                try:
-                    take(item.offset, item.payload, None, offsets, payloads)
-                    found = envelopes(number, offsets, payloads)
-                except ValueError:  # checksummed, yet not entries: readers step over it too
-                    log.error("chain_replay_skipped_record", segment=number, offset=item.offset)
-                    continue
-                for envelope in found:
-                    yield after, envelope
+    """(end of the read it came in, envelope) of every event the WAL accepted from ``start``
+    (None: the oldest) up to ``end`` (None: all it has accepted), in order, read as a sink reads
+    them (a ``WalReader`` without a cursor): damaged records are stepped over and logged.
+
+    ``state``: a fixed view of the WAL (``published.recovered``). By default the reader goes by
+    what the WAL's writer published; for a WAL whose writer never did (one that no shipper of
+    this version opened), by what recovery finds (changing nothing).
+    """
+    if state is None and not (wal_dir / HEAD_FILE).exists():
+        state = recovered(recover(wal_dir, [], repair=False))
+    reader = WalReader(wal_dir, None, position=start, envelopes=envelopes, state=state)
+    for batch in reader.replay(end):
+        for envelope in batch.envelopes:
+            yield batch.end, envelope
+    if reader.counters["corrupt_bytes"]:
+        log.error("chain_replay_skipped_record", bytes=reader.counters["corrupt_bytes"])
 
 
 def record_bytes(envelope: bytes, parsed: dict[str, Any]) -> bytes:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import orjson
 
+from shipper.buffer.published import recovered
+from shipper.buffer.recovery import recover
 from shipper.chain import Verifier
 from shipper.chain_stage import Checkpoint, load_checkpoint, wal_envelopes
 from tests.chains import seed_hash
@@ -91,9 +93,12 @@ def kill_under_load(config: Path, root: Path, senders: list[Sender], pause: floa
 
 
 def wal_records(data_dir: Path) -> set[tuple[str, int]]:
-    """(agent, sequence) of every record in the WAL's segment files as they are on disk."""
+    """(agent, sequence) of every record in the WAL's segment files as they are on disk (what
+    the next start's recovery keeps, published yet or not)."""
     found: set[tuple[str, int]] = set()
-    for _position, raw in wal_envelopes(data_dir / "wal", None):
+    wal_dir = data_dir / "wal"
+    on_disk = recovered(recover(wal_dir, [], repair=False))
+    for _position, raw in wal_envelopes(wal_dir, None, state=on_disk):
         envelope = orjson.loads(raw)
         if envelope["source"]["kind"] != "alert":
             found.add((envelope["agent"], envelope["record"]["sequence"]))

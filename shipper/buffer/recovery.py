@@ -52,7 +52,9 @@ With ``repair=False`` (``shipper buffer inspect``) nothing is changed; the repor
 recovery would do.
 
 The WAL directory: segments (``shipper.buffer.segment``), ``cursors/`` (``shipper.buffer.cursor``),
-``lock`` (held by the one process using the WAL), and ``epoch``: 16 lowercase hex digits and LF,
+``lock`` (held by the one process using the WAL), ``head``, ``layout`` and ``wake/`` (the writer's,
+for its readers: ``shipper.buffer.published``, ``shipper.buffer.wake``; recovery leaves them to
+the writer, which writes them anew at each open), and ``epoch``: 16 lowercase hex digits and LF,
 made when the directory is first used. The epoch names the directory's lifetime: positions (event
 ids) start again in a new WAL, so the file sink and the chain checkpoint only trust positions of
 the epoch they were written in.
@@ -70,6 +72,7 @@ from typing import Final
 
 from shipper.buffer import cursor as cursors
 from shipper.buffer.entries import count, holds_entries
+from shipper.buffer.published import HEAD_FILE, LAYOUT_FILE
 from shipper.buffer.record import Corrupt, Record, Torn, scan
 from shipper.buffer.segment import (
     FORMAT_VERSION,
@@ -83,11 +86,22 @@ from shipper.buffer.segment import (
     segment_name,
     segment_number,
 )
+from shipper.buffer.wake import WAKE_DIR
 from shipper.errors import ShipperError
 
 CURSOR_DIR = "cursors"
 LOCK_FILE = "lock"
 EPOCH_FILE = "epoch"
+#: Files of the WAL directory besides segments, quarantines and set-aside files.
+KNOWN_FILES: Final = (
+    CURSOR_DIR,
+    LOCK_FILE,
+    EPOCH_FILE,
+    HEAD_FILE,
+    LAYOUT_FILE,
+    LAYOUT_FILE + ".tmp",
+    WAKE_DIR,
+)
 
 
 #: What ``wal/epoch`` holds: 16 lowercase hex digits (``secrets.token_hex(8)``), then LF.
@@ -240,9 +254,7 @@ def recover(
         elif path.name.endswith(".seg.corrupt"):
             bad = segment_number(path.name.removesuffix(".corrupt"))
             report.highest = max(report.highest, bad or 0)
-        elif path.name not in (CURSOR_DIR, LOCK_FILE, EPOCH_FILE) and not path.name.endswith(
-            (".quarantine", ".corrupt")
-        ):
+        elif path.name not in KNOWN_FILES and not path.name.endswith((".quarantine", ".corrupt")):
             report.findings.append(Finding("stray", f"unknown file left alone: {path.name}"))
     numbers.sort()
     report.highest = max([report.highest, *numbers])

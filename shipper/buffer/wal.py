@@ -1,19 +1,16 @@
 """The write-ahead log: the commit point between decode and the sinks.
 
 One writer appends batches of entries (``shipper.buffer.entries``: a route and an opaque
-payload each); each sink reads the WAL through its own ``WalReader`` at its own pace and
-acknowledges what its destination confirmed.
+payload each); each sink reads the WAL through its own ``WalReader`` (``shipper.buffer.reader``)
+at its own pace, in this process or another, and acknowledges what its destination confirmed.
 
 The writer groups the entries of one append into records (``shipper.buffer.record``) of about
 ``GROUP_BYTES``. The WAL stores no ids: an entry's position (its segment and the offset of its
-first byte in the segment file) is its id; a reader hands out the payloads routed to its inputs,
-or what its ``envelopes`` function makes of them with their positions (the daemon's: event
-envelopes with their ids, ``shipper.events.envelopes``). One checksum per group instead of one
-per entry is what lets the writer keep up with the disk; the price is that damage to a record
-quarantines its whole group (at most 1.5 times ``GROUP_BYTES``, or one larger entry), not one
-entry.
+first byte in the segment file) is its id. One checksum per group instead of one per entry is
+what lets the writer keep up with the disk; the price is that damage to a record quarantines its
+whole group (at most 1.5 times ``GROUP_BYTES``, or one larger entry), not one entry.
 
-* An event is accepted once its batch is written and, with ``fsync = "batch"``, fsynced.
+* An append is accepted once its batch is written and, with ``fsync = "batch"``, fsynced.
   ``"interval"`` fsyncs every ``fsync_interval`` (a power cut loses at most that much);
   ``"never"`` leaves it to the kernel (a power cut can lose anything not yet written back; a
   process crash loses nothing).
@@ -24,10 +21,15 @@ entry.
   every batch written after it is refused, and its bytes are cut off the files before the next
   write, which starts a new segment. The writer writes the refused batches again, in order; so
   no batch is stored twice, and none is stored after one that was refused.
-* Readers see a record once it is accepted. A reader needs only the segment files and its cursor,
-  so a reader in another process could follow the same files.
-* A segment is deleted only when every sink's cursor has passed all of it, and never while it is
-  the one being written.
+* Readers see a record once it is accepted: the writer publishes the accepted position, the
+  segments and where each ends, what recovery skipped, the epoch and the close in two small files
+  (``shipper.buffer.published``: the rules that keep readers right are there), and wakes its
+  readers: those in its process directly, the others through a socket each
+  (``shipper.buffer.wake``). A reader needs nothing else of the writer.
+* A segment is deleted only when every configured reader's cursor has passed all of it, and never
+  while it is the one being written. The writer knows the positions its readers in this process
+  acknowledge; it reads the cursors again when a reader in another process says it acknowledged,
+  and while it waits for room.
 * ``open`` recovers the directory first (``shipper.buffer.recovery`` says what it finds and
   does); each finding is logged as ``wal_recovery`` at its level and counted
   (``recovery_<kind>``). The WAL's ``epoch`` is the one recovery read or restored: the chain
@@ -47,9 +49,9 @@ import contextlib
 import fcntl
 import math
 import os
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -57,24 +59,27 @@ import trio
 from shipper.buffer import cursor as cursors
 from shipper.buffer import record as records
 from shipper.buffer.config import BufferConfig
-from shipper.buffer.entries import take
+from shipper.buffer.published import Publisher
+from shipper.buffer.reader import READ_BYTES as READ_BYTES
+from shipper.buffer.reader import ReadBatch as ReadBatch
+from shipper.buffer.reader import Shape
+from shipper.buffer.reader import WalReader as WalReader
 from shipper.buffer.recovery import CURSOR_DIR, LOCK_FILE, Report, recover
 from shipper.buffer.segment import (
     SEGMENT_HEADER_SIZE,
     Position,
     create,
     fsync_dir,
-    read_at,
     segment_name,
     write_buffers,
 )
+from shipper.buffer.wake import ACKED, HELLO, WriterWake
 from shipper.errors import ShipperError
 from shipper.logging import Throttle, get_logger
 from shipper.retry import Backoff
 
 log = get_logger("shipper.buffer")
 
-READ_BYTES = 1024 * 1024
 #: The size the writer aims at for the payload of one record (a group of entries).
 GROUP_BYTES = 64 * 1024
 #: While the file system is low on space, how often its free space is looked at again.
@@ -82,21 +87,6 @@ DISK_POLL_SECONDS = 1.0
 #: Batches a writer keeps written and not yet accepted (``Wal.write``, then ``wait_accepted`` of
 #: the oldest): the fsync of one overlaps the encoding, framing and writing of the next ones.
 PIPELINE_DEPTH = 4
-
-#: What a reader hands out for the payloads of one read: called with their segment, the offset
-#: of each one's entry (its position) and the payloads; raises ValueError for a payload it cannot
-#: take (the reader then steps over that payload's record as corrupt).
-Shape = Callable[[int, list[int], list[bytes]], list[bytes]]
-
-
-@dataclass
-class ReadBatch:
-    """What one read hands out, and the position to acknowledge once it is delivered."""
-
-    envelopes: list[bytes]  # the payloads routed to the reader, as its ``envelopes`` made them
-    end: Position
-    records: int  # records passed over
-    events: int  # entries in them, including those of other sinks' inputs
 
 
 class WalWriteError(ShipperError):
@@ -111,8 +101,8 @@ class Wal:
 
     ``settings`` is the ``[buffer]`` config as read (``shipper.buffer.config``);
     ``reserve_bytes`` is the free space to keep on the file system (see ``full``).
-    ``envelopes``: what the readers hand out for the payloads they read (``Shape``); None: the
-    payloads as stored.
+    ``envelopes``: what the readers ``open`` makes (``readers``) hand out for the payloads they
+    read (``shipper.buffer.reader.Shape``); None: the payloads as stored.
     """
 
     def __init__(
@@ -136,8 +126,16 @@ class Wal:
         self._seal = False  # the next append starts a new segment (after an I/O error, or full)
         self._entry_bytes = 512  # average entry size seen last: how many entries fill a group
         self.committed = Position(1, SEGMENT_HEADER_SIZE)
+        #: The readers of the configured sinks, for a sink in this process (``open``).
         self.readers: dict[str, WalReader] = {}
-        self._appended = trio.Event()
+        #: Per configured reader (in this process or not), the position it acknowledged last
+        #: as far as the writer knows: what decides which segments may go.
+        self._acked: dict[str, Position] = {}
+        self._publisher: Publisher | None = None
+        self._layout = 0  # the generation of the layout published last
+        self._layout_due = False  # a layout could not be published: try again at the next one
+        self._publish_log = Throttle(1)
+        self._wake: WriterWake | None = None
         self._progress = trio.Event()  # set on every ack and deletion: a full writer re-checks
         self._closed = False
         self._closed_event = trio.Event()
@@ -202,10 +200,7 @@ class Wal:
         self._sizes[self._active] = SEGMENT_HEADER_SIZE
         self.committed = Position(self._active, SEGMENT_HEADER_SIZE)
         self._write_state = (0, self.committed, self._fd)
-        for sink, inputs in sinks.items():
-            self.readers[sink] = WalReader(
-                self, sink, report.cursors[sink], inputs, self._envelopes
-            )
+        self._acked = {sink: report.cursors[sink] for sink in sinks}
         self.report = report
         # Segments every sink had passed before the restart (the last one was still active
         # then): free their space now rather than at the next acknowledgement.
@@ -215,6 +210,32 @@ class Wal:
         for number in doomed:
             del self._sizes[number]
             self._skips.pop(number, None)
+        try:
+            self._publisher = Publisher(self.directory)
+            self._publish_layout()
+        except BaseException:
+            _close_all([self._fd])
+            self._fd = None
+            self.release()
+            raise
+        self._publish_head()
+        try:
+            self._wake = WriterWake(self.directory)
+        except OSError as exc:
+            log.warning(
+                "wal_wake_unavailable",
+                reason=str(exc),
+                detail="readers in other processes look for new records every second",
+            )
+        for sink, inputs in sinks.items():
+            self.readers[sink] = WalReader(
+                self.directory,
+                sink,
+                inputs,
+                envelopes=self._envelopes,
+                position=report.cursors[sink],
+                acknowledged=self._acknowledged,
+            )
         return report
 
     def _doomed(self) -> list[int]:
@@ -222,9 +243,18 @@ class Wal:
         return [
             number
             for number in sorted(self._sizes)
-            if number != self._active
-            and all(reader.passed(number) for reader in self.readers.values())
+            if number != self._active and self._all_passed(number)
         ]
+
+    def _all_passed(self, number: int) -> bool:
+        """Whether every configured reader has acknowledged all of segment ``number``."""
+        size = self._sizes.get(number)
+        for acked in self._acked.values():
+            if acked.segment < number:
+                return False
+            if acked.segment == number and (size is None or acked.offset < size):
+                return False
+        return True
 
     @property
     def full(self) -> bool:
@@ -279,10 +309,20 @@ class Wal:
                         await trio.to_thread.run_sync(_fsync_close, fd)
                     except OSError as exc:
                         log.error("wal_fsync_failed", error=str(exc))
+        self._publish_head()  # closed: readers finish what is there
         self._wake_readers()
+        if self._wake is not None:  # (acknowledgements from now on are read at the next open)
+            self._wake.close()
+            self._wake = None
 
     def release(self) -> None:
         """Give up the directory lock (after every sink is done with the WAL)."""
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -346,6 +386,7 @@ class Wal:
             if self._refusal_pending:  # (while this write waited for space or its turn)
                 raise self._tell("batches written before this one were refused")
             chunks = self._frame(entries)
+            left = self._active
             try:
                 fd, active, retired = await trio.to_thread.run_sync(
                     self._write_chunks, self._fd, self._active, chunks
@@ -364,6 +405,14 @@ class Wal:
                 size = sum(map(len, buffers))
                 self._sizes[segment] = self._sizes.get(segment, SEGMENT_HEADER_SIZE) + size
                 written += size
+            if active != left:
+                # Readers learn where the segments it left end before the accepted position
+                # may move past them; if they cannot, the batch is not accepted.
+                try:
+                    self._publish_layout()
+                except OSError as exc:
+                    await self._fail(exc)
+                    raise self._tell(f"cannot publish the WAL's layout: {exc}") from exc
             seq = self._written_seq + 1
             self._write_state = (seq, Position(active, self._sizes[active]), fd)
             self._unsettled.append((seq, len(entries), written))
@@ -372,6 +421,7 @@ class Wal:
         if self.settings.fsync != "batch":
             self._settle(seq)
             self.committed = self._written
+            self._publish_head()
             self._wake_readers()
         self._activity.set()
         await trio.lowlevel.checkpoint()  # let the sync lane (run) start its fsync now
@@ -425,9 +475,31 @@ class Wal:
         return None
 
     async def run(self) -> None:
-        """The background sync lane, until ``close``: with ``fsync = "batch"`` fsync whatever
-        was written as soon as the previous fsync is done (group commit: the writer goes on
-        framing and writing meanwhile); with ``"interval"`` fsync every ``fsync_interval``."""
+        """The WAL's background work, until ``close``: the sync lane (with ``fsync = "batch"``,
+        fsync whatever was written as soon as the previous fsync is done, the writer framing and
+        writing meanwhile: group commit; with ``"interval"``, fsync every ``fsync_interval``),
+        and the wake-ups from readers in other processes (``_listen``)."""
+        async with trio.open_nursery() as nursery:
+            if self._wake is not None:
+                nursery.start_soon(self._listen, self._wake)
+            await self._sync_lane()
+            nursery.cancel_scope.cancel()
+
+    async def _listen(self, wake: WriterWake) -> None:
+        """Wake-ups from readers in other processes: a new reader (look for its socket), an
+        acknowledgement (read the cursors again and delete what every reader has passed)."""
+        while True:
+            try:
+                await wake.wait()
+            except trio.ClosedResourceError:
+                return  # closed
+            kinds = wake.received()
+            if HELLO in kinds:
+                wake.scan()
+            if ACKED in kinds:
+                await self.collect(refresh=True)
+
+    async def _sync_lane(self) -> None:
         if self.settings.fsync == "interval":
             while not self._closed:
                 with trio.move_on_after(self.settings.fsync_interval):
@@ -435,6 +507,7 @@ class Wal:
                 await self.sync()
             return
         if self.settings.fsync != "batch":
+            await self._closed_event.wait()
             return
         while not self._closed:
             activity = self._activity = trio.Event()
@@ -516,6 +589,7 @@ class Wal:
         self._settle(seq)
         if self.settings.fsync == "batch" and target > self.committed:
             self.committed = target
+            self._publish_head()
             self._wake_readers()
         self._synced_event.set()
         self._synced_event = trio.Event()
@@ -569,6 +643,8 @@ class Wal:
         self._write_state = (self._written_seq, keep, None)
         self._seal = True
         self._needs_rollback = False
+        self._publish_layout(best_effort=True)  # (readers never read past committed anyway)
+        self._publish_head()
         self.counters["rollbacks"] += 1
         log.warning("wal_rolled_back", segment=keep.segment, offset=keep.offset)
 
@@ -635,9 +711,7 @@ class Wal:
                 return False
             progress = self._progress = trio.Event()
             active_size = self._sizes.get(self._active, SEGMENT_HEADER_SIZE)
-            if active_size > SEGMENT_HEADER_SIZE and all(
-                reader.passed(self._active) for reader in self.readers.values()
-            ):
+            if active_size > SEGMENT_HEADER_SIZE and self._all_passed(self._active):
                 # Only the segment being written holds the space, and every sink is past it:
                 # start a new one so that collect() may delete it.
                 self._seal = True
@@ -646,8 +720,10 @@ class Wal:
                     continue
                 await self.collect()
                 continue
-            with trio.move_on_at(min(deadline, now + DISK_POLL_SECONDS)):
+            with trio.move_on_at(min(deadline, now + DISK_POLL_SECONDS)) as waited:
                 await progress.wait()
+            if waited.cancelled_caught:  # an acknowledgement from another process may be lost
+                await self.collect(refresh=True)
         return True
 
     def fullness(self) -> dict[str, int | None]:
@@ -705,9 +781,16 @@ class Wal:
             self._fd, self._active, self._seal = fd, active, False
             self._retire(retired)
             self._sizes[self._active] = SEGMENT_HEADER_SIZE
+            try:
+                self._publish_layout()
+            except OSError as exc:
+                log.error("wal_rotate_failed", error=f"cannot publish the WAL's layout: {exc}")
+                await self._fail(exc)
+                return False
             self._write_state = (self._written_seq, Position(active, SEGMENT_HEADER_SIZE), fd)
             if self.committed.segment < self._active and self._written_seq == self._synced_seq:
                 self.committed = self._written  # nothing waits for an fsync: readers move on
+            self._publish_head()
         self._wake_readers()
         return True
 
@@ -794,22 +877,75 @@ class Wal:
 
     # --- readers and deletion -----------------------------------------------------------------
 
+    def _publish_layout(self, *, best_effort: bool = False) -> None:
+        """Publish the segments and where each left one ends (``shipper.buffer.published``);
+        the head that names it follows. Raises OSError unless ``best_effort`` (then it is logged,
+        counted and tried again with the next head: fine for what only drops segments every
+        reader passed, or cuts back what no reader may read)."""
+        if self._publisher is None:
+            return
+        active = self._active
+        segments = {n: None if n == active else size for n, size in self._sizes.items()}
+        try:
+            self._layout = self._publisher.layout(self.epoch, segments, self._skips)
+        except OSError as exc:
+            self._layout_due = True
+            if not best_effort:
+                raise
+            self._publish_failed(exc)
+            return
+        self._layout_due = False
+
+    def _publish_head(self) -> None:
+        """Publish the accepted position and whether the WAL is closed (a failure is logged and
+        counted: readers then wait for the next one)."""
+        if self._publisher is None:
+            return
+        if self._layout_due:
+            self._publish_layout(best_effort=True)
+        try:
+            self._publisher.head(self.committed, self._layout, self._closed)
+        except OSError as exc:
+            self._publish_failed(exc)
+
+    def _publish_failed(self, exc: OSError) -> None:
+        self.counters["publish_errors"] += 1
+        if self._publish_log.allow(time.monotonic()) is not None:
+            log.error("wal_publish_failed", error=str(exc))
+
     def _wake_readers(self) -> None:
-        self._appended.set()
-        self._appended = trio.Event()
+        """Tell the readers something new was published: those in this process directly, the
+        others through their sockets."""
+        for reader in self.readers.values():
+            reader.wake()
+        if self._wake is not None:
+            self._wake.wake_readers()
 
     def segment_size(self, number: int) -> int | None:
         return self._sizes.get(number)
 
-    def next_segment(self, number: int) -> int | None:
-        later = [n for n in self._sizes if n > number]
-        return min(later) if later else None
+    async def _acknowledged(self, name: str, position: Position) -> None:
+        """A reader in this process stored its cursor at ``position``."""
+        if name in self._acked and position > self._acked[name]:
+            self._acked[name] = position
+        await self.collect()
 
-    def skips(self, number: int) -> list[tuple[int, int]]:
-        return self._skips.get(number, [])
+    def _stored_cursors(self) -> dict[str, Position]:
+        """Worker thread: the cursors stored now, of the configured readers."""
+        found: dict[str, Position] = {}
+        for name in self._acked:
+            stored = cursors.load(self.directory / CURSOR_DIR, name)
+            if isinstance(stored, Position):
+                found[name] = stored
+        return found
 
-    async def collect(self) -> None:
-        """Delete every segment that all readers have passed (never the active one)."""
+    async def collect(self, *, refresh: bool = False) -> None:
+        """Delete every segment that all readers have passed (never the active one); with
+        ``refresh``, read their cursors again first (readers in other processes)."""
+        if refresh:
+            for name, stored in (await trio.to_thread.run_sync(self._stored_cursors)).items():
+                if name in self._acked and stored > self._acked[name]:
+                    self._acked[name] = stored
         self._progress.set()
         doomed = self._doomed()
         if not doomed:
@@ -822,6 +958,9 @@ class Wal:
             if skips[number]:
                 self._skips[number] = skips[number]
         self.counters["segments_deleted"] += len(doomed) - len(failed)
+        if len(failed) < len(doomed):
+            self._publish_layout(best_effort=True)
+            self._publish_head()
         self._progress.set()
 
     def _delete(self, numbers: list[int]) -> list[int]:
@@ -839,168 +978,22 @@ class Wal:
             log.error("wal_fsync_failed", error=str(exc))
         return failed
 
-    def lag_bytes(self, reader: WalReader) -> int:
-        """Bytes accepted but not yet acknowledged by ``reader``'s sink."""
+    def lag_bytes(self, reader: WalReader | str) -> int:
+        """Bytes accepted but not yet acknowledged by a configured reader (``reader`` or its
+        name), wherever it runs."""
+        if isinstance(reader, str):
+            acked = self._acked[reader]
+        else:
+            acked = reader.acked
+            if reader.name is not None and reader.name in self._acked:
+                acked = max(acked, self._acked[reader.name])
         lag = 0
         for number, size in self._sizes.items():
-            if number > reader.acked.segment:
+            if number > acked.segment:
                 lag += size - SEGMENT_HEADER_SIZE
-            elif number == reader.acked.segment:
-                lag += max(0, size - reader.acked.offset)
+            elif number == acked.segment:
+                lag += max(0, size - acked.offset)
         return lag
-
-
-class WalReader:
-    """One sink's view of the WAL: read in order, acknowledge, resume after a restart."""
-
-    def __init__(
-        self,
-        wal: Wal,
-        sink: str,
-        position: Position,
-        inputs: frozenset[str] | None,
-        envelopes: Shape | None = None,
-    ) -> None:
-        self.wal = wal
-        self.sink = sink
-        self._shape = envelopes
-        self.position = position
-        self.acked = position
-        self.inputs = None if inputs is None else frozenset(i.encode() for i in inputs)
-        self.counters: Counter[str] = Counter()
-
-    def passed(self, number: int) -> bool:
-        """Whether this sink has acknowledged everything in segment ``number``."""
-        if self.acked.segment != number:
-            return self.acked.segment > number
-        size = self.wal.segment_size(number)
-        return size is not None and self.acked.offset >= size
-
-    def _normalize(self) -> None:
-        """Step over finished (non-active) segments and known corrupt ranges."""
-        wal = self.wal
-        while True:
-            size = wal.segment_size(self.position.segment)
-            if size is None or (
-                self.position.offset >= size and self.position.segment < wal.committed.segment
-            ):
-                following = wal.next_segment(self.position.segment)
-                if following is None:
-                    return
-                self.position = Position(following, SEGMENT_HEADER_SIZE)
-                continue
-            for start, end in wal.skips(self.position.segment):
-                if start <= self.position.offset < end:
-                    self.position = Position(self.position.segment, end)
-            return
-
-    @property
-    def has_unread(self) -> bool:
-        """Whether accepted records wait to be read (``read()`` would not wait)."""
-        self._normalize()
-        return self.position < self.wal.committed
-
-    async def read(self, max_bytes: int = READ_BYTES) -> ReadBatch | None:
-        """The next accepted records (waiting for some); None once the WAL is closed and read."""
-        wal = self.wal
-        while True:
-            self._normalize()
-            if self.position < wal.committed:
-                break
-            if wal.closed:
-                return None
-            await wal._appended.wait()
-        segment = self.position.segment
-        size = wal.segment_size(segment)
-        assert size is not None
-        limit = wal.committed.offset if segment == wal.committed.segment else size
-        for start, _end in wal.skips(segment):
-            if self.position.offset < start < limit:
-                limit = start  # read up to a corrupt range; the next read steps over it
-        path = wal.directory / segment_name(segment)
-        offset = self.position.offset
-        want = min(limit - offset, max_bytes)
-        while True:
-            data = await trio.to_thread.run_sync(read_at, path, offset, want)
-            found, stop, damaged = records.read_records(data)
-            if found or damaged or want >= limit - offset:
-                break
-            want = min(limit - offset, want * 2)  # one record is larger than the read size
-        if not found:
-            # Accepted bytes that hold no valid record: damaged after recovery scanned them.
-            rest = await trio.to_thread.run_sync(read_at, path, offset, limit - offset)
-            resume = next(
-                (item.offset for item in records.scan(rest) if isinstance(item, records.Record)),
-                len(rest),
-            )
-            self._corrupt(segment, offset, resume, "bad checksum")
-            self.position = Position(segment, offset + resume)
-            return ReadBatch([], self.position, 0, 0)
-        offsets: list[int] = []
-        payloads: list[bytes] = []
-        events = 0
-        for item in found:
-            try:
-                events += take(offset + item.offset, item.payload, self.inputs, offsets, payloads)
-            except ValueError:
-                # A whole record whose payload is not entries (say, one of another WAL format
-                # in a segment whose header was damaged): stepped over like corrupt bytes.
-                self._corrupt(segment, offset + item.offset, item.end - item.offset, "not entries")
-        self.position = Position(segment, offset + stop)
-        shape = self._shape
-        if shape is None:
-            return ReadBatch(payloads, self.position, len(found), events)
-        try:
-            shaped = shape(segment, offsets, payloads)
-        except ValueError:
-            shaped = self._shape_each(segment, offset, found, shape)
-        return ReadBatch(shaped, self.position, len(found), events)
-
-    def _shape_each(
-        self, segment: int, offset: int, found: list[records.Record], shape: Shape
-    ) -> list[bytes]:
-        """``shape`` record by record, stepping over those it refuses (the slow path, taken
-        only when a record holds a payload it cannot take)."""
-        shaped: list[bytes] = []
-        for item in found:
-            offsets: list[int] = []
-            payloads: list[bytes] = []
-            try:
-                take(offset + item.offset, item.payload, self.inputs, offsets, payloads)
-                shaped.extend(shape(segment, offsets, payloads))
-            except ValueError as exc:
-                if payloads:  # (a record that take refused was counted already)
-                    self._corrupt(segment, offset + item.offset, item.end - item.offset, str(exc))
-        return shaped
-
-    def _corrupt(self, segment: int, offset: int, size: int, reason: str) -> None:
-        """Accepted bytes damaged after recovery scanned them: counted, logged, stepped over."""
-        self.counters["corrupt_bytes"] += size
-        log.error(
-            "wal_corrupt_while_reading",
-            sink=self.sink,
-            segment=segment,
-            offset=offset,
-            size=size,
-            reason=reason,
-        )
-
-    async def ack(self, end: Position) -> None:
-        """The sink's destination confirmed everything before ``end``: persist and collect."""
-        if end <= self.acked:
-            return
-        directory = self.wal.directory / CURSOR_DIR
-        try:
-            await trio.to_thread.run_sync(cursors.store, directory, self.sink, end)
-        except OSError as exc:
-            # Delivered, but the cursor is not persisted: after a crash this part comes again.
-            # The next acknowledgement tries again; segments stay until one succeeds.
-            self.counters["cursor_errors"] += 1
-            log.error("wal_cursor_store_failed", sink=self.sink, error=str(exc))
-            return
-        self.acked = end
-        self.counters["acks"] += 1
-        await self.wal.collect()
 
 
 class _WriteFailed(Exception):

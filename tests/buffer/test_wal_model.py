@@ -38,6 +38,7 @@ from hypothesis.stateful import (
 
 from shipper.buffer import wal as wal_module
 from shipper.buffer.config import BufferConfig, Fsync
+from shipper.buffer.published import HEAD_FILE, LAYOUT_FILE
 from shipper.buffer.record import HEADER_SIZE
 from shipper.buffer.recovery import CURSOR_DIR, EPOCH_FILE, LOCK_FILE
 from shipper.buffer.segment import (
@@ -47,6 +48,7 @@ from shipper.buffer.segment import (
     segment_number,
     write_all,
 )
+from shipper.buffer.wake import WAKE_DIR
 from shipper.buffer.wal import READ_BYTES, ReadBatch, Wal, WalWriteError
 from shipper.events import Event, entry, envelopes
 
@@ -625,13 +627,17 @@ class WalModel(RuleBasedStateMachine):
 
     @invariant()
     def only_wal_files(self) -> None:
-        """The directory holds segments, the lock and the cursors, and nothing was quarantined."""
+        """The directory holds segments, the lock, the cursors, the epoch and what the writer
+        publishes for readers, and nothing was quarantined."""
         if self.wal is not None:
             names = {path.name for path in self.directory.iterdir()}
             assert {n for n in names if segment_number(n) is None} <= {
                 LOCK_FILE,
                 CURSOR_DIR,
                 EPOCH_FILE,
+                HEAD_FILE,
+                LAYOUT_FILE,
+                WAKE_DIR,
             }
             # The accepted position's segment exists, unless every sink has passed it: it is no
             # longer the active one once a pending batch started a later one (or after a

@@ -1,0 +1,339 @@
+"""WAL readers: one per sink (and one for the chain stage's replay), in any process.
+
+A reader needs the WAL directory and nothing of the writer: the segment files, what the writer
+publishes (``shipper.buffer.published``: the accepted position, the segments and their ends, the
+ranges recovery skipped, the epoch, whether the WAL is closed) and, for a named reader, its cursor
+(``shipper.buffer.cursor``). It reads in order, up to the accepted position and never past it,
+steps over skipped ranges, and hands out the payloads of the entries routed to its inputs
+(``shipper.buffer.entries``), or what its ``envelopes`` function makes of them (the daemon's
+readers: event envelopes with their ids, ``shipper.events.envelopes``), in batches of whole
+records, each with the position to acknowledge once they are delivered.
+
+Waiting for more: a reader in the writer's process is woken by the writer directly (``wake``);
+one in another process binds a socket in ``wake/`` and is sent a byte at each publication
+(``shipper.buffer.wake``), and looks at the published state again at least every
+``POLL_SECONDS`` whatever happens, so it needs nothing but the files to follow the WAL.
+
+Acknowledging: ``ack`` stores the cursor (atomically, durably), then tells the writer, directly in
+its process, else through the writer's socket; the writer reads the cursors again and deletes
+the segments that every configured reader has passed. A reader whose name the writer was not
+opened with holds no segment: one deleted under it is logged (``wal_segment_gone``) and stepped
+over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from shipper.buffer import cursor as cursors
+from shipper.buffer import record as records
+from shipper.buffer.entries import take
+from shipper.buffer.published import Head, NotPublished, State, read_state
+from shipper.buffer.recovery import CURSOR_DIR
+from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, read_at, segment_name
+from shipper.buffer.wake import ACKED, ReaderWake
+from shipper.logging import get_logger
+
+log = get_logger("shipper.buffer")
+
+#: How many bytes of records one ``read`` takes at most (unless one record is larger).
+READ_BYTES: Final = 1024 * 1024
+#: How long a reader in another process waits for a wake-up before it looks again anyway.
+POLL_SECONDS: Final = 1.0
+
+#: What a reader hands out for the payloads of one read: called with their segment, the offset
+#: of each one's entry (its position) and the payloads; raises ValueError for a payload it cannot
+#: take (the reader then steps over that payload's record as corrupt).
+Shape = Callable[[int, list[int], list[bytes]], list[bytes]]
+#: The writer's hook for readers in its own process: called with the reader's name and the
+#: position it acknowledged, once its cursor is stored.
+Acknowledged = Callable[[str, Position], Awaitable[None]]
+
+
+@dataclass
+class ReadBatch:
+    """What one read hands out, and the position to acknowledge once it is delivered."""
+
+    envelopes: list[bytes]  # the payloads routed to the reader, as its ``envelopes`` made them
+    end: Position
+    records: int  # records passed over
+    events: int  # entries in them, including those of other sinks' inputs
+
+
+class WalReader:
+    """One sink's view of the WAL: read in order, acknowledge, resume after a restart.
+
+    ``name``: the cursor's (the sink's id); None for a reader that never acknowledges (a
+    replay). ``inputs``: the routes (source ids) it takes, besides the empty route; None: all.
+    ``position``: where to start; by default the cursor's position (for a named reader), else
+    the oldest record. ``state``: a fixed view of the WAL instead of what its writer publishes
+    (``published.recovered``: for a WAL no writer runs on). ``acknowledged``: set by a writer in
+    the same process, which then wakes the reader itself (``wake``): no socket.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        name: str | None,
+        inputs: frozenset[str] | None = None,
+        *,
+        envelopes: Shape | None = None,
+        position: Position | None = None,
+        state: State | None = None,
+        acknowledged: Acknowledged | None = None,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
+        self.directory = directory
+        self.name = name
+        self.inputs = None if inputs is None else frozenset(i.encode() for i in inputs)
+        self.counters: Counter[str] = Counter()
+        self.poll_seconds = poll_seconds
+        self._shape = envelopes
+        self._fixed = state is not None
+        self._state = state
+        self._acknowledged = acknowledged
+        self._event = trio.Event()
+        self._wake: ReaderWake | None = None
+        if position is None:
+            position = self._stored_position()
+        self.position = position
+        self.acked = position
+        if name is not None and state is None and acknowledged is None:
+            try:
+                self._wake = ReaderWake(directory)
+            except OSError as exc:
+                log.warning(
+                    "wal_reader_polls",
+                    sink=name,
+                    reason=f"no wake-up socket: {exc}",
+                    poll_seconds=poll_seconds,
+                )
+
+    def _stored_position(self) -> Position:
+        """The cursor's position, or the oldest record if there is none (or it is unusable)."""
+        oldest = Position(1, SEGMENT_HEADER_SIZE)  # the reader moves on to the oldest segment
+        if self.name is None:
+            return oldest
+        stored = cursors.load(self.directory / CURSOR_DIR, self.name)
+        if isinstance(stored, Position):
+            return stored
+        if stored is not None:
+            log.warning("wal_reader_cursor_unusable", sink=self.name, reason=stored)
+        return oldest
+
+    def close(self) -> None:
+        """Give up the wake-up socket (a reader in another process, when it is done)."""
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
+
+    # --- what the writer published --------------------------------------------------------------
+
+    def _refresh(self) -> State | None:
+        """The state as published now (or the last one seen, if none can be read now)."""
+        if self._fixed:
+            return self._state
+        with contextlib.suppress(NotPublished, OSError):  # the last one seen, then
+            self._state = read_state(self.directory, self._state, self.counters)
+        return self._state
+
+    @property
+    def epoch(self) -> str:
+        """The epoch of the WAL this reader reads ("" until its writer published one)."""
+        state = self._refresh()
+        return state.layout.epoch if state is not None else ""
+
+    def _normalize(self, state: State) -> None:
+        """Step over finished segments and skipped ranges."""
+        while True:
+            segment, offset = self.position.segment, self.position.offset
+            limit = state.limit(segment)
+            if limit is None or (offset >= limit and segment < state.committed.segment):
+                following = state.following(segment)
+                if following is None:
+                    return
+                self.position = Position(following, SEGMENT_HEADER_SIZE)
+                continue
+            for start, end in state.layout.skips.get(segment, ()):
+                if start <= self.position.offset < end:
+                    self.position = Position(segment, end)
+            return
+
+    @property
+    def has_unread(self) -> bool:
+        """Whether accepted records wait to be read (``read()`` would not wait)."""
+        state = self._refresh()
+        if state is None:
+            return False
+        self._normalize(state)
+        return self.position < state.committed
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """The writer (in this process) published something new."""
+        self._event.set()
+
+    async def read(self, max_bytes: int = READ_BYTES) -> ReadBatch | None:
+        """The next accepted records (waiting for some); None once the WAL is closed and read."""
+        while True:
+            if self._event.is_set():
+                self._event = trio.Event()
+            if self._wake is not None:
+                self.counters["wakeups"] += self._wake.drain()
+            state = self._refresh()
+            if state is not None:
+                self._normalize(state)
+                if self.position < state.committed:
+                    break
+                if state.head.closed:
+                    return None
+            await self._wait()
+        return await trio.to_thread.run_sync(self._read, state, max_bytes)
+
+    async def _wait(self) -> None:
+        """Until the writer wakes this reader, or (in another process) ``poll_seconds`` pass."""
+        if self._acknowledged is not None:  # the writer is in this process and wakes it
+            await self._event.wait()
+            self.counters["wakeups"] += 1
+            return
+        with trio.move_on_after(self.poll_seconds) as scope:
+            if self._wake is not None:
+                await self._wake.wait()
+            else:
+                await self._event.wait()
+        if scope.cancelled_caught:
+            self.counters["polls"] += 1
+
+    def replay(
+        self, end: Position | None = None, max_bytes: int = READ_BYTES
+    ) -> Iterator[ReadBatch]:
+        """Every batch from the reader's position up to ``end`` (None: the accepted position
+        now), without waiting and without acknowledging (blocking: a worker thread's)."""
+        state = self._refresh()
+        if state is None:
+            return
+        if end is not None:
+            state = State(Head(end, state.head.generation, closed=True), state.layout)
+        while (batch := self._read(state, max_bytes)) is not None:
+            yield batch
+
+    def _read(self, state: State, max_bytes: int) -> ReadBatch | None:
+        """The next records up to ``state``'s accepted position; None if there are none
+        (blocking)."""
+        self._normalize(state)
+        if self.position >= state.committed:
+            return None
+        segment, offset = self.position.segment, self.position.offset
+        limit = state.limit(segment)
+        assert limit is not None
+        for start, _end in state.layout.skips.get(segment, ()):
+            if offset < start < limit:
+                limit = start  # read up to a skipped range; the next read steps over it
+        path = self.directory / segment_name(segment)
+        want = min(limit - offset, max_bytes)
+        try:
+            while True:
+                data = read_at(path, offset, want)
+                found, stop, damaged = records.read_records(data)
+                if found or damaged or want >= limit - offset:
+                    break
+                want = min(limit - offset, want * 2)  # one record is larger than the read size
+            if not found:
+                # Accepted bytes that hold no valid record: damaged after recovery scanned them.
+                rest = read_at(path, offset, limit - offset)
+        except FileNotFoundError:
+            # Deleted although this reader had not passed it: the writer does not know it.
+            log.error("wal_segment_gone", sink=self.name, segment=segment, offset=offset)
+            self.counters["segments_gone"] += 1
+            self.position = Position(segment, limit)
+            return ReadBatch([], self.position, 0, 0)
+        if not found:
+            resume = next(
+                (item.offset for item in records.scan(rest) if isinstance(item, records.Record)),
+                len(rest),
+            )
+            self._corrupt(segment, offset, resume, "bad checksum")
+            self.position = Position(segment, offset + resume)
+            return ReadBatch([], self.position, 0, 0)
+        offsets: list[int] = []
+        payloads: list[bytes] = []
+        events = 0
+        for item in found:
+            try:
+                events += take(offset + item.offset, item.payload, self.inputs, offsets, payloads)
+            except ValueError:
+                # A whole record whose payload is not entries (say, one of another WAL format
+                # in a segment whose header was damaged): stepped over like corrupt bytes.
+                self._corrupt(segment, offset + item.offset, item.end - item.offset, "not entries")
+        self.position = Position(segment, offset + stop)
+        shape = self._shape
+        if shape is None:
+            return ReadBatch(payloads, self.position, len(found), events)
+        try:
+            shaped = shape(segment, offsets, payloads)
+        except ValueError:
+            shaped = self._shape_each(segment, offset, found, shape)
+        return ReadBatch(shaped, self.position, len(found), events)
+
+    def _shape_each(
+        self, segment: int, offset: int, found: list[records.Record], shape: Shape
+    ) -> list[bytes]:
+        """``shape`` record by record, stepping over those it refuses (the slow path, taken
+        only when a record holds a payload it cannot take)."""
+        shaped: list[bytes] = []
+        for item in found:
+            offsets: list[int] = []
+            payloads: list[bytes] = []
+            try:
+                take(offset + item.offset, item.payload, self.inputs, offsets, payloads)
+                shaped.extend(shape(segment, offsets, payloads))
+            except ValueError as exc:
+                if payloads:  # (a record that take refused was counted already)
+                    self._corrupt(segment, offset + item.offset, item.end - item.offset, str(exc))
+        return shaped
+
+    def _corrupt(self, segment: int, offset: int, size: int, reason: str) -> None:
+        """Accepted bytes damaged after recovery scanned them: counted, logged, stepped over."""
+        self.counters["corrupt_bytes"] += size
+        log.error(
+            "wal_corrupt_while_reading",
+            sink=self.name,
+            segment=segment,
+            offset=offset,
+            size=size,
+            reason=reason,
+        )
+
+    # --- acknowledging --------------------------------------------------------------------------
+
+    async def ack(self, end: Position) -> None:
+        """The sink's destination confirmed everything before ``end``: persist the cursor and
+        tell the writer, which deletes what every reader has passed."""
+        if end <= self.acked:
+            return
+        if self.name is None:
+            self.acked = end
+            return
+        directory = self.directory / CURSOR_DIR
+        try:
+            await trio.to_thread.run_sync(cursors.store, directory, self.name, end)
+        except OSError as exc:
+            # Delivered, but the cursor is not persisted: after a crash this part comes again.
+            # The next acknowledgement tries again; segments stay until one succeeds.
+            self.counters["cursor_errors"] += 1
+            log.error("wal_cursor_store_failed", sink=self.name, error=str(exc))
+            return
+        self.acked = end
+        self.counters["acks"] += 1
+        if self._acknowledged is not None:
+            await self._acknowledged(self.name, end)
+        elif self._wake is not None:
+            self._wake.tell_writer(ACKED)
