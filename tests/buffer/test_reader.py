@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import sys
 from collections import Counter
 from pathlib import Path
@@ -13,7 +14,7 @@ import orjson
 import pytest
 import trio
 
-from shipper.buffer import published
+from shipper.buffer import published, wake
 from shipper.buffer.published import (
     HEAD_FILE,
     Head,
@@ -25,6 +26,7 @@ from shipper.buffer.published import (
 )
 from shipper.buffer.reader import WalReader
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, segment_name
+from shipper.buffer.wake import ACKED, HELLO, WAKE_DIR, ReaderWake, WriterWake
 from shipper.buffer.wal import WalWriteError
 from shipper.events import envelopes
 from tests.buffer.test_wal import events, failing_fsyncs, numbers, open_wal, segment_files
@@ -242,3 +244,35 @@ async def read_all_of(reader: WalReader) -> list[int]:
         assert batch is not None
         seen.extend(numbers(batch))
     return seen
+
+
+@pytest.mark.parametrize("through_proc", [False, True], ids=["path", "proc-fd"])
+def test_wake_ups_go_both_ways_and_a_dead_readers_socket_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through_proc: bool
+) -> None:
+    """A reader's socket says hello and acknowledgements to the writer's, the writer wakes
+    every reader it found, and forgets and removes the socket of a reader whose process is gone;
+    also when the sockets are reached through ``/proc/self/fd`` (paths too long to bind)."""
+    if through_proc:
+        monkeypatch.setattr(wake, "MAX_ADDRESS", 0)
+    writer = WriterWake(tmp_path)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(tmp_path / WAKE_DIR / "reader-1-1"))
+    dead.close()  # its file stays, as when a process dies
+    reader = ReaderWake(tmp_path)
+    try:
+        assert writer.received() == {HELLO}
+        writer.scan()
+        assert len(writer.readers) == 2
+        writer.wake_readers()
+        writer.wake_readers()
+        assert reader.drain() == 2
+        sockets = sorted(p.name for p in (tmp_path / WAKE_DIR).iterdir() if p.name != "writer")
+        assert sockets == writer.readers  # the dead one was forgotten and removed
+        assert not (tmp_path / WAKE_DIR / "reader-1-1").exists()
+        reader.tell_writer(ACKED)
+        assert writer.received() == {ACKED}
+    finally:
+        reader.close()
+        writer.close()
+    assert not list((tmp_path / WAKE_DIR).iterdir())
