@@ -823,7 +823,8 @@ PAYLOAD = st.one_of(
 def test_any_damage_recovers_idempotently(
     segments: list[list[bytes]], damages: list[tuple[int, tuple[str, int, int]]]
 ) -> None:
-    """For any damage to segments, inspect changes nothing and a second repair changes nothing."""
+    """For any damage to segments, inspect changes nothing and a second repair changes nothing
+    (or, where the damage forged an earlier format's header, repair refuses)."""
     with tempfile.TemporaryDirectory() as name:
         directory = Path(name)
         for number, payloads in enumerate(segments, start=1):
@@ -841,6 +842,12 @@ def test_any_damage_recovers_idempotently(
         before = snapshot(directory)
         inspected = recover(directory, [], repair=False)
         assert snapshot(directory) == before
+        if inspected.by_kind("other_version"):
+            # Two flips in the version byte can forge an earlier format's header (2 -> 0 -> 1):
+            # repair then refuses, as its table says, and there is no second repair.
+            with pytest.raises(WalFormatError):
+                recover(directory, [])
+            return
         first = recover(directory, [])
         assert inspected.findings == first.findings
         assert inspected.segments == first.segments
