@@ -80,6 +80,7 @@ from shipper.chain import Verdict, Verifier, as_verdict, expired_alert_details, 
 from shipper.config import ChainConfig
 from shipper.events import CHAIN_ALERT, Event, alert_event, envelopes, utc_timestamp
 from shipper.logging import Throttle, get_logger
+from shipper.metrics import Health, Registry, mirror
 
 log = get_logger("shipper.chain")
 
@@ -222,6 +223,22 @@ class _Failed(Exception):
         self.index, self.mark, self.error = index, mark, error
 
 
+#: What the chain stage counts (``chain_<name>`` metrics; verdicts are ``chain_verdicts``).
+CHAIN_COUNTERS: dict[str, str] = {
+    "alerts": "Chain alerts raised",
+    "duplicates_dropped": "Exact duplicates removed (same agent, sequence and hash)",
+    "agents_evicted": "Agents evicted to keep max_agents",
+    "verify_errors": "Events archived unverified because verifying them raised (a defect)",
+    "checkpoints": "Checkpoints stored",
+    "checkpoint_errors": "Checkpoints that could not be stored",
+    "checkpoint_unusable": "Checkpoints found unusable at start",
+    "replayed": "WAL events replayed at start",
+    "replay_errors": "WAL events that could not be replayed",
+    "replay_mismatches": "Replayed events whose stored verdict differs from the replay's",
+    "corrupt_bytes": "Damaged WAL bytes stepped over while replaying",
+}
+
+
 class ChainStage:
     """The verifier, its checkpoint and replay, and what it does to each batch of events."""
 
@@ -318,6 +335,30 @@ class ChainStage:
             replayed=replayed,
             checkpoint=str(start) if start is not None else None,
         )
+
+    def register_metrics(self, registry: Registry) -> None:
+        """Tell ``registry`` the stage's counts (``chain_<name>``), the verdicts by status, the
+        agents tracked, and its health (``chain``)."""
+        mirror(registry, "chain", lambda: self.counters, CHAIN_COUNTERS)
+        verdicts = registry.counter(
+            "chain_verdicts", "Chain verdicts, by status", labels=("status",)
+        )
+
+        def collect() -> None:
+            for status, count in self.verifier.counts.items():
+                verdicts.labels(status).value = count
+
+        registry.collector(collect)
+        registry.gauge("chain_agents", "Agents whose chain is tracked").labels().observe(
+            lambda: len(self.verifier.agents)
+        )
+        registry.health("chain", self.health)
+
+    def health(self) -> Health:
+        """``degraded`` once a verification raised (a defect: that event went unverified)."""
+        if self.counters["verify_errors"]:
+            return Health("degraded", f"{self.counters['verify_errors']} events not verified")
+        return Health()
 
     def checkpoint(self, epoch: str, position: Position) -> int:
         """Store the state as covering the WAL up to ``position`` (blocking: a worker thread);

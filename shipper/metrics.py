@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -447,3 +447,40 @@ class CounterSet:
         """Set the counters back to ``values`` (taken by ``as_dict``): work taken back."""
         for key, value in values.items():
             self._values[key].value = value
+
+
+def mirror(
+    registry: Registry,
+    component: str,
+    counters: Callable[[], Mapping[str, int]],
+    declared: dict[str, str],
+    labelled: dict[str, tuple[str, str]] | None = None,
+) -> None:
+    """Register a component's ``collections.Counter`` (as ``counters()`` returns it at each
+    snapshot, since a component may replace it) as metrics ``<component>_<name>`` for each
+    ``declared`` name (with its help text); for each ``labelled`` prefix, the names
+    ``<prefix>_<value>`` become one metric ``<component>_<prefix>`` labelled
+    ``(label, value)`` (``labelled = {"recovery": ("kind", "WAL damage recovery found")}``).
+
+    For components whose counts live on paths that must not change shape (the WAL's, the chain
+    stage's); the others count into a ``CounterSet`` directly."""
+    families = {}
+    for key, help in declared.items():
+        name = f"{component}_{key}"
+        unit = next((u for u in ("bytes", "seconds") if name.endswith(f"_{u}")), "")
+        families[key] = registry.counter(name, help, unit=unit)
+    groups = {
+        prefix: registry.counter(f"{component}_{prefix}", help, labels=(label,))
+        for prefix, (label, help) in (labelled or {}).items()
+    }
+
+    def collect() -> None:
+        now = counters()
+        for key, family in families.items():
+            family.labels().value = now.get(key, 0)
+        for key, count in now.items():
+            prefix, _, rest = key.partition("_")
+            if prefix in groups and key not in families:
+                groups[prefix].labels(rest).value = count
+
+    registry.collector(collect)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -60,6 +61,7 @@ from shipper.config import Config
 from shipper.errors import DataDirError
 from shipper.events import Event, Malformed, entry, envelopes, event_bytes, size_of
 from shipper.logging import Throttle, get_logger
+from shipper.metrics import Registry, mirror, summary
 from shipper.retry import Backoff
 from shipper.sinks.driver import SinkDriver
 from shipper.sources import Listening, Source
@@ -89,6 +91,16 @@ class SinkSlot:
 
     driver: SinkDriver
     inputs: frozenset[str] | None
+
+
+#: What the writer counts (``writer_<name>`` metrics).
+WRITER_COUNTERS: dict[str, str] = {
+    "events": "Events the WAL accepted from the writer",
+    "dropped": "Events dropped before the chain stage because the WAL was full (drop_newest)",
+    "encode_errors": "Events that could not be encoded, archived as malformed (a defect)",
+    "write_refusals": "Times the WAL refused batches (they were verified and written again)",
+    "requeued_batches": "Batches requeued after the WAL refused them",
+}
 
 
 class Topology:
@@ -133,6 +145,32 @@ class Topology:
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
         self._error_log = Throttle(1)
+        self.registry = Registry()
+        self._register_metrics()
+
+    def _register_metrics(self) -> None:
+        """Every component counts into, and tells its health to, this topology's registry."""
+        registry = self.registry
+        for source in self.sources:
+            source.register_metrics(registry)
+        self.chain.register_metrics(registry)
+        self.wal.register_metrics(registry)
+        mirror(registry, "writer", lambda: self.counters, WRITER_COUNTERS)
+        registry.gauge(
+            "ingest_queued_bytes", "Bytes queued between the sources and the writer", unit="bytes"
+        ).labels().observe(lambda: self.budget.used)
+        lag = registry.gauge(
+            "sink_lag_bytes",
+            "WAL bytes a sink has not acknowledged",
+            unit="bytes",
+            labels=("sink",),
+        )
+        for slot in self.sinks:
+            slot.driver.register_metrics(registry)
+            lag.labels(slot.driver.id).observe(partial(self._lag, slot.driver.id))
+
+    def _lag(self, sink_id: str) -> int:
+        return self.wal.lag_bytes(sink_id) if sink_id in self.wal.readers else 0
 
     async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Listening]]]) -> None:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
@@ -176,44 +214,10 @@ class Topology:
             source.stop()
 
     def metrics(self) -> dict[str, Any]:
-        """Counters of every component, for logs now and the API later."""
-        wal = self.wal
-        return {
-            "sources": {source.id: source.counters.as_dict() for source in self.sources},
-            "chain": {
-                **self.chain.counters,
-                "agents": len(self.chain.verifier.agents),
-                "statuses": dict(self.chain.verifier.counts),
-            },
-            "buffer": {
-                "records_written": wal.counters["events"],
-                "bytes_written": wal.counters["bytes"],
-                "fsyncs": wal.counters["fsyncs"],
-                "buffer_bytes": wal.total_bytes,
-                "free_bytes": wal.free_bytes(),
-                "blocked": wal.counters["blocked"],
-                "blocked_ms": wal.counters["blocked_ms"],
-                "dropped": {"full": wal.counters["dropped_full"]},
-                "write_errors": wal.counters["write_errors"],
-                "segments_deleted": wal.counters["segments_deleted"],
-                "recovery": {
-                    key.removeprefix("recovery_"): value
-                    for key, value in wal.counters.items()
-                    if key.startswith("recovery_")
-                },
-            },
-            "writer": dict(self.counters),
-            "sinks": {
-                slot.driver.id: {
-                    **slot.driver.counters.as_dict(),
-                    "lag_bytes": wal.lag_bytes(wal.readers[slot.driver.id])
-                    if slot.driver.id in wal.readers
-                    else 0,
-                    "health": slot.driver.health().as_dict(),
-                }
-                for slot in self.sinks
-            },
-        }
+        """Every component's metrics and the health of those that are not ok, grouped by
+        component (``shipper.metrics.summary``), for log entries. The API reads
+        ``registry.snapshot()`` itself."""
+        return summary(self.registry.snapshot())
 
     def not_accepted(self) -> dict[str, int]:
         """What was read from senders and not (yet) accepted by the WAL: lost if the daemon stops

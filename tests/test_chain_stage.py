@@ -90,7 +90,7 @@ async def test_verdicts_are_archived_and_a_gap_raises_an_alert_event(
     (logged,) = logs.entries("chain_alert")
     assert (logged["agent"], logged["status"], logged["missing"]) == (AGENT, "gap", [4, 4])
     (complete,) = logs.entries("shutdown_complete")
-    assert complete["metrics"]["chain"]["statuses"] == {"genesis": 1, "ok": 3, "gap": 1}
+    assert complete["metrics"]["chain"]["verdicts"] == {"genesis": 1, "ok": 3, "gap": 1}
 
 
 async def test_a_restart_neither_forgets_an_agent_nor_archives_a_resend_twice(
@@ -375,8 +375,8 @@ async def test_batches_refused_by_a_failed_fsync_are_written_again_in_order(
     (failed, *_) = logs.entries("wal_write_failed")
     assert "Input/output error" in failed["error"]
     (complete,) = logs.entries("shutdown_complete")
-    assert complete["metrics"]["buffer"]["write_errors"] >= 1
-    assert complete["metrics"]["chain"]["statuses"] == {"genesis": 1, "ok": 29}
+    assert complete["metrics"]["wal"]["write_errors"] >= 1
+    assert complete["metrics"]["chain"]["verdicts"] == {"genesis": 1, "ok": 29}
     stored = load_checkpoint(tmp_path / "var")
     assert not isinstance(stored, str)
     assert stored is not None

@@ -14,9 +14,11 @@ import trio
 from shipper.buffer.wal import WalLocked
 from shipper.config import Address, parse_config
 from shipper.errors import ListenError
+from shipper.metrics import merge, value
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sinks.file import FileSink
 from shipper.sources import Listening
+from shipper.topology import Topology
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 
 
@@ -55,13 +57,13 @@ async def test_events_reach_the_archive_in_order_with_unique_ids(
     (complete,) = logs.entries("shutdown_complete")
     assert complete["delivered"] == {"archive": 1500}
     metrics = complete["metrics"]
-    assert metrics["sources"]["agents"]["events"] == 1500
-    assert metrics["sources"]["agents"]["connections_accepted"] == 3
-    assert metrics["buffer"]["records_written"] == 1500
-    assert metrics["buffer"]["fsyncs"] >= 1
-    assert metrics["buffer"]["dropped"] == {"full": 0}
-    assert metrics["sinks"]["archive"]["events"] == 1500
-    assert metrics["sinks"]["archive"]["lag_bytes"] == 0
+    assert metrics["source"]["agents"]["events"] == 1500
+    assert metrics["source"]["agents"]["connections_accepted"] == 3
+    assert metrics["wal"]["events"] == 1500
+    assert metrics["wal"]["fsyncs"] >= 1
+    assert metrics["wal"]["dropped_full"] == 0
+    assert metrics["sink"]["archive"]["events"] == 1500
+    assert metrics["sink"]["archive"]["lag_bytes"] == 0
 
 
 async def test_sink_inputs_select_sources(tmp_path: Path, logs: LogCapture) -> None:
@@ -288,3 +290,28 @@ async def test_a_forced_shutdown_says_what_it_discards(tmp_path: Path, logs: Log
     discarded = forced["discarded"]
     assert discarded["events_in_writer"] > 0
     assert discarded["events_in_writer"] + forced["metrics"]["writer"]["events"] <= 3000
+
+
+async def test_every_component_reports_into_one_registry_that_merges(tmp_path: Path) -> None:
+    """A running daemon's registry holds every component's health (all ok while it runs) and
+    metrics, as plain data that survives JSON and merges with another process's snapshot."""
+    topology = Topology(parse_config(file_sink_config(tmp_path)))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(topology.run)
+        await send(bound["agents"][0], b"".join(record("a", n) for n in range(1, 11)))
+        (slot,) = topology.sinks
+        await wait_until(
+            lambda: slot.driver.counters["events"] == 10 and not topology.wal.lag_bytes("archive")
+        )
+        snapshot = orjson.loads(orjson.dumps(topology.registry.snapshot()))
+        topology.stop()
+    health = {component: state["status"] for component, state in snapshot["health"].items()}
+    assert health == {"source.agents": "ok", "chain": "ok", "wal": "ok", "sink.archive": "ok"}
+    assert value(snapshot, "source_events", "agents") == 10
+    assert value(snapshot, "chain_verdicts", "unchained") == 10  # records without a hash
+    assert value(snapshot, "wal_events") == 10
+    assert value(snapshot, "sink_events", "archive") == 10
+    assert value(snapshot, "sink_lag_bytes", "archive") == 0
+    assert value(snapshot, "wal_buffer_bytes") > 0
+    doubled = merge([snapshot, snapshot])
+    assert value(doubled, "sink_events", "archive") == 20

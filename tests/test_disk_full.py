@@ -99,7 +99,7 @@ async def test_a_wal_on_a_file_system_smaller_than_max_bytes_keeps_flowing(
         "the disk never counted as full: the test proves nothing"
     )
     (complete,) = logs.entries("shutdown_complete")
-    assert complete["metrics"]["buffer"]["segments_deleted"] > 0
+    assert complete["metrics"]["wal"]["segments_deleted"] > 0
 
 
 async def test_a_full_disk_blocks_senders_until_space_returns(
@@ -153,7 +153,7 @@ async def test_writes_refused_for_space_are_verified_again_and_land_once(
     assert [sequence for sequence, _ in found] == list(range(1, 4001))
     assert [status for _, status in found] == ["genesis"] + ["ok"] * 3999
     (complete,) = logs.entries("shutdown_complete")
-    assert complete["metrics"]["chain"]["statuses"] == {"genesis": 1, "ok": 3999}
+    assert complete["metrics"]["chain"]["verdicts"] == {"genesis": 1, "ok": 3999}
     assert logs.entries("wal_write_recovered")
 
 
@@ -178,7 +178,7 @@ async def test_a_full_disk_drops_new_batches_with_drop_newest(
             await wait_until(lambda: any(s == 300 for s, _ in verified(tmp_path)), 60)
             shutdown.request("test")
     (complete,) = logs.entries("shutdown_complete")
-    dropped = complete["metrics"]["buffer"]["dropped"]["full"]
+    dropped = complete["metrics"]["wal"]["dropped_full"]
     assert dropped > 0
     assert len(verified(tmp_path)) + dropped == 300
 
@@ -205,7 +205,7 @@ async def test_dropping_on_a_full_disk_logs_and_checkpoints_at_a_bounded_rate(
             filler.unlink()
             shutdown.request("test")
     (complete,) = logs.entries("shutdown_complete")
-    dropped = complete["metrics"]["buffer"]["dropped"]["full"]
+    dropped = complete["metrics"]["wal"]["dropped_full"]
     assert dropped > 100
     bound_lines = 2 * (int(elapsed) + 2)  # at most one a second, and a first one
     entries = logs.entries("wal_full_dropped")

@@ -76,6 +76,7 @@ from shipper.buffer.segment import (
 from shipper.buffer.wake import ACKED, HELLO, WriterWake
 from shipper.errors import ShipperError
 from shipper.logging import Throttle, get_logger
+from shipper.metrics import Health, Registry, mirror
 from shipper.retry import Backoff
 
 log = get_logger("shipper.buffer")
@@ -94,6 +95,21 @@ class WalWriteError(ShipperError):
 
     Retrying later can succeed once space is freed; the caller backs off and retries.
     """
+
+
+#: What the WAL counts (``wal_<name>`` metrics).
+WAL_COUNTERS: dict[str, str] = {
+    "events": "Events accepted",
+    "bytes": "Bytes written to segments and accepted",
+    "fsyncs": "fsyncs of segments",
+    "blocked": "Times a writer waited for room",
+    "blocked_ms": "Milliseconds writers waited for room",
+    "dropped_full": "Events dropped because the WAL was full (when_full = drop_newest)",
+    "write_errors": "Failed writes and fsyncs (the batches were refused)",
+    "rollbacks": "Times refused bytes were cut off the segments",
+    "segments_deleted": "Segments deleted once every reader had passed them",
+    "publish_errors": "Failures publishing the WAL's state for readers",
+}
 
 
 class Wal:
@@ -725,6 +741,31 @@ class Wal:
             if waited.cancelled_caught:  # an acknowledgement from another process may be lost
                 await self.collect(refresh=True)
         return True
+
+    def register_metrics(self, registry: Registry) -> None:
+        """Tell ``registry`` the WAL's counts (``wal_<name>``, recovery findings by kind), its
+        bytes and its file system's free bytes, and its health (``wal``)."""
+        mirror(
+            registry,
+            "wal",
+            lambda: self.counters,
+            WAL_COUNTERS,
+            {"recovery": ("kind", "Findings of the WAL's recovery at open, by kind")},
+        )
+        registry.gauge("wal_buffer_bytes", "Bytes the WAL holds", unit="bytes").labels().observe(
+            lambda: self.total_bytes
+        )
+        registry.gauge(
+            "wal_free_bytes", "Free bytes of the WAL's file system", unit="bytes"
+        ).labels().observe(lambda: self.free_bytes() or 0)
+        registry.health("wal", self.health)
+
+    def health(self) -> Health:
+        """``degraded`` while full (writers wait, or drop with ``drop_newest``), else ``ok``."""
+        if self.full:
+            full = self.fullness()
+            return Health("degraded", f"full: {full}")
+        return Health()
 
     def fullness(self) -> dict[str, int | None]:
         """What makes the WAL full or not, for logs: its bytes and bound, the free bytes of its

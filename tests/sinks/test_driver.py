@@ -104,11 +104,14 @@ async def test_a_broken_sink_never_stops_the_daemon_or_its_file_sink(
     assert len(logs.entries("sink_defect")) >= 3
     assert not logs.entries("shipper_failed")
     (forced,) = logs.entries("shutdown_forced")
-    sinks = forced["metrics"]["sinks"]
+    sinks = forced["metrics"]["sink"]
     assert sinks["broken"]["restarts"] >= 3
-    assert sinks["broken"]["health"]["status"] == "failing"
+    assert sinks["broken"]["lag_bytes"] > 0
     assert sinks["archive"]["events"] == 300
-    assert sinks["archive"]["health"]["status"] == "ok"
+    assert sinks["archive"]["lag_bytes"] == 0
+    troubled = forced["metrics"]["health"]
+    assert troubled["sink.broken"]["status"] == "failing"
+    assert "sink.archive" not in troubled
     assert forced["undelivered_bytes"]["broken"] > 0
     assert forced["undelivered_bytes"]["archive"] == 0
 

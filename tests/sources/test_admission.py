@@ -370,7 +370,7 @@ async def test_slow_senders_do_not_keep_a_record_out_of_the_archive(
         "incomplete line: connection ended (frame_timeout)"
     }
     (complete,) = logs.entries("shutdown_complete")
-    assert complete["metrics"]["sources"]["agents"]["refused_frame_timeout"] == 2
+    assert complete["metrics"]["source"]["agents"]["refused_frame_timeout"] == 2
 
 
 # --- configuration ---------------------------------------------------------------------------

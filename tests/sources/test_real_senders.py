@@ -313,7 +313,7 @@ async def loggen_into_archive(
         event for event in archived(tmp_path) if event.get("record", {}).get("msgid") != "flush"
     ]
     (summary,) = logs.entries("shutdown_complete")
-    counters = summary["metrics"]["sources"]["syslog"]
+    counters = summary["metrics"]["source"]["syslog"]
     assert len(events) == sent, f"{len(events)} of {sent} arrived; source counters {counters}"
     return sent, events
 
@@ -382,7 +382,7 @@ async def test_loggen_udp_burst_is_not_dropped_while_the_wal_has_room(
         await run_loggen(loggen, port, 1000, 100_000, "--inet", "--dgram", "-P")
         await flush_udp(tmp_path, port)
     (summary,) = logs.entries("shutdown_complete")
-    counters = summary["metrics"]["sources"]["syslog"]
+    counters = summary["metrics"]["source"]["syslog"]
     # a socket buffer holds about 200 of them: what the kernel dropped shipper never saw
     assert counters.get("dropped_full", 0) == 0, counters
     events = [event for event in archived(tmp_path) if event["syslog"]["msgid"] != "flush"]
