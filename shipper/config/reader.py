@@ -32,6 +32,7 @@ from shipper.errors import ConfigProblem
 
 T = TypeVar("T")
 C = TypeVar("C", bound=str)
+TlsT = TypeVar("TlsT", TlsServerConfig, TlsClientConfig)
 
 #: What a source or sink id (``[sources.ID]``, ``[sinks.ID]``) may be.
 ID_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -374,13 +375,7 @@ class Table:
             return None
         if cert is None or key is None or (self.has("client_ca") and client_ca is None):
             return None
-        config = TlsServerConfig(cert, key, client_ca, require)
-        try:
-            config.build()
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            self.problem("", f"cannot use these certificate files: {exc}")
-            return None
-        return config
+        return self._loadable(TlsServerConfig(cert, key, client_ca, require))
 
     def tls_client(self) -> TlsClientConfig | None:
         """This table as a client's TLS (``TlsClientConfig``): ``ca``, ``cert`` and ``key`` (both
@@ -407,7 +402,10 @@ class Table:
             )
         if self.problem_count != before:
             return None
-        config = TlsClientConfig(ca, cert, key, server_name, verify)
+        return self._loadable(TlsClientConfig(ca, cert, key, server_name, verify))
+
+    def _loadable(self, config: TlsT) -> TlsT | None:
+        """``config`` if its files make an SSL context; else None, with the problem noted."""
         try:
             config.build()
         except (ssl.SSLError, OSError, ValueError) as exc:

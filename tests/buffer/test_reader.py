@@ -29,7 +29,14 @@ from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, segment_name
 from shipper.buffer.wake import ACKED, HELLO, WAKE_DIR, ReaderWake, WriterWake
 from shipper.buffer.wal import WalWriteError
 from shipper.events import envelopes
-from tests.buffer.test_wal import events, failing_fsyncs, numbers, open_wal, segment_files
+from tests.buffer.test_wal import (
+    events,
+    failing_fsyncs,
+    numbers,
+    open_wal,
+    read_all,
+    segment_files,
+)
 from tests.conftest import wait_until
 
 EPOCH = "0123456789abcdef"
@@ -229,21 +236,11 @@ async def test_refused_bytes_stay_unread_when_cutting_them_off_fails(
     assert path.stat().st_size > accepted.offset  # the refused bytes are still there
     assert await wal.append(events(3, 2))  # written again, into a new segment
     assert accepted.segment < wal.committed.segment
-    assert await read_all_of(wal.readers["a"]) == [1, 2, 3, 4]
+    assert await read_all(wal.readers["a"]) == [1, 2, 3, 4]
     late = WalReader(tmp_path, None, envelopes=envelopes)
-    assert await read_all_of(late) == [1, 2, 3, 4]
+    assert await read_all(late) == [1, 2, 3, 4]
     await wal.close()
     wal.release()
-
-
-async def read_all_of(reader: WalReader) -> list[int]:
-    """Every record number ``reader`` can read now, without acknowledging."""
-    seen: list[int] = []
-    while reader.has_unread:
-        batch = await reader.read()
-        assert batch is not None
-        seen.extend(numbers(batch))
-    return seen
 
 
 @pytest.mark.parametrize("through_proc", [False, True], ids=["path", "proc-fd"])
