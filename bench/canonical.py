@@ -15,7 +15,7 @@ machine's speed swings (large on these machines) out of the ratio. The ratio ``j
 limit`` is the figure to watch (target 0.8 or better); absolute rates swing with machine noise.
 
 Figures (200,000 events, 100 agents, chunks of 2,000, best of 5 runs per chunk; one core of the
-development VM, which is about twice as slow as the NOTES.md machine), two consecutive runs::
+development VM, which is about twice as slow as a reference workstation), two consecutive runs::
 
     jcs     166,424 ev/s  6.01 us/ev      158,940 ev/s  6.29 us/ev
     limit   210,544 ev/s  4.75 us/ev      208,732 ev/s  4.79 us/ev
