@@ -64,6 +64,7 @@ async def test_events_reach_the_archive_in_order_with_unique_ids(
     assert metrics["wal"]["dropped_full"] == 0
     assert metrics["sink"]["archive"]["events"] == 1500
     assert metrics["sink"]["archive"]["lag_bytes"] == 0
+    assert "health" not in metrics  # every component ok, even as it stops
 
 
 async def test_sink_inputs_select_sources(tmp_path: Path, logs: LogCapture) -> None:

@@ -70,4 +70,4 @@ class Source(Protocol):
         """Count into ``registry`` from now on, and tell it this source's health."""
 
     def health(self) -> Health:
-        """``ok`` while listening; ``failing`` before; ``degraded`` once stopping."""
+        """``ok`` while listening and once stopping; ``failing`` before it listens."""

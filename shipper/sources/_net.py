@@ -729,9 +729,10 @@ class FramedSource:
         registry.health(f"source.{self.id}", self.health)
 
     def health(self) -> Health:
-        """``ok`` while listening; ``failing`` until it listens; ``degraded`` once stopping."""
+        """``ok`` while listening, and once stopping (asked to: the reason says so); ``failing``
+        until it listens."""
         if self.stopping:
-            return Health("degraded", "stopping")
+            return Health("ok", "stopping")
         if not self.listening:
             return Health("failing", "not listening")
         return Health()

@@ -287,7 +287,7 @@ async def test_connections_past_max_connections_are_refused() -> None:
 
 async def test_counts_and_health_go_to_the_registry_it_is_given() -> None:
     """A source counts into the registry it is given (what it counted before comes along), and
-    its health is failing until it listens, ok while it does, degraded once it stops."""
+    its health is failing until it listens, ok while it does, and ok, saying so, once it stops."""
     source, receive = make_source()
     await feed(source, [RECORD + b"\n"])
     registry = Registry()
@@ -305,5 +305,9 @@ async def test_counts_and_health_go_to_the_registry_it_is_given() -> None:
     snapshot = registry.snapshot()
     assert value(snapshot, "source_events", "agents") == 3
     assert value(snapshot, "source_connections_accepted", "agents") == 1
-    assert snapshot["health"]["source.agents"]["status"] == "degraded"
+    assert snapshot["health"]["source.agents"] == {
+        "status": "ok",
+        "reason": "stopping",
+        "since": 0.0,
+    }
     assert len(drain(receive)) == 3
