@@ -170,6 +170,7 @@ class Topology:
             lag.labels(slot.driver.id).observe(partial(self._lag, slot.driver.id))
 
     def _lag(self, sink_id: str) -> int:
+        """Bytes in the WAL that sink has not acknowledged (0 before the WAL is open)."""
         return self.wal.lag_bytes(sink_id) if sink_id in self.wal.readers else 0
 
     async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Listening]]]) -> None:
@@ -232,10 +233,7 @@ class Topology:
 
     def pending(self) -> dict[str, int]:
         """Per sink, bytes in the WAL not yet acknowledged (they wait for the next start)."""
-        return {
-            slot.driver.id: self.wal.lag_bytes(self.wal.readers[slot.driver.id])
-            for slot in self.sinks
-        }
+        return {slot.driver.id: self._lag(slot.driver.id) for slot in self.sinks}
 
     async def _write(self) -> None:
         """Verify and append every batch from the sources; close the WAL when they are done."""
