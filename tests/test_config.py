@@ -360,6 +360,18 @@ def test_required_key_missing_is_reported(key: str, table: str) -> None:
     assert _problems(raw) == [f"{table}.{name}.{key}: required key is missing"]
 
 
+@pytest.mark.parametrize(("table", "name"), [("sources", "a"), ("sinks", "out")])
+def test_a_misspelt_type_key_is_named_with_the_key_it_meant(table: str, name: str) -> None:
+    """A table whose ``type`` is spelt ``typ`` is told both that ``type`` is missing and that
+    ``typ`` is unknown, with the suggestion."""
+    raw = copy.deepcopy(MINIMAL)
+    raw[table][name]["typ"] = raw[table][name].pop("type")
+    assert _problems(raw) == [
+        f"{table}.{name}.type: required key is missing",
+        f'{table}.{name}.typ: unknown key (did you mean "type"?)',
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Sizes and durations
 

@@ -185,6 +185,10 @@ class Registry(Generic[C]):
         problem (missing, or not a registered name)."""
         name = table.convert("type", REQUIRED, _as_is, None)
         if name is None:  # missing, or an interpolation problem: reported
+            if not table.has("type"):  # the table is skipped: a misspelt "type" is said here
+                present = table.keys()
+                misspelt = [key for key in present if did_you_mean(key, ["type"])]
+                table.refuse(misspelt, 'unknown key (did you mean "type"?)')
             return None
         cls = self.get(name) if isinstance(name, str) else None
         if cls is None:
