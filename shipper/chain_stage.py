@@ -175,9 +175,11 @@ def wal_envelopes(
     (None: the oldest) up to ``end`` (None: all it has accepted), in order, read as a sink reads
     them (a ``WalReader`` without a cursor): damaged records are stepped over and logged.
 
-    ``state``: a fixed view of the WAL (``published.recovered``). By default the reader goes by
-    what the WAL's writer published; for a WAL whose writer never did (one that no shipper of
-    this version opened), by what recovery finds (changing nothing).
+    ``state``: a fixed view of the WAL: the writer's own (``Wal.state``: the daemon replays by
+    what it knows, not by what it managed to publish, which a full disk can stop), or what
+    recovery finds (``published.recovered``). By default the reader goes by what the WAL's
+    writer published; for a WAL whose writer never did (one that no shipper of this version
+    opened), by what recovery finds (changing nothing).
     """
     if state is None and not (wal_dir / HEAD_FILE).exists():
         state = recovered(recover(wal_dir, [], repair=False))
@@ -263,18 +265,27 @@ class ChainStage:
 
     # --- start: checkpoint and replay -----------------------------------------------------------
 
-    def rebuilt(self, wal_dir: Path, epoch: str, end: Position) -> Verifier:
+    def rebuilt(
+        self, wal_dir: Path, epoch: str, end: Position, state: State | None = None
+    ) -> Verifier:
         """The verifier as it was at ``end`` of the WAL: the checkpoint, then the WAL after it up
         to ``end`` (blocking: a worker thread; this stage is not touched). The writer's way back
-        when the WAL refused batches this stage had verified already: it verifies them again."""
+        when the WAL refused batches this stage had verified already: it verifies them again.
+        ``state``: the WAL as its writer knows it (``Wal.state``; see ``wal_envelopes``)."""
         stage = ChainStage(self.config, self.data_dir)
-        stage.load(wal_dir, epoch, end)
+        stage.load(wal_dir, epoch, end, state)
         return stage.verifier
 
-    def load(self, wal_dir: Path, epoch: str, end: Position | None = None) -> None:
+    def load(
+        self,
+        wal_dir: Path,
+        epoch: str,
+        end: Position | None = None,
+        state: State | None = None,
+    ) -> None:
         """Restore the state: the checkpoint, then the WAL after it, up to ``end`` if given
         (blocking; before serving)."""
-        self.load_from(read_checkpoint(self.data_dir), wal_dir, epoch, end)
+        self.load_from(read_checkpoint(self.data_dir), wal_dir, epoch, end, state)
 
     def load_from(
         self,
@@ -282,6 +293,7 @@ class ChainStage:
         wal_dir: Path,
         epoch: str,
         end: Position | None = None,
+        state: State | None = None,
     ) -> None:
         """``load`` from a checkpoint already read (``read_checkpoint``): the daemon reads it
         before the WAL opens, as its epoch is the best evidence of the WAL's should ``wal/epoch``
@@ -305,7 +317,7 @@ class ChainStage:
                     detail="the WAL was replaced; its whole content is replayed",
                 )
         replayed = mismatched = failed = 0
-        for position, envelope in wal_envelopes(wal_dir, start, end):
+        for position, envelope in wal_envelopes(wal_dir, start, end, state):
             try:
                 parsed = orjson.loads(envelope)
                 stored = parsed.get("chain")

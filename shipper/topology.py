@@ -183,8 +183,9 @@ class Topology:
                 # The checkpoint's epoch is the best evidence of the WAL's, if wal/epoch is lost.
                 hint = found.epoch if isinstance(found, Checkpoint) else None
                 await trio.to_thread.run_sync(self.wal.open, readers, hint)
+                wal = self.wal
                 await trio.to_thread.run_sync(
-                    self.chain.load_from, found, self.wal.directory, self.wal.epoch
+                    self.chain.load_from, found, wal.directory, wal.epoch, None, wal.state()
                 )
             except OSError as exc:
                 where = f": {exc.filename}" if exc.filename else ""
@@ -460,7 +461,7 @@ class Topology:
             if not again:
                 return
             verifier = await trio.to_thread.run_sync(
-                self.chain.rebuilt, wal.directory, wal.epoch, wal.committed
+                self.chain.rebuilt, wal.directory, wal.epoch, wal.committed, wal.state()
             )
         self.chain.verifier = verifier
         self.chain.counters = again[0].counters  # as they were before the first refused batch

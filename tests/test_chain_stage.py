@@ -15,6 +15,8 @@ import trio
 
 from shipper.buffer import record as record_module
 from shipper.buffer import wal as wal_module
+from shipper.buffer.config import BufferConfig
+from shipper.buffer.published import HEAD_FILE
 from shipper.buffer.segment import Position, segment_name
 from shipper.buffer.segment import header as segment_header
 from shipper.chain import Verifier
@@ -28,6 +30,7 @@ from shipper.chain_stage import (
 )
 from shipper.config import Address, parse_config
 from shipper.events import Event
+from shipper.events import envelopes as make_envelopes
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.topology import Topology
 from tests.buffer.test_wal import read_all
@@ -478,3 +481,31 @@ def test_replay_steps_over_a_checksummed_record_that_holds_no_entries(
     assert replayed.counters["replayed"] == 2
     assert replayed.verifier.agents[AGENT].last_sequence == 2
     assert logs.entries("chain_replay_skipped_record")
+
+
+async def test_the_writer_replays_by_what_it_knows_when_publishing_failed(tmp_path: Path) -> None:
+    """When the WAL's published head is unreadable (its write failed on a full disk), the
+    chain state rebuilt from the writer's own view still replays every accepted record; the
+    published files alone would replay none."""
+    wal_dir = tmp_path / "var" / "wal"
+    wal = wal_module.Wal(wal_dir, BufferConfig(), envelopes=make_envelopes)
+    wal.open({CHAIN_CURSOR: None})
+    entries = [
+        b"agents\0"
+        + Event(
+            "2026-11-23T00:00:00.000000Z",
+            SOURCE,
+            AGENT,
+            orjson.dumps(record),
+            chain={"status": "genesis" if record["sequence"] == 1 else "ok"},
+        ).encode_without_id()
+        for record in chain(3)
+    ]
+    assert await wal.append(entries)
+    (wal_dir / HEAD_FILE).write_bytes(b"")  # as a head write cut short by ENOSPC leaves it
+    known = stage(tmp_path).rebuilt(wal_dir, wal.epoch, wal.committed, wal.state())
+    assert known.agents[AGENT].last_sequence == 3
+    published_only = stage(tmp_path).rebuilt(wal_dir, wal.epoch, wal.committed)
+    assert AGENT not in published_only.agents
+    await wal.close()
+    wal.release()

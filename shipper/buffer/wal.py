@@ -59,7 +59,7 @@ import trio
 from shipper.buffer import cursor as cursors
 from shipper.buffer import record as records
 from shipper.buffer.config import BufferConfig
-from shipper.buffer.published import Publisher
+from shipper.buffer.published import Head, Layout, Publisher, State
 from shipper.buffer.reader import READ_BYTES as READ_BYTES
 from shipper.buffer.reader import ReadBatch as ReadBatch
 from shipper.buffer.reader import Shape
@@ -917,6 +917,15 @@ class Wal:
         return fd, active, [first] if first is not None and first != fd else []
 
     # --- readers and deletion -----------------------------------------------------------------
+
+    def state(self) -> State:
+        """What this writer's readers may read, from its memory: the state it publishes, whether
+        or not publishing succeeded (for readers in its own process, such as the chain replay)."""
+        active = self._active
+        segments = {n: None if n == active else self._sizes[n] for n in sorted(self._sizes)}
+        skips = {n: list(ranges) for n, ranges in self._skips.items()}
+        layout = Layout(self._layout, self.epoch, segments, skips)
+        return State(Head(self.committed, self._layout, self._closed), layout)
 
     def _publish_layout(self, *, best_effort: bool = False) -> None:
         """Publish the segments and where each left one ends (``shipper.buffer.published``);
