@@ -237,7 +237,6 @@ CHAIN_COUNTERS: dict[str, str] = {
     "replayed": "WAL events replayed at start",
     "replay_errors": "WAL events that could not be replayed",
     "replay_mismatches": "Replayed events whose stored verdict differs from the replay's",
-    "corrupt_bytes": "Damaged WAL bytes stepped over while replaying",
 }
 
 

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Final
 import orjson
 from crc32c import crc32c
 
-from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, read_object
+from shipper.buffer.segment import Position, read_object
 
 if TYPE_CHECKING:
     from shipper.buffer.recovery import Report
@@ -96,11 +96,6 @@ class Layout:
     #: Segment number -> readable bytes once left (None: the one being written), in order.
     segments: dict[int, int | None]
     skips: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-
-    @property
-    def oldest(self) -> Position:
-        first = min(self.segments, default=1)
-        return Position(first, SEGMENT_HEADER_SIZE)
 
 
 @dataclass(frozen=True)
