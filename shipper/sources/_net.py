@@ -89,6 +89,8 @@ MALFORMED_LOGS_PER_SECOND: Final = 10
 #: A source logs at most this many `connection_refused` (and `connection_reset_early`) entries a
 #: second (all are counted).
 REFUSAL_LOGS_PER_SECOND: Final = 10
+#: The permissions of a unix socket a source creates, unless its config says otherwise.
+SOCKET_MODE: Final = 0o660
 _ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _RDN_NAMES: Final = {
     "commonName": "CN",
@@ -373,7 +375,7 @@ class StreamServer:
         ssl_context: ssl.SSLContext | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
-        socket_mode: int = 0o660,
+        socket_mode: int = SOCKET_MODE,
         max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         frame_timeout: float = FRAME_TIMEOUT,
@@ -670,7 +672,7 @@ class FramedSource:
         self._malformed_log = Throttle(MALFORMED_LOGS_PER_SECOND)
 
     def _listen(
-        self, address: Listening, config: ListenerConfig, socket_mode: int = 0o660
+        self, address: Listening, config: ListenerConfig, socket_mode: int = SOCKET_MODE
     ) -> StreamServer:
         tls = config.tls
         return StreamServer(

@@ -113,6 +113,7 @@ from shipper.sources._listener import (
     refuse_stream_keys,
 )
 from shipper.sources._net import (
+    SOCKET_MODE,
     FramedSource,
     Framer,
     bind_unix_socket,
@@ -159,7 +160,7 @@ class SyslogSourceConfig(ListenerConfig):
     max_message_bytes: int = 64 * 1024
     path: Path | None = None
     socket_type: UnixSocketType = "datagram"
-    socket_mode: int = 0o660
+    socket_mode: int = SOCKET_MODE
     receive_buffer: int | None = None
     burst_events: int = BURST_EVENTS
     burst_bytes: int = BURST_BYTES
@@ -231,7 +232,12 @@ def _read_listener(
     if mode != "unix":
         unix_keys = ("path", "socket_type", "socket_mode")
         table.refuse(unix_keys, f'expected only with mode = "unix", got mode = "{mode}"')
-        return table.address("address"), None, SyslogSourceConfig.socket_type, 0o660
+        return (
+            table.address("address"),
+            None,
+            SyslogSourceConfig.socket_type,
+            SyslogSourceConfig.socket_mode,
+        )
     table.refuse(("address",), 'expected only with a network mode, got mode = "unix" (use path)')
     path: Path | None = None
     if not table.has("path"):
