@@ -28,7 +28,7 @@ from shipper.chain_stage import (
     read_checkpoint,
 )
 from shipper.config import Config, load_config
-from shipper.errors import ConfigError, DataDirError, ListenError
+from shipper.errors import ConfigError, DataDirError, ListenError, UnsafeDestination
 from shipper.logging import configure, get_logger
 
 EX_CONFIG = 78
@@ -102,7 +102,7 @@ def cmd_run(path: str) -> int:
     failed = False
     try:
         trio.run(run_daemon, config)
-    except* (ListenError, WalLocked, WalFormatError, DataDirError) as group:
+    except* (ListenError, WalLocked, WalFormatError, DataDirError, UnsafeDestination) as group:
         for leaf in _leaves(group):
             log.error("shipper_failed", error=str(leaf))
         failed = True

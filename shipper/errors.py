@@ -7,7 +7,8 @@
 * ``DestinationRejected``: the destination refused the data for good (a permanent error). Retrying
   the same data never helps; the sink driver puts it in the sink's dead-letter area
   (``shipper.sinks.dead_letter``) with the reason, and goes on.
-* ``ListenError``, ``DataDirError``: an address or the state directory cannot be used; the daemon
+* ``ListenError``, ``DataDirError``, ``UnsafeDestination``: an address, the state directory or a
+  sink's destination cannot be used (safely); the daemon
   does not start until the operator fixes it.
 
 How a sink's errors are retried is decided in one place, ``shipper.retry.RetryPolicy``; a sender
@@ -66,3 +67,9 @@ class DataDirError(ShipperError):
     """The state directory (``data_dir``: the WAL, the chain checkpoint) cannot be used: a file in
     the way, no permission, a read-only, full or failing disk. The operator must fix it; retrying
     helps only once that is done."""
+
+
+class UnsafeDestination(ShipperError):
+    """A sink's destination is reachable but not safe to write to as configured (an S3 bucket
+    without Object Lock when a lock mode is set). The daemon does not start; the operator must
+    fix the destination or the config. Retrying never helps by itself."""

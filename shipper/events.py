@@ -21,7 +21,8 @@ the length in bytes of the whole offending input; ``raw_b64`` holds all of it, o
 
 Alerts are events that shipper raises itself (``alert_event``): their ``source`` is
 ``{"id":"shipper","kind":"alert"}``, their ``record.action`` names the alert
-(``shipper.chain_alert``, ``shipper.identity_alert``), and they have no ``chain``. They go to every
+(``shipper.chain_alert``, ``shipper.identity_alert``, ``shipper.delivery_alert``;
+``shipper.archive_seal`` witnesses an archive's manifest head), and they have no ``chain``. They go to every
 sink, whatever its ``inputs``: in the WAL their route is the empty source id.
 
 In the WAL (``shipper.buffer.entries``) an event is an entry (``entry``): its route, the source
@@ -48,6 +49,8 @@ ALERT_SOURCE_ID: Final = "shipper"
 #: ``record.action`` of the alert for a chain fault, and of the one for an identity mismatch.
 CHAIN_ALERT: Final = "shipper.chain_alert"
 IDENTITY_ALERT: Final = "shipper.identity_alert"
+#: ``record.action`` of the alert for a batch a sink's destination refused for good.
+DELIVERY_ALERT: Final = "shipper.delivery_alert"
 #: How much of an unparseable input a ``malformed`` event keeps (the rest is counted in ``size``).
 MALFORMED_KEEP_BYTES: Final = 4096
 

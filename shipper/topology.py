@@ -58,11 +58,12 @@ from shipper.buffer.segment import Position
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalWriteError
 from shipper.chain_stage import CHAIN_CURSOR, ChainStage, Checkpoint, read_checkpoint
 from shipper.config import Config
-from shipper.errors import DataDirError
+from shipper.errors import DataDirError, DestinationUnavailable
 from shipper.events import Event, Malformed, entry, envelopes, event_bytes, size_of
 from shipper.logging import Throttle, get_logger
 from shipper.metrics import Registry, mirror, summary
 from shipper.retry import Backoff
+from shipper.sinks.base import SinkContext
 from shipper.sinks.driver import SinkDriver
 from shipper.sources import Listening, Source
 
@@ -73,6 +74,10 @@ CHANNEL_BATCHES = 64
 #: ... and bytes (each batch's ``Batch.size``): sources wait while it holds more
 #: (``shipper.budget``).
 CHANNEL_BYTES = 32 * 1024 * 1024
+#: How long the start waits for a sink's destination to answer its safety check.
+CHECK_SECONDS = 10.0
+#: Events raised by sinks that may wait to be forwarded to the writer.
+EMIT_QUEUE = 10_000
 #: The WAL writer gathers queued batches up to this many events per append...
 ROUTE_EVENTS = 4096
 #: ... and about this many bytes (``batch_bytes``); a larger batch is cut into several appends.
@@ -100,6 +105,7 @@ WRITER_COUNTERS: dict[str, str] = {
     "encode_errors": "Events that could not be encoded, archived as malformed (a defect)",
     "write_refusals": "Times the WAL refused batches (they were verified and written again)",
     "requeued_batches": "Batches requeued after the WAL refused them",
+    "emitted_dropped": "Events raised by sinks (seals, alerts) not taken: queue full or stopping",
 }
 
 
@@ -109,6 +115,10 @@ class Topology:
     def __init__(self, config: Config) -> None:
         self.config = config
         ingest_send, self._ingest = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
+        # Events raised by sinks (archive seals, delivery alerts): queued without blocking, and
+        # forwarded into the ingest channel by a task of their own, like a source's.
+        self._emitted, self._emitted_receive = trio.open_memory_channel[Event](EMIT_QUEUE)
+        self._emit_ingest = ingest_send.clone()
         agent_of = config.chain.profile_fields.agent_of
         self.sources: list[Source] = [
             source.build(ingest_send.clone(), agent_of) for source in config.sources.values()
@@ -117,9 +127,10 @@ class Topology:
         self.budget = ByteBudget(CHANNEL_BYTES)
         for running in self.sources:
             running.budget = self.budget
+        context = SinkContext(config.chain.profile_fields, self.emit)
         self.sinks = [
             SinkSlot(
-                SinkDriver(sink.build(), config.data_dir),
+                SinkDriver(sink.build(context), config.data_dir, self.emit),
                 frozenset(sink.inputs) if sink.inputs is not None else None,
             )
             for sink in config.sinks.values()
@@ -145,6 +156,7 @@ class Topology:
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
         self._error_log = Throttle(1)
+        self._emit_log = Throttle(1)
         self.registry = Registry()
         self._register_metrics()
 
@@ -176,6 +188,7 @@ class Topology:
     async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Listening]]]) -> None:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
         try:
+            await self._check_destinations()
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
             readers.update({slot.driver.id: slot.inputs for slot in self.sinks})
             try:
@@ -200,6 +213,7 @@ class Topology:
                     reader = self.wal.readers[slot.driver.id]
                     await nursery.start(slot.driver.run, reader, self.wal.epoch)
                 nursery.start_soon(self._write)
+                nursery.start_soon(self._forward_emitted)
                 nursery.start_soon(self.wal.run)
                 for source in self.sources:
                     self.bound[source.id] = await nursery.start(source.run)
@@ -210,10 +224,52 @@ class Topology:
             self.wal.release()
             self.finished.set()
 
+    async def _check_destinations(self) -> None:
+        """Each sink's ``check_remote``: an unsafe destination stops the start
+        (``UnsafeDestination``); one that cannot be asked now (unreachable, slow) does not, and
+        its events wait in the WAL (the sink checks again when it opens)."""
+        for sink in self.config.sinks.values():
+            with trio.move_on_after(CHECK_SECONDS) as scope:
+                try:
+                    await sink.check_remote()
+                except DestinationUnavailable as exc:
+                    log.warning("sink_check_deferred", sink=sink.id, error=str(exc))
+            if scope.cancelled_caught:
+                log.warning(
+                    "sink_check_deferred", sink=sink.id, error=f"no answer in {CHECK_SECONDS} s"
+                )
+
     def stop(self) -> None:
-        """Phase one of shutdown: sources stop accepting and reading; the rest drains."""
+        """Phase one of shutdown: sources stop accepting and reading, sinks' events are no
+        longer taken; the rest drains."""
         for source in self.sources:
             source.stop()
+        self._emitted.close()
+
+    def emit(self, event: Event) -> bool:
+        """Queue an event a sink raises (an archive seal, a delivery alert) for the WAL, never
+        blocking; False (counted, logged) when it cannot be queued: the queue is full, or the
+        daemon is stopping."""
+        try:
+            self._emitted.send_nowait(event)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.counters["emitted_dropped"] += 1
+            if self._emit_log.allow(trio.current_time()) is not None:
+                log.warning(
+                    "emitted_event_dropped",
+                    record=(event.record_json or b"")[:200].decode(errors="replace"),
+                    dropped=self.counters["emitted_dropped"],
+                )
+            return False
+        return True
+
+    async def _forward_emitted(self) -> None:
+        """Hand the sinks' events to the writer, as a source does (within the byte budget)."""
+        async with self._emit_ingest, self._emitted_receive:
+            async for event in self._emitted_receive:
+                batch = [event]
+                await self.budget.acquire(size_of(batch))
+                await self._emit_ingest.send(batch)
 
     def metrics(self) -> dict[str, Any]:
         """Every component's metrics and the health of those that are not ok, grouped by

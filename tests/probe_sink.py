@@ -13,7 +13,7 @@ from typing import ClassVar
 import trio
 
 from shipper.config import Secret, SinkCommon, SinkConfig, Table, TlsClientConfig
-from shipper.sinks.base import Batch, BatchSettings, SinkBase
+from shipper.sinks.base import Batch, BatchSettings, SinkBase, SinkContext
 
 
 def _no_spaces(value: str) -> None:
@@ -39,7 +39,7 @@ class ProbeSinkConfig(SinkConfig):
         tls = tls_table.tls_client() if tls_table is not None else None
         return cls(**common, capacity=capacity, token=token, tls=tls)
 
-    def build(self) -> ProbeSink:
+    def build(self, context: SinkContext) -> ProbeSink:
         return ProbeSink(self)
 
 

@@ -33,7 +33,8 @@ An entry is one JSON object on one line, LF-ended, keys in this order::
   for the first entry of an epoch), ``covered`` how far after it. An object holds the events of
   one retention class and one key prefix, so a batch from the WAL can become several objects;
   all of a batch's entries but the last have ``covered == after``. Within an epoch each entry's
-  ``after`` equals the previous entry's ``covered``: the ranges are contiguous.
+  ``after`` equals the previous entry's ``covered``: the ranges are contiguous. (``covered`` is
+  null only for a first entry of an epoch that is not the last of its batch.)
 * ``agents``: for each agent with chained events in the object, the sequence and hash of its
   first and last one (in WAL order), so a chain can be followed across objects.
 * ``retention``: the events' retention class, the lock mode (null: the object is not locked),
@@ -132,7 +133,7 @@ class ManifestEntry:
     after: str | None
     first: str
     last: str
-    covered: str
+    covered: str | None
     retention: Retention
     agents: dict[str, AgentSpan] = field(default_factory=dict)
 
@@ -206,7 +207,7 @@ class ManifestEntry:
             after=_optional_str(wal["after"], "wal.after"),
             first=_str(wal["first"], "wal.first"),
             last=_str(wal["last"], "wal.last"),
-            covered=_str(wal["covered"], "wal.covered"),
+            covered=_optional_str(wal["covered"], "wal.covered"),
             retention=Retention(
                 _str(retention["class"], "retention.class"),
                 _optional_str(retention["mode"], "retention.mode"),

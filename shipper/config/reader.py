@@ -335,6 +335,22 @@ class Table:
             return None
         return Table(value, self.key(name), self._problems, self._env)
 
+    def tables(self, name: str) -> list[Table]:
+        """An array of tables (``[[x.name]]``), each as a ``Table`` (``name[0]``, ...); none when
+        absent."""
+        value = self._take(name)
+        if isinstance(value, Missing) or value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            self.problem(
+                name, f"expected an array of tables ([[{self.key(name)}]]), got {show(value)}"
+            )
+            return []
+        return [
+            Table(item, f"{self.key(name)}[{index}]", self._problems, self._env)
+            for index, item in enumerate(value)
+        ]
+
     def subtables(self) -> Iterator[tuple[str, Table]]:
         """Every key of this table, each of which must itself be a table (``[sinks.NAME]``)."""
         for name, value in self._raw.items():

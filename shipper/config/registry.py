@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     from shipper.events import Event
     from shipper.sinks import Sink
+    from shipper.sinks.base import SinkContext
     from shipper.sources import AgentOf, Source
 
 
@@ -114,8 +115,16 @@ class SinkConfig(ABC):
         ``cls(**common, ...)``; None after recording a problem."""
 
     @abstractmethod
-    def build(self) -> Sink:
-        """The runtime sink."""
+    def build(self, context: SinkContext) -> Sink:
+        """The runtime sink, with what it may have of the daemon (``context``)."""
+
+    async def check_remote(self) -> None:
+        """Check the destination is safe to write to, where one can tell before writing (an
+        S3 bucket without Object Lock is not, when a lock mode is configured): raise
+        ``UnsafeDestination`` if it is not, ``DestinationUnavailable`` if it cannot be asked
+        now. The daemon runs it at start and refuses to start on the first; ``shipper validate
+        --check-remote`` runs it too."""
+        return
 
 
 C = TypeVar("C", SourceConfig, SinkConfig)

@@ -32,17 +32,27 @@ Rules a sink keeps:
   may stay (``resume_point`` then says so).
 * ``open`` may be called again after ``close`` (a restart); ``close`` must not raise for a sink
   that was never opened, and is called with cancellation shielded.
+
+What a sink may have of the daemon is its ``SinkContext``, given to its config's ``build``: the
+chain profile (to read the chain fields of records) and ``emit``, which hands an event shipper
+raises itself (an alert, an archive seal) to the WAL, never blocking. Nothing else: a sink runs
+the same in a process of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shipper.buffer.segment import Position
 from shipper.events import ENVELOPE_HEAD
 from shipper.metrics import Health
 from shipper.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from shipper.chain import Profile
+    from shipper.events import Event
 
 _ID_START = len(ENVELOPE_HEAD) + len(b'"id":"')
 
@@ -82,6 +92,20 @@ class BatchSettings:
     def __post_init__(self) -> None:
         if self.max_events < 1 or self.max_bytes < 1 or self.max_age < 0:
             raise ValueError(f"batches must hold something and not age backwards: {self}")
+
+
+def _nowhere(event: Event) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink has of the daemon: the chain ``profile``, and ``emit`` (an event shipper
+    raises, to the WAL; False when it could not be queued, as during shutdown: counted and
+    logged by the daemon, never blocking)."""
+
+    profile: Profile
+    emit: Callable[[Event], bool] = _nowhere
 
 
 class Sink(Protocol):

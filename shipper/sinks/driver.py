@@ -54,6 +54,7 @@ import bisect
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -62,6 +63,7 @@ import trio
 
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import ReadBatch
+from shipper.events import DELIVERY_ALERT, Event, alert_event
 from shipper.logging import get_logger
 from shipper.metrics import CounterSet, Health, Registry, Status
 from shipper.retry import Backoff, Outcome
@@ -85,6 +87,7 @@ SINK_COUNTERS: dict[str, str] = {
 #: Unavailable tries in a row after which a sink's health is ``failing`` rather than
 #: ``degraded``.
 FAILING_AFTER = 5
+_DELIVERY_ALERT_MARK = b'"action":"%s"' % DELIVERY_ALERT.encode()
 _RANK: dict[Status, int] = {"ok": 0, "degraded": 1, "failing": 2}
 
 
@@ -111,8 +114,11 @@ class SinkDriver:
     """Runs one sink: reads its WAL cursor, batches, delivers, retries, dead-letters, restarts,
     acknowledges (see the module docstring)."""
 
-    def __init__(self, sink: Sink, data_dir: Path) -> None:
+    def __init__(
+        self, sink: Sink, data_dir: Path, emit: Callable[[Event], bool] | None = None
+    ) -> None:
         self.sink = sink
+        self._emit = emit
         self.id = sink.id
         self.counters = CounterSet(Registry(), "sink", sink.id, SINK_COUNTERS)
         self.dead_letters = DeadLetters(data_dir, sink.id)
@@ -389,6 +395,25 @@ class SinkDriver:
             last=str(batch.last),
             path=str(path),
         )
+        if self._emit is not None and not all(
+            _DELIVERY_ALERT_MARK in envelope for envelope in batch.envelopes
+        ):  # (an alert about refused alerts only would be refused in turn, without end)
+            self._emit(
+                alert_event(
+                    DELIVERY_ALERT,
+                    None,
+                    {
+                        "severity": "high",
+                        "sink": self.id,
+                        "kind": self.sink.kind,
+                        "reason": reason[:2000],
+                        "events": len(batch.envelopes),
+                        "first": str(batch.first),
+                        "last": str(batch.last),
+                        "dead_letter": path.name,
+                    },
+                )
+            )
 
     async def _close(self) -> None:
         """Close the sink; a defect closing it is logged, never raised."""

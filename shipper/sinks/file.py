@@ -41,7 +41,7 @@ from shipper.buffer.segment import Position, fsync_dir
 from shipper.config import SINK_TYPES, SinkCommon, SinkConfig, Table
 from shipper.errors import DestinationUnavailable
 from shipper.logging import get_logger
-from shipper.sinks.base import Batch, BatchSettings, SinkBase, position_of
+from shipper.sinks.base import Batch, BatchSettings, SinkBase, SinkContext, position_of
 
 
 @SINK_TYPES.register
@@ -61,7 +61,7 @@ class FileSinkConfig(SinkConfig):
             return None
         return cls(**common, path=path, max_file_bytes=max_file_bytes)
 
-    def build(self) -> FileSink:
+    def build(self, context: SinkContext) -> FileSink:
         return FileSink(self)
 
 

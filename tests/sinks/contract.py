@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +20,22 @@ from typing import Any, Protocol
 import orjson
 import trio
 
+from shipper.archive.manifest import MANIFEST_DIR
 from shipper.buffer.config import BufferConfig
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import ReadBatch, Wal, WalReader
+from shipper.chain import SEED
+from shipper.config import parse_config
 from shipper.events import Event, entry, envelopes
 from shipper.metrics import Health
 from shipper.retry import RetryPolicy
-from shipper.sinks.base import Batch, BatchSettings, Sink
+from shipper.sinks.base import Batch, BatchSettings, Sink, SinkContext, position_of
 from shipper.sinks.file import FileSink, FileSinkConfig
 from tests.conftest import archive_lines, tmpfs
+from tests.s3archive import sink_table, sync_client
+from tests.s3server import S3Server
 from tests.sinks.memory import FAST, MemoryDestination, MemorySink
+from tests.tcpproxy import Proxy, proxy_to
 
 SINK = "contract"
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
@@ -130,9 +138,63 @@ def memory_harness(tmp_path: Path) -> Iterator[Harness]:
     yield MemoryHarness()
 
 
+class S3Harness:
+    """The s3 sink on a bucket of the real S3 server, reached through a proxy: unavailable is
+    the network cut. What it holds is read back with a synchronous client."""
+
+    def __init__(self, server: S3Server, proxy: Proxy) -> None:
+        self.server = server
+        self.proxy = proxy
+        self.client = sync_client(server)
+        self.bucket = f"contract-{uuid.uuid4().hex[:16]}"
+        self.client.create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True)
+
+    def sink(self) -> Sink:
+        table = sink_table(self.server, self.bucket, endpoint=self.proxy.url)
+        table["batch"] = {"timeout": "10ms"}
+        source = {"type": "json_tls", "address": "127.0.0.1:0"}
+        config = parse_config({"sources": {"a": source}, "sinks": {SINK: table}}).sinks[SINK]
+        sink = config.build(SinkContext(SEED))
+        sink.retry_policy = FAST
+        return sink
+
+    def held(self) -> list[bytes]:
+        lines: list[bytes] = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        for page in pages:
+            for item in page.get("Contents", []):
+                if item["Key"].startswith(MANIFEST_DIR):
+                    continue
+                data = self.client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+                lines.extend(gzip.decompress(data).splitlines())
+        return sorted(lines, key=lambda line: position_of(line))
+
+    def make_unavailable(self) -> None:
+        self.proxy.cut()
+
+    def make_available(self) -> None:
+        self.proxy.restore()
+
+
+@contextlib.contextmanager
+def s3_harness(tmp_path: Path) -> Iterator[Harness]:
+    server = SERVERS.get("s3")
+    if server is None:
+        raise RuntimeError("the s3 harness needs the s3_server fixture (see test_contract.py)")
+    host, port = server.endpoint.removeprefix("http://").split(":")
+    with proxy_to(host, int(port)) as proxy:
+        yield S3Harness(server, proxy)
+
+
+#: Session servers a harness needs, put here by the harness fixture (``"s3"``: the S3 server).
+SERVERS: dict[str, S3Server] = {}
+#: Which session fixture each harness needs.
+NEEDS: dict[str, str] = {"s3": "s3_server"}
+
 HARNESSES: dict[str, Kind] = {
     "file": Kind(file_harness, can_refuse=False),
     "memory": Kind(memory_harness, can_refuse=True),
+    "s3": Kind(s3_harness, can_refuse=False),
 }
 
 

@@ -12,7 +12,7 @@ from shipper.buffer.segment import Position
 from shipper.config import SinkCommon, SinkConfig, Table
 from shipper.errors import DestinationRejected, DestinationUnavailable
 from shipper.retry import RetryPolicy
-from shipper.sinks.base import Batch, BatchSettings, SinkBase, position_of
+from shipper.sinks.base import Batch, BatchSettings, SinkBase, SinkContext, position_of
 
 #: Retries and restarts within milliseconds, so that tests in real time run fast.
 FAST = RetryPolicy(first=0.01, limit=0.05, restart_first=0.01, restart_limit=0.05)
@@ -126,7 +126,7 @@ class BrokenSinkConfig(SinkConfig):
     def read(cls, table: Table, common: SinkCommon) -> BrokenSinkConfig:
         return cls(**common)
 
-    def build(self) -> BrokenSink:
+    def build(self, context: SinkContext) -> BrokenSink:
         sink = BrokenSink(self.id, FAST)
         self.built.append(sink)
         return sink

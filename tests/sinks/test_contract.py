@@ -15,6 +15,8 @@ from shipper.sinks.driver import SinkDriver
 from tests.conftest import wait_until
 from tests.sinks.contract import (
     HARNESSES,
+    NEEDS,
+    SERVERS,
     SINK,
     CrashAfterDelivery,
     Harness,
@@ -31,6 +33,8 @@ from tests.sinks.contract import (
 @pytest.fixture(params=list(HARNESSES))
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     """Each sink's harness in turn (only those that can refuse, where a test says so)."""
+    if request.param in NEEDS:
+        SERVERS[request.param] = request.getfixturevalue(NEEDS[request.param])
     with HARNESSES[request.param].make(tmp_path) as built:
         yield built
 
