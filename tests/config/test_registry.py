@@ -89,7 +89,11 @@ def test_a_taken_type_name_is_refused() -> None:
             'sources.a.type: expected "json_tls" or "syslog", got "sislog" (did you mean '
             '"syslog"?)',
         ),
-        ("sinks", "fiel", 'sinks.out.type: expected "file" or "s3", got "fiel" (did you mean "file"?)'),
+        (
+            "sinks",
+            "fiel",
+            'sinks.out.type: expected "file" or "s3", got "fiel" (did you mean "file"?)',
+        ),
         ("sinks", 5, 'sinks.out.type: expected "file" or "s3", got 5'),
     ],
 )
