@@ -1,8 +1,9 @@
 """Command line: ``shipper run``, ``validate``, ``buffer``, ``chain`` (see README, "Command line").
 
-Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, damage found by ``buffer
-inspect``, an agent ``chain status --agent`` does not know); 2 usage error; 78 (EX_CONFIG)
-invalid configuration.
+Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, a sink's destination unsafe
+to write to, damage found by ``buffer inspect``, an agent ``chain status --agent`` does not
+know, a destination ``validate --check-remote`` found unsafe or could not ask); 2 usage error;
+78 (EX_CONFIG) invalid configuration.
 """
 
 from __future__ import annotations
@@ -28,10 +29,19 @@ from shipper.chain_stage import (
     read_checkpoint,
 )
 from shipper.config import Config, load_config
-from shipper.errors import ConfigError, DataDirError, ListenError, UnsafeDestination
+from shipper.errors import (
+    ConfigError,
+    DataDirError,
+    DestinationRejected,
+    DestinationUnavailable,
+    ListenError,
+    UnsafeDestination,
+)
 from shipper.logging import configure, get_logger
 
 EX_CONFIG = 78
+#: How long ``validate --check-remote`` waits for each destination.
+REMOTE_CHECK_SECONDS = 20.0
 DEFAULT_CONFIG = "config/shipper.toml"
 
 log = get_logger("shipper.cli")
@@ -47,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     validate = commands.add_parser("validate", help="check a config file; exit 0 ok, 78 invalid")
     validate.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+    validate.add_argument(
+        "--check-remote",
+        action="store_true",
+        help="also ask each sink's destination whether it is safe to write to (an S3 bucket "
+        "without Object Lock is not, with a lock mode set); exit 1 if one is not, or cannot "
+        "be asked",
+    )
     buffer = commands.add_parser("buffer", help="WAL health: inspect (read-only) or repair")
     buffer.add_argument("action", choices=["inspect", "repair"])
     buffer.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
@@ -74,12 +91,38 @@ def _print_problems(path: str, error: ConfigError) -> None:
         print(f"{path}: {problem}", file=sys.stderr)
 
 
-def cmd_validate(path: str) -> int:
+def cmd_validate(path: str, check_remote: bool = False) -> int:
     config = _load(path)
     if config is None:
         return EX_CONFIG
     print(f"{path}: ok ({len(config.sources)} sources, {len(config.sinks)} sinks)")
+    if check_remote:
+        return trio.run(_check_remote, config)
     return 0
+
+
+async def _check_remote(config: Config) -> int:
+    """Each sink's ``check_remote``, one line per sink; 1 if any is unsafe or cannot be asked."""
+    failed = False
+    for sink in config.sinks.values():
+        try:
+            with trio.fail_after(REMOTE_CHECK_SECONDS):
+                await sink.check_remote()
+        except UnsafeDestination as exc:
+            print(f"sinks.{sink.id}: unsafe: {exc}", file=sys.stderr)
+            failed = True
+        except (DestinationUnavailable, DestinationRejected) as exc:
+            print(f"sinks.{sink.id}: could not check: {exc}", file=sys.stderr)
+            failed = True
+        except trio.TooSlowError:
+            print(
+                f"sinks.{sink.id}: could not check: no answer in {REMOTE_CHECK_SECONDS:g} s",
+                file=sys.stderr,
+            )
+            failed = True
+        else:
+            print(f"sinks.{sink.id}: ok")
+    return 1 if failed else 0
 
 
 def cmd_run(path: str) -> int:
@@ -243,7 +286,7 @@ def cmd_chain_status(path: str, agent: str | None, as_json: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
-        return cmd_validate(args.config)
+        return cmd_validate(args.config, args.check_remote)
     if args.command == "buffer":
         return cmd_buffer(args.config, args.action, args.json)
     if args.command == "chain":

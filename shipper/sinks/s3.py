@@ -75,6 +75,7 @@ from shipper.archive.retention import DEFAULT_CLASS, Classes, Period, Rule
 from shipper.buffer.segment import Position
 from shipper.chain import Profile
 from shipper.config import SINK_TYPES, SinkCommon, SinkConfig, Table
+from shipper.config.reader import show
 from shipper.config.values import Secret, literal_values
 from shipper.errors import UnsafeDestination
 from shipper.events import ALERT_SOURCE_ID, alert_event, utc_timestamp
@@ -149,10 +150,12 @@ class S3SinkConfig(SinkConfig):
         before = table.problem_count
         bucket = table.string("bucket")
         if bucket and not _BUCKET_RE.fullmatch(bucket):
-            table.problem("bucket", f"expected an S3 bucket name, got {bucket!r}")
+            table.problem("bucket", f"expected an S3 bucket name, got {show(bucket)}")
         prefix = table.string("prefix", "")
         if prefix.startswith("/"):
-            table.problem("prefix", f"expected a key prefix without a leading '/', got {prefix!r}")
+            table.problem(
+                "prefix", f"expected a key prefix without a leading '/', got {show(prefix)}"
+            )
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         key_prefix = table.string("key_prefix", DEFAULT_KEY_PREFIX)
@@ -164,10 +167,10 @@ class S3SinkConfig(SinkConfig):
                     + ", ".join(f"{{{{{p}}}}}" for p in PLACEHOLDERS),
                 )
         if key_prefix.startswith("/") or "{" in _PLACEHOLDER_RE.sub("", key_prefix):
-            table.problem("key_prefix", f"expected a key template, got {key_prefix!r}")
+            table.problem("key_prefix", f"expected a key template, got {show(key_prefix)}")
         endpoint = table.string("endpoint", "") or None
         if endpoint is not None and not re.match(r"https?://", endpoint):
-            table.problem("endpoint", f"expected an http:// or https:// URL, got {endpoint!r}")
+            table.problem("endpoint", f"expected an http:// or https:// URL, got {show(endpoint)}")
         region = table.string("region", cls.region)
         access_key_id = table.secret("access_key_id", None)
         secret_access_key = table.secret("secret_access_key", None)
@@ -268,7 +271,9 @@ def _read_classes(table: Table, lock: ObjectLock | None) -> Classes | None:
         for rule_table in retention.tables("rules"):
             rule = _read_rule(rule_table)
             if rule is not None and rule.cls not in periods and classes_table is not None:
-                rule_table.problem("class", f"no such class in {classes_table.path}: {rule.cls!r}")
+                rule_table.problem(
+                    "class", f"no such class in {classes_table.path}, got {show(rule.cls)}"
+                )
             elif rule is not None:
                 rules.append(rule)
             rule_table.finish()
@@ -323,7 +328,7 @@ def _one_or_many(table: Table, name: str) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return tuple(value)
-    table.problem(name, f"expected a string or a list of strings, got {value!r}")
+    table.problem(name, f"expected a string or a list of strings, got {show(value)}")
     return ()
 
 

@@ -18,8 +18,10 @@ from shipper.chain import SEED
 from shipper.config import parse_config
 from shipper.errors import UnsafeDestination
 from shipper.shutdown import Shutdown, run_daemon
+from tests.conftest import free_port
 from tests.s3archive import data_objects, manifests, new_bucket, read_bucket, sink_table
 from tests.s3server import S3Server
+from tests.test_cli import shipper, write_config
 
 
 def chained(agent: str, first: int, count: int) -> list[bytes]:
@@ -138,3 +140,75 @@ async def test_the_daemon_refuses_to_start_against_a_bucket_without_object_lock(
         pytest.RaisesExc(UnsafeDestination, match="no Object Lock"), flatten_subgroups=True
     ):
         await run_daemon(config, Shutdown())
+
+
+async def test_retention_classes_split_objects_and_lock_each_for_its_class(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """Events a rule puts in a longer class land in objects of their own, locked for that
+    class's days; the others are locked for the default's; manifest entries, which every class
+    needs, are locked for the longest."""
+    bucket = await new_bucket(s3_server)
+    table = sink_table(s3_server, bucket)
+    del table["object_lock"]["retention_days"]
+    table["retention"] = {
+        "classes": {"default": 1, "long": "3d"},
+        "rules": [{"class": "long", "agent": "long-*"}],
+    }
+    raw = daemon_config(tmp_path, {"s3": table})
+    lines = [
+        line
+        for pair in zip(chained("long-a", 1, 20), chained("short-a", 1, 20), strict=True)
+        for line in pair
+    ]
+    now = datetime.now(UTC)
+    await send_and_stop(raw, lines, archived(s3_server, bucket, "", 40))
+    stored = await read_bucket(s3_server, bucket)
+    objects = data_objects(stored)
+    by_class: dict[str, set[str]] = {}
+    for entry in manifests(stored):
+        obj = objects[entry.key]
+        agents = {orjson.loads(line).get("agent") for line in obj.lines}
+        by_class.setdefault(entry.retention.cls, set()).update(agents)
+        days = 3 if entry.retention.cls == "long" else 1
+        assert obj.retain_until is not None
+        assert abs(obj.retain_until - (now + timedelta(days=days))) < timedelta(minutes=2)
+        assert entry.key.endswith(f"-{entry.retention.cls}.jsonl.gz")
+    assert by_class["long"] == {"long-a"}
+    assert "long-a" not in by_class["default"]
+    assert "short-a" in by_class["default"]
+    for key, obj in stored.items():
+        if key.startswith("manifests/"):
+            assert obj.mode == "COMPLIANCE"
+            assert obj.retain_until is not None
+            assert abs(obj.retain_until - (now + timedelta(days=3))) < timedelta(minutes=2)
+
+
+def test_validate_check_remote_says_which_destination_is_unsafe(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """``shipper validate --check-remote`` exits 0 for a bucket with Object Lock, and 1 naming
+    the sink for one without it or an endpoint where nothing answers."""
+    locked = trio.run(new_bucket, s3_server)
+    plain = trio.run(new_bucket, s3_server, False)
+    sinks = {
+        "locked": sink_table(s3_server, locked),
+        "plain": sink_table(s3_server, plain),
+    }
+    good = write_config(
+        tmp_path / "good.toml", daemon_config(tmp_path, {"locked": sinks["locked"]})
+    )
+    result = shipper("validate", "--check-remote", "-c", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "sinks.locked: ok" in result.stdout
+    bad = write_config(tmp_path / "bad.toml", daemon_config(tmp_path, sinks))
+    result = shipper("validate", "--check-remote", "-c", str(bad))
+    assert result.returncode == 1
+    assert "sinks.locked: ok" in result.stdout
+    assert f"sinks.plain: unsafe: sink plain: bucket {plain} has no Object Lock" in result.stderr
+    gone = sink_table(s3_server, locked, endpoint=f"http://127.0.0.1:{free_port()}")
+    away = write_config(tmp_path / "away.toml", daemon_config(tmp_path, {"away": gone}))
+    result = shipper("validate", "--check-remote", "-c", str(away))
+    assert result.returncode == 1
+    assert "sinks.away: could not check" in result.stderr
+    assert shipper("validate", "-c", str(bad)).returncode == 0  # without the flag: no remote
