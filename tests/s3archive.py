@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import zstandard
+
 from shipper.archive.manifest import MANIFEST_DIR, ManifestEntry
 from shipper.config.values import Secret
 from shipper.s3 import S3Settings, open_client, translated
@@ -68,10 +70,15 @@ class Stored:
     data: bytes
     mode: str | None
     retain_until: datetime | None
+    head: dict[str, Any]
 
     @property
     def lines(self) -> list[bytes]:
-        data = gzip.decompress(self.data) if self.key.endswith(".gz") else self.data
+        data = self.data
+        if self.key.endswith(".gz"):
+            data = gzip.decompress(data)
+        elif self.key.endswith(".zst"):
+            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
         return data.splitlines()
 
 
@@ -91,6 +98,7 @@ async def read_bucket(server: S3Server, bucket: str) -> dict[str, Stored]:
                         data,
                         answer.get("ObjectLockMode"),
                         answer.get("ObjectLockRetainUntilDate"),
+                        {k: v for k, v in answer.items() if k not in ("Body", "ResponseMetadata")},
                     )
     return out
 

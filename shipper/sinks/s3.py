@@ -26,7 +26,8 @@ Rules:
   and a retain-until date of now plus the class's period (and ``legal_hold``, SSE and
   ``storage_class`` when configured).
 * **Every object is sealed.** After its object, the sink writes its manifest entry, locked until
-  the longest class's period ends (every class's objects need the manifest). The entry's hash is
+  the longest class's period ends, and held like the data with ``legal_hold`` (every class's
+  objects need the manifest). The entry's hash is
   the archive's new head; the sink emits it as a ``shipper.archive_seal`` event into the WAL,
   so that every sink (the SIEM, the webhooks, this archive) holds a witness of it, except for
   objects that hold nothing but seals (that would never end), and once more at each start.
@@ -685,6 +686,8 @@ class S3Sink(SinkBase):
             extra["ObjectLockRetainUntilDate"] = config.classes.longest_after(
                 datetime.now(UTC).replace(microsecond=0)
             )
+            if config.legal_hold:
+                extra["ObjectLockLegalHoldStatus"] = "ON"
         self._common_put_args(extra)
         try:
             with translated(f"storing manifest entry {key} in bucket {config.bucket}"):

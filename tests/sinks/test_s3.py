@@ -212,3 +212,38 @@ def test_validate_check_remote_says_which_destination_is_unsafe(
     assert result.returncode == 1
     assert "sinks.away: could not check" in result.stderr
     assert shipper("validate", "-c", str(bad)).returncode == 0  # without the flag: no remote
+
+
+async def test_legal_hold_encryption_storage_class_and_zstd_reach_every_object(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """With legal_hold, sse, storage_class and zstd configured, every object (data and
+    manifest) carries the hold, the encryption and the class, and data objects are zstd JSON
+    lines under a key prefix rendered from the source and the agent."""
+    bucket = await new_bucket(s3_server)
+    table = sink_table(
+        s3_server,
+        bucket,
+        legal_hold=True,
+        sse="AES256",
+        storage_class="STANDARD_IA",
+        compression="zstd",
+        key_prefix="{{source}}/{{agent}}/{{year}}{{month}}{{day}}T{{hour}}/",
+    )
+    await send_and_stop(
+        daemon_config(tmp_path, {"s3": table}),
+        chained("agent/with odd:chars", 1, 5),
+        archived(s3_server, bucket, "", 5),
+    )
+    stored = await read_bucket(s3_server, bucket)
+    for obj in stored.values():
+        assert obj.head["ObjectLockLegalHoldStatus"] == "ON"
+        assert obj.head["ServerSideEncryption"] == "AES256"
+        assert obj.head["StorageClass"] == "STANDARD_IA"
+    objects = data_objects(stored)
+    agents = [key for key in objects if key.startswith("agents/agent_with_odd_chars/")]
+    assert agents
+    assert all(key.endswith("-default.jsonl.zst") for key in agents)
+    events = events_of(objects)
+    assert [e["record"]["sequence"] for e in events if e.get("agent")] == [1, 2, 3, 4, 5]
+    assert {entry.compression for entry in manifests(stored)} == {"zstd"}
