@@ -13,7 +13,7 @@ import trio.testing
 from shipper.buffer.config import BufferConfig
 from shipper.buffer.wal import Wal
 from shipper.config import SINK_TYPES, parse_config
-from shipper.events import envelopes
+from shipper.events import Event, entry, envelopes
 from shipper.metrics import Health
 from shipper.retry import Outcome, RetryPolicy
 from shipper.shutdown import Shutdown, run_daemon
@@ -341,3 +341,41 @@ async def test_reads_with_nothing_for_the_sink_are_acknowledged_at_once(tmp_path
         await wal.close()
     assert sink.opens == 0
     assert reader.acks == [wal.committed]
+
+
+async def test_a_dead_lettered_batch_raises_an_alert_but_refused_alerts_raise_none(
+    tmp_path: Path,
+) -> None:
+    """A refused batch raises one ``shipper.delivery_alert`` naming the sink, the reason and the
+    dead-letter file; a refused batch made only of such alerts raises none (no loop)."""
+    destination = MemoryDestination()
+    destination.poison = b"poison"
+    emitted: list[Event] = []
+
+    def emit(event: Event) -> bool:
+        emitted.append(event)
+        return True
+
+    wal = open_wal(tmp_path / "wal")
+    await wal.append(entries(1, 3, tag="poison"))
+    await wal.close()
+    driver = SinkDriver(MemorySink("contract", destination), tmp_path, emit)
+    await driver.run(wal.readers["contract"], wal.epoch)
+    (alert,) = emitted
+    record = orjson.loads(alert.record_json or b"")
+    assert alert.alert
+    assert record["action"] == "shipper.delivery_alert"
+    assert record["sink"] == "contract"
+    assert record["events"] == 3
+    assert "poison" in record["reason"]
+    (letters,) = (tmp_path / "dead_letter" / "contract").iterdir()
+    assert record["dead_letter"] == letters.name
+
+    wal = open_wal(tmp_path / "wal2")
+    await wal.append([entry(alert)])
+    await wal.close()
+    destination.poison = b"delivery_alert"
+    again = SinkDriver(MemorySink("contract", destination), tmp_path / "2", emit)
+    await again.run(wal.readers["contract"], wal.epoch)
+    assert again.counters["dead_letters"] == 1
+    assert len(emitted) == 1
