@@ -18,9 +18,10 @@ from shipper.chain import SEED
 from shipper.config import parse_config
 from shipper.errors import UnsafeDestination
 from shipper.shutdown import Shutdown, run_daemon
-from tests.conftest import free_port
+from tests.conftest import LogCapture, free_port, wait_until
 from tests.s3archive import data_objects, manifests, new_bucket, read_bucket, sink_table
 from tests.s3server import S3Server
+from tests.tcpproxy import proxy_to
 from tests.test_cli import shipper, write_config
 
 
@@ -247,3 +248,31 @@ async def test_legal_hold_encryption_storage_class_and_zstd_reach_every_object(
     events = events_of(objects)
     assert [e["record"]["sequence"] for e in events if e.get("agent")] == [1, 2, 3, 4, 5]
     assert {entry.compression for entry in manifests(stored)} == {"zstd"}
+
+
+async def test_an_unreachable_endpoint_at_start_does_not_stop_the_daemon(
+    tmp_path: Path, s3_server: S3Server, logs: LogCapture
+) -> None:
+    """With its S3 endpoint unreachable at start, the daemon starts anyway (the lock check is
+    deferred), takes events into the WAL, and archives them all once the network is back."""
+    bucket = await new_bucket(s3_server)
+    host, port = s3_server.endpoint.removeprefix("http://").split(":")
+    with proxy_to(host, int(port)) as proxy:
+        proxy.cut()
+        table = sink_table(s3_server, bucket, endpoint=proxy.url)
+        config = parse_config(daemon_config(tmp_path, {"s3": table}))
+        shutdown = Shutdown()
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(run_daemon, config, shutdown)
+            (deferred,) = logs.entries("sink_check_deferred")
+            assert deferred["sink"] == "s3"
+            address = bound["agents"][0]
+            async with await trio.open_tcp_stream(address.host, address.port) as stream:
+                await stream.send_all(b"".join(chained("agent-a", 1, 10)))
+            await wait_until(lambda: len(logs.entries("sink_open_failed")) >= 2)
+            assert not await read_bucket(s3_server, bucket)
+            proxy.restore()
+            await archived(s3_server, bucket, "", 10)()
+            shutdown.request("test")
+    events = events_of(data_objects(await read_bucket(s3_server, bucket)))
+    assert [e["record"]["sequence"] for e in events if e.get("agent")] == list(range(1, 11))
