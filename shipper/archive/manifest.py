@@ -32,9 +32,10 @@ An entry is one JSON object on one line, LF-ended, keys in this order::
   sink's progress: ``after`` is how far the sink had archived everything before this entry (null
   for the first entry of an epoch), ``covered`` how far after it. An object holds the events of
   one retention class and one key prefix, so a batch from the WAL can become several objects;
-  all of a batch's entries but the last have ``covered == after``. Within an epoch each entry's
-  ``after`` equals the previous entry's ``covered``: the ranges are contiguous. (``covered`` is
-  null only for a first entry of an epoch that is not the last of its batch.)
+  all of a batch's entries but the last have ``covered == after`` (the last too while objects of
+  a batch cut short earlier hold events after it). Within an epoch each entry's ``after`` equals
+  the previous entry's ``covered``: the ranges are contiguous. (``covered`` is null only for
+  entries before the first that covers part of the epoch.)
 * ``agents``: for each agent with chained events in the object, the sequence and hash of its
   first and last one (in WAL order), so a chain can be followed across objects.
 * ``retention``: the events' retention class, the lock mode (null: the object is not locked),

@@ -37,9 +37,10 @@ Rules:
   search of entry keys, so a long archive costs a few dozen HEAD requests), and from it the head
   and how far the archive covers the WAL (``resume_point``: the driver leaves out what it
   holds). Entries of a batch cut short by a crash or a failure (``covered == after``) name
-  objects whose events the sink reads back and leaves out when the WAL offers them again; an
-  object stored without its entry (a crash between the two) is found by its key (412) and
-  sealed then.
+  objects whose events the sink reads back and leaves out when the WAL offers them again (and
+  while some of those events lie after a batch, that batch's entries are cut short too, even
+  when the batches after a restart are smaller); an object stored without its entry (a crash
+  between the two) is found by its key (412) and sealed then.
 * **Errors.** Retried with capped exponential backoff (``shipper.sinks.driver``): 5xx,
   throttling, timeouts, no connection (``shipper.s3.S3Unavailable``), and a manifest seq taken by
   another writer (the sink reads the newest entry again). Refused for good, to the dead-letter
@@ -70,6 +71,7 @@ from shipper.archive.manifest import (
     ManifestEntry,
     Retention,
     entry_hash,
+    id_key,
     manifest_key,
 )
 from shipper.archive.retention import DEFAULT_CLASS, Classes, Period, Rule
@@ -654,6 +656,13 @@ class S3Sink(SinkBase):
         this is its last object), and emit the new head."""
         config = self.config
         group = stored.group
+        if covered is not None and any(
+            id_key(i) > (covered.segment, covered.offset) for i in self._held
+        ):
+            # Objects stored before hold events after this batch (it was cut short, and is now
+            # offered in smaller batches): they are not covered yet, so this entry is cut short
+            # too, and their ids stay held (a restart finds them again through the entries).
+            covered = None
         after = str(self._covered) if self._covered is not None else None
         entry = ManifestEntry(
             seq=self._seq + 1,
