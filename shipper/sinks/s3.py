@@ -727,6 +727,11 @@ class S3Sink(SinkBase):
                     "ManifestTaken",
                 ) from None
             data, entry = taken, mine  # ours: an earlier try stored it and its answer was lost
+        except S3Unavailable:
+            # It may be stored all the same, its answer lost: read the newest entry again before
+            # the next try (or the next entry finds this seq taken, by "another writer").
+            self._state_known = False
+            raise
         self._seq, self._head = entry.seq, entry_hash(data)
         self._sealed_keys.add(stored.key)
         if covered is not None:  # every event up to it is stored
