@@ -5,7 +5,8 @@ loopback, in a temporary directory, on free ports, stopped by its own PID.
 with a gRPC port 10000 above it; every one is chosen free here. It binds 127.0.0.1 only, sends no
 telemetry, and keeps its data and logs in the directory it is given (the gRPC sockets it puts in
 the system's temporary directory are removed when it stops). Object Lock is
-enforced by the S3 gateway as AWS does it.
+enforced by the S3 gateway as AWS does it; the filer's HTTP port goes around it, as someone with
+access to the storage could (``remove_behind_gateway``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +34,29 @@ STOP_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class S3Server:
-    """A running S3 server: its endpoint URL, credentials and process."""
+    """A running S3 server: its endpoint URL, credentials and process, and its filer's URL."""
 
     endpoint: str
     access_key: str
     secret_key: str
     process: subprocess.Popen[bytes]
     log: Path
+    filer: str
+
+
+def remove_behind_gateway(server: S3Server, bucket: str, key: str) -> None:
+    """Delete ``key`` of ``bucket`` through the filer, every version of it, locked or not: what
+    an attacker with access to the storage (not only to S3) could do. Blocking."""
+    # A versioned bucket (every bucket with Object Lock) keeps a key's versions in a folder
+    # "<key>.versions"; an unversioned one keeps the key as a file.
+    for path in (f"{key}.versions?recursive=true", key):
+        request = urllib.request.Request(f"{server.filer}/buckets/{bucket}/{path}", method="DELETE")
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
 
 
 def weed_binary() -> str | None:
@@ -121,7 +140,14 @@ def running_s3(directory: Path) -> Iterator[S3Server]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"weed mini did not listen within {START_SECONDS} s; see {log}")
             time.sleep(0.05)
-        yield S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, process, log)
+        yield S3Server(
+            f"http://127.0.0.1:{s3}",
+            ACCESS_KEY,
+            SECRET_KEY,
+            process,
+            log,
+            f"http://127.0.0.1:{filer}",
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         try:
