@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -147,13 +147,15 @@ async def write_archive(
     lock_until: datetime | None = None,
     entry_until: datetime | None = None,
     unlocked: bool = False,
+    adjust: Callable[[ManifestEntry], ManifestEntry] | None = None,
     written: Written | None = None,
 ) -> Written:
     """Store each of ``objects`` (lists of envelope lines, in WAL order) as a data object, with
     its manifest entry, chained; the bucket is made first unless ``written`` (an archive to
     extend) is given. Objects are locked ``mode`` until ``lock_until`` (default: three years and
     a day from now), which their entries state unless ``entry_until`` is given; ``unlocked``
-    stores them without a lock whatever their entries say."""
+    stores them without a lock whatever their entries say. ``adjust`` changes each entry before
+    it is stored (what a faulty sink, or a forger, would write)."""
     if written is None:
         await make_bucket(s3, bucket)
         written = Written(bucket, prefix)
@@ -187,6 +189,8 @@ async def write_archive(
             retention=Retention("default", mode, period, stated if mode else None),
             agents=spans(lines),
         )
+        if adjust is not None:
+            entry = adjust(entry)
         encoded = entry.encode()
         lock = None if unlocked else mode
         await put(s3, bucket, prefix + key, data, lock, until)

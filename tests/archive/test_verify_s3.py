@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 import trio
 
-from shipper.archive.manifest import ManifestEntry, entry_hash
+from shipper.archive.content import id_order
+from shipper.archive.manifest import AgentSpan, Link, ManifestEntry, entry_hash
 from shipper.archive.store import S3Store
 from shipper.archive.verify import Report, verify_s3
 from shipper.chain import SEED
@@ -300,3 +301,84 @@ async def test_an_object_no_entry_names_is_unexpected(s3_server: S3Server) -> No
     report = await verify(s3_server, written)
     assert kinds(report) == {"unexpected_object"}, report.text()
     assert found(report, "unexpected_object")[0]["where"] == extra
+
+
+async def test_a_replaced_entry_breaks_the_link_after_it(s3_server: S3Server) -> None:
+    """An entry replaced behind the gateway by another (its object untouched) no longer hashes
+    to the next entry's prev: a broken manifest link, at the next entry."""
+    written = await sealed_archive(s3_server, "verify-link")
+    forged = dataclasses.replace(
+        ManifestEntry.parse(written.entries[1]), sealed_at="2026-12-03T00:00:00.000000Z"
+    )
+    key = PREFIX + written.entry_key(2)
+    await trio.to_thread.run_sync(remove_behind_gateway, s3_server, written.bucket, key)
+    until = in_years(datetime.now(UTC), 3) + timedelta(days=1)
+    async with open_client(settings(s3_server)) as s3:
+        await put(s3, written.bucket, key, forged.encode(), "COMPLIANCE", until)
+    report = await verify(s3_server, written)
+    assert kinds(report) == {"manifest_link_broken"}, report.text()
+    (broken,) = found(report, "manifest_link_broken")
+    assert (broken["where"], broken["seq"]) == (written.entry_key(3), 3)
+
+
+async def test_an_entry_that_misdescribes_its_object_is_named(s3_server: S3Server) -> None:
+    """An entry whose event count, first id and an agent's last link are not its object's (the
+    object's bytes as hashed): each difference is named."""
+
+    def misdescribe(entry: ManifestEntry) -> ManifestEntry:
+        if entry.seq != 2:
+            return entry
+        span = entry.agents["agent-b"]
+        agents = {**entry.agents, "agent-b": AgentSpan(span.first, Link(99, span.last.hash))}
+        return dataclasses.replace(entry, events=9, first="1-1", agents=agents)
+
+    async with open_client(settings(s3_server)) as s3:
+        written = await write_archive(
+            s3, "verify-content", PREFIX, chunks(interleaved(8), 4), adjust=misdescribe
+        )
+    report = await verify(s3_server, written)
+    assert kinds(report) == {"object_content"}, report.text()
+    (wrong,) = found(report, "object_content")
+    assert wrong["where"] == written.keys[1]
+    assert "4 lines, not 9" in wrong["detail"]
+    assert "not 1-1.." in wrong["detail"]
+    assert "agent agent-b:" in wrong["detail"]
+    assert "agent agent-a" not in wrong["detail"]
+
+
+async def test_a_batch_cut_into_objects_is_read_back_in_wal_order(s3_server: S3Server) -> None:
+    """One WAL batch stored as two objects whose id ranges interleave (one per agent, as retention
+    classes would cut it; the first entry covers nothing yet, the second the whole batch) is
+    merged back by id: intact, every chain whole."""
+    batch = interleaved(6)
+    parts = [[line for line in batch if orjson.loads(line)["agent"] == agent] for agent in AGENTS]
+    last = orjson.loads(batch[-1])["id"]
+
+    def cut(entry: ManifestEntry) -> ManifestEntry:
+        if entry.seq == 1:  # not the batch's last object: the sink's progress does not move
+            return dataclasses.replace(entry, covered="1-0")
+        return dataclasses.replace(entry, after="1-0", covered=last)
+
+    async with open_client(settings(s3_server)) as s3:
+        written = await write_archive(s3, "verify-batch", PREFIX, parts, adjust=cut)
+    entries = [ManifestEntry.parse(data) for data in written.entries]
+    assert id_order(entries[0].last) > id_order(entries[1].first)  # the ranges interleave
+    report = await verify(s3_server, written)
+    assert report.intact, report.text()
+    assert report.statuses == {"genesis": 2, "ok": 10}
+
+
+async def test_an_entry_that_does_not_parse_is_tampered(s3_server: S3Server) -> None:
+    """An entry replaced by bytes that are no manifest entry is reported tampered, and the next
+    entry's link to it broken; its object, named by nothing readable, is unexpected."""
+    written = await sealed_archive(s3_server, "verify-garbled")
+    key = PREFIX + written.entry_key(2)
+    await trio.to_thread.run_sync(remove_behind_gateway, s3_server, written.bucket, key)
+    async with open_client(settings(s3_server)) as s3:
+        await put(s3, written.bucket, key, b'{"v":1,"seq":2}\n', None, None)
+    report = await verify(s3_server, written)
+    expected = {"manifest_tampered", "manifest_link_broken", "unexpected_object", "wal_gap", "gap"}
+    assert kinds(report) == expected, report.text()
+    (tampered,) = found(report, "manifest_tampered")
+    assert (tampered["where"], tampered["seq"]) == (written.entry_key(2), 2)
+    assert found(report, "unexpected_object")[0]["where"] == written.keys[1]
