@@ -32,7 +32,8 @@ Checks, each with the kind of problem it reports:
                                    or names a period that is not ``<n>d``/``<n>y``
     manifest_link_broken   s3      an entry's ``prev`` is not the hash of the entry before it
     manifest_duplicate     s3      two entries name the same object
-    object_missing         s3      an object an entry names is absent
+    object_missing         s3      an object an entry names is absent (dir: a file listed, then
+                                   gone before it was read)
     object_tampered        s3      an object's bytes do not hash to, or are not as long as, what
                                    its entry says (replaced or altered), or do not decompress
     object_content         s3      an object's lines, first or last id, or agents' first and last
@@ -65,10 +66,12 @@ The report (``--json``; the text form says the same)::
      "intact": false,
      "head": "sha256:...", "entries": 12,          (s3: the newest entry's hash, entries read)
      "checked": {"objects": 12, "bytes": 52310, "manifests": 12, "events": 480,
-                 "chained": 470, "agents": 3},
+                 "chained": 470, "agents": 3},    (objects: data objects or files read; bytes:
+                                                   theirs, as stored; chained: events fed to the
+                                                   chain check)
      "statuses": {"genesis": 3, "ok": 466, "gap": 1},   (the verifier's counts, by status)
      "skipped": {"alerts": 8, "malformed": 2},
-     "witnesses": {"seen": 3, "checked": 3},            (seals of this bucket and prefix)
+     "witnesses": {"seen": 3, "checked": 3},   (seals found; those of this bucket and prefix)
      "problem_counts": {"object_missing": 1, "gap": 1},
      "problems": [{"kind": "object_missing", "where": "year=2026/.../1-0.jsonl.gz",
                    "detail": "...", "seq": 4, ...}, ...],
@@ -545,6 +548,7 @@ async def verify_dir(
     finally:
         progress.close()
     check.finish()
+    report.witnesses["seen"] = len(check.witnesses)
     return report
 
 
@@ -553,11 +557,10 @@ async def verify_dir(
 
 @dataclass(slots=True)
 class _Entry:
-    """A manifest entry as read: its seq, bytes and parse (None: unreadable), and its object's
-    key (relative to the archive) once resolved."""
+    """A manifest entry as read: its seq and parse (None: unreadable), and its object's key
+    (relative to the archive) once resolved."""
 
     seq: int
-    data: bytes
     entry: ManifestEntry | None
     key: str = ""
 
@@ -627,7 +630,6 @@ class S3Verification:
             if seq > expected:
                 _missing_entries(report, expected, seq - 1)
             expected = seq + 1
-        found: dict[int, bytes] = {}
 
         async def consume(index: int, blob: Blob | None) -> None:
             seq = seqs[index]
@@ -635,13 +637,12 @@ class S3Verification:
             if blob is None:
                 _missing_entries(report, seq, seq)
                 return
-            found[seq] = blob.data
             self.hashes[seq] = entry_hash(blob.data)
             report.manifests += 1
             entry = self._parse_entry(seq, blob.data)
             if entry is not None:
                 await self._check_lock(_entry_key(seq), entry, blob.meta, stored=False)
-            self.entries.append(_Entry(seq, blob.data, entry))
+            self.entries.append(_Entry(seq, entry))
 
         await _in_order([_entry_key(seq) for seq in seqs], self.store.read, consume)
         report.entries = len(self.entries)
@@ -650,13 +651,13 @@ class S3Verification:
         covered: dict[str, str] = {}
         for read in self.entries:
             entry = read.entry
-            before = found.get(read.seq - 1)
-            if entry is not None and before is not None and entry.prev != entry_hash(before):
+            before = self.hashes.get(read.seq - 1)
+            if entry is not None and before is not None and entry.prev != before:
                 report.problem(
                     "manifest_link_broken",
                     _entry_key(read.seq),
                     f"entry {read.seq}'s prev is {entry.prev}, but entry {read.seq - 1} hashes"
-                    f" to {entry_hash(before)}: an entry was replaced or reordered",
+                    f" to {before}: an entry was replaced or reordered",
                     seq=read.seq,
                 )
             if entry is None:
