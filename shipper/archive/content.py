@@ -19,10 +19,9 @@ envelopes here, in one way for the sink that writes the entry and for ``verify``
   event is an envelope with an ``agent`` (a string), a ``chain`` object with an integer
   ``sequence`` (the daemon's verdict: for ``seed`` the record's own sequence, for line hashing the
   record's position in its agent's stream), and a ``record``; its hash is the record's hash field
-  (``Profile.hash``: ``record["hash"]`` for ``seed``) for canonical profiles, and for line-hashed
-  ones (``safeclaw-jsonl``) the profile's digest of the record's exact bytes
-  (``shipper.events.record_bytes``). Alerts, malformed events and events without a verdict are not
-  chained events.
+  (``Profile.hash``: ``record["hash"]`` for ``seed``) when that is a string, else "" (and always
+  "" for line-hashed profiles such as ``safeclaw-jsonl``, whose records carry no hash of their
+  own). Alerts, malformed events and events without a verdict are not chained events.
 
 Sans-IO: bytes in, values out.
 """
@@ -41,7 +40,6 @@ import orjson
 
 from shipper.archive.manifest import AgentSpan, Link
 from shipper.chain import Profile
-from shipper.events import record_bytes
 
 #: Each compression and the ending of the keys of objects compressed with it.
 SUFFIXES: Final = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
@@ -114,7 +112,7 @@ def parse_envelope(line: bytes) -> dict[str, Any]:
     return parsed
 
 
-def chain_link(parsed: dict[str, Any], line: bytes, profile: Profile) -> tuple[str, Link] | None:
+def chain_link(parsed: dict[str, Any], profile: Profile) -> tuple[str, Link] | None:
     """The agent and (sequence, hash) of a chained event (see the module docstring), or None."""
     agent = parsed.get("agent")
     chain = parsed.get("chain")
@@ -122,15 +120,10 @@ def chain_link(parsed: dict[str, Any], line: bytes, profile: Profile) -> tuple[s
     if not isinstance(agent, str) or not isinstance(chain, dict) or not isinstance(record, dict):
         return None
     sequence = chain.get("sequence")
-    if type(sequence) is not int:
+    if not isinstance(sequence, int):
         return None
-    if profile.hash is not None:
-        value = record.get(profile.hash)
-        if not isinstance(value, str):
-            return None
-    else:
-        value = profile.digest(record_bytes(line, parsed))
-    return agent, Link(sequence, value)
+    value = record.get(profile.hash) if profile.hash is not None else None
+    return agent, Link(sequence, value if isinstance(value, str) else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,19 +136,19 @@ class Summary:
     agents: dict[str, AgentSpan]
 
 
-def summarize(events: Iterable[tuple[dict[str, Any], bytes]], profile: Profile) -> Summary:
-    """The summary of an object's envelopes, given in line order as (parsed, line) pairs."""
+def summarize(envelopes: Iterable[dict[str, Any]], profile: Profile) -> Summary:
+    """The summary of an object's envelopes (parsed), given in line order."""
     count = 0
     first: str | None = None
     last: str | None = None
     firsts: dict[str, Link] = {}
     lasts: dict[str, Link] = {}
-    for parsed, line in events:
+    for parsed in envelopes:
         count += 1
         last = parsed["id"]
         if first is None:
             first = last
-        found = chain_link(parsed, line, profile)
+        found = chain_link(parsed, profile)
         if found is not None:
             agent, link = found
             firsts.setdefault(agent, link)

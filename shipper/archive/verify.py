@@ -8,8 +8,9 @@ share the checks of events and chains:
   manifest.
 * **s3**: the ``s3`` sink's archive under ``s3://bucket/prefix/``: the manifest entries
   (``shipper.archive.manifest``) and the data objects they name (``shipper.archive.content``).
-  ``object.key`` is relative to the prefix (a key that repeats the prefix is found too). Objects
-  are read ``READ_AHEAD`` at a time, and checked one after the other in the order of the chain.
+  ``object.key`` is the object's key in the bucket, the prefix included, as the sink writes it
+  (a key relative to the prefix is found too). Objects are read ``READ_AHEAD`` at a time, and
+  checked one after the other in the order of the chain.
 
 Checks, each with the kind of problem it reports:
 
@@ -648,7 +649,7 @@ class S3Verification:
         report.entries = len(self.entries)
         if self.entries:
             report.head = self.hashes[self.entries[-1].seq]
-        covered: dict[str, str] = {}
+        covered: dict[str, str | None] = {}
         for read in self.entries:
             entry = read.entry
             before = self.hashes.get(read.seq - 1)
@@ -835,7 +836,7 @@ class S3Verification:
             report.problem(
                 "object_content", key, f"ends with an unfinished line ({len(torn)} bytes)"
             )
-        summary = summarize(((event.parsed, event.line) for event in events), self.profile)
+        summary = summarize((event.parsed for event in events), self.profile)
         wrong = []
         if count != entry.events:
             wrong.append(f"{count} lines, not {entry.events}")

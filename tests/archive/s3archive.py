@@ -1,7 +1,9 @@
 """A small writer of S3 archives for the verify tests: data objects of envelopes and the chained
 manifest entries naming them, locked, as the ``s3`` sink lays them out
-(``shipper.archive.manifest``). What an entry says of its object is computed here from the
-records themselves (seed fields), not with shipper's own summary."""
+(``shipper.archive.manifest``), so that a test controls every byte (the sink's own archives are
+verified in ``test_verify_sink``). What an entry says of its object is computed here from the
+records themselves (seed fields), not with shipper's own summary. Object keys are relative to
+the prefix here (the sink writes them with it): verify finds both."""
 
 from __future__ import annotations
 
@@ -24,22 +26,12 @@ from shipper.archive.manifest import (
     entry_hash,
     manifest_key,
 )
-from shipper.config.values import Secret
 from shipper.events import Event, alert_event
-from shipper.s3 import Body, S3Settings, translated
-from tests.s3server import S3Server
+from shipper.s3 import Body, translated
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:4000"}
 EXTENSIONS = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
 SEAL = "shipper.archive_seal"
-
-
-def settings(server: S3Server) -> S3Settings:
-    return S3Settings(
-        endpoint=server.endpoint,
-        access_key_id=Secret(server.access_key),
-        secret_access_key=Secret(server.secret_key),
-    )
 
 
 def envelope(event_id: str, record: dict[str, Any]) -> bytes:

@@ -13,9 +13,10 @@ import orjson
 import trio
 
 from shipper.s3 import open_client
-from tests.archive.s3archive import envelope, settings, write_archive
+from tests.archive.s3archive import envelope, write_archive
 from tests.chains import chain
 from tests.conftest import REPO, free_port
+from tests.s3archive import settings
 from tests.s3server import S3Server
 
 SHIPPER = [sys.executable, "-m", "shipper", "verify"]

@@ -26,10 +26,10 @@ from tests.archive.s3archive import (
     in_years,
     put,
     seal,
-    settings,
     write_archive,
 )
 from tests.chains import chain
+from tests.s3archive import settings
 from tests.s3server import S3Server, remove_behind_gateway
 
 PREFIX = "audit/"
