@@ -42,6 +42,8 @@ Checks, each with the kind of problem it reports:
     wal_gap                s3      within an epoch, an entry's ``wal.after`` is not the previous
                                    entry's ``wal.covered``: WAL ranges are not contiguous
     unexpected_object      s3      a data object (or a key under ``manifests/``) no entry names
+                                   (also, until the sink's next start, one stored just before
+                                   it stopped, whose entry it had not written yet)
     lock_missing           s3      an object whose entry sets a lock mode is not locked so
                                    (HeadObject's ``ObjectLockMode``), or its entry has no date
     lock_short             s3      its lock ends before its entry's ``retain_until``, or that date
@@ -615,7 +617,10 @@ class S3Verification:
             self.progress.close()
         for key in sorted(data):
             report.problem(
-                "unexpected_object", key, "no manifest entry names it (added, or its entry removed)"
+                "unexpected_object",
+                key,
+                "no manifest entry names it: added, or its entry removed (or the sink stopped"
+                " between storing it and its entry, and seals it when it starts again)",
             )
         self._check_witnesses()
         self.check.finish()
