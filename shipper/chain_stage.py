@@ -78,7 +78,14 @@ from shipper.buffer.recovery import recover
 from shipper.buffer.segment import Position, fsync_dir, read_object, replace_file
 from shipper.chain import Verdict, Verifier, as_verdict, expired_alert_details, ok_envelope
 from shipper.config import ChainConfig
-from shipper.events import CHAIN_ALERT, Event, alert_event, envelopes, utc_timestamp
+from shipper.events import (
+    CHAIN_ALERT,
+    Event,
+    alert_event,
+    envelopes,
+    record_bytes,
+    utc_timestamp,
+)
 from shipper.logging import Throttle, get_logger
 from shipper.metrics import Health, Registry, mirror
 
@@ -189,15 +196,6 @@ def wal_envelopes(
             yield batch.end, envelope
     if reader.counters["corrupt_bytes"]:
         log.error("chain_replay_skipped_record", bytes=reader.counters["corrupt_bytes"])
-
-
-def record_bytes(envelope: bytes, parsed: dict[str, Any]) -> bytes:
-    """The record's bytes as received, cut out of its envelope (``record`` is the last key)."""
-    rest = {key: value for key, value in parsed.items() if key != "record"}
-    prefix = orjson.dumps(rest)[:-1] + b',"record":'
-    if envelope.startswith(prefix) and envelope.endswith(b"}"):
-        return envelope[len(prefix) : -1]
-    return orjson.dumps(parsed["record"])  # cannot happen for envelopes shipper wrote
 
 
 def sender_identity(source: dict[str, Any], syslog: dict[str, Any] | None) -> str | None:

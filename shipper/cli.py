@@ -1,15 +1,18 @@
-"""Command line: ``shipper run``, ``validate``, ``buffer``, ``chain`` (see README, "Command line").
+"""Command line: ``shipper run``, ``validate``, ``buffer``, ``chain``, ``verify`` (see README,
+"Command line").
 
 Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, a sink's destination unsafe
 to write to, damage found by ``buffer inspect``, an agent ``chain status --agent`` does not
-know, a destination ``validate --check-remote`` found unsafe or could not ask); 2 usage error;
-78 (EX_CONFIG) invalid configuration.
+know, a destination ``validate --check-remote`` found unsafe or could not ask, an archive
+``verify`` did not find intact or could not read); 2 usage error; 78 (EX_CONFIG) invalid
+configuration.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -21,6 +24,7 @@ import trio
 from shipper import __version__
 from shipper.buffer.recovery import WalFormatError, read_epoch, recover
 from shipper.buffer.wal import WalLocked, lock_directory
+from shipper.chain import PROFILES
 from shipper.chain_stage import (
     CHAIN_CURSOR,
     ChainStage,
@@ -73,6 +77,23 @@ def _parser() -> argparse.ArgumentParser:
     chain.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     chain.add_argument("--agent", help="only this agent")
     chain.add_argument("--json", action="store_true", help="print the status as JSON")
+    verify = commands.add_parser(
+        "verify", help="re-verify an archive offline; exit 0 intact, 1 not (or unreadable)"
+    )
+    where = verify.add_mutually_exclusive_group(required=True)
+    where.add_argument("--s3", metavar="s3://BUCKET/PREFIX", help="the s3 sink's archive")
+    where.add_argument("--dir", metavar="PATH", help="the file sink's archive (a directory)")
+    verify.add_argument("--endpoint", metavar="URL", help="an S3-compatible endpoint (--s3)")
+    verify.add_argument("--region", help="the bucket's region (--s3; default: AWS_REGION)")
+    verify.add_argument(
+        "--expect-head",
+        metavar="sha256:HEX",
+        help="a manifest head witnessed earlier, which the chain must still hold (--s3)",
+    )
+    verify.add_argument(
+        "--profile", choices=sorted(PROFILES), default="seed", help="the chain profile"
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -283,8 +304,78 @@ def cmd_chain_status(path: str, agent: str | None, as_json: bool) -> int:
     return 0
 
 
+_HEAD_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _verify_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2) the combinations argparse cannot express."""
+    if args.dir is not None:
+        for flag, value in (
+            ("--endpoint", args.endpoint),
+            ("--region", args.region),
+            ("--expect-head", args.expect_head),
+        ):
+            if value is not None:
+                parser.error(f"verify: {flag} goes with --s3, not --dir")
+    else:
+        from shipper.s3 import S3Url
+
+        try:
+            S3Url.parse(args.s3)
+        except ValueError as exc:
+            parser.error(f"verify: --s3: {exc}")
+    if args.expect_head is not None and not _HEAD_RE.fullmatch(args.expect_head):
+        parser.error(
+            f"verify: --expect-head: expected sha256:<64 hex digits>, got {args.expect_head!r}"
+        )
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify an archive (``shipper.archive.verify``); print the report (text or JSON).
+
+    Exit 0 when it is intact, 1 when a problem was found or it could not be read (one line on
+    stderr says why)."""
+    from pathlib import Path
+
+    from shipper.archive.progress import progress_for
+    from shipper.archive.store import ArchiveUnreadable, DirStore, S3Store
+    from shipper.archive.verify import Report, verify_dir, verify_s3
+    from shipper.s3 import S3Settings, S3Url, open_client
+
+    profile = PROFILES[args.profile]
+    progress = progress_for(sys.stderr)
+
+    async def verify() -> Report:
+        if args.dir is not None:
+            return await verify_dir(DirStore(Path(args.dir)), profile, progress)
+        url = S3Url.parse(args.s3)
+        region = (
+            args.region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1"
+        )
+        async with open_client(S3Settings(region=region, endpoint=args.endpoint)) as client:
+            return await verify_s3(S3Store(client, url), url, profile, args.expect_head, progress)
+
+    try:
+        report = trio.run(verify)
+    except (DestinationUnavailable, DestinationRejected, ArchiveUnreadable) as exc:
+        print(f"shipper verify: cannot verify {args.s3 or args.dir}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(report.text())
+    return 0 if report.intact else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "verify":
+        _verify_usage(parser, args)
+        return cmd_verify(args)
     if args.command == "validate":
         return cmd_validate(args.config, args.check_remote)
     if args.command == "buffer":

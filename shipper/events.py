@@ -142,6 +142,16 @@ class Event:
         return orjson.dumps(envelope)
 
 
+def record_bytes(envelope: bytes, parsed: dict[str, Any]) -> bytes:
+    """The record's bytes as received, cut out of its envelope (``record`` is the last key;
+    ``parsed`` is the envelope parsed)."""
+    rest = {key: value for key, value in parsed.items() if key != "record"}
+    prefix = orjson.dumps(rest)[:-1] + b',"record":'
+    if envelope.startswith(prefix) and envelope.endswith(b"}"):
+        return envelope[len(prefix) : -1]
+    return orjson.dumps(parsed["record"])  # cannot happen for envelopes shipper wrote
+
+
 #: What every envelope without its id starts with; the id goes right after it.
 ENVELOPE_HEAD: Final = b'{"v":%d,' % ENVELOPE_VERSION
 

@@ -19,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,22 @@ class S3Server:
     secret_key: str
     process: subprocess.Popen[bytes]
     log: Path
+    filer: str
+
+
+def remove_behind_gateway(server: S3Server, bucket: str, key: str) -> None:
+    """Delete ``key`` of ``bucket`` through the filer, every version of it, locked or not: what
+    an attacker with access to the storage (not only to S3) could do. Blocking."""
+    # A versioned bucket (every bucket with Object Lock) keeps a key's versions in a folder
+    # "<key>.versions"; an unversioned one keeps the key as a file.
+    for path in (f"{key}.versions?recursive=true", key):
+        request = urllib.request.Request(f"{server.filer}/buckets/{bucket}/{path}", method="DELETE")
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
 
 
 def weed_binary() -> str | None:
@@ -98,7 +116,14 @@ class WeedMini:
         """The running server (raises if it is stopped)."""
         if self.process is None:
             raise RuntimeError("the S3 server is stopped")
-        return S3Server(self.endpoint, ACCESS_KEY, SECRET_KEY, self.process, self.log)
+        return S3Server(
+            self.endpoint,
+            ACCESS_KEY,
+            SECRET_KEY,
+            self.process,
+            self.log,
+            f"http://127.0.0.1:{self.ports['filer']}",
+        )
 
     def start(self) -> S3Server:
         """Start it; return once its S3 port answers."""

@@ -25,11 +25,10 @@ from shipper.chain_stage import (
     ChainStage,
     checkpoint_path,
     load_checkpoint,
-    record_bytes,
     sender_identity,
 )
 from shipper.config import Address, parse_config
-from shipper.events import Event
+from shipper.events import Event, record_bytes
 from shipper.events import envelopes as make_envelopes
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.topology import Topology

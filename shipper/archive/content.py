@@ -1,0 +1,157 @@
+"""What an archived object holds: JSON lines of envelopes, maybe compressed, and what a manifest
+entry says about them.
+
+An object (an S3 data object, or a file of the file sink's archive) is a sequence of envelopes
+(``shipper.events``), one per line, each ending in LF, compressed as a whole per its
+``compression``:
+
+    compression   key ends in     bytes
+    gzip          .jsonl.gz       gzip (RFC 1952), one or more members
+    zstd          .jsonl.zst      zstd frames (the ``zstandard`` package)
+    none          .jsonl          the lines as they are
+
+What a manifest entry (``shipper.archive.manifest``) says of an object is computed from its
+envelopes here, in one way for the sink that writes the entry and for ``verify`` that checks it
+(``summarize``):
+
+* ``events``: its lines; ``first`` and ``last``: the ids of its first and last envelope.
+* ``agents``: per agent, its first and last *chained event* in the object, in line order. A chained
+  event is an envelope with an ``agent`` (a string), a ``chain`` object with an integer
+  ``sequence`` (the daemon's verdict: for ``seed`` the record's own sequence, for line hashing the
+  record's position in its agent's stream), and a ``record``; its hash is the record's hash field
+  (``Profile.hash``: ``record["hash"]`` for ``seed``) when that is a string, else "" (and always
+  "" for line-hashed profiles such as ``safeclaw-jsonl``, whose records carry no hash of their
+  own). Alerts, malformed events and events without a verdict are not chained events.
+
+Sans-IO: bytes in, values out.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from shipper.archive.manifest import AgentSpan, Link
+from shipper.chain import Profile
+
+#: Each compression and the ending of the keys of objects compressed with it.
+SUFFIXES: Final = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
+#: A WAL id: ``<segment>-<offset>``.
+ID_RE: Final = re.compile(r"(\d+)-(\d+)")
+
+
+class ContentError(ValueError):
+    """Bytes that are not what an archived object holds (altered, or written by something
+    else): what is wrong with them."""
+
+
+def is_data_key(key: str) -> bool:
+    """Whether ``key`` names a data object (by its ending)."""
+    return key.endswith(tuple(SUFFIXES.values()))
+
+
+def decompress(data: bytes, compression: str) -> bytes:
+    """The lines an object's ``data`` holds, compressed with ``compression``; ContentError if
+    they do not decompress."""
+    if compression == "none":
+        return data
+    if compression == "gzip":
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ContentError(f"not gzip data: {exc}") from exc
+    if compression == "zstd":
+        import zstandard
+
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(
+                io.BytesIO(data), read_across_frames=True
+            ) as reader:
+                return reader.read()
+        except zstandard.ZstdError as exc:
+            raise ContentError(f"not zstd data: {exc}") from exc
+    raise ContentError(f"unknown compression {compression!r}")
+
+
+def split_lines(text: bytes) -> tuple[list[bytes], bytes]:
+    """The complete (LF-ended) lines of ``text``, without their LF, and what follows the last
+    LF (a torn line; empty if ``text`` ends with LF)."""
+    end = text.rfind(b"\n") + 1
+    return text[:end].split(b"\n")[:-1], text[end:]
+
+
+def id_order(event_id: str) -> tuple[int, int]:
+    """A WAL id as a pair that sorts in WAL order."""
+    segment, _, offset = event_id.partition("-")
+    return int(segment), int(offset)
+
+
+def parse_envelope(line: bytes) -> dict[str, Any]:
+    """The envelope on ``line``; ContentError says why it is not one (a version 1 JSON object
+    with a WAL id, a ``source`` object and either a ``record`` or a ``malformed`` object)."""
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ContentError(f"not JSON: {exc}") from exc
+    if not isinstance(parsed, dict) or parsed.get("v") != 1:
+        raise ContentError("not a version 1 envelope")
+    event_id = parsed.get("id")
+    if not isinstance(event_id, str) or not ID_RE.fullmatch(event_id):
+        raise ContentError(f"no WAL id: {event_id!r}")
+    if not isinstance(parsed.get("source"), dict):
+        raise ContentError("no source object")
+    if not isinstance(parsed.get("record", parsed.get("malformed")), dict):
+        raise ContentError("neither a record nor a malformed object")
+    return parsed
+
+
+def chain_link(parsed: dict[str, Any], profile: Profile) -> tuple[str, Link] | None:
+    """The agent and (sequence, hash) of a chained event (see the module docstring), or None."""
+    agent = parsed.get("agent")
+    chain = parsed.get("chain")
+    record = parsed.get("record")
+    if not isinstance(agent, str) or not isinstance(chain, dict) or not isinstance(record, dict):
+        return None
+    sequence = chain.get("sequence")
+    if not isinstance(sequence, int):
+        return None
+    value = record.get(profile.hash) if profile.hash is not None else None
+    return agent, Link(sequence, value if isinstance(value, str) else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a manifest entry says of an object (see the module docstring)."""
+
+    events: int
+    first: str | None
+    last: str | None
+    agents: dict[str, AgentSpan]
+
+
+def summarize(envelopes: Iterable[dict[str, Any]], profile: Profile) -> Summary:
+    """The summary of an object's envelopes (parsed), given in line order."""
+    count = 0
+    first: str | None = None
+    last: str | None = None
+    firsts: dict[str, Link] = {}
+    lasts: dict[str, Link] = {}
+    for parsed in envelopes:
+        count += 1
+        last = parsed["id"]
+        if first is None:
+            first = last
+        found = chain_link(parsed, profile)
+        if found is not None:
+            agent, link = found
+            firsts.setdefault(agent, link)
+            lasts[agent] = link
+    spans = {agent: AgentSpan(link, lasts[agent]) for agent, link in firsts.items()}
+    return Summary(count, first, last, spans)
