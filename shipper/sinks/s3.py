@@ -524,6 +524,7 @@ class S3Sink(SinkBase):
         classes = config.classes
         profile = self._profile
         held = self._held
+        rendered: dict[tuple[str, str, str | None], str] = {}  # key prefixes seen in the batch
         for line in envelopes:
             envelope = orjson.loads(line)
             event_id = envelope["id"]
@@ -535,7 +536,11 @@ class S3Sink(SinkBase):
             record = envelope.get("record")
             if not isinstance(record, dict):
                 record = None
-            directory = _render(template, envelope.get("received_at", ""), source_id, agent)
+            received_at = envelope.get("received_at", "")
+            memo = (received_at[:13], source_id, agent if isinstance(agent, str) else None)
+            directory = rendered.get(memo)
+            if directory is None:
+                directory = rendered[memo] = _render(template, received_at, source_id, agent)
             cls = classes.classify(source_id, agent, record)
             group = groups.get((directory, cls))
             if group is None:
@@ -861,15 +866,17 @@ def _link_of(
 
 
 def _spans(links: Iterable[tuple[str, int, str] | None]) -> dict[str, AgentSpan]:
-    firsts: dict[str, Link] = {}
-    lasts: dict[str, Link] = {}
-    for link in links:
-        if link is None:
-            continue
-        agent, sequence, value = link
-        firsts.setdefault(agent, Link(sequence, value))
-        lasts[agent] = Link(sequence, value)
-    return {agent: AgentSpan(first, lasts[agent]) for agent, first in firsts.items()}
+    firsts: dict[str, tuple[str, int, str]] = {}
+    lasts: dict[str, tuple[str, int, str]] = {}
+    for link in links:  # (no object per event: Links only for each agent's first and last)
+        if link is not None:
+            if link[0] not in firsts:
+                firsts[link[0]] = link
+            lasts[link[0]] = link
+    return {
+        agent: AgentSpan(Link(first[1], first[2]), Link(lasts[agent][1], lasts[agent][2]))
+        for agent, first in firsts.items()
+    }
 
 
 def _id_of(line: bytes) -> str:

@@ -276,3 +276,52 @@ async def test_an_unreachable_endpoint_at_start_does_not_stop_the_daemon(
             shutdown.request("test")
     events = events_of(data_objects(await read_bucket(s3_server, bucket)))
     assert [e["record"]["sequence"] for e in events if e.get("agent")] == list(range(1, 11))
+
+
+async def test_objects_follow_their_agents_key_prefix_and_entries_span_each_agent(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """With two agents' events interleaved, a sink whose key prefix names the agent stores each
+    event under its own agent's prefix, and a sink whose objects mix agents gives, in each
+    manifest entry, every agent's first and last sequence and hash in that object."""
+    bucket = await new_bucket(s3_server)
+    sinks = {
+        "by_agent": sink_table(s3_server, bucket, prefix="by-agent", key_prefix="{{agent}}/"),
+        "mixed": sink_table(s3_server, bucket, prefix="mixed"),
+    }
+    pairs = zip(chained("agent-a", 1, 6), chained("agent-b", 1, 6), strict=True)
+    lines = [line for pair in pairs for line in pair]
+
+    async def until() -> None:
+        await archived(s3_server, bucket, "by-agent/", 12)()
+        await archived(s3_server, bucket, "mixed/", 12)()
+
+    await send_and_stop(daemon_config(tmp_path, sinks), lines, until)
+    stored = await read_bucket(s3_server, bucket)
+    by_agent = data_objects(stored, "by-agent/")
+    placed = [
+        (key, event["agent"])
+        for key, obj in by_agent.items()
+        for event in map(orjson.loads, obj.lines)
+        if event.get("agent")
+    ]
+    assert len(placed) == 12
+    assert all(key.startswith(f"by-agent/{agent}/") for key, agent in placed)
+    mixed = data_objects(stored, "mixed/")
+    spans_seen = 0
+    for entry in manifests(stored, "mixed/"):
+        records: dict[str, list[dict[str, Any]]] = {}
+        for event in map(orjson.loads, mixed[entry.key].lines):
+            if event.get("agent"):
+                records.setdefault(event["agent"], []).append(event["record"])
+        expected = {
+            agent: (rs[0]["sequence"], rs[0]["hash"], rs[-1]["sequence"], rs[-1]["hash"])
+            for agent, rs in records.items()
+        }
+        spans = {
+            agent: (span.first.sequence, span.first.hash, span.last.sequence, span.last.hash)
+            for agent, span in entry.agents.items()
+        }
+        assert spans == expected
+        spans_seen += sum(1 for first, _, last, _ in spans.values() if first != last)
+    assert spans_seen  # (some object held several events of an agent)
