@@ -87,12 +87,6 @@ def split_lines(text: bytes) -> tuple[list[bytes], bytes]:
     return text[:end].split(b"\n")[:-1], text[end:]
 
 
-def id_order(event_id: str) -> tuple[int, int]:
-    """A WAL id as a pair that sorts in WAL order."""
-    segment, _, offset = event_id.partition("-")
-    return int(segment), int(offset)
-
-
 def parse_envelope(line: bytes) -> dict[str, Any]:
     """The envelope on ``line``; ContentError says why it is not one (a version 1 JSON object
     with a WAL id, a ``source`` object and either a ``record`` or a ``malformed`` object)."""
@@ -112,8 +106,9 @@ def parse_envelope(line: bytes) -> dict[str, Any]:
     return parsed
 
 
-def chain_link(parsed: dict[str, Any], profile: Profile) -> tuple[str, Link] | None:
-    """The agent and (sequence, hash) of a chained event (see the module docstring), or None."""
+def chain_fields(parsed: dict[str, Any], profile: Profile) -> tuple[str, int, str] | None:
+    """The agent, sequence and hash of a chained event (see the module docstring), or None;
+    plain values, so that a writer summing up every event makes no object per event."""
     agent = parsed.get("agent")
     chain = parsed.get("chain")
     record = parsed.get("record")
@@ -123,7 +118,22 @@ def chain_link(parsed: dict[str, Any], profile: Profile) -> tuple[str, Link] | N
     if not isinstance(sequence, int):
         return None
     value = record.get(profile.hash) if profile.hash is not None else None
-    return agent, Link(sequence, value if isinstance(value, str) else "")
+    return agent, sequence, value if isinstance(value, str) else ""
+
+
+def spans(links: Iterable[tuple[str, int, str] | None]) -> dict[str, AgentSpan]:
+    """Each agent's first and last link among ``links`` (``chain_fields`` of each event, in
+    line order): what a manifest entry's ``agents`` says of an object."""
+    firsts: dict[str, tuple[str, int, str]] = {}
+    lasts: dict[str, tuple[str, int, str]] = {}
+    for link in links:
+        if link is not None:
+            firsts.setdefault(link[0], link)
+            lasts[link[0]] = link
+    return {
+        agent: AgentSpan(Link(first[1], first[2]), Link(lasts[agent][1], lasts[agent][2]))
+        for agent, first in firsts.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,17 +151,11 @@ def summarize(envelopes: Iterable[dict[str, Any]], profile: Profile) -> Summary:
     count = 0
     first: str | None = None
     last: str | None = None
-    firsts: dict[str, Link] = {}
-    lasts: dict[str, Link] = {}
+    links: list[tuple[str, int, str] | None] = []
     for parsed in envelopes:
         count += 1
         last = parsed["id"]
         if first is None:
             first = last
-        found = chain_link(parsed, profile)
-        if found is not None:
-            agent, link = found
-            firsts.setdefault(agent, link)
-            lasts[agent] = link
-    spans = {agent: AgentSpan(link, lasts[agent]) for agent, link in firsts.items()}
-    return Summary(count, first, last, spans)
+        links.append(chain_fields(parsed, profile))
+    return Summary(count, first, last, spans(links))

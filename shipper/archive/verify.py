@@ -107,7 +107,6 @@ import trio
 from shipper.archive.content import (
     ContentError,
     decompress,
-    id_order,
     is_data_key,
     parse_envelope,
     split_lines,
@@ -119,6 +118,7 @@ from shipper.archive.manifest import (
     ManifestEntry,
     ManifestError,
     entry_hash,
+    id_key,
     seq_of,
 )
 from shipper.archive.progress import NoProgress, Progress
@@ -292,7 +292,7 @@ def read_lines(name: str, text: bytes, report: Report) -> tuple[list[Archived], 
             report.problem("bad_line", where, f"not an envelope: {exc}")
             continue
         event_id = parsed["id"]
-        found.append(Archived(event_id, id_order(event_id), line, parsed, where))
+        found.append(Archived(event_id, id_key(event_id), line, parsed, where))
     return found, len(lines), torn
 
 
@@ -861,7 +861,7 @@ class S3Verification:
         return events
 
     async def _add_to_group(self, entry: ManifestEntry, events: list[Archived]) -> None:
-        first, last = id_order(entry.first), id_order(entry.last)
+        first, last = id_key(entry.first), id_key(entry.last)
         if self._group and (entry.epoch != self._group_epoch or first > self._group_end):
             await self._flush()
         if not self._group:

@@ -56,7 +56,7 @@ import base64
 import gzip
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -65,9 +65,8 @@ from typing import Any, ClassVar, Final, Literal
 import orjson
 import trio
 
+from shipper.archive.content import SUFFIXES, ContentError, chain_fields, decompress, spans
 from shipper.archive.manifest import (
-    AgentSpan,
-    Link,
     ManifestEntry,
     Retention,
     entry_hash,
@@ -76,7 +75,6 @@ from shipper.archive.manifest import (
 )
 from shipper.archive.retention import DEFAULT_CLASS, Classes, Period, Rule
 from shipper.buffer.segment import Position
-from shipper.chain import Profile
 from shipper.config import SINK_TYPES, SinkCommon, SinkConfig, Table
 from shipper.config.reader import show
 from shipper.config.values import Secret, literal_values
@@ -108,7 +106,6 @@ _BUCKET_RE: Final = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 Compression = Literal["gzip", "zstd", "none"]
 LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
 SseAlgorithm = Literal["AES256", "aws:kms"]
-EXTENSIONS: Final[dict[str, str]] = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
 
 
 #: Objects of up to 10000 events or 8 MiB of envelopes, at most 30 s after their first event.
@@ -418,7 +415,7 @@ class S3Sink(SinkBase):
         self._sealed_keys: set[str] = set()  # keys of objects beyond _covered with an entry
         self._state_known = False
         self._compress = _COMPRESSORS[config.compression]
-        self.extension = EXTENSIONS[config.compression]
+        self.extension = SUFFIXES[config.compression]
 
     # --- the contract -----------------------------------------------------------------------
 
@@ -547,7 +544,7 @@ class S3Sink(SinkBase):
                 group = groups[(directory, cls)] = _Group(directory, cls)
             group.lines.append(line)
             group.ids.append(event_id)
-            group.links.append(_link_of(envelope, record, profile))
+            group.links.append(chain_fields(envelope, profile))
             if group.seals_only and not (
                 source_id == ALERT_SOURCE_ID
                 and record is not None
@@ -647,12 +644,9 @@ class S3Sink(SinkBase):
         group = _Group(directory, cls)
         for line in lines:
             envelope = orjson.loads(line)
-            record = envelope.get("record")
             group.lines.append(line)
             group.ids.append(envelope["id"])
-            group.links.append(
-                _link_of(envelope, record if isinstance(record, dict) else None, self._profile)
-            )
+            group.links.append(chain_fields(envelope, self._profile))
         group.seals_only = False
         return group
 
@@ -690,7 +684,7 @@ class S3Sink(SinkBase):
                 str(config.classes.periods[group.cls]),
                 stored.retain_until,
             ),
-            agents=_spans(group.links),
+            agents=spans(group.links),
         )
         data = entry.encode()
         key = manifest_key(config.prefix, entry.seq)
@@ -789,8 +783,8 @@ class S3Sink(SinkBase):
 
     def _decompress_lines(self, data: bytes) -> list[bytes]:
         try:
-            return _DECOMPRESSORS[self.config.compression](data).splitlines()
-        except (OSError, EOFError, ValueError) as exc:
+            return decompress(data, self.config.compression).splitlines()
+        except ContentError as exc:
             raise S3Rejected(
                 f"an object of {self.config.where} cannot be read back: {exc}", "Unreadable"
             ) from exc
@@ -809,12 +803,6 @@ def _zstd(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=3).compress(data)
 
 
-def _unzstd(data: bytes) -> bytes:
-    import zstandard
-
-    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-
-
 def _same(data: bytes) -> bytes:
     return data
 
@@ -822,11 +810,6 @@ def _same(data: bytes) -> bytes:
 _COMPRESSORS: Final[dict[str, Callable[[bytes], bytes]]] = {
     "gzip": _gzip,
     "zstd": _zstd,
-    "none": _same,
-}
-_DECOMPRESSORS: Final[dict[str, Callable[[bytes], bytes]]] = {
-    "gzip": gzip.decompress,
-    "zstd": _unzstd,
     "none": _same,
 }
 
@@ -848,35 +831,6 @@ def _render(template: str, received_at: str, source: str, agent: object) -> str:
 
 def _safe(value: str) -> str:
     return _UNSAFE_RE.sub("_", value)[:64] or "_"
-
-
-def _link_of(
-    envelope: dict[str, Any], record: dict[str, Any] | None, profile: Profile
-) -> tuple[str, int, str] | None:
-    """(agent, sequence, hash) of a chained event, or None."""
-    chain = envelope.get("chain")
-    agent = envelope.get("agent")
-    if not isinstance(chain, dict) or not isinstance(agent, str) or record is None:
-        return None
-    sequence = chain.get("sequence")
-    if not isinstance(sequence, int):
-        return None
-    value = record.get(profile.hash) if profile.hash is not None else None
-    return agent, sequence, value if isinstance(value, str) else ""
-
-
-def _spans(links: Iterable[tuple[str, int, str] | None]) -> dict[str, AgentSpan]:
-    firsts: dict[str, tuple[str, int, str]] = {}
-    lasts: dict[str, tuple[str, int, str]] = {}
-    for link in links:  # (no object per event: Links only for each agent's first and last)
-        if link is not None:
-            if link[0] not in firsts:
-                firsts[link[0]] = link
-            lasts[link[0]] = link
-    return {
-        agent: AgentSpan(Link(first[1], first[2]), Link(lasts[agent][1], lasts[agent][2]))
-        for agent, first in firsts.items()
-    }
 
 
 def _id_of(line: bytes) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import zstandard
 
+from shipper.archive.content import SUFFIXES
 from shipper.archive.manifest import (
     AgentSpan,
     Link,
@@ -30,7 +31,6 @@ from shipper.events import Event, alert_event
 from shipper.s3 import Body, translated
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:4000"}
-EXTENSIONS = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
 SEAL = "shipper.archive_seal"
 
 
@@ -158,7 +158,7 @@ async def write_archive(
         compression = compressions[(seq - 1) % len(compressions)]
         first = orjson.loads(lines[0])["id"]
         last = orjson.loads(lines[-1])["id"]
-        key = f"year=2026/month=12/day=02/{epoch}-{first}{EXTENSIONS[compression]}"
+        key = f"year=2026/month=12/day=02/{epoch}-{first}{SUFFIXES[compression]}"
         data = compress(lines, compression)
         previous = orjson.loads(written.entries[-1]) if written.entries else None
         same_epoch = previous is not None and previous["wal"]["epoch"] == epoch

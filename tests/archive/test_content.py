@@ -4,7 +4,6 @@ and the summary a manifest entry gives of them, which must be what the s3 sink w
 from __future__ import annotations
 
 import gzip
-from typing import Any
 
 import orjson
 import pytest
@@ -18,9 +17,9 @@ from shipper.archive.content import (
     split_lines,
     summarize,
 )
+from shipper.archive.manifest import AgentSpan, Link
 from shipper.chain import PROFILES, Profile
 from shipper.events import Event, Malformed, alert_event
-from shipper.sinks.s3 import _link_of, _spans
 from tests.chains import chain, safeclaw_lines
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:4000"}
@@ -108,17 +107,23 @@ def envelopes(profile: Profile) -> list[bytes]:
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
-def test_the_summary_is_what_the_s3_sink_writes_into_its_entries(name: str) -> None:
-    """For every profile, the events, first and last id and per-agent spans computed here are
-    exactly those the s3 sink puts in its manifest entries."""
+def test_the_summary_spans_each_agents_first_and_last_chained_event(name: str) -> None:
+    """For every profile, the summary (which the s3 sink writes into its manifest entries, and
+    verify checks) counts the events, names the first and last id, and spans each agent from
+    its first to its last chained event, by sequence and record hash."""
     profile = PROFILES[name]
     lines = envelopes(profile)
     parsed = [parse_envelope(line) for line in lines]
     summary = summarize(parsed, profile)
-    records: list[Any] = [
-        p.get("record") if isinstance(p.get("record"), dict) else None for p in parsed
-    ]
-    expected = _spans(_link_of(p, r, profile) for p, r in zip(parsed, records, strict=True))
+    expected: dict[str, AgentSpan] = {}
+    for p in parsed:
+        record, sequence = p.get("record"), (p.get("chain") or {}).get("sequence")
+        if "agent" not in p or not isinstance(record, dict) or not isinstance(sequence, int):
+            continue
+        value = record.get(profile.hash) if profile.hash is not None else None
+        link = Link(sequence, value if isinstance(value, str) else "")
+        first = expected[p["agent"]].first if p["agent"] in expected else link
+        expected[p["agent"]] = AgentSpan(first, link)
     assert summary.agents == expected
     assert (summary.events, summary.first, summary.last) == (len(lines), "1-0", "1-130")
     assert set(summary.agents) >= {"d"}  # a chained event whose hash is no string counts, as ""
