@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -72,14 +73,21 @@ class ChainedRecords:
         return self.lines[n - 1]
 
 
-def kill_under_load(config: Path, root: Path, senders: list[Sender], pause: float) -> None:
-    """Start the daemon, let ``senders`` load it for ``pause`` seconds, SIGKILL it, and stop the
-    senders (each then knows how far it got)."""
+def kill_under_load(
+    config: Path,
+    root: Path,
+    senders: Sequence[Sender],
+    pause: float,
+    loaded: Callable[[], None] = lambda: None,
+) -> None:
+    """Start the daemon, let ``senders`` load it (until ``loaded`` returns, then ``pause``
+    seconds more), SIGKILL it, and stop the senders (each then knows how far it got)."""
     process = start_daemon(config, root)
     try:
         wait_ready(process, root)
         for sender in senders:
             sender.start()
+        loaded()
         time.sleep(pause)  # let load build up, then kill at a random point
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)

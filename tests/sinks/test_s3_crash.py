@@ -4,18 +4,17 @@ record the WAL accepted ends up in the archive once, and the manifest chain stay
 from __future__ import annotations
 
 import random
-import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import free_port
 from tests.s3archive import BucketMirror, agent_events, chain_problems, data_objects, sink_table
 from tests.s3server import S3Server
 from tests.test_cli import daemon_config, start_daemon, stop, wait_ready, write_config
-from tests.test_crash import AGENTS, Sender, wal_records
+from tests.test_crash import AGENTS, Sender, kill_under_load, wal_records
 
 
 class PacedSender(Sender):
@@ -31,31 +30,17 @@ class PacedSender(Sender):
             return  # the daemon was killed
 
 
-def kill_mid_upload(
-    config: Path, root: Path, senders: Sequence[Sender], mirror: BucketMirror, pause: float
-) -> None:
-    """Start the daemon and ``senders``; once the sink has stored a few more objects, SIGKILL
-    the daemon ``pause`` seconds later, and stop the senders."""
-    process = start_daemon(config, root)
-    try:
-        wait_ready(process, root)
+def uploading(mirror: BucketMirror) -> Callable[[], None]:
+    """Returns once the sink has stored a few more objects and entries than when called."""
+
+    def wait() -> None:
         before = len(mirror.refresh())
-        for sender in senders:
-            sender.start()
         deadline = time.monotonic() + 30
-        while len(mirror.refresh()) < before + 6:  # uploading: objects and entries land
+        while len(mirror.refresh()) < before + 6:
             assert time.monotonic() < deadline, "the sink stored nothing"
             time.sleep(0.02)
-        time.sleep(pause)  # then a random point in the uploads
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:  # pragma: no cover
-            process.kill()
-            process.wait()
-        for sender in senders:
-            sender.stop_flag.set()
-            sender.join(timeout=30)
+
+    return wait
 
 
 def test_sigkill_mid_upload_loses_and_doubles_nothing(tmp_path: Path, s3_server: S3Server) -> None:
@@ -81,7 +66,7 @@ def test_sigkill_mid_upload_loses_and_doubles_nothing(tmp_path: Path, s3_server:
             PacedSender(port, agent, 1 + max((n for a, n in accepted if a == agent), default=0))
             for agent in AGENTS
         ]
-        kill_mid_upload(config, tmp_path, senders, mirror, rng.uniform(0.0, 0.5))
+        kill_under_load(config, tmp_path, senders, rng.uniform(0.0, 0.5), uploading(mirror))
         accepted |= wal_records(tmp_path / "var")
         accepted |= set(agent_events(data_objects(mirror.refresh())))
         (tmp_path / "daemon.log").rename(tmp_path / f"daemon-{kill}.log")
