@@ -14,10 +14,11 @@ from shipper.archive.store import DirStore, S3Store
 from shipper.archive.verify import Report, verify_dir, verify_s3
 from shipper.chain import SEED
 from shipper.s3 import S3Url, open_client, translated
+from tests.chains import chain_lines
 from tests.conftest import archive_lines
 from tests.s3archive import new_bucket, settings, sink_table
 from tests.s3server import S3Server, remove_behind_gateway
-from tests.sinks.test_s3 import archived, chained, daemon_config, send_and_stop
+from tests.sinks.test_s3 import archived, daemon_config, send_and_stop
 
 
 async def verify(server: S3Server, url: S3Url, expect_head: str | None = None) -> Report:
@@ -42,7 +43,7 @@ async def test_what_the_sinks_wrote_is_intact_and_a_truncation_is_caught_by_thei
     raw = daemon_config(tmp_path, {"s3": table, "archive": {"type": "file", "path": str(files)}})
     lines = [
         line
-        for pair in zip(chained("long-a", 1, 20), chained("short-a", 1, 20), strict=True)
+        for pair in zip(chain_lines(20, "long-a"), chain_lines(20, "short-a"), strict=True)
         for line in pair
     ]
     await send_and_stop(raw, lines[:20], archived(s3_server, bucket, "audit/", 20))

@@ -14,34 +14,15 @@ import pytest
 import trio
 
 from shipper.archive.manifest import entry_hash
-from shipper.chain import SEED
 from shipper.config import parse_config
 from shipper.errors import UnsafeDestination
 from shipper.shutdown import Shutdown, run_daemon
+from tests.chains import chain_lines
 from tests.conftest import LogCapture, free_port, wait_until
 from tests.s3archive import data_objects, manifests, new_bucket, read_bucket, sink_table
 from tests.s3server import S3Server
 from tests.tcpproxy import proxy_to
 from tests.test_cli import shipper, write_config
-
-
-def chained(agent: str, first: int, count: int) -> list[bytes]:
-    """``count`` records of ``agent``'s seed chain from sequence ``first`` (from genesis)."""
-    records: list[bytes] = []
-    prev = ""
-    for sequence in range(1, first + count):
-        record: dict[str, Any] = {
-            "agentId": agent,
-            "sequence": sequence,
-            "action": "db.query",
-            "prevHash": prev,
-        }
-        canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-        record["hash"] = SEED.digest(canonical)
-        prev = record["hash"]
-        if sequence >= first:
-            records.append(orjson.dumps(record) + b"\n")
-    return records
 
 
 def daemon_config(tmp_path: Path, sinks: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +58,7 @@ async def test_objects_are_locked_sealed_and_chained(tmp_path: Path, s3_server: 
     and each head is witnessed by an archive_seal event."""
     bucket = await new_bucket(s3_server)
     raw = daemon_config(tmp_path, {"s3": sink_table(s3_server, bucket, prefix="audit")})
-    lines = chained("agent-a", 1, 50)
+    lines = chain_lines(50, "agent-a")
     before = datetime.now(UTC)
 
     await send_and_stop(raw, lines[:25], archived(s3_server, bucket, "audit/", 25))
@@ -159,7 +140,7 @@ async def test_retention_classes_split_objects_and_lock_each_for_its_class(
     raw = daemon_config(tmp_path, {"s3": table})
     lines = [
         line
-        for pair in zip(chained("long-a", 1, 20), chained("short-a", 1, 20), strict=True)
+        for pair in zip(chain_lines(20, "long-a"), chain_lines(20, "short-a"), strict=True)
         for line in pair
     ]
     now = datetime.now(UTC)
@@ -233,7 +214,7 @@ async def test_legal_hold_encryption_storage_class_and_zstd_reach_every_object(
     )
     await send_and_stop(
         daemon_config(tmp_path, {"s3": table}),
-        chained("agent/with odd:chars", 1, 5),
+        chain_lines(5, "agent/with odd:chars"),
         archived(s3_server, bucket, "", 5),
     )
     stored = await read_bucket(s3_server, bucket)
@@ -268,7 +249,7 @@ async def test_an_unreachable_endpoint_at_start_does_not_stop_the_daemon(
             assert deferred["sink"] == "s3"
             address = bound["agents"][0]
             async with await trio.open_tcp_stream(address.host, address.port) as stream:
-                await stream.send_all(b"".join(chained("agent-a", 1, 10)))
+                await stream.send_all(b"".join(chain_lines(10, "agent-a")))
             await wait_until(lambda: len(logs.entries("sink_open_failed")) >= 2)
             assert not await read_bucket(s3_server, bucket)
             proxy.restore()
@@ -289,7 +270,7 @@ async def test_objects_follow_their_agents_key_prefix_and_entries_span_each_agen
         "by_agent": sink_table(s3_server, bucket, prefix="by-agent", key_prefix="{{agent}}/"),
         "mixed": sink_table(s3_server, bucket, prefix="mixed"),
     }
-    pairs = zip(chained("agent-a", 1, 6), chained("agent-b", 1, 6), strict=True)
+    pairs = zip(chain_lines(6, "agent-a"), chain_lines(6, "agent-b"), strict=True)
     lines = [line for pair in pairs for line in pair]
 
     async def until() -> None:

@@ -22,6 +22,7 @@ from shipper.events import Event, entry
 from shipper.sinks.base import Sink, SinkContext
 from shipper.sinks.driver import SinkDriver
 from shipper.topology import Topology
+from tests.chains import chain_lines
 from tests.conftest import LogCapture, archive_lines, wait_until
 from tests.s3archive import (
     Stored,
@@ -37,7 +38,7 @@ from tests.s3archive import (
 from tests.s3server import S3Server, weed_mini
 from tests.sinks.contract import SINK, SOURCE, open_wal, reopen
 from tests.sinks.memory import FAST
-from tests.sinks.test_s3 import chained, daemon_config
+from tests.sinks.test_s3 import daemon_config
 from tests.tcpproxy import Proxy, proxy_to
 
 
@@ -55,7 +56,7 @@ async def test_server_down_for_a_while_then_everything_arrives_once(tmp_path: Pa
                 "file": {"type": "file", "path": str(tmp_path / "archive")},
             },
         )
-        lines = chained("agent-a", 1, 100)
+        lines = chain_lines(100, "agent-a")
         topology = Topology(parse_config(raw))
         s3, file = topology.sinks
         s3.driver.sink.retry_policy = FAST
@@ -281,7 +282,7 @@ async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alert
     archive = tmp_path / "archive"
     table = sink_table(s3_server, bucket, endpoint=proxy.url, key_prefix="events/")
     raw = daemon_config(tmp_path, {"s3": table, "file": {"type": "file", "path": str(archive)}})
-    lines = chained("agent-a", 1, 20)
+    lines = chain_lines(20, "agent-a")
     proxy.cut()  # the sink waits, its first batch in hand, until the key is taken
     topology = Topology(parse_config(raw))
     topology.sinks[0].driver.sink.retry_policy = FAST
