@@ -598,10 +598,7 @@ class S3Sink(SinkBase):
         """``key`` is taken: by an object this sink stored before (a retry after an answer was
         lost, or a crash before its entry). Count its events as stored if they are the WAL's,
         byte for byte; else refuse the batch for good."""
-        with translated(f"reading {key} back from bucket {self.config.bucket}"):
-            answer = await self._client.get_object(Bucket=self.config.bucket, Key=key)
-            async with answer["Body"] as stream:
-                data = await stream.read()
+        data, answer = await self._get_object(key)
         lines = await trio.to_thread.run_sync(self._decompress_lines, data)
         ours = dict(zip(group.ids, group.lines, strict=True))
         ids = [_id_of(line) for line in lines]
@@ -767,11 +764,15 @@ class S3Sink(SinkBase):
             extra["StorageClass"] = config.storage_class
 
     async def _get(self, key: str) -> bytes:
+        return (await self._get_object(key))[0]
+
+    async def _get_object(self, key: str) -> tuple[bytes, dict[str, Any]]:
+        """The bytes of ``key`` and S3's answer (its lock headers among them)."""
         with translated(f"reading {key} from bucket {self.config.bucket}"):
             answer = await self._client.get_object(Bucket=self.config.bucket, Key=key)
             async with answer["Body"] as stream:
                 data: bytes = await stream.read()
-        return data
+        return data, answer
 
     async def _exists(self, key: str) -> bool:
         try:
