@@ -831,7 +831,10 @@ def _render(template: str, received_at: str, source: str, agent: object) -> str:
 
 
 def _safe(value: str) -> str:
-    return _UNSAFE_RE.sub("_", value)[:64] or "_"
+    """``value`` as one key segment: letters, digits, ``.``, ``_`` and ``-``, at most 64, and
+    never ``.`` or ``..`` (a local copy of the archive would take it for a folder above)."""
+    safe = _UNSAFE_RE.sub("_", value)[:64]
+    return safe if safe.strip(".") else "_" * max(1, len(safe))
 
 
 def _id_of(line: bytes) -> str:

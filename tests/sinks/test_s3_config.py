@@ -9,7 +9,7 @@ import pytest
 from shipper.archive.retention import Period, Rule
 from shipper.config import parse_config
 from shipper.errors import ConfigError
-from shipper.sinks.s3 import DEFAULT_KEY_PREFIX, S3SinkConfig
+from shipper.sinks.s3 import DEFAULT_KEY_PREFIX, S3SinkConfig, _render
 
 SOURCE = {"type": "json_tls", "address": "127.0.0.1:0"}
 
@@ -143,3 +143,16 @@ def test_every_key_is_read() -> None:
 def test_a_wrong_value_is_named_with_its_key(keys: dict[str, Any], expected: str) -> None:
     """Each wrong value is reported at its key path, saying what was expected."""
     assert expected in problems({"type": "s3", "bucket": "audit-archive", **keys})
+
+
+def test_a_hostile_agent_id_becomes_one_harmless_key_segment() -> None:
+    """An agent id with slashes, dots only, or thousands of characters renders as one key
+    segment of safe characters, at most 64 long, never ``..``."""
+    template = "{{source}}/{{agent}}/"
+    stamp = "2026-12-02T18:00:00.000000Z"
+    assert _render(template, stamp, "agents", "../../etc") == "agents/.._.._etc/"
+    assert _render(template, stamp, "agents", "..") == "agents/__/"
+    assert _render(template, stamp, "agents", ".") == "agents/_/"
+    assert _render(template, stamp, "agents", "") == "agents/unknown/"
+    assert _render(template, stamp, "agents", "a" * 5000) == f"agents/{'a' * 64}/"
+    assert _render(template, stamp, "agents", None) == "agents/unknown/"
