@@ -1004,6 +1004,17 @@ def test_source_id_with_a_trailing_newline_is_rejected() -> None:
     assert _problems(raw) == ["sources.b\n: expected an id of letters, digits, '_', '-' and '.'"]
 
 
+def test_the_daemons_own_source_id_is_refused_for_a_source() -> None:
+    """No configured source may be called "shipper": that id marks the daemon's own events
+    (alerts and seals), which senders must not be able to pass for."""
+    raw = copy.deepcopy(MINIMAL)
+    raw["sources"]["shipper"] = {"type": "json_tls", "address": "127.0.0.1:6516"}
+    assert _problems(raw) == [
+        'sources.shipper: "shipper" is the id of the daemon\'s own events (alerts, seals): '
+        "give this source another id"
+    ]
+
+
 def test_syslog_source_modes_and_their_tls_table_are_checked() -> None:
     """A syslog source needs a tls table exactly when mode = "tls", and a known mode."""
     assert _problems(_with_source(type="syslog", mode="tls")) == [

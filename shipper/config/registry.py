@@ -36,7 +36,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, ClassVar, Generic, NamedTuple, TypedDict, Type
 
 from shipper.config.reader import REQUIRED, Table, did_you_mean, one_of, show
 from shipper.config.values import Address
+from shipper.events import ALERT_SOURCE_ID
 
 if TYPE_CHECKING:
     import trio
@@ -117,6 +118,12 @@ class SinkConfig(ABC):
     @abstractmethod
     def build(self, context: SinkContext) -> Sink:
         """The runtime sink, with what it may have of the daemon (``context``)."""
+
+    def named_sources(self) -> Iterable[tuple[str, str]]:
+        """The source ids the type's own keys name, each with its key (relative to the sink's
+        table), so that a name no source has is refused like an unknown ``inputs`` entry
+        (``shipper``, the daemon's own events, is a source too)."""
+        return ()
 
     async def check_remote(self) -> None:
         """Check the destination is safe to write to, where one can tell before writing (an
@@ -220,6 +227,14 @@ def read_sources(table: Table) -> dict[str, SourceConfig]:
     no two sources listen on the same endpoint."""
     sources: dict[str, SourceConfig] = {}
     for source_id, source_table in table.subtables():
+        if source_id == ALERT_SOURCE_ID:
+            table.problem(
+                source_id,
+                f"{show(source_id)} is the id of the daemon's own events (alerts, seals): "
+                "give this source another id",
+            )
+            source_table.skip()
+            continue
         cls = SOURCE_TYPES.type_of(source_table)
         if cls is None:
             source_table.skip()
@@ -250,6 +265,12 @@ def read_sinks(table: Table, source_ids: Sequence[str]) -> dict[str, SinkConfig]
         sink = cls.read(sink_table, SinkCommon(id=sink_id, inputs=inputs))
         sink_table.finish()
         if sink is not None:
+            for key, name in sink.named_sources():
+                if name not in source_ids and name != ALERT_SOURCE_ID:
+                    known = ", ".join([*source_ids, ALERT_SOURCE_ID])
+                    sink_table.problem(
+                        key, f"expected one of the sources ({known}), got {show(name)}"
+                    )
             sinks[sink_id] = sink
     return sinks
 

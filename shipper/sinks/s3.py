@@ -56,7 +56,7 @@ import base64
 import gzip
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -232,6 +232,11 @@ class S3SinkConfig(SinkConfig):
 
     def build(self, context: SinkContext) -> S3Sink:
         return S3Sink(self, context)
+
+    def named_sources(self) -> Iterator[tuple[str, str]]:
+        for index, rule in enumerate(self.classes.rules):
+            for name in rule.sources:
+                yield f"retention.rules[{index}].source", name
 
     async def check_remote(self) -> None:
         """With a lock mode set, the bucket must have Object Lock enabled."""

@@ -130,6 +130,20 @@ def test_every_key_is_read() -> None:
             'sinks.s3.retention.rules[0].class: no such class in sinks.s3.retention.classes, got "y"',
         ),
         (
+            {
+                "object_lock": {"mode": "COMPLIANCE", "retention_days": 5},
+                "retention": {
+                    "classes": {"x": 5},
+                    "rules": [
+                        {"class": "x", "source": "agents"},
+                        {"class": "x", "source": "agnts"},
+                    ],
+                },
+            },
+            "sinks.s3.retention.rules[1].source: expected one of the sources (agents, shipper), "
+            'got "agnts"',
+        ),
+        (
             {"bucket": "Not_A_Bucket"},
             'sinks.s3.bucket: expected an S3 bucket name, got "Not_A_Bucket"',
         ),
@@ -143,6 +157,23 @@ def test_every_key_is_read() -> None:
 def test_a_wrong_value_is_named_with_its_key(keys: dict[str, Any], expected: str) -> None:
     """Each wrong value is reported at its key path, saying what was expected."""
     assert expected in problems({"type": "s3", "bucket": "audit-archive", **keys})
+
+
+def test_a_rule_may_name_a_source_or_the_daemons_own_events() -> None:
+    """A retention rule's ``source`` may be a configured source id or ``shipper`` (alerts and
+    seals), in a string or a list."""
+    sink = parse(
+        {
+            "type": "s3",
+            "bucket": "audit-archive",
+            "object_lock": {"mode": "COMPLIANCE", "retention_days": 5},
+            "retention": {
+                "classes": {"x": 7},
+                "rules": [{"class": "x", "source": ["agents", "shipper"]}],
+            },
+        }
+    )
+    assert sink.classes.rules[0].sources == ("agents", "shipper")
 
 
 def test_a_hostile_agent_id_becomes_one_harmless_key_segment() -> None:
