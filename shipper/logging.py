@@ -57,6 +57,15 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(levelno, logging.INFO))
+    for name in _PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if levelno <= logging.DEBUG else logging.WARNING
+        )
+
+
+#: Libraries that log every HTTP request at INFO (the S3 client: two lines per archived object):
+#: their warnings and errors are kept, their per-request lines only at level "debug".
+_PER_REQUEST_LOGGERS = ("httpx", "httpcore")
 
 
 class Logger:

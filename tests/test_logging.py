@@ -1,0 +1,42 @@
+"""The daemon's log: what other libraries may put in it."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import structlog
+
+from shipper.logging import configure
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put logging back as it was after the test."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_the_http_clients_per_request_lines_show_only_at_debug(
+    level: str, restore_logging: None
+) -> None:
+    """httpx's one INFO line per request (two per archived S3 object) stays out of the log
+    unless the level is debug, while its warnings always come through, as JSON."""
+    stream = io.StringIO()
+    configure(level, stream=stream)
+    logging.getLogger("httpx").info('HTTP Request: PUT http://s3/k "HTTP/1.1 200 OK"')
+    logging.getLogger("httpcore.http11").warning("connection reset")
+    entries = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    messages = [entry["message"] for entry in entries]
+    expected = ["connection reset"]
+    if level == "debug":
+        expected.insert(0, 'HTTP Request: PUT http://s3/k "HTTP/1.1 200 OK"')
+    assert messages == expected
+    assert entries[-1]["logger"] == "httpcore.http11"
