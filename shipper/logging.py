@@ -65,7 +65,7 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
 
 #: Libraries that log every HTTP request at INFO (the S3 client: two lines per archived object):
 #: their warnings and errors are kept, their per-request lines only at level "debug".
-_PER_REQUEST_LOGGERS = ("httpx", "httpcore")
+_PER_REQUEST_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
 class Logger:

@@ -6,7 +6,8 @@ library exceptions never travel further than this module.
 
 * The client is aiobotocore's, on its httpx backend, which runs on trio (its default aiohttp
   backend is asyncio-only). Credentials come from the settings when given (``${ENV}`` values in
-  the config), else from the standard AWS chain (environment, shared files, instance role).
+  the config), else from the standard AWS chain (environment, shared files, container or
+  instance role: the chain's metadata fetches go through the same trio-capable backend).
 * Bodies go up as ``Body``: that backend iterates a plain ``bytes`` or ``BytesIO`` body line by
   line, which sends a compressed object as thousands of tiny writes; ``Body`` yields large chunks.
 * Errors (``translated``): ``PreconditionFailed`` (412: a PUT with ``If-None-Match: *`` found the
@@ -153,11 +154,24 @@ async def open_client(settings: S3Settings) -> AsyncIterator[Any]:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
+    session = get_session()
+    # As the session's default, the backend also picks the credential chain's trio-capable
+    # fetchers (instance role, container credentials); given to one client only, the chain
+    # would fetch them with the asyncio-only library.
+    session.set_default_client_config(config)
+    global _loader
+    if _loader is None:
+        _loader = session.get_component("data_loader")
+    else:  # the service model, parsed once per process (a new session parses it again)
+        session.register_component("data_loader", _loader)
     with translated(f"connecting to {settings.where}"):
-        async with get_session().create_client(
-            "s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config, **keys
+        async with session.create_client(
+            "s3", region_name=settings.region, endpoint_url=settings.endpoint, **keys
         ) as client:
             yield client
+
+
+_loader: Any = None
 
 
 @contextmanager

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
+import json
 import os
 import socket
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -102,3 +109,92 @@ def test_s3_urls_parse_to_bucket_and_prefix() -> None:
     assert S3Url.parse("s3://bucket") == S3Url("bucket", "")
     with pytest.raises(ValueError, match="s3://bucket/prefix"):
         S3Url.parse("https://bucket/a")
+
+
+class _InstanceMetadata(http.server.BaseHTTPRequestHandler):
+    """The EC2 instance metadata service (IMDSv2) as far as the credential chain asks it (a
+    session token, the role's name, the role's keys), and, on any other path, an S3 endpoint
+    that notes how each request was signed and lists no buckets."""
+
+    asked: ClassVar[list[str]] = []
+    signed: ClassVar[list[tuple[str, str]]] = []  # (Authorization, X-Amz-Security-Token)
+
+    @property
+    def _path(self) -> str:
+        return urlsplit(self.path).path  # (the metadata client sends the absolute form)
+
+    def do_PUT(self) -> None:
+        self._answer(b"imds-session-token" if self._path == "/latest/api/token" else None)
+
+    def do_GET(self) -> None:
+        if not self._path.startswith("/latest/"):
+            self.signed.append(
+                (
+                    self.headers.get("Authorization", ""),
+                    self.headers.get("X-Amz-Security-Token", ""),
+                )
+            )
+            self._answer(b"<ListAllMyBucketsResult><Buckets/></ListAllMyBucketsResult>")
+            return
+        self.asked.append(self._path)
+        if self.headers.get("x-aws-ec2-metadata-token") != "imds-session-token":
+            self._answer(None, 401)
+        elif self._path == f"{_ROLES}/":
+            self._answer(b"archive-writer")
+        elif self._path == f"{_ROLES}/archive-writer":
+            expires = datetime.now(UTC) + timedelta(hours=6)
+            self._answer(
+                json.dumps(
+                    {
+                        "Code": "Success",
+                        "AccessKeyId": "ASIAROLEKEY",
+                        "SecretAccessKey": "role-secret",
+                        "Token": "role-session-token",
+                        "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }
+                ).encode()
+            )
+        else:
+            self._answer(None)
+
+    def _answer(self, body: bytes | None, status: int = 200) -> None:
+        self.send_response(404 if body is None and status == 200 else status)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+_ROLES = "/latest/meta-data/iam/security-credentials"
+
+
+async def test_an_instance_role_gives_the_credentials_on_trio(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With no keys in the config, the environment or shared files, the client fetches the
+    instance role's keys from the metadata service on trio and signs its requests with them."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+    _InstanceMetadata.asked, _InstanceMetadata.signed = [], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _InstanceMetadata)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        here = f"http://127.0.0.1:{server.server_port}"
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", here + "/")
+        async with open_client(S3Settings(endpoint=here)) as s3:
+            with translated("listing with the role's keys"):
+                await s3.list_buckets()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert f"{_ROLES}/archive-writer" in _InstanceMetadata.asked
+    [(authorization, token)] = _InstanceMetadata.signed
+    assert "Credential=ASIAROLEKEY/" in authorization
+    assert token == "role-session-token"
