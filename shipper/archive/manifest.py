@@ -6,16 +6,17 @@ unaltered. Layout under the archive's prefix (``s3://bucket/<prefix>``)::
 
     <prefix>manifests/00000000000000000001.json     entry 1 (the first one the sink wrote)
     <prefix>manifests/00000000000000000002.json     entry 2, whose "prev" is entry 1's hash
-    <prefix><key_prefix>...-<epoch>-<first id>.jsonl.gz   the data objects the entries name
+    <prefix><key_prefix><epoch>-<first id>-<class>.jsonl.gz   the data objects the entries name
+                                                    (.jsonl.zst, .jsonl: by compression)
 
 An entry is one JSON object on one line, LF-ended, keys in this order::
 
     {"v":1,"seq":2,"prev":"sha256:<hex of entry 1's bytes>",
      "sink":"s3","sealed_at":"2026-12-02T18:00:00.000000Z",
-     "object":{"key":"year=2026/month=12/day=02/1764698400-7-1024.jsonl.gz",
+     "object":{"key":"year=2026/month=12/day=02/9f86d081884c7d65-7-1024-default.jsonl.gz",
                "sha256":"<hex of the stored bytes>","bytes":5210,"events":40,
                "compression":"gzip"},
-     "wal":{"epoch":"1764698400","after":"7-0","first":"7-1024","last":"7-91234",
+     "wal":{"epoch":"9f86d081884c7d65","after":"7-0","first":"7-1024","last":"7-91234",
             "covered":"7-91234"},
      "agents":{"agent-a":{"first":{"sequence":12,"hash":"sha256:..."},
                           "last":{"sequence":51,"hash":"sha256:..."}}},
@@ -28,7 +29,7 @@ An entry is one JSON object on one line, LF-ended, keys in this order::
   breaks the links after it; removing the newest entries together is caught by comparing with a
   head witnessed elsewhere (the ``shipper.archive_seal`` events, ``verify --expect-head``).
 * ``object.sha256`` is of the object's bytes as stored (compressed); ``events`` counts its lines.
-* ``wal``: the WAL's epoch, the ids (WAL positions) of the object's first and last event, and the
+* ``wal``: the WAL's epoch (16 hex digits naming the WAL directory's lifetime), the ids (WAL positions) of the object's first and last event, and the
   sink's progress: ``after`` is how far the sink had archived everything before this entry (null
   for the first entry of an epoch), ``covered`` how far after it. An object holds the events of
   one retention class and one key prefix, so a batch from the WAL can become several objects;
