@@ -15,6 +15,9 @@ Rules:
   are added while the batch stays within ``max_bytes`` (a read is never split by bytes, only by
   events), and it is delivered once full, once ``max_age`` seconds have passed since its first
   event was read, or once the WAL is closed and read.
+* **Redaction.** With a ``redact`` table (forwarding sinks only; ``shipper.redact``), each batch
+  is redacted, in a worker thread, before the sink sees it; a dead letter keeps it as it was
+  (a replay redacts it again on its way out).
 * **Acknowledging** only what the destination confirmed: the end of the last whole read in a
   delivered batch (a read split over several batches is acknowledged with its last part). Reads
   that hold no event for this sink are acknowledged at once.
@@ -66,6 +69,7 @@ from shipper.buffer.wal import ReadBatch
 from shipper.events import DELIVERY_ALERT, Event, alert_event
 from shipper.logging import get_logger
 from shipper.metrics import CounterSet, Health, Registry, Status
+from shipper.redact import Redaction
 from shipper.retry import Backoff, Outcome
 from shipper.sinks.base import Batch, Sink, position_of
 from shipper.sinks.dead_letter import DeadLetters
@@ -115,9 +119,14 @@ class SinkDriver:
     acknowledges (see the module docstring)."""
 
     def __init__(
-        self, sink: Sink, data_dir: Path, emit: Callable[[Event], bool] | None = None
+        self,
+        sink: Sink,
+        data_dir: Path,
+        emit: Callable[[Event], bool] | None = None,
+        redact: Redaction | None = None,
     ) -> None:
         self.sink = sink
+        self.redact = redact
         self._emit = emit
         self.id = sink.id
         self.counters = CounterSet(Registry(), "sink", sink.id, SINK_COUNTERS)
@@ -272,7 +281,7 @@ class SinkDriver:
                     return
                 step = "deliver"
                 batch = Batch.of(envelopes, size)
-                await self.sink.deliver(batch)
+                await self.sink.deliver(await self._redacted(batch))
             except Exception as exc:
                 try:
                     outcome = policy.classify(exc)
@@ -288,6 +297,17 @@ class SinkDriver:
                 continue
             self._delivered(batch)
             return
+
+    async def _redacted(self, batch: Batch) -> Batch:
+        """``batch`` as the sink may see it: redacted when the sink's config says so (a dead
+        letter keeps the envelopes as they were)."""
+        redact = self.redact
+        if redact is None:
+            return batch
+        envelopes = await trio.to_thread.run_sync(
+            lambda: [redact.apply(e) for e in batch.envelopes]
+        )
+        return Batch(envelopes, batch.first, batch.last, sum(map(len, envelopes)))
 
     def _skip(self, envelopes: list[bytes], size: int) -> tuple[list[bytes], int]:
         """``envelopes`` without those the destination holds already (up to ``_resume``)."""
