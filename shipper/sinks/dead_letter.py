@@ -22,11 +22,20 @@ Rules:
   each envelope is kept once, provided the batch was cut the same way; a batch cut differently
   after a restart may leave an envelope in two files (their ids tell).
 * Nothing here is deleted by shipper; the operator reads, replays or removes the files.
+  ``shipper dead-letter replay`` moves a file it delivered whole into ``replayed/`` beside it
+  (same name), so it is neither sent twice nor lost.
+* Readers find each line's envelope as the bytes after the first ``,"envelope":`` up to the
+  closing ``}`` (the fields before it are JSON strings and numbers, in which that sequence cannot
+  occur unescaped), so a replay sends the envelope exactly as it was refused.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -37,6 +46,89 @@ from shipper.sinks.base import Batch
 #: Longest reason kept (a destination's error text can be a whole page).
 MAX_REASON = 2000
 DIRECTORY = "dead_letter"
+#: Where ``replay`` moves a file it delivered, inside the sink's directory.
+REPLAYED = "replayed"
+_ENVELOPE_KEY = b',"envelope":'
+_NAME_RE = re.compile(r"(?P<epoch>[0-9a-f]*)-(?P<first>\d+-\d+)-(?P<last>\d+-\d+)\.jsonl")
+
+
+class LetterError(ValueError):
+    """A dead-letter file that is not in the format above (damaged, or not shipper's)."""
+
+
+@dataclass(slots=True)
+class Letter:
+    """One dead-letter file: what its name and lines say."""
+
+    path: Path
+    epoch: str
+    first: str
+    last: str
+    envelopes: list[bytes] = field(default_factory=list)
+    #: Each line's fields besides the envelope (``refused_at``, ``reason``, and what else the
+    #: sink recorded: an HTTP status, the receiver's answer).
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def read(cls, path: Path) -> Letter:
+        """The file at ``path``, parsed. Raises LetterError, or OSError if it cannot be read."""
+        match = _NAME_RE.fullmatch(path.name)
+        if match is None:
+            raise LetterError(f"{path.name}: not a dead-letter file name")
+        letter = cls(path, match["epoch"], match["first"], match["last"])
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            at = line.find(_ENVELOPE_KEY)
+            if at < 0 or not line.endswith(b"}"):
+                raise LetterError(f"{path.name}:{number}: no envelope in the line")
+            try:
+                details = orjson.loads(line[:at] + b"}")
+                envelope = line[at + len(_ENVELOPE_KEY) : -1]
+                orjson.loads(envelope)
+            except orjson.JSONDecodeError as exc:
+                raise LetterError(f"{path.name}:{number}: not JSON: {exc}") from exc
+            letter.details.append(details)
+            letter.envelopes.append(envelope)
+        return letter
+
+
+def letters(data_dir: Path, sink_id: str) -> list[Path]:
+    """The dead-letter files of ``sink_id``, oldest first (by when they were written, then by
+    WAL range); none if it has none."""
+    directory = data_dir / DIRECTORY / sink_id
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = [directory / name for name in names if _NAME_RE.fullmatch(name)]
+    return sorted(found, key=_age_key)
+
+
+def _age_key(path: Path) -> tuple[int, int, int]:
+    match = _NAME_RE.fullmatch(path.name)
+    assert match is not None
+    segment, _, offset = match["first"].partition("-")
+    try:
+        written = path.stat().st_mtime_ns
+    except FileNotFoundError:  # replayed or removed meanwhile
+        written = 0
+    return written, int(segment), int(offset)
+
+
+def mark_replayed(path: Path) -> Path:
+    """Move a delivered file into ``replayed/`` beside it, durably; its new path (blocking)."""
+    target = path.parent / REPLAYED
+    if not target.is_dir():
+        target.mkdir(exist_ok=True)
+        fsync_dir(path.parent)
+    moved = target / path.name
+    os.replace(path, moved)
+    fsync_dir(target)
+    fsync_dir(path.parent)
+    return moved
 
 
 class DeadLetters:

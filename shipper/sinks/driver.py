@@ -281,7 +281,7 @@ class SinkDriver:
                     return
                 step = "deliver"
                 batch = Batch.of(envelopes, size)
-                await self.sink.deliver(await self._redacted(batch))
+                await self.sink.deliver(await redacted(batch, self.redact))
             except Exception as exc:
                 try:
                     outcome = policy.classify(exc)
@@ -297,17 +297,6 @@ class SinkDriver:
                 continue
             self._delivered(batch)
             return
-
-    async def _redacted(self, batch: Batch) -> Batch:
-        """``batch`` as the sink may see it: redacted when the sink's config says so (a dead
-        letter keeps the envelopes as they were)."""
-        redact = self.redact
-        if redact is None:
-            return batch
-        envelopes = await trio.to_thread.run_sync(
-            lambda: [redact.apply(e) for e in batch.envelopes]
-        )
-        return Batch(envelopes, batch.first, batch.last, sum(map(len, envelopes)))
 
     def _skip(self, envelopes: list[bytes], size: int) -> tuple[list[bytes], int]:
         """``envelopes`` without those the destination holds already (up to ``_resume``)."""
@@ -453,3 +442,12 @@ class SinkDriver:
     def _set_health(self, status: Status, reason: str) -> None:
         since = self._health.since if status == self._health.status else time.monotonic()
         self._health = Health(status, reason, since)
+
+
+async def redacted(batch: Batch, redact: Redaction | None) -> Batch:
+    """``batch`` as a sink may see it: redacted (in a worker thread) when its config has a
+    ``redact`` table; the envelopes given stay as they were (for a dead letter)."""
+    if redact is None:
+        return batch
+    envelopes = await trio.to_thread.run_sync(lambda: [redact.apply(e) for e in batch.envelopes])
+    return Batch(envelopes, batch.first, batch.last, sum(map(len, envelopes)))
