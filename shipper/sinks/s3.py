@@ -555,23 +555,31 @@ class S3Sink(SinkBase):
             if found is None or found.hidden or len(found.versions) != 1:
                 stored = len(found.versions) if found is not None else 0
                 raise self._tampered(
-                    newest, f"has {stored} stored versions: it was written again or deleted"
+                    newest,
+                    f"has {stored} stored versions: it was written again or deleted",
+                    "delete the versions of that key stored after the first (a locked one cannot"
+                    " be: then keep this prefix as evidence and point the sink at a new one)",
                 )
 
     async def _versions(self, key: str) -> KeyVersions | None:
         listed = await list_versions(self._client, self.config.bucket, key)
         return listed[key][0] if key in listed else None
 
-    def _tampered(self, key: str, what: str) -> ArchiveTampered:
-        """The error for a tampered chain at ``key``, logged, and raised as an alert event once
-        for each finding."""
+    def _tampered(
+        self,
+        key: str,
+        what: str,
+        remedy: str = "delete the delete markers of that key, and of every later entry and object",
+    ) -> ArchiveTampered:
+        """The error for a tampered chain at ``key`` (``what`` is wrong, ``remedy`` restores
+        it), logged, and raised as an alert event once for each finding."""
         bucket = self.config.bucket
         message = (
             f"the archive {self.config.where} was tampered with: {key} {what}. The sink writes"
-            " nothing to it until it is restored (its events wait in the WAL): delete the delete"
-            f" markers of that key (aws s3api list-object-versions --bucket {bucket} --prefix"
-            f" {key}, then aws s3api delete-object --bucket {bucket} --key {key} --version-id"
-            " <marker id>) and of every later entry and object; shipper verify --s3 lists them"
+            f" nothing to it until it is restored (its events wait in the WAL): {remedy}"
+            f" (aws s3api list-object-versions --bucket {bucket} --prefix {key}, then aws s3api"
+            f" delete-object --bucket {bucket} --key {key} --version-id <id>); shipper verify"
+            " --s3 lists every hidden or rewritten key"
         )
         log.error("sink_s3_archive_tampered", sink=self.id, key=key, error=message)
         if self._alerted != message:

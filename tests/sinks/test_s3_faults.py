@@ -397,7 +397,9 @@ async def test_entries_hidden_by_delete_markers_stop_the_sink_until_they_are_res
         assert (driver.counters["events"], driver.counters["dead_letters"]) == (0, 0)
         assert not (tmp_path / "dead_letter").exists()
         assert [alert["key"] for alert in alerts] == [hidden[0]]
-        assert "--version-id <marker id>" in alerts[0]["reason"]
+        assert f"--key {hidden[0]} --version-id <id>" in alerts[0]["reason"]
+        remedy = "stored after the first" if hide == "rewritten" else "delete the delete markers"
+        assert remedy in alerts[0]["reason"]
         assert {e["key"] for e in logs.entries("sink_s3_archive_tampered")} == {hidden[0]}
 
         for key, version in restore.items():
