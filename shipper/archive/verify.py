@@ -10,7 +10,8 @@ share the checks of events and chains:
   (``shipper.archive.manifest``) and the data objects they name (``shipper.archive.content``).
   ``object.key`` is the object's key in the bucket, the prefix included, as the sink writes it
   (a key relative to the prefix is found too). Objects are read ``READ_AHEAD`` at a time, and
-  checked one after the other in the order of the chain.
+  checked one after the other in the order of the chain. The listing is of versions: a key
+  hidden by a delete marker is read at its newest stored version, and reported (``hidden``).
 
 Checks, each with the kind of problem it reports:
 
@@ -54,6 +55,13 @@ Checks, each with the kind of problem it reports:
     rewritten              s3      a witness's head is not the hash of the entry of its seq
     expected_head_missing  s3      ``--expect-head`` is the hash of no entry: the archive was
                                    truncated after it was witnessed, or rewritten
+    hidden                 s3      a key whose newest version is a delete marker (a ``DELETE``
+                                   on a versioned bucket): its stored versions are still there,
+                                   and the newest is read and checked above as it would be
+                                   restored (``versions``, ``markers``: the ids to delete)
+    replaced               s3      a key with more than one stored version: written again
+                                   after it was stored (the sink writes each key once); the
+                                   newest is the one checked above (``versions``: newest first)
 
 Notices (reported, not failures): ``adopted`` (an agent's first record in the archive is
 mid-chain: its earlier records are not in this archive), ``torn_line`` on the newest file of a
@@ -623,6 +631,7 @@ class S3Verification:
                 " between storing it and its entry, and seals it when it starts again)",
             )
         self._check_witnesses()
+        self._check_versions()
         self.check.finish()
         return report
 
@@ -876,6 +885,48 @@ class S3Verification:
         merged = group[0] if len(group) == 1 else list(heapq.merge(*group, key=attrgetter("order")))
         await trio.to_thread.run_sync(self.check.feed_all, self._group_epoch, merged)
 
+    # Versions.
+
+    def _check_versions(self) -> None:
+        """Keys hidden by a delete marker, or stored more than once (``store.versions``). Their
+        newest stored versions were read like any key: a hidden entry or object is checked as
+        it would be restored, so the report says whether restoring it brings back an intact
+        archive."""
+        report = self.report
+        bucket = self.url.bucket
+        for key, history in self.store.versions().items():
+            stored = len(history.versions)
+            if history.hidden:
+                markers = history.markers
+                if stored:
+                    which = (
+                        f"the delete marker {markers[0]}"
+                        if len(markers) == 1
+                        else f"its {len(markers)} delete markers ({', '.join(markers)})"
+                    )
+                    detail = (
+                        f"hidden by a delete marker (deleted without a version id): its"
+                        f" {_count(stored, 'stored version')} still there, the newest checked"
+                        f" here as it would be restored; restore it by deleting {which}"
+                        f" (aws s3api delete-object --bucket {bucket}"
+                        f" --key {self.store.prefix}{key} --version-id <id>)"
+                    )
+                else:
+                    detail = (
+                        "a delete marker with no stored version under it: nothing to restore"
+                        " (deleted for good, or never stored)"
+                    )
+                report.problem("hidden", key, detail, versions=stored, markers=list(markers))
+            if stored > 1:
+                report.problem(
+                    "replaced",
+                    key,
+                    f"{stored} stored versions: written again after it was stored (the sink"
+                    f" writes each key once); the newest, {history.versions[0]}, is the one"
+                    f" checked here; the first stored is {history.versions[-1]}",
+                    versions=list(history.versions),
+                )
+
     # Witnesses.
 
     def _check_witnesses(self) -> None:
@@ -943,6 +994,10 @@ def _missing_entries(report: Report, first: int, last: int) -> None:
         f"{which} of the manifest chain missing",
         missing=[first, last],
     )
+
+
+def _count(count: int, noun: str) -> str:
+    return f"1 {noun} is" if count == 1 else f"{count} {noun}s are"
 
 
 def _span(span: AgentSpan | None) -> str:
