@@ -37,6 +37,10 @@ Checks, each with the kind of problem it reports:
                                    gone before it was read)
     object_tampered        s3      an object's bytes do not hash to, or are not as long as, what
                                    its entry says (replaced or altered), or do not decompress
+    object_too_large       both    an object (as stored, or decompressed) or a file holds more
+                                   than ``max_object_bytes`` (``--max-object-bytes``; default
+                                   ``content.MAX_OBJECT_BYTES``, 256 MiB): not checked further
+                                   (a decompression bomb, or a sink set to larger objects)
     object_content         s3      an object's lines, first or last id, or agents' first and last
                                    sequence and hash are not what its entry says
     wal_gap                s3      within an epoch, an entry's ``wal.after`` is not the previous
@@ -86,8 +90,9 @@ depend on the kind. At most ``MAX_LISTED`` findings of each kind are listed; the
 them all. ``intact`` is true when there is no problem: the exit status is 0 then, 1 otherwise.
 
 Memory: the chain state of every agent (no agent is evicted, so none is "adopted" twice: about
-11 KB an agent at most), the ids of the last ``RECENT_IDS`` events of each epoch, and the
-objects read ahead.
+11 KB an agent at most), the ids of the last ``RECENT_IDS`` events of each epoch, the objects
+read ahead, and the object being checked (at most ``max_object_bytes`` decompressed, and its
+envelopes parsed: several times that).
 """
 
 from __future__ import annotations
@@ -105,7 +110,9 @@ from typing import Any, Final, TypeVar
 import trio
 
 from shipper.archive.content import (
+    MAX_OBJECT_BYTES,
     ContentError,
+    TooLarge,
     decompress,
     is_data_key,
     parse_envelope,
@@ -512,15 +519,21 @@ async def _in_order(
 
 
 async def verify_dir(
-    store: Store, profile: Profile = SEED, progress: Progress | None = None
+    store: Store,
+    profile: Profile = SEED,
+    progress: Progress | None = None,
+    max_object_bytes: int = MAX_OBJECT_BYTES,
 ) -> Report:
-    """Verify the file sink's archive in ``store`` (a ``DirStore``)."""
+    """Verify the file sink's archive in ``store`` (a ``DirStore``); files larger than
+    ``max_object_bytes`` are reported, not read."""
     progress = progress or NoProgress()
     report = Report(store.name, "dir", profile.name)
     check = EventCheck(profile, report)
     files = []
     for listed in await store.list():
-        if FILE_RE.fullmatch(listed.key):
+        if FILE_RE.fullmatch(listed.key) and listed.size > max_object_bytes:
+            _too_large(report, listed.key, f"{listed.size:,} bytes", max_object_bytes)
+        elif FILE_RE.fullmatch(listed.key):
             files.append(listed)
         else:
             report.notice("other_file", listed.key, "not an archive file: not read")
@@ -533,6 +546,9 @@ async def verify_dir(
         name = files[index].key
         match = FILE_RE.fullmatch(name)
         assert match is not None
+        if len(blob.data) > max_object_bytes:  # (grown since it was listed)
+            _too_large(report, name, f"{len(blob.data):,} bytes", max_object_bytes)
+            return
         events, count, torn = read_lines(name, blob.data, report)
         check.feed_all(match.group(3), events)
         report.objects += 1
@@ -590,8 +606,10 @@ class S3Verification:
         profile: Profile,
         expect_head: str | None,
         progress: Progress,
+        max_object_bytes: int = MAX_OBJECT_BYTES,
     ) -> None:
         self.store, self.url, self.profile = store, url, profile
+        self.max_object_bytes = max_object_bytes
         self.expect_head = expect_head
         self.progress = progress
         self.report = Report(store.name, "s3", profile.name)
@@ -797,6 +815,12 @@ class S3Verification:
             read.key = key
             reads.append(read)
         sizes = {key: data.pop(key, 0) for key in named}
+        limit = self.max_object_bytes
+
+        async def read_object(key: str) -> Blob:
+            if sizes[key] > limit:  # not read: reported in consume
+                return Blob(b"", Meta())
+            return await self.store.read(key)
 
         async def consume(index: int, blob: Blob | None) -> None:
             read = reads[index]
@@ -817,12 +841,16 @@ class S3Verification:
                     seq=read.seq,
                     events=entry.events,
                 )
+            elif sizes[read.key] > limit:
+                _too_large(
+                    report, read.key, f"{sizes[read.key]:,} bytes as stored", limit, read.seq
+                )
             else:
                 await self._check_lock(read.key, entry, blob.meta, stored=True)
                 events = await trio.to_thread.run_sync(_paused, self._check_object, read, blob)
             await self._add_to_group(entry, events)
 
-        await _in_order([read.key for read in reads], self.store.read, consume)
+        await _in_order([read.key for read in reads], read_object, consume)
         await self._flush()
 
     def _check_object(self, read: _Entry, blob: Blob) -> list[Archived]:
@@ -844,7 +872,10 @@ class S3Verification:
                 seq=read.seq,
             )
         try:
-            text = decompress(data, entry.compression)
+            text = decompress(data, entry.compression, self.max_object_bytes)
+        except TooLarge:
+            _too_large(report, key, "decompressed", self.max_object_bytes, read.seq)
+            return []
         except ContentError as exc:
             report.problem("object_tampered", key, f"unreadable: {exc}", seq=read.seq)
             return []
@@ -938,13 +969,30 @@ async def verify_s3(
     profile: Profile = SEED,
     expect_head: str | None = None,
     progress: Progress | None = None,
+    max_object_bytes: int = MAX_OBJECT_BYTES,
 ) -> Report:
-    """Verify the ``s3`` sink's archive at ``url`` in ``store`` (an ``S3Store``)."""
-    return await S3Verification(store, url, profile, expect_head, progress or NoProgress()).run()
+    """Verify the ``s3`` sink's archive at ``url`` in ``store`` (an ``S3Store``); objects that
+    hold more than ``max_object_bytes`` (as stored or decompressed) are reported, not checked."""
+    verification = S3Verification(
+        store, url, profile, expect_head, progress or NoProgress(), max_object_bytes
+    )
+    return await verification.run()
 
 
 def _entry_key(seq: int) -> str:
     return f"{MANIFEST_DIR}{seq:020d}.json"
+
+
+def _too_large(report: Report, where: str, what: str, limit: int, seq: int | None = None) -> None:
+    """``where`` holds more than ``limit`` bytes (``what``: how many, or how it was found)."""
+    report.problem(
+        "object_too_large",
+        where,
+        f"more than {limit:,} bytes ({what}): not checked; a decompression bomb, or objects"
+        " larger than the sinks write by default (--max-object-bytes reads larger ones)",
+        **({"seq": seq} if seq is not None else {}),
+        limit=limit,
+    )
 
 
 def _missing_entries(report: Report, first: int, last: int) -> None:

@@ -65,7 +65,14 @@ from typing import Any, ClassVar, Final, Literal
 import orjson
 import trio
 
-from shipper.archive.content import SUFFIXES, ContentError, chain_fields, decompress, spans
+from shipper.archive.content import (
+    MAX_OBJECT_BYTES,
+    SUFFIXES,
+    ContentError,
+    chain_fields,
+    decompress,
+    spans,
+)
 from shipper.archive.manifest import (
     ManifestEntry,
     Retention,
@@ -403,6 +410,9 @@ class S3Sink(SinkBase):
         super().__init__(config.id)
         self.config = config
         self.batching = config.batching
+        # Reading back an object of this archive stops past this (a decompression bomb): one
+        # this sink wrote holds a batch, at most max_bytes of envelopes and one more envelope.
+        self._read_limit = max(MAX_OBJECT_BYTES, 2 * config.batching.max_bytes)
         self._context = context
         self._profile = context.profile
         self._client: Any = None
@@ -784,7 +794,7 @@ class S3Sink(SinkBase):
 
     def _decompress_lines(self, data: bytes) -> list[bytes]:
         try:
-            return decompress(data, self.config.compression).splitlines()
+            return decompress(data, self.config.compression, self._read_limit).splitlines()
         except ContentError as exc:
             raise S3Rejected(
                 f"an object of {self.config.where} cannot be read back: {exc}", "Unreadable"
