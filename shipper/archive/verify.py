@@ -97,6 +97,7 @@ envelopes parsed: several times that).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import re
@@ -105,7 +106,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import trio
 
@@ -149,6 +150,9 @@ LOCK_SLACK: Final = timedelta(days=1)
 SEAL_ACTION: Final = "shipper.archive_seal"
 #: Chain verdicts that are problems of the archive (``gap`` is, when still open at the end).
 PROBLEM_STATUSES: Final = frozenset({"fork", "broken_link", "bad_hash", "regressed", "duplicate"})
+#: Objects checked between two collections of the garbage collector's middle generation
+#: (``_Collector``).
+COLLECT_EVERY: Final = 16
 #: Gaps tracked per agent before the oldest is given up (and reported at once).
 MAX_GAPS: Final = 4096
 #: File names of the file sink's archive.
@@ -460,16 +464,26 @@ def _describe(agent: str, verdict: Verdict) -> str:
     return f"agent {agent}: sequence {sequence} is archived twice"
 
 
-_T = TypeVar("_T")
+class _Collector:
+    """Python's cyclic garbage collector while objects are checked: paused (``collector_paused``
+    around the checks), and run by hand each time an object's events have been fed and dropped
+    (``collect``). Checking an object makes tens of thousands of parsed envelopes that stay
+    alive until its events are fed (the whole group, with ``--s3``); every collection they set
+    off went over all of them again, and took half the time of a verification. Run by hand,
+    a collection finds little more than the next object's envelopes, once; every
+    ``COLLECT_EVERY`` objects it goes over the middle generation, and every ``COLLECT_EVERY``
+    squared over everything (the chain state), so that what the I/O beside it leaves in
+    reference cycles is still freed. Nothing parsed or checked makes a reference cycle."""
 
+    def __init__(self) -> None:
+        self.done = 0
 
-def _paused(work: Callable[..., _T], *args: Any) -> _T:
-    """``work(*args)`` with the cyclic garbage collector paused. Checking an object makes tens of
-    thousands of parsed envelopes that stay alive until its events are fed (the whole group,
-    with ``--s3``); every collection they set off went over all of them again, and took half
-    the time of a verification. Nothing parsed or checked makes a reference cycle."""
-    with collector_paused():
-        return work(*args)
+    def collect(self) -> None:
+        self.done += 1
+        if self.done % (COLLECT_EVERY * COLLECT_EVERY) == 0:
+            gc.collect(2)
+        else:
+            gc.collect(1 if self.done % COLLECT_EVERY == 0 else 0)
 
 
 async def _in_order(
@@ -571,11 +585,14 @@ async def verify_dir(
         if blob is None:  # removed since it was listed
             report.problem("object_missing", files[index].key, "removed while it was verified")
         else:
-            await trio.to_thread.run_sync(_paused, check_file, index, blob)
+            await trio.to_thread.run_sync(check_file, index, blob)
+            collector.collect()
         progress.advance(files[index].size)
 
+    collector = _Collector()
     try:
-        await _in_order([listed.key for listed in files], store.read, consume)
+        with collector_paused():
+            await _in_order([listed.key for listed in files], store.read, consume)
     finally:
         progress.close()
     check.finish()
@@ -621,6 +638,7 @@ class S3Verification:
         self._group: list[list[Archived]] = []
         self._group_epoch = ""
         self._group_end: tuple[int, int] = (0, 0)
+        self._collector = _Collector()
 
     async def run(self) -> Report:
         report = self.report
@@ -642,7 +660,8 @@ class S3Verification:
         )
         try:
             await self._read_manifests(manifests)
-            await self._read_objects(data)
+            with collector_paused():
+                await self._read_objects(data)
         finally:
             self.progress.close()
         for key in sorted(data):
@@ -847,8 +866,12 @@ class S3Verification:
                 )
             else:
                 await self._check_lock(read.key, entry, blob.meta, stored=True)
-                events = await trio.to_thread.run_sync(_paused, self._check_object, read, blob)
-            await self._add_to_group(entry, events)
+                events = await trio.to_thread.run_sync(self._check_object, read, blob)
+            after = reads[index + 1].entry if index + 1 < len(reads) else None
+            await self._add_to_group(entry, events, after)
+            del events, blob
+            if not self._group:  # (checked: its envelopes are gone)
+                self._collector.collect()
 
         await _in_order([read.key for read in reads], read_object, consume)
         await self._flush()
@@ -903,21 +926,31 @@ class S3Verification:
             )
         return events
 
-    async def _add_to_group(self, entry: ManifestEntry, events: list[Archived]) -> None:
-        first, last = id_key(entry.first), id_key(entry.last)
-        if self._group and (entry.epoch != self._group_epoch or first > self._group_end):
+    async def _add_to_group(
+        self, entry: ManifestEntry, events: list[Archived], after: ManifestEntry | None
+    ) -> None:
+        """Add an object's events to the group; check the group once ``after`` (the next
+        entry's, None at the end) does not continue it, so that no object's envelopes stay
+        alive while the next one is checked."""
+        if self._group and not self._continues(entry):
             await self._flush()
         if not self._group:
-            self._group_epoch, self._group_end = entry.epoch, last
+            self._group_epoch, self._group_end = entry.epoch, id_key(entry.last)
         self._group.append(events)
-        self._group_end = max(self._group_end, last)
+        self._group_end = max(self._group_end, id_key(entry.last))
+        if after is None or not self._continues(after):
+            await self._flush()
+
+    def _continues(self, entry: ManifestEntry) -> bool:
+        """Whether ``entry``'s object belongs with the group (same epoch, WAL ranges overlap)."""
+        return entry.epoch == self._group_epoch and id_key(entry.first) <= self._group_end
 
     async def _flush(self) -> None:
         group, self._group = self._group, []
         if not group:
             return
         merged = group[0] if len(group) == 1 else list(heapq.merge(*group, key=attrgetter("order")))
-        await trio.to_thread.run_sync(_paused, self.check.feed_all, self._group_epoch, merged)
+        await trio.to_thread.run_sync(self.check.feed_all, self._group_epoch, merged)
 
     # Witnesses.
 

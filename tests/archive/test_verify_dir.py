@@ -4,6 +4,7 @@ report names it, as text and as JSON."""
 
 from __future__ import annotations
 
+import gc
 import shutil
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,18 @@ def test_a_file_larger_than_max_object_bytes_is_named_not_read(
     assert set(report["problem_counts"]) == {"object_too_large", "gap"}
     assert main(["verify", "--dir", str(path), "--max-object-bytes", "64KiB"]) == 1
     assert "object_too_large" not in capsys.readouterr().out  # (read now: a bad line instead)
+
+
+def test_verify_leaves_the_garbage_collector_running(
+    archives: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """verify pauses Python's garbage collector while it checks objects, and runs it again
+    after, found intact or not."""
+    path, files = copy(archives, "intact", tmp_path)
+    assert gc.isenabled()
+    assert main(["verify", "--dir", str(path)]) == 0
+    assert gc.isenabled()
+    files[0].write_bytes(b"not an envelope\n")
+    assert main(["verify", "--dir", str(path)]) == 1
+    assert gc.isenabled()
+    capsys.readouterr()
