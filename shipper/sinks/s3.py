@@ -503,7 +503,7 @@ class S3Sink(SinkBase):
 
     async def _hold(self, key: str) -> None:
         data = await self._get(key)
-        lines = await trio.to_thread.run_sync(self._decompress_lines, data)
+        lines = await trio.to_thread.run_sync(self._decompress_lines, key, data)
         self._held.update(_id_of(line) for line in lines)
         self._sealed_keys.add(key)
 
@@ -609,7 +609,7 @@ class S3Sink(SinkBase):
         lost, or a crash before its entry). Count its events as stored if they are the WAL's,
         byte for byte; else refuse the batch for good."""
         data, answer = await self._get_object(key)
-        lines = await trio.to_thread.run_sync(self._decompress_lines, data)
+        lines = await trio.to_thread.run_sync(self._decompress_lines, key, data)
         ours = dict(zip(group.ids, group.lines, strict=True))
         ids = [_id_of(line) for line in lines]
         if (
@@ -792,12 +792,12 @@ class S3Sink(SinkBase):
             return False
         return True
 
-    def _decompress_lines(self, data: bytes) -> list[bytes]:
+    def _decompress_lines(self, key: str, data: bytes) -> list[bytes]:
         try:
             return decompress(data, self.config.compression, self._read_limit).splitlines()
         except ContentError as exc:
             raise S3Rejected(
-                f"an object of {self.config.where} cannot be read back: {exc}", "Unreadable"
+                f"{key} in bucket {self.config.bucket} cannot be read back: {exc}", "Unreadable"
             ) from exc
 
 
