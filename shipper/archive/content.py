@@ -46,8 +46,9 @@ SUFFIXES: Final = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
 #: The s3 sink's objects hold one batch (at most ``batch.max_bytes`` of envelopes, 8 MiB by
 #: default, plus one envelope), the file sink's files ``max_file_bytes`` (128 MiB by default,
 #: plus one line); a crafted object could hold gigabytes in a few hundred KB of gzip. Checking
-#: an object takes about ten times its size in parsed envelopes, so the limit is what bounds
-#: verify's memory, not only the decompression's.
+#: an object takes about seven times its size (its text, its lines, and their envelopes parsed:
+#: five times the text for the bench's audit records), so the limit is what bounds verify's
+#: memory, not only the decompression's.
 MAX_OBJECT_BYTES: Final = 256 << 20
 #: A WAL id: ``<segment>-<offset>``.
 ID_RE: Final = re.compile(r"(\d+)-(\d+)")
