@@ -94,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--profile", choices=sorted(PROFILES), default="seed", help="the chain profile"
     )
+    verify.add_argument(
+        "--max-object-bytes",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="the most an object or file may hold decompressed; larger ones are reported,"
+        ' not read (default "256MiB")',
+    )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     letters = commands.add_parser(
         "dead-letter",
@@ -110,6 +118,19 @@ def _parser() -> argparse.ArgumentParser:
     letters.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     letters.add_argument("--json", action="store_true", help="list and show: print JSON")
     return parser
+
+
+def _size(value: str) -> int:
+    """A size from the command line: bytes, or ``"512MB"``/``"1GiB"`` as in the config file."""
+    from shipper.config.values import parse_size
+
+    try:
+        size = parse_size(int(value) if value.isdigit() else value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if size < 1:
+        raise argparse.ArgumentTypeError("expected at least one byte")
+    return size
 
 
 def _load(path: str) -> Config | None:
@@ -432,6 +453,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     stderr says why)."""
     from pathlib import Path
 
+    from shipper.archive.content import MAX_OBJECT_BYTES
     from shipper.archive.progress import progress_for
     from shipper.archive.store import ArchiveUnreadable, DirStore, S3Store
     from shipper.archive.verify import Report, verify_dir, verify_s3
@@ -439,10 +461,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     profile = PROFILES[args.profile]
     progress = progress_for(sys.stderr)
+    limit = args.max_object_bytes or MAX_OBJECT_BYTES
 
     async def verify() -> Report:
         if args.dir is not None:
-            return await verify_dir(DirStore(Path(args.dir)), profile, progress)
+            return await verify_dir(DirStore(Path(args.dir)), profile, progress, limit)
         url = S3Url.parse(args.s3)
         region = (
             args.region
@@ -451,7 +474,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             or "us-east-1"
         )
         async with open_client(S3Settings(region=region, endpoint=args.endpoint)) as client:
-            return await verify_s3(S3Store(client, url), url, profile, args.expect_head, progress)
+            return await verify_s3(
+                S3Store(client, url), url, profile, args.expect_head, progress, limit
+            )
 
     try:
         report = trio.run(verify)

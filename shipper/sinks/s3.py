@@ -77,7 +77,14 @@ from typing import Any, ClassVar, Final, Literal
 import orjson
 import trio
 
-from shipper.archive.content import SUFFIXES, ContentError, chain_fields, decompress, spans
+from shipper.archive.content import (
+    MAX_OBJECT_BYTES,
+    SUFFIXES,
+    ContentError,
+    chain_fields,
+    decompress,
+    spans,
+)
 from shipper.archive.manifest import (
     ManifestEntry,
     Retention,
@@ -430,6 +437,9 @@ class S3Sink(SinkBase):
         super().__init__(config.id)
         self.config = config
         self.batching = config.batching
+        # Reading back an object of this archive stops past this (a decompression bomb): one
+        # this sink wrote holds a batch, at most max_bytes of envelopes and one more envelope.
+        self._read_limit = max(MAX_OBJECT_BYTES, 2 * config.batching.max_bytes)
         self._context = context
         self._profile = context.profile
         self._client: Any = None
@@ -528,7 +538,7 @@ class S3Sink(SinkBase):
 
     async def _hold(self, key: str) -> None:
         data = await self._get(key)
-        lines = await trio.to_thread.run_sync(self._decompress_lines, data)
+        lines = await trio.to_thread.run_sync(self._decompress_lines, key, data)
         self._held.update(_id_of(line) for line in lines)
         self._sealed_keys.add(key)
 
@@ -708,7 +718,7 @@ class S3Sink(SinkBase):
         lost, or a crash before its entry). Count its events as stored if they are the WAL's,
         byte for byte; else refuse the batch for good."""
         data, answer = await self._get_object(key)
-        lines = await trio.to_thread.run_sync(self._decompress_lines, data)
+        lines = await trio.to_thread.run_sync(self._decompress_lines, key, data)
         ours = dict(zip(group.ids, group.lines, strict=True))
         ids = [_id_of(line) for line in lines]
         if (
@@ -891,12 +901,12 @@ class S3Sink(SinkBase):
             return False
         return True
 
-    def _decompress_lines(self, data: bytes) -> list[bytes]:
+    def _decompress_lines(self, key: str, data: bytes) -> list[bytes]:
         try:
-            return decompress(data, self.config.compression).splitlines()
+            return decompress(data, self.config.compression, self._read_limit).splitlines()
         except ContentError as exc:
             raise S3Rejected(
-                f"an object of {self.config.where} cannot be read back: {exc}", "Unreadable"
+                f"{key} in bucket {self.config.bucket} cannot be read back: {exc}", "Unreadable"
             ) from exc
 
 

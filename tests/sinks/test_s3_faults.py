@@ -25,7 +25,9 @@ from shipper.events import Event, entry
 from shipper.s3 import S3Url, open_client
 from shipper.sinks.base import Sink, SinkContext
 from shipper.sinks.driver import SinkDriver
+from shipper.sinks.s3 import S3Sink
 from shipper.topology import Topology
+from tests.archive.s3archive import bomb
 from tests.chains import chain_lines
 from tests.conftest import LogCapture, archive_lines, wait_until
 from tests.s3archive import (
@@ -277,12 +279,14 @@ async def test_a_retried_put_whose_answer_was_lost_creates_no_second_object(
     assert not [error for error in failures if "another writer" in error]
 
 
+@pytest.mark.parametrize("forgery", ["other events", "a decompression bomb"])
 async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alerts(
-    tmp_path: Path, s3_server: S3Server, proxy: Proxy
+    tmp_path: Path, s3_server: S3Server, proxy: Proxy, forgery: str
 ) -> None:
-    """A key the sink is about to use, taken beforehand by a locked object of other bytes: the
-    batch goes to the dead-letter area with a reason naming the key, a delivery alert reaches
-    the file sink beside it, and the sink goes on with the next batches."""
+    """A key the sink is about to use, taken beforehand by a locked object of other bytes
+    (other events, or a bomb the sink stops reading back at its limit): the batch goes to the
+    dead-letter area with a reason naming the key, a delivery alert reaches the file sink
+    beside it, and the sink goes on with the next batches."""
     bucket = await new_bucket(s3_server)
     archive = tmp_path / "archive"
     table = sink_table(s3_server, bucket, endpoint=proxy.url, key_prefix="events/")
@@ -290,7 +294,10 @@ async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alert
     lines = chain_lines(20, "agent-a")
     proxy.cut()  # the sink waits, its first batch in hand, until the key is taken
     topology = Topology(parse_config(raw))
-    topology.sinks[0].driver.sink.retry_policy = FAST
+    sink = topology.sinks[0].driver.sink
+    sink.retry_policy = FAST
+    assert isinstance(sink, S3Sink)
+    sink._read_limit = 1 << 20  # (the test's bomb: 8 MiB)
     async with trio.open_nursery() as nursery:
         address = (await nursery.start(topology.run))["agents"][0]
         async with await trio.open_tcp_stream(address.host, address.port) as stream:
@@ -299,6 +306,8 @@ async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alert
             first = orjson.loads(agent_lines(archive)[0])["id"]
             key = f"events/{topology.wal.epoch}-{first}-default.jsonl.gz"
             forged = gzip.compress(orjson.dumps({"v": 1, "id": first, "forged": True}) + b"\n")
+            if forgery == "a decompression bomb":
+                forged = bomb("gzip", 8 << 20)
             client = sync_client(s3_server)
             await trio.to_thread.run_sync(
                 lambda: client.put_object(
@@ -322,6 +331,8 @@ async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alert
     ]
     assert refused[0]["envelope"]["id"] == first
     assert all(key in letter["reason"] for letter in refused)
+    if forgery == "a decompression bomb":
+        assert f"more than {1 << 20:,} bytes decompressed" in refused[0]["reason"]
     alerts = [
         orjson.loads(line)["record"]
         for line in archive_lines(archive)
