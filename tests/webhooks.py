@@ -115,19 +115,23 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-def hook_config(url: str, env: Mapping[str, str] | None = None, **keys: Any) -> WebhookSinkConfig:
-    """The webhook sink ``hook`` to ``url`` with ``keys``, read as the daemon reads it (with
+def hook_config(
+    url: str, env: Mapping[str, str] | None = None, sink_id: str = "hook", **keys: Any
+) -> WebhookSinkConfig:
+    """The webhook sink ``sink_id`` to ``url`` with ``keys``, read as the daemon reads it (with
     ``env`` as the environment)."""
     source = {"type": "json_tls", "address": "127.0.0.1:0"}
     table = {"type": "webhook", "url": url, **keys}
-    raw = {"sources": {"a": source}, "sinks": {"hook": table}}
-    config = parse_config(raw, env).sinks["hook"]
+    raw = {"sources": {"a": source}, "sinks": {sink_id: table}}
+    config = parse_config(raw, env).sinks[sink_id]
     assert isinstance(config, WebhookSinkConfig)
     return config
 
 
-def hook(url: str, env: Mapping[str, str] | None = None, **keys: Any) -> WebhookSink:
+def hook(
+    url: str, env: Mapping[str, str] | None = None, sink_id: str = "hook", **keys: Any
+) -> WebhookSink:
     """A webhook sink built from ``hook_config``, retrying within milliseconds."""
-    sink = hook_config(url, env, **keys).build(SinkContext(SEED))
+    sink = hook_config(url, env, sink_id, **keys).build(SinkContext(SEED))
     sink.retry_policy = FAST
     return sink

@@ -40,7 +40,8 @@ Rules:
   batch again with capped exponential backoff and jitter, or after ``Retry-After`` (seconds or
   an HTTP date) when that is longer, within ``RetryPolicy.max_retry_after``. Any other status
   (3xx: redirects are not followed; 4xx) is ``DestinationRejected``: the batch goes to the
-  dead-letter area with the status and the first ``MAX_ANSWER_BYTES`` of the answer.
+  dead-letter area with the status and the first ``MAX_ANSWER_BYTES`` of the answer (the
+  reason, which the log and the delivery alert carry, quotes its first line's start).
 * **Delivery is at least once.** A receiver cannot be asked what it holds (``resume_point`` is
   None): a batch whose 2xx was lost (a timeout after the receiver took it) or that was confirmed
   just before a crash, before the WAL cursor moved, is sent again. After a restart the
@@ -95,6 +96,8 @@ AuthStrategy = Literal["bearer", "basic"]
 
 #: How much of a receiver's answer is read and kept (in a dead letter, or an error).
 MAX_ANSWER_BYTES: Final = 4096
+#: How much of the answer the reason (logged, and in the delivery alert) quotes, on one line.
+REASON_ANSWER_CHARS: Final = 200
 #: Statuses that mean "not now": retried.
 RETRY_STATUSES: Final = frozenset({408, 429})
 #: Headers the sink writes itself: not to be set in ``headers``.
@@ -522,6 +525,8 @@ class WebhookSink(SinkBase):
         except httpx2.TransportError as exc:
             raise DestinationUnavailable(f"webhook {where}: {_describe(exc)}") from exc
         reason = f"webhook {where}: HTTP {status} {phrase}".rstrip()
+        if answer.strip():
+            reason += f": {' '.join(answer.split())[:REASON_ANSWER_CHARS]}"
         if status in RETRY_STATUSES or 500 <= status < 600:
             raise DestinationUnavailable(reason, retry_after=retry_after(hint, time.time()))
         raise DestinationRejected(reason, status=status, answer=answer)
