@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import textwrap
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,13 @@ import trio.testing
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from shipper.config import parse_config
 from shipper.errors import ConfigError, DestinationRejected, DestinationUnavailable
 from shipper.events import DELIVERY_ALERT, Event, alert_event
 from shipper.sinks.base import Batch
 from shipper.sinks.driver import SinkDriver
-from shipper.sinks.webhook import WebhookSink, retry_after
-from tests.conftest import LogCapture, TlsFiles, free_port, wait_until
+from shipper.sinks.webhook import WebhookSink, WebhookSinkConfig, retry_after
+from tests.conftest import REPO, LogCapture, TlsFiles, free_port, wait_until
 from tests.sinks.contract import SINK, Watched, entries, numbers, open_wal, reopen
 from tests.webhooks import Receiver, hook, hook_config, new_secret, receiving, server_context
 
@@ -425,3 +428,50 @@ async def test_a_resent_batch_after_a_restart_keeps_its_webhook_id(
     assert once.id == again.id
     assert once.body == again.body
     assert numbers(receiver.held()) == [1, 2, 3, 4, 5]
+
+
+async def test_the_readmes_receiver_snippet_verifies_and_drops_a_resent_batch(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver code the README shows accepts a real request of the sink, confirms a
+    batch sent again without handling it twice, and refuses an altered body."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("  ```python\n  import os\n") + len("  ```python\n")
+    snippet = textwrap.dedent(readme[start : readme.index("  ```\n", start)])
+    secret = new_secret()
+    monkeypatch.setenv("WEBHOOK_SECRET", secret)
+    taken: set[str] = set()
+    handled: list[object] = []
+    namespace: dict[str, Any] = {"already_taken": taken.__contains__, "handle": handled.append}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    receive: Callable[[bytes, dict[str, str]], int] = namespace["receive"]
+    await deliver_once(hook(receiver.url, signing_secret=secret), Batch.of([envelope(16, n=1)]))
+    (request,) = receiver.requests
+    assert receive(request.body, request.headers) == 204
+    taken.add(request.id)
+    assert receive(request.body, request.headers) == 204
+    assert receive(request.body.replace(b'"n":1', b'"n":2'), request.headers) == 401
+    assert len(handled) == 1
+
+
+def test_the_example_config_reads_as_it_says() -> None:
+    """config/examples/webhooks.toml is valid with its variables set, and its hooks take what
+    its comments say: gzip denials, and alerts with a bearer token and a header."""
+    raw = tomllib.loads((REPO / "config" / "examples" / "webhooks.toml").read_text())
+    env = {
+        "DENIALS_URL": "https://alerts.example/hook",
+        "DENIALS_SECRET": new_secret(),
+        "TICKETS_URL": "https://tickets.example/api/hook",
+        "TICKETS_TOKEN": "t",
+        "TICKETS_SECRET": new_secret(),
+    }
+    sinks = parse_config(raw, env).sinks
+    denials, tickets = sinks["denials"], sinks["tickets"]
+    assert isinstance(denials, WebhookSinkConfig)
+    assert isinstance(tickets, WebhookSinkConfig)
+    assert denials.compression == "gzip"
+    assert [(m.path, m.values) for m in denials.match] == [(("record", "effect"), ("deny",))]
+    assert tickets.auth is not None
+    assert tickets.auth.header() == "Bearer t"
+    assert [name for name, _ in tickets.headers] == ["X-Tenant"]
+    assert tickets.match[0].values[0] == "shipper.chain_alert"
