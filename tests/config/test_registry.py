@@ -36,7 +36,7 @@ def problems(raw: dict[str, Any]) -> list[str]:
 def test_the_built_in_types_are_registered() -> None:
     """Without a central list, the registries find every built-in source and sink type."""
     assert list(SOURCE_TYPES) == ["json_tls", "syslog"]
-    assert list(SINK_TYPES) == ["file", "s3"]
+    assert list(SINK_TYPES) == ["file", "s3", "webhook"]
     assert SINK_TYPES.get("file") is FileSinkConfig
 
 
