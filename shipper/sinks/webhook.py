@@ -69,6 +69,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -435,9 +436,15 @@ class WebhookSink(SinkBase):
 
     async def open(self, epoch: str) -> None:
         self._epoch = epoch
+        await self.close()  # (a client left from an open without close is not kept)
         verify: Any = False
         if self._https:
-            verify = await trio.to_thread.run_sync(self.config.tls.build)
+            try:
+                verify = await trio.to_thread.run_sync(self.config.tls.build)
+            except (ssl.SSLError, OSError) as exc:  # changed since the config was read
+                raise DestinationUnavailable(
+                    f"webhook {self._where}: cannot use the TLS files: {exc}"
+                ) from exc
         if self._plain_remote:
             log.warning(
                 "sink_webhook_plaintext",
@@ -480,7 +487,8 @@ class WebhookSink(SinkBase):
             f"{self.id}:{self._epoch}:{position_of(envelopes[0])}:{position_of(envelopes[-1])}"
         )
         body = b"[" + b",".join(envelopes) + b"]"
-        content = gzip.compress(body, 6) if self.config.compression == "gzip" else body
+        gzipped = self.config.compression == "gzip"
+        content = gzip.compress(body, compresslevel=6, mtime=0) if gzipped else body
         return _Prepared(len(envelopes), message_id, body, content)
 
     def _headers(self, prepared: _Prepared) -> dict[str, str]:

@@ -141,6 +141,20 @@ async def test_a_receiver_whose_certificate_is_not_trusted_is_unavailable(
     assert https_receiver.requests == []
 
 
+async def test_a_ca_file_gone_since_the_config_was_read_is_unavailable_not_a_defect(
+    https_receiver: Receiver, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    """A CA file removed after the config was validated makes open fail as an unavailable
+    destination (retried until the operator puts it back), not as a defect of the sink."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(tls_files.ca_pem.read_bytes())
+    sink = hook(https_receiver.url, tls={"ca": str(ca)})
+    ca.unlink()
+    with pytest.raises(DestinationUnavailable, match="cannot use the TLS files"):
+        await sink.open(EPOCH)
+    await sink.close()
+
+
 # --- answers ----------------------------------------------------------------------------------
 
 
