@@ -28,6 +28,7 @@ from shipper.sinks.driver import SinkDriver
 from shipper.sinks.webhook import WebhookSink, WebhookSinkConfig, retry_after
 from tests.conftest import REPO, LogCapture, TlsFiles, free_port, wait_until
 from tests.sinks.contract import SINK, Watched, entries, numbers, open_wal, reopen
+from tests.test_config import EXAMPLE_ENV
 from tests.webhooks import Receiver, hook, hook_config, new_secret, receiving, server_context
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
@@ -472,20 +473,13 @@ def test_the_example_config_reads_as_it_says() -> None:
     """config/examples/webhooks.toml is valid with its variables set, and its hooks take what
     its comments say: gzip denials, and alerts with a bearer token and a header."""
     raw = tomllib.loads((REPO / "config" / "examples" / "webhooks.toml").read_text())
-    env = {
-        "DENIALS_URL": "https://alerts.example/hook",
-        "DENIALS_SECRET": new_secret(),
-        "TICKETS_URL": "https://tickets.example/api/hook",
-        "TICKETS_TOKEN": "t",
-        "TICKETS_SECRET": new_secret(),
-    }
-    sinks = parse_config(raw, env).sinks
+    sinks = parse_config(raw, EXAMPLE_ENV).sinks
     denials, tickets = sinks["denials"], sinks["tickets"]
     assert isinstance(denials, WebhookSinkConfig)
     assert isinstance(tickets, WebhookSinkConfig)
     assert denials.compression == "gzip"
     assert [(m.path, m.values) for m in denials.match] == [(("record", "effect"), ("deny",))]
     assert tickets.auth is not None
-    assert tickets.auth.header() == "Bearer t"
+    assert tickets.auth.header() == "Bearer a-bearer-token"
     assert [name for name, _ in tickets.headers] == ["X-Tenant"]
     assert tickets.match[0].values[0] == "shipper.chain_alert"
