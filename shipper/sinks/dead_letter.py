@@ -9,9 +9,14 @@ batch's first and last envelopes, ``<epoch>`` the WAL's lifetime they belong to
 (``Wal.epoch``). Each line is one refused envelope, LF-ended::
 
     {"v":1,"sink":"hook","refused_at":"2026-11-23T17:55:00.123456Z","reason":"...",
+     "status":400,"answer":"...",
      "envelope":{...the envelope exactly as the WAL gave it to the sink...}}
 
-(one line in the file; ``reason`` is the destination's, at most ``MAX_REASON`` characters).
+(one line in the file). ``reason`` is the sink's account of the refusal, at most
+``MAX_REASON`` characters. ``status`` and ``answer`` are there only when the sink knew them
+(``DestinationRejected.status`` and ``.answer``): the destination's status (an HTTP status code
+as a number, or a protocol's error code as a string) and what it answered (an HTTP response
+body, decoded as UTF-8 with bad bytes replaced), at most ``MAX_ANSWER`` characters.
 
 Rules:
 
@@ -45,6 +50,8 @@ from shipper.sinks.base import Batch
 
 #: Longest reason kept (a destination's error text can be a whole page).
 MAX_REASON = 2000
+#: Longest answer kept (a receiver's error page can be large).
+MAX_ANSWER = 4000
 DIRECTORY = "dead_letter"
 #: Where ``replay`` moves a file it delivered, inside the sink's directory.
 REPLAYED = "replayed"
@@ -138,17 +145,28 @@ class DeadLetters:
         self.directory = data_dir / DIRECTORY / sink_id
         self.sink_id = sink_id
 
-    def write(self, batch: Batch, reason: str, epoch: str) -> Path:
-        """Keep ``batch`` with ``reason``, durably; the file's path (blocking: run it in a
-        worker thread). Raises OSError if the disk refuses."""
-        head = orjson.dumps(
-            {
-                "v": 1,
-                "sink": self.sink_id,
-                "refused_at": utc_timestamp(),
-                "reason": reason[:MAX_REASON],
-            }
-        )
+    def write(
+        self,
+        batch: Batch,
+        reason: str,
+        epoch: str,
+        status: int | str | None = None,
+        answer: str | None = None,
+    ) -> Path:
+        """Keep ``batch`` with ``reason`` (and the destination's ``status`` and ``answer`` when
+        known), durably; the file's path (blocking: run it in a worker thread). Raises OSError
+        if the disk refuses."""
+        fields: dict[str, object] = {
+            "v": 1,
+            "sink": self.sink_id,
+            "refused_at": utc_timestamp(),
+            "reason": reason[:MAX_REASON],
+        }
+        if status is not None:
+            fields["status"] = status
+        if answer is not None:
+            fields["answer"] = answer[:MAX_ANSWER]
+        head = orjson.dumps(fields)
         prefix = head[:-1] + b',"envelope":'
         data = b"".join(prefix + envelope + b"}\n" for envelope in batch.envelopes)
         if not self.directory.is_dir():

@@ -3,7 +3,10 @@
 ``tests/sinks/test_contract.py`` runs one set of tests against every harness in ``HARNESSES``.
 A sink joins the suite with one line there: its name, a function that builds its harness in a
 temporary directory (a context manager, so that it can mount or start what it needs), and
-whether its destination can refuse a batch (only those run the refusal tests).
+whether its destination can refuse a batch (only those run the refusal tests). A harness says
+whether its sink delivers exactly once (``exactly_once``: it can tell what its destination
+holds) or at least once with an idempotency key (its ``held`` is then what a receiver that
+drops a key it has seen holds).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from tests.s3archive import sink_table, sync_client
 from tests.s3server import S3Server
 from tests.sinks.memory import FAST, MemoryDestination, MemorySink
 from tests.tcpproxy import Proxy, proxy_to
+from tests.webhooks import Receiver, hook, receiving
 
 SINK = "contract"
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
@@ -43,6 +47,10 @@ SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
 
 class Harness(Protocol):
     """What the suite needs to know of a sink and its destination."""
+
+    #: Whether the sink knows what its destination holds (``resume_point``), so that a crash
+    #: between delivery and acknowledgement leaves nothing to send again.
+    exactly_once: bool
 
     def sink(self) -> Sink:
         """A new sink on the destination (a restart builds another one), retrying fast."""
@@ -79,6 +87,8 @@ class FileHarness:
     """The file sink on a small tmpfs: unavailable is a full disk. Each line has a file of its
     own (``max_file_bytes = 1``), so every write needs new room on the disk."""
 
+    exactly_once = True
+
     def __init__(self, disk: Path) -> None:
         self.path = disk / "archive"
         self.ballast = disk / "ballast"
@@ -114,6 +124,8 @@ def file_harness(tmp_path: Path) -> Iterator[Harness]:
 class MemoryHarness:
     """The test-only memory sink: a destination the test switches off and poisons."""
 
+    exactly_once = True
+
     def __init__(self) -> None:
         self.destination = MemoryDestination()
 
@@ -141,6 +153,8 @@ def memory_harness(tmp_path: Path) -> Iterator[Harness]:
 class S3Harness:
     """The s3 sink on a bucket of the real S3 server, reached through a proxy: unavailable is
     the network cut. What it holds is read back with a synchronous client."""
+
+    exactly_once = True
 
     def __init__(self, server: S3Server, proxy: Proxy) -> None:
         self.server = server
@@ -186,6 +200,39 @@ def s3_harness(tmp_path: Path) -> Iterator[Harness]:
         yield S3Harness(server, proxy)
 
 
+class WebhookHarness:
+    """The webhook sink to a real HTTP receiver: unavailable is the receiver answering 503,
+    a refusal its 400. A receiver cannot be asked what it holds, so a batch taken but not
+    acknowledged comes again, with the same webhook-id: ``held`` is what a receiver that drops
+    a webhook-id it has seen holds."""
+
+    exactly_once = False
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+
+    def sink(self) -> Sink:
+        return hook(self.receiver.url, sink_id=SINK, flush_interval="10ms")
+
+    def held(self) -> list[bytes]:
+        return self.receiver.held()
+
+    def make_unavailable(self) -> None:
+        self.receiver.down = True
+
+    def make_available(self) -> None:
+        self.receiver.down = False
+
+    def refuse(self, poison: bytes) -> None:
+        self.receiver.poison = poison
+
+
+@contextlib.contextmanager
+def webhook_harness(tmp_path: Path) -> Iterator[Harness]:
+    with receiving() as receiver:
+        yield WebhookHarness(receiver)
+
+
 #: Session servers a harness needs, put here by the harness fixture (``"s3"``: the S3 server).
 SERVERS: dict[str, S3Server] = {}
 #: Which session fixture each harness needs.
@@ -195,6 +242,7 @@ HARNESSES: dict[str, Kind] = {
     "file": Kind(file_harness, can_refuse=False),
     "memory": Kind(memory_harness, can_refuse=True),
     "s3": Kind(s3_harness, can_refuse=False),
+    "webhook": Kind(webhook_harness, can_refuse=True),
 }
 
 

@@ -46,7 +46,8 @@ async def test_crash_between_delivery_and_ack_leaves_each_event_once(
     harness: Harness, tmp_path: Path
 ) -> None:
     """A sink that dies after its destination took a batch but before the acknowledgement gets
-    that batch again at the next start, and the destination still holds each event once."""
+    that batch again at the next start, and the destination still holds each event once (a
+    sink delivering at least once sends it again under the same idempotency key)."""
     wal = open_wal(tmp_path / "wal")
     reader = Watched(wal.readers[SINK])
     with trio.CancelScope() as scope:
@@ -69,7 +70,8 @@ async def test_crash_between_delivery_and_ack_leaves_each_event_once(
     held = harness.held()
     assert numbers(held) == list(range(1, 41))
     assert len(set(ids(held))) == 40
-    assert restarted.counters["already_delivered"] == 20
+    if harness.exactly_once:  # else sent again under the same key, which held() drops
+        assert restarted.counters["already_delivered"] == 20
     assert wal.lag_bytes(wal.readers[SINK]) == 0
 
 
