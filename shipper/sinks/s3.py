@@ -68,6 +68,7 @@ import trio
 
 from shipper.archive.content import SUFFIXES, ContentError, chain_fields, decompress, spans
 from shipper.archive.manifest import (
+    AgentSpan,
     ManifestEntry,
     Retention,
     entry_hash,
@@ -80,7 +81,7 @@ from shipper.config import SINK_TYPES, SinkCommon, SinkConfig, Table
 from shipper.config.reader import show
 from shipper.config.values import Secret, literal_values
 from shipper.errors import UnsafeDestination
-from shipper.events import ALERT_SOURCE_ID, alert_event, utc_timestamp
+from shipper.events import ALERT_SOURCE_ID, HeadReader, alert_event, utc_timestamp
 from shipper.logging import get_logger
 from shipper.metrics import Health
 from shipper.s3 import (
@@ -396,7 +397,8 @@ class _Group:
     cls: str
     lines: list[bytes] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
-    links: list[tuple[str, int, str] | None] = field(default_factory=list)
+    #: Per event, its chain link (``content.chain_fields``); a hash of None: not read yet.
+    links: list[tuple[str, int, str | None] | None] = field(default_factory=list)
     seals_only: bool = True
 
 
@@ -532,7 +534,13 @@ class S3Sink(SinkBase):
 
     def _group(self, envelopes: list[bytes]) -> list[_Group]:
         """The batch's events in groups (one per key prefix and class), without those stored
-        already; in the order of their first events. (Runs in a worker thread.)"""
+        already; in the order of their first events. (Runs in a worker thread.)
+
+        Most envelopes are not parsed: their heads are read from the bytes (``HeadReader``), and
+        the hash of a chained event is read only when the manifest entry needs it (each agent's
+        first and last event in the object, ``_spans``). Parsed in full: alerts (a seal is
+        known by its record), envelopes the head reader does not take, and every envelope when a
+        retention rule looks into the record."""
         groups: dict[tuple[str, str], _Group] = {}
         config = self.config
         template = config.prefix + config.key_prefix
@@ -540,18 +548,37 @@ class S3Sink(SinkBase):
         profile = self._profile
         held = self._held
         rendered: dict[tuple[str, str, str | None], str] = {}  # key prefixes seen in the batch
+        heads = None if any(rule.field for rule in classes.rules) else HeadReader()
+        later = "" if profile.hash is None else None  # a hash read when needed (``_spans``)
         for line in envelopes:
-            envelope = orjson.loads(line)
-            event_id = envelope["id"]
+            head = heads.read(line) if heads is not None else None
+            if head is not None and (source_id := str(head[2].get("id", ""))) != ALERT_SOURCE_ID:
+                event_id, received_at, _, agent, chain, has_record = head
+                record = None
+                link: tuple[str, int, str | None] | None = None
+                if agent is not None and chain is not None and has_record:
+                    sequence = chain.get("sequence")
+                    if isinstance(sequence, int):
+                        link = (agent, sequence, later)
+                seal = False
+            else:
+                envelope = orjson.loads(line)
+                event_id = envelope["id"]
+                source = envelope.get("source") or {}
+                source_id = str(source.get("id", ""))
+                agent = envelope.get("agent")
+                record = envelope.get("record")
+                if not isinstance(record, dict):
+                    record = None
+                received_at = envelope.get("received_at", "")
+                link = chain_fields(envelope, profile)
+                seal = (
+                    source_id == ALERT_SOURCE_ID
+                    and record is not None
+                    and record.get("action") == ARCHIVE_SEAL
+                )
             if event_id in held:
                 continue
-            source = envelope.get("source") or {}
-            source_id = str(source.get("id", ""))
-            agent = envelope.get("agent")
-            record = envelope.get("record")
-            if not isinstance(record, dict):
-                record = None
-            received_at = envelope.get("received_at", "")
             memo = (received_at[:13], source_id, agent if isinstance(agent, str) else None)
             directory = rendered.get(memo)
             if directory is None:
@@ -562,14 +589,29 @@ class S3Sink(SinkBase):
                 group = groups[(directory, cls)] = _Group(directory, cls)
             group.lines.append(line)
             group.ids.append(event_id)
-            group.links.append(chain_fields(envelope, profile))
-            if group.seals_only and not (
-                source_id == ALERT_SOURCE_ID
-                and record is not None
-                and record.get("action") == ARCHIVE_SEAL
-            ):
+            group.links.append(link)
+            if not seal:
                 group.seals_only = False
         return list(groups.values())
+
+    def _spans(self, group: _Group) -> dict[str, AgentSpan]:
+        """What the manifest entry of ``group`` says of its agents (``content.spans``), the
+        hashes of their first and last events read from their lines if not known yet."""
+        firsts: dict[str, int] = {}
+        lasts: dict[str, int] = {}
+        for index, link in enumerate(group.links):
+            if link is not None:
+                firsts.setdefault(link[0], index)
+                lasts[link[0]] = index
+        ends: list[tuple[str, int, str] | None] = []
+        for index in sorted({*firsts.values(), *lasts.values()}):
+            link = group.links[index]
+            assert link is not None
+            if link[2] is None:
+                ends.append(chain_fields(orjson.loads(group.lines[index]), self._profile))
+            else:
+                ends.append((link[0], link[1], link[2]))
+        return spans(ends)
 
     async def _store(self, group: _Group) -> _Stored | None:
         """Store the head of ``group`` as one object (all of it, unless the key holds part of
@@ -698,7 +740,7 @@ class S3Sink(SinkBase):
                 str(config.classes.periods[group.cls]),
                 stored.retain_until,
             ),
-            agents=spans(group.links),
+            agents=self._spans(group),
         )
         data = entry.encode()
         key = manifest_key(config.prefix, entry.seq)
