@@ -98,6 +98,8 @@ BASE = ROWS[1]
 _READS = "WAL read (one ahead, overlaps)"
 _OPENING = "open"
 _RESUME = "resume point (manifest search)"
+_GROUP = "group (read each envelope's head)"
+_CPU = "cpu: "  # (in spent: the CPU of a part run in worker threads)
 
 
 @dataclass
@@ -286,24 +288,28 @@ class _TimedSink(S3Sink):
     def __init__(self, config: S3SinkConfig, context: SinkContext) -> None:
         super().__init__(config, context)
         self.spent: defaultdict[str, float] = defaultdict(float)
+        self.cpu: defaultdict[str, float] = defaultdict(float)  # the worker threads' own CPU
         self.opening_cpu = 0.0
         compress = self._compress
 
         def timed(data: bytes) -> bytes:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return compress(data)
             finally:
-                self.spent[f"compress ({config.compression})"] += time.perf_counter() - start
+                name = f"compress ({config.compression})"
+                self.spent[name] += time.perf_counter() - start
+                self.cpu[name] += time.thread_time() - cpu
 
         self._compress = timed
 
     def _group(self, envelopes: list[bytes]) -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return super()._group(envelopes)
         finally:
-            self.spent["group (read each envelope's head)"] += time.perf_counter() - start
+            self.spent[_GROUP] += time.perf_counter() - start
+            self.cpu[_GROUP] += time.thread_time() - cpu
 
     async def open(self, epoch: str) -> None:
         start, cpu = time.perf_counter(), time.process_time()
@@ -349,6 +355,7 @@ async def sink_run(bench: Bench, prefix: str) -> tuple[Run, defaultdict[str, flo
         raise SystemExit(f"the sink run under {prefix} did not deliver every event: {counters}")
     seconds = timer.seconds - sink.spent[_OPENING]
     sink.spent["total"] = seconds
+    sink.spent.update({_CPU + name: value for name, value in sink.cpu.items()})
     run = Run(ROWS[0], seconds, timer.client - sink.opening_cpu, timer.server)
     return run, sink.spent, len(seals)
 
@@ -495,7 +502,7 @@ def report(bench: Bench, runs: list[Run], rows: Sequence[str]) -> None:
 def breakdown(spent: defaultdict[str, float], sha256_seconds: float, seals: int) -> None:
     """Where a sink run's time went: the parts of ``deliver`` (the compression and
     grouping in worker threads, while the trio thread waits for them), and around it."""
-    parts = dict(spent)
+    parts = {name: value for name, value in spent.items() if not name.startswith(_CPU)}
     total, deliver = parts.pop("total"), parts.pop("deliver")
     reads, opening = parts.pop(_READS, 0.0), parts.pop(_OPENING, 0.0)
     resume = parts.pop(_RESUME, 0.0)
@@ -506,9 +513,11 @@ def breakdown(spent: defaultdict[str, float], sha256_seconds: float, seals: int)
     )
     rows.append((_RESUME, resume))
     rows.append(("rest (driver: gather, skip; first WAL read; close)", total - deliver - resume))
-    print(f"\nwhere the sink's time goes (its best run, {total:.2f} s):")
+    print(f"\nwhere the sink's time goes (its best run, {total:.2f} s; CPU: of worker threads):")
     for name, seconds in rows:
-        print(f"  {name:<56}{seconds:>7.3f} s {seconds / total:>6.1%}")
+        cpu = spent.get(_CPU + name)
+        mark = f"  CPU {cpu:.3f} s" if cpu is not None else ""
+        print(f"  {name:<56}{seconds:>7.3f} s {seconds / total:>6.1%}{mark}")
     print(f"  {'(WAL reads: in a worker thread, one read ahead)':<56}{reads:>7.3f} s")
     print(f"  {'(left out: open: S3 client, Object Lock check)':<56}{opening:>7.3f} s")
     print(f"  seal events emitted: {seals}")

@@ -33,6 +33,7 @@ the daemon's WAL readers put it in as the envelope's second key (``envelopes``).
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -259,8 +260,20 @@ def alert_event(action: str, agent: str | None, details: dict[str, Any]) -> Even
 #: (not ``malformed``).
 Head = tuple[str, str, dict[str, Any], str | None, dict[str, Any] | None, bool]
 
-_HEAD_ID: Final = ENVELOPE_HEAD + b'"id":"'
-_SOURCE_MEMO: Final = 16
+_STRING: Final = rb'"([^"\\]*+)"'  # a string without escapes: its bytes are its text
+#: An object nested at most three deep (as a syslog event's structured data) whose strings have
+#: no escapes: its text ends at the first ``}`` outside its strings and inner objects.
+#: (Possessive: no backtracking, linear in the envelope's length.)
+_ATOM: Final = rb'[^{}"\\]++|"[^"\\]*+"'  # text without braces outside strings, or a string
+_DEPTH_1: Final = rb"\{(?:%s)*+\}" % _ATOM
+_DEPTH_2: Final = rb"\{(?:%s|%s)*+\}" % (_ATOM, _DEPTH_1)
+_OBJECT: Final = rb"(\{(?:%s|%s)*+\})" % (_ATOM, _DEPTH_2)
+_HEAD_RE: Final = re.compile(
+    rb'\{"v":1,"id":%s,"received_at":%s,"source":%s(?:,"syslog":%s)?(?:,"agent":%s)?'
+    rb'(?:,"chain":%s)?(?:,"identity_mismatch":%s)?,"(record|malformed)":\{'
+    % (_STRING, _STRING, _OBJECT, _OBJECT, _STRING, _OBJECT, _OBJECT)
+)
+_SOURCE_MEMO: Final = 64
 
 
 class HeadReader:
@@ -268,102 +281,34 @@ class HeadReader:
     parsing the record, for the envelopes ``Event.encode`` writes with their id put in.
 
     Exact, or nothing: ``read`` returns the values a full ``orjson.loads`` of the envelope would
-    give, or None when the bytes are not of the shape it follows (then parse them in full).
-    It walks the top-level keys in the order ``encode_without_id`` writes them; a string is cut
-    at its closing quote only when it has no backslash (no escapes: its bytes are its text); an
-    object value ends where a slice of the bytes up to a ``}`` parses as one JSON object (a
-    JSON object's end is the first place its text closes, so a slice that parses whole is the
-    value). A ``source`` object is most often the same bytes as an earlier envelope's (one per
-    connection): those are recognized without parsing them again.
+    give, or None when the bytes are not of the shape it follows (then parse them in full). One
+    regular expression follows the top-level keys in the order ``encode_without_id`` writes
+    them, taking strings only without escapes (their bytes are their text) and objects only
+    nested at most three deep and with such strings (their text ends at the first ``}``
+    outside their strings and inner objects); those objects are then parsed alone. A ``source`` object is most often the same
+    bytes as an earlier envelope's (one per connection): parsed once.
     """
 
     __slots__ = ("_sources",)
 
     def __init__(self) -> None:
-        self._sources: list[tuple[bytes, dict[str, Any]]] = []  # most recent first
+        self._sources: dict[bytes, dict[str, Any]] = {}
 
     def read(self, line: bytes) -> Head | None:
-        if not line.startswith(_HEAD_ID) or not line.endswith(b"}"):
+        match = _HEAD_RE.match(line)
+        if match is None:
             return None
-        start = len(_HEAD_ID)
-        end = line.find(b'"', start)
-        event_id = line[start:end]
-        if end < 0 or b"\\" in event_id:
-            return None
-        start = end + 1
-        if not line.startswith(b',"received_at":"', start):
-            return None
-        start += 16
-        end = line.find(b'"', start)
-        received_at = line[start:end]
-        if end < 0 or b"\\" in received_at:
-            return None
-        start = end + 1
-        if not line.startswith(b',"source":{', start):
-            return None
-        start += 10
-        for blob, known in self._sources:
-            if line.startswith(blob, start):
-                source, start = known, start + len(blob)
-                break
-        else:
-            found = _object_at(line, start)
-            if found is None:
-                return None
-            source, end = found
-            self._sources.insert(0, (line[start:end], source))
-            del self._sources[_SOURCE_MEMO:]
-            start = end
-        agent: str | None = None
-        chain: dict[str, Any] | None = None
-        if line.startswith(b',"syslog":{', start):
-            found = _object_at(line, start + 10)
-            if found is None:
-                return None
-            start = found[1]
-        if line.startswith(b',"agent":"', start):
-            start += 10
-            end = line.find(b'"', start)
-            value = line[start:end]
-            if end < 0 or b"\\" in value:
-                return None
-            agent = value.decode()
-            start = end + 1
-        if line.startswith(b',"chain":{', start):
-            found = _object_at(line, start + 9)
-            if found is None:
-                return None
-            chain, start = found
-        if line.startswith(b',"identity_mismatch":{', start):
-            found = _object_at(line, start + 21)
-            if found is None:
-                return None
-            start = found[1]
-        if line.startswith(b',"record":{', start):
-            record = True
-        elif line.startswith(b',"malformed":{', start):
-            record = False
-        else:
-            return None
-        return event_id.decode(), received_at.decode(), source, agent, chain, record
-
-
-#: How many ``}`` ``_object_at`` tries before it gives up (objects with nested objects or
-#: strings holding braces: parsed in full then).
-_OBJECT_TRIES: Final = 4
-
-
-def _object_at(line: bytes, start: int) -> tuple[dict[str, Any], int] | None:
-    """The JSON object whose text starts at ``line[start]`` and the position after it, or None
-    if it is not found within a few ``}``."""
-    end = start
-    for _ in range(_OBJECT_TRIES):
-        end = line.find(b"}", end) + 1
-        if end <= 0:
-            return None
-        try:
-            value = orjson.loads(line[start:end])
-        except orjson.JSONDecodeError:
-            continue
-        return (value, end) if isinstance(value, dict) else None
-    return None
+        event_id, received_at, blob, _, agent, chain, _, kind = match.groups()
+        source = self._sources.get(blob)
+        if source is None:
+            if len(self._sources) >= _SOURCE_MEMO:
+                self._sources.clear()
+            source = self._sources[blob] = orjson.loads(blob)
+        return (
+            event_id.decode(),
+            received_at.decode(),
+            source,
+            agent.decode() if agent is not None else None,
+            orjson.loads(chain) if chain is not None else None,
+            kind == b"record",
+        )
