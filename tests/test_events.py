@@ -279,3 +279,30 @@ def test_the_head_reader_is_exact_or_says_nothing(lines: list[bytes]) -> None:
             parsed.get("chain"),
             "record" in parsed,
         )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Event(RECEIVED, {"id": "s", "x": {"y": 1}, "agent": "evil", "record": {}}),
+        Event(RECEIVED, {"id": "s", "x": {"y": "}"}, "record": {}}, "a", chain=CHAIN),
+        Event(RECEIVED, SOURCE, "a", chain={"sequence": 1, "x": {"y": 2}, "record": {}}),
+        Event(RECEIVED, {"id": 'a"},"agent":"evil'}, "a\\b", chain={"detail": '"},"x'}),
+        Event(RECEIVED, SOURCE, syslog={"sd": {"a": {"b": {"c": {"agent": "evil"}}}}}),
+    ],
+)
+def test_the_head_reader_is_not_misled_by_objects_inside_the_head(event: Event) -> None:
+    """Objects in the head holding objects and keys of the envelope's own names, and strings
+    holding its punctuation, are read as a full parse reads them, or not at all."""
+    event.record_json = b'{"agent":"evil","chain":{"sequence":1}}'
+    line = event.encode("3-7")
+    parsed = orjson.loads(line)
+    head = HeadReader().read(line)
+    assert head is None or head == (
+        parsed["id"],
+        parsed["received_at"],
+        parsed["source"],
+        parsed.get("agent"),
+        parsed.get("chain"),
+        True,
+    )

@@ -548,7 +548,9 @@ class S3Sink(SinkBase):
         profile = self._profile
         held = self._held
         rendered: dict[tuple[str, str, str | None], str] = {}  # key prefixes seen in the batch
+        # Without rules on record fields, an event's group follows from its hour, source and agent.
         heads = None if any(rule.field for rule in classes.rules) else HeadReader()
+        found: dict[tuple[str, str, str | None], _Group] = {}
         later = "" if profile.hash is None else None  # a hash read when needed (``_spans``)
         for line in envelopes:
             head = heads.read(line) if heads is not None else None
@@ -577,16 +579,20 @@ class S3Sink(SinkBase):
                     and record is not None
                     and record.get("action") == ARCHIVE_SEAL
                 )
-            if event_id in held:
+            if held and event_id in held:
                 continue
             memo = (received_at[:13], source_id, agent if isinstance(agent, str) else None)
-            directory = rendered.get(memo)
-            if directory is None:
-                directory = rendered[memo] = _render(template, received_at, source_id, agent)
-            cls = classes.classify(source_id, agent, record)
-            group = groups.get((directory, cls))
+            group = found.get(memo) if heads is not None else None
             if group is None:
-                group = groups[(directory, cls)] = _Group(directory, cls)
+                directory = rendered.get(memo)
+                if directory is None:
+                    directory = rendered[memo] = _render(template, received_at, source_id, agent)
+                cls = classes.classify(source_id, agent, record)
+                group = groups.get((directory, cls))
+                if group is None:
+                    group = groups[(directory, cls)] = _Group(directory, cls)
+                if heads is not None:
+                    found[memo] = group
             group.lines.append(line)
             group.ids.append(event_id)
             group.links.append(link)
