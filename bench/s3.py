@@ -551,7 +551,13 @@ def costs(bench: Bench, runs: list[Run], sample: int) -> None:
     if put:
         seconds = min(r.seconds for r in put)
         print(f"  {'put_object loop (wall, per event)':<40}{seconds / bench.events * 1e6:>7.2f} us")
-    for name, work in COSTS.items():
+    sink = S3Sink(bench.sink_config("costs/"), SinkContext(ChainConfig().profile_fields))
+
+    def group(data: bytes) -> None:
+        for found in sink._group(data.splitlines()):
+            sink._spans(found)
+
+    for name, work in {"the sink's grouping (and spans)": group, **COSTS}.items():
         best = math.inf
         stored = 0
         for _ in range(2):
