@@ -37,7 +37,8 @@ threads) during the run, ``server s`` the SeaweedFS process's: with two cores, b
 Then: where the sink's best run spent its time (the grouping and the compression, which run in
 worker threads while the sink waits for them, the PUTs of objects and of manifest entries, the
 rest; the sha256 of the objects timed apart on the same bytes), and what the per-event work
-costs on one thread over the same JSON lines (``orjson.loads`` of each, gzip and zstd levels).
+costs on one thread over the same JSON lines (the sink's grouping, ``orjson.loads`` of each,
+gzip by ISA-L and zlib, and zstd, at several levels).
 
 Run: ``.venv/bin/python -m bench.s3 [--events N] [--agents N] [--rounds N] [--rows a,b]
 [--compression gzip|zstd|none] [--compression-level N] [--dir DIR] [--keep]`` (``make bench-s3``).
