@@ -106,9 +106,9 @@ _PLACEHOLDER_RE: Final = re.compile(r"\{\{\s*([a-z]+)\s*\}\}")
 _UNSAFE_RE: Final = re.compile(r"[^A-Za-z0-9._-]")
 _BUCKET_RE: Final = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 Compression = Literal["gzip", "zstd", "none"]
-#: Each compression's ``compression_level``: lowest, highest, default. gzip's are ISA-L's (1: a
-#: sixth of zlib's level 6 in time, objects a tenth larger; 3: about zlib's size, three times the
-#: time of 1).
+#: Each compression's ``compression_level``: lowest, highest, default. gzip's are ISA-L's (1:
+#: about a tenth of zlib's level 6 in time, objects a tenth larger; 3: nearly zlib 6's size, two
+#: to three times the time of 1).
 LEVELS: Final[dict[str, tuple[int, int, int]]] = {"gzip": (0, 3, 1), "zstd": (1, 19, 3)}
 LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
 SseAlgorithm = Literal["AES256", "aws:kms"]
