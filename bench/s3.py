@@ -21,7 +21,7 @@ Rows (each run writes under a prefix of its own):
 * ``put_object loop``: the same objects, byte for byte, PUT one at a time through the same client
   (``open_client``: aiobotocore on its httpx backend; bodies as ``shipper.s3.Body``) with the
   same headers: lock mode and retain-until, ``If-None-Match: *``, the sha256 checksum (computed
-  beforehand), content type and encoding. The client is made, and has made one request, before
+  beforehand), content type. The client is made, and has made one request, before
   the timer starts.
 * ``put_object loop + manifests``: the same, each object followed by its manifest entry's bytes
   (locked like the sink's), as the sink does.
@@ -37,10 +37,11 @@ threads) during the run, ``server s`` the SeaweedFS process's: with two cores, b
 Then: where the sink's best run spent its time (the grouping and the compression, which run in
 worker threads while the sink waits for them, the PUTs of objects and of manifest entries, the
 rest; the sha256 of the objects timed apart on the same bytes), and what the per-event work
-costs on one thread over the same JSON lines (``orjson.loads`` of each, gzip and zstd levels).
+costs on one thread over the same JSON lines (the sink's grouping, ``orjson.loads`` of each,
+gzip by ISA-L and zlib, and zstd, at several levels).
 
 Run: ``.venv/bin/python -m bench.s3 [--events N] [--agents N] [--rounds N] [--rows a,b]
-[--compression gzip|zstd|none] [--dir DIR] [--keep]`` (``make bench-s3``).
+[--compression gzip|zstd|none] [--compression-level N] [--dir DIR] [--keep]`` (``make bench-s3``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ from shipper.logging import configure
 from shipper.s3 import Body, S3Settings, open_client, translated
 from shipper.sinks.base import Batch, SinkContext
 from shipper.sinks.driver import SinkDriver
-from shipper.sinks.s3 import S3Sink, S3SinkConfig
+from shipper.sinks.s3 import S3Sink, S3SinkConfig, _compressor
 from tests.s3server import S3Server, running_s3, weed_binary
 
 SINK_ID = "s3"
@@ -99,6 +100,8 @@ BASE = ROWS[1]
 _READS = "WAL read (one ahead, overlaps)"
 _OPENING = "open"
 _RESUME = "resume point (manifest search)"
+_GROUP = "group (read each envelope's head)"
+_CPU = "cpu: "  # (in spent: the CPU of a part run in worker threads)
 
 
 @dataclass
@@ -132,6 +135,7 @@ class Bench:
     server: S3Server
     bucket: str
     compression: str
+    level: int | None  # compression_level (None: the sink's default)
     events: int
     json_bytes: int  # the envelopes as JSON lines
     directory: Path
@@ -160,6 +164,7 @@ class Bench:
                         "access_key_id": self.server.access_key,
                         "secret_access_key": self.server.secret_key,
                         "compression": self.compression,
+                        **({"compression_level": self.level} if self.level is not None else {}),
                         "object_lock": {"mode": "COMPLIANCE", "retention_days": 1},
                     }
                 },
@@ -285,24 +290,28 @@ class _TimedSink(S3Sink):
     def __init__(self, config: S3SinkConfig, context: SinkContext) -> None:
         super().__init__(config, context)
         self.spent: defaultdict[str, float] = defaultdict(float)
+        self.cpu: defaultdict[str, float] = defaultdict(float)  # the worker threads' own CPU
         self.opening_cpu = 0.0
         compress = self._compress
 
         def timed(data: bytes) -> bytes:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return compress(data)
             finally:
-                self.spent[f"compress ({config.compression})"] += time.perf_counter() - start
+                name = f"compress ({config.compression})"
+                self.spent[name] += time.perf_counter() - start
+                self.cpu[name] += time.thread_time() - cpu
 
         self._compress = timed
 
     def _group(self, envelopes: list[bytes]) -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return super()._group(envelopes)
         finally:
-            self.spent["group (orjson.loads each envelope)"] += time.perf_counter() - start
+            self.spent[_GROUP] += time.perf_counter() - start
+            self.cpu[_GROUP] += time.thread_time() - cpu
 
     async def open(self, epoch: str) -> None:
         start, cpu = time.perf_counter(), time.process_time()
@@ -348,6 +357,7 @@ async def sink_run(bench: Bench, prefix: str) -> tuple[Run, defaultdict[str, flo
         raise SystemExit(f"the sink run under {prefix} did not deliver every event: {counters}")
     seconds = timer.seconds - sink.spent[_OPENING]
     sink.spent["total"] = seconds
+    sink.spent.update({_CPU + name: value for name, value in sink.cpu.items()})
     run = Run(ROWS[0], seconds, timer.client - sink.opening_cpu, timer.server)
     return run, sink.spent, len(seals)
 
@@ -358,7 +368,6 @@ def _lock_until() -> datetime:
 
 async def put_run(bench: Bench, prefix: str, manifests: bool) -> Run:
     """The stored objects PUT one at a time (and their manifest entries after each)."""
-    extra: dict[str, Any] = {"ContentEncoding": "gzip"} if bench.compression == "gzip" else {}
     async with open_client(bench.settings) as client:
         with translated("asking for the bench bucket"):
             await client.head_bucket(Bucket=bench.bucket)  # (as the sink's open, not timed)
@@ -374,7 +383,6 @@ async def put_run(bench: Bench, prefix: str, manifests: bool) -> Run:
                         ContentType="application/x-ndjson",
                         ObjectLockMode="COMPLIANCE",
                         ObjectLockRetainUntilDate=_lock_until(),
-                        **extra,
                     )
                     if not manifests:
                         continue
@@ -496,7 +504,7 @@ def report(bench: Bench, runs: list[Run], rows: Sequence[str]) -> None:
 def breakdown(spent: defaultdict[str, float], sha256_seconds: float, seals: int) -> None:
     """Where a sink run's time went: the parts of ``deliver`` (the compression and
     grouping in worker threads, while the trio thread waits for them), and around it."""
-    parts = dict(spent)
+    parts = {name: value for name, value in spent.items() if not name.startswith(_CPU)}
     total, deliver = parts.pop("total"), parts.pop("deliver")
     reads, opening = parts.pop(_READS, 0.0), parts.pop(_OPENING, 0.0)
     resume = parts.pop(_RESUME, 0.0)
@@ -507,9 +515,11 @@ def breakdown(spent: defaultdict[str, float], sha256_seconds: float, seals: int)
     )
     rows.append((_RESUME, resume))
     rows.append(("rest (driver: gather, skip; first WAL read; close)", total - deliver - resume))
-    print(f"\nwhere the sink's time goes (its best run, {total:.2f} s):")
+    print(f"\nwhere the sink's time goes (its best run, {total:.2f} s; CPU: of worker threads):")
     for name, seconds in rows:
-        print(f"  {name:<56}{seconds:>7.3f} s {seconds / total:>6.1%}")
+        cpu = spent.get(_CPU + name)
+        mark = f"  CPU {cpu:.3f} s" if cpu is not None else ""
+        print(f"  {name:<56}{seconds:>7.3f} s {seconds / total:>6.1%}{mark}")
     print(f"  {'(WAL reads: in a worker thread, one read ahead)':<56}{reads:>7.3f} s")
     print(f"  {'(left out: open: S3 client, Object Lock check)':<56}{opening:>7.3f} s")
     print(f"  seal events emitted: {seals}")
@@ -523,12 +533,12 @@ def _parse_each(data: bytes) -> None:
 
 COSTS: dict[str, Callable[[bytes], object]] = {
     "orjson.loads of each line": _parse_each,
-    "gzip level 6 (the sink's)": lambda data: gzip.compress(data, compresslevel=6, mtime=0),
-    "gzip level 1": lambda data: gzip.compress(data, compresslevel=1, mtime=0),
-    "zstd level 3 (compression = zstd)": lambda data: zstandard.ZstdCompressor(level=3).compress(
-        data
-    ),
-    "zstd level 1": lambda data: zstandard.ZstdCompressor(level=1).compress(data),
+    "gzip, ISA-L level 1 (the sink's default)": _compressor("gzip", 1),
+    "gzip, ISA-L level 3": _compressor("gzip", 3),
+    "gzip, zlib level 1": lambda data: gzip.compress(data, compresslevel=1, mtime=0),
+    "gzip, zlib level 6 (the sink's before)": lambda data: gzip.compress(data, 6, mtime=0),
+    "zstd level 3 (compression = zstd)": _compressor("zstd", 3),
+    "zstd level 1": _compressor("zstd", 1),
 }
 
 
@@ -543,7 +553,13 @@ def costs(bench: Bench, runs: list[Run], sample: int) -> None:
     if put:
         seconds = min(r.seconds for r in put)
         print(f"  {'put_object loop (wall, per event)':<40}{seconds / bench.events * 1e6:>7.2f} us")
-    for name, work in COSTS.items():
+    sink = S3Sink(bench.sink_config("costs/"), SinkContext(ChainConfig().profile_fields))
+
+    def group(data: bytes) -> None:
+        for found in sink._group(data.splitlines()):
+            sink._spans(found)
+
+    for name, work in {"the sink's grouping (and spans)": group, **COSTS}.items():
         best = math.inf
         stored = 0
         for _ in range(2):
@@ -569,7 +585,13 @@ async def create_bucket(bench: Bench) -> None:
 
 @contextlib.contextmanager
 def prepared(
-    directory: Path, events: int, agents: int, seed: int, compression: str, readers: int
+    directory: Path,
+    events: int,
+    agents: int,
+    seed: int,
+    compression: str,
+    readers: int,
+    level: int | None = None,
 ) -> Iterator[tuple[Bench, set[str]]]:
     """A WAL in ``directory`` of ``events`` chained records of ``agents`` agents (with
     ``readers`` readers), a ``weed mini`` beside it with the bench's bucket, and the ``Bench``
@@ -584,6 +606,7 @@ def prepared(
             server,
             f"bench-{uuid.uuid4().hex[:12]}",
             compression,
+            level,
             events,
             0,  # (known once the objects are read back)
             directory,
@@ -628,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip")
     parser.add_argument(
+        "--compression-level", type=int, help="the sink's compression_level (default: its own)"
+    )
+    parser.add_argument(
         "--cost-objects", type=int, default=8, help="objects the per-event costs are taken on"
     )
     parser.add_argument("--dir", type=Path, default=Path("bench/out/s3"))
@@ -644,7 +670,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     directory.mkdir(parents=True)
     try:
         with prepared(
-            directory, args.events, args.agents, args.seed, args.compression, 1 + args.rounds
+            directory,
+            args.events,
+            args.agents,
+            args.seed,
+            args.compression,
+            1 + args.rounds,
+            args.compression_level,
         ) as (bench, hashes):
             print(
                 f"{args.events} events of {args.agents} agents through the chain stage into a "

@@ -16,10 +16,12 @@ from shipper.events import (
     ENVELOPE_VERSION,
     MALFORMED_KEEP_BYTES,
     Event,
+    HeadReader,
     Malformed,
     alert_event,
     utc_timestamp,
 )
+from tests.envelopes import envelope_lists
 
 SOURCE: dict[str, Any] = {
     "id": "agents_tls",
@@ -235,3 +237,72 @@ def test_alert_event_is_an_internal_event_routed_to_every_sink() -> None:
     }
     assert "chain" not in envelope
     assert event.source_id == ""
+
+
+def test_the_head_reader_reads_the_daemons_envelopes_without_a_full_parse() -> None:
+    """The shapes the daemon writes most (a chained record; a syslog one; an alert) are read
+    from their bytes, with the values a full parse gives."""
+    lines = [
+        Event(RECEIVED, SOURCE, "agent-3", b'{"agent":"x","record":{}}', chain=CHAIN).encode("1-0"),
+        Event(RECEIVED, SOURCE, "agent-3", b'{"a":1}', syslog=SYSLOG, chain=CHAIN).encode("1-9"),
+        alert_event("shipper.chain_alert", None, {"status": "gap"}).encode("2-0"),
+    ]
+    reader = HeadReader()
+    for line in lines:
+        parsed = orjson.loads(line)
+        assert reader.read(line) == (
+            parsed["id"],
+            parsed["received_at"],
+            parsed["source"],
+            parsed.get("agent"),
+            parsed.get("chain"),
+            True,
+        )
+
+
+@given(envelope_lists())
+def test_the_head_reader_is_exact_or_says_nothing(lines: list[bytes]) -> None:
+    """For envelopes of every shape with hostile content (strings and records holding the
+    envelope's keys, quotes, braces, escapes), the head read from the bytes is what a full
+    parse gives, or None."""
+    reader = HeadReader()
+    for line in lines:
+        head = reader.read(line)
+        if head is None:
+            continue
+        parsed = orjson.loads(line)
+        assert head == (
+            parsed["id"],
+            parsed["received_at"],
+            parsed["source"],
+            parsed.get("agent"),
+            parsed.get("chain"),
+            "record" in parsed,
+        )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Event(RECEIVED, {"id": "s", "x": {"y": 1}, "agent": "evil", "record": {}}),
+        Event(RECEIVED, {"id": "s", "x": {"y": "}"}, "record": {}}, "a", chain=CHAIN),
+        Event(RECEIVED, SOURCE, "a", chain={"sequence": 1, "x": {"y": 2}, "record": {}}),
+        Event(RECEIVED, {"id": 'a"},"agent":"evil'}, "a\\b", chain={"detail": '"},"x'}),
+        Event(RECEIVED, SOURCE, syslog={"sd": {"a": {"b": {"c": {"agent": "evil"}}}}}),
+    ],
+)
+def test_the_head_reader_is_not_misled_by_objects_inside_the_head(event: Event) -> None:
+    """Objects in the head holding objects and keys of the envelope's own names, and strings
+    holding its punctuation, are read as a full parse reads them, or not at all."""
+    event.record_json = b'{"agent":"evil","chain":{"sequence":1}}'
+    line = event.encode("3-7")
+    parsed = orjson.loads(line)
+    head = HeadReader().read(line)
+    assert head is None or head == (
+        parsed["id"],
+        parsed["received_at"],
+        parsed["source"],
+        parsed.get("agent"),
+        parsed.get("chain"),
+        True,
+    )

@@ -81,8 +81,9 @@ class Batch:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How a sink's batches are made: at most ``max_events`` events, cut once they reach about
-    ``max_bytes`` (a read of the WAL of that size is never split by bytes), delivered at the
+    """How a sink's batches are made: at most ``max_events`` events and ``max_bytes`` of
+    envelopes (a single larger envelope goes alone; the driver splits reads where a limit
+    falls and fills the batch after up from the next reads), delivered at the
     latest ``max_age`` seconds after their first event was read (0: as soon as what the WAL
     holds right now is read)."""
 

@@ -11,10 +11,12 @@ Rules:
 
 * **Reading.** A task of its own reads the sink's WAL cursor (``Reader``: ``read(max_bytes)``,
   ``ack(end)``), at most ``batching.max_bytes`` per read, one read ahead of the delivery.
-* **Batching** (the sink's ``batching``): a batch holds at most ``max_events`` events; reads
-  are added while the batch stays within ``max_bytes`` (a read is never split by bytes, only by
-  events), and it is delivered once full, once ``max_age`` seconds have passed since its first
-  event was read, or once the WAL is closed and read.
+* **Batching** (the sink's ``batching``): a batch holds at most ``max_events`` events and
+  ``max_bytes`` of envelopes (or one envelope larger than that); reads are added to it, split
+  where a limit falls (the rest of a read starts the next batch, and reads are added to it in
+  turn: batches come out full, not as a full one and the rest of a read), and it is delivered
+  once full, once ``max_age`` seconds have passed since its first event was read, or once the
+  WAL is closed and read.
 * **Redaction.** With a ``redact`` table (forwarding sinks only; ``shipper.redact``), each batch
   is redacted, in a worker thread, before the sink sees it; a dead letter keeps it as it was
   (a replay redacts it again on its way out).
@@ -57,6 +59,7 @@ Rules:
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 from collections import deque
@@ -225,18 +228,24 @@ class SinkDriver:
                 size_read = sum(map(len, read.envelopes))
                 self._queue.append(_Read(read.envelopes, size_read, read.end, trio.current_time()))
             head = self._queue[0]
-            if taken and size + head.size > limits.max_bytes:
-                break
-            room = limits.max_events - len(taken)
             if not taken and head.envelopes:
                 deadline = head.at + limits.max_age
-            if len(head.envelopes) > room:  # split by events: its end waits for the rest
-                part, head.envelopes = head.envelopes[:room], head.envelopes[room:]
+            room = limits.max_events - len(taken)
+            if len(head.envelopes) > room or size + head.size > limits.max_bytes:
+                # Split by events or bytes: the end of the read waits for its last part.
+                fits = bisect.bisect_right(
+                    list(itertools.accumulate(map(len, head.envelopes[:room]))),
+                    limits.max_bytes - size,
+                )
+                if not fits and not taken:
+                    fits = 1  # one envelope larger than max_bytes goes alone
+                part, head.envelopes = head.envelopes[:fits], head.envelopes[fits:]
                 part_size = sum(map(len, part))
                 head.size -= part_size
                 taken += part
                 size += part_size
-                break
+                if head.envelopes:
+                    break
             self._queue.popleft()
             if taken:
                 taken += head.envelopes

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
+import pytest
 import trio
 import trio.testing
 
@@ -150,6 +151,36 @@ async def test_a_read_split_by_max_events_is_acknowledged_after_its_last_part(
     assert destination.batches == [3, 3, 3, 1]
     assert numbers(destination.held) == list(range(1, 11))
     assert reader.acks == [wal.committed]
+
+
+@pytest.mark.parametrize(
+    ("max_events", "max_envelopes", "batches"),
+    [(3, 10.5, [3] * 10), (100, 4.5, [4] * 7 + [2])],
+    ids=["by-events", "by-bytes"],
+)
+async def test_the_rest_of_a_split_read_is_filled_up_from_the_next_reads(
+    tmp_path: Path, max_events: int, max_envelopes: float, batches: list[int]
+) -> None:
+    """When reads hold more than a batch takes (``max_events``, or ``max_bytes``: here about
+    ``max_envelopes`` envelopes), the rest of a read is not sent alone: the next reads fill
+    its batch up, every batch but the last is full, and every read is acknowledged once its
+    last part is delivered."""
+    wal = open_wal(tmp_path / "wal")
+    for first in range(1, 31, 10):
+        await wal.append(entries(first, 10))
+    await wal.close()
+    envelope = len(entries(10, 1)[0])  # (about: the id is not in, the route is)
+    destination = MemoryDestination()
+    # (a batch waits for the next read: the WAL is closed, so the last goes out at its end)
+    limits = BatchSettings(max_events, int(envelope * max_envelopes), max_age=3600.0)
+    reader = Watched(wal.readers["contract"])
+    await SinkDriver(MemorySink("contract", destination, batching=limits), tmp_path).run(
+        reader, wal.epoch
+    )
+    assert destination.batches == batches
+    assert numbers(destination.held) == list(range(1, 31))
+    assert reader.acks == sorted(reader.acks)
+    assert reader.acks[-1] == wal.committed
 
 
 async def test_a_batch_waits_up_to_max_age_for_more_events(

@@ -3,6 +3,7 @@ retention classes, exactly once across retries and restarts."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 from datetime import UTC, datetime, timedelta
@@ -12,11 +13,14 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import zstandard
 
+from shipper.archive.content import decompress
 from shipper.archive.manifest import entry_hash
 from shipper.config import parse_config
 from shipper.errors import UnsafeDestination
 from shipper.shutdown import Shutdown, run_daemon
+from shipper.sinks.s3 import LEVELS, _compressor
 from tests.chains import chain_lines
 from tests.conftest import LogCapture, free_port, wait_until
 from tests.s3archive import data_objects, manifests, new_bucket, read_bucket, sink_table
@@ -82,6 +86,9 @@ async def test_objects_are_locked_sealed_and_chained(tmp_path: Path, s3_server: 
         assert orjson.loads(obj.lines[0])["id"] == entry.first
         assert orjson.loads(obj.lines[-1])["id"] == entry.last
         assert obj.mode == "COMPLIANCE"
+        assert obj.head["ContentType"] == "application/x-ndjson"
+        assert "ContentEncoding" not in obj.head  # (a client must not unpack it on the way)
+        assert decompress(obj.data, "gzip") == b"".join(line + b"\n" for line in obj.lines)
         assert obj.retain_until is not None
         assert before + timedelta(days=1) - timedelta(minutes=1) <= obj.retain_until
         assert obj.retain_until <= datetime.now(UTC) + timedelta(days=1, minutes=1)
@@ -95,6 +102,24 @@ async def test_objects_are_locked_sealed_and_chained(tmp_path: Path, s3_server: 
     }
     assert seals
     assert all(heads[seal["head"]] == seal["seq"] for seal in seals)
+
+
+@pytest.mark.parametrize(
+    ("compression", "level"),
+    [(name, level) for name, (low, high, _) in LEVELS.items() for level in range(low, high + 1)],
+)
+def test_every_compression_level_writes_a_standard_object(compression: str, level: int) -> None:
+    """At every level it accepts, each compression makes the same bytes twice (a retry writes
+    the same object) that Python's gzip or zstandard and the archive's reader turn back into
+    the lines."""
+    text = b"".join(line for line in chain_lines(300, "agent-a"))
+    data = _compressor(compression, level)(text)
+    assert _compressor(compression, level)(text) == data
+    assert decompress(data, compression) == text
+    if compression == "gzip":
+        assert gzip.decompress(data) == text
+    else:
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(data) == text
 
 
 def archived(server: S3Server, bucket: str, prefix: str, count: int) -> Any:

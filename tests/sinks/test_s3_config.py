@@ -33,6 +33,7 @@ def test_a_minimal_table_takes_the_defaults() -> None:
     sink = parse({"type": "s3", "bucket": "audit-archive"})
     assert sink.key_prefix == DEFAULT_KEY_PREFIX == "year={{year}}/month={{month}}/day={{day}}/"
     assert (sink.prefix, sink.compression, sink.region) == ("", "gzip", "us-east-1")
+    assert sink.compression_level == 1
     assert sink.access_key_id is None
     assert sink.object_lock is None
     assert sink.batching.max_events == 10_000
@@ -53,6 +54,7 @@ def test_every_key_is_read() -> None:
             "access_key_id": "${KEY}",
             "secret_access_key": "${SECRET}",
             "compression": "zstd",
+            "compression_level": 19,
             "object_lock": {"mode": "GOVERNANCE"},
             "legal_hold": True,
             "sse": "aws:kms",
@@ -70,6 +72,7 @@ def test_every_key_is_read() -> None:
         env={"KEY": "AKIA1", "SECRET": "s3cr3t"},
     )
     assert sink.prefix == "shipper/"
+    assert (sink.compression, sink.compression_level) == ("zstd", 19)
     assert sink.access_key_id is not None
     assert sink.access_key_id.reveal() == "AKIA1"
     assert "s3cr3t" not in repr(sink)
@@ -151,6 +154,18 @@ def test_every_key_is_read() -> None:
             {"compression": "lz4"},
             'sinks.s3.compression: expected "gzip", "zstd" or "none", got "lz4"',
         ),
+        (
+            {"compression_level": 6},
+            "sinks.s3.compression_level: expected an integer from 0 to 3, got 6",
+        ),
+        (
+            {"compression": "zstd", "compression_level": 0},
+            "sinks.s3.compression_level: expected an integer from 1 to 19, got 0",
+        ),
+        (
+            {"compression": "none", "compression_level": 1},
+            'sinks.s3.compression_level: compression = "none" takes no level',
+        ),
         ({"sse_kms_key_id": "k"}, 'sinks.s3.sse_kms_key_id: only sse = "aws:kms" takes a key id'),
     ],
 )
@@ -174,6 +189,14 @@ def test_a_rule_may_name_a_source_or_the_daemons_own_events() -> None:
         }
     )
     assert sink.classes.rules[0].sources == ("agents", "shipper")
+
+
+def test_zstd_takes_its_own_default_level() -> None:
+    """Without ``compression_level``, zstd compresses at its usual level 3, not gzip's 1."""
+    assert (
+        parse({"type": "s3", "bucket": "audit-archive", "compression": "zstd"}).compression_level
+        == 3
+    )
 
 
 def test_a_hostile_agent_id_becomes_one_harmless_key_segment() -> None:
