@@ -10,6 +10,8 @@ A sink knows its destination and nothing else. It says
 * how to ``close`` it,
 * its ``health()`` (``shipper.metrics.Health``): what only it can know of its destination (the
   driver adds what it sees of the deliveries, and the worse of the two is reported),
+* optionally ``register_metrics(registry)``, for counters of its own (the driver calls it
+  when it registers its own),
 
 and raises ``DestinationUnavailable`` ("try again later") or ``DestinationRejected`` ("this
 will never pass") when its destination says so, translated from the library's exceptions at the

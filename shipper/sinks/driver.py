@@ -136,6 +136,9 @@ class SinkDriver:
         counters = CounterSet(registry, "sink", self.id, SINK_COUNTERS)
         counters.restore(self.counters.as_dict())
         self.counters = counters
+        own = getattr(self.sink, "register_metrics", None)
+        if own is not None:  # a sink with counters of its own (its connections, say)
+            own(registry)
         registry.health(f"sink.{self.id}", self.health)
 
     def health(self) -> Health:
