@@ -250,6 +250,9 @@ class CefSyslogSink(SinkBase):
         self._ssl: ssl.SSLContext | None = None
         self._epoch = ""
         self._last: Position | None = None  # the last message written on this run (this epoch)
+        # The first and last message written on the current connection (what may be lost if it
+        # breaks: logged then).
+        self._on_connection: tuple[Position, Position] | None = None
         self._ever_connected = False
         self._failed_since_connect = False  # a connection was lost, or could not be made
 
@@ -301,7 +304,9 @@ class CefSyslogSink(SinkBase):
                     f"connection to {self._where()} lost while writing: {_reason(exc)} "
                     f"({start} of {len(messages)} messages of the batch written)"
                 ) from exc
-            self._last = position_of(batch.envelopes[end - 1])
+            self._written(
+                position_of(batch.envelopes[start]), position_of(batch.envelopes[end - 1])
+            )
             self.counters["messages_written"] += end - start
             self.counters["written_bytes"] += size
             start = end
@@ -394,6 +399,7 @@ class CefSyslogSink(SinkBase):
             self.counters["reconnects"] += 1
         self._ever_connected = True
         self._failed_since_connect = False
+        self._on_connection = None
         log.info("cef_syslog_connected", sink=self.id, to=self._where())
 
     async def _peer_closed(self) -> bool:
@@ -412,11 +418,27 @@ class CefSyslogSink(SinkBase):
             return False  # TLS records only (session tickets): the receiver is there
         return state == "closed"
 
+    def _written(self, first: Position, last: Position) -> None:
+        self._last = last
+        if self._on_connection is None:
+            self._on_connection = (first, last)
+        else:
+            self._on_connection = (self._on_connection[0], last)
+
     async def _lost(self, why: str) -> None:
-        """The connection is gone: count it, log it, and close it."""
+        """The connection is gone: count it, log it (with the range of events written on it:
+        those the receiver may not have read), and close it."""
         self.counters["connections_lost"] += 1
         self._failed_since_connect = True
-        log.warning("cef_syslog_connection_lost", sink=self.id, to=self._where(), reason=why)
+        written = self._on_connection
+        log.warning(
+            "cef_syslog_connection_lost",
+            sink=self.id,
+            to=self._where(),
+            reason=why,
+            written_first=None if written is None else str(written[0]),
+            written_last=None if written is None else str(written[1]),
+        )
         await self._disconnect()
 
     async def _disconnect(self) -> None:
@@ -459,7 +481,7 @@ class CefSyslogSink(SinkBase):
                 raise DestinationUnavailable(
                     f"cannot send to {self._where()}: {_reason(exc)}"
                 ) from exc
-            self._last = position_of(envelope)
+            self._written(position_of(envelope), position_of(envelope))
             self.counters["messages_written"] += 1
             self.counters["written_bytes"] += len(message)
 
@@ -507,10 +529,11 @@ def _reason(exc: BaseException) -> str:
 
 
 def _connect_problem(where: str, exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
         return (
             f"cannot connect to {where}: the receiver's certificate is not trusted "
-            f"({exc.verify_message}); fix tls.ca, tls.server_name or the receiver's certificate"
+            f"({cause.verify_message}); fix tls.ca, tls.server_name or the receiver's certificate"
         )
     if isinstance(exc, trio.TooSlowError):
         return f"cannot connect to {where}: no answer within connect_timeout"
