@@ -34,6 +34,8 @@ def parse_cef(lines: list[str], work: Path) -> list[dict[str, Any] | None]:
     ``DeviceProduct``, ``DeviceVersion``, ``SignatureID``, ``Name``, ``Severity``,
     ``Extensions``), or None for a line it refuses; one lognormalizer run for all of them."""
     executable = needs_lognormalizer()
+    if not lines:
+        return []
     rulebase = work / "cef.rulebase"
     rulebase.write_text("rule=:%cef:cef%\n")
     fed: list[bytes] = []

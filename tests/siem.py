@@ -75,6 +75,18 @@ class Siem:
 
         await wait_until(listening, LIMIT)
 
+    def start_sync(self) -> None:
+        """``start`` for synchronous callers (the contract suite's ``make_available``)."""
+        self.rsyslog.start()
+        deadline = time.monotonic() + LIMIT
+        while time.monotonic() < deadline:
+            connection = self.rsyslog.accepting()
+            if connection is not None:
+                connection.close()
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"rsyslogd does not listen: {self.diagnostics()}")
+
     def stop(self) -> None:
         self.rsyslog.stop()
 
