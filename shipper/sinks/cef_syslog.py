@@ -18,7 +18,11 @@ Transports:
   (each message ends with LF; a CEF line holds no raw LF).
 * ``tls``: the same over TLS (RFC 5425), the server verified against the system's CAs (certifi's
   where the system has none) or ``tls.ca``, its name against ``tls.server_name`` or the host;
-  ``tls.cert`` and ``tls.key`` present a client certificate (mutual TLS).
+  ``tls.cert`` and ``tls.key`` present a client certificate (mutual TLS). After the handshake
+  the sink waits ``TLS_SETTLE_SECONDS`` (0.25 s) before writing: in TLS 1.3 a receiver checks the
+  client's certificate after the client's handshake has ended, and some (rsyslog with GnuTLS)
+  close the connection then; written into, such a connection would lose every batch. A
+  connection refused so is a failed connection attempt, retried, and says why.
 * ``udp``: one datagram per message (RFC 5426), no framing. A message longer than
   ``udp_max_bytes`` (default 2048, what RFC 5426 says receivers should take) is not sent: it is
   counted (``sink_oversized_messages``) and logged (``cef_syslog_message_too_large``, with the
@@ -93,6 +97,8 @@ WRITE_BYTES: Final = 64 * 1024
 #: How long to wait for what a TLS receiver sent (a session ticket, or its close) to be read.
 PROBE_SECONDS: Final = 0.05
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: How long the sink waits after a TLS handshake for the receiver to refuse the connection.
+TLS_SETTLE_SECONDS: Final = 0.25
 #: Batches of at most 2000 events or 512 KiB, sent as soon as they are read.
 CEF_BATCHING: Final = BatchSettings(max_events=2000, max_bytes=512 * 1024, max_age=0.0)
 
@@ -377,13 +383,23 @@ class CefSyslogSink(SinkBase):
                     )
                     try:
                         await ssl_stream.do_handshake()
+                        refused = await _refused_after_handshake(ssl_stream)
                     except BaseException:
                         await trio.aclose_forcefully(stream)
                         raise
+                    if refused is not None:
+                        await trio.aclose_forcefully(ssl_stream)
+                        raise _Refused(refused)
                     self._stream = ssl_stream
                 else:
                     self._stream = stream
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError) as exc:
+        except (
+            OSError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            ssl.SSLError,
+            _Refused,
+        ) as exc:
             self.counters["connect_failures"] += 1
             self._failed_since_connect = True
             raise DestinationUnavailable(_connect_problem(self._where(), exc)) from exc
@@ -497,6 +513,28 @@ class CefSyslogSink(SinkBase):
         )
 
 
+class _Refused(Exception):
+    """The TLS receiver closed the connection right after the handshake."""
+
+
+async def _refused_after_handshake(stream: trio.SSLStream[trio.SocketStream]) -> str | None:
+    """Why the receiver refused this client right after the TLS handshake, or None.
+
+    In TLS 1.3 the client's handshake ends before the server has checked the client's
+    certificate, and some receivers (rsyslog with GnuTLS) check it after their handshake and
+    then close the connection: what the client wrote meanwhile would be lost. So the sink waits
+    ``TLS_SETTLE_SECONDS`` for such a close (reading what the receiver sends, such as session
+    tickets) before it writes.
+    """
+    with trio.move_on_after(TLS_SETTLE_SECONDS):
+        try:
+            if await stream.receive_some(65536) == b"":
+                return "it closed the connection"
+        except (trio.BrokenResourceError, OSError) as exc:
+            return _reason(exc)
+    return None
+
+
 def _peek(sock: trio.socket.SocketType) -> Literal["idle", "data", "closed"]:
     """Whether the peer sent something (``data``), closed or reset the connection (``closed``),
     or neither (``idle``), without waiting and without taking what it sent."""
@@ -534,6 +572,12 @@ def _connect_problem(where: str, exc: BaseException) -> str:
         return (
             f"cannot connect to {where}: the receiver's certificate is not trusted "
             f"({cause.verify_message}); fix tls.ca, tls.server_name or the receiver's certificate"
+        )
+    if isinstance(exc, _Refused):
+        return (
+            f"cannot connect to {where}: the receiver refused the TLS connection after the "
+            f"handshake ({exc}); does it require a client certificate (tls.cert, tls.key) that "
+            "it trusts?"
         )
     if isinstance(exc, trio.TooSlowError):
         return f"cannot connect to {where}: no answer within connect_timeout"

@@ -423,6 +423,31 @@ async def test_a_receiver_with_an_untrusted_certificate_gets_nothing(
     assert sink.counters["messages_written"] == 0
 
 
+@pytest.mark.parametrize("driver", ["gtls", "ossl"])
+async def test_a_receiver_requiring_a_client_certificate_is_not_written_to_without_one(
+    peers: None, tmp_path: Path, tls_files: TlsFiles, driver: str
+) -> None:
+    """A receiver that requires a client certificate and closes the connection after the TLS
+    handshake (rsyslog with GnuTLS checks it then) is not written to: each delivery fails as
+    unavailable, saying a client certificate may be missing, and nothing is counted as written."""
+    needs_rsyslogd(driver)
+    siem = Siem(tmp_path / "siem", tls=tls_files, driver=driver)
+    await siem.start()
+    tls = {"ca": str(tls_files.ca_pem), "server_name": "localhost"}
+    sink = build(sink_table(siem.port, transport="tls", tls=tls))
+    try:
+        await sink.open("e")
+        for _ in range(2):
+            with pytest.raises(DestinationUnavailable, match="client certificate"):
+                await sink.deliver(Batch.of(raw_envelopes([{"action": "a"}])))
+    finally:
+        await sink.close()
+        siem.stop()
+    assert siem.received() == []
+    assert sink.counters["messages_written"] == 0
+    assert sink.counters["connect_failures"] == 2
+
+
 async def test_receiver_restart_mid_stream_loses_nothing_and_is_counted(
     peers: None, tmp_path: Path
 ) -> None:
