@@ -268,10 +268,6 @@ class CefSyslogSink(SinkBase):
         counters.restore(self.counters.as_dict())
         self.counters = counters
 
-    @property
-    def connected(self) -> bool:
-        return self._stream is not None or self._udp is not None
-
     async def open(self, epoch: str) -> None:
         """Nothing to open yet: the connection is made at the first delivery (so that a
         receiver that is down shows as a failed write, retried)."""
