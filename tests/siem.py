@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
+
 from tests.conftest import TlsFiles, wait_until
 from tests.peers import Rsyslog
 
@@ -100,7 +102,7 @@ class Siem:
 
     async def wait_for(self, count: int) -> list[Received]:
         """Wait until at least ``count`` messages arrived (bounded); return all of them."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(trio.TooSlowError):
             await wait_until(lambda: len(self.received()) >= count, LIMIT)
         return self.received()
 

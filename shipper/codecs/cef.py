@@ -35,8 +35,9 @@ Mapping an envelope
 ===================
 
 A mapping says where each extension key's value comes from: a list of sources, the first that
-gives a value the key can take wins (``Rule``: a time that is no time tries the next source). A source is a ``FieldPath`` into the envelope (``record.userId``,
-``agent``, ``chain.status``: dotted keys, no list indices), a ``Literal``, or, in the default
+gives a value the key can take wins (``Rule``: a time that is no time tries the next source). A
+source is a ``FieldPath`` into the envelope (``record.userId``, ``agent``, ``chain.status``:
+dotted keys, no list indices), a ``Literal``, or, in the default
 mapping only, a ``Target`` (the target resource, put under ``request`` when it is a URL, under
 ``fname`` when it is a file path, else under ``cs3``). ``DEFAULT_MAPPING`` reads both record
 profiles, seed (``action``, ``effect``, ``agentId``, ``userId``, ``target``, ``reason``,
@@ -56,6 +57,15 @@ profiles, seed (``action``, ``effect``, ``agentId``, ``userId``, ``target``, ``r
     externalId  id (the event's WAL id)                msg      malformed.reason, record.detail
 
 A label key (``cs1Label``, ``cn1Label``, ...) is written only when its value key is.
+
+In a config (``[sinks.X.mapping]``, read by ``parse_rule``; ``mapping_with`` merges it into the
+default), each line sets one CEF key to::
+
+    duser = "record.userId"                          a field path
+    duser = ["record.principal", "record.userId"]    the first present wins
+    duser = ["record.principal", { value = "?" }]    ... with a literal as the fallback
+    dvchost = { value = "gateway-1" }                a literal (text or an integer)
+    cs5 = false                                      leave the key (and its default label) out
 
 The header: Signature ID is the action (``record.action`` or ``record.actionType``;
 ``shipper.malformed`` for input that could not be parsed); Name is a short text (``Agent action
