@@ -20,12 +20,20 @@ from shipper.config import parse_config
 from shipper.errors import ConfigError, DestinationUnavailable
 from shipper.events import Event, Malformed, alert_event, entry
 from shipper.metrics import Registry
+from shipper.shutdown import Shutdown, run_daemon
 from shipper.sinks.base import Batch, SinkContext, position_of
 from shipper.sinks.cef_syslog import CefSyslogSink, CefSyslogSinkConfig
 from shipper.sinks.driver import SinkDriver
 from tests.cefparse import needs_lognormalizer, parse_cef
-from tests.chains import AGENT, chain, safeclaw_lines
-from tests.conftest import LogCapture, TlsFiles, free_port, wait_until
+from tests.chains import AGENT, chain, chain_lines, safeclaw_lines
+from tests.conftest import (
+    LogCapture,
+    TlsFiles,
+    archive_lines,
+    file_sink_config,
+    free_port,
+    wait_until,
+)
 from tests.peers import needs_rsyslogd
 from tests.siem import Received, Siem, cef_of
 from tests.sinks.contract import SINK, Watched, open_wal
@@ -617,3 +625,39 @@ async def test_a_connection_broken_mid_batch_resumes_after_the_last_write(tmp_pa
     assert driver.counters["retries"] == 1
     assert driver.counters["already_delivered"] > 0
     assert (sink.counters["connections_lost"], sink.counters["reconnects"]) == (1, 1)
+
+
+async def test_the_daemon_forwards_verified_records_and_counts_into_its_registry(
+    peers: None, tmp_path: Path, logs: LogCapture
+) -> None:
+    """The daemon with a cef_syslog sink beside its archive forwards each chained record once,
+    with the chain's verdict (cs6) and the record's hash (cs5); the sink's own counters are in
+    the metrics of its shutdown entry."""
+    siem = Siem(tmp_path / "siem")
+    await siem.start()
+    raw = file_sink_config(tmp_path)
+    raw["sinks"]["siem"] = sink_table(siem.port)
+    shutdown = Shutdown()
+    lines = chain_lines(40)
+    try:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
+            address = bound["agents"][0]
+            stream = await trio.open_tcp_stream(address.host, address.port)
+            async with stream:
+                await stream.send_all(b"".join(lines))
+            received = await siem.wait_for(40)
+            shutdown.request("test")
+    finally:
+        siem.stop()
+    assert len(received) == 40, siem.diagnostics()
+    parsed = parse_cef([cef_of(message) for message in received], tmp_path)
+    extensions = [cef["Extensions"] for cef in parsed if cef is not None]
+    assert [e["cn1"] for e in extensions] == [str(n) for n in range(1, 41)]
+    assert {e["cs6"] for e in extensions[1:]} == {"ok"}
+    assert [e["cs5"] for e in extensions] == [orjson.loads(line)["hash"] for line in lines]
+    archived_ids = [orjson.loads(line)["id"] for line in archive_lines(tmp_path / "archive")]
+    assert [e["externalId"] for e in extensions] == archived_ids
+    (complete,) = logs.entries("shutdown_complete")
+    assert complete["metrics"]["sink"]["siem"]["messages_written"] == 40
+    assert complete["metrics"]["sink"]["siem"]["events"] == 40
