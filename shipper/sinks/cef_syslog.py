@@ -46,9 +46,10 @@ Delivery is therefore **at least once**:
   reconnects instead of writing into a closed connection; a connection found closed, or broken
   by a write, is counted (``sink_connections_lost``). Over UDP anything may be lost, unseen.
 
-Reconnects are counted (``sink_reconnects``: connections made after an earlier one was lost or
-could not be made), and so are connection attempts that failed (``sink_connect_failures``), and
-the messages and bytes written (``sink_messages_written``, ``sink_written_bytes``).
+Reconnects are counted (``sink_reconnects``: connections made after the connection was lost or
+could not be made; the first connection is not one), and so are connection attempts that failed
+(``sink_connect_failures``), and the messages and bytes written (``sink_messages_written``,
+``sink_written_bytes``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ SyslogFormat = Literal["rfc5424", "rfc3164"]
 CEF_SYSLOG_COUNTERS: Final[dict[str, str]] = {
     "messages_written": "Syslog messages written to the receiver's connection",
     "written_bytes": "Bytes written to the receiver's connection, framing included",
-    "reconnects": "Connections made after an earlier one was lost or could not be made",
+    "reconnects": "Connections made after the connection was lost or could not be made",
     "connect_failures": "Connection attempts that failed",
     "connections_lost": "Connections found closed by the receiver, or broken by a write",
     "oversized_messages": "Messages longer than udp_max_bytes, not sent",
