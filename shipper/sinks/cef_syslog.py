@@ -536,8 +536,9 @@ def _peek(sock: trio.socket.SocketType) -> Literal["idle", "data", "closed"]:
     """Whether the peer sent something (``data``), closed or reset the connection (``closed``),
     or neither (``idle``), without waiting and without taking what it sent."""
     fd = sock.fileno()
-    readable, _, _ = select.select([fd], [], [], 0)
-    if not readable:
+    poll = select.poll()  # (not select.select: a daemon's descriptors may pass FD_SETSIZE)
+    poll.register(fd, select.POLLIN)
+    if not poll.poll(0):
         return "idle"
     with socket.socket(fileno=os.dup(fd)) as view:
         try:
