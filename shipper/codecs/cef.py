@@ -50,7 +50,8 @@ profiles, seed (``action``, ``effect``, ``agentId``, ``userId``, ``target``, ``r
     duser     record.userId, record.user               rt       record.timestamp, received_at
     cs2       record.matchedRule (cs2Label=matchedRule) reason  record.reason
     request   the target if a URL         fname  the target if a file path     cs3  else
-              (target: record.target, record.resource; cs3Label=resource)
+              (target: record.target, record.resource, record.requestDetails.resource;
+              cs3Label=resource)
     cs4       record.sessionId (cs4Label=sessionId)    cn1      record.sequence, chain.sequence
     cs5       record.hash (cs5Label=recordHash)        cs6      chain.status (cs6Label=chainStatus)
     cn1Label  sequence                                 deviceProcessName  record.toolName
@@ -324,7 +325,11 @@ class Literal:
 
 
 #: Where the target resource of an action is, in the profiles shipper knows.
-TARGET_PATHS: Final = (FieldPath(("record", "target")), FieldPath(("record", "resource")))
+TARGET_PATHS: Final = (
+    FieldPath(("record", "target")),
+    FieldPath(("record", "resource")),
+    FieldPath(("record", "requestDetails", "resource")),
+)
 
 
 @dataclass(frozen=True, slots=True)

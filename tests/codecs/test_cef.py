@@ -247,6 +247,13 @@ def test_target_that_is_neither_url_nor_path_goes_to_cs3() -> None:
     assert "fname" not in pairs
 
 
+def test_target_in_request_details_is_found() -> None:
+    """A seed record that names its target in requestDetails.resource has it mapped too."""
+    record = {"requestDetails": {"resource": "postgres://crm/customers", "method": "SELECT"}}
+    pairs = dict(CefEncoder("v", "p", "1").extension(envelope(record)))
+    assert pairs["request"] == "postgres://crm/customers"
+
+
 def test_rt_falls_back_to_received_at_and_odd_values_are_left_out() -> None:
     """Without a usable record timestamp rt is the time shipper received the event; a sequence
     that is no integer is left out rather than written wrong."""
