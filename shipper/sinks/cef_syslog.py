@@ -370,10 +370,10 @@ class CefSyslogSink(SinkBase):
         config = self.config
         host, port = config.address.host, config.address.port
         try:
+            context = self._context() if config.transport == "tls" else None
             with trio.fail_after(config.connect_timeout):
                 stream = await trio.open_tcp_stream(host, port)
-                if config.transport == "tls":
-                    context = self._context()
+                if context is not None:
                     tls = config.tls or TlsClientConfig()
                     ssl_stream = trio.SSLStream(
                         stream, context, server_hostname=tls.server_hostname(host)
