@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gzip
 import hashlib
 import math
@@ -55,7 +56,7 @@ import shutil
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -222,13 +223,13 @@ def _cpu_of(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class _Timer:
+class Timer:
     """Wall, client CPU and server CPU of a run."""
 
     def __init__(self, server: S3Server) -> None:
         self.pid = server.process.pid
 
-    def __enter__(self) -> _Timer:
+    def __enter__(self) -> Timer:
         self.server = _cpu_of(self.pid)
         self.client = time.process_time()
         self.wall = time.perf_counter()
@@ -340,7 +341,7 @@ async def sink_run(bench: Bench, prefix: str) -> tuple[Run, defaultdict[str, flo
     sink = _TimedSink(config, SinkContext(ChainConfig().profile_fields, emit))
     driver = SinkDriver(sink, bench.directory / "var")
     reader = _Counted(bench.readers.pop(0), sink.spent)
-    with _Timer(bench.server) as timer:
+    with Timer(bench.server) as timer:
         await driver.run(reader, bench.wal.epoch)
     counters = driver.counters.as_dict()
     if counters["events"] != bench.events or counters["failures"]:
@@ -361,7 +362,7 @@ async def put_run(bench: Bench, prefix: str, manifests: bool) -> Run:
     async with open_client(bench.settings) as client:
         with translated("asking for the bench bucket"):
             await client.head_bucket(Bucket=bench.bucket)  # (as the sink's open, not timed)
-        with _Timer(bench.server) as timer:
+        with Timer(bench.server) as timer:
             for stored in bench.stored:
                 with translated(f"storing {stored.name}"):
                     await client.put_object(
@@ -428,7 +429,7 @@ async def read_warm_up(bench: Bench, prefix: str, hashes: set[str]) -> None:
             data = await _get(client, bench.bucket, entry.key)
             if hashlib.sha256(data).hexdigest() != entry.sha256:
                 raise SystemExit(f"{entry.key} does not hold what its manifest entry says")
-            lines = _decompress(bench.compression, data).splitlines()
+            lines = decompressed(bench.compression, data).splitlines()
             if len(lines) != entry.events:
                 raise SystemExit(f"{entry.key}: {len(lines)} lines, its entry says {entry.events}")
             found.update(orjson.loads(line)["record"]["hash"] for line in lines)
@@ -457,7 +458,7 @@ async def check_run(bench: Bench, prefix: str) -> None:
         raise SystemExit(f"the sink run under {prefix} stored other objects than the warm-up")
 
 
-def _decompress(compression: str, data: bytes) -> bytes:
+def decompressed(compression: str, data: bytes) -> bytes:
     if compression == "gzip":
         return gzip.decompress(data)
     if compression == "zstd":
@@ -534,7 +535,7 @@ COSTS: dict[str, Callable[[bytes], object]] = {
 def costs(bench: Bench, runs: list[Run], sample: int) -> None:
     """What the sink's per-event work costs on one thread, on the first ``sample`` objects'
     JSON lines, beside what the put_object loop spent per event."""
-    parts = [_decompress(bench.compression, s.data) for s in bench.stored[:sample]]
+    parts = [decompressed(bench.compression, s.data) for s in bench.stored[:sample]]
     events = sum(data.count(b"\n") for data in parts)
     size = sum(map(len, parts))
     print(f"\nper-event costs, one thread, over {len(parts)} objects ({events:,} events):")
@@ -559,12 +560,42 @@ def costs(bench: Bench, runs: list[Run], sample: int) -> None:
 # --- main ------------------------------------------------------------------------------------------
 
 
-async def bench_main(
-    bench: Bench, rounds: int, rows: Sequence[str], hashes: set[str]
-) -> tuple[list[Run], defaultdict[str, float], int]:
+async def create_bucket(bench: Bench) -> None:
+    """The bench's bucket, with Object Lock."""
     async with open_client(bench.settings) as client:
         with translated("creating the bench bucket"):
             await client.create_bucket(Bucket=bench.bucket, ObjectLockEnabledForBucket=True)
+
+
+@contextlib.contextmanager
+def prepared(
+    directory: Path, events: int, agents: int, seed: int, compression: str, readers: int
+) -> Iterator[tuple[Bench, set[str]]]:
+    """A WAL in ``directory`` of ``events`` chained records of ``agents`` agents (with
+    ``readers`` readers), a ``weed mini`` beside it with the bench's bucket, and the ``Bench``
+    over them; also the records' hashes. The server is stopped and the WAL released after."""
+    entries, hashes = wal_entries(events, agents, seed)
+    wal = trio.run(fill_wal, directory / "wal", entries, readers)
+    del entries
+    with running_s3(directory / "weed") as server:
+        bench = Bench(
+            wal,
+            list(wal.readers.values()),
+            server,
+            f"bench-{uuid.uuid4().hex[:12]}",
+            compression,
+            events,
+            0,  # (known once the objects are read back)
+            directory,
+        )
+        trio.run(create_bucket, bench)
+        yield bench, hashes
+    wal.release()
+
+
+async def bench_main(
+    bench: Bench, rounds: int, rows: Sequence[str], hashes: set[str]
+) -> tuple[list[Run], defaultdict[str, float], int]:
     await sink_run(bench, "warmup/")
     await read_warm_up(bench, "warmup/", hashes)
     runs: list[Run] = []
@@ -612,27 +643,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     try:
-        entries, hashes = wal_entries(args.events, args.agents, args.seed)
-        wal = trio.run(fill_wal, directory / "wal", entries, 1 + args.rounds)
-        del entries
-        with running_s3(directory / "weed") as server:
-            bench = Bench(
-                wal,
-                list(wal.readers.values()),
-                server,
-                f"bench-{uuid.uuid4().hex[:12]}",
-                args.compression,
-                args.events,
-                0,  # (known once the objects are read back)
-                directory,
-            )
+        with prepared(
+            directory, args.events, args.agents, args.seed, args.compression, 1 + args.rounds
+        ) as (bench, hashes):
             print(
                 f"{args.events} events of {args.agents} agents through the chain stage into a "
                 f"WAL; sink and loops against weed mini; {args.rounds} rounds, ABBA"
             )
             runs, spent, seals = trio.run(bench_main, bench, args.rounds, rows, hashes)
-        wal.release()
-        bench.json_bytes = sum(len(_decompress(args.compression, s.data)) for s in bench.stored)
+        bench.json_bytes = sum(len(decompressed(args.compression, s.data)) for s in bench.stored)
         sizes = [len(s.data) for s in bench.stored]
         counts = [s.events for s in bench.stored]
         print(

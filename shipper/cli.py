@@ -1,11 +1,12 @@
-"""Command line: ``shipper run``, ``validate``, ``buffer``, ``chain``, ``verify`` (see README,
-"Command line").
+"""Command line: ``shipper run``, ``validate``, ``buffer``, ``chain``, ``verify``,
+``dead-letter`` (see README, "Command line").
 
 Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, a sink's destination unsafe
 to write to, damage found by ``buffer inspect``, an agent ``chain status --agent`` does not
 know, a destination ``validate --check-remote`` found unsafe or could not ask, an archive
-``verify`` did not find intact or could not read); 2 usage error; 78 (EX_CONFIG) invalid
-configuration.
+``verify`` did not find intact or could not read, a ``dead-letter`` file unreadable or a replay
+that left files behind); 2 usage error (also a ``dead-letter`` sink or file that is not there);
+78 (EX_CONFIG) invalid configuration.
 """
 
 from __future__ import annotations
@@ -93,8 +94,43 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--profile", choices=sorted(PROFILES), default="seed", help="the chain profile"
     )
+    verify.add_argument(
+        "--max-object-bytes",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="the most an object or file may hold decompressed; larger ones are reported,"
+        ' not read (default "256MiB")',
+    )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    letters = commands.add_parser(
+        "dead-letter",
+        help="what a sink's receiver refused for good: list, show, or replay it once fixed",
+    )
+    letters.add_argument("action", choices=["list", "show", "replay"])
+    letters.add_argument("sink", metavar="SINK", help="the sink's id")
+    letters.add_argument(
+        "files",
+        metavar="FILE",
+        nargs="*",
+        help="dead-letter file names as listed (show: exactly one; replay: default all)",
+    )
+    letters.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+    letters.add_argument("--json", action="store_true", help="list and show: print JSON")
     return parser
+
+
+def _size(value: str) -> int:
+    """A size from the command line: bytes, or ``"512MB"``/``"1GiB"`` as in the config file."""
+    from shipper.config.values import parse_size
+
+    try:
+        size = parse_size(int(value) if value.isdigit() else value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if size < 1:
+        raise argparse.ArgumentTypeError("expected at least one byte")
+    return size
 
 
 def _load(path: str) -> Config | None:
@@ -304,6 +340,86 @@ def cmd_chain_status(path: str, agent: str | None, as_json: bool) -> int:
     return 0
 
 
+def cmd_dead_letter(path: str, action: str, sink_id: str, files: list[str], as_json: bool) -> int:
+    """List, show or replay a sink's dead letters (``shipper.sinks.dead_letter``, ``replay``).
+
+    Exit 0 when done (replay: every file delivered), 1 when a file could not be read, a replay
+    left files behind, or the sink cannot replay; 2 for a sink or file that is not there."""
+    from shipper.sinks.dead_letter import Letter, LetterError, letters
+    from shipper.sinks.replay import CannotReplay, replay
+
+    config = _load(path)
+    if config is None:
+        return EX_CONFIG
+    configure("warning")  # the report is the output; a sink's info entries are not
+    if sink_id not in config.sinks:
+        known = ", ".join(config.sinks) or "none"
+        print(
+            f"shipper dead-letter: no sink {sink_id!r} in {path} (sinks: {known})", file=sys.stderr
+        )
+        return 2
+    if action == "replay":
+        try:
+            done = trio.run(replay, config, sink_id, files)
+        except CannotReplay as exc:
+            print(f"shipper dead-letter replay: {exc}", file=sys.stderr)
+            return 1
+        events = sum(count for _, count in done.delivered)
+        print(
+            f"{len(done.delivered)} files ({events} events) replayed, {len(done.refused)} refused"
+        )
+        return 0 if done.complete else 1
+    paths = letters(config.data_dir, sink_id)
+    if action == "show":
+        paths = [p for p in paths if p.name == files[0]]
+        if not paths:
+            print(
+                f"shipper dead-letter: no file {files[0]!r} for sink {sink_id!r}", file=sys.stderr
+            )
+            return 2
+    failed = False
+    summaries: list[dict[str, object]] = []
+    for letter_path in paths:
+        try:
+            letter = Letter.read(letter_path)
+        except (LetterError, OSError) as exc:
+            print(f"shipper dead-letter: {letter_path}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        first = letter.details[0] if letter.details else {}
+        if action == "show":
+            for details, envelope in zip(letter.details, letter.envelopes, strict=True):
+                if as_json:
+                    print(orjson.dumps({**details, "envelope": orjson.loads(envelope)}).decode())
+                else:
+                    extra = {k: v for k, v in details.items() if k not in ("v", "sink")}
+                    print(orjson.dumps(extra).decode())
+                    print("  " + envelope.decode())
+            continue
+        summaries.append(
+            {
+                "file": letter.name,
+                "events": len(letter.envelopes),
+                "epoch": letter.epoch,
+                "first": letter.first,
+                "last": letter.last,
+                **{k: v for k, v in first.items() if k not in ("v", "sink")},
+            }
+        )
+    if action == "list":
+        if as_json:
+            print(orjson.dumps(summaries, option=orjson.OPT_INDENT_2).decode())
+        elif not summaries and not failed:
+            print(f"sink {sink_id}: no dead letters")
+        for summary in summaries if not as_json else ():
+            status = f" (status {summary['status']})" if "status" in summary else ""
+            print(
+                f"{summary['file']}: {summary['events']} events, refused at "
+                f"{summary.get('refused_at')}{status}: {summary.get('reason')}"
+            )
+    return 1 if failed else 0
+
+
 _HEAD_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -337,6 +453,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     stderr says why)."""
     from pathlib import Path
 
+    from shipper.archive.content import MAX_OBJECT_BYTES
     from shipper.archive.progress import progress_for
     from shipper.archive.store import ArchiveUnreadable, DirStore, S3Store
     from shipper.archive.verify import Report, verify_dir, verify_s3
@@ -344,10 +461,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     profile = PROFILES[args.profile]
     progress = progress_for(sys.stderr)
+    limit = args.max_object_bytes or MAX_OBJECT_BYTES
 
     async def verify() -> Report:
         if args.dir is not None:
-            return await verify_dir(DirStore(Path(args.dir)), profile, progress)
+            return await verify_dir(DirStore(Path(args.dir)), profile, progress, limit)
         url = S3Url.parse(args.s3)
         region = (
             args.region
@@ -356,7 +474,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             or "us-east-1"
         )
         async with open_client(S3Settings(region=region, endpoint=args.endpoint)) as client:
-            return await verify_s3(S3Store(client, url), url, profile, args.expect_head, progress)
+            return await verify_s3(
+                S3Store(client, url), url, profile, args.expect_head, progress, limit
+            )
 
     try:
         report = trio.run(verify)
@@ -382,6 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_buffer(args.config, args.action, args.json)
     if args.command == "chain":
         return cmd_chain_status(args.config, args.agent, args.json)
+    if args.command == "dead-letter":
+        if args.action == "show" and len(args.files) != 1:
+            parser.error("dead-letter show: name exactly one FILE (as listed)")
+        if args.action == "list" and args.files:
+            parser.error("dead-letter list: takes no FILE")
+        return cmd_dead_letter(args.config, args.action, args.sink, args.files, args.json)
     return cmd_run(args.config)
 
 

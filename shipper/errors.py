@@ -49,11 +49,37 @@ class ConfigError(ShipperError):
 
 
 class DestinationUnavailable(ShipperError):
-    """A sink's destination cannot take data now; the data waits and delivery is retried."""
+    """A sink's destination cannot take data now; the data waits and delivery is retried.
+
+    ``retry_after``: seconds the destination asked to be left alone (an HTTP ``Retry-After``),
+    or None; the driver waits at least that long (within ``RetryPolicy.max_retry_after``)
+    before the next try.
+    """
+
+    retry_after: float | None = None
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DestinationRejected(ShipperError):
-    """A sink's destination refused the data permanently; retrying the same data cannot help."""
+    """A sink's destination refused the data permanently; retrying the same data cannot help.
+
+    ``status`` (the destination's status: an HTTP status code, a protocol's error code) and
+    ``answer`` (what it said, its response body) go into the dead-letter file beside the
+    reason, when the sink knows them.
+    """
+
+    status: int | str | None = None
+    answer: str | None = None
+
+    def __init__(
+        self, message: str = "", *, status: int | str | None = None, answer: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.answer = answer
 
 
 class ListenError(ShipperError):

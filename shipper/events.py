@@ -21,8 +21,8 @@ the length in bytes of the whole offending input; ``raw_b64`` holds all of it, o
 
 Alerts are events that shipper raises itself (``alert_event``): their ``source`` is
 ``{"id":"shipper","kind":"alert"}``, their ``record.action`` names the alert
-(``shipper.chain_alert``, ``shipper.identity_alert``, ``shipper.delivery_alert``;
-``shipper.archive_seal`` witnesses an archive's manifest head), and they have no ``chain``. They go to every
+(``shipper.chain_alert``, ``shipper.identity_alert``, ``shipper.delivery_alert``,
+``shipper.archive_alert``; ``shipper.archive_seal`` witnesses an archive's manifest head), and they have no ``chain``. They go to every
 sink, whatever its ``inputs``: in the WAL their route is the empty source id.
 
 In the WAL (``shipper.buffer.entries``) an event is an entry (``entry``): its route, the source

@@ -13,6 +13,11 @@ A sink's failure is one of three outcomes (``RetryPolicy.classify``), as in Vect
 A sink whose destination speaks in its own terms (an HTTP status, say) overrides ``classify``
 in a subclass of ``RetryPolicy``; everything else about retrying stays in the driver
 (``shipper.sinks.driver``).
+
+A destination may say how long to wait (HTTP's ``Retry-After``): the sink puts it on the
+exception (``DestinationUnavailable.retry_after``), and the wait before the next try is the
+longer of the backoff's and that hint, the hint bounded by ``max_retry_after``
+(``RetryPolicy.wait``), so a receiver cannot park a sink for days with one header.
 """
 
 from __future__ import annotations
@@ -50,13 +55,15 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How a sink's failures are classified, and the backoffs of retries (``first`` to
-    ``limit`` seconds) and of restarts after a defect (``restart_first`` to ``restart_limit``)."""
+    """How a sink's failures are classified, the backoffs of retries (``first`` to ``limit``
+    seconds) and of restarts after a defect (``restart_first`` to ``restart_limit``), and the
+    longest wait a destination's own hint may ask for (``max_retry_after``)."""
 
     first: float = 0.1
     limit: float = 30.0
     restart_first: float = 1.0
     restart_limit: float = 60.0
+    max_retry_after: float = 300.0
 
     def classify(self, exc: Exception) -> Outcome:
         """The outcome of ``exc``, raised by a sink's ``open``, ``resume_point`` or
@@ -72,6 +79,15 @@ class RetryPolicy:
     def backoff(self) -> Backoff:
         """Delays between tries of an unavailable destination."""
         return Backoff(self.first, self.limit)
+
+    def wait(self, backoff: Backoff, exc: Exception) -> float:
+        """Seconds to wait before trying again after ``exc``: the next delay of ``backoff``, or
+        the destination's ``retry_after`` hint if that is longer (at most ``max_retry_after``)."""
+        wait = backoff.next()
+        hint = getattr(exc, "retry_after", None)
+        if isinstance(hint, int | float) and not isinstance(hint, bool) and hint > wait:
+            wait = min(float(hint), max(self.max_retry_after, wait))
+        return wait
 
     def restart_backoff(self) -> Backoff:
         """Delays between restarts of a sink whose code raised a defect."""

@@ -130,7 +130,7 @@ class Topology:
         context = SinkContext(config.chain.profile_fields, self.emit)
         self.sinks = [
             SinkSlot(
-                SinkDriver(sink.build(context), config.data_dir, self.emit),
+                SinkDriver(sink.build(context), config.data_dir, self.emit, sink.redact),
                 frozenset(sink.inputs) if sink.inputs is not None else None,
             )
             for sink in config.sinks.values()

@@ -26,6 +26,7 @@ class ProbeSinkConfig(SinkConfig):
     """``type = "probe"``: envelopes kept in memory, in ``received``."""
 
     kind: ClassVar[str] = "probe"
+    forwards: ClassVar[bool] = True  # it takes redact, as the forwarding sinks do
     capacity: int = 10
     token: Secret | None = None
     tls: TlsClientConfig | None = None

@@ -37,6 +37,14 @@ from shipper.sources.syslog import SyslogSourceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIGS = sorted((REPO / "config").rglob("*.toml"))
+#: The environment variables the shipped examples name (``${NAME}``), set as a deployment would.
+EXAMPLE_ENV = {
+    "DENIALS_URL": "https://alerts.example/hook",
+    "DENIALS_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "TICKETS_URL": "https://tickets.example/api/hook",
+    "TICKETS_TOKEN": "a-bearer-token",
+    "TICKETS_SECRET": "whsec_bGliZXJ0eS1lZ2FsaXRlLWZyYXRlcm5pdGU=",
+}
 
 MINIMAL: dict[str, Any] = {
     "sources": {"a": {"type": "json_tls", "address": "127.0.0.1:6515"}},
@@ -123,11 +131,12 @@ def test_shipped_config_is_valid(path: Path, pems: _Pems, monkeypatch: pytest.Mo
 
     An example may point its TLS files at where a deployment keeps them (``/etc/shipper/...``);
     those paths are swapped for test certificates and everything else must validate as written.
-    Relative paths resolve from the repo root and must exist.
+    Relative paths resolve from the repo root and must exist. The variables an example names
+    are set (``EXAMPLE_ENV``).
     """
     monkeypatch.chdir(REPO)
     try:
-        config = load_config(path, env={})
+        config = load_config(path, env=EXAMPLE_ENV)
     except ConfigError as exc:
         others = [str(p) for p in exc.problems if not _DEPLOYMENT_TLS_FILE.match(str(p))]
         assert others == []
@@ -137,7 +146,7 @@ def test_shipped_config_is_valid(path: Path, pems: _Pems, monkeypatch: pytest.Mo
             for key in ("cert", "key", "client_ca"):
                 if key in tls and Path(tls[key]).is_absolute() and not Path(tls[key]).exists():
                     tls[key] = str(pems.ca if key == "client_ca" else pems.server)
-        config = parse_config(raw, env={}, origin=str(path))
+        config = parse_config(raw, env=EXAMPLE_ENV, origin=str(path))
     assert config.sources
     assert config.sinks
     assert config.origin == str(path)

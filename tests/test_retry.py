@@ -23,3 +23,13 @@ def test_the_default_policy_classifies_by_who_is_at_fault() -> None:
     assert policy.classify(DestinationRejected("no")) is Outcome.REJECT
     assert policy.classify(OSError("untranslated")) is Outcome.DEFECT
     assert policy.classify(RuntimeError("bug")) is Outcome.DEFECT
+
+
+def test_a_destinations_hint_is_waited_for_within_the_bound() -> None:
+    """The wait after an unavailable destination is the longer of the backoff and its
+    retry_after hint, never longer than max_retry_after; without a hint it is the backoff."""
+    policy = RetryPolicy(first=0.1, limit=1.0, max_retry_after=60.0)
+    assert policy.wait(policy.backoff(), DestinationUnavailable("429", retry_after=12.5)) == 12.5
+    assert policy.wait(policy.backoff(), DestinationUnavailable("429", retry_after=1e9)) == 60.0
+    assert policy.wait(policy.backoff(), DestinationUnavailable("429", retry_after=0.0)) <= 0.1
+    assert policy.wait(policy.backoff(), DestinationUnavailable("503")) <= 0.1

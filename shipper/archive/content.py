@@ -28,7 +28,6 @@ Sans-IO: bytes in, values out.
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
 import zlib
@@ -43,6 +42,14 @@ from shipper.chain import Profile
 
 #: Each compression and the ending of the keys of objects compressed with it.
 SUFFIXES: Final = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
+#: The most an object may hold decompressed before reading it stops (``TooLarge``): 256 MiB.
+#: The s3 sink's objects hold one batch (at most ``batch.max_bytes`` of envelopes, 8 MiB by
+#: default, plus one envelope), the file sink's files ``max_file_bytes`` (128 MiB by default,
+#: plus one line); a crafted object could hold gigabytes in a few hundred KB of gzip. Checking
+#: an object takes about seven times its size (its text, its lines, and their envelopes parsed:
+#: five times the text for the bench's audit records), so the limit is what bounds verify's
+#: memory, not only the decompression's.
+MAX_OBJECT_BYTES: Final = 256 << 20
 #: A WAL id: ``<segment>-<offset>``.
 ID_RE: Final = re.compile(r"(\d+)-(\d+)")
 
@@ -52,32 +59,80 @@ class ContentError(ValueError):
     else): what is wrong with them."""
 
 
+class TooLarge(ContentError):
+    """An object that holds more than the limit it was read with, decompressed: not one the
+    sinks write with their default settings, and possibly a decompression bomb (a few hundred
+    KB of gzip can hold gigabytes)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit:,} bytes decompressed")
+        self.limit = limit
+
+
 def is_data_key(key: str) -> bool:
     """Whether ``key`` names a data object (by its ending)."""
     return key.endswith(tuple(SUFFIXES.values()))
 
 
-def decompress(data: bytes, compression: str) -> bytes:
+def decompress(data: bytes, compression: str, limit: int = MAX_OBJECT_BYTES) -> bytes:
     """The lines an object's ``data`` holds, compressed with ``compression``; ContentError if
-    they do not decompress."""
+    they do not decompress, TooLarge (a ContentError) as soon as they pass ``limit`` bytes
+    (see ``MAX_OBJECT_BYTES``): no more than ``limit`` + 1 bytes are ever made."""
     if compression == "none":
+        if len(data) > limit:
+            raise TooLarge(limit)
         return data
     if compression == "gzip":
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ContentError(f"not gzip data: {exc}") from exc
+        return _gunzip(data, limit)
     if compression == "zstd":
-        import zstandard
-
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(
-                io.BytesIO(data), read_across_frames=True
-            ) as reader:
-                return reader.read()
-        except zstandard.ZstdError as exc:
-            raise ContentError(f"not zstd data: {exc}") from exc
+        return _unzstd(data, limit)
     raise ContentError(f"unknown compression {compression!r}")
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """gzip's members one after the other (zero bytes between them are padding, as ``gzip``
+    reads them), stopping past ``limit``."""
+    parts: list[bytes] = []
+    size = 0
+    rest = data
+    try:
+        while rest:
+            member = zlib.decompressobj(wbits=31)  # (31: a gzip header and trailer)
+            while True:
+                part = member.decompress(rest, limit - size + 1)
+                size += len(part)
+                if size > limit:
+                    raise TooLarge(limit)
+                parts.append(part)
+                if member.eof:
+                    rest = member.unused_data.lstrip(b"\0")
+                    break
+                if not member.unconsumed_tail:
+                    raise ContentError("not gzip data: it ends before its last member does")
+                rest = member.unconsumed_tail
+    except zlib.error as exc:
+        raise ContentError(f"not gzip data: {exc}") from exc
+    return b"".join(parts)
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    """zstd's frames one after the other, stopping past ``limit``."""
+    import zstandard
+
+    parts: list[bytes] = []
+    size = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(data), read_across_frames=True
+        ) as reader:
+            while part := reader.read(limit - size + 1):
+                size += len(part)
+                if size > limit:
+                    raise TooLarge(limit)
+                parts.append(part)
+    except zstandard.ZstdError as exc:
+        raise ContentError(f"not zstd data: {exc}") from exc
+    return b"".join(parts)
 
 
 def split_lines(text: bytes) -> tuple[list[bytes], bytes]:

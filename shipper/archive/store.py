@@ -9,6 +9,13 @@
   ``ArchiveUnreadable``): then nothing can be said about the archive.
 * ``Meta`` is what a store knows of an object beside its bytes: when it was stored and its
   Object Lock (mode and retain-until date; None for a directory, and for an unlocked object).
+* Versions (``versions``): an S3 bucket with versioning (every bucket with Object Lock) keeps
+  every version of a key. A ``DELETE`` without a version id removes nothing there: it puts a
+  *delete marker* on top, which hides the key from ``ListObjectsV2`` and plain reads while its
+  versions stay. ``S3Store`` therefore lists versions (``ListObjectVersions``): ``list`` holds
+  every key with a stored version, hidden ones included, and ``read`` and ``head`` of a hidden
+  key read its newest stored version (the evidence, as it would be restored); ``versions`` says
+  which keys are hidden or hold more than one version. A directory keeps no versions.
 """
 
 from __future__ import annotations
@@ -41,6 +48,17 @@ class Listed:
 
     key: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersions:
+    """A key's history in a versioned bucket: its stored versions' ids, newest first, and its
+    delete markers' ids; ``hidden`` when its newest version is a delete marker."""
+
+    key: str
+    versions: tuple[str, ...]
+    markers: tuple[str, ...]
+    hidden: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +96,11 @@ class Store(Protocol):
 
     async def head(self, key: str) -> Meta:
         """What the store knows of an object, without its bytes."""
+        ...
+
+    def versions(self) -> dict[str, KeyVersions]:
+        """After ``list``: the keys hidden by a delete marker or holding more than one version
+        (none without versioning)."""
         ...
 
 
@@ -126,6 +149,9 @@ class DirStore:
         except OSError as exc:
             raise ArchiveUnreadable(f"cannot read {self.path / key}: {exc}") from exc
 
+    def versions(self) -> dict[str, KeyVersions]:
+        return {}
+
 
 def _file_meta(stat: os.stat_result) -> Meta:
     return Meta(last_modified=datetime.fromtimestamp(stat.st_mtime, UTC))
@@ -139,22 +165,34 @@ class S3Store:
         self.url = url
         self.name = str(url)
         self.prefix = url.prefix
+        self._versions: dict[str, KeyVersions] = {}
+        self._hidden: dict[str, str] = {}  # a hidden key: the version read for it
 
     async def list(self) -> list[Listed]:
         found: list[Listed] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        with translated(f"listing {self.url}"):
-            async for page in paginator.paginate(Bucket=self.url.bucket, Prefix=self.prefix):
-                for item in page.get("Contents", ()):
-                    key = str(item["Key"])
-                    found.append(Listed(key[len(self.prefix) :], int(item["Size"])))
+        self._versions, self._hidden = {}, {}
+        for full, (history, size) in (
+            await list_versions(self.client, self.url.bucket, self.prefix)
+        ).items():
+            key = full[len(self.prefix) :]
+            if history.hidden or len(history.versions) > 1:
+                self._versions[key] = history
+            if history.versions:
+                found.append(Listed(key, size))
+                if history.hidden:
+                    self._hidden[key] = history.versions[0]
         return found
+
+    def versions(self) -> dict[str, KeyVersions]:
+        return self._versions
 
     async def read(self, key: str) -> Blob:
         full = self.prefix + key
         try:
             with translated(f"reading s3://{self.url.bucket}/{full}"):
-                answer = await self.client.get_object(Bucket=self.url.bucket, Key=full)
+                answer = await self.client.get_object(
+                    Bucket=self.url.bucket, Key=full, **self._version_of(key)
+                )
                 async with answer["Body"] as body:
                     data = await body.read()
         except NotFound as exc:
@@ -165,10 +203,52 @@ class S3Store:
         full = self.prefix + key
         try:
             with translated(f"reading s3://{self.url.bucket}/{full}"):
-                answer = await self.client.head_object(Bucket=self.url.bucket, Key=full)
+                answer = await self.client.head_object(
+                    Bucket=self.url.bucket, Key=full, **self._version_of(key)
+                )
         except NotFound as exc:
             raise Missing(key) from exc
         return _s3_meta(answer)
+
+    def _version_of(self, key: str) -> dict[str, str]:
+        version = self._hidden.get(key)
+        return {} if version is None else {"VersionId": version}
+
+
+async def list_versions(
+    client: Any, bucket: str, prefix: str
+) -> dict[str, tuple[KeyVersions, int]]:
+    """Every key of ``bucket`` under ``prefix`` (a whole key: that key alone) with its history,
+    and the size of its newest stored version (0: none), by full key, in key order. A bucket
+    without versioning answers one version (``null``) a key."""
+    versions: dict[str, list[str]] = {}
+    markers: dict[str, list[str]] = {}
+    latest_marker: set[str] = set()
+    sizes: dict[str, int] = {}
+    paginator = client.get_paginator("list_object_versions")
+    with translated(f"listing the versions of s3://{bucket}/{prefix}"):
+        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Versions", ()):  # (a key's newest first)
+                key = str(item["Key"])
+                versions.setdefault(key, []).append(str(item["VersionId"]))
+                sizes.setdefault(key, int(item.get("Size", 0)))
+            for item in page.get("DeleteMarkers", ()):
+                key = str(item["Key"])
+                markers.setdefault(key, []).append(str(item["VersionId"]))
+                if item.get("IsLatest"):
+                    latest_marker.add(key)
+    return {
+        key: (
+            KeyVersions(
+                key,
+                tuple(versions.get(key, ())),
+                tuple(markers.get(key, ())),
+                key in latest_marker,
+            ),
+            sizes.get(key, 0),
+        )
+        for key in sorted(versions.keys() | markers.keys())
+    }
 
 
 def _s3_meta(answer: dict[str, Any]) -> Meta:

@@ -10,7 +10,8 @@ share the checks of events and chains:
   (``shipper.archive.manifest``) and the data objects they name (``shipper.archive.content``).
   ``object.key`` is the object's key in the bucket, the prefix included, as the sink writes it
   (a key relative to the prefix is found too). Objects are read ``READ_AHEAD`` at a time, and
-  checked one after the other in the order of the chain.
+  checked one after the other in the order of the chain. The listing is of versions: a key
+  hidden by a delete marker is read at its newest stored version, and reported (``hidden``).
 
 Checks, each with the kind of problem it reports:
 
@@ -37,6 +38,10 @@ Checks, each with the kind of problem it reports:
                                    gone before it was read)
     object_tampered        s3      an object's bytes do not hash to, or are not as long as, what
                                    its entry says (replaced or altered), or do not decompress
+    object_too_large       both    an object (as stored, or decompressed) or a file holds more
+                                   than ``max_object_bytes`` (``--max-object-bytes``; default
+                                   ``content.MAX_OBJECT_BYTES``, 256 MiB): not checked further
+                                   (a decompression bomb, or a sink set to larger objects)
     object_content         s3      an object's lines, first or last id, or agents' first and last
                                    sequence and hash are not what its entry says
     wal_gap                s3      within an epoch, an entry's ``wal.after`` is not the previous
@@ -54,6 +59,13 @@ Checks, each with the kind of problem it reports:
     rewritten              s3      a witness's head is not the hash of the entry of its seq
     expected_head_missing  s3      ``--expect-head`` is the hash of no entry: the archive was
                                    truncated after it was witnessed, or rewritten
+    hidden                 s3      a key whose newest version is a delete marker (a ``DELETE``
+                                   on a versioned bucket): its stored versions are still there,
+                                   and the newest is read and checked above as it would be
+                                   restored (``versions``, ``markers``: the ids to delete)
+    replaced               s3      a key with more than one stored version: written again
+                                   after it was stored (the sink writes each key once); the
+                                   newest is the one checked above (``versions``: newest first)
 
 Notices (reported, not failures): ``adopted`` (an agent's first record in the archive is
 mid-chain: its earlier records are not in this archive), ``torn_line`` on the newest file of a
@@ -86,12 +98,14 @@ depend on the kind. At most ``MAX_LISTED`` findings of each kind are listed; the
 them all. ``intact`` is true when there is no problem: the exit status is 0 then, 1 otherwise.
 
 Memory: the chain state of every agent (no agent is evicted, so none is "adopted" twice: about
-11 KB an agent at most), the ids of the last ``RECENT_IDS`` events of each epoch, and the
-objects read ahead.
+11 KB an agent at most), the ids of the last ``RECENT_IDS`` events of each epoch, the objects
+read ahead, and the object being checked (at most ``max_object_bytes`` decompressed, and its
+envelopes parsed: several times that).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import re
@@ -105,7 +119,9 @@ from typing import Any, Final
 import trio
 
 from shipper.archive.content import (
+    MAX_OBJECT_BYTES,
     ContentError,
+    TooLarge,
     decompress,
     is_data_key,
     parse_envelope,
@@ -124,7 +140,7 @@ from shipper.archive.manifest import (
 from shipper.archive.progress import NoProgress, Progress
 from shipper.archive.store import Blob, Meta, Missing, Store
 from shipper.chain import SEED, Profile, Verdict, Verifier
-from shipper.chain_stage import sender_identity
+from shipper.chain_stage import collector_paused, sender_identity
 from shipper.events import record_bytes
 from shipper.s3 import S3Url
 
@@ -142,6 +158,9 @@ LOCK_SLACK: Final = timedelta(days=1)
 SEAL_ACTION: Final = "shipper.archive_seal"
 #: Chain verdicts that are problems of the archive (``gap`` is, when still open at the end).
 PROBLEM_STATUSES: Final = frozenset({"fork", "broken_link", "bad_hash", "regressed", "duplicate"})
+#: Objects checked between two collections of the garbage collector's middle generation
+#: (``_Collector``).
+COLLECT_EVERY: Final = 16
 #: Gaps tracked per agent before the oldest is given up (and reported at once).
 MAX_GAPS: Final = 4096
 #: File names of the file sink's archive.
@@ -453,6 +472,28 @@ def _describe(agent: str, verdict: Verdict) -> str:
     return f"agent {agent}: sequence {sequence} is archived twice"
 
 
+class _Collector:
+    """Python's cyclic garbage collector while objects are checked: paused (``collector_paused``
+    around the checks), and run by hand each time an object's events have been fed and dropped
+    (``collect``). Checking an object makes tens of thousands of parsed envelopes that stay
+    alive until its events are fed (the whole group, with ``--s3``); every collection they set
+    off went over all of them again, and took half the time of a verification. Run by hand,
+    a collection finds little more than the next object's envelopes, once; every
+    ``COLLECT_EVERY`` objects it goes over the middle generation, and every ``COLLECT_EVERY``
+    squared over everything (the chain state), so that what the I/O beside it leaves in
+    reference cycles is still freed. Nothing parsed or checked makes a reference cycle."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def collect(self) -> None:
+        self.done += 1
+        if self.done % (COLLECT_EVERY * COLLECT_EVERY) == 0:
+            gc.collect(2)
+        else:
+            gc.collect(1 if self.done % COLLECT_EVERY == 0 else 0)
+
+
 async def _in_order(
     keys: Sequence[str],
     read: Callable[[str], Awaitable[Blob]],
@@ -500,15 +541,21 @@ async def _in_order(
 
 
 async def verify_dir(
-    store: Store, profile: Profile = SEED, progress: Progress | None = None
+    store: Store,
+    profile: Profile = SEED,
+    progress: Progress | None = None,
+    max_object_bytes: int = MAX_OBJECT_BYTES,
 ) -> Report:
-    """Verify the file sink's archive in ``store`` (a ``DirStore``)."""
+    """Verify the file sink's archive in ``store`` (a ``DirStore``); files larger than
+    ``max_object_bytes`` are reported, not read."""
     progress = progress or NoProgress()
     report = Report(store.name, "dir", profile.name)
     check = EventCheck(profile, report)
     files = []
     for listed in await store.list():
-        if FILE_RE.fullmatch(listed.key):
+        if FILE_RE.fullmatch(listed.key) and listed.size > max_object_bytes:
+            _too_large(report, listed.key, f"{listed.size:,} bytes", max_object_bytes)
+        elif FILE_RE.fullmatch(listed.key):
             files.append(listed)
         else:
             report.notice("other_file", listed.key, "not an archive file: not read")
@@ -521,6 +568,9 @@ async def verify_dir(
         name = files[index].key
         match = FILE_RE.fullmatch(name)
         assert match is not None
+        if len(blob.data) > max_object_bytes:  # (grown since it was listed)
+            _too_large(report, name, f"{len(blob.data):,} bytes", max_object_bytes)
+            return
         events, count, torn = read_lines(name, blob.data, report)
         check.feed_all(match.group(3), events)
         report.objects += 1
@@ -544,10 +594,13 @@ async def verify_dir(
             report.problem("object_missing", files[index].key, "removed while it was verified")
         else:
             await trio.to_thread.run_sync(check_file, index, blob)
+            collector.collect()
         progress.advance(files[index].size)
 
+    collector = _Collector()
     try:
-        await _in_order([listed.key for listed in files], store.read, consume)
+        with collector_paused():
+            await _in_order([listed.key for listed in files], store.read, consume)
     finally:
         progress.close()
     check.finish()
@@ -578,8 +631,10 @@ class S3Verification:
         profile: Profile,
         expect_head: str | None,
         progress: Progress,
+        max_object_bytes: int = MAX_OBJECT_BYTES,
     ) -> None:
         self.store, self.url, self.profile = store, url, profile
+        self.max_object_bytes = max_object_bytes
         self.expect_head = expect_head
         self.progress = progress
         self.report = Report(store.name, "s3", profile.name)
@@ -591,6 +646,7 @@ class S3Verification:
         self._group: list[list[Archived]] = []
         self._group_epoch = ""
         self._group_end: tuple[int, int] = (0, 0)
+        self._collector = _Collector()
 
     async def run(self) -> Report:
         report = self.report
@@ -612,7 +668,8 @@ class S3Verification:
         )
         try:
             await self._read_manifests(manifests)
-            await self._read_objects(data)
+            with collector_paused():
+                await self._read_objects(data)
         finally:
             self.progress.close()
         for key in sorted(data):
@@ -623,6 +680,7 @@ class S3Verification:
                 " between storing it and its entry, and seals it when it starts again)",
             )
         self._check_witnesses()
+        self._check_versions()
         self.check.finish()
         return report
 
@@ -785,6 +843,12 @@ class S3Verification:
             read.key = key
             reads.append(read)
         sizes = {key: data.pop(key, 0) for key in named}
+        limit = self.max_object_bytes
+
+        async def read_object(key: str) -> Blob:
+            if sizes[key] > limit:  # not read: reported in consume
+                return Blob(b"", Meta())
+            return await self.store.read(key)
 
         async def consume(index: int, blob: Blob | None) -> None:
             read = reads[index]
@@ -805,12 +869,20 @@ class S3Verification:
                     seq=read.seq,
                     events=entry.events,
                 )
+            elif sizes[read.key] > limit:
+                _too_large(
+                    report, read.key, f"{sizes[read.key]:,} bytes as stored", limit, read.seq
+                )
             else:
                 await self._check_lock(read.key, entry, blob.meta, stored=True)
                 events = await trio.to_thread.run_sync(self._check_object, read, blob)
-            await self._add_to_group(entry, events)
+            after = reads[index + 1].entry if index + 1 < len(reads) else None
+            await self._add_to_group(entry, events, after)
+            del events, blob
+            if not self._group:  # (checked: its envelopes are gone)
+                self._collector.collect()
 
-        await _in_order([read.key for read in reads], self.store.read, consume)
+        await _in_order([read.key for read in reads], read_object, consume)
         await self._flush()
 
     def _check_object(self, read: _Entry, blob: Blob) -> list[Archived]:
@@ -832,7 +904,10 @@ class S3Verification:
                 seq=read.seq,
             )
         try:
-            text = decompress(data, entry.compression)
+            text = decompress(data, entry.compression, self.max_object_bytes)
+        except TooLarge:
+            _too_large(report, key, "decompressed", self.max_object_bytes, read.seq)
+            return []
         except ContentError as exc:
             report.problem("object_tampered", key, f"unreadable: {exc}", seq=read.seq)
             return []
@@ -860,14 +935,24 @@ class S3Verification:
             )
         return events
 
-    async def _add_to_group(self, entry: ManifestEntry, events: list[Archived]) -> None:
-        first, last = id_key(entry.first), id_key(entry.last)
-        if self._group and (entry.epoch != self._group_epoch or first > self._group_end):
+    async def _add_to_group(
+        self, entry: ManifestEntry, events: list[Archived], after: ManifestEntry | None
+    ) -> None:
+        """Add an object's events to the group; check the group once ``after`` (the next
+        entry's, None at the end) does not continue it, so that no object's envelopes stay
+        alive while the next one is checked."""
+        if self._group and not self._continues(entry):
             await self._flush()
         if not self._group:
-            self._group_epoch, self._group_end = entry.epoch, last
+            self._group_epoch, self._group_end = entry.epoch, id_key(entry.last)
         self._group.append(events)
-        self._group_end = max(self._group_end, last)
+        self._group_end = max(self._group_end, id_key(entry.last))
+        if after is None or not self._continues(after):
+            await self._flush()
+
+    def _continues(self, entry: ManifestEntry) -> bool:
+        """Whether ``entry``'s object belongs with the group (same epoch, WAL ranges overlap)."""
+        return entry.epoch == self._group_epoch and id_key(entry.first) <= self._group_end
 
     async def _flush(self) -> None:
         group, self._group = self._group, []
@@ -875,6 +960,48 @@ class S3Verification:
             return
         merged = group[0] if len(group) == 1 else list(heapq.merge(*group, key=attrgetter("order")))
         await trio.to_thread.run_sync(self.check.feed_all, self._group_epoch, merged)
+
+    # Versions.
+
+    def _check_versions(self) -> None:
+        """Keys hidden by a delete marker, or stored more than once (``store.versions``). Their
+        newest stored versions were read like any key: a hidden entry or object is checked as
+        it would be restored, so the report says whether restoring it brings back an intact
+        archive."""
+        report = self.report
+        bucket = self.url.bucket
+        for key, history in self.store.versions().items():
+            stored = len(history.versions)
+            if history.hidden:
+                markers = history.markers
+                if stored:
+                    which = (
+                        f"the delete marker {markers[0]}"
+                        if len(markers) == 1
+                        else f"its {len(markers)} delete markers ({', '.join(markers)})"
+                    )
+                    detail = (
+                        f"hidden by a delete marker (deleted without a version id): its"
+                        f" {_count(stored, 'stored version')} still there, the newest checked"
+                        f" here as it would be restored; restore it by deleting {which}"
+                        f" (aws s3api delete-object --bucket {bucket}"
+                        f" --key {self.store.prefix}{key} --version-id <id>)"
+                    )
+                else:
+                    detail = (
+                        "a delete marker with no stored version under it: nothing to restore"
+                        " (deleted for good, or never stored)"
+                    )
+                report.problem("hidden", key, detail, versions=stored, markers=list(markers))
+            if stored > 1:
+                report.problem(
+                    "replaced",
+                    key,
+                    f"{stored} stored versions: written again after it was stored (the sink"
+                    f" writes each key once); the newest, {history.versions[0]}, is the one"
+                    f" checked here; the first stored is {history.versions[-1]}",
+                    versions=list(history.versions),
+                )
 
     # Witnesses.
 
@@ -926,13 +1053,30 @@ async def verify_s3(
     profile: Profile = SEED,
     expect_head: str | None = None,
     progress: Progress | None = None,
+    max_object_bytes: int = MAX_OBJECT_BYTES,
 ) -> Report:
-    """Verify the ``s3`` sink's archive at ``url`` in ``store`` (an ``S3Store``)."""
-    return await S3Verification(store, url, profile, expect_head, progress or NoProgress()).run()
+    """Verify the ``s3`` sink's archive at ``url`` in ``store`` (an ``S3Store``); objects that
+    hold more than ``max_object_bytes`` (as stored or decompressed) are reported, not checked."""
+    verification = S3Verification(
+        store, url, profile, expect_head, progress or NoProgress(), max_object_bytes
+    )
+    return await verification.run()
 
 
 def _entry_key(seq: int) -> str:
     return f"{MANIFEST_DIR}{seq:020d}.json"
+
+
+def _too_large(report: Report, where: str, what: str, limit: int, seq: int | None = None) -> None:
+    """``where`` holds more than ``limit`` bytes (``what``: how many, or how it was found)."""
+    report.problem(
+        "object_too_large",
+        where,
+        f"more than {limit:,} bytes ({what}): not checked; a decompression bomb, or objects"
+        " larger than the sinks write by default (--max-object-bytes reads larger ones)",
+        **({"seq": seq} if seq is not None else {}),
+        limit=limit,
+    )
 
 
 def _missing_entries(report: Report, first: int, last: int) -> None:
@@ -943,6 +1087,10 @@ def _missing_entries(report: Report, first: int, last: int) -> None:
         f"{which} of the manifest chain missing",
         missing=[first, last],
     )
+
+
+def _count(count: int, noun: str) -> str:
+    return f"1 {noun} is" if count == 1 else f"{count} {noun}s are"
 
 
 def _span(span: AgentSpan | None) -> str:

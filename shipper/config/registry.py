@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     import trio
 
     from shipper.events import Event
+    from shipper.redact import Redaction
     from shipper.sinks import Sink
     from shipper.sinks.base import SinkContext
     from shipper.sources import AgentOf, Source
@@ -98,6 +99,7 @@ class SinkCommon(TypedDict):
 
     id: str
     inputs: tuple[str, ...] | None
+    redact: Redaction | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,8 +108,12 @@ class SinkConfig(ABC):
     all), a ``kind``, a reader and a builder."""
 
     kind: ClassVar[str]
+    #: Whether the sink forwards events to receivers (rather than archiving them): only those
+    #: take ``redact`` (an archive keeps events as received, their hash chains intact).
+    forwards: ClassVar[bool] = False
     id: str
     inputs: tuple[str, ...] | None = None
+    redact: Redaction | None = None
 
     @classmethod
     @abstractmethod
@@ -259,10 +265,22 @@ def read_sinks(table: Table, source_ids: Sequence[str]) -> dict[str, SinkConfig]
                     f"inputs[{index}]",
                     f"expected one of the sources ({', '.join(source_ids)}), got {show(name)}",
                 )
+        redact = None
+        redact_table = sink_table.table("redact")
+        if redact_table is not None:
+            from shipper.redact import Redaction  # (it reads tables: imported once they exist)
+
+            redact = Redaction.read(redact_table)
+            if cls is not None and not cls.forwards:
+                sink_table.problem(
+                    "redact",
+                    f"a {cls.kind} sink archives events as received (their hash chains must "
+                    "verify): only forwarding sinks take redact",
+                )
         if cls is None:
             sink_table.skip()
             continue
-        sink = cls.read(sink_table, SinkCommon(id=sink_id, inputs=inputs))
+        sink = cls.read(sink_table, SinkCommon(id=sink_id, inputs=inputs, redact=redact))
         sink_table.finish()
         if sink is not None:
             for key, name in sink.named_sources():

@@ -10,8 +10,7 @@ A sink knows its destination and nothing else. It says
 * how to ``close`` it,
 * its ``health()`` (``shipper.metrics.Health``): what only it can know of its destination (the
   driver adds what it sees of the deliveries, and the worse of the two is reported),
-* optionally ``register_metrics(registry)``, for counters of its own (the driver calls it
-  when it registers its own),
+* optionally, counters of its own (``Counting``), kept beside the driver's,
 
 and raises ``DestinationUnavailable`` ("try again later") or ``DestinationRejected`` ("this
 will never pass") when its destination says so, translated from the library's exceptions at the
@@ -43,13 +42,13 @@ the same in a process of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from shipper.buffer.segment import Position
 from shipper.events import ENVELOPE_HEAD
-from shipper.metrics import Health
+from shipper.metrics import CounterSet, Health
 from shipper.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -127,6 +126,18 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
     def health(self) -> Health: ...
+
+
+@runtime_checkable
+class Counting(Protocol):
+    """A sink that counts something of its own beside what the driver counts (a filter's
+    events left out, say): ``own_counters`` declares the names (with their help text), metrics
+    ``sink_<name>`` labelled with the sink's id; the driver hands the sink its ``CounterSet``
+    through ``count_into`` (again whenever it replaces it), and the sink counts there."""
+
+    own_counters: Mapping[str, str]
+
+    def count_into(self, counters: CounterSet) -> None: ...
 
 
 class SinkBase:

@@ -59,6 +59,7 @@ import os
 import select
 import socket
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar, Final, Literal
@@ -110,6 +111,7 @@ class CefSyslogSinkConfig(SinkConfig):
     """``type = "cef_syslog"``: CEF over syslog to a SIEM (see the module docstring, README)."""
 
     kind: ClassVar[str] = "cef_syslog"
+    forwards: ClassVar[bool] = True
     address: Address
     transport: Transport = "tcp"
     framing: Framing = "octet-counting"
@@ -246,6 +248,7 @@ class CefSyslogSink(SinkBase):
 
     kind = "cef_syslog"
     batching = CEF_BATCHING
+    own_counters: Mapping[str, str] = CEF_SYSLOG_COUNTERS
 
     def __init__(self, config: CefSyslogSinkConfig) -> None:
         super().__init__(config.id)
@@ -263,10 +266,8 @@ class CefSyslogSink(SinkBase):
         self._ever_connected = False
         self._failed_since_connect = False  # a connection was lost, or could not be made
 
-    def register_metrics(self, registry: Registry) -> None:
-        """Count into ``registry`` from now on (what was counted so far comes along)."""
-        counters = CounterSet(registry, "sink", self.id, CEF_SYSLOG_COUNTERS)
-        counters.restore(self.counters.as_dict())
+    def count_into(self, counters: CounterSet) -> None:
+        """Count into the driver's counters from now on (``shipper.sinks.base.Counting``)."""
         self.counters = counters
 
     async def open(self, epoch: str) -> None:

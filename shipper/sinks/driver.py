@@ -15,6 +15,9 @@ Rules:
   are added while the batch stays within ``max_bytes`` (a read is never split by bytes, only by
   events), and it is delivered once full, once ``max_age`` seconds have passed since its first
   event was read, or once the WAL is closed and read.
+* **Redaction.** With a ``redact`` table (forwarding sinks only; ``shipper.redact``), each batch
+  is redacted, in a worker thread, before the sink sees it; a dead letter keeps it as it was
+  (a replay redacts it again on its way out).
 * **Acknowledging** only what the destination confirmed: the end of the last whole read in a
   delivered batch (a read split over several batches is acknowledged with its last part). Reads
   that hold no event for this sink are acknowledged at once.
@@ -26,10 +29,13 @@ Rules:
   - delivered: counted (``events``, ``bytes``, ``batches``), then acknowledged;
   - unavailable: logged (``sink_write_failed`` from ``deliver``, ``sink_open_failed`` from
     ``open`` or ``resume_point``), counted (``retries``), and the same batch tried again after
-    a capped exponential backoff with jitter; nothing is acknowledged meanwhile. A rejection
+    a capped exponential backoff with jitter, or after the destination's own hint if it is
+    longer (``DestinationUnavailable.retry_after``, as HTTP's ``Retry-After``; bounded by the
+    policy's ``max_retry_after``); nothing is acknowledged meanwhile. A rejection
     from ``open`` or ``resume_point`` (there is no batch to blame) is handled the same way;
   - rejected: the batch goes to the dead-letter area (``shipper.sinks.dead_letter``) with the
-    reason, durably, then it is acknowledged (``dead_letters`` counts its events; logged as
+    reason (and the destination's ``status`` and ``answer``, when the ``DestinationRejected``
+    carries them), durably, then it is acknowledged (``dead_letters`` counts its events; logged as
     ``sink_dead_lettered``). If the dead letter cannot be written, that is retried like an
     unavailable destination (``sink_dead_letter_failed``);
   - a defect (any other exception from the sink's code): logged with its traceback
@@ -66,13 +72,15 @@ from shipper.buffer.wal import ReadBatch
 from shipper.events import DELIVERY_ALERT, Event, alert_event
 from shipper.logging import get_logger
 from shipper.metrics import CounterSet, Health, Registry, Status
+from shipper.redact import Redaction
 from shipper.retry import Backoff, Outcome
-from shipper.sinks.base import Batch, Sink, position_of
+from shipper.sinks.base import Batch, Counting, Sink, position_of
 from shipper.sinks.dead_letter import DeadLetters
 
 log = get_logger("shipper.sinks")
 
-#: What the driver counts for each sink (``sink_<name>`` metrics, labelled with the sink's id).
+#: What the driver counts for each sink (``sink_<name>`` metrics, labelled with the sink's id;
+#: a sink may declare counters of its own beside these, ``shipper.sinks.base.Counting``).
 SINK_COUNTERS: dict[str, str] = {
     "events": "Events the destination confirmed",
     "bytes": "Bytes of envelopes the destination confirmed",
@@ -115,12 +123,19 @@ class SinkDriver:
     acknowledges (see the module docstring)."""
 
     def __init__(
-        self, sink: Sink, data_dir: Path, emit: Callable[[Event], bool] | None = None
+        self,
+        sink: Sink,
+        data_dir: Path,
+        emit: Callable[[Event], bool] | None = None,
+        redact: Redaction | None = None,
     ) -> None:
         self.sink = sink
+        self.redact = redact
         self._emit = emit
         self.id = sink.id
-        self.counters = CounterSet(Registry(), "sink", sink.id, SINK_COUNTERS)
+        own = sink.own_counters if isinstance(sink, Counting) else {}
+        self._declared = {**SINK_COUNTERS, **own}
+        self.counters = self._counters(Registry())
         self.dead_letters = DeadLetters(data_dir, sink.id)
         self._health = Health(since=time.monotonic())
         self._unavailable = 0  # unavailable tries in a row
@@ -133,13 +148,18 @@ class SinkDriver:
 
     def register_metrics(self, registry: Registry) -> None:
         """Count into ``registry`` from now on, and tell it this sink's health (``sink.<id>``)."""
-        counters = CounterSet(registry, "sink", self.id, SINK_COUNTERS)
+        counters = self._counters(registry)
         counters.restore(self.counters.as_dict())
         self.counters = counters
-        own = getattr(self.sink, "register_metrics", None)
-        if own is not None:  # a sink with counters of its own (its connections, say)
-            own(registry)
         registry.health(f"sink.{self.id}", self.health)
+
+    def _counters(self, registry: Registry) -> CounterSet:
+        """The sink's counters in ``registry`` (the driver's and its own), handed to the sink
+        too if it counts something itself."""
+        counters = CounterSet(registry, "sink", self.id, self._declared)
+        if isinstance(self.sink, Counting):
+            self.sink.count_into(counters)
+        return counters
 
     def health(self) -> Health:
         """The worse of what the driver saw of the deliveries and what the sink says."""
@@ -275,7 +295,7 @@ class SinkDriver:
                     return
                 step = "deliver"
                 batch = Batch.of(envelopes, size)
-                await self.sink.deliver(batch)
+                await self.sink.deliver(await redacted(batch, self.redact))
             except Exception as exc:
                 try:
                     outcome = policy.classify(exc)
@@ -330,7 +350,7 @@ class SinkDriver:
         self.counters["retries"] += 1
         error = str(exc) or type(exc).__name__
         self._set_health("failing" if self._unavailable >= FAILING_AFTER else "degraded", error)
-        wait = backoff.next()
+        wait = self.sink.retry_policy.wait(backoff, exc)
         log.error(
             "sink_write_failed" if step == "deliver" else "sink_open_failed",
             sink=self.id,
@@ -366,10 +386,16 @@ class SinkDriver:
         """The destination refused ``batch`` for good: keep it in the dead-letter area (trying
         again until the disk takes it), then the caller acknowledges it."""
         reason = str(exc) or type(exc).__name__
+        status = getattr(exc, "status", None)
+        answer = getattr(exc, "answer", None)
+        details = (
+            status if isinstance(status, int | str) else None,
+            answer if isinstance(answer, str) else None,
+        )
         while True:
             try:
                 path = await trio.to_thread.run_sync(
-                    self.dead_letters.write, batch, reason, self._epoch
+                    self.dead_letters.write, batch, reason, self._epoch, *details
                 )
             except OSError as error:
                 self.counters["dead_letter_errors"] += 1
@@ -436,3 +462,12 @@ class SinkDriver:
     def _set_health(self, status: Status, reason: str) -> None:
         since = self._health.since if status == self._health.status else time.monotonic()
         self._health = Health(status, reason, since)
+
+
+async def redacted(batch: Batch, redact: Redaction | None) -> Batch:
+    """``batch`` as a sink may see it: redacted (in a worker thread) when its config has a
+    ``redact`` table; the envelopes given stay as they were (for a dead letter)."""
+    if redact is None:
+        return batch
+    envelopes = await trio.to_thread.run_sync(lambda: [redact.apply(e) for e in batch.envelopes])
+    return Batch(envelopes, batch.first, batch.last, sum(map(len, envelopes)))

@@ -41,9 +41,21 @@ Rules:
   while some of those events lie after a batch, that batch's entries are cut short too, even
   when the batches after a restart are smaller); an object stored without its entry (a crash
   between the two) is found by its key (412) and sealed then.
+* **No second chain.** With ``object_lock`` (a versioned bucket), a ``DELETE`` without a version
+  id puts a delete marker on a key, which then looks missing, and takes ``If-None-Match: *``
+  again, while its locked versions stay underneath. So the search's answer is trusted only if
+  the newest entry it found has one version and the next seq has no version and no delete
+  marker (``ListObjectVersions`` of each key; the search stops at the first key it finds
+  missing, so a marker anywhere it looked lands it just below that marker). Otherwise the chain
+  was tampered with: the sink writes nothing (no entry over the hidden ones, no cursor move, no
+  dead letter), logs ``sink_s3_archive_tampered`` naming the key and what to do, raises a
+  ``shipper.archive_alert`` event (once for each finding), and raises ``ArchiveTampered``, which
+  the driver retries with backoff: once the delete markers are removed, it goes on by itself.
+  Without ``object_lock`` nothing is checked (a bucket without versioning has no markers).
 * **Errors.** Retried with capped exponential backoff (``shipper.sinks.driver``): 5xx,
   throttling, timeouts, no connection (``shipper.s3.S3Unavailable``), and a manifest seq taken by
-  another writer (the sink reads the newest entry again). Refused for good, to the dead-letter
+  another writer (the sink reads the newest entry again), a tampered chain (``ArchiveTampered``,
+  above). Refused for good, to the dead-letter
   area with the reason and an alert: 403, 400, a locked key holding other bytes. An endpoint
   unreachable at start never stops the daemon: the events wait in the WAL.
 * **Object Lock check.** With ``object_lock.mode`` set, a bucket without Object Lock is refused:
@@ -65,7 +77,14 @@ from typing import Any, ClassVar, Final, Literal
 import orjson
 import trio
 
-from shipper.archive.content import SUFFIXES, ContentError, chain_fields, decompress, spans
+from shipper.archive.content import (
+    MAX_OBJECT_BYTES,
+    SUFFIXES,
+    ContentError,
+    chain_fields,
+    decompress,
+    spans,
+)
 from shipper.archive.manifest import (
     ManifestEntry,
     Retention,
@@ -74,11 +93,12 @@ from shipper.archive.manifest import (
     manifest_key,
 )
 from shipper.archive.retention import DEFAULT_CLASS, Classes, Period, Rule
+from shipper.archive.store import KeyVersions, list_versions
 from shipper.buffer.segment import Position
 from shipper.config import SINK_TYPES, SinkCommon, SinkConfig, Table
 from shipper.config.reader import show
 from shipper.config.values import Secret, literal_values
-from shipper.errors import UnsafeDestination
+from shipper.errors import DestinationUnavailable, UnsafeDestination
 from shipper.events import ALERT_SOURCE_ID, alert_event, utc_timestamp
 from shipper.logging import get_logger
 from shipper.metrics import Health
@@ -98,6 +118,8 @@ log = get_logger("shipper.sinks.s3")
 
 #: ``record.action`` of the event that witnesses a manifest head.
 ARCHIVE_SEAL: Final = "shipper.archive_seal"
+#: ``record.action`` of the alert raised when the manifest chain was tampered with.
+ARCHIVE_ALERT: Final = "shipper.archive_alert"
 DEFAULT_KEY_PREFIX: Final = "year={{year}}/month={{month}}/day={{day}}/"
 PLACEHOLDERS: Final = ("year", "month", "day", "hour", "source", "agent")
 _PLACEHOLDER_RE: Final = re.compile(r"\{\{\s*([a-z]+)\s*\}\}")
@@ -110,6 +132,13 @@ SseAlgorithm = Literal["AES256", "aws:kms"]
 
 #: Objects of up to 10000 events or 8 MiB of envelopes, at most 30 s after their first event.
 S3_BATCHING: Final = BatchSettings(max_events=10_000, max_bytes=8 << 20, max_age=30.0)
+
+
+class ArchiveTampered(DestinationUnavailable):
+    """The manifest chain was tampered with where the sink would continue it (an entry hidden by
+    a delete marker, or the newest written twice): writing on would start a second chain over
+    the hidden one. Nobody but the operator can fix it (restore the archive: delete the
+    markers); retried with backoff meanwhile, the sink goes on by itself once that is done."""
 
 
 @dataclass(frozen=True)
@@ -408,6 +437,9 @@ class S3Sink(SinkBase):
         super().__init__(config.id)
         self.config = config
         self.batching = config.batching
+        # Reading back an object of this archive stops past this (a decompression bomb): one
+        # this sink wrote holds a batch, at most max_bytes of envelopes and one more envelope.
+        self._read_limit = max(MAX_OBJECT_BYTES, 2 * config.batching.max_bytes)
         self._context = context
         self._profile = context.profile
         self._client: Any = None
@@ -419,6 +451,7 @@ class S3Sink(SinkBase):
         self._held: set[str] = set()  # ids stored in objects beyond _covered
         self._sealed_keys: set[str] = set()  # keys of objects beyond _covered with an entry
         self._state_known = False
+        self._alerted: str | None = None  # the tampering last raised as an alert
         self._compress = _COMPRESSORS[config.compression]
         self.extension = SUFFIXES[config.compression]
 
@@ -470,22 +503,29 @@ class S3Sink(SinkBase):
         self._sealed_keys.clear()
         self._covered = None
         seq = await self._newest_seq()
+        if self.config.object_lock is not None:
+            await self._check_chain_end(seq)
         self._seq, self._head = seq, None
         if seq:
-            data = await self._get(manifest_key(self.config.prefix, seq))
-            self._head = entry_hash(data)
-            entry = ManifestEntry.parse(data)
-            if entry.epoch == self._epoch:
-                self._covered = _position(entry.covered)
-                while entry.covered == entry.after and entry.epoch == self._epoch:
-                    await self._hold(entry.key)  # a batch cut short: what it stored so far
-                    if entry.seq == 1 or entry.after is None:
-                        break
-                    entry = ManifestEntry.parse(
-                        await self._get(manifest_key(self.config.prefix, entry.seq - 1))
-                    )
+            key = manifest_key(self.config.prefix, seq)
+            try:
+                data = await self._get(key)
+                self._head = entry_hash(data)
+                entry = ManifestEntry.parse(data)
+                if entry.epoch == self._epoch:
+                    self._covered = _position(entry.covered)
+                    while entry.covered == entry.after and entry.epoch == self._epoch:
+                        key = entry.key
+                        await self._hold(key)  # a batch cut short: what it stored so far
+                        if entry.seq == 1 or entry.after is None:
+                            break
+                        key = manifest_key(self.config.prefix, entry.seq - 1)
+                        entry = ManifestEntry.parse(await self._get(key))
+            except NotFound as exc:  # found a moment ago, or named by the newest entries
+                raise self._tampered(key, "is gone or hidden by a delete marker") from exc
             self._emit_seal(entry_hash(data), seq, ManifestEntry.parse(data))
         self._state_known = True
+        self._alerted = None
         log.info(
             "sink_s3_resumed",
             sink=self.id,
@@ -498,12 +538,86 @@ class S3Sink(SinkBase):
 
     async def _hold(self, key: str) -> None:
         data = await self._get(key)
-        lines = await trio.to_thread.run_sync(self._decompress_lines, data)
+        lines = await trio.to_thread.run_sync(self._decompress_lines, key, data)
         self._held.update(_id_of(line) for line in lines)
         self._sealed_keys.add(key)
 
+    async def _check_chain_end(self, seq: int) -> None:
+        """Raise ``ArchiveTampered`` unless entry ``seq`` (the search's answer) has one stored
+        version and entry ``seq + 1`` has no version and no delete marker (see the module
+        docstring, "No second chain")."""
+        prefix = self.config.prefix
+        after = manifest_key(prefix, seq + 1)
+        found = await self._versions(after)
+        if found is not None and found.hidden:
+            stored = len(found.versions)
+            raise self._tampered(
+                after,
+                f"is hidden by a delete marker, {stored} stored version(s) under it"
+                if stored
+                else "has a delete marker and no stored version",
+            )
+        if found is not None:  # stored since the search looked
+            self._state_known = False
+            raise S3Unavailable(
+                f"manifest entry {after} was written while the sink resumed: do two sinks share "
+                f"{self.config.where}?",
+                "ManifestTaken",
+            )
+        if seq:
+            newest = manifest_key(prefix, seq)
+            found = await self._versions(newest)
+            if found is None or found.hidden or len(found.versions) != 1:
+                stored = len(found.versions) if found is not None else 0
+                raise self._tampered(
+                    newest,
+                    f"has {stored} stored versions: it was written again or deleted",
+                    "delete the versions of that key stored after the first (a locked one cannot"
+                    " be: then keep this prefix as evidence and point the sink at a new one)",
+                )
+
+    async def _versions(self, key: str) -> KeyVersions | None:
+        listed = await list_versions(self._client, self.config.bucket, key)
+        return listed[key][0] if key in listed else None
+
+    def _tampered(
+        self,
+        key: str,
+        what: str,
+        remedy: str = "delete the delete markers of that key, and of every later entry and object",
+    ) -> ArchiveTampered:
+        """The error for a tampered chain at ``key`` (``what`` is wrong, ``remedy`` restores
+        it), logged, and raised as an alert event once for each finding."""
+        bucket = self.config.bucket
+        message = (
+            f"the archive {self.config.where} was tampered with: {key} {what}. The sink writes"
+            f" nothing to it until it is restored (its events wait in the WAL): {remedy}"
+            f" (aws s3api list-object-versions --bucket {bucket} --prefix {key}, then aws s3api"
+            f" delete-object --bucket {bucket} --key {key} --version-id <id>); shipper verify"
+            " --s3 lists every hidden or rewritten key"
+        )
+        log.error("sink_s3_archive_tampered", sink=self.id, key=key, error=message)
+        if self._alerted != message:
+            self._alerted = message
+            event = alert_event(
+                ARCHIVE_ALERT,
+                None,
+                {
+                    "severity": "critical",
+                    "sink": self.id,
+                    "bucket": bucket,
+                    "prefix": self.config.prefix,
+                    "key": key,
+                    "reason": message,
+                },
+            )
+            if not self._context.emit(event):
+                log.warning("sink_s3_alert_not_emitted", sink=self.id, key=key)
+        return ArchiveTampered(message)
+
     async def _newest_seq(self) -> int:
-        """The highest seq with an entry: double until one is missing, then halve."""
+        """The highest seq with an entry: double until one is missing, then halve. (A key
+        hidden by a delete marker looks missing: ``_check_chain_end`` checks the answer.)"""
         low, high = 0, 1
         while await self._exists(manifest_key(self.config.prefix, high)):
             low, high = high, high * 2
@@ -604,7 +718,7 @@ class S3Sink(SinkBase):
         lost, or a crash before its entry). Count its events as stored if they are the WAL's,
         byte for byte; else refuse the batch for good."""
         data, answer = await self._get_object(key)
-        lines = await trio.to_thread.run_sync(self._decompress_lines, data)
+        lines = await trio.to_thread.run_sync(self._decompress_lines, key, data)
         ours = dict(zip(group.ids, group.lines, strict=True))
         ids = [_id_of(line) for line in lines]
         if (
@@ -787,12 +901,12 @@ class S3Sink(SinkBase):
             return False
         return True
 
-    def _decompress_lines(self, data: bytes) -> list[bytes]:
+    def _decompress_lines(self, key: str, data: bytes) -> list[bytes]:
         try:
-            return decompress(data, self.config.compression).splitlines()
+            return decompress(data, self.config.compression, self._read_limit).splitlines()
         except ContentError as exc:
             raise S3Rejected(
-                f"an object of {self.config.where} cannot be read back: {exc}", "Unreadable"
+                f"{key} in bucket {self.config.bucket} cannot be read back: {exc}", "Unreadable"
             ) from exc
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,6 +62,21 @@ def compress(lines: Sequence[bytes], compression: str) -> bytes:
     if compression == "zstd":
         return zstandard.ZstdCompressor().compress(text)
     return text
+
+
+def bomb(compression: str, size: int) -> bytes:
+    """``size`` zero bytes, gzip or zstd compressed, made 1 MiB at a time: a decompression bomb
+    (256 MiB take about 250 KB of gzip, and a few KB of zstd)."""
+    piece = bytes(1 << 20)
+    if compression == "gzip":
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        parts = [packer.compress(piece) for _ in range(size >> 20)]
+        return b"".join(parts) + packer.flush()
+    packed = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(packed, closefd=False) as writer:
+        for _ in range(size >> 20):
+            writer.write(piece)
+    return packed.getvalue()
 
 
 def spans(lines: Sequence[bytes]) -> dict[str, AgentSpan]:

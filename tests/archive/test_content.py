@@ -4,6 +4,8 @@ and the summary a manifest entry gives of them, which must be what the s3 sink w
 from __future__ import annotations
 
 import gzip
+import tracemalloc
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -11,6 +13,7 @@ import zstandard
 
 from shipper.archive.content import (
     ContentError,
+    TooLarge,
     decompress,
     is_data_key,
     parse_envelope,
@@ -20,6 +23,7 @@ from shipper.archive.content import (
 from shipper.archive.manifest import AgentSpan, Link
 from shipper.chain import PROFILES, Profile
 from shipper.events import Event, Malformed, alert_event
+from tests.archive.s3archive import bomb
 from tests.chains import chain, safeclaw_lines
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:4000"}
@@ -128,3 +132,43 @@ def test_the_summary_spans_each_agents_first_and_last_chained_event(name: str) -
     assert (summary.events, summary.first, summary.last) == (len(lines), "1-0", "1-130")
     assert set(summary.agents) >= {"d"}  # a chained event whose hash is no string counts, as ""
     assert summary.agents["d"].first.hash == ""
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_an_object_is_read_up_to_its_limit_and_no_further(compression: str) -> None:
+    """An object that holds exactly the limit decompresses; one byte more is TooLarge (a
+    ContentError, naming the limit)."""
+    packers: dict[str, Callable[[bytes], bytes]] = {
+        "gzip": gzip.compress,
+        "zstd": zstandard.compress,
+        "none": bytes,
+    }
+    data = packers[compression](TEXT)
+    assert decompress(data, compression, limit=len(TEXT)) == TEXT
+    with pytest.raises(TooLarge, match=f"more than {len(TEXT) - 1} bytes"):
+        decompress(data, compression, limit=len(TEXT) - 1)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_decompression_bomb_stops_at_the_limit_without_expanding(compression: str) -> None:
+    """A real bomb (256 MiB of zeros in a few hundred KB) raises TooLarge with a 1 MiB limit,
+    and never holds much more than the limit in memory."""
+    data = bomb(compression, 256 << 20)
+    assert len(data) < 300_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLarge):
+            decompress(data, compression, limit=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+def test_a_bomb_in_a_second_gzip_member_is_caught_too() -> None:
+    """The limit counts every gzip member: a small first member does not let a bomb behind it
+    through."""
+    data = gzip.compress(TEXT) + bomb("gzip", 8 << 20)
+    with pytest.raises(TooLarge):
+        decompress(data, "gzip", limit=1 << 20)
+    assert decompress(data, "gzip", limit=(8 << 20) + len(TEXT)).startswith(TEXT)

@@ -4,6 +4,7 @@ report names it, as text and as JSON."""
 
 from __future__ import annotations
 
+import gc
 import shutil
 from pathlib import Path
 from typing import Any
@@ -252,3 +253,41 @@ def test_an_empty_or_missing_directory_is_not_intact(
     err = capsys.readouterr().err
     assert err.startswith("shipper verify: cannot verify")
     assert len(err.splitlines()) == 1
+
+
+def test_a_file_larger_than_max_object_bytes_is_named_not_read(
+    archives: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A file past ``--max-object-bytes`` (one grown with zeros, as a file made to exhaust
+    verify's memory would be) is a problem named in the report, exit 1, and not read: the
+    other files are still checked."""
+    path, files = copy(archives, "intact", tmp_path)
+    grown = files[len(files) // 2]
+    with open(grown, "ab") as file:
+        file.truncate(64 << 10)
+    argv = ["verify", "--dir", str(path), "--max-object-bytes", "32KiB", "--json"]
+    assert main(argv) == 1
+    report = orjson.loads(capsys.readouterr().out)
+    (large,) = by_kind(report, "object_too_large")
+    assert large["where"] == grown.name
+    assert large["limit"] == 32 << 10
+    assert "65,536 bytes" in large["detail"]
+    assert report["checked"]["objects"] == len(files) - 1
+    assert set(report["problem_counts"]) == {"object_too_large", "gap"}
+    assert main(["verify", "--dir", str(path), "--max-object-bytes", "64KiB"]) == 1
+    assert "object_too_large" not in capsys.readouterr().out  # (read now: a bad line instead)
+
+
+def test_verify_leaves_the_garbage_collector_running(
+    archives: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """verify pauses Python's garbage collector while it checks objects, and runs it again
+    after, found intact or not."""
+    path, files = copy(archives, "intact", tmp_path)
+    assert gc.isenabled()
+    assert main(["verify", "--dir", str(path)]) == 0
+    assert gc.isenabled()
+    files[0].write_bytes(b"not an envelope\n")
+    assert main(["verify", "--dir", str(path)]) == 1
+    assert gc.isenabled()
+    capsys.readouterr()

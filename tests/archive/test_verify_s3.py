@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 import trio
 
 from shipper.archive.manifest import AgentSpan, Link, ManifestEntry, entry_hash, id_key
@@ -20,6 +21,7 @@ from shipper.chain import SEED
 from shipper.s3 import S3Url, open_client
 from tests.archive.s3archive import (
     Written,
+    bomb,
     compress,
     envelope,
     in_years,
@@ -381,3 +383,105 @@ async def test_an_entry_that_does_not_parse_is_tampered(s3_server: S3Server) -> 
     (tampered,) = found(report, "manifest_tampered")
     assert (tampered["where"], tampered["seq"]) == (written.entry_key(2), 2)
     assert found(report, "unexpected_object")[0]["where"] == written.keys[1]
+
+
+async def test_entries_and_objects_hidden_by_delete_markers_are_reported_and_checked(
+    s3_server: S3Server,
+) -> None:
+    """A plain DELETE of the newest entries and objects (a delete marker on each; the locked
+    versions stay) is reported as hidden, key by key, with the marker to delete; the hidden
+    versions are still checked, as they would be restored; once the markers are deleted the
+    archive is intact again."""
+    written = await sealed_archive(s3_server, "verify-hidden")
+    hidden = [written.keys[3], written.entry_key(4), written.keys[4], written.entry_key(5)]
+    markers: dict[str, str] = {}
+    async with open_client(settings(s3_server)) as s3:
+        for key in hidden:
+            answer = await s3.delete_object(Bucket=written.bucket, Key=PREFIX + key)
+            assert answer["DeleteMarker"]
+            markers[key] = answer["VersionId"]
+    report = await verify(s3_server, written)
+    assert kinds(report) == {"hidden"}, report.text()
+    problems = report.as_json()["problems"]
+    assert sorted(p["where"] for p in problems) == sorted(hidden)
+    for problem in problems:
+        assert (problem["versions"], problem["markers"]) == (1, [markers[problem["where"]]])
+        assert f"--key {PREFIX}{problem['where']} --version-id" in problem["detail"]
+    assert (report.entries, report.objects, report.head) == (5, 5, written.heads[-1])
+    assert report.witnesses == {"seen": 1, "checked": 1}
+    assert "NOT INTACT: 4 problems (hidden 4)" in report.text()
+
+    async with open_client(settings(s3_server)) as s3:
+        for key, marker in markers.items():
+            await s3.delete_object(Bucket=written.bucket, Key=PREFIX + key, VersionId=marker)
+    restored = await verify(s3_server, written, expect_head=written.heads[-1])
+    assert restored.intact, restored.text()
+
+
+async def test_a_second_version_of_an_object_is_reported_replaced(s3_server: S3Server) -> None:
+    """A data object stored again through the gateway without If-None-Match (a second version
+    over the locked one, unlocked, one record edited) is reported replaced, with both versions,
+    besides its bytes being tampered, its lock missing and the edited record's hash bad."""
+    written = await sealed_archive(s3_server, "verify-second-version")
+    lines = chunks(interleaved(20), 8)[1]
+    lines[3] = lines[3].replace(b'"database.query"', b'"database.drop"')
+    entry = ManifestEntry.parse(written.entries[1])
+    async with open_client(settings(s3_server)) as s3:
+        data = compress(lines, entry.compression)
+        await s3.put_object(Bucket=written.bucket, Key=PREFIX + entry.key, Body=data)
+        listing = await s3.list_object_versions(Bucket=written.bucket, Prefix=PREFIX + entry.key)
+    report = await verify(s3_server, written)
+    expected = {"replaced", "object_tampered", "lock_missing", "bad_hash"}
+    assert kinds(report) == expected, report.text()
+    (replaced,) = found(report, "replaced")
+    assert replaced["where"] == entry.key
+    assert replaced["versions"] == [version["VersionId"] for version in listing["Versions"]]
+    assert len(replaced["versions"]) == 2
+    assert f"replaced: {entry.key}: 2 stored versions" in report.text()
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["gzip", "zstd"])
+async def test_a_decompression_bomb_is_too_large_not_a_crash(
+    s3_server: S3Server, index: int
+) -> None:
+    """An object replaced by a bomb (256 MiB of zeros, gzip or zstd) is reported too large at
+    its key, read no further than the limit, and the rest of the archive is still checked."""
+    written = await sealed_archive(s3_server, f"verify-bomb-{index}")
+    entry = ManifestEntry.parse(written.entries[index])
+    await trio.to_thread.run_sync(
+        remove_behind_gateway, s3_server, written.bucket, PREFIX + entry.key
+    )
+    async with open_client(settings(s3_server)) as s3:
+        data = bomb(entry.compression, 256 << 20)
+        await put(
+            s3,
+            written.bucket,
+            PREFIX + entry.key,
+            data,
+            "COMPLIANCE",
+            in_years(datetime.now(UTC), 4),
+        )
+        url = S3Url(written.bucket, written.prefix)
+        report = await verify_s3(S3Store(s3, url), url, SEED, max_object_bytes=1 << 20)
+    (large,) = found(report, "object_too_large")
+    assert large["where"] == entry.key
+    assert large["seq"] == index + 1
+    # (and its events' absence: gaps after it, or the agents adopted after the first object)
+    assert kinds(report) - {"gap"} == {"object_too_large", "object_tampered"}, report.text()
+    assert report.objects == len(written.entries)
+
+
+async def test_an_object_stored_larger_than_the_limit_is_not_read(s3_server: S3Server) -> None:
+    """An uncompressed object larger than the limit as stored is reported too large from the
+    listing, without being read (compressed ones are, and found too large decompressed)."""
+    written = await sealed_archive(s3_server, "verify-bomb-plain")
+    entry = ManifestEntry.parse(written.entries[2])
+    assert entry.compression == "none"
+    url = S3Url(written.bucket, written.prefix)
+    async with open_client(settings(s3_server)) as s3:
+        report = await verify_s3(S3Store(s3, url), url, SEED, max_object_bytes=entry.size - 1)
+    large = {p["where"]: p["detail"] for p in found(report, "object_too_large")}
+    assert "as stored" in large[entry.key]
+    # (the others, as large decompressed, were read and found so)
+    assert all("decompressed" in large[key] for key in large.keys() - {entry.key})
+    assert report.objects == len(written.entries) - 1

@@ -81,3 +81,21 @@ async def test_what_the_sinks_wrote_is_intact_and_a_truncation_is_caught_by_thei
     truncated = await verify(s3_server, url, expect_head=newest["head"])
     assert set(truncated.problem_counts) == {"expected_head_missing"}, truncated.text()
     assert truncated.entries == newest["seq"] - 1
+
+
+async def test_a_bucket_without_versioning_is_written_resumed_and_verified(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """Without object_lock, on a bucket without versioning (whose version listing has one "null"
+    version a key), the sink writes, resumes after a restart, and its archive verifies intact."""
+    bucket = await new_bucket(s3_server, locked=False)
+    table = sink_table(s3_server, bucket)
+    del table["object_lock"]
+    raw = daemon_config(tmp_path, {"s3": table})
+    lines = chain_lines(20, "agent-a")
+    await send_and_stop(raw, lines[:10], archived(s3_server, bucket, "", 10))
+    await send_and_stop(raw, lines[10:], archived(s3_server, bucket, "", 20))
+    report = await verify(s3_server, S3Url(bucket, ""))
+    assert report.intact, report.text()
+    assert (report.chained, report.statuses) == (20, {"genesis": 1, "ok": 19})
+    assert report.notice_counts["unlocked"] == 1

@@ -3,7 +3,10 @@
 ``tests/sinks/test_contract.py`` runs one set of tests against every harness in ``HARNESSES``.
 A sink joins the suite with one line there: its name, a function that builds its harness in a
 temporary directory (a context manager, so that it can mount or start what it needs), and
-whether its destination can refuse a batch (only those run the refusal tests).
+whether its destination can refuse a batch (only those run the refusal tests). A harness says
+whether its sink delivers exactly once (``exactly_once``: it can tell what its destination
+holds) or at least once with an idempotency key (its ``held`` is then what a receiver that
+drops a key it has seen holds).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from tests.s3server import S3Server
 from tests.siem import Siem, cef_of
 from tests.sinks.memory import FAST, MemoryDestination, MemorySink
 from tests.tcpproxy import Proxy, proxy_to
+from tests.webhooks import Receiver, hook, receiving
 
 SINK = "contract"
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
@@ -47,6 +51,10 @@ SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
 
 class Harness(Protocol):
     """What the suite needs to know of a sink and its destination."""
+
+    #: Whether the sink knows what its destination holds (``resume_point``), so that a crash
+    #: between delivery and acknowledgement leaves nothing to send again.
+    exactly_once: bool
 
     def sink(self) -> Sink:
         """A new sink on the destination (a restart builds another one), retrying fast."""
@@ -83,6 +91,8 @@ class FileHarness:
     """The file sink on a small tmpfs: unavailable is a full disk. Each line has a file of its
     own (``max_file_bytes = 1``), so every write needs new room on the disk."""
 
+    exactly_once = True
+
     def __init__(self, disk: Path) -> None:
         self.path = disk / "archive"
         self.ballast = disk / "ballast"
@@ -118,6 +128,8 @@ def file_harness(tmp_path: Path) -> Iterator[Harness]:
 class MemoryHarness:
     """The test-only memory sink: a destination the test switches off and poisons."""
 
+    exactly_once = True
+
     def __init__(self) -> None:
         self.destination = MemoryDestination()
 
@@ -145,6 +157,8 @@ def memory_harness(tmp_path: Path) -> Iterator[Harness]:
 class S3Harness:
     """The s3 sink on a bucket of the real S3 server, reached through a proxy: unavailable is
     the network cut. What it holds is read back with a synchronous client."""
+
+    exactly_once = True
 
     def __init__(self, server: S3Server, proxy: Proxy) -> None:
         self.server = server
@@ -196,9 +210,10 @@ class CefSyslogHarness:
     event's id) and ``cn2`` (mapped from the record's ``n``) make an envelope again.
 
     Syslog has no acknowledgement, so this sink delivers at least once: what it wrote and the
-    driver did not acknowledge before a crash comes again (``at_least_once``)."""
+    driver did not acknowledge before a crash comes again, with the same ``externalId``:
+    ``held`` is what a receiver that drops an ``externalId`` it has seen holds."""
 
-    at_least_once = True
+    exactly_once = False
 
     def __init__(self, siem: Siem, work: Path) -> None:
         self.siem = siem
@@ -224,9 +239,13 @@ class CefSyslogHarness:
         received = self.siem.wait_for_sync(written)
         parsed = parse_cef([cef_of(message) for message in received], self.work)
         held = []
+        seen: set[str] = set()
         for cef in parsed:
             assert cef is not None
             extension = cef["Extensions"]
+            if extension["externalId"] in seen:
+                continue
+            seen.add(extension["externalId"])
             record = {"n": int(extension["cn2"])}
             held.append(orjson.dumps({"v": 1, "id": extension["externalId"], "record": record}))
         return held
@@ -250,10 +269,37 @@ def cef_syslog_harness(tmp_path: Path) -> Iterator[Harness]:
         siem.stop()
 
 
-def exactly_once(harness: Harness) -> bool:
-    """Whether the harness's sink delivers each event once across crashes (else: at least
-    once, what was delivered and not acknowledged coming again)."""
-    return not getattr(harness, "at_least_once", False)
+class WebhookHarness:
+    """The webhook sink to a real HTTP receiver: unavailable is the receiver answering 503,
+    a refusal its 400. A receiver cannot be asked what it holds, so a batch taken but not
+    acknowledged comes again, with the same webhook-id: ``held`` is what a receiver that drops
+    a webhook-id it has seen holds."""
+
+    exactly_once = False
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+
+    def sink(self) -> Sink:
+        return hook(self.receiver.url, sink_id=SINK, flush_interval="10ms")
+
+    def held(self) -> list[bytes]:
+        return self.receiver.held()
+
+    def make_unavailable(self) -> None:
+        self.receiver.down = True
+
+    def make_available(self) -> None:
+        self.receiver.down = False
+
+    def refuse(self, poison: bytes) -> None:
+        self.receiver.poison = poison
+
+
+@contextlib.contextmanager
+def webhook_harness(tmp_path: Path) -> Iterator[Harness]:
+    with receiving() as receiver:
+        yield WebhookHarness(receiver)
 
 
 #: Session servers a harness needs, put here by the harness fixture (``"s3"``: the S3 server).
@@ -266,6 +312,7 @@ HARNESSES: dict[str, Kind] = {
     "memory": Kind(memory_harness, can_refuse=True),
     "s3": Kind(s3_harness, can_refuse=False),
     "cef_syslog": Kind(cef_syslog_harness, can_refuse=False),
+    "webhook": Kind(webhook_harness, can_refuse=True),
 }
 
 

@@ -130,3 +130,24 @@ class BrokenSinkConfig(SinkConfig):
         sink = BrokenSink(self.id, FAST)
         self.built.append(sink)
         return sink
+
+
+#: The destinations ``type = "memory"`` sinks deliver to, by the name in their config.
+DESTINATIONS: dict[str, MemoryDestination] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemorySinkConfig(SinkConfig):
+    """``type = "memory"``: a forwarding ``MemorySink`` on ``DESTINATIONS[destination]``
+    (register it with ``SINK_TYPES.registered(MemorySinkConfig)``)."""
+
+    kind: ClassVar[str] = "memory"
+    forwards: ClassVar[bool] = True
+    destination: str = "default"
+
+    @classmethod
+    def read(cls, table: Table, common: SinkCommon) -> MemorySinkConfig:
+        return cls(**common, destination=table.string("destination", "default"))
+
+    def build(self, context: SinkContext) -> MemorySink:
+        return MemorySink(self.id, DESTINATIONS.setdefault(self.destination, MemoryDestination()))

@@ -36,7 +36,7 @@ from tests.conftest import (
 )
 from tests.peers import needs_rsyslogd
 from tests.siem import Received, Siem, cef_of
-from tests.sinks.contract import SINK, Watched, open_wal
+from tests.sinks.contract import SINK, CrashAfterDelivery, Watched, open_wal, reopen
 from tests.sinks.memory import FAST
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
@@ -661,3 +661,56 @@ async def test_the_daemon_forwards_verified_records_and_counts_into_its_registry
     (complete,) = logs.entries("shutdown_complete")
     assert complete["metrics"]["sink"]["siem"]["messages_written"] == 40
     assert complete["metrics"]["sink"]["siem"]["events"] == 40
+
+
+async def test_redacted_fields_leave_as_keyed_hashes(tmp_path: Path) -> None:
+    """With ``redact``, the CEF line carries the keyed hash of a hashed field and nothing of a
+    removed one; the record's own hash is sent as it is."""
+    config = config_of(
+        sink_table(
+            514, redact={"hash": ["record.userId"], "remove": ["record.reason"], "key": "k" * 32}
+        )
+    )
+    sink = ScriptedSink(config)
+    wal = open_wal(tmp_path / "wal")
+    await wal.append(wal_entries(3)[:6])
+    await wal.close()
+    await SinkDriver(sink, tmp_path, redact=config.redact).run(wal.readers[SINK], wal.epoch)
+    text = bytes(sink.taken).decode()
+    assert text.count("duser=hmac-sha256:") == 3
+    for value in TRICKY[:3]:
+        assert f"duser={value}" not in text
+    assert " reason=" not in text
+    assert text.count(" cs5=sha256:") == 3
+
+
+async def test_a_crash_before_the_acknowledgement_sends_that_batch_again_and_nothing_else(
+    peers: None, tmp_path: Path
+) -> None:
+    """A sink that dies after writing a batch but before the driver acknowledged it sends that
+    batch again at the next start, with the same externalIds, and nothing it had acknowledged."""
+    siem = Siem(tmp_path / "siem")
+    await siem.start()
+    wal = open_wal(tmp_path / "wal")
+    reader = Watched(wal.readers[SINK])
+    first, second = wal_entries(10)[:20], wal_entries(10)[:20]
+    try:
+        with trio.CancelScope() as scope:
+            sink = CrashAfterDelivery(build(sink_table(siem.port)), scope, deliveries=2)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(SinkDriver(sink, tmp_path).run, reader, wal.epoch)
+                await wal.append(first)
+                await reader.acked_to(wal.committed)
+                await wal.append(second)
+                await trio.sleep_forever()  # until the sink dies after its second delivery
+        wal = await reopen(wal)
+        await wal.close()
+        await SinkDriver(build(sink_table(siem.port)), tmp_path).run(wal.readers[SINK], wal.epoch)
+        received = await siem.wait_for(60)
+    finally:
+        siem.stop()
+    parsed = parse_cef([cef_of(message) for message in received], tmp_path)
+    ids = [cef["Extensions"]["externalId"] for cef in parsed if cef is not None]
+    assert len(ids) == 60, siem.diagnostics()
+    assert len(set(ids[:40])) == 40
+    assert ids[40:] == ids[20:40]  # the unacknowledged batch, once more

@@ -10,7 +10,7 @@ import pytest
 from shipper.buffer.segment import Position
 from shipper.events import Event
 from shipper.sinks.base import Batch, position_of
-from shipper.sinks.dead_letter import MAX_REASON, DeadLetters
+from shipper.sinks.dead_letter import MAX_ANSWER, MAX_REASON, DeadLetters
 
 SOURCE = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:1"}
 
@@ -58,3 +58,17 @@ def test_position_of_reads_the_id_without_parsing_the_envelope() -> None:
         position_of(b'{"id":"1-16"}')
     with pytest.raises(ValueError, match="without a WAL id"):
         position_of(b'{"v":1,"received_at":"x"}')
+
+
+def test_a_refusal_keeps_the_status_and_a_cut_answer_only_when_known(tmp_path: Path) -> None:
+    """The destination's status and answer are on each line when given, the answer cut to
+    MAX_ANSWER characters; a refusal without them has neither key."""
+    letters = DeadLetters(tmp_path, "hook")
+    batch = Batch.of([envelope(Position(1, 16), 1)])
+    path = letters.write(batch, "HTTP 422", "00aa", status=422, answer="y" * (MAX_ANSWER + 5))
+    (line,) = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert (line["status"], line["answer"]) == (422, "y" * MAX_ANSWER)
+    other = Batch.of([envelope(Position(2, 16), 2)])
+    (bare,) = [orjson.loads(x) for x in letters.write(other, "no", "00aa").read_bytes().split()]
+    assert "status" not in bare
+    assert "answer" not in bare

@@ -4,6 +4,7 @@ retry classification, dead letters, health."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
@@ -13,8 +14,9 @@ import trio.testing
 from shipper.buffer.config import BufferConfig
 from shipper.buffer.wal import Wal
 from shipper.config import SINK_TYPES, parse_config
+from shipper.errors import DestinationRejected, DestinationUnavailable
 from shipper.events import Event, entry, envelopes
-from shipper.metrics import Health
+from shipper.metrics import CounterSet, Health, Registry, value
 from shipper.retry import Outcome, RetryPolicy
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sinks.base import Batch, BatchSettings
@@ -379,3 +381,93 @@ async def test_a_dead_lettered_batch_raises_an_alert_but_refused_alerts_raise_no
     await again.run(wal.readers["contract"], wal.epoch)
     assert again.counters["dead_letters"] == 1
     assert len(emitted) == 1
+
+
+class HintingSink(MemorySink):
+    """A sink whose destination is unavailable at its first try, asking to be left alone for
+    ``hint`` seconds; the times of its tries are in ``tries``."""
+
+    def __init__(self, destination: MemoryDestination, hint: float, policy: RetryPolicy) -> None:
+        super().__init__("contract", destination, retry_policy=policy)
+        self.hint = hint
+        self.tries: list[float] = []
+
+    async def deliver(self, batch: Batch) -> None:
+        await trio.lowlevel.checkpoint()
+        self.tries.append(trio.current_time())
+        if len(self.tries) == 1:
+            raise DestinationUnavailable("HTTP 429", retry_after=self.hint)
+        self.destination.take(batch)
+
+
+async def test_a_retry_waits_at_least_the_destinations_hint_within_the_bound(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A destination's retry_after longer than the backoff is waited for; a hint beyond the
+    policy's max_retry_after waits that bound instead."""
+    gaps: list[float] = []
+    for hint, bound in ((7.0, 300.0), (86_400.0, 20.0)):
+        policy = RetryPolicy(first=0.01, limit=0.05, max_retry_after=bound)
+        sink = HintingSink(MemoryDestination(), hint, policy)
+        wal = open_wal(tmp_path / f"wal-{hint}")
+        await wal.append(entries(1, 3))
+        await wal.close()
+        await SinkDriver(sink, tmp_path).run(wal.readers["contract"], wal.epoch)
+        assert sink.destination.held
+        first, second = sink.tries
+        gaps.append(second - first)
+    assert 7.0 <= gaps[0] < 7.1
+    assert 20.0 <= gaps[1] < 20.1
+
+
+async def test_a_dead_letter_keeps_the_destinations_status_and_answer(tmp_path: Path) -> None:
+    """A refusal carrying the destination's status and answer leaves both on every line of the
+    dead-letter file, beside the reason."""
+
+    class Refusing(MemorySink):
+        async def deliver(self, batch: Batch) -> None:
+            await trio.lowlevel.checkpoint()
+            raise DestinationRejected("HTTP 400", status=400, answer='{"error":"no field x"}')
+
+    wal = open_wal(tmp_path / "wal")
+    await wal.append(entries(1, 3))
+    await wal.close()
+    driver = SinkDriver(Refusing("contract", MemoryDestination()), tmp_path)
+    await driver.run(wal.readers["contract"], wal.epoch)
+    (letters,) = (tmp_path / "dead_letter" / "contract").iterdir()
+    lines = [orjson.loads(line) for line in letters.read_bytes().splitlines()]
+    assert [(line["reason"], line["status"], line["answer"]) for line in lines] == [
+        ("HTTP 400", 400, '{"error":"no field x"}')
+    ] * 3
+    assert driver.counters["dead_letters"] == 3
+
+
+async def test_a_sinks_own_counters_are_counted_beside_the_drivers(tmp_path: Path) -> None:
+    """A sink that declares counters of its own counts them in the driver's counter set, and
+    they reach the metrics registry as sink_<name> with the sink's id, kept across the move."""
+
+    class Seeing(MemorySink):
+        own_counters: Mapping[str, str] = {"seen": "Events the test sink saw"}
+
+        def count_into(self, counters: CounterSet) -> None:
+            self.counts = counters
+
+        async def deliver(self, batch: Batch) -> None:
+            await super().deliver(batch)
+            self.counts["seen"] += len(batch.envelopes)
+
+    sink = Seeing("contract", MemoryDestination())
+    wal = open_wal(tmp_path / "wal")
+    await wal.append(entries(1, 4))
+    driver = SinkDriver(sink, tmp_path)
+    async with trio.open_nursery() as nursery:
+        reader = Watched(wal.readers["contract"])
+        await nursery.start(driver.run, reader, wal.epoch)
+        await reader.acked_to(wal.committed)
+        registry = Registry()
+        driver.register_metrics(registry)
+        await wal.append(entries(5, 2))
+        await reader.acked_to(wal.committed)
+        await wal.close()
+    assert driver.counters["seen"] == 6
+    assert value(registry.snapshot(), "sink_seen", "contract") == 6

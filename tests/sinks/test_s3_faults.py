@@ -1,6 +1,7 @@
 """The ``s3`` sink through what goes wrong with a real S3 server (SeaweedFS): the server down for
 a while, batches cut short, objects stored without their entry, a key taken by other bytes,
-answers lost on the way back. Each event ends up stored once, under a whole manifest chain."""
+answers lost on the way back, entries hidden by delete markers. Each event ends up stored once,
+under a whole manifest chain."""
 
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ import pytest
 import trio
 
 from shipper.archive.manifest import entry_hash
+from shipper.archive.store import S3Store
+from shipper.archive.verify import verify_s3
 from shipper.buffer.wal import Wal
 from shipper.chain import SEED
 from shipper.config import parse_config
 from shipper.events import Event, entry
+from shipper.s3 import S3Url, open_client
 from shipper.sinks.base import Sink, SinkContext
 from shipper.sinks.driver import SinkDriver
+from shipper.sinks.s3 import S3Sink
 from shipper.topology import Topology
+from tests.archive.s3archive import bomb
 from tests.chains import chain_lines
 from tests.conftest import LogCapture, archive_lines, wait_until
 from tests.s3archive import (
@@ -32,6 +38,7 @@ from tests.s3archive import (
     manifests,
     new_bucket,
     read_bucket,
+    settings,
     sink_table,
     sync_client,
 )
@@ -272,12 +279,14 @@ async def test_a_retried_put_whose_answer_was_lost_creates_no_second_object(
     assert not [error for error in failures if "another writer" in error]
 
 
+@pytest.mark.parametrize("forgery", ["other events", "a decompression bomb"])
 async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alerts(
-    tmp_path: Path, s3_server: S3Server, proxy: Proxy
+    tmp_path: Path, s3_server: S3Server, proxy: Proxy, forgery: str
 ) -> None:
-    """A key the sink is about to use, taken beforehand by a locked object of other bytes: the
-    batch goes to the dead-letter area with a reason naming the key, a delivery alert reaches
-    the file sink beside it, and the sink goes on with the next batches."""
+    """A key the sink is about to use, taken beforehand by a locked object of other bytes
+    (other events, or a bomb the sink stops reading back at its limit): the batch goes to the
+    dead-letter area with a reason naming the key, a delivery alert reaches the file sink
+    beside it, and the sink goes on with the next batches."""
     bucket = await new_bucket(s3_server)
     archive = tmp_path / "archive"
     table = sink_table(s3_server, bucket, endpoint=proxy.url, key_prefix="events/")
@@ -285,7 +294,10 @@ async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alert
     lines = chain_lines(20, "agent-a")
     proxy.cut()  # the sink waits, its first batch in hand, until the key is taken
     topology = Topology(parse_config(raw))
-    topology.sinks[0].driver.sink.retry_policy = FAST
+    sink = topology.sinks[0].driver.sink
+    sink.retry_policy = FAST
+    assert isinstance(sink, S3Sink)
+    sink._read_limit = 1 << 20  # (the test's bomb: 8 MiB)
     async with trio.open_nursery() as nursery:
         address = (await nursery.start(topology.run))["agents"][0]
         async with await trio.open_tcp_stream(address.host, address.port) as stream:
@@ -294,6 +306,8 @@ async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alert
             first = orjson.loads(agent_lines(archive)[0])["id"]
             key = f"events/{topology.wal.epoch}-{first}-default.jsonl.gz"
             forged = gzip.compress(orjson.dumps({"v": 1, "id": first, "forged": True}) + b"\n")
+            if forgery == "a decompression bomb":
+                forged = bomb("gzip", 8 << 20)
             client = sync_client(s3_server)
             await trio.to_thread.run_sync(
                 lambda: client.put_object(
@@ -317,6 +331,8 @@ async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alert
     ]
     assert refused[0]["envelope"]["id"] == first
     assert all(key in letter["reason"] for letter in refused)
+    if forgery == "a decompression bomb":
+        assert f"more than {1 << 20:,} bytes decompressed" in refused[0]["reason"]
     alerts = [
         orjson.loads(line)["record"]
         for line in archive_lines(archive)
@@ -332,3 +348,83 @@ async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alert
     assert sorted(found) == sorted({("agent-a", n) for n in range(1, 21)} - dead)
     assert set(found.values()) == {1}
     assert ("agent-a", 20) in found  # the sink went on after the refused batch
+
+
+@pytest.mark.parametrize("hide", ["newest", "middle", "rewritten"])
+async def test_entries_hidden_by_delete_markers_stop_the_sink_until_they_are_restored(
+    tmp_path: Path, s3_server: S3Server, proxy: Proxy, logs: LogCapture, hide: str
+) -> None:
+    """Entries hidden by plain DELETEs (delete markers over their locked versions: the newest two
+    with their objects, or one in the middle of the chain, where the resume search stops), or the
+    newest entry stored again as a second version, make a restarted sink refuse to write: no
+    second chain, no cursor move, no dead letter, one alert naming the key however often it
+    retries; once the markers (or the second version) are deleted it goes on by itself, and the
+    archive verifies intact."""
+    bucket = await new_bucket(s3_server)
+    wal = open_wal(tmp_path / "wal")
+    await wal.append(mixed(1, 20))
+    driver = SinkDriver(s3_sink(s3_server, bucket, proxy, max_events=4), tmp_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(driver.run, wal.readers[SINK], wal.epoch)
+        await wait_until(lambda: wal.lag_bytes(SINK) == 0)
+        nursery.cancel_scope.cancel()
+    entries = manifests(await read_bucket(s3_server, bucket))
+    assert len(entries) == 10  # five batches of two classes
+    if hide == "newest":
+        hidden = [f"manifests/{seq:020d}.json" for seq in (9, 10)]
+        hidden += [entries[8].key, entries[9].key]
+    else:
+        hidden = [f"manifests/{4 if hide == 'middle' else 10:020d}.json"]
+    client = sync_client(s3_server)
+
+    def versions() -> set[tuple[str, str]]:
+        listing = client.list_object_versions(Bucket=bucket)
+        return {(item["Key"], item["VersionId"]) for item in listing.get("Versions", [])}
+
+    if hide == "rewritten":  # the same bytes again, without If-None-Match: a second version
+        (key,) = hidden
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        restore = {key: client.put_object(Bucket=bucket, Key=key, Body=body)["VersionId"]}
+    else:
+        restore = {key: client.delete_object(Bucket=bucket, Key=key)["VersionId"] for key in hidden}
+    before = versions()
+
+    wal = await reopen(wal)
+    await wal.append(mixed(21, 8))
+    alerts: list[dict[str, Any]] = []
+
+    def emit(event: Event) -> bool:
+        record = orjson.loads(event.record_json or b"")
+        if record["action"] == "shipper.archive_alert":
+            alerts.append(record)
+        return True
+
+    driver = SinkDriver(s3_sink(s3_server, bucket, proxy, emit, max_events=4), tmp_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(driver.run, wal.readers[SINK], wal.epoch)
+        await wait_until(lambda: len(logs.entries("sink_s3_archive_tampered")) >= 3)
+        assert versions() == before  # nothing written over the hidden entries
+        assert wal.lag_bytes(SINK) > 0
+        assert (driver.counters["events"], driver.counters["dead_letters"]) == (0, 0)
+        assert not (tmp_path / "dead_letter").exists()
+        assert [alert["key"] for alert in alerts] == [hidden[0]]
+        assert f"--key {hidden[0]} --version-id <id>" in alerts[0]["reason"]
+        remedy = "stored after the first" if hide == "rewritten" else "delete the delete markers"
+        assert remedy in alerts[0]["reason"]
+        assert {e["key"] for e in logs.entries("sink_s3_archive_tampered")} == {hidden[0]}
+
+        for key, version in restore.items():
+            client.delete_object(Bucket=bucket, Key=key, VersionId=version)
+        await wait_until(lambda: wal.lag_bytes(SINK) == 0)
+        nursery.cancel_scope.cancel()
+    await wal.close()
+    wal.release()
+    stored = await read_bucket(s3_server, bucket)
+    assert chain_problems(stored) == []
+    assert stored_numbers(stored) == list(range(1, 29))
+    assert len(alerts) == 1
+    url = S3Url(bucket, "")
+    async with open_client(settings(s3_server)) as s3:
+        report = await verify_s3(S3Store(s3, url), url, SEED)
+    assert report.intact, report.text()
+    assert report.entries == len(manifests(stored)) > 10
