@@ -4,7 +4,7 @@ VENV   ?= .venv
 CONFIG ?= config/shipper.toml
 PY      = $(VENV)/bin/python
 
-.PHONY: run test lint typecheck unit bench bench-wal bench-syslog bench-chain bench-s3 bench-verify clean
+.PHONY: run test lint typecheck unit bench bench-wal bench-syslog bench-chain bench-s3 bench-cef bench-verify clean
 
 # A stamp file so the venv is rebuilt when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -45,6 +45,9 @@ bench-chain: $(VENV)/.installed
 
 bench-s3: $(VENV)/.installed
 	$(PY) -m bench.s3 $(BENCH_ARGS)
+
+bench-cef: $(VENV)/.installed
+	$(PY) -m bench.cef $(BENCH_ARGS)
 
 bench-verify: $(VENV)/.installed
 	$(PY) -m bench.verify $(BENCH_ARGS)

@@ -99,11 +99,23 @@ def needs_rsyslogd(driver: str | None = None) -> str:
 
 
 class Rsyslog:
-    """A private ``rsyslogd -n`` that takes LF-framed messages on a loopback TCP port and runs
-    ``action`` on them. rsyslogd's own messages go to ``internal_log`` (by default it would hand
-    some of them to the host's syslog(3), some to stderr)."""
+    """A private ``rsyslogd -n`` that takes messages (LF-framed or octet-counted) on a loopback
+    TCP port and runs ``action`` on them. rsyslogd's own messages go to ``internal_log`` (by
+    default it would hand some of them to the host's syslog(3), some to stderr).
 
-    def __init__(self, work: Path, action: str, global_settings: str = "") -> None:
+    ``global_settings`` go into ``global(...)``, ``imtcp_settings`` into imtcp's
+    ``module(...)`` (a TLS stream driver, say), ``preamble`` before the ruleset (templates).
+    ``start`` after ``stop`` runs it again on the same port."""
+
+    def __init__(
+        self,
+        work: Path,
+        action: str,
+        global_settings: str = "",
+        *,
+        imtcp_settings: str = "",
+        preamble: str = "",
+    ) -> None:
         self.executable = needs_rsyslogd()
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
@@ -115,7 +127,8 @@ class Rsyslog:
             f'global(workDirectory="{work}" processInternalMessages="on" {global_settings})\n'
             "# tests wait for what they need; rsyslogd need not drain its queue for long on SIGTERM\n"
             'main_queue(queue.timeoutShutdown="100")\n'
-            'module(load="imtcp")\n'
+            f'module(load="imtcp" {imtcp_settings})\n'
+            f"{preamble}\n"
             f'input(type="imtcp" address="127.0.0.1" port="{self.port}" ruleset="forward")\n'
             'ruleset(name="forward") {\n'
             f"    {action}\n"
@@ -134,7 +147,7 @@ class Rsyslog:
             check=False,
         )
         assert check.returncode == 0, check.stderr.decode(errors="replace")
-        with self.stderr_log.open("wb") as stderr:
+        with self.stderr_log.open("ab") as stderr:
             self.process = subprocess.Popen(
                 [
                     self.executable,

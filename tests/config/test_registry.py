@@ -36,7 +36,7 @@ def problems(raw: dict[str, Any]) -> list[str]:
 def test_the_built_in_types_are_registered() -> None:
     """Without a central list, the registries find every built-in source and sink type."""
     assert list(SOURCE_TYPES) == ["json_tls", "syslog"]
-    assert list(SINK_TYPES) == ["file", "s3", "webhook"]
+    assert list(SINK_TYPES) == ["cef_syslog", "file", "s3", "webhook"]
     assert SINK_TYPES.get("file") is FileSinkConfig
 
 
@@ -60,7 +60,9 @@ def test_a_type_is_gone_once_its_registration_ends() -> None:
     with SINK_TYPES.registered(ProbeSinkConfig):
         assert "probe" in SINK_TYPES
     assert "probe" not in SINK_TYPES
-    assert problems(MINIMAL) == ['sinks.out.type: expected "file", "s3" or "webhook", got "probe"']
+    assert problems(MINIMAL) == [
+        'sinks.out.type: expected "cef_syslog", "file", "s3" or "webhook", got "probe"'
+    ]
     SINK_TYPES.register(ProbeSinkConfig)
     try:
         assert isinstance(parse_config(MINIMAL, env={}).sinks["out"], ProbeSinkConfig)
@@ -92,9 +94,9 @@ def test_a_taken_type_name_is_refused() -> None:
         (
             "sinks",
             "fiel",
-            'sinks.out.type: expected "file", "s3" or "webhook", got "fiel" (did you mean "file"?)',
+            'sinks.out.type: expected "cef_syslog", "file", "s3" or "webhook", got "fiel" (did you mean "file"?)',
         ),
-        ("sinks", 5, 'sinks.out.type: expected "file", "s3" or "webhook", got 5'),
+        ("sinks", 5, 'sinks.out.type: expected "cef_syslog", "file", "s3" or "webhook", got 5'),
     ],
 )
 def test_an_unknown_type_suggests_the_nearest_registered_one(

@@ -33,10 +33,14 @@ from shipper.events import Event, entry, envelopes
 from shipper.metrics import Health
 from shipper.retry import RetryPolicy
 from shipper.sinks.base import Batch, BatchSettings, Sink, SinkContext, position_of
+from shipper.sinks.cef_syslog import CefSyslogSink
 from shipper.sinks.file import FileSink, FileSinkConfig
+from tests.cefparse import needs_lognormalizer, parse_cef
 from tests.conftest import archive_lines, tmpfs
+from tests.peers import needs_rsyslogd
 from tests.s3archive import sink_table, sync_client
 from tests.s3server import S3Server
+from tests.siem import Siem, cef_of
 from tests.sinks.memory import FAST, MemoryDestination, MemorySink
 from tests.tcpproxy import Proxy, proxy_to
 from tests.webhooks import Receiver, hook, receiving
@@ -200,6 +204,71 @@ def s3_harness(tmp_path: Path) -> Iterator[Harness]:
         yield S3Harness(server, proxy)
 
 
+class CefSyslogHarness:
+    """The cef_syslog sink to a private rsyslogd (the SIEM's receiver): unavailable is rsyslogd
+    stopped. What it holds is read back with lognormalizer: each message's ``externalId`` (the
+    event's id) and ``cn2`` (mapped from the record's ``n``) make an envelope again.
+
+    Syslog has no acknowledgement, so this sink delivers at least once: what it wrote and the
+    driver did not acknowledge before a crash comes again, with the same ``externalId``:
+    ``held`` is what a receiver that drops an ``externalId`` it has seen holds."""
+
+    exactly_once = False
+
+    def __init__(self, siem: Siem, work: Path) -> None:
+        self.siem = siem
+        self.work = work
+        self.sinks: list[CefSyslogSink] = []
+
+    def sink(self) -> Sink:
+        table = {
+            "type": "cef_syslog",
+            "address": f"127.0.0.1:{self.siem.port}",
+            "mapping": {"cn2": "record.n"},
+        }
+        source = {"type": "json_tls", "address": "127.0.0.1:0"}
+        config = parse_config({"sources": {"a": source}, "sinks": {SINK: table}}).sinks[SINK]
+        sink = config.build(SinkContext(SEED))
+        assert isinstance(sink, CefSyslogSink)
+        sink.retry_policy = FAST
+        self.sinks.append(sink)
+        return sink
+
+    def held(self) -> list[bytes]:
+        written = sum(sink.counters["messages_written"] for sink in self.sinks)
+        received = self.siem.wait_for_sync(written)
+        parsed = parse_cef([cef_of(message) for message in received], self.work)
+        held = []
+        seen: set[str] = set()
+        for cef in parsed:
+            assert cef is not None
+            extension = cef["Extensions"]
+            if extension["externalId"] in seen:
+                continue
+            seen.add(extension["externalId"])
+            record = {"n": int(extension["cn2"])}
+            held.append(orjson.dumps({"v": 1, "id": extension["externalId"], "record": record}))
+        return held
+
+    def make_unavailable(self) -> None:
+        self.siem.stop()
+
+    def make_available(self) -> None:
+        self.siem.start_sync()
+
+
+@contextlib.contextmanager
+def cef_syslog_harness(tmp_path: Path) -> Iterator[Harness]:
+    needs_rsyslogd()
+    needs_lognormalizer()
+    siem = Siem(tmp_path / "siem")
+    siem.start_sync()
+    try:
+        yield CefSyslogHarness(siem, tmp_path)
+    finally:
+        siem.stop()
+
+
 class WebhookHarness:
     """The webhook sink to a real HTTP receiver: unavailable is the receiver answering 503,
     a refusal its 400. A receiver cannot be asked what it holds, so a batch taken but not
@@ -242,6 +311,7 @@ HARNESSES: dict[str, Kind] = {
     "file": Kind(file_harness, can_refuse=False),
     "memory": Kind(memory_harness, can_refuse=True),
     "s3": Kind(s3_harness, can_refuse=False),
+    "cef_syslog": Kind(cef_syslog_harness, can_refuse=False),
     "webhook": Kind(webhook_harness, can_refuse=True),
 }
 
