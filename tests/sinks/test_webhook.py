@@ -23,6 +23,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from shipper.chain import SEED
+from shipper.cli import main
 from shipper.config import parse_config
 from shipper.errors import ConfigError, DestinationRejected, DestinationUnavailable
 from shipper.events import DELIVERY_ALERT, Event, alert_event
@@ -436,6 +437,57 @@ async def test_a_400_goes_to_the_dead_letters_with_status_and_answer_and_the_hoo
     (alert,) = emitted
     assert orjson.loads(alert.record_json or b"")["sink"] == "hook"
     assert driver.counters["dead_letters"] == 3
+
+
+async def test_a_refused_batch_is_replayed_signed_once_the_receiver_is_fixed(
+    receiver: Receiver, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``shipper dead-letter replay`` sends a batch the receiver refused with 400, once it
+    takes it, signed under the batch's webhook-id, and moves the file to replayed/; a second
+    replay sends nothing."""
+    secret = new_secret()
+    receiver.poison = b"poison"
+    wal = open_wal(tmp_path / "wal")
+    await wal.append(entries(1, 3, tag="poison"))
+    await wal.close()
+    driver = SinkDriver(hook(receiver.url, signing_secret=secret), tmp_path / "var")
+    await driver.run(wal.readers[SINK], wal.epoch)
+    assert driver.counters["dead_letters"] == 3
+    (refused,) = receiver.requests
+    assert refused.status == 400
+    receiver.poison = None  # the receiver is fixed
+    config = tmp_path / "shipper.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            data_dir = "{tmp_path / "var"}"
+            [sources.agents]
+            type = "json_tls"
+            address = "127.0.0.1:0"
+            [sinks.hook]
+            type = "webhook"
+            url = "{receiver.url}"
+            signing_secret = "{secret}"
+            """
+        )
+    )
+    assert (
+        await trio.to_thread.run_sync(main, ["dead-letter", "replay", "hook", "-c", str(config)])
+        == 0
+    )
+    assert "1 files (3 events) replayed, 0 refused" in capsys.readouterr().out
+    refused_then_taken = receiver.requests[1:]
+    assert [r.status for r in refused_then_taken] == [200]
+    assert refused_then_taken[0].id == refused.id
+    assert Webhook(secret).verify(refused_then_taken[0].body, refused_then_taken[0].headers)
+    assert numbers(receiver.held()) == [1, 2, 3]
+    letters = tmp_path / "var" / "dead_letter" / "hook"
+    assert [p.name for p in letters.iterdir()] == ["replayed"]
+    assert (
+        await trio.to_thread.run_sync(main, ["dead-letter", "replay", "hook", "-c", str(config)])
+        == 0
+    )
+    assert len(receiver.requests) == 2
 
 
 async def test_nothing_is_lost_while_the_receiver_is_gone_for_a_while(tmp_path: Path) -> None:
