@@ -218,8 +218,9 @@ class TlsServerConfig:
 class TlsClientConfig:
     """Client-side TLS of a sink's connection (an S3 endpoint, CEF over TLS, a webhook).
 
-    ``ca``: the CA file that signs the server's certificate; without it, the system's trusted
-    CAs (``ssl.get_default_verify_paths``), or certifi's bundle on a system that has none.
+    ``ca``: the CA file that signs the server's certificate; without it, certifi's bundle
+    (Mozilla's trusted CAs, the same on every host; a private CA, or the system's store, is
+    given as ``ca``, e.g. ``/etc/ssl/certs/ca-certificates.crt``).
     ``cert`` and ``key``: a client certificate to present (mutual TLS), both or neither.
     ``server_name``: the name the server's certificate must carry (and the SNI sent), when it is
     not the host the sink connects to (``server_hostname``). ``verify = false`` checks neither
@@ -234,14 +235,13 @@ class TlsClientConfig:
 
     def build(self) -> ssl.SSLContext:
         """The client ``SSLContext``; raises ``ssl.SSLError``/``OSError`` on unusable files."""
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self.ca is None and self.verify:
-            paths = ssl.get_default_verify_paths()
-            if paths.cafile is None and paths.capath is None:  # a system without a CA store
-                import certifi
+        cafile: Path | str | None = self.ca
+        if cafile is None:
+            import certifi
 
-                context.load_verify_locations(cafile=certifi.where())
+            cafile = certifi.where()
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         if not self.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

@@ -16,8 +16,8 @@ Transports:
 
 * ``tcp`` (default): RFC 6587 octet counting (``LEN SP MSG``, the default) or ``framing = "lf"``
   (each message ends with LF; a CEF line holds no raw LF).
-* ``tls``: the same over TLS (RFC 5425), the server verified against the system's CAs (certifi's
-  where the system has none) or ``tls.ca``, its name against ``tls.server_name`` or the host;
+* ``tls``: the same over TLS (RFC 5425), the server verified against certifi's bundle or
+  ``tls.ca``, its name against ``tls.server_name`` or the host;
   ``tls.cert`` and ``tls.key`` present a client certificate (mutual TLS). After the handshake
   the sink waits ``TLS_SETTLE_SECONDS`` (0.25 s) before writing: in TLS 1.3 a receiver checks the
   client's certificate after the client's handshake has ended, and some (rsyslog with GnuTLS)

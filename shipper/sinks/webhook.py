@@ -49,8 +49,8 @@ Rules:
   driver may cut batches differently, and then the events come again under another
   ``webhook-id``; the envelope ids with the epoch from ``webhook-id`` name each event
   uniquely, for receivers that must hold each once.
-* **TLS.** ``https://`` URLs are verified: against ``tls.ca`` when set, else the system's
-  CAs, or certifi's bundle on a system without any (``TlsClientConfig``). ``http://`` is
+* **TLS.** ``https://`` URLs are verified: against ``tls.ca`` when set, else certifi's
+  bundle (``TlsClientConfig``). ``http://`` is
   accepted for a receiver on the same host or behind its own TLS proxy: the events, the
   credentials and the signature then travel in clear (the signature still proves origin and
   freshness, not secrecy), and a warning is logged at each start when the host is not a

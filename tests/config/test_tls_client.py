@@ -88,23 +88,16 @@ async def test_the_ca_file_makes_the_server_trusted(tls_files: TlsFiles) -> None
         assert await ask(TlsClientConfig(ca=tls_files.ca_pem), port) == "-"
 
 
-async def test_without_a_ca_file_the_system_trust_applies(tls_files: TlsFiles) -> None:
-    """Without ``ca``, a server whose CA the system does not trust is refused."""
+async def test_without_a_ca_file_certifis_bundle_applies(
+    tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``ca``, the client trusts certifi's bundle and only it: a server whose CA is not
+    in it is refused, and one whose CA is (here made so) is taken."""
     async with tls_server(server(tls_files)) as port:
         with pytest.raises(trio.BrokenResourceError) as info:
             await ask(TlsClientConfig(), port)
-    assert verify_code(info) in UNTRUSTED_CA
-
-
-async def test_without_a_system_trust_store_certifi_applies(
-    tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On a system with no CA store, the client trusts certifi's bundle (here made to hold the
-    test CA, which the system does not trust)."""
-    none = ssl.DefaultVerifyPaths(None, None, "SSL_CERT_FILE", "", "SSL_CERT_DIR", "")  # type: ignore[arg-type]
-    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: none)
-    monkeypatch.setattr(certifi, "where", lambda: str(tls_files.ca_pem))
-    async with tls_server(server(tls_files)) as port:
+        assert verify_code(info) in UNTRUSTED_CA
+        monkeypatch.setattr(certifi, "where", lambda: str(tls_files.ca_pem))
         assert await ask(TlsClientConfig(), port) == "-"
 
 
