@@ -120,6 +120,17 @@ def logs() -> Iterator[LogCapture]:
     logging.getLogger().handlers.clear()
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo, after the test, what ``shipper.logging.configure`` did: a CLI command run in the
+    test's process points the logs at the captured stderr, which is closed after the test."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+    for name in ("httpx", "httpcore", "httpx2", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, options: str) -> Iterator[Path]:
     """A tmpfs mounted at ``path`` (created) with mount ``options`` (``size=16m``, ``ro``) for

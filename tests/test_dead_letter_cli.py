@@ -127,7 +127,10 @@ async def test_an_archive_sink_or_an_unknown_file_cannot_be_replayed(
 
 
 def test_list_and_show_print_what_was_refused_and_why(
-    tmp_path: Path, memory_sinks: None, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    memory_sinks: None,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
 ) -> None:
     """``list`` names each file with its events, time and reason (also as JSON), ``show`` prints
     a file's envelopes as they were refused, and a sink that is not configured is a usage

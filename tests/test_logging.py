@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 
 import orjson
 import pytest
-import structlog
 
 from shipper.logging import configure
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """Put logging back as it was after the test."""
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
-    for name in ("httpx", "httpcore", "httpx2", "httpcore2"):
-        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 @pytest.mark.parametrize("level", ["info", "debug"])

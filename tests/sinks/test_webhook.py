@@ -440,7 +440,10 @@ async def test_a_400_goes_to_the_dead_letters_with_status_and_answer_and_the_hoo
 
 
 async def test_a_refused_batch_is_replayed_signed_once_the_receiver_is_fixed(
-    receiver: Receiver, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    receiver: Receiver,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
 ) -> None:
     """``shipper dead-letter replay`` sends a batch the receiver refused with 400, once it
     takes it, signed under the batch's webhook-id, and moves the file to replayed/; a second
