@@ -24,8 +24,9 @@ size, from ``--batches``; body plain or gzipped), all signed (``signing_secret``
 * **webhook sink**: the sink run by its driver (``SinkDriver``) on a WAL reader of its own, with
   ``batch_size`` as the case says (``max_bytes`` 8 MiB, so batches are cut by count), from the
   driver's start until it returns with the WAL read to its end and every batch answered ``200``
-  (acknowledged). The receiver must have counted every event once, in as many requests as
-  batches.
+  (acknowledged). The receiver must have counted every event once, in at least as many
+  requests as batches (the driver sends a batch short when its ``flush_interval``, 1 s, runs
+  out first: column POSTs, of the best run, counts the POST loop's warm-up too).
 
 The receiver (``bench.receivers``, ``http``) is a ``ThreadingHTTPServer`` in another process: it
 reads each body, gunzips it if need be, parses the JSON array with orjson, counts the events and
@@ -96,12 +97,20 @@ class Row:
     seconds: float = float("inf")
     cpu: float = 0.0
     receiver_cpu: float | None = None
+    requests: int | None = None
     runs: list[float] = field(default_factory=list)
 
-    def keep(self, seconds: float, cpu: float, receiver_cpu: float | None = None) -> None:
+    def keep(
+        self,
+        seconds: float,
+        cpu: float,
+        receiver_cpu: float | None = None,
+        requests: int | None = None,
+    ) -> None:
         self.runs.append(seconds)
         if seconds < self.seconds:
             self.seconds, self.cpu, self.receiver_cpu = seconds, cpu, receiver_cpu
+            self.requests = requests
 
 
 def config(case: Case, name: str, url: str) -> WebhookSinkConfig:
@@ -307,15 +316,18 @@ async def measure(args: argparse.Namespace, cases: list[Case], work: Path) -> in
                         receiver_cpu = receiver.cpu_seconds() - receiver_cpu
                         after = receiver.counts()
                         got = {key: after[key] - before[key] for key in after}
-                        posts = len(batches) + (name == "POST loop")  # (and its warm-up)
-                        if got["events"] != len(items) or got["requests"] != posts:
+                        # The POST loop sends each batch (and its warm-up); the driver may cut
+                        # a batch short where its flush interval ran out first.
+                        posts = len(batches) + (name == "POST loop")
+                        if got["events"] != len(items) or got["requests"] < posts:
                             print(
                                 f"{case.name}, {name}: the receiver counted {got['events']} events"
-                                f" in {got['requests']} requests, not {len(items)} in {posts}",
+                                f" in {got['requests']} requests, not {len(items)} in {posts}"
+                                " or more",
                                 file=sys.stderr,
                             )
                             return 1
-                        rows[name].keep(took, cpu, receiver_cpu)
+                        rows[name].keep(took, cpu, receiver_cpu, got["requests"])
     finally:
         wal.release()
     report(results, wire, len(items), size)
@@ -327,7 +339,7 @@ def report(
 ) -> None:
     print(
         f"\n{'case':<18}{'row':<15}{'events/s':>11}{'MB/s':>8}{'wire MB/s':>10}{'ratio':>7}"
-        f"{'/POST':>7}{'CPU us/ev':>10}{'rcv CPU':>8}  runs (s)"
+        f"{'/POST':>7}{'CPU us/ev':>10}{'rcv CPU':>8}{'POSTs':>7}  runs (s)"
     )
     for case, rows in results.items():
         base = events / rows["limit"].seconds
@@ -336,6 +348,7 @@ def report(
             row = rows[name]
             rate = events / row.seconds
             receiver = f"{row.receiver_cpu / events * 1e6:>8.1f}" if row.receiver_cpu else " " * 8
+            receiver += f"{row.requests:>7}" if row.requests else " " * 7
             runs = " ".join(f"{t:.2f}" for t in row.runs) if name in ROWS[2:] else ""
             print(
                 f"{case.name:<18}{name:<15}{rate:>11,.0f}{size / row.seconds / 1e6:>8.1f}"
