@@ -761,6 +761,8 @@ class EndToEnd:
     delivered_cpu_seconds: float | None = None
     forwarded: dict[str, int] = field(default_factory=dict)
     """With all sinks: events each receiver counted (``cef_syslog``, ``webhook``)."""
+    forwarded_seconds: dict[str, float] = field(default_factory=dict)
+    """With all sinks: when each receiver had every event (from the first connection attempt)."""
     receivers_cpu_seconds: float | None = None
     """The receivers' CPU during ``delivered_seconds``."""
     load: LoadResult | None = None
@@ -829,15 +831,23 @@ async def _interruptible(run: Callable[[], Awaitable[LoadResult]]) -> LoadResult
 
 
 async def wait_for_receivers(
-    receivers: Sequence[Receiver], expected: int, daemon: Daemon, stall_timeout: float
+    receivers: Sequence[Receiver],
+    expected: int,
+    daemon: Daemon,
+    stall_timeout: float,
+    done_at: list[float | None],
 ) -> list[int]:
     """Poll until every receiver counted ``expected`` events, they stop growing, or the daemon
-    dies; returns their counts."""
+    dies; returns their counts. ``done_at[i]``: when receiver ``i`` had them all
+    (``time.perf_counter``)."""
     last: list[int] = []
     changed = time.perf_counter()
     while True:
         counts = [receiver.counts()["events"] for receiver in receivers]
         now = time.perf_counter()
+        for index, count in enumerate(counts):
+            if count >= expected and done_at[index] is None:
+                done_at[index] = now
         if min(counts) >= expected or not daemon.alive():
             return counts
         if counts != last:
@@ -899,6 +909,7 @@ def _run_end_to_end(
             finished: list[float] = []
             cpu: list[float | None] = []
             delivered: list[tuple[float, float | None, float, list[int]]] = []
+            done_at: list[float | None] = [None] * len(receivers)
 
             async def hold() -> None:
                 result.archived_before_stop = await wait_for_archive(
@@ -908,7 +919,7 @@ def _run_end_to_end(
                 cpu.append(daemon.cpu_seconds())
                 if receivers and result.archived_before_stop >= len(lines):
                     counts = await wait_for_receivers(
-                        receivers, len(lines), daemon, options.stall_timeout
+                        receivers, len(lines), daemon, options.stall_timeout, done_at
                     )
                     at, daemon_cpu = time.perf_counter(), daemon.cpu_seconds()
                     receivers_then = sum(receiver.cpu_seconds() for receiver in receivers)
@@ -935,6 +946,11 @@ def _run_end_to_end(
             if delivered:
                 at, cpu_then, receivers_then, counts = delivered[0]
                 result.forwarded = dict(zip(("cef_syslog", "webhook"), counts, strict=True))
+                result.forwarded_seconds = {
+                    sink: at - start
+                    for sink, at in zip(("cef_syslog", "webhook"), done_at, strict=True)
+                    if at is not None
+                }
                 if min(counts) < len(lines):
                     result.error = (
                         f"receivers stuck at {counts} of {len(lines)} events "
@@ -1106,7 +1122,15 @@ def report(
                 f"{run.timed_cpu_seconds / run.seconds:.2f} cores busy on average"
             )
         if run.forwarded:
-            counted = ", ".join(f"{sink} {count}" for sink, count in run.forwarded.items())
+            counted = ", ".join(
+                f"{sink} {count}"
+                + (
+                    f" (all at {run.forwarded_seconds[sink]:.3f} s)"
+                    if sink in run.forwarded_seconds
+                    else ""
+                )
+                for sink, count in run.forwarded.items()
+            )
             out.append(f"  events the receivers counted: {counted}")
         if run.delivered_seconds is not None and run.delivered_cpu_seconds is not None:
             out.append(
