@@ -4,7 +4,7 @@ VENV   ?= .venv
 CONFIG ?= config/shipper.toml
 PY      = $(VENV)/bin/python
 
-.PHONY: run test lint typecheck unit bench bench-wal bench-syslog bench-chain bench-s3 bench-cef bench-verify clean
+.PHONY: run test lint typecheck unit bench bench-wal bench-syslog bench-chain bench-s3 bench-cef bench-webhook bench-verify clean
 
 # A stamp file so the venv is rebuilt when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -48,6 +48,9 @@ bench-s3: $(VENV)/.installed
 
 bench-cef: $(VENV)/.installed
 	$(PY) -m bench.cef $(BENCH_ARGS)
+
+bench-webhook: $(VENV)/.installed
+	$(PY) -m bench.webhook $(BENCH_ARGS)
 
 bench-verify: $(VENV)/.installed
 	$(PY) -m bench.verify $(BENCH_ARGS)

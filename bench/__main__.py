@@ -19,6 +19,14 @@ absolute numbers swing between runs, ratios measured in one run much less.
 line split: deframe (``find`` + ``int`` + slice), cut the header and STRUCTURED-DATA as
 :func:`bench.syslog.limit_5424` does, and put the header fields into the envelope's ``syslog``.
 
+``--sinks all`` adds the forwarding sinks to the config: ``cef_syslog`` (TCP, octet counting)
+and a signed ``webhook`` (default batching), each to a local receiver in a process of its own
+(``bench.receivers``) that counts what it gets. The rate is still timed until the archive is
+complete (the daemon's ingest rate with every sink on); a second figure times until both
+receivers counted every event too. ``--sinks both`` makes a run with the file sink alone and one
+with all sinks per transport and round, in turns (ABBA over rounds), so the two are measured
+under the same load in one run.
+
 MB/s are input bytes (what was sent: the records with their newline, or the framed syslog
 messages), in 10^6 bytes.
 """
@@ -26,6 +34,7 @@ messages), in 10^6 bytes.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import os
@@ -52,6 +61,7 @@ import trustme
 
 from bench.events import generate_lines, octet_counted, syslog_messages
 from bench.loadgen import PROTOCOLS, LoadResult, client_ssl_context, payloads, send_payloads
+from bench.receivers import Receiver
 from bench.syslog import RFC5424_LIMIT
 from shipper.codecs.syslog import FACILITIES, SEVERITIES
 
@@ -315,12 +325,18 @@ def _toml_string(value: str | Path) -> str:
 
 
 def write_config(
-    run_dir: Path, port: int, tls: TlsFiles | None, log_level: str, protocol: str = "json"
+    run_dir: Path,
+    port: int,
+    tls: TlsFiles | None,
+    log_level: str,
+    protocol: str = "json",
+    forward_to: Forwarding | None = None,
 ) -> tuple[Path, Path]:
     """Write ``shipper.toml`` into ``run_dir``; return (config path, archive directory).
 
     The source is ``json_tls`` for ``protocol`` ``json``, else ``syslog`` in mode ``tcp`` or
-    ``tls``."""
+    ``tls``. With ``forward_to``, a ``cef_syslog`` sink (TCP, octet counting) and a signed
+    ``webhook`` sink (default batching) besides the file sink."""
     archive = run_dir / "archive"
     lines = [
         f"data_dir = {_toml_string(run_dir / 'var')}",
@@ -358,9 +374,34 @@ def write_config(
         'max_file_bytes = "128MiB"',
         "",
     ]
+    if forward_to is not None:
+        lines += [
+            "[sinks.siem]",
+            'type = "cef_syslog"',
+            f'address = "127.0.0.1:{forward_to.syslog_port}"',
+            'hostname = "bench-host"',
+            "",
+            "[sinks.hook]",
+            'type = "webhook"',
+            f'url = "http://127.0.0.1:{forward_to.http_port}/hook"',
+            f"signing_secret = {_toml_string(WEBHOOK_SECRET)}",
+            "",
+        ]
     config = run_dir / "shipper.toml"
     config.write_text("\n".join(lines))
     return config, archive
+
+
+@dataclass(frozen=True)
+class Forwarding:
+    """Where the forwarding sinks send: the ports of the local receivers (``bench.receivers``)."""
+
+    syslog_port: int
+    http_port: int
+
+
+#: The webhook sink's signing secret in the all-sinks runs (32 fixed bytes).
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 
 
 def _children_cpu() -> float:
@@ -706,6 +747,8 @@ class EndToEnd:
     """The run's directory name, e.g. ``tcp-1``."""
     events: int
     input_bytes: int
+    sinks: str = "file"
+    """``file``: the file sink alone; ``all``: with the forwarding sinks too."""
     ready_seconds: float = 0.0
     seconds: float | None = None
     """First connection attempt until the archive held every event; None if it never did."""
@@ -713,6 +756,15 @@ class EndToEnd:
     """CPU the daemon used during ``seconds`` (from /proc; None if unavailable)."""
     peak_rss_bytes: int | None = None
     """The daemon's peak resident memory, read just before SIGTERM."""
+    delivered_seconds: float | None = None
+    """With all sinks: first connection attempt until every receiver counted every event."""
+    delivered_cpu_seconds: float | None = None
+    forwarded: dict[str, int] = field(default_factory=dict)
+    """With all sinks: events each receiver counted (``cef_syslog``, ``webhook``)."""
+    forwarded_seconds: dict[str, float] = field(default_factory=dict)
+    """With all sinks: when each receiver had every event (from the first connection attempt)."""
+    receivers_cpu_seconds: float | None = None
+    """The receivers' CPU during ``delivered_seconds``."""
     load: LoadResult | None = None
     archived_before_stop: int = 0
     archived_after_stop: int = 0
@@ -733,7 +785,12 @@ class EndToEnd:
             and not self.stop.killed
             and self.verification is not None
             and self.verification.ok
+            and (self.sinks == "file" or self.delivered_seconds is not None)
         )
+
+    @property
+    def label(self) -> str:
+        return self.transport if self.sinks == "file" else f"{self.transport}, all sinks"
 
 
 def _log_problems(daemon: Daemon) -> list[str]:
@@ -773,19 +830,73 @@ async def _interruptible(run: Callable[[], Awaitable[LoadResult]]) -> LoadResult
     return result
 
 
+async def wait_for_receivers(
+    receivers: Sequence[Receiver],
+    expected: int,
+    daemon: Daemon,
+    stall_timeout: float,
+    done_at: list[float | None],
+) -> list[int]:
+    """Poll until every receiver counted ``expected`` events, they stop growing, or the daemon
+    dies; returns their counts. ``done_at[i]``: when receiver ``i`` had them all
+    (``time.perf_counter``)."""
+    last: list[int] = []
+    changed = time.perf_counter()
+    while True:
+        counts = [receiver.counts()["events"] for receiver in receivers]
+        now = time.perf_counter()
+        for index, count in enumerate(counts):
+            if count >= expected and done_at[index] is None:
+                done_at[index] = now
+        if min(counts) >= expected or not daemon.alive():
+            return counts
+        if counts != last:
+            last, changed = counts, now
+        elif now - changed > stall_timeout:
+            return counts
+        await trio.sleep(POLL_SECONDS)
+
+
 def run_end_to_end(
     transport: str,
     lines: Sequence[bytes],
     payloads: Sequence[bytes],
     run_dir: Path,
     options: Options,
+    sinks: str = "file",
 ) -> EndToEnd:
-    """One daemon start, timed load, stop and archive check, all inside ``run_dir`` (created)."""
+    """One daemon start, timed load, stop and archive check, all inside ``run_dir`` (created).
+    ``sinks``: ``file`` (the file sink alone) or ``all`` (also ``cef_syslog`` and ``webhook``,
+    each to a receiver of its own, started here)."""
+    with contextlib.ExitStack() as stack:
+        receivers: list[Receiver] = []
+        if sinks == "all":
+            receivers = [stack.enter_context(Receiver(kind)) for kind in ("syslog", "http")]
+        return _run_end_to_end(transport, lines, payloads, run_dir, options, receivers)
+
+
+def _run_end_to_end(
+    transport: str,
+    lines: Sequence[bytes],
+    payloads: Sequence[bytes],
+    run_dir: Path,
+    options: Options,
+    receivers: Sequence[Receiver],
+) -> EndToEnd:
     run_dir.mkdir()
     tls = write_certs(run_dir) if transport == "tls" else None
     port = free_port()
-    config, archive = write_config(run_dir, port, tls, options.log_level, options.protocol)
-    result = EndToEnd(transport, run_dir.name, len(lines), sum(len(p) for p in payloads))
+    forward_to = Forwarding(receivers[0].port, receivers[1].port) if receivers else None
+    config, archive = write_config(
+        run_dir, port, tls, options.log_level, options.protocol, forward_to
+    )
+    result = EndToEnd(
+        transport,
+        run_dir.name,
+        len(lines),
+        sum(len(p) for p in payloads),
+        sinks="all" if receivers else "file",
+    )
     counter = ArchiveCounter(archive)
     context = (
         None
@@ -797,6 +908,8 @@ def run_end_to_end(
             result.ready_seconds = daemon.start(READY_TIMEOUT)
             finished: list[float] = []
             cpu: list[float | None] = []
+            delivered: list[tuple[float, float | None, float, list[int]]] = []
+            done_at: list[float | None] = [None] * len(receivers)
 
             async def hold() -> None:
                 result.archived_before_stop = await wait_for_archive(
@@ -804,24 +917,50 @@ def run_end_to_end(
                 )
                 finished.append(time.perf_counter())
                 cpu.append(daemon.cpu_seconds())
+                if receivers and result.archived_before_stop >= len(lines):
+                    counts = await wait_for_receivers(
+                        receivers, len(lines), daemon, options.stall_timeout, done_at
+                    )
+                    at, daemon_cpu = time.perf_counter(), daemon.cpu_seconds()
+                    receivers_then = sum(receiver.cpu_seconds() for receiver in receivers)
+                    delivered.append((at, daemon_cpu, receivers_then, counts))
 
+            receivers_cpu = sum(receiver.cpu_seconds() for receiver in receivers)
             cpu.append(daemon.cpu_seconds())
             start = time.perf_counter()
             result.load = trio.run(
                 _interruptible,
                 partial(send_payloads, "127.0.0.1", port, payloads, ssl_context=context, hold=hold),
             )
-            if result.archived_before_stop >= len(lines):
+            if result.archived_before_stop < len(lines):
+                result.error = (
+                    "daemon died during the run"
+                    if not daemon.alive()
+                    else f"archive stuck at {result.archived_before_stop} of {len(lines)} "
+                    f"lines for {options.stall_timeout} s"
+                )
+            else:
                 result.seconds = finished[0] - start
                 if cpu[0] is not None and cpu[-1] is not None:
                     result.timed_cpu_seconds = cpu[-1] - cpu[0]
-            elif not daemon.alive():
-                result.error = "daemon died during the run"
-            else:
-                result.error = (
-                    f"archive stuck at {result.archived_before_stop} of {len(lines)} lines "
-                    f"for {options.stall_timeout} s"
-                )
+            if delivered:
+                at, cpu_then, receivers_then, counts = delivered[0]
+                result.forwarded = dict(zip(("cef_syslog", "webhook"), counts, strict=True))
+                result.forwarded_seconds = {
+                    sink: at - start
+                    for sink, at in zip(("cef_syslog", "webhook"), done_at, strict=True)
+                    if at is not None
+                }
+                if min(counts) < len(lines):
+                    result.error = (
+                        f"receivers stuck at {counts} of {len(lines)} events "
+                        f"for {options.stall_timeout} s"
+                    )
+                else:
+                    result.delivered_seconds = at - start
+                    result.receivers_cpu_seconds = receivers_then - receivers_cpu
+                    if cpu[0] is not None and cpu_then is not None:
+                        result.delivered_cpu_seconds = cpu_then - cpu[0]
         except BenchError as exc:
             result.error = str(exc)
         except Exception as exc:  # a broken connection, typically: report it, keep going
@@ -917,12 +1056,12 @@ def report(
         out.append(
             _row(labels[limit.name], events, input_bytes, limit.seconds, limit.cpu_seconds, base)
         )
-    for transport in dict.fromkeys(run.transport for run in runs):
-        timed = [run for run in runs if run.transport == transport and run.seconds]
+    for label in dict.fromkeys(run.label for run in runs):
+        timed = [run for run in runs if run.label == label and run.seconds]
         best = min(timed, key=lambda run: run.seconds or 0.0) if timed else None
         out.append(
             _row(
-                f"end-to-end {transport}",
+                f"end-to-end {label}",
                 events,
                 input_bytes,
                 best.seconds if best else None,
@@ -930,6 +1069,19 @@ def report(
                 base,
             )
         )
+        timed = [run for run in runs if run.label == label and run.delivered_seconds]
+        if timed:
+            best = min(timed, key=lambda run: run.delivered_seconds or 0.0)
+            out.append(
+                _row(
+                    "  every event forwarded too",
+                    events,
+                    input_bytes,
+                    best.delivered_seconds,
+                    best.delivered_cpu_seconds,
+                    base,
+                )
+            )
     out.append("")
     out.append(
         "ratio = events/s divided by the python limit's (first row); each row is its best run."
@@ -943,7 +1095,7 @@ def report(
         out.append(f"{limit.name}: best of {len(limit.all_seconds)} passes ({spread} s)")
     for run in runs:
         out.append("")
-        out.append(f"[{run.transport}, {run.name}] {'ok' if run.ok else 'PROBLEM'}")
+        out.append(f"[{run.label}, {run.name}] {'ok' if run.ok else 'PROBLEM'}")
         if run.error:
             out.append(f"  error: {run.error}")
         if run.ready_seconds:
@@ -968,6 +1120,29 @@ def report(
                 f"  daemon CPU while timed: {run.timed_cpu_seconds:.2f} s, "
                 f"{run.timed_cpu_seconds / run.events * 1e6:.1f} us/event, "
                 f"{run.timed_cpu_seconds / run.seconds:.2f} cores busy on average"
+            )
+        if run.forwarded:
+            counted = ", ".join(
+                f"{sink} {count}"
+                + (
+                    f" (all at {run.forwarded_seconds[sink]:.3f} s)"
+                    if sink in run.forwarded_seconds
+                    else ""
+                )
+                for sink, count in run.forwarded.items()
+            )
+            out.append(f"  events the receivers counted: {counted}")
+        if run.delivered_seconds is not None and run.delivered_cpu_seconds is not None:
+            out.append(
+                f"  every event forwarded at {run.delivered_seconds:.3f} s; daemon CPU until "
+                f"then {run.delivered_cpu_seconds:.2f} s, "
+                f"{run.delivered_cpu_seconds / run.events * 1e6:.1f} us/event, "
+                f"{run.delivered_cpu_seconds / run.delivered_seconds:.2f} cores busy on average"
+                + (
+                    f"; receivers' CPU {run.receivers_cpu_seconds:.2f} s"
+                    if run.receivers_cpu_seconds is not None
+                    else ""
+                )
             )
         if run.peak_rss_bytes is not None:
             out.append(f"  daemon peak RSS {run.peak_rss_bytes / 2**20:.0f} MiB")
@@ -1008,6 +1183,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=PROTOCOLS,
         default="json",
         help="json: NDJSON to a json_tls source; syslog: octet-counted RFC 5424 to a syslog source",
+    )
+    parser.add_argument(
+        "--sinks",
+        choices=("file", "all", "both"),
+        default="file",
+        help="file: the file sink alone; all: also cef_syslog and webhook, each to a local "
+        "receiver; both: a run of each per transport and round, in turns",
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_EVENTS} events unless --events"
@@ -1057,6 +1239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shipper executable not found: {executable}", file=sys.stderr)
         return 2
     transports = ["tcp", "tls"] if args.transport == "both" else [args.transport]
+    sink_sets = ["file", "all"] if args.sinks == "both" else [args.sinks]
     options = Options(executable, args.log_level, args.stall_timeout, args.protocol)
     signal.signal(signal.SIGTERM, _interrupt)  # clean up on SIGTERM as on Ctrl-C
     work = Path(tempfile.mkdtemp(prefix="shipper-bench-", dir=args.tmp_dir))
@@ -1071,11 +1254,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"round {round_}: measuring the python limit...", file=sys.stderr)
             measure_limits(lines, work, args.limit_repeats, limit_times, args.protocol)
             for transport in transports:
-                print(f"round {round_}: end-to-end over {transport}...", file=sys.stderr)
-                run_dir = work / f"{transport}-{round_}"
-                runs.append(run_end_to_end(transport, lines, per_connection, run_dir, options))
-                if not args.keep:
-                    shutil.rmtree(run_dir, ignore_errors=True)
+                for sinks in sink_sets if round_ % 2 else reversed(sink_sets):
+                    print(
+                        f"round {round_}: end-to-end over {transport}, sinks {sinks}...",
+                        file=sys.stderr,
+                    )
+                    run_dir = work / f"{transport}-{sinks}-{round_}"
+                    runs.append(
+                        run_end_to_end(transport, lines, per_connection, run_dir, options, sinks)
+                    )
+                    if not args.keep:
+                        shutil.rmtree(run_dir, ignore_errors=True)
         limits = [
             Limit(name, min(w for w, _ in spent), min(c for _, c in spent), [w for w, _ in spent])
             for name, spent in limit_times.items()

@@ -167,12 +167,8 @@ async def end_to_end(items: list[bytes], work: Path, port: int) -> tuple[float, 
     """The events appended to a WAL, then the sink run by its driver to the receiver on
     ``port`` until the WAL is read (it closes the connection at the end); returns when the run
     began (``time.perf_counter``) and the bytes the sink wrote."""
-    wal = Wal(work / "wal", BufferConfig(), envelopes=envelopes)
-    wal.open({SINK: None})
+    wal = await filled_wal(items, work / "wal", [SINK])
     try:
-        for start in range(0, len(items), 1000):
-            await wal.append([entry(_event(raw)) for raw in items[start : start + 1000]])
-        await wal.close()
         sink = make_sink(port)
         driver = SinkDriver(sink, work)
         began = time.perf_counter()
@@ -180,6 +176,21 @@ async def end_to_end(items: list[bytes], work: Path, port: int) -> tuple[float, 
         return began, sink.counters["written_bytes"]
     finally:
         wal.release()
+
+
+async def filled_wal(items: Sequence[bytes], directory: Path, readers: Sequence[str]) -> Wal:
+    """A WAL in ``directory`` holding the events of ``items`` (envelopes), closed, with a reader
+    for each of ``readers`` (release it when done)."""
+    wal = Wal(directory, BufferConfig(), envelopes=envelopes)
+    wal.open(dict.fromkeys(readers))
+    try:
+        for start in range(0, len(items), 1000):
+            await wal.append([entry(_event(raw)) for raw in items[start : start + 1000]])
+        await wal.close()
+    except BaseException:
+        wal.release()
+        raise
+    return wal
 
 
 def _event(raw: bytes) -> Event:

@@ -350,21 +350,26 @@ class Target:
     kind: str
 
     def get(self, envelope: Mapping[str, Any]) -> Any:
-        for path in TARGET_PATHS:
-            value = path.get(envelope)
-            if value is not None:
-                break
-        else:
-            return None
-        if not isinstance(value, str):
-            return value if self.kind == "other" else None
-        if _URL_RE.match(value):
-            kind = "url"
-        elif _FILE_RE.match(value):
-            kind = "file"
-        else:
-            kind = "other"
-        return value if kind == self.kind else None
+        found = target_of(envelope)
+        return found[1] if found is not None and found[0] == self.kind else None
+
+
+def target_of(envelope: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """The target resource (the first of ``TARGET_PATHS`` present) and its kind (``Target``);
+    None without one."""
+    for get in _TARGET_GETTERS:
+        value = get(envelope, None)
+        if value is not None:
+            break
+    else:
+        return None
+    if not isinstance(value, str):
+        return "other", value
+    if _URL_RE.match(value):
+        return "url", value
+    if _FILE_RE.match(value):
+        return "file", value
+    return "other", value
 
 
 Source = FieldPath | Literal | Target
@@ -540,17 +545,14 @@ class Encoded:
     severity: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """One key of a mapping, ready to run: whether it is a label (written only right after its
-    key, which comes just before it), its text when that is fixed (a literal), else the getters
-    of its sources and how a value becomes its text."""
-
-    key: str
-    label: bool
-    fixed: str | None
-    getters: tuple[Callable[[Mapping[str, Any]], Any], ...]
-    convert: Callable[[Any], str | None]
+#: A source compiled: its value in an envelope, given the envelope's target (``target_of``,
+#: found once per envelope when the mapping has a ``Target``; else None).
+_Get = Callable[[Mapping[str, Any], "tuple[str, Any] | None"], Any]
+#: A key's rule compiled: its text in an envelope (given the target), or None/"" for none.
+_Text = Callable[[Mapping[str, Any], "tuple[str, Any] | None"], "str | None"]
+#: A key ready to run: the key, its text, its label's key, and the label: its text when it is
+#: a literal, its compiled rule otherwise, None when the key has no label.
+_Compiled = tuple[str, _Text, str, "str | _Text | None"]
 
 
 _CONVERT: Final[dict[str, Callable[[Any], str | None]]] = {
@@ -559,23 +561,83 @@ _CONVERT: Final[dict[str, Callable[[Any], str | None]]] = {
 }
 
 
-def _getter(source: Source) -> Callable[[Mapping[str, Any]], Any]:
-    """A fast function for ``source.get``: field paths of one and two steps (all the default
-    mapping has) are read without a loop."""
-    if isinstance(source, FieldPath):
-        parts = source.parts
-        if len(parts) == 1:
-            (only,) = parts
-            return lambda envelope: envelope.get(only)
-        if len(parts) == 2:
-            first, second = parts
+def _getter(source: Source) -> _Get:
+    """A fast function for ``source.get``: field paths of one to three steps (all the default
+    mapping has) are read without a loop, a target from the envelope's target found once."""
+    if isinstance(source, Target):
+        kind = source.kind
+        return lambda envelope, target: (
+            target[1] if target is not None and target[0] == kind else None
+        )
+    if isinstance(source, Literal):
+        value = source.value
+        return lambda envelope, target: value
+    parts = source.parts
+    if len(parts) == 1:
+        (only,) = parts
+        return lambda envelope, target: envelope.get(only)
+    if len(parts) == 2:
+        first, second = parts
 
-            def two(envelope: Mapping[str, Any]) -> Any:
-                inner = envelope.get(first)
-                return inner.get(second) if type(inner) is dict else None
+        def two(envelope: Mapping[str, Any], target: tuple[str, Any] | None) -> Any:
+            inner = envelope.get(first)
+            return inner.get(second) if type(inner) is dict else None
 
-            return two
-    return source.get
+        return two
+    if len(parts) == 3:
+        first, second, third = parts
+
+        def three(envelope: Mapping[str, Any], target: tuple[str, Any] | None) -> Any:
+            inner = envelope.get(first)
+            if type(inner) is not dict:
+                return None
+            inner = inner.get(second)
+            return inner.get(third) if type(inner) is dict else None
+
+        return three
+    return lambda envelope, target: source.get(envelope)
+
+
+_TARGET_GETTERS: Final = tuple(_getter(path) for path in TARGET_PATHS)
+
+
+def _compile(rule: Rule, convert: Callable[[Any], str | None]) -> _Text:
+    """A rule as one function: the text of the first source that gives one (a value ``convert``
+    makes a non-empty text of)."""
+    getters = tuple(_getter(source) for source in rule)
+    if len(getters) == 1 and convert is text_of:
+        (get,) = getters
+
+        def one_text(envelope: Mapping[str, Any], target: tuple[str, Any] | None) -> str | None:
+            value = get(envelope, target)
+            return value if type(value) is str or value is None else text_of(value)
+
+        return one_text
+
+    if convert is text_of:
+
+        def first_text(envelope: Mapping[str, Any], target: tuple[str, Any] | None) -> str | None:
+            for get in getters:
+                value = get(envelope, target)
+                if type(value) is str:  # (text_of's first case, without the call)
+                    if value:
+                        return value
+                elif value is not None and (text := text_of(value)):
+                    return text
+            return None
+
+        return first_text
+
+    def first(envelope: Mapping[str, Any], target: tuple[str, Any] | None) -> str | None:
+        for get in getters:
+            value = get(envelope, target)
+            if value is not None:
+                text = convert(value)
+                if text:
+                    return text
+        return None
+
+    return first
 
 
 def _label_of(key: str, mapping: Mapping[str, Rule]) -> bool:
@@ -585,7 +647,11 @@ def _label_of(key: str, mapping: Mapping[str, Rule]) -> bool:
 
 class CefEncoder:
     """Envelopes as CEF lines, with ``vendor``, ``product``, ``version`` in the header and
-    ``mapping`` for the extension (``mapping_with`` makes one from a config's overrides)."""
+    ``mapping`` for the extension (``mapping_with`` makes one from a config's overrides).
+
+    The mapping is compiled once: each key's rule becomes one function (``_compile``), each
+    label goes with its key (a literal label as its text), and an envelope's target resource is
+    looked for once, only when a rule has a ``Target``."""
 
     def __init__(
         self,
@@ -602,42 +668,41 @@ class CefEncoder:
             f"|{escape_header(version, VERSION_LIMIT)}|"
         )
         self._head = head
-        # Each label right after its key (a label whose key is not mapped stands alone).
-        keys = [key for key in self.mapping if not _label_of(key, self.mapping)]
-        for key in [key for key in self.mapping if _label_of(key, self.mapping)]:
-            keys.insert(keys.index(key[:-5]) + 1, key)
-        self._steps = [self._step(key) for key in keys]
+        self._compiled = [
+            self._compile_key(key) for key in self.mapping if not _label_of(key, self.mapping)
+        ]
+        self._targets = any(
+            isinstance(source, Target) for rule in self.mapping.values() for source in rule
+        )
 
-    def _step(self, key: str) -> _Step:
-        rule = self.mapping[key]
-        convert = _CONVERT.get(key, text_of)
-        fixed = None
-        if len(rule) == 1 and isinstance(rule[0], Literal):
-            fixed = convert(rule[0].value) or None
-        getters = tuple(_getter(source) for source in rule)
-        return _Step(key, _label_of(key, self.mapping), fixed, getters, convert)
+    def _compile_key(self, key: str) -> _Compiled:
+        text = _compile(self.mapping[key], _CONVERT.get(key, text_of))
+        label_key = f"{key}Label"
+        label: str | _Text | None = None
+        if label_key in self.mapping:
+            rule = self.mapping[label_key]
+            convert = _CONVERT.get(label_key, text_of)
+            if len(rule) == 1 and isinstance(rule[0], Literal):
+                label = convert(rule[0].value) or None
+            else:
+                label = _compile(rule, convert)
+        return key, text, label_key, label
 
     def extension(self, envelope: Mapping[str, Any]) -> list[tuple[str, str]]:
         """The (key, text) pairs of an envelope, in mapping order; a label only with its key."""
+        target = target_of(envelope) if self._targets else None
         pairs: list[tuple[str, str]] = []
-        wrote = False  # whether the step before wrote its key (a label's key is right before it)
-        for step in self._steps:
-            if step.label and not wrote:
+        for key, get_text, label_key, label in self._compiled:
+            text = get_text(envelope, target)
+            if not text:
                 continue
-            if step.fixed is not None:
-                pairs.append((step.key, step.fixed))
-                wrote = True
+            pairs.append((key, text))
+            if label is None:
                 continue
-            wrote = False
-            for get in step.getters:
-                value = get(envelope)
-                if value is None:
-                    continue
-                text = step.convert(value)
-                if text:
-                    pairs.append((step.key, text))
-                    wrote = True
-                    break
+            if isinstance(label, str):
+                pairs.append((label_key, label))
+            elif label_text := label(envelope, target):
+                pairs.append((label_key, label_text))
         return pairs
 
     def encode(self, envelope: Mapping[str, Any]) -> Encoded:

@@ -243,6 +243,10 @@ _SYSLOG_SEVERITY: Final = ("info",) * 4 + (
 )
 
 
+#: Syslog headers kept for reuse (by received_at and severity); all are dropped when full.
+_HEADS_KEPT: Final = 64
+
+
 class CefSyslogSink(SinkBase):
     """Writes each event as a CEF syslog message to one receiver (see the module docstring)."""
 
@@ -265,6 +269,7 @@ class CefSyslogSink(SinkBase):
         self._on_connection: tuple[Position, Position] | None = None
         self._ever_connected = False
         self._failed_since_connect = False  # a connection was lost, or could not be made
+        self._heads: dict[tuple[object, int], bytes] = {}  # (received_at, severity) -> header
 
     def count_into(self, counters: CounterSet) -> None:
         """Count into the driver's counters from now on (``shipper.sinks.base.Counting``)."""
@@ -339,10 +344,23 @@ class CefSyslogSink(SinkBase):
 
     def syslog_message(self, envelope: dict[str, object], encoded: cef.Encoded) -> bytes:
         """The CEF line behind the configured syslog header."""
-        config = self.config
-        severity = _SYSLOG_SEVERITY[encoded.severity]
-        line = encoded.line.encode("utf-8")
         received = envelope.get("received_at")
+        key = (received, encoded.severity)
+        if type(received) is str and (head := self._heads.get(key)) is not None:
+            return head + encoded.line.encode("utf-8")
+        head = self._syslog_head(received, encoded.severity)
+        if type(received) is str:
+            # The events of a batch mostly share their received_at (a source stamps each
+            # read): the header, the timestamp parsed and checked, is made once for them.
+            if len(self._heads) >= _HEADS_KEPT:
+                self._heads.clear()
+            self._heads[key] = head
+        return head + encoded.line.encode("utf-8")
+
+    def _syslog_head(self, received: object, cef_severity: int) -> bytes:
+        """The syslog header of an event received at ``received``, with the space before MSG."""
+        config = self.config
+        severity = _SYSLOG_SEVERITY[cef_severity]
         moment = _moment(received)
         if config.format == "rfc3164":
             return format_rfc3164(
@@ -351,7 +369,7 @@ class CefSyslogSink(SinkBase):
                 timestamp=(moment or _EPOCH).astimezone(UTC),
                 hostname=config.hostname,
                 app_name=config.app_name,
-                msg=line,
+                msg=b"",
             )
         return format_rfc5424(
             config.facility,
@@ -359,7 +377,7 @@ class CefSyslogSink(SinkBase):
             timestamp=received if isinstance(received, str) and moment is not None else None,
             hostname=config.hostname,
             app_name=config.app_name,
-            msg=line,
+            msg=b"",
         )
 
     # --- connections ---------------------------------------------------------------------------

@@ -182,6 +182,25 @@ def test_severity_of_alerts_reaches_the_syslog_header() -> None:
     assert b"|Chain alert: bad_hash|10|" in message
 
 
+@pytest.mark.parametrize("syslog_format", ["rfc5424", "rfc3164"])
+def test_events_received_together_keep_their_own_severity_and_time(syslog_format: str) -> None:
+    """Events of one batch that share a receive time, and then one received later, each get
+    the header of their own severity and receive time (headers are made once and reused)."""
+    sink = build(sink_table(514, format=syslog_format, framing="lf"))
+    records = [{"action": "a", "effect": effect} for effect in ("allow", "deny", "allow", "deny")]
+    later = Event("2026-11-23T10:00:04.500000Z", SOURCE, AGENT, orjson.dumps(records[0]))
+    messages = [
+        parse(framed.rstrip(b"\n"))
+        for framed in sink.messages([*raw_envelopes(records), later.encode("1-9")])
+    ]
+    assert all(isinstance(message, SyslogMessage) for message in messages)
+    severities = [message.severity for message in messages if isinstance(message, SyslogMessage)]
+    assert severities == ["info", "warning", "info", "warning", "info"]
+    times = [message.timestamp for message in messages if isinstance(message, SyslogMessage)]
+    assert len(set(times[:4])) == 1
+    assert times[4] != times[0]
+
+
 async def test_udp_drops_and_counts_a_message_too_large() -> None:
     """Over UDP a message longer than udp_max_bytes is not sent: counted and skipped, and the
     messages around it are sent."""
