@@ -65,7 +65,6 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
-import gzip
 import hashlib
 import hmac
 import ipaddress
@@ -81,6 +80,7 @@ from urllib.parse import SplitResult, urlsplit
 import httpx2
 import orjson
 import trio
+from isal import igzip
 
 from shipper import __version__
 from shipper.config import SINK_TYPES, SinkCommon, SinkConfig, Table, TlsClientConfig
@@ -490,7 +490,9 @@ class WebhookSink(SinkBase):
         )
         body = b"[" + b",".join(envelopes) + b"]"
         gzipped = self.config.compression == "gzip"
-        content = gzip.compress(body, compresslevel=6, mtime=0) if gzipped else body
+        # ISA-L's level 1 (standard gzip, as the s3 sink writes it): a seventh of zlib's level 6
+        # in CPU for a body about a tenth larger.
+        content = igzip.compress(body, compresslevel=1, mtime=0) if gzipped else body
         return _Prepared(len(envelopes), message_id, body, content)
 
     def _headers(self, prepared: _Prepared) -> dict[str, str]:
