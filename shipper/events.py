@@ -33,6 +33,7 @@ the daemon's WAL readers put it in as the envelope's second key (``envelopes``).
 from __future__ import annotations
 
 import base64
+import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -366,3 +367,63 @@ class HeadReader:
             orjson.loads(chain) if chain is not None else None,
             kind == b"record",
         )
+
+
+_TEXT: Final = rb'[^"\\\n]*+'  # a string's text without escapes (and no LF: one line)
+#: After the source object: what tells whether the event may be chained. An agent followed by a
+#: chain (the agent captured), an agent without one, or none.
+_LINKED: Final = rb'(?:,"agent":"(%s)","chain":\{|,"agent":"%s"(?!,"chain":)' % (_TEXT, _TEXT) + (
+    rb'|(?=,"(?:chain|identity_mismatch|record|malformed)":))'
+)
+_BATCH_MEMO: Final = 16
+_ID: Final = operator.methodcaller("group", 1)
+_AGENT: Final = operator.methodcaller("group", 2)
+
+
+class BatchHeads:
+    """Reads the heads of a whole batch of envelopes in one pass over their bytes, for a sink
+    that groups a batch by the start of ``received_at`` and the source id alone: whether every
+    envelope is of the usual shape with a ``received_at`` that starts with a given prefix and a
+    given source id, and each one's id and, if it may be chained, its agent.
+
+    Exact, or nothing, like ``HeadReader``, whose reasoning it follows: one regular expression
+    matched at the start of each line, all in C calls (no Python work per envelope, and only
+    the heads' bytes read); if one does not match, ``read`` returns None. An envelope matches when its ``received_at`` has no escapes and starts with ``prefix``, its
+    ``source`` is an object without inner objects whose first key is ``id``, a string without
+    escapes equal to ``source`` (None: any but ``ALERT_SOURCE_ID``), and no ``syslog`` follows;
+    then an agent without escapes and a chain (the agent is captured: the event is chained
+    unless its chain's sequence is no integer or it holds ``malformed``), an agent and no chain,
+    or no agent (the event is not chained).
+    """
+
+    __slots__ = ("_patterns",)
+
+    def __init__(self) -> None:
+        self._patterns: dict[tuple[str, str | None], re.Pattern[bytes]] = {}
+
+    def _compiled(self, prefix: str, source: str | None) -> re.Pattern[bytes]:
+        pattern = self._patterns.get((prefix, source))
+        if pattern is None:
+            if len(self._patterns) >= _BATCH_MEMO:
+                self._patterns.clear()
+            source_id = (
+                rb'(?!%s")%s' % (ALERT_SOURCE_ID.encode(), _TEXT)
+                if source is None
+                else re.escape(source.encode())
+            )
+            pattern = self._patterns[(prefix, source)] = re.compile(
+                rb'\{"v":1,"id":"(%s)","received_at":"%s%s","source":\{"id":"%s"'
+                rb"(?:\}|,[^{}\n]*+\})%s"
+                % (_TEXT, re.escape(prefix.encode()), _TEXT, source_id, _LINKED)
+            )
+        return pattern
+
+    def read(
+        self, lines: list[bytes], prefix: str, source: str | None
+    ) -> tuple[list[str], list[bytes | None]] | None:
+        """The ids of the envelopes ``lines``, and for each its agent if it may be chained,
+        else None; None unless every envelope is as the class says."""
+        matches = list(map(self._compiled(prefix, source).match, lines))
+        if None in matches:
+            return None
+        return list(map(bytes.decode, map(_ID, matches))), list(map(_AGENT, matches))
