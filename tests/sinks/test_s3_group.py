@@ -236,3 +236,25 @@ def test_only_the_first_and_last_event_of_each_agent_is_parsed(
         assert len(groups) == 3
         assert sorted(parsed) == (sorted(ends) if profile.hash is not None else [])
     assert agents == summarize(map(orjson.loads, lines), profile).agents
+
+
+async def test_the_rest_of_a_batch_taken_whole_and_partly_stored_before_has_its_own_spans() -> None:
+    """When a key is taken by an object holding the first part of a batch taken whole (stored
+    before a crash), the part left to store gets the spans of a full parse of that part, not
+    ends kept from the whole batch."""
+    profile = PROFILES["seed"]
+    s3 = sink(profile, "x/", [])
+    lines = [chained(index, f"agent-{index % 2}", {"sequence": index}) for index in range(10)]
+    (group,) = s3._group(lines)
+    assert group.sparse
+    stored = s3._compress(b"\n".join(lines[:6]) + b"\n")
+
+    async def get_object(key: str) -> tuple[bytes, dict[str, Any]]:
+        return stored, {}
+
+    with mock.patch.object(s3, "_get_object", get_object):
+        adopted = await s3._adopt("x/0-1-0-default.jsonl.gz", group)
+    assert adopted is not None
+    assert adopted.group.lines == lines[:6]
+    assert group.lines == lines[6:]
+    assert s3._spans(group) == summarize(map(orjson.loads, lines[6:]), profile).agents
