@@ -674,10 +674,10 @@ class S3Sink(SinkBase):
         which follow from the first ``chars`` characters of ``received_at`` and (``by_source``)
         the source id alone (``_whole_batches``); None when anything is unusual.
 
-        The first envelope is parsed; the others are read in one pass over the object's bytes
-        (``BatchHeads``: the same ``received_at`` start and source id, no alert, and which may
-        be chained), and the manifest entry's spans need each agent's first and last chained
-        event only (``_sparse_links``)."""
+        The first envelope is parsed; the heads of all are matched by one regular expression,
+        line by line in C calls (``BatchHeads``: the same ``received_at`` start and source id,
+        no alert, and which may be chained), and the manifest entry's spans need each agent's
+        first and last chained event only (``_sparse_links``)."""
         first = orjson.loads(lines[0])
         received_at, source = first.get("received_at"), first.get("source")
         if not isinstance(received_at, str) or len(received_at) < chars:
@@ -706,9 +706,9 @@ class S3Sink(SinkBase):
     ) -> list[tuple[str, int, str | None] | None] | None:
         """The links of each agent's first and last chained event, None for every other
         (``_Group.sparse``). ``agents``: for each line, its agent if it may be chained, else
-        None (``BatchHeads.read``); ``first``: the first line
-        parsed. Those lines are parsed from each end until one is chained; None if that takes
-        too many (then event by event)."""
+        None (``BatchHeads.read``); ``first``: the first line parsed. An agent's lines are
+        parsed from each end until one is chained; None if that takes too many (then the batch
+        goes event by event)."""
         count = len(agents)
         links: list[tuple[str, int, str | None] | None] = [None] * count
         firsts = dict(zip(reversed(agents), range(count - 1, -1, -1), strict=True))
