@@ -66,23 +66,37 @@ def records(draw: st.DrawFn) -> bytes:
     return orjson.dumps(record).replace(b",", b", ") if spaced else orjson.dumps(record)
 
 
+#: Sources as the daemon's make them (plain, flat objects).
+PLAIN_SOURCES = (
+    {"id": "agents", "kind": "json_tls", "peer": "10.0.0.7:5", "tls_san": ["gw-1"]},
+    {"id": "other", "kind": "json_tls", "peer": "10.0.0.8:6"},
+)
+
+
 @st.composite
-def envelope_lists(draw: st.DrawFn, max_size: int = 16) -> list[bytes]:
+def envelope_lists(draw: st.DrawFn, max_size: int = 16, usual: bool = False) -> list[bytes]:
     """Envelopes with ids in WAL order, drawing their sources from a few (as connections share
     theirs) and their agents from a few, with hostile ones among them; most of the shape the
-    daemon writes most (a plain timestamp, a chain, a record)."""
-    pool = draw(st.lists(sources(), min_size=1, max_size=3))
-    agents = ["agent-a", "agent-b", draw(texts)]
+    daemon writes most (a plain timestamp, a chain, a record). ``usual``: most batches as the
+    daemon makes them most (one plain source, one day, few alerts), hostile events among them."""
+    if usual:
+        pool = [draw(st.sampled_from(PLAIN_SOURCES))]
+        if draw(st.integers(0, 3)) == 0:
+            pool.append(draw(sources() | st.sampled_from(PLAIN_SOURCES)))
+    else:
+        pool = draw(st.lists(sources(), min_size=1, max_size=3))
+    agents = ["agent-a", "agent-b", draw(texts) if draw(st.integers(0, 4 * usual)) == 0 else "é"]
     count = draw(st.integers(0, max_size))
+    times = ["2026-11-22T10:45:23.102345Z", "2026-11-23T00:00:00.000000Z"]
     lines = []
     for index in range(count):
         received_at = draw(
-            st.sampled_from(["2026-11-22T10:45:23.102345Z", "2026-11-23T00:00:00.000000Z"])
-            if draw(st.integers(0, 9))
+            st.sampled_from(times[:1] * 30 * usual + times)
+            if draw(st.integers(0, 9 + 40 * usual))
             else texts
         )
         malformed = draw(st.integers(0, 9)) == 0
-        if draw(st.integers(0, 4)) == 0:  # an alert (a seal, most of them)
+        if draw(st.integers(0, 4 + 30 * usual)) == 0:  # an alert (a seal, most of them)
             action = draw(st.sampled_from(["shipper.archive_seal", "shipper.archive_seal", "x"]))
             alert = alert_event(action, draw(st.sampled_from(agents)), draw(objects))
             lines.append(alert.encode(f"{1 + index // 10}-{index * 97}"))
@@ -93,7 +107,7 @@ def envelope_lists(draw: st.DrawFn, max_size: int = 16) -> list[bytes]:
             draw(st.sampled_from(agents)) if draw(st.integers(0, 5)) else None,
             None if malformed else draw(records()),
             Malformed.of(draw(texts), draw(st.binary(max_size=8))) if malformed else None,
-            syslog=draw(st.none() | objects) if draw(st.integers(0, 3)) == 0 else None,
+            syslog=draw(st.none() | objects) if draw(st.integers(0, 3 + 16 * usual)) == 0 else None,
             chain=draw(chains()) if draw(st.integers(0, 3)) else None,
             identity_mismatch=draw(objects) if draw(st.integers(0, 5)) == 0 else None,
         )

@@ -7,7 +7,9 @@ ranges recovery skipped, the epoch, whether the WAL is closed) and, for a named 
 steps over skipped ranges, and hands out the payloads of the entries routed to its inputs
 (``shipper.buffer.entries``), or what its ``envelopes`` function makes of them (the daemon's
 readers: event envelopes with their ids, ``shipper.events.envelopes``), in batches of whole
-records, each with the position to acknowledge once they are delivered.
+records, each with the position to acknowledge once they are delivered. A ``SplitShape`` (the
+daemon's) takes the usual record (one route, payloads alike: ``entries.uniform``) whole, with no
+work per entry in the reader; any other record goes entry by entry, as corrupt bytes do.
 
 Waiting for more: a reader in the writer's process is woken by the writer directly (``wake``);
 one in another process binds a socket in ``wake/`` and is sent a byte at each publication
@@ -25,16 +27,17 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 import trio
 
 from shipper.buffer import cursor as cursors
 from shipper.buffer import record as records
-from shipper.buffer.entries import take
+from shipper.buffer.entries import take, uniform
 from shipper.buffer.published import Head, NotPublished, State, read_state
 from shipper.buffer.recovery import CURSOR_DIR
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, read_at, segment_name
@@ -52,6 +55,25 @@ POLL_SECONDS: Final = 1.0
 #: of each one's entry (its position) and the payloads; raises ValueError for a payload it cannot
 #: take (the reader then steps over that payload's record as corrupt).
 Shape = Callable[[int, list[int], list[bytes]], list[bytes]]
+
+
+@runtime_checkable
+class SplitShape(Protocol):
+    """A ``Shape`` that also takes a whole record's payloads at once, for the records
+    ``entries.uniform`` splits with its ``lead`` (what every payload it takes starts with)."""
+
+    lead: bytes
+
+    def __call__(self, segment: int, offsets: list[int], payloads: list[bytes]) -> list[bytes]:
+        """What it hands out for ``payloads`` (ValueError: one it cannot take)."""
+        ...
+
+    def rests(self, segment: int, offsets: Iterable[int], rests: list[bytes]) -> list[bytes]:
+        """The same for payloads that are ``lead`` followed by each of ``rests`` (never
+        refused)."""
+        ...
+
+
 #: The writer's hook for readers in its own process: called with the reader's name and the
 #: position it acknowledged, once its cursor is stored.
 Acknowledged = Callable[[str, Position], Awaitable[None]]
@@ -96,6 +118,7 @@ class WalReader:
         self.counters: Counter[str] = Counter()
         self.poll_seconds = poll_seconds
         self._shape = envelopes
+        self._split = envelopes if isinstance(envelopes, SplitShape) else None
         self._fixed = state is not None
         self._state = state
         self._acknowledged = acknowledged
@@ -263,6 +286,10 @@ class WalReader:
             self._corrupt(segment, offset, resume, "bad checksum")
             self.position = Position(segment, offset + resume)
             return ReadBatch([], self.position, 0, 0)
+        if self._split is not None:
+            shaped, events = self._split_each(segment, offset, found, self._split)
+            self.position = Position(segment, offset + stop)
+            return ReadBatch(shaped, self.position, len(found), events)
         offsets: list[int] = []
         payloads: list[bytes] = []
         events = 0
@@ -282,6 +309,41 @@ class WalReader:
         except ValueError:
             shaped = self._shape_each(segment, offset, found, shape)
         return ReadBatch(shaped, self.position, len(found), events)
+
+    def _split_each(
+        self, segment: int, offset: int, found: list[records.Record], shape: SplitShape
+    ) -> tuple[list[bytes], int]:
+        """What ``shape`` makes of the records ``found`` at ``offset``, and how many entries they
+        hold: each usual record (``entries.uniform``) whole, any other entry by entry, stepping
+        over those that ``take`` or ``shape`` refuses (as ``_read`` and ``_shape_each`` do)."""
+        inputs = self.inputs
+        lead = shape.lead
+        shaped: list[bytes] = []
+        events = 0
+        for item in found:
+            at = offset + item.offset
+            split = uniform(item.payload, lead)
+            if split is not None:
+                route, rests = split
+                events += len(rests)
+                if inputs is None or not route or route in inputs:
+                    step = len(route) + 2 + len(lead)  # route, NUL, lead, LF
+                    first = at + records.HEADER_SIZE
+                    offsets = accumulate(map(step.__add__, map(len, rests)), initial=first)
+                    shaped += shape.rests(segment, offsets, rests)
+                continue
+            entry_offsets: list[int] = []
+            payloads: list[bytes] = []
+            try:
+                events += take(at, item.payload, inputs, entry_offsets, payloads)
+            except ValueError:
+                self._corrupt(segment, at, item.end - item.offset, "not entries")
+                continue
+            try:
+                shaped += shape(segment, entry_offsets, payloads)
+            except ValueError as exc:
+                self._corrupt(segment, at, item.end - item.offset, str(exc))
+        return shaped, events
 
     def _shape_each(
         self, segment: int, offset: int, found: list[records.Record], shape: Shape

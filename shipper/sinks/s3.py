@@ -101,7 +101,7 @@ from shipper.config import SINK_TYPES, SinkCommon, SinkConfig, Table
 from shipper.config.reader import show
 from shipper.config.values import Secret, literal_values
 from shipper.errors import DestinationUnavailable, UnsafeDestination
-from shipper.events import ALERT_SOURCE_ID, HeadReader, alert_event, utc_timestamp
+from shipper.events import ALERT_SOURCE_ID, BatchHeads, HeadReader, alert_event, utc_timestamp
 from shipper.logging import get_logger
 from shipper.metrics import Health
 from shipper.s3 import (
@@ -126,6 +126,8 @@ DEFAULT_KEY_PREFIX: Final = "year={{year}}/month={{month}}/day={{day}}/"
 PLACEHOLDERS: Final = ("year", "month", "day", "hour", "source", "agent")
 _PLACEHOLDER_RE: Final = re.compile(r"\{\{\s*([a-z]+)\s*\}\}")
 _UNSAFE_RE: Final = re.compile(r"[^A-Za-z0-9._-]")
+#: How many characters of ``received_at`` each time placeholder looks at (``_render``).
+_TIME_CHARS: Final = {"year": 4, "month": 7, "day": 10, "hour": 13}
 _BUCKET_RE: Final = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 Compression = Literal["gzip", "zstd", "none"]
 #: Each compression's ``compression_level``: lowest, highest, default. gzip's are ISA-L's (1:
@@ -434,6 +436,9 @@ class _Group:
     #: Per event, its chain link (``content.chain_fields``); a hash of None: not read yet.
     links: list[tuple[str, int, str | None] | None] = field(default_factory=list)
     seals_only: bool = True
+    #: The links of each agent's first and last chained event only, None for the others (a
+    #: batch taken whole): enough for the spans of all of it, not of a part.
+    sparse: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +479,8 @@ class S3Sink(SinkBase):
         self._alerted: str | None = None  # the tampering last raised as an alert
         self._compress = _compressor(config.compression, config.compression_level)
         self.extension = SUFFIXES[config.compression]
+        self._whole = _whole_batches(config.prefix + config.key_prefix, config.classes)
+        self._batch_heads = BatchHeads()
 
     # --- the contract -----------------------------------------------------------------------
 
@@ -653,7 +660,88 @@ class S3Sink(SinkBase):
 
     def _group(self, envelopes: list[bytes]) -> list[_Group]:
         """The batch's events in groups (one per key prefix and class), without those stored
-        already; in the order of their first events. (Runs in a worker thread.)
+        already; in the order of their first events. (Runs in a worker thread.) The whole batch
+        as one group without work per event where it can be (``_group_whole``), else event by
+        event (``_group_each``)."""
+        if self._whole is not None and envelopes and not self._held:
+            whole = self._group_whole(envelopes, *self._whole)
+            if whole is not None:
+                return [whole]
+        return self._group_each(envelopes)
+
+    def _group_whole(self, lines: list[bytes], chars: int, by_source: bool) -> _Group | None:
+        """The batch as one group, if every event has the key prefix and class of the first,
+        which follow from the first ``chars`` characters of ``received_at`` and (``by_source``)
+        the source id alone (``_whole_batches``); None when anything is unusual.
+
+        The first envelope is parsed; the heads of all are matched by one regular expression,
+        line by line in C calls (``BatchHeads``: the same ``received_at`` start and source id,
+        no alert, and which may be chained), and the manifest entry's spans need each agent's
+        first and last chained event only (``_sparse_links``)."""
+        first = orjson.loads(lines[0])
+        received_at, source = first.get("received_at"), first.get("source")
+        if not isinstance(received_at, str) or len(received_at) < chars:
+            return None
+        source_id = source.get("id") if isinstance(source, dict) else None
+        if not isinstance(source_id, str) or source_id == ALERT_SOURCE_ID:
+            return None
+        heads = self._batch_heads.read(lines, received_at[:chars], source_id if by_source else None)
+        links = None if heads is None else self._sparse_links(lines, heads[1], first)
+        if heads is None or links is None:
+            return None
+        config = self.config
+        template = config.prefix + config.key_prefix
+        return _Group(
+            _render(template, received_at, source_id, None),
+            config.classes.classify(source_id, None, None),
+            list(lines),
+            heads[0],
+            links,
+            seals_only=False,
+            sparse=True,
+        )
+
+    def _sparse_links(
+        self, lines: list[bytes], agents: list[bytes | None], first: dict[str, Any]
+    ) -> list[tuple[str, int, str | None] | None] | None:
+        """The links of each agent's first and last chained event, None for every other
+        (``_Group.sparse``). ``agents``: for each line, its agent if it may be chained, else
+        None (``BatchHeads.read``); ``first``: the first line parsed. An agent's lines are
+        parsed from each end until one is chained; None if that takes too many (then the batch
+        goes event by event)."""
+        count = len(agents)
+        links: list[tuple[str, int, str | None] | None] = [None] * count
+        firsts = dict(zip(reversed(agents), range(count - 1, -1, -1), strict=True))
+        lasts = dict(zip(agents, range(count), strict=True))
+        backwards = agents[::-1]
+        budget = 2 * len(firsts) + 64  # lines parsed at most
+        for key, index in firsts.items():
+            if key is None:
+                continue  # (lines that cannot be chained)
+            agent = key.decode()
+            for backward in (False, True):
+                order = backwards if backward else agents
+                start = count - 1 - lasts[key] if backward else index
+                while True:
+                    line = count - 1 - start if backward else start
+                    budget -= 1
+                    parsed = orjson.loads(lines[line]) if line else first
+                    link = chain_fields(parsed, self._profile)
+                    if link is not None or budget < 0:
+                        break
+                    try:
+                        start = order.index(key, start + 1)
+                    except ValueError:
+                        break
+                if budget < 0 or (link is not None and link[0] != agent):
+                    return None
+                if link is None:
+                    break  # none of the agent's events is chained
+                links[line] = link
+        return links
+
+    def _group_each(self, envelopes: list[bytes]) -> list[_Group]:
+        """``_group``, event by event.
 
         Most envelopes are not parsed: their heads are read from the bytes (``HeadReader``), and
         the hash of a chained event is read only when the manifest entry needs it (each agent's
@@ -771,8 +859,15 @@ class S3Sink(SinkBase):
                 )
         except PreconditionFailed:
             return await self._adopt(key, group)
-        stored_group = _Group(group.directory, group.cls, group.lines, group.ids, group.links)
-        stored_group.seals_only = group.seals_only
+        stored_group = _Group(
+            group.directory,
+            group.cls,
+            group.lines,
+            group.ids,
+            group.links,
+            seals_only=group.seals_only,
+            sparse=group.sparse,
+        )
         group.lines, group.ids, group.links = [], [], []
         return _Stored(
             key, digest.hex(), len(body), retain_until, lock.mode if lock else None, stored_group
@@ -801,6 +896,11 @@ class S3Sink(SinkBase):
             )
         stored_ids = set(ids)
         self._held.update(stored_ids)
+        if group.sparse:  # the spans of a part need every event's link
+            full = await trio.to_thread.run_sync(
+                self._group_of, group.lines, group.directory, group.cls
+            )
+            group.links, group.sparse = full.links, False
         kept = [i for i, event_id in enumerate(group.ids) if event_id not in stored_ids]
         group.lines = [group.lines[i] for i in kept]
         group.ids = [group.ids[i] for i in kept]
@@ -994,6 +1094,17 @@ def _compressor(compression: str, level: int) -> Callable[[bytes], bytes]:
 
 def _same(data: bytes) -> bytes:
     return data
+
+
+def _whole_batches(template: str, classes: Classes) -> tuple[int, bool] | None:
+    """When every event's key prefix (``template``) and class follow from the first characters
+    of its ``received_at`` and its source id alone: how many characters, and whether the source
+    id counts; None when they may depend on more (an agent, a record's field)."""
+    names = set(_PLACEHOLDER_RE.findall(template))
+    if not names <= {*_TIME_CHARS, "source"} or any(r.agents or r.field for r in classes.rules):
+        return None
+    chars = max((_TIME_CHARS[name] for name in names - {"source"}), default=0)
+    return chars, "source" in names or any(rule.sources for rule in classes.rules)
 
 
 def _render(template: str, received_at: str, source: str, agent: object) -> str:

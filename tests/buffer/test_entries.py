@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from shipper.buffer.entries import count, entry, holds_entries, take
+from shipper.buffer.entries import count, entry, holds_entries, take, uniform
 from shipper.buffer.record import HEADER_SIZE
 from shipper.events import Event, envelopes
 from shipper.events import entry as event_entry
@@ -50,3 +54,51 @@ def test_envelopes_put_each_events_position_in_as_its_id() -> None:
     assert list(orjson.loads(envelope))[:2] == ["v", "id"]
     with pytest.raises(ValueError, match="not an envelope"):
         envelopes(3, [24], [b'{"x":1}'])
+
+
+LEAD = b'{"v":1,'
+routes = st.sampled_from([b"a", b"b", b""])
+payloads = st.builds(
+    bytes.__add__,
+    st.sampled_from([LEAD, LEAD, LEAD, b"", b'{"v":2,', LEAD[:-1]]),
+    st.binary(max_size=12).map(lambda data: data.replace(b"\n", b" ")),
+)
+
+
+@given(
+    st.lists(st.tuples(routes, payloads), min_size=1, max_size=8),
+    st.booleans(),
+    st.sampled_from([b"", b"\0", b"\n" + LEAD, b"\0\n", b"a\0" + LEAD]),
+)
+def test_uniform_splits_a_record_exactly_as_take_reads_it_or_not_at_all(
+    items: list[tuple[bytes, bytes]], same: bool, noise: bytes
+) -> None:
+    """For records of entries with one route or several, payloads starting with the lead or not,
+    and bytes that look like the structure (NULs, LFs, the lead) appended: ``uniform`` splits
+    exactly the records whose entries all have one route and start with the lead, into what
+    ``take`` reads of them with the lead cut off, at the positions ``take`` gives."""
+    if same:
+        items = [(items[0][0], LEAD + payload) for _, payload in items]
+    record = b"\n".join(route + b"\0" + payload for route, payload in items) + noise
+    offsets: list[int] = []
+    found: list[bytes] = []
+    try:
+        take(100, record, None, offsets, found)
+    except ValueError:
+        assert uniform(record, LEAD) is None
+        return
+    split = record.split(b"\n")
+    routes_of = {item.partition(b"\0")[0] for item in split}
+    expected = len(routes_of) == 1 and all(payload.startswith(LEAD) for payload in found)
+    got = uniform(record, LEAD)
+    assert (got is not None) == expected
+    if got is not None:
+        route, rests = got
+        assert routes_of == {route}
+        assert [LEAD + rest for rest in rests] == found
+        step = len(route) + 2 + len(LEAD)
+        assert list(accumulate((step + len(rest) for rest in rests), initial=offsets[0])) == [
+            *offsets,
+            offsets[-1] + step + len(rests[-1]),
+        ]
+    assert same <= expected or noise != b""

@@ -24,12 +24,13 @@ from shipper.buffer.published import (
     read_head,
     read_state,
 )
-from shipper.buffer.reader import WalReader
+from shipper.buffer.reader import SplitShape, WalReader
 from shipper.buffer.segment import SEGMENT_HEADER_SIZE, Position, segment_name
 from shipper.buffer.wake import ACKED, HELLO, WAKE_DIR, ReaderWake, WriterWake
 from shipper.buffer.wal import WalWriteError
-from shipper.events import envelopes
+from shipper.events import alert_event, entry, envelopes
 from tests.buffer.test_wal import (
+    OTHER,
     events,
     failing_fsyncs,
     numbers,
@@ -273,3 +274,40 @@ def test_wake_ups_go_both_ways_and_a_dead_readers_socket_is_removed(
         reader.close()
         writer.close()
     assert not list((tmp_path / WAKE_DIR).iterdir())
+
+
+async def test_records_read_whole_give_what_reading_entry_by_entry_gives(tmp_path: Path) -> None:
+    """Records of one source's events (read whole, ``entries.uniform``) and records that mix
+    sources, alerts and a payload that is no envelope (read entry by entry, that record stepped
+    over as corrupt) give the same envelopes, entry counts and corrupt bytes as the plain
+    shape reads them, for a reader of every source and one of a single source."""
+    wal = open_wal(tmp_path, {}, segment_bytes=64 * 1024)
+    assert await wal.append(events(1, 40))
+    assert await wal.append(events(41, 5, OTHER) + events(46, 5))
+    assert await wal.append([entry(alert_event("x", None, {})), *events(51, 3)])
+    assert await wal.append([b"agents\0" + b'{"v":2}', *events(54, 3)])
+    assert await wal.append(events(57, 30, OTHER) + events(87, 300))
+    assert await wal.append(events(387, 20, OTHER))
+    await wal.close()
+    wal.release()
+
+    def plain(segment: int, offsets: list[int], payloads: list[bytes]) -> list[bytes]:
+        return envelopes(segment, offsets, payloads)
+
+    for inputs in (None, frozenset({"agents"})):
+        got = []
+        for shape in (envelopes, plain):
+            reader = WalReader(tmp_path, None, inputs, envelopes=shape)
+            batches = list(reader.replay(max_bytes=5000))
+            got.append(
+                (
+                    [b.envelopes for b in batches],
+                    [(b.end, b.records, b.events) for b in batches],
+                    reader.counters,
+                )
+            )
+        assert isinstance(envelopes, SplitShape)
+        assert not isinstance(plain, SplitShape)
+        assert got[0] == got[1]
+        assert got[0][2]["corrupt_bytes"] > 0
+        assert sum(len(b) for b in got[0][0]) == (404 if inputs is None else 349)
