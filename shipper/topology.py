@@ -12,7 +12,9 @@ The ingest channel is bounded, and the WAL writer waits when the WAL is full (``
 backpressure. Each sink reads the WAL at its own pace through its own cursor, so a slow or dead sink
 holds back no other sink until the WAL is full. Each sink runs under its own driver
 (``shipper.sinks.driver``), which batches, retries, dead-letters and restarts it: a sink's failure
-never ends the daemon.
+never ends the daemon. With ``[runtime] sink_processes``, each driver runs in a process of its own
+(``shipper.sinkproc``: ``SinkSlot.process``), which the topology supervises; the events it raises
+come back into ``emit``, and its counters into the driver's here.
 
 The chain stage (``shipper.chain_stage``) runs in the writer's task, between the ingest channel and
 the WAL, so its state always matches a WAL position; it is checkpointed every
@@ -40,8 +42,8 @@ segments, go on while the disk refuses, and the daemon resumes by itself once sp
 
 Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading;
 each source closes its channel once its connections have handed on what they read; the writer
-appends what is left and closes the WAL; each sink delivers what is in the WAL and returns;
-``finished`` is set. What a sink could not deliver stays in the WAL for the next start.
+appends what is left and closes the WAL; each sink delivers what is in the WAL and returns (a
+sink process sees the WAL closed in its files, delivers and exits); ``finished`` is set. What a sink could not deliver stays in the WAL for the next start.
 """
 
 from __future__ import annotations
