@@ -185,7 +185,7 @@ class SinkProcess:
         backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
         while True:
             began = time.monotonic()
-            returncode = await self._run_once()
+            returncode, reason = await self._run_once()
             await self._exited()
             if returncode == 0:
                 return
@@ -193,11 +193,6 @@ class SinkProcess:
                 backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
             delay = backoff.next()
             self.restarts += 1
-            reason = (
-                f"killed by {signal.Signals(-returncode).name}"
-                if returncode < 0 and -returncode in signal.Signals._value2member_map_
-                else f"exit status {returncode}"
-            )
             self._health = Health("failing", f"sink process {reason}", time.monotonic())
             log.error(
                 "sink_process_exited",
@@ -210,30 +205,28 @@ class SinkProcess:
             )
             await trio.sleep(delay)
 
-    async def _run_once(self) -> int:
-        """Start one child, relay its frames until it closes its stdout, return its status
-        (killing it if cancelled)."""
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "shipper.sinkproc"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+    async def _run_once(self) -> tuple[int | None, str]:
+        """Start one child, relay its frames until it closes its stdout; its exit status and
+        what it means (None: it could not be started). Kills it if cancelled."""
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "shipper.sinkproc"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:  # out of processes or memory: try again later
+            return None, f"could not be started: {exc}"
         try:
             self.pid = process.pid
             self._base = self.driver.counters.as_dict()
             log.info("sink_process_started", sink=self.id, pid=process.pid)
             self.started.set()
             self.started = trio.Event()
-            assert process.stdin is not None
-            assert process.stdout is not None
-            await process.stdin.send_all(frame(self.spec))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._relay_logs, process.stderr)
-                frames = Frames(process.stdout)
-                while (message := await frames.next()) is not None:
-                    self._take(message)
-            return await process.wait()
+                await self._talk(process)
+            returncode = await process.wait()
         finally:
             if process.returncode is None:
                 process.kill()
@@ -242,6 +235,26 @@ class SinkProcess:
                 for stream in (process.stdin, process.stdout, process.stderr):
                     if stream is not None:
                         await stream.aclose()
+        if returncode < 0 and -returncode in signal.Signals._value2member_map_:
+            return returncode, f"killed by {signal.Signals(-returncode).name}"
+        return returncode, f"exit status {returncode}"
+
+    async def _talk(self, process: trio.Process) -> None:
+        """Send the spec, then take the child's frames until it closes its stdout."""
+        assert process.stdin is not None
+        assert process.stdout is not None
+        try:
+            await process.stdin.send_all(frame(self.spec))
+            frames = Frames(process.stdout)
+            while (message := await frames.next()) is not None:
+                self._take(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # it is gone: its exit status says how
+        except Exception as exc:  # a frame that does not unpickle: a defect, the child's or ours
+            log.exception(
+                "sink_process_protocol_error", sink=self.id, pid=self.pid, error=repr(exc)
+            )
+            process.kill()
 
     async def _relay_logs(self, stderr: trio.abc.ReceiveStream | None) -> None:
         """The child's log entries, into the daemon's log stream (one stream for journald and

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import trio
 from shipper.config import parse_config
 from shipper.metrics import value
 from shipper.topology import Topology
-from tests.conftest import archive_lines, file_sink_config, free_port, wait_until
+from tests.conftest import LogCapture, archive_lines, file_sink_config, free_port, wait_until
 from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
 from tests.test_crash import AGENTS, Sender, archived
 from tests.test_daemon import record, send
@@ -126,3 +127,29 @@ async def test_a_restarted_sink_process_counts_on_from_what_the_killed_one_repor
         orjson.loads(line)["record"]["sequence"] for line in archive_lines(tmp_path / "archive")
     ]
     assert sequences == list(range(1, 21))
+
+
+async def test_a_sink_process_that_fails_at_start_is_logged_and_started_again(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """A sink process that crashes as it starts does not stop the daemon: its traceback is
+    logged (``sink_process_output``), its exit too (``sink_process_exited``, with its status),
+    its sink's health reads failing, and it is started again."""
+    raw = file_sink_config(tmp_path)
+    raw["runtime"] = {"sink_processes": True}
+    topology = Topology(parse_config(raw))
+    (slot,) = topology.sinks
+    assert slot.process is not None
+    slot.process.spec = replace(slot.process.spec, sink="missing")  # the child cannot find it
+    async with trio.open_nursery() as nursery:
+        await nursery.start(topology.run)
+        await wait_until(lambda: len(logs.entries("sink_process_exited")) >= 2)
+        health = slot.process.health()
+        topology.stop()
+        nursery.cancel_scope.cancel()
+    first = logs.entries("sink_process_exited")[0]
+    assert (first["sink"], first["reason"]) == ("archive", "exit status 1")
+    output = " ".join(entry["line"] for entry in logs.entries("sink_process_output"))
+    assert "KeyError: 'missing'" in output
+    assert health.status == "failing"
+    assert health.reason == "sink process exit status 1"
