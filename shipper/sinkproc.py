@@ -8,8 +8,8 @@ The daemon starts one child process per sink (``python -m shipper.sinkproc``) an
           └──── emitted events, reports (stdout) ◄───┘
 
 The child needs nothing of the daemon but the WAL's files: it parses the same config again
-(``Config.parsed``), builds its sink and a ``SinkDriver`` as the daemon would, and reads the WAL from
-its sink's cursor through a ``WalReader`` (woken across processes, ``shipper.buffer.wake``). It
+(``Config.parsed``), builds its sink and a ``SinkDriver`` as the daemon would, and reads the WAL
+from its sink's cursor through a ``WalReader`` (woken across processes, ``shipper.buffer.wake``). It
 acknowledges through the cursor file, as any reader does; the writer deletes what every reader
 has passed. When the WAL is closed and read (the daemon is stopping), the driver delivers what is
 left and the child exits with status 0.
@@ -28,8 +28,9 @@ same installation, never from anywhere else).
 
 The child's log entries go to its stderr, a pipe the daemon reads: each entry is written to the
 daemon's own log stream as it is (a line that is not an entry, such as a crash's traceback, is
-logged as ``sink_process_output``). Its stdout is kept for frames only. It ignores SIGTERM and SIGINT (sent to the whole process group
-or cgroup at a stop): it stops when the WAL is closed, or when the daemon is gone.
+logged as ``sink_process_output``). Its stdout is kept for frames only. It ignores SIGTERM and
+SIGINT (sent to the whole process group or cgroup at a stop): it stops when the WAL is closed, or
+when the daemon is gone.
 
 Supervision: a child that exits before the WAL is closed and read (killed, crashed) is logged
 (``sink_process_exited``), counted (``sink_process_restarts``) and started again after a capped
