@@ -43,7 +43,8 @@ segments, go on while the disk refuses, and the daemon resumes by itself once sp
 Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading;
 each source closes its channel once its connections have handed on what they read; the writer
 appends what is left and closes the WAL; each sink delivers what is in the WAL and returns (a
-sink process sees the WAL closed in its files, delivers and exits); ``finished`` is set. What a sink could not deliver stays in the WAL for the next start.
+sink process sees the WAL closed in its files, delivers and exits); ``finished`` is set. What a
+sink could not deliver stays in the WAL for the next start.
 """
 
 from __future__ import annotations
