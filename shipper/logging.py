@@ -30,9 +30,14 @@ def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
+#: Where ``configure`` sends the entries (None: not configured, stderr).
+_stream: TextIO | None = None
+
+
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
     """Send shipper's structlog entries and stdlib ``logging`` records to ``stream`` as JSON."""
-    out = stream if stream is not None else sys.stderr
+    global _stream
+    out = _stream = stream if stream is not None else sys.stderr
     levelno = _LEVELS[level]
     structlog.configure(
         processors=[
@@ -61,6 +66,11 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
         logging.getLogger(name).setLevel(
             logging.NOTSET if levelno <= logging.DEBUG else logging.WARNING
         )
+
+
+def write_entry(line: str) -> None:
+    """Write an entry another process rendered (a sink process's) where this one's go."""
+    print(line, file=_stream if _stream is not None else sys.stderr, flush=True)
 
 
 #: Libraries that log every HTTP request at INFO (the S3 client: two lines per archived object):

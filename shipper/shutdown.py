@@ -2,8 +2,10 @@
 
 Phase one (SIGTERM or SIGINT): tell systemd ``STOPPING=1``, stop accepting and reading, and let every
 event already read drain to the sinks, under ``shutdown_timeout``. Phase two (the deadline passes or
-a second signal arrives): cancel everything, and log per sink how many bytes it left in the WAL,
-where they wait for the next start.
+a second signal arrives): cancel everything (sink processes are killed), and log per sink how
+many bytes it left in the WAL, where they wait for the next start. The drain goes in order:
+sources, then the writer, which closes the WAL, then the sinks, which deliver what it holds (in
+the daemon's process or in their own, ``shipper.sinkproc``).
 Only cleanup (closing and fsyncing files) is shielded from the cancellation.
 """
 

@@ -12,7 +12,9 @@ The ingest channel is bounded, and the WAL writer waits when the WAL is full (``
 backpressure. Each sink reads the WAL at its own pace through its own cursor, so a slow or dead sink
 holds back no other sink until the WAL is full. Each sink runs under its own driver
 (``shipper.sinks.driver``), which batches, retries, dead-letters and restarts it: a sink's failure
-never ends the daemon.
+never ends the daemon. With ``[runtime] sink_processes``, each driver runs in a process of its own
+(``shipper.sinkproc``: ``SinkSlot.process``), which the topology supervises; the events it raises
+come back into ``emit``, and its counters into the driver's here.
 
 The chain stage (``shipper.chain_stage``) runs in the writer's task, between the ingest channel and
 the WAL, so its state always matches a WAL position; it is checkpointed every
@@ -40,14 +42,15 @@ segments, go on while the disk refuses, and the daemon resumes by itself once sp
 
 Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading;
 each source closes its channel once its connections have handed on what they read; the writer
-appends what is left and closes the WAL; each sink delivers what is in the WAL and returns;
-``finished`` is set. What a sink could not deliver stays in the WAL for the next start.
+appends what is left and closes the WAL; each sink delivers what is in the WAL and returns (a
+sink process sees the WAL closed in its files, delivers and exits); ``finished`` is set. What a
+sink could not deliver stays in the WAL for the next start.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -63,6 +66,7 @@ from shipper.events import Event, Malformed, entry, envelopes, event_bytes, size
 from shipper.logging import Throttle, get_logger
 from shipper.metrics import Registry, mirror, summary
 from shipper.retry import Backoff
+from shipper.sinkproc import SinkProcess, spec_of
 from shipper.sinks.base import SinkContext
 from shipper.sinks.driver import SinkDriver
 from shipper.sources import Listening, Source
@@ -92,10 +96,12 @@ CHECKPOINT_RETRY_SECONDS = 1.0
 
 @dataclass
 class SinkSlot:
-    """A sink's driver and the source ids the sink takes (None: all)."""
+    """A sink's driver and the source ids the sink takes (None: all); with ``[runtime]
+    sink_processes``, the process it runs in (the driver then only holds its counters)."""
 
     driver: SinkDriver
     inputs: frozenset[str] | None
+    process: SinkProcess | None = None
 
 
 #: What the writer counts (``writer_<name>`` metrics).
@@ -135,6 +141,10 @@ class Topology:
             )
             for sink in config.sinks.values()
         ]
+        if config.runtime.sink_processes:
+            for slot in self.sinks:
+                spec = spec_of(config, slot.driver.id, "")  # the epoch once the WAL is open
+                slot.process = SinkProcess(slot.driver, spec, self.emit, self._refresh_cursors)
         self.wal = Wal(config.data_dir / "wal", config.buffer, RESERVE_BYTES, envelopes=envelopes)
         self.chain = ChainStage(config.chain, config.data_dir)
         self._next_checkpoint = 0.0
@@ -178,8 +188,17 @@ class Topology:
             labels=("sink",),
         )
         for slot in self.sinks:
-            slot.driver.register_metrics(registry)
+            if slot.process is not None:
+                slot.process.register_metrics(registry)
+            else:
+                slot.driver.register_metrics(registry)
             lag.labels(slot.driver.id).observe(partial(self._lag, slot.driver.id))
+
+    async def _refresh_cursors(self) -> None:
+        """A sink process exited: take in the cursors it stored (its lag, and what the WAL may
+        delete), even once the WAL stopped listening for acknowledgements."""
+        if self.wal.readers:
+            await self.wal.collect(refresh=True)
 
     def _lag(self, sink_id: str) -> int:
         """Bytes in the WAL that sink has not acknowledged (0 before the WAL is open)."""
@@ -210,6 +229,10 @@ class Topology:
             await self._checkpoint(force=True)
             async with trio.open_nursery() as nursery:
                 for slot in self.sinks:  # a sink's failure is its driver's: it never ends these
+                    if slot.process is not None:
+                        slot.process.spec = replace(slot.process.spec, epoch=self.wal.epoch)
+                        await nursery.start(slot.process.run)
+                        continue
                     reader = self.wal.readers[slot.driver.id]
                     await nursery.start(slot.driver.run, reader, self.wal.epoch)
                 nursery.start_soon(self._write)

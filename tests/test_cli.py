@@ -178,11 +178,13 @@ def send(port: int, data: bytes) -> None:
 
 
 def test_run_notifies_systemd_archives_and_stops_cleanly(
-    tmp_path: Path, notify_socket: socket.socket
+    tmp_path: Path, notify_socket: socket.socket, sink_processes: bool
 ) -> None:
     """`shipper run` sends READY=1 when listening, archives what it gets, STOPPING=1 on SIGTERM."""
     port = free_port()
-    config = write_config(tmp_path / "shipper.toml", daemon_config(tmp_path, port))
+    raw = daemon_config(tmp_path, port)
+    raw["runtime"] = {"sink_processes": sink_processes}
+    config = write_config(tmp_path / "shipper.toml", raw)
     process = start_daemon(
         config, tmp_path, {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
     )

@@ -130,12 +130,16 @@ def _ends_whole(path: Path) -> bool:
     return not data or data.endswith(b"\n")
 
 
-def test_sigkill_under_load_loses_and_duplicates_nothing_the_wal_accepted(tmp_path: Path) -> None:
+def test_sigkill_under_load_loses_and_duplicates_nothing_the_wal_accepted(
+    tmp_path: Path, sink_processes: bool
+) -> None:
     """Killed with SIGKILL five times under load, the daemon still archives every record its WAL
-    held at each kill, exactly once and in order per agent."""
+    held at each kill, exactly once and in order per agent (its sink processes, if any, end with
+    it)."""
     rng = random.Random(20261123)
     port = free_port()
     raw = daemon_config(tmp_path, port)
+    raw["runtime"] = {"sink_processes": sink_processes}
     raw["buffer"] = {"fsync": "batch", "max_bytes": "64MiB", "segment_bytes": "256KiB"}
     config = write_config(tmp_path / "shipper.toml", raw)
     accepted: set[tuple[str, int]] = set()

@@ -34,6 +34,7 @@ async def send(address: Address, data: bytes) -> None:
         await stream.send_all(data)
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_events_reach_the_archive_in_order_with_unique_ids(
     tmp_path: Path, logs: LogCapture
 ) -> None:
@@ -67,6 +68,7 @@ async def test_events_reach_the_archive_in_order_with_unique_ids(
     assert "health" not in metrics  # every component ok, even as it stops
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_sink_inputs_select_sources(tmp_path: Path, logs: LogCapture) -> None:
     """A sink with ``inputs`` gets only the events of the sources it names."""
     raw = file_sink_config(tmp_path)
@@ -129,6 +131,7 @@ def closed(logs: LogCapture) -> list[dict[str, Any]]:
     return logs.entries("connection_closed")
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_forced_shutdown_keeps_undelivered_events_for_the_next_start(
     tmp_path: Path, logs: LogCapture
 ) -> None:
@@ -163,6 +166,7 @@ async def test_forced_shutdown_keeps_undelivered_events_for_the_next_start(
     assert sequences == [1, 2]
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_unwritable_archive_recovers_without_losing_events(
     tmp_path: Path, logs: LogCapture
 ) -> None:
@@ -180,6 +184,7 @@ async def test_unwritable_archive_recovers_without_losing_events(
     assert logs.entries("shutdown_complete")
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_file_sink_rotates_by_size(tmp_path: Path, logs: LogCapture) -> None:
     """Past max_file_bytes the sink starts a new file, and no line is split between files."""
     shutdown = Shutdown()
@@ -202,6 +207,7 @@ async def test_file_sink_rotates_by_size(tmp_path: Path, logs: LogCapture) -> No
     assert sequences == list(range(1, 101))
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_listen_failure_is_reported_as_listen_error(tmp_path: Path, logs: LogCapture) -> None:
     """A taken address makes start-up fail with a ListenError naming the source and address."""
     raw = file_sink_config(tmp_path)
@@ -218,6 +224,7 @@ async def test_listen_failure_is_reported_as_listen_error(tmp_path: Path, logs: 
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_second_daemon_on_the_same_wal_is_refused(tmp_path: Path, logs: LogCapture) -> None:
     """Two daemons never share a WAL: the second one fails to start with WalLocked."""
     raw = file_sink_config(tmp_path)
@@ -231,6 +238,7 @@ async def test_second_daemon_on_the_same_wal_is_refused(tmp_path: Path, logs: Lo
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_backpressure_blocks_the_sender_and_loses_nothing(
     tmp_path: Path, logs: LogCapture
 ) -> None:
@@ -267,6 +275,7 @@ async def test_backpressure_blocks_the_sender_and_loses_nothing(
     assert logs.entries("wal_unblocked")
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_a_forced_shutdown_says_what_it_discards(tmp_path: Path, logs: LogCapture) -> None:
     """Events read but never accepted by a full WAL are counted in ``shutdown_forced`` when the
     deadline gives up on them, next to what stays in the WAL."""
@@ -293,6 +302,7 @@ async def test_a_forced_shutdown_says_what_it_discards(tmp_path: Path, logs: Log
     assert discarded["events_in_writer"] + forced["metrics"]["writer"]["events"] <= 3000
 
 
+@pytest.mark.usefixtures("sink_processes")
 async def test_every_component_reports_into_one_registry_that_merges(tmp_path: Path) -> None:
     """A running daemon's registry holds every component's health (all ok while it runs) and
     metrics, as plain data that survives JSON and merges with another process's snapshot."""

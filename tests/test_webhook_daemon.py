@@ -15,7 +15,7 @@ from tests.webhooks import new_secret, receiving, server_context
 
 
 def test_the_daemon_delivers_sent_records_to_an_https_receiver_signed(
-    tmp_path: Path, tls_files: TlsFiles
+    tmp_path: Path, tls_files: TlsFiles, sink_processes: bool
 ) -> None:
     """Records sent to a running daemon reach an HTTPS receiver verified with the configured
     CA, only the denials the hook's match names, each once, in order, in requests signed with
@@ -23,6 +23,7 @@ def test_the_daemon_delivers_sent_records_to_an_https_receiver_signed(
     secret = new_secret()
     port = free_port()
     raw = daemon_config(tmp_path, port)
+    raw["runtime"] = {"sink_processes": sink_processes}
     with receiving(server_context(tls_files.server_pem, tls_files.server_key)) as receiver:
         raw["sinks"]["denials"] = {
             "type": "webhook",

@@ -504,7 +504,7 @@ class Wal:
     async def _listen(self, wake: WriterWake) -> None:
         """Wake-ups from readers in other processes: a new reader (look for its socket), an
         acknowledgement (read the cursors again and delete what every reader has passed)."""
-        while True:
+        while self._wake is wake:  # (``close`` may close it while an acknowledgement is read)
             try:
                 await wake.wait()
             except trio.ClosedResourceError:

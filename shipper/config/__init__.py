@@ -4,6 +4,7 @@ The file format is a user-facing contract (README, "Configuration")::
 
     data_dir = "var"                 # top-level keys: data_dir, shutdown_timeout
     [log]                            # level
+    [runtime]                        # sink_processes (root.py)
     [chain]                          # the chain profile and the verifier's bounds (root.py)
     [buffer]                         # the WAL (shipper/buffer/config.py)
     [sources.ID]                     # type = a registered source type, and its keys
@@ -58,6 +59,7 @@ from shipper.config.root import (
     ChainConfig,
     Config,
     LogLevel,
+    RuntimeConfig,
     directory_problem,
     load_config,
     parse_config,
@@ -85,6 +87,7 @@ __all__ = [
     "Config",
     "Endpoint",
     "LogLevel",
+    "RuntimeConfig",
     "Secret",
     "SinkCommon",
     "SinkConfig",

@@ -48,8 +48,32 @@ class ChainConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """``[runtime]``: how the daemon spreads over processes. ``sink_processes``: each sink runs
+    in a process of its own (``shipper.sinkproc``), reading the WAL's files through its cursor;
+    false: every sink runs in the daemon's process."""
+
+    sink_processes: bool = False
+
+
+class Parsed:
+    """What a config was parsed from: the TOML document and the environment given (None: the
+    process's), for a sink process to parse the same again. Never shown: the environment holds
+    secrets' values (not a dataclass, so a JSON log entry shows its ``repr`` too)."""
+
+    __slots__ = ("env", "raw")
+
+    def __init__(self, raw: Mapping[str, Any], env: Mapping[str, str] | None) -> None:
+        self.raw = raw
+        self.env = env
+
+    def __repr__(self) -> str:
+        return "Parsed(...)"
+
+
+@dataclass(frozen=True)
 class Config:
-    """The whole validated configuration."""
+    """The whole validated configuration; ``parsed``: what it was parsed from, if it was."""
 
     data_dir: Path = Path("var")
     shutdown_timeout: float = 30.0
@@ -59,6 +83,8 @@ class Config:
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
     origin: str = ""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    parsed: Parsed | None = field(default=None, repr=False, compare=False)
 
 
 def _chain(table: Table) -> ChainConfig:
@@ -137,6 +163,13 @@ def parse_config(
         chain = _chain(chain_table)
         chain_table.finish()
 
+    sink_processes = RuntimeConfig.sink_processes  # the class's default, read now
+    runtime_table = top.table("runtime")
+    if runtime_table is not None:
+        sink_processes = runtime_table.boolean("sink_processes", sink_processes)
+        runtime_table.finish()
+    runtime = RuntimeConfig(sink_processes=sink_processes)
+
     buffer = BufferConfig()
     buffer_table = top.table("buffer")
     if buffer_table is not None:
@@ -168,6 +201,8 @@ def parse_config(
         sources=sources,
         sinks=sinks,
         origin=origin,
+        runtime=runtime,
+        parsed=Parsed(raw, None if env is None else dict(env)),
     )
 
 

@@ -1,0 +1,155 @@
+"""Sinks in processes of their own: a sink process killed under load comes back and resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from shipper.config import parse_config
+from shipper.metrics import value
+from shipper.topology import Topology
+from tests.conftest import LogCapture, archive_lines, file_sink_config, free_port, wait_until
+from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
+from tests.test_crash import AGENTS, Sender, archived
+from tests.test_daemon import record, send
+
+KILLS = 3
+
+
+def started(root: Path, sink: str) -> list[int]:
+    """The pids of ``sink``'s processes the daemon started so far, in order."""
+    return [
+        entry["pid"]
+        for entry in log_entries(root)
+        if entry.get("event") == "sink_process_started" and entry.get("sink") == sink
+    ]
+
+
+def wait_for(predicate: Any, what: str, limit: float = 120.0) -> None:
+    """Poll ``predicate`` until it holds (fail after ``limit`` seconds: a hang)."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_killed_sink_process_comes_back_and_archives_everything_once(tmp_path: Path) -> None:
+    """SIGKILLed three times under load, a sink's process is started again each time and
+    resumes from its cursor: every record sent is archived exactly once and in order per agent,
+    while ingest and the other sink's process go on untouched."""
+    port = free_port()
+    raw = daemon_config(tmp_path, port)
+    raw["runtime"] = {"sink_processes": True}
+    raw["buffer"] = {"fsync": "batch", "segment_bytes": "256KiB"}
+    raw["sinks"]["mirror"] = {"type": "file", "path": str(tmp_path / "mirror")}
+    config = write_config(tmp_path / "shipper.toml", raw)
+    process = start_daemon(config, tmp_path)
+    senders = [Sender(port, agent, 1) for agent in AGENTS]
+    try:
+        wait_ready(process, tmp_path)
+        for sender in senders:
+            sender.start()
+        for kill in range(KILLS):
+            pids = started(tmp_path, "archive")
+            assert len(pids) == kill + 1
+            floor = len(archive_lines(tmp_path / "archive")) + 2000
+            wait_for(lambda n=floor: len(archive_lines(tmp_path / "archive")) > n, "deliveries")
+            os.kill(pids[-1], signal.SIGKILL)
+            wait_for(lambda n=kill + 1: len(started(tmp_path, "archive")) > n, "a restart")
+        for sender in senders:
+            sender.stop_flag.set()
+            sender.join(timeout=30)
+        total = sum(sender.next - 1 for sender in senders)
+        wait_for(lambda: len(archived(tmp_path)) >= total, "the rest of the load")
+        assert stop(process) == 0
+    finally:
+        if process.poll() is None:  # pragma: no cover
+            process.kill()
+            process.wait()
+        for sender in senders:
+            sender.stop_flag.set()
+    events = archived(tmp_path)
+    doubled = [key for key, count in Counter(events).items() if count > 1]
+    assert not doubled, f"{len(doubled)} records archived twice, e.g. {doubled[:3]}"
+    for sender in senders:
+        sequences = [sequence for agent, sequence in events if agent == sender.agent]
+        assert sequences == list(range(1, sender.next)), sender.agent
+    mirrored = [orjson.loads(line) for line in archive_lines(tmp_path / "mirror")]
+    assert len(mirrored) == len(events)
+    assert len(started(tmp_path, "mirror")) == 1  # the other sink never stopped
+    exits = [e for e in log_entries(tmp_path) if e.get("event") == "sink_process_exited"]
+    assert [(e["sink"], e["reason"]) for e in exits] == [("archive", "killed by SIGKILL")] * KILLS
+    (complete,) = [e for e in log_entries(tmp_path) if e.get("event") == "shutdown_complete"]
+    sinks = complete["metrics"]["sink"]
+    assert sinks["archive"]["process_restarts"] == KILLS
+    assert sinks["mirror"]["events"] == len(mirrored)  # counted in its process, seen here
+    assert 0 < sinks["archive"]["events"] <= len(events)  # less what a killed one had not told
+
+
+async def test_a_restarted_sink_process_counts_on_from_what_the_killed_one_reported(
+    tmp_path: Path,
+) -> None:
+    """The daemon's ``sink_*`` counters add a restarted sink process's counts to those its killed
+    predecessor reported, its health reads failing while it is down, and ``sink_process_restarts``
+    counts the restart."""
+    raw = file_sink_config(tmp_path)
+    raw["runtime"] = {"sink_processes": True}
+    topology = Topology(parse_config(raw))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(topology.run)
+        (slot,) = topology.sinks
+        assert slot.process is not None
+        await send(bound["agents"][0], b"".join(record("a", n) for n in range(1, 11)))
+        await wait_until(lambda: slot.driver.counters["events"] == 10)
+        first = slot.process.pid
+        assert first is not None
+        restarted = slot.process.started
+        os.kill(first, signal.SIGKILL)
+        await wait_until(lambda: slot.process is not None and slot.process.restarts == 1)
+        assert slot.process.health().status == "failing"
+        await restarted.wait()
+        assert slot.process.pid != first
+        await send(bound["agents"][0], b"".join(record("a", n) for n in range(11, 21)))
+        await wait_until(lambda: slot.driver.counters["events"] == 20)
+        snapshot = topology.registry.snapshot()
+        topology.stop()
+    assert value(snapshot, "sink_events", "archive") == 20
+    assert value(snapshot, "sink_process_restarts", "archive") == 1
+    sequences = [
+        orjson.loads(line)["record"]["sequence"] for line in archive_lines(tmp_path / "archive")
+    ]
+    assert sequences == list(range(1, 21))
+
+
+async def test_a_sink_process_that_fails_at_start_is_logged_and_started_again(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """A sink process that crashes as it starts does not stop the daemon: its traceback is
+    logged (``sink_process_output``), its exit too (``sink_process_exited``, with its status),
+    its sink's health reads failing, and it is started again."""
+    raw = file_sink_config(tmp_path)
+    raw["runtime"] = {"sink_processes": True}
+    topology = Topology(parse_config(raw))
+    (slot,) = topology.sinks
+    assert slot.process is not None
+    slot.process.spec = replace(slot.process.spec, sink="missing")  # the child cannot find it
+    async with trio.open_nursery() as nursery:
+        await nursery.start(topology.run)
+        await wait_until(lambda: len(logs.entries("sink_process_exited")) >= 2)
+        health = slot.process.health()
+        topology.stop()
+        nursery.cancel_scope.cancel()
+    first = logs.entries("sink_process_exited")[0]
+    assert (first["sink"], first["reason"]) == ("archive", "exit status 1")
+    output = " ".join(entry["line"] for entry in logs.entries("sink_process_output"))
+    assert "KeyError: 'missing'" in output
+    assert health.status == "failing"
+    assert health.reason == "sink process exit status 1"
