@@ -406,12 +406,12 @@ def cmd_dead_letter(path: str, action: str, sink_id: str, files: list[str], as_j
                 **{k: v for k, v in first.items() if k not in ("v", "sink")},
             }
         )
-    if action == "list":
-        if as_json:
-            print(orjson.dumps(summaries, option=orjson.OPT_INDENT_2).decode())
-        elif not summaries and not failed:
+    if action == "list" and as_json:
+        print(orjson.dumps(summaries, option=orjson.OPT_INDENT_2).decode())
+    elif action == "list":
+        if not summaries and not failed:
             print(f"sink {sink_id}: no dead letters")
-        for summary in summaries if not as_json else ():
+        for summary in summaries:
             status = f" (status {summary['status']})" if "status" in summary else ""
             print(
                 f"{summary['file']}: {summary['events']} events, refused at "
