@@ -113,6 +113,23 @@ async def test_a_replay_refused_again_keeps_the_file_and_an_unavailable_receiver
     assert len(list((tmp_path / "var" / "dead_letter" / "hook").glob("*.jsonl"))) == 2
 
 
+async def test_a_file_that_cannot_be_moved_after_delivery_stops_the_replay_saying_so(
+    tmp_path: Path, memory_sinks: None
+) -> None:
+    """When the disk refuses to move a delivered file into replayed/ (here a file stands where
+    the folder must go), the replay stops there and says the file was delivered and would be
+    sent again, instead of failing with a traceback."""
+    destination = await refuse_some(tmp_path)
+    destination.poison = None
+    (tmp_path / "var" / "dead_letter" / "hook" / REPLAYED).write_text("not a folder")
+    config = load_config(write_config(tmp_path))
+    done = await replay(config, "hook", report=lambda line: None)
+    assert done.stopped is not None
+    assert "delivered, but not moved to replayed/" in done.stopped
+    assert numbers(destination.held) == [1, 2, 3, 4, 5, 6]
+    assert done.delivered == []
+
+
 async def test_an_archive_sink_or_an_unknown_file_cannot_be_replayed(
     tmp_path: Path, memory_sinks: None
 ) -> None:

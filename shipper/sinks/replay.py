@@ -6,7 +6,8 @@ mapping applies), opens it with the file's WAL epoch, redacts the batch as the d
 delivers it in one try:
 
 * delivered: the file moves to ``replayed/`` beside it (``mark_replayed``), durably, so it is
-  sent once and kept;
+  sent once and kept (if the disk refuses the move, the replay stops there and says so: the
+  file was delivered and would be sent again);
 * refused again (the sink's ``retry_policy`` says reject): the file stays, the reason is
   reported, and the next file is tried;
 * unavailable, too slow, or a defect: the replay stops there (the files left stay), since the
@@ -28,7 +29,7 @@ from shipper.config import Config
 from shipper.events import Event
 from shipper.retry import Outcome
 from shipper.sinks.base import Batch, Sink, SinkContext
-from shipper.sinks.dead_letter import Letter, LetterError, letters, mark_replayed
+from shipper.sinks.dead_letter import REPLAYED, Letter, LetterError, letters, mark_replayed
 from shipper.sinks.driver import redacted
 
 #: How long one file's delivery may take before the replay gives up on the destination.
@@ -111,7 +112,14 @@ async def replay(
                 what = "unavailable" if outcome is Outcome.RETRY else "failed (a defect)"
                 done.stopped = f"{path.name}: {what}: {type(exc).__name__}: {exc}"
                 break
-            moved = await trio.to_thread.run_sync(mark_replayed, path)
+            try:
+                moved = await trio.to_thread.run_sync(mark_replayed, path)
+            except OSError as exc:  # a full or read-only disk: delivered, but still in place
+                done.stopped = (
+                    f"{path.name}: delivered, but not moved to {REPLAYED}/ "
+                    f"({exc.strerror or exc}): remove it by hand, or a replay sends it again"
+                )
+                break
             done.delivered.append((moved, len(letter.envelopes)))
             report(f"replayed {path.name}: {len(letter.envelopes)} events")
     finally:
