@@ -369,7 +369,14 @@ def cmd_dead_letter(path: str, action: str, sink_id: str, files: list[str], as_j
             f"{len(done.delivered)} files ({events} events) replayed, {len(done.refused)} refused"
         )
         return 0 if done.complete else 1
-    paths = letters(config.data_dir, sink_id)
+    try:
+        paths = letters(config.data_dir, sink_id)
+    except OSError as exc:
+        print(
+            f"shipper dead-letter: cannot list the dead letters of {sink_id!r}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     if action == "show":
         paths = [p for p in paths if p.name == files[0]]
         if not paths:

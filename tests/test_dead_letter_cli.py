@@ -172,3 +172,21 @@ def test_list_and_show_print_what_was_refused_and_why(
     assert "no sink 'nosuch'" in capsys.readouterr().err
     assert main(["dead-letter", "list", "archive", "-c", config]) == 0
     assert "no dead letters" in capsys.readouterr().out
+
+
+def test_a_dead_letter_folder_that_cannot_be_read_is_reported_not_a_traceback(
+    tmp_path: Path,
+    memory_sinks: None,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    """When the sink's dead-letter folder cannot be listed (here a file stands in its place),
+    list says so and exits 1, and replay refuses to start."""
+    folder = tmp_path / "var" / "dead_letter" / "hook"
+    folder.parent.mkdir(parents=True)
+    folder.write_text("not a folder")
+    config = write_config(tmp_path)
+    assert main(["dead-letter", "list", "hook", "-c", str(config)]) == 1
+    assert "cannot list the dead letters of 'hook'" in capsys.readouterr().err
+    assert main(["dead-letter", "replay", "hook", "-c", str(config)]) == 1
+    assert "cannot list the dead letters of sink 'hook'" in capsys.readouterr().err

@@ -51,8 +51,9 @@ class Replayed:
 
 
 class CannotReplay(Exception):
-    """The replay cannot start: no such sink, an archive sink, or a named file that is not one
-    of its dead letters (the operator's to fix; nothing was sent)."""
+    """The replay cannot start: no such sink, an archive sink, a named file that is not one of
+    its dead letters, or a dead-letter folder that cannot be read (the operator's to fix;
+    nothing was sent)."""
 
 
 async def replay(
@@ -72,7 +73,10 @@ async def replay(
             f"sink {sink_id!r} is a {sink_config.kind} archive: its dead letters are kept to be "
             "read, not replayed (a late batch cannot enter the archive in WAL order)"
         )
-    paths = letters(config.data_dir, sink_id)
+    try:
+        paths = letters(config.data_dir, sink_id)
+    except OSError as exc:
+        raise CannotReplay(f"cannot list the dead letters of sink {sink_id!r}: {exc}") from exc
     if names:
         by_name = {path.name: path for path in paths}
         unknown = [name for name in names if name not in by_name]
