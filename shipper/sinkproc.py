@@ -106,6 +106,13 @@ def frame(message: object) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
+#: The largest frame a reader takes (a report or an event is a few KiB): a larger length is a
+#: broken stream, not a frame to wait for.
+MAX_FRAME = 16 * 1024 * 1024
+#: The longest line of a child's stderr kept whole; the rest of a longer one is dropped.
+MAX_LINE = 64 * 1024
+
+
 class Frames:
     """Reads frames from a trio stream."""
 
@@ -126,6 +133,8 @@ class Frames:
         if not await self._fill(_LENGTH.size):
             return None
         (size,) = _LENGTH.unpack_from(self._buffer)
+        if size > MAX_FRAME:  # not a frame of ours: never buffer a stream's worth for it
+            raise ValueError(f"a frame of {size} bytes announced (at most {MAX_FRAME})")
         if not await self._fill(_LENGTH.size + size):
             return None
         data = bytes(self._buffer[_LENGTH.size : _LENGTH.size + size])
@@ -262,13 +271,25 @@ class SinkProcess:
         for whoever reads the logs); a line that is not an entry (a crash's traceback) is
         logged as ``sink_process_output``."""
         assert stderr is not None
-        pending = b""
+        pending = bytearray()
+        overlong = False  # the rest of a line longer than MAX_LINE, until its end, is dropped
         while data := await stderr.receive_some(65536):
-            *lines, pending = (pending + data).split(b"\n")
-            for line in lines:
-                self._relay_line(line)
+            start = 0
+            while (end := data.find(b"\n", start)) >= 0:
+                if not overlong:
+                    pending += data[start:end]
+                    self._relay_line(bytes(pending[:MAX_LINE]))
+                pending.clear()
+                overlong = False
+                start = end + 1
+            if not overlong:
+                pending += data[start:]
+                if len(pending) > MAX_LINE:
+                    self._relay_line(bytes(pending[:MAX_LINE]))
+                    pending.clear()
+                    overlong = True
         if pending:
-            self._relay_line(pending)
+            self._relay_line(bytes(pending))
 
     def _relay_line(self, line: bytes) -> None:
         if not line.strip():

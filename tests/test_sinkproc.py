@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import trio
+import trio.testing
 
 from shipper.config import parse_config
 from shipper.metrics import value
+from shipper.sinkproc import _LENGTH, MAX_FRAME, MAX_LINE, Frames, SinkProcess
 from shipper.topology import Topology
 from tests.conftest import LogCapture, archive_lines, file_sink_config, free_port, wait_until
 from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
@@ -153,3 +156,35 @@ async def test_a_sink_process_that_fails_at_start_is_logged_and_started_again(
     assert "KeyError: 'missing'" in output
     assert health.status == "failing"
     assert health.reason == "sink process exit status 1"
+
+
+async def test_a_frame_length_past_the_limit_is_a_broken_stream_not_a_wait() -> None:
+    """A length prefix larger than MAX_FRAME (bytes that are no frame of ours) is refused at
+    once, instead of buffering the child's output until that many bytes came."""
+    send_stream, receive_stream = trio.testing.memory_stream_one_way_pair()
+    await send_stream.send_all(_LENGTH.pack(MAX_FRAME + 1) + b"x" * 100)
+    await send_stream.aclose()
+    with pytest.raises(ValueError, match="announced"):
+        await Frames(receive_stream).next()
+
+
+async def test_a_childs_endless_stderr_line_is_cut_and_the_next_lines_still_come() -> None:
+    """A line without end on a child's stderr is relayed cut to MAX_LINE, the rest of it up to
+    its newline dropped, and the lines after it relayed whole: memory stays bounded."""
+
+    class Relay:
+        def __init__(self) -> None:
+            self.lines: list[bytes] = []
+
+        def _relay_line(self, line: bytes) -> None:
+            self.lines.append(line)
+
+    send_stream, receive_stream = trio.testing.memory_stream_one_way_pair()
+    relay = Relay()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(SinkProcess._relay_logs, relay, receive_stream)  # type: ignore[arg-type]
+        for _ in range(20):
+            await send_stream.send_all(b"y" * 65536)
+        await send_stream.send_all(b"\nnext line\nlast")
+        await send_stream.aclose()
+    assert relay.lines == [b"y" * MAX_LINE, b"next line", b"last"]
