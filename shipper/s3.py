@@ -133,6 +133,10 @@ class Body(io.BytesIO):
             yield chunk
 
 
+#: botocore's loader of service models, shared by every client of the process (``open_client``).
+_loader: Any = None
+
+
 @asynccontextmanager
 async def open_client(settings: S3Settings) -> AsyncIterator[Any]:
     """An S3 client for ``settings``, on trio; its calls belong inside ``translated``."""
@@ -169,9 +173,6 @@ async def open_client(settings: S3Settings) -> AsyncIterator[Any]:
             "s3", region_name=settings.region, endpoint_url=settings.endpoint, **keys
         ) as client:
             yield client
-
-
-_loader: Any = None
 
 
 @contextmanager

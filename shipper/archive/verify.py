@@ -553,12 +553,12 @@ async def verify_dir(
     check = EventCheck(profile, report)
     files = []
     for listed in await store.list():
-        if FILE_RE.fullmatch(listed.key) and listed.size > max_object_bytes:
-            _too_large(report, listed.key, f"{listed.size:,} bytes", max_object_bytes)
-        elif FILE_RE.fullmatch(listed.key):
-            files.append(listed)
-        else:
+        if not FILE_RE.fullmatch(listed.key):
             report.notice("other_file", listed.key, "not an archive file: not read")
+        elif listed.size > max_object_bytes:
+            _too_large(report, listed.key, f"{listed.size:,} bytes", max_object_bytes)
+        else:
+            files.append(listed)
     files.sort(key=attrgetter("key"))
     if not files:
         report.problem("empty", None, f"no archive file (events-*.jsonl) in {store.name}")

@@ -21,8 +21,8 @@ joined with commas: never parsed and written again.
 
 Rules:
 
-* **Batches.** ``batch_size`` events at most, about ``max_bytes`` of envelopes (a read of the WAL
-  is never split by bytes, so a body can pass it by less than one read), sent at the latest
+* **Batches.** ``batch_size`` events at most, ``max_bytes`` of envelopes at most (or one
+  envelope larger than that: the driver cuts reads where either limit falls), sent at the latest
   ``flush_interval`` after its first event was read (the driver's ``BatchSettings``).
 * **Filter.** ``match`` (field path → allowed values; it sees the event after ``redact``, so it
   should not name a field that is removed or hashed) keeps the events whose every listed field
