@@ -346,7 +346,7 @@ def cmd_dead_letter(path: str, action: str, sink_id: str, files: list[str], as_j
     Exit 0 when done (replay: every file delivered), 1 when a file could not be read, a replay
     left files behind, or the sink cannot replay; 2 for a sink or file that is not there."""
     from shipper.sinks.dead_letter import Letter, LetterError, letters
-    from shipper.sinks.replay import CannotReplay, replay
+    from shipper.sinks.replay import CannotReplay, NoSuchLetter, replay
 
     config = _load(path)
     if config is None:
@@ -363,7 +363,7 @@ def cmd_dead_letter(path: str, action: str, sink_id: str, files: list[str], as_j
             done = trio.run(replay, config, sink_id, files)
         except CannotReplay as exc:
             print(f"shipper dead-letter replay: {exc}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(exc, NoSuchLetter) else 1
         events = sum(count for _, count in done.delivered)
         print(
             f"{len(done.delivered)} files ({events} events) replayed, {len(done.refused)} refused"

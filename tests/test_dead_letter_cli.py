@@ -170,6 +170,10 @@ def test_list_and_show_print_what_was_refused_and_why(
     assert {line["reason"] for line in shown} == {"refused: the batch holds poison"}
     assert main(["dead-letter", "list", "nosuch", "-c", config]) == 2
     assert "no sink 'nosuch'" in capsys.readouterr().err
+    assert main(["dead-letter", "replay", "hook", "nosuch.jsonl", "-c", config]) == 2
+    assert "not a dead letter of sink 'hook'" in capsys.readouterr().err
+    assert main(["dead-letter", "list", "nosuch", "-c", config]) == 2
+    assert "no sink 'nosuch'" in capsys.readouterr().err
     assert main(["dead-letter", "list", "archive", "-c", config]) == 0
     assert "no dead letters" in capsys.readouterr().out
 

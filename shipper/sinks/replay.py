@@ -56,6 +56,10 @@ class CannotReplay(Exception):
     nothing was sent)."""
 
 
+class NoSuchLetter(CannotReplay):
+    """A sink or a dead-letter file the command names is not there (a usage error)."""
+
+
 async def replay(
     config: Config,
     sink_id: str,
@@ -67,7 +71,7 @@ async def replay(
     sink_config = config.sinks.get(sink_id)
     if sink_config is None:
         known = ", ".join(config.sinks) or "none"
-        raise CannotReplay(f"no sink {sink_id!r} in the config (sinks: {known})")
+        raise NoSuchLetter(f"no sink {sink_id!r} in the config (sinks: {known})")
     if not sink_config.forwards:
         raise CannotReplay(
             f"sink {sink_id!r} is a {sink_config.kind} archive: its dead letters are kept to be "
@@ -81,7 +85,7 @@ async def replay(
         by_name = {path.name: path for path in paths}
         unknown = [name for name in names if name not in by_name]
         if unknown:
-            raise CannotReplay(f"not a dead letter of sink {sink_id!r}: {', '.join(unknown)}")
+            raise NoSuchLetter(f"not a dead letter of sink {sink_id!r}: {', '.join(unknown)}")
         paths = [by_name[name] for name in names]
     done = Replayed()
     sink: Sink = sink_config.build(SinkContext(config.chain.profile_fields, _not_emitted))
