@@ -1,7 +1,9 @@
 """Sources: listeners that frame and decode what senders send and hand events to the pipeline.
 
 Each source type's config (``XSourceConfig`` beside its source, registered in
-``shipper.config.SOURCE_TYPES``) builds the source: ``config.build(send, agent_of)``.
+``shipper.config.SOURCE_TYPES``) builds the source: ``config.build(send, agent_of)``. A source
+binds its sockets (``bind``) apart from serving them (``serve``), so that the daemon's main
+process binds them once and ingest worker processes (``shipper.ingestproc``) serve them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
     from shipper.budget import ByteBudget
     from shipper.metrics import CounterSet, Health, Registry
+    from shipper.sources._net import Bound
 
 #: Where a source listens: a TCP/UDP address, or a unix socket's path.
 Listening = Address | Path
@@ -59,9 +62,22 @@ class Source(Protocol):
     #: The bytes the pipeline's ingest channel may hold, shared by every source.
     budget: ByteBudget | None
 
+    @property
+    def shared(self) -> bool:
+        """Whether several processes may serve this source's sockets at once (ingest workers):
+        stream listeners may; a datagram source is served by one process (its counters, such
+        as the kernel's drop counter, are the socket's)."""
+
+    def bind(self) -> Bound:
+        """Bind and listen (blocking, at start; ``ListenError`` when it cannot)."""
+
+    async def serve(self, bound: Bound, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
+        """Serve on ``bound`` (bound here or in the daemon's main process), report where
+        (``task_status.started``), until stopped; close the channel to the pipeline when done.
+        ``bound`` is left to its owner to close."""
+
     async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
-        """Listen, report where (``task_status.started``), serve until stopped; close the
-        channel to the pipeline when done."""
+        """``bind``, ``serve``, and close what was bound: the source in one process."""
 
     def stop(self) -> None:
         """Stop accepting and reading; what was read is still handed on."""

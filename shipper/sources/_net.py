@@ -47,6 +47,7 @@ import stat
 import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final, Protocol
 
@@ -278,6 +279,61 @@ def peer_identity(cert: Any) -> tuple[str | None, list[str]]:
     return format_subject(cert.get("subject")), sans
 
 
+@dataclass
+class Bound:
+    """The sockets a source listens on, bound by the daemon's main process (ingest worker
+    processes inherit them, ``shipper.ingestproc``), where they listen, and the unix socket file
+    to remove at the end (only the process that bound it removes it)."""
+
+    sockets: list[socket.socket]
+    addresses: list[Listening]
+    unix_file: UnixSocketFile | None = None
+
+    def close(self) -> None:
+        """Close the sockets, and remove the unix socket file if it is still ours."""
+        for sock in self.sockets:
+            sock.close()
+        if self.unix_file is not None:
+            self.unix_file.remove()
+
+
+def bind_tcp(source_id: str, address: Address) -> tuple[list[socket.socket], list[Listening]]:
+    """Listening TCP sockets on ``address``: one per address its host resolves to (every
+    interface, IPv4 and IPv6, for an empty host), as ``trio.open_tcp_listeners`` makes them, and
+    where each listens. ``ListenError`` when one cannot be bound."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(
+            address.host or None,
+            address.port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+        for family, kind, proto, _name, sockaddr in infos:
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                if exc.errno == errno.EAFNOSUPPORT and len(infos) > 1:
+                    continue  # say, IPv6 switched off: the other families serve
+                raise
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        why = exc.strerror or str(exc)
+        raise ListenError(f"source {source_id}: cannot listen on {address}: {why}") from exc
+    bound: list[Listening] = []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        bound.append(Address(host, port))
+    return sockets, bound
+
+
 class Connection:
     """One accepted connection as a source handler sees it."""
 
@@ -445,38 +501,30 @@ class StreamServer:
         for connection in list(self._connections):
             connection.stop_reading()
 
-    async def _open_tcp(self, address: Address) -> list[trio.SocketListener]:
-        try:
-            listeners = await trio.open_tcp_listeners(address.port, host=address.host)
-        except OSError as exc:
-            raise ListenError(
-                f"source {self.source_id}: cannot listen on {address}: {exc.strerror or exc}"
-            ) from exc
-        for listener in listeners:
-            host, port = listener.socket.getsockname()[:2]
-            self.bound.append(Address(host, port))
-        return listeners
-
-    async def serve(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
-        """Listen; report the bound addresses; return once stopped and every connection ended."""
-        self.bound = []
+    def bind(self) -> Bound:
+        """Bind and listen (blocking; at start): a TCP address (one socket per address family
+        its host resolves to), or a unix stream socket (``bind_unix_socket``)."""
         if not isinstance(self.address, Path):
-            await self._serve(await self._open_tcp(self.address), task_status)
-            return
+            return Bound(*bind_tcp(self.source_id, self.address))
         sock, unix_file = bind_unix_socket(
             self.source_id, self.address, socket.SOCK_STREAM, self.socket_mode
         )
         try:
-            try:
-                sock.listen(socket.SOMAXCONN)
-                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            except BaseException:
-                sock.close()
-                raise
-            self.bound = [self.address]
-            await self._serve([listener], task_status)
-        finally:
+            sock.listen(socket.SOMAXCONN)
+        except BaseException:
+            sock.close()
             unix_file.remove()
+            raise
+        return Bound([sock], [self.address], unix_file)
+
+    async def serve(self, bound: Bound, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
+        """Accept on ``bound``'s sockets; report where; return once stopped and every connection
+        ended. The sockets are closed at the end (in this process: ``bound`` undoes the rest)."""
+        self.bound = list(bound.addresses)
+        listeners = [
+            trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in bound.sockets
+        ]
+        await self._serve(listeners, task_status)
 
     async def _serve(
         self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[list[Listening]]
@@ -719,6 +767,32 @@ class FramedSource:
         self.stopping = True
         if self.server is not None:
             self.server.stop()
+
+    @property
+    def shared(self) -> bool:
+        """A stream listener may be served by several processes at once; a datagram socket
+        (a syslog source's, without a server) by one."""
+        return self.server is not None
+
+    def bind(self) -> Bound:
+        """Bind and listen (blocking, at start; ``ListenError`` when it cannot)."""
+        assert self.server is not None  # a datagram source binds its own way
+        return self.server.bind()
+
+    async def serve(self, bound: Bound, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
+        """Serve ``bound`` until stopped; closes this source's channel to the pipeline when
+        done."""
+        assert self.server is not None  # a datagram source serves its own way
+        async with self._send:
+            await self.server.serve(bound, task_status=self._reporting(task_status))
+
+    async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
+        """``bind``, ``serve``, and close what was bound: the source in one process."""
+        bound = self.bind()
+        try:
+            await self.serve(bound, task_status=task_status)
+        finally:
+            bound.close()
 
     def register_metrics(self, registry: Registry) -> None:
         """Count into ``registry`` from now on (what was counted so far comes along), and tell it

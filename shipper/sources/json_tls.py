@@ -45,7 +45,7 @@ from shipper.codecs.framing import LineFramer
 from shipper.codecs.jsonlines import decode_object
 from shipper.config import SOURCE_TYPES, Address, Endpoint, SourceCommon, Table
 from shipper.events import Event
-from shipper.sources import AgentOf, Listening
+from shipper.sources import AgentOf
 from shipper.sources._listener import (
     MAX_LINE_BYTES,
     ListenerConfig,
@@ -116,11 +116,6 @@ class JsonTlsSource(FramedSource):
         )
         self.config = config
         self.server: StreamServer = self._listen(config.address, config)
-
-    async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
-        """Serve until stopped; closes this source's channel to the pipeline when done."""
-        async with self._send:
-            await self.server.serve(task_status=self._reporting(task_status))
 
     def _framer(self) -> Framer:
         return LineFramer(self._max_frame)

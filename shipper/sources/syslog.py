@@ -114,6 +114,7 @@ from shipper.sources._listener import (
 )
 from shipper.sources._net import (
     SOCKET_MODE,
+    Bound,
     FramedSource,
     Framer,
     bind_unix_socket,
@@ -380,16 +381,58 @@ class SyslogSource(FramedSource):
             assert listen is not None
             self.server = self._listen(listen, config, config.socket_mode)
 
-    async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
-        """Serve until stopped; closes this source's channel to the pipeline when done."""
+    def bind(self) -> Bound:
+        """Bind (and listen): a stream listener, a UDP socket (with its receive buffer and the
+        kernel's drop counter), or a unix datagram socket (with the senders' credentials)."""
+        if self.server is not None:
+            return self.server.bind()
+        if self.config.mode == "unix":
+            path = self.config.path
+            assert path is not None
+            raw, file = bind_unix_socket(self.id, path, socket.SOCK_DGRAM, self.config.socket_mode)
+            try:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            except BaseException:
+                raw.close()
+                file.remove()
+                raise
+            return Bound([raw], [path], file)
+        address = self.config.address
+        assert address is not None
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((address.host, address.port))
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            self._set_receive_buffer(sock)
+        except OSError as exc:
+            sock.close()
+            raise ListenError(
+                f"source {self.id}: cannot listen on {address} (udp): {exc.strerror or exc}"
+            ) from exc
+        except BaseException:
+            sock.close()
+            raise
+        host, port = sock.getsockname()[:2]
+        return Bound([sock], [Address(host, port)])
+
+    async def serve(self, bound: Bound, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
+        """Serve ``bound`` until stopped; closes this source's channel to the pipeline when
+        done."""
         task_status = self._reporting(task_status)
         async with self._send:
             if self.server is not None:
-                await self.server.serve(task_status=task_status)
-            elif self.config.mode == "unix":
-                await self._serve_unix_datagrams(task_status)
-            else:
-                await self._serve_udp(task_status)
+                await self.server.serve(bound, task_status=task_status)
+                return
+            (raw,) = bound.sockets
+            with trio.socket.from_stdlib_socket(raw) as sock:
+                if self.config.mode == "unix":
+                    task_status.started(list(bound.addresses))
+                    bufsize = self.config.max_message_bytes + 1
+                    path = str(bound.addresses[0])
+                    await self._read_datagrams(sock, bufsize, _CREDENTIALS_SPACE, path)
+                else:
+                    await self._serve_udp(sock, bound.addresses, task_status)
 
     def stop(self) -> None:
         """Stop accepting and reading; what was read is still handed on."""
@@ -403,32 +446,23 @@ class SyslogSource(FramedSource):
 
     # --- datagrams: UDP and unix ---------------------------------------------------------------
 
-    async def _serve_udp(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
-        address = self.config.address
-        assert address is not None
-        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
-        with sock:
+    async def _serve_udp(
+        self,
+        sock: trio.socket.SocketType,
+        addresses: list[Listening],
+        task_status: trio.TaskStatus[list[Listening]],
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._forward_pending)
+            nursery.start_soon(self._report_kernel_drops)
+            task_status.started(list(addresses))
             try:
-                await sock.bind((address.host, address.port))
-                sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-                self._set_receive_buffer(sock)
-            except OSError as exc:
-                raise ListenError(
-                    f"source {self.id}: cannot listen on {address} (udp): {exc.strerror or exc}"
-                ) from exc
-            host, port = sock.getsockname()[:2]
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._forward_pending)
-                nursery.start_soon(self._report_kernel_drops)
-                task_status.started([Address(host, port)])
-                try:
-                    bufsize = min(self.config.max_message_bytes + 1, _UDP_MAX_DATAGRAM + 1)
-                    await self._read_datagrams(sock, bufsize, _OVERFLOW_SPACE, None)
-                finally:
-                    self._kernel_reporting.cancel()
-                    self._reader_done = True
-                    self._pending_added.set()  # the forwarder hands on the rest, then ends
+                bufsize = min(self.config.max_message_bytes + 1, _UDP_MAX_DATAGRAM + 1)
+                await self._read_datagrams(sock, bufsize, _OVERFLOW_SPACE, None)
+            finally:
+                self._kernel_reporting.cancel()
+                self._reader_done = True
+                self._pending_added.set()  # the forwarder hands on the rest, then ends
 
     def _set_receive_buffer(self, sock: Any) -> None:
         """Apply ``receive_buffer`` (if set) and log what the kernel granted."""
@@ -456,19 +490,6 @@ class SyslogSource(FramedSource):
             )
         else:
             self.log.info("udp_receive_buffer", **fields)
-
-    async def _serve_unix_datagrams(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
-        path = self.config.path
-        assert path is not None
-        raw, file = bind_unix_socket(self.id, path, socket.SOCK_DGRAM, self.config.socket_mode)
-        try:
-            with trio.socket.from_stdlib_socket(raw) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-                task_status.started([path])
-                bufsize = self.config.max_message_bytes + 1
-                await self._read_datagrams(sock, bufsize, _CREDENTIALS_SPACE, str(path))
-        finally:
-            file.remove()
 
     async def _read_datagrams(
         self, sock: trio.socket.SocketType, bufsize: int, ancillary: int, unix_path: str | None
