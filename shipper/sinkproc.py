@@ -116,9 +116,10 @@ MAX_LINE = 64 * 1024
 class Frames:
     """Reads frames from a trio stream."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+    def __init__(self, stream: trio.abc.ReceiveStream, limit: int = MAX_FRAME) -> None:
         self._stream = stream
         self._buffer = bytearray()
+        self._limit = limit
 
     async def _fill(self, size: int) -> bool:
         while len(self._buffer) < size:
@@ -133,8 +134,8 @@ class Frames:
         if not await self._fill(_LENGTH.size):
             return None
         (size,) = _LENGTH.unpack_from(self._buffer)
-        if size > MAX_FRAME:  # not a frame of ours: never buffer a stream's worth for it
-            raise ValueError(f"a frame of {size} bytes announced (at most {MAX_FRAME})")
+        if size > self._limit:  # not a frame of ours: never buffer a stream's worth for it
+            raise ValueError(f"a frame of {size} bytes announced (at most {self._limit})")
         if not await self._fill(_LENGTH.size + size):
             return None
         data = bytes(self._buffer[_LENGTH.size : _LENGTH.size + size])

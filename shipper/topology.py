@@ -63,6 +63,8 @@ from shipper.chain_stage import CHAIN_CURSOR, ChainStage, Checkpoint, read_check
 from shipper.config import Config
 from shipper.errors import DataDirError, DestinationUnavailable
 from shipper.events import Event, Malformed, entry, envelopes, event_bytes, size_of
+from shipper.ingestproc import IngestWorker
+from shipper.ingestproc import spec_of as ingest_spec_of
 from shipper.logging import Throttle, get_logger
 from shipper.metrics import Registry, mirror, summary
 from shipper.retry import Backoff
@@ -70,6 +72,7 @@ from shipper.sinkproc import SinkProcess, spec_of
 from shipper.sinks.base import SinkContext
 from shipper.sinks.driver import SinkDriver
 from shipper.sources import Listening, Source
+from shipper.sources._net import Bound
 
 log = get_logger("shipper.topology")
 
@@ -126,9 +129,21 @@ class Topology:
         self._emitted, self._emitted_receive = trio.open_memory_channel[Event](EMIT_QUEUE)
         self._emit_ingest = ingest_send.clone()
         agent_of = config.chain.profile_fields.agent_of
-        self.sources: list[Source] = [
-            source.build(ingest_send.clone(), agent_of) for source in config.sources.values()
-        ]
+        self.workers: list[IngestWorker] = []
+        if config.runtime.workers:
+            # The sources run in the ingest workers (``shipper.ingestproc``); here they bind the
+            # sockets and hold the counters, and never send: each worker has the channel.
+            unused, _ = trio.open_memory_channel[list[Event]](0)
+            self.sources: list[Source] = [
+                source.build(unused.clone(), agent_of) for source in config.sources.values()
+            ]
+            unused.close()
+            self._worker_send: trio.MemorySendChannel[list[Event]] | None = ingest_send.clone()
+        else:
+            self.sources = [
+                source.build(ingest_send.clone(), agent_of) for source in config.sources.values()
+            ]
+            self._worker_send = None
         ingest_send.close()
         self.budget = ByteBudget(CHANNEL_BYTES)
         for running in self.sources:
@@ -206,6 +221,7 @@ class Topology:
 
     async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Listening]]]) -> None:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
+        bound: dict[str, Bound] = {}  # what this process bound for the ingest workers
         try:
             await self._check_destinations()
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
@@ -238,14 +254,39 @@ class Topology:
                 nursery.start_soon(self._write)
                 nursery.start_soon(self._forward_emitted)
                 nursery.start_soon(self.wal.run)
+                if self._worker_send is not None:
+                    await self._start_workers(nursery, bound)
+                else:
+                    for source in self.sources:
+                        self.bound[source.id] = await nursery.start(source.run)
                 for source in self.sources:
-                    self.bound[source.id] = await nursery.start(source.run)
                     for address in self.bound[source.id]:
                         log.info("source_listening", source=source.id, address=str(address))
                 task_status.started(self.bound)
         finally:
+            if self._worker_send is not None:
+                self._worker_send.close()
+            for sockets in bound.values():
+                sockets.close()
             self.wal.release()
             self.finished.set()
+
+    async def _start_workers(self, nursery: trio.Nursery, bound: dict[str, Bound]) -> None:
+        """Bind every source's sockets here, then start the ingest workers that serve them
+        (``shipper.ingestproc``)."""
+        assert self._worker_send is not None
+        for source in self.sources:
+            bound[source.id] = source.bind()  # ListenError: the start stops, as in one process
+            self.bound[source.id] = list(bound[source.id].addresses)
+            source.listening = True  # the kernel queues connections while a worker starts
+        sources = {source.id: source for source in self.sources}
+        for index in range(self.config.runtime.workers):
+            spec = ingest_spec_of(self.config, index, bound, self.sources)
+            worker = IngestWorker(spec, self._worker_send.clone(), self.budget, sources)
+            worker.register_metrics(self.registry)
+            self.workers.append(worker)
+            await nursery.start(worker.run)
+        self._worker_send.close()
 
     async def _check_destinations(self) -> None:
         """Each sink's ``check_remote``: an unsafe destination stops the start
@@ -267,6 +308,8 @@ class Topology:
         longer taken; the rest drains."""
         for source in self.sources:
             source.stop()
+        for worker in self.workers:
+            worker.stop()
         self._emitted.close()
 
     def emit(self, event: Event) -> bool:

@@ -180,10 +180,22 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
 
 
-@pytest.fixture(params=[False, True], ids=["sinks_in_process", "sink_processes"])
-def sink_processes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Run the test twice: with every sink in the daemon's process, and with each sink in a
-    process of its own (``[runtime] sink_processes``, the default of every config parsed)."""
+#: Ingest workers of a daemon spread over processes (the ``processes`` fixture).
+WORKERS = 2
+
+
+@pytest.fixture(params=[False, True], ids=["one_process", "processes"])
+def processes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run the test twice: with the whole daemon in one process, and spread over processes
+    (``WORKERS`` ingest workers, each sink in a process of its own: ``[runtime] workers`` and
+    ``sink_processes``, the defaults of every config parsed)."""
     mode: bool = request.param
     monkeypatch.setattr(RuntimeConfig, "sink_processes", mode)
+    monkeypatch.setattr(RuntimeConfig, "workers", WORKERS if mode else 0)
     return mode
+
+
+def runtime(processes: bool) -> dict[str, Any]:
+    """The ``[runtime]`` table of a config file for the ``processes`` fixture's mode (for a
+    daemon started as a command, which does not see the patched defaults)."""
+    return {"sink_processes": processes, "workers": WORKERS if processes else 0}

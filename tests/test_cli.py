@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import REPO, archive_lines, free_port
+from tests.conftest import REPO, archive_lines, free_port, runtime
 
 SHIPPER = [sys.executable, "-m", "shipper"]
 
@@ -178,12 +178,12 @@ def send(port: int, data: bytes) -> None:
 
 
 def test_run_notifies_systemd_archives_and_stops_cleanly(
-    tmp_path: Path, notify_socket: socket.socket, sink_processes: bool
+    tmp_path: Path, notify_socket: socket.socket, processes: bool
 ) -> None:
     """`shipper run` sends READY=1 when listening, archives what it gets, STOPPING=1 on SIGTERM."""
     port = free_port()
     raw = daemon_config(tmp_path, port)
-    raw["runtime"] = {"sink_processes": sink_processes}
+    raw["runtime"] = runtime(processes)
     config = write_config(tmp_path / "shipper.toml", raw)
     process = start_daemon(
         config, tmp_path, {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}

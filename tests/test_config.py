@@ -638,8 +638,18 @@ def test_runtime_sink_processes_is_a_boolean_off_by_default() -> None:
     boolean, or another key in ``[runtime]``, is a problem at its key."""
     assert parse_config(_raw()).runtime.sink_processes is False
     assert parse_config(_raw(runtime={"sink_processes": True})).runtime.sink_processes is True
-    problems = _problems(_raw(runtime={"sink_processes": "yes", "workers": 2}))
-    assert [p.split(":")[0] for p in problems] == ["runtime.sink_processes", "runtime.workers"]
+    problems = _problems(_raw(runtime={"sink_processes": "yes", "threads": 2}))
+    assert [p.split(":")[0] for p in problems] == ["runtime.sink_processes", "runtime.threads"]
+
+
+def test_runtime_workers_is_a_count_of_processes() -> None:
+    """``[runtime] workers`` is 0 (the sources in the daemon's process) unless set, takes a
+    count, and a negative count, a count over the limit, or a non-integer is a problem."""
+    assert parse_config(_raw()).runtime.workers == 0
+    assert parse_config(_raw(runtime={"workers": 4})).runtime.workers == 4
+    for bad in (-1, 257, "2", 1.5):
+        problems = _problems(_raw(runtime={"workers": bad}))
+        assert [p.split(":")[0] for p in problems] == ["runtime.workers"], bad
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from shipper.buffer.recovery import recover
 from shipper.chain import Verifier
 from shipper.chain_stage import Checkpoint, load_checkpoint, wal_envelopes
 from tests.chains import seed_hash
-from tests.conftest import archive_lines, free_port
+from tests.conftest import archive_lines, free_port, runtime
 from tests.test_cli import daemon_config, start_daemon, stop, wait_ready, write_config
 
 AGENTS = ("crash-a", "crash-b", "crash-c")
@@ -131,7 +131,7 @@ def _ends_whole(path: Path) -> bool:
 
 
 def test_sigkill_under_load_loses_and_duplicates_nothing_the_wal_accepted(
-    tmp_path: Path, sink_processes: bool
+    tmp_path: Path, processes: bool
 ) -> None:
     """Killed with SIGKILL five times under load, the daemon still archives every record its WAL
     held at each kill, exactly once and in order per agent (its sink processes, if any, end with
@@ -139,7 +139,7 @@ def test_sigkill_under_load_loses_and_duplicates_nothing_the_wal_accepted(
     rng = random.Random(20261123)
     port = free_port()
     raw = daemon_config(tmp_path, port)
-    raw["runtime"] = {"sink_processes": sink_processes}
+    raw["runtime"] = runtime(processes)
     raw["buffer"] = {"fsync": "batch", "max_bytes": "64MiB", "segment_bytes": "256KiB"}
     config = write_config(tmp_path / "shipper.toml", raw)
     accepted: set[tuple[str, int]] = set()

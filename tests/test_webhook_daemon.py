@@ -9,13 +9,13 @@ from pathlib import Path
 import orjson
 from standardwebhooks import Webhook
 
-from tests.conftest import TlsFiles, archive_lines, free_port
+from tests.conftest import TlsFiles, archive_lines, free_port, runtime
 from tests.test_cli import daemon_config, send, start_daemon, stop, wait_ready, write_config
 from tests.webhooks import new_secret, receiving, server_context
 
 
 def test_the_daemon_delivers_sent_records_to_an_https_receiver_signed(
-    tmp_path: Path, tls_files: TlsFiles, sink_processes: bool
+    tmp_path: Path, tls_files: TlsFiles, processes: bool
 ) -> None:
     """Records sent to a running daemon reach an HTTPS receiver verified with the configured
     CA, only the denials the hook's match names, each once, in order, in requests signed with
@@ -23,7 +23,7 @@ def test_the_daemon_delivers_sent_records_to_an_https_receiver_signed(
     secret = new_secret()
     port = free_port()
     raw = daemon_config(tmp_path, port)
-    raw["runtime"] = {"sink_processes": sink_processes}
+    raw["runtime"] = runtime(processes)
     with receiving(server_context(tls_files.server_pem, tls_files.server_key)) as receiver:
         raw["sinks"]["denials"] = {
             "type": "webhook",

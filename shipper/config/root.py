@@ -47,13 +47,20 @@ class ChainConfig:
     max_agents: int = 100_000
 
 
+#: The most ingest workers a config may ask for.
+MAX_WORKERS: Final = 256
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """``[runtime]``: how the daemon spreads over processes. ``sink_processes``: each sink runs
     in a process of its own (``shipper.sinkproc``), reading the WAL's files through its cursor;
-    false: every sink runs in the daemon's process."""
+    false: every sink runs in the daemon's process. ``workers``: how many ingest worker
+    processes serve the sources (``shipper.ingestproc``); 0: the sources run in the daemon's
+    process."""
 
     sink_processes: bool = False
+    workers: int = 0
 
 
 class Parsed:
@@ -163,12 +170,14 @@ def parse_config(
         chain = _chain(chain_table)
         chain_table.finish()
 
-    sink_processes = RuntimeConfig.sink_processes  # the class's default, read now
+    sink_processes = RuntimeConfig.sink_processes  # the class's defaults, read now
+    workers = RuntimeConfig.workers
     runtime_table = top.table("runtime")
     if runtime_table is not None:
         sink_processes = runtime_table.boolean("sink_processes", sink_processes)
+        workers = runtime_table.integer("workers", workers, minimum=0, maximum=MAX_WORKERS)
         runtime_table.finish()
-    runtime = RuntimeConfig(sink_processes=sink_processes)
+    runtime = RuntimeConfig(sink_processes=sink_processes, workers=workers)
 
     buffer = BufferConfig()
     buffer_table = top.table("buffer")

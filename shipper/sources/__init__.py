@@ -61,6 +61,8 @@ class Source(Protocol):
     counters: CounterSet
     #: The bytes the pipeline's ingest channel may hold, shared by every source.
     budget: ByteBudget | None
+    #: Whether it listens (its sockets are bound); its health says so.
+    listening: bool
 
     @property
     def shared(self) -> bool:

@@ -646,7 +646,7 @@ async def test_a_connection_broken_mid_batch_resumes_after_the_last_write(tmp_pa
     assert (sink.counters["connections_lost"], sink.counters["reconnects"]) == (1, 1)
 
 
-@pytest.mark.usefixtures("sink_processes")
+@pytest.mark.usefixtures("processes")
 async def test_the_daemon_forwards_verified_records_and_counts_into_its_registry(
     peers: None, tmp_path: Path, logs: LogCapture
 ) -> None:

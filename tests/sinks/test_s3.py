@@ -56,7 +56,7 @@ def events_of(objects: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: tuple(map(int, e["id"].split("-"))))
 
 
-@pytest.mark.usefixtures("sink_processes")
+@pytest.mark.usefixtures("processes")
 async def test_objects_are_locked_sealed_and_chained(tmp_path: Path, s3_server: S3Server) -> None:
     """Every event lands once in a COMPLIANCE-locked object retained for the class's days; each
     object has a manifest entry with its sha256, count and range, chained to the one before,
@@ -258,7 +258,7 @@ async def test_legal_hold_encryption_storage_class_and_zstd_reach_every_object(
     assert {entry.compression for entry in manifests(stored)} == {"zstd"}
 
 
-@pytest.mark.usefixtures("sink_processes")
+@pytest.mark.usefixtures("processes")
 async def test_an_unreachable_endpoint_at_start_does_not_stop_the_daemon(
     tmp_path: Path, s3_server: S3Server, logs: LogCapture
 ) -> None:

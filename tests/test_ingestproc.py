@@ -1,0 +1,264 @@
+"""Ingest workers: sources served in processes of their own, supervised by the main process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from shipper.config import parse_config
+from shipper.topology import Topology
+from tests.chains import chain
+from tests.conftest import WORKERS, archive_lines, file_sink_config, wait_until
+from tests.test_chain import rehash
+from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
+from tests.test_crash import archived
+from tests.test_daemon import send
+
+
+class Sender(threading.Thread):
+    """Sends one agent's numbered records over one connection until stopped or broken, and
+    knows its connection's local port (to find the worker that holds it)."""
+
+    def __init__(self, port: int, agent: str) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.agent = agent
+        self.next = 1
+        self.local_port: int | None = None
+        self.connected = threading.Event()
+        self.broken = False
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                self.local_port = sock.getsockname()[1]
+                self.connected.set()
+                while not self.stop_flag.is_set():
+                    lines = (
+                        orjson.dumps({"agentId": self.agent, "sequence": n, "pad": "p" * 200})
+                        + b"\n"
+                        for n in range(self.next, self.next + 20)
+                    )
+                    sock.sendall(b"".join(lines))
+                    self.next += 20
+                    time.sleep(0.002)  # a steady load, not a flood: the test is not a bench
+        except OSError:
+            self.broken = True
+        finally:
+            self.connected.set()
+
+
+def wait_for(predicate: Any, what: str, limit: float = 120.0) -> None:
+    """Poll ``predicate`` until it holds (fail after ``limit`` seconds: a hang)."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def workers_started(root: Path) -> list[tuple[int, int]]:
+    """(worker index, pid) of every ingest worker the daemon started so far, in order."""
+    return [
+        (entry["worker"], entry["pid"])
+        for entry in log_entries(root)
+        if entry.get("event") == "ingest_worker_started"
+    ]
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds open."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def server_side(port: int, peer_port: int) -> str | None:
+    """The inode of the accepted socket on ``port`` whose peer is local port ``peer_port``."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == peer_port:
+            return inode
+    return None
+
+
+def holder(pids: list[int], port: int, sender: Sender) -> int | None:
+    """The pid among ``pids`` whose process holds ``sender``'s connection."""
+    assert sender.local_port is not None
+    inode = server_side(port, sender.local_port)
+    for pid in pids:
+        if inode is not None and inode in socket_inodes(pid):
+            return pid
+    return None
+
+
+def test_a_killed_ingest_worker_comes_back_and_the_other_connections_go_on(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of one ingest worker under load: the daemon keeps running and starts it again,
+    the connections the other worker holds go on untouched (every record they sent is archived),
+    those of the killed one break, a new connection is served, and nothing is archived twice."""
+    port = 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    raw = daemon_config(tmp_path, port)
+    raw["runtime"] = {"workers": WORKERS}
+    config = write_config(tmp_path / "shipper.toml", raw)
+    process = start_daemon(config, tmp_path)
+    senders: list[Sender] = []
+    try:
+        wait_ready(process, tmp_path)
+        wait_for(lambda: len(workers_started(tmp_path)) == WORKERS, "the workers")
+        pids = [pid for _, pid in workers_started(tmp_path)]
+        held: dict[int, list[Sender]] = {pid: [] for pid in pids}
+        # Connect until each worker holds one (the kernel picks the worker that accepts).
+        while not all(held.values()):
+            assert len(senders) < 64, f"connections all went to one worker: {held}"
+            sender = Sender(port, f"agent-{len(senders)}")
+            sender.start()
+            sender.connected.wait(10)
+            senders.append(sender)
+            wait_for(lambda s=sender: holder(pids, port, s) is not None, "the connection")
+            pid = holder(pids, port, sender)
+            assert pid is not None
+            held[pid].append(sender)
+        (victim_index, victim), (_, survivor) = workers_started(tmp_path)[::-1]
+        floor = len(archive_lines(tmp_path / "archive")) + 500
+        wait_for(lambda: len(archive_lines(tmp_path / "archive")) > floor, "deliveries")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(workers_started(tmp_path)) > WORKERS, "a restart")
+        wait_for(lambda: all(s.broken for s in held[victim]), "the broken connections")
+        assert not any(s.broken for s in held[survivor])
+        late = Sender(port, "agent-late")  # served by either worker, the new one included
+        late.start()
+        late.connected.wait(10)
+        wait_for(lambda: late.next > 200, "the new connection")
+        for sender in [*senders, late]:
+            sender.stop_flag.set()
+            sender.join(timeout=30)
+        untouched = [*held[survivor], late]
+        total = sum(s.next - 1 for s in untouched)
+        wait_for(
+            lambda: (
+                sum(1 for agent, _ in archived(tmp_path) if agent in {s.agent for s in untouched})
+                >= total
+            ),
+            "every record of the untouched connections",
+        )
+        assert process.poll() is None  # the daemon never stopped
+        assert stop(process) == 0
+    finally:
+        if process.poll() is None:  # pragma: no cover
+            process.kill()
+            process.wait()
+        for sender in senders:
+            sender.stop_flag.set()
+    events = archived(tmp_path)
+    doubled = [key for key, count in Counter(events).items() if count > 1]
+    assert not doubled, f"{len(doubled)} records archived twice, e.g. {doubled[:3]}"
+    for sender in [*held[survivor], late]:
+        sequences = [sequence for agent, sequence in events if agent == sender.agent]
+        assert sequences == list(range(1, sender.next)), sender.agent
+    for sender in held[victim]:  # what the killed worker had handed on: a prefix, in order
+        sequences = [sequence for agent, sequence in events if agent == sender.agent]
+        assert sequences == list(range(1, len(sequences) + 1)), sender.agent
+    exits = [e for e in log_entries(tmp_path) if e.get("event") == "ingest_worker_exited"]
+    assert [(e["worker"], e["reason"]) for e in exits] == [(victim_index, "killed by SIGKILL")]
+    (complete,) = [e for e in log_entries(tmp_path) if e.get("event") == "shutdown_complete"]
+    assert complete["metrics"]["source"]["agents"]["connections_accepted"] == len(senders) + 1
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return orjson.dumps(record) + b"\n"
+
+
+def _phases() -> list[list[bytes]]:
+    """What each connection sends, one connection after the other: three agents chained and
+    moving between connections, with every chain status, alerts, a dropped duplicate, records
+    that are not chained and a line that is not JSON; each phase ends with a marker record."""
+    a1, a2, a3 = chain(14, "a1"), chain(6, "a2"), chain(9, "a3")
+    forked = rehash({**a1[7], "effect": "forged"})  # sequence 8 again, another hash: a fork
+    broken = rehash({**a2[3], "prevHash": "sha256:" + "0" * 64})  # a late one that links wrong
+    edited = {**a1[10], "effect": "tampered"}  # sequence 11, not rehashed: bad_hash
+    phases = [
+        [*a1[:5], *a2[:3]],  # genesis, ok
+        [*a1[5:8], a1[9], a2[2], a2[4]],  # moved connection: ok; gap; duplicate (dropped); gap
+        [a1[8], broken, edited, *a3[6:], forked],  # late; broken_link; bad_hash; adopted; fork
+        [{"agentId": "a4", "sequence": 1}, *a1[11:], a2[5]],  # unchained; ok after bad_hash
+    ]
+    out = [[_line(record) for record in phase] for phase in phases]
+    out[3].insert(1, b"{not json\n")  # malformed
+    for n, lines in enumerate(out):
+        lines.append(_line({"marker": n}))
+    return out
+
+
+def _comparable(value: Any) -> Any:
+    """An archived envelope without what differs between runs (ids, times, peers' ports)."""
+    if isinstance(value, dict):
+        return {
+            key: _comparable(item)
+            for key, item in value.items()
+            if key not in {"id", "received_at", "event_received_at", "peer"}
+        }
+    if isinstance(value, list):
+        return [_comparable(item) for item in value]
+    return value
+
+
+def _archived(root: Path, text: bytes) -> bool:
+    """Whether a line of the archive under ``root`` holds ``text``."""
+    return any(text in line for line in archive_lines(root / "archive"))
+
+
+async def _archive_of(root: Path, phases: list[list[bytes]], runtime: dict[str, Any]) -> list[Any]:
+    """Send ``phases`` to a daemon with ``runtime``, each phase once the one before it is
+    archived (its marker), and read the archive back."""
+    raw = file_sink_config(root)
+    raw["runtime"] = runtime
+    topology = Topology(parse_config(raw))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(topology.run)
+        for n, lines in enumerate(phases):
+            await send(bound["agents"][0], b"".join(lines))
+            await wait_until(partial(_archived, root, b'{"marker":%d}' % n))
+        topology.stop()
+    return [_comparable(orjson.loads(line)) for line in archive_lines(root / "archive")]
+
+
+async def test_one_process_and_workers_archive_the_same(tmp_path: Path) -> None:
+    """The same connections, with every chain status and agents moving between connections,
+    give the same archive with the sources in the daemon's process and in two ingest workers:
+    the same events and verdicts, the same alerts, in the same order."""
+    phases = _phases()
+    one = await _archive_of(tmp_path / "one", phases, {"workers": 0})
+    spread = await _archive_of(
+        tmp_path / "workers", phases, {"workers": WORKERS, "sink_processes": True}
+    )
+    assert spread == one
+    statuses = Counter(event["chain"]["status"] for event in one if "chain" in event)
+    expected = {"genesis", "ok", "gap", "late", "broken_link", "bad_hash", "adopted", "fork"}
+    assert expected <= set(statuses), statuses
+    assert any("malformed" in event for event in one)
+    assert sum(1 for event in one if event["source"]["kind"] == "alert") >= 6
+    a2 = [e["record"]["sequence"] for e in one if "chain" in e and e["agent"] == "a2"]
+    duplicates = [sequence for sequence in a2 if sequence == 3]
+    assert len(duplicates) == 1  # the repeated record was dropped as a duplicate
