@@ -282,6 +282,8 @@ class Topology:
         sources = {source.id: source for source in self.sources}
         for index in range(self.config.runtime.workers):
             spec = ingest_spec_of(self.config, index, bound, self.sources)
+            if not spec.sockets:
+                break  # only datagram sources: worker 0 serves them all
             worker = IngestWorker(spec, self._worker_send.clone(), self.budget, sources)
             worker.register_metrics(self.registry)
             self.workers.append(worker)

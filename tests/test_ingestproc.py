@@ -262,3 +262,25 @@ async def test_one_process_and_workers_archive_the_same(tmp_path: Path) -> None:
     a2 = [e["record"]["sequence"] for e in one if "chain" in e and e["agent"] == "a2"]
     duplicates = [sequence for sequence in a2 if sequence == 3]
     assert len(duplicates) == 1  # the repeated record was dropped as a duplicate
+
+
+async def test_datagram_sources_live_in_one_worker(tmp_path: Path) -> None:
+    """A UDP source is served by worker 0 alone (its socket's kernel counters are its own): with
+    two workers asked for and only a datagram source, one worker starts, serves, and is never
+    restarted for having nothing to serve."""
+    raw = file_sink_config(tmp_path)
+    raw["sources"] = {"udp": {"type": "syslog", "mode": "udp", "address": "127.0.0.1:0"}}
+    raw["runtime"] = {"workers": WORKERS}
+    topology = Topology(parse_config(raw))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(topology.run)
+        (address,) = bound["udp"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"<13>1 - host app - - - hello", (address.host, address.port))
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 1)
+        topology.stop()
+    assert [worker.index for worker in topology.workers] == [0]
+    assert topology.workers[0].restarts == 0
+    (event,) = (orjson.loads(line) for line in archive_lines(tmp_path / "archive"))
+    assert event["record"]["msg"] == "hello"
+    assert topology.sources[0].counters["datagrams"] == 1

@@ -211,6 +211,7 @@ def client_certificate(tls_files: TlsFiles) -> str:
 
 
 @pytest.mark.parametrize("driver", ["gtls", "ossl"])
+@pytest.mark.usefixtures("processes")
 async def test_rsyslog_forwards_over_mutual_tls(
     tmp_path: Path, logs: LogCapture, tls_files: TlsFiles, tls_driver: str
 ) -> None:
@@ -343,6 +344,7 @@ def assert_loggen_header(event: dict[str, Any]) -> None:
     ],
     ids=["tcp", "tcp-rfc5424-octet", "tls", "tls-rfc5424-octet", "udp", "udp-rfc5424-octet"],
 )
+@pytest.mark.usefixtures("processes")
 async def test_loggen_messages_all_arrive(
     tmp_path: Path,
     logs: LogCapture,
@@ -374,6 +376,7 @@ async def test_loggen_bsd_header_is_parsed(
         assert_loggen_header(event)
 
 
+@pytest.mark.usefixtures("processes")
 async def test_loggen_udp_burst_is_not_dropped_while_the_wal_has_room(
     tmp_path: Path, logs: LogCapture, loggen: Loggen
 ) -> None:

@@ -231,6 +231,7 @@ async def test_stream_socket_reports_a_stale_file_it_may_not_remove(sock_path: P
     ],
     ids=["datagram", "stream-lf", "stream-octet-count-rfc5424"],
 )
+@pytest.mark.usefixtures("processes")
 async def test_logger_messages_reach_the_archive_over_a_unix_socket(
     tmp_path: Path, logs: LogCapture, socket_type: str, flags: list[str]
 ) -> None:
