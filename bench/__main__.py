@@ -27,6 +27,19 @@ receivers counted every event too. ``--sinks both`` makes a run with the file si
 with all sinks per transport and round, in turns (ABBA over rounds), so the two are measured
 under the same load in one run.
 
+The daemon may be several processes (``[runtime] sink_processes``, ingest workers): its CPU and
+memory are those of its whole process tree (:class:`ProcessTree`: its session and descendants,
+with the children it reaped), CPU over the timed window, resident memory summed and sampled at
+every archive poll. ``--runtime KEY=VALUE[,...]`` (repeatable; ``default`` for none) writes
+variants of the ``[runtime]`` table, each a row, in turns; a daemon that refuses its config
+stops the bench with the daemon's error.
+
+Latency: after each full-speed run, a fresh daemon gets the same records paced at ``--paced``
+(default half) of the events/s that run reached (:class:`bench.loadgen.Pacing`). The archive is
+followed while the records arrive and each line stamped when first seen (``ArchiveCounter``);
+ingest-to-archive latency is that stamp minus the envelope's ``received_at``, send-to-archive
+that stamp minus when the record was due to be sent (:func:`measure_latency`).
+
 MB/s are input bytes (what was sent: the records with their newline, or the framed syslog
 messages), in 10^6 bytes.
 """
@@ -518,6 +531,8 @@ class ProcessTree:
 
     def __init__(self, root: int) -> None:
         self.root = root
+        stat = read_stat(root)
+        self._root_started = None if stat is None else stat.started
         self.peak_rss_bytes = 0
         self.peak_processes = 0
         self.seen: set[tuple[int, int]] = set()
@@ -533,9 +548,14 @@ class ProcessTree:
                 stat = read_stat(int(entry.name))
                 if stat is not None:
                     stats[stat.pid] = stat
+        # A session's id stays allocated while any member lives, so it cannot name another
+        # process's session; the root's PID can be reused once it has been reaped.
         members = {pid: stat for pid, stat in stats.items() if stat.session == self.root}
-        if self.root in stats:
-            members[self.root] = stats[self.root]
+        root = stats.get(self.root)
+        if root is not None and root.started == self._root_started:
+            members[self.root] = root
+        else:
+            members.pop(self.root, None)
         grew = True
         while grew:
             grew = False
@@ -1057,6 +1077,8 @@ class EndToEnd:
     processes_seen: int = 0
     """Processes of the tree seen while timed (more than ``tree_processes``: some restarted)."""
     latency: Latency | None = None
+    bench_cpu_seconds: float | None = None
+    """CPU of the bench's own process (load generator, archive follower) while timed."""
     delivered_seconds: float | None = None
     """With all sinks: first connection attempt until every receiver counted every event."""
     delivered_cpu_seconds: float | None = None
@@ -1166,6 +1188,21 @@ async def wait_for_receivers(
         await trio.sleep(POLL_SECONDS)
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, or of each different exception in it if it is a group
+    (trio's nurseries wrap what their tasks raise), with how many times it occurred."""
+
+    def leaves(exc: BaseException) -> Iterator[str]:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                yield from leaves(inner)
+        else:
+            yield f"{type(exc).__name__}: {exc}"
+
+    counted = Counter(leaves(exc))
+    return "; ".join(text + (f" (x{n})" if n > 1 else "") for text, n in counted.items())
+
+
 @dataclass(frozen=True)
 class Load:
     """What the load generator sends, prepared once and not timed: the records (``lines``), each
@@ -1263,6 +1300,7 @@ def _run_end_to_end(
                     )
                     finished.append(time.perf_counter())
                     cpu.append(daemon.cpu_seconds())
+                    result.bench_cpu_seconds = time.process_time() - bench_cpu
                     archived.set()
 
                 async def hold() -> None:
@@ -1283,6 +1321,7 @@ def _run_end_to_end(
 
             receivers_cpu = sum(receiver.cpu_seconds() for receiver in receivers)
             cpu.append(daemon.cpu_seconds())
+            bench_cpu = time.process_time()
             start = time.perf_counter()
             result.load = trio.run(_interruptible, drive)
             if result.archived_before_stop < len(lines):
@@ -1319,7 +1358,7 @@ def _run_end_to_end(
         except BenchError as exc:
             result.error = str(exc)
         except Exception as exc:  # a broken connection, typically: report it, keep going
-            result.error = f"{type(exc).__name__}: {exc}"
+            result.error = _describe(exc)
         finally:
             if daemon.alive():
                 result.peak_rss_bytes = daemon.peak_rss_bytes()
@@ -1549,6 +1588,11 @@ def report(
                 f"  daemon's process tree CPU while timed: {run.timed_cpu_seconds:.2f} s, "
                 f"{run.timed_cpu_seconds / run.events * 1e6:.1f} us/event, "
                 f"{run.timed_cpu_seconds / run.seconds:.2f} cores busy on average"
+                + (
+                    f"; the bench's own process {run.bench_cpu_seconds / run.seconds:.2f} cores"
+                    if run.bench_cpu_seconds is not None
+                    else ""
+                )
             )
         if run.latency is not None:
             latency = run.latency
