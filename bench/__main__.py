@@ -1443,12 +1443,18 @@ def _row(
     run: EndToEnd | None = None,
 ) -> str:
     """One line of the table; ``run``: the end-to-end run the row shows (its cores busy, peak
-    RSS of the process tree and ingest-to-archive latency), None for a limit."""
+    RSS of the process tree and ingest-to-archive latency), None for a limit. A paced run has
+    no ratio: its rate was chosen, not reached."""
     cells: list[str] = []
     timed = seconds is not None and seconds > 0
     if seconds is not None and timed:
         rate = events / seconds
-        cells += [f"{rate:,.0f}", f"{input_bytes / seconds / 1e6:.1f}", f"{rate / base:.2f}"]
+        paced = run is not None and run.paced_rate is not None
+        cells += [
+            f"{rate:,.0f}",
+            f"{input_bytes / seconds / 1e6:.1f}",
+            "-" if paced else f"{rate / base:.2f}",
+        ]
     else:
         cells += ["-", "-", "-"]
     cells.append(f"{cpu_seconds / events * 1e6:.1f}" if cpu_seconds else "-")

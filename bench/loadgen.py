@@ -72,7 +72,7 @@ CHUNK_BYTES = 256 * 1024
 CLOSE_TIMEOUT = 10.0
 """Seconds to wait for the server to close after our EOF before closing anyway."""
 
-PACE_TICK = 0.002
+PACE_TICK = 0.005
 """Paced sending: the shortest time between two sends on one connection."""
 
 
