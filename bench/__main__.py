@@ -27,6 +27,19 @@ receivers counted every event too. ``--sinks both`` makes a run with the file si
 with all sinks per transport and round, in turns (ABBA over rounds), so the two are measured
 under the same load in one run.
 
+The daemon may be several processes (``[runtime] sink_processes``, ingest workers): its CPU and
+memory are those of its whole process tree (:class:`ProcessTree`: its session and descendants,
+with the children it reaped), CPU over the timed window, resident memory summed and sampled at
+every archive poll. ``--runtime KEY=VALUE[,...]`` (repeatable; ``default`` for none) writes
+variants of the ``[runtime]`` table, each a row, in turns; a daemon that refuses its config
+stops the bench with the daemon's error.
+
+Latency: after each full-speed run, a fresh daemon gets the same records paced at ``--paced``
+(default half) of the events/s that run reached (:class:`bench.loadgen.Pacing`). The archive is
+followed while the records arrive and each line stamped when first seen (``ArchiveCounter``);
+ingest-to-archive latency is that stamp minus the envelope's ``received_at``, send-to-archive
+that stamp minus when the record was due to be sent (:func:`measure_latency`).
+
 MB/s are input bytes (what was sent: the records with their newline, or the framed syslog
 messages), in 10^6 bytes.
 """
@@ -35,10 +48,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import contextlib
 import hashlib
+import math
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -47,11 +63,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -60,7 +76,15 @@ import trio
 import trustme
 
 from bench.events import generate_lines, octet_counted, syslog_messages
-from bench.loadgen import PROTOCOLS, LoadResult, client_ssl_context, payloads, send_payloads
+from bench.loadgen import (
+    PROTOCOLS,
+    LoadResult,
+    Pacing,
+    client_ssl_context,
+    framed_groups,
+    partition_groups,
+    send_payloads,
+)
 from bench.receivers import Receiver
 from bench.syslog import RFC5424_LIMIT
 from shipper.codecs.syslog import FACILITIES, SEVERITIES
@@ -78,6 +102,11 @@ KILL_MARGIN = 15.0
 
 class BenchError(Exception):
     """The daemon could not be started or driven; the message says why."""
+
+
+class DaemonRefused(BenchError):
+    """The daemon exited before it was ready (its config refused, say): every run with the same
+    config would fail alike, so the bench stops."""
 
 
 # --------------------------------------------------------------------------------------- limit
@@ -324,6 +353,37 @@ def _toml_string(value: str | Path) -> str:
     return orjson.dumps(str(value)).decode()
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """A ``--runtime`` variant: ``[runtime]`` keys and their values as TOML text, in order."""
+
+    settings: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str) -> Runtime:
+        """``default`` (no ``[runtime]`` keys) or ``KEY=VALUE[,KEY=VALUE...]``. A VALUE that is a
+        TOML value (``true``, ``2``, ``"x"``) is written as it is, anything else as a string."""
+        if spec.strip() == "default":
+            return cls()
+        settings = []
+        for item in spec.split(","):
+            key, equals, value = (part.strip() for part in item.partition("="))
+            if not equals or not _BARE_KEY.fullmatch(key) or not value:
+                raise ValueError(f"not KEY=VALUE: {item!r}")
+            try:
+                tomllib.loads(f"v = {value}")
+            except tomllib.TOMLDecodeError:
+                value = _toml_string(value)
+            settings.append((key, value))
+        return cls(tuple(settings))
+
+    def __str__(self) -> str:
+        return ",".join(f"{key}={value}" for key, value in self.settings) or "default"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def write_config(
     run_dir: Path,
     port: int,
@@ -331,17 +391,23 @@ def write_config(
     log_level: str,
     protocol: str = "json",
     forward_to: Forwarding | None = None,
+    runtime: Runtime = Runtime(),
 ) -> tuple[Path, Path]:
     """Write ``shipper.toml`` into ``run_dir``; return (config path, archive directory).
 
     The source is ``json_tls`` for ``protocol`` ``json``, else ``syslog`` in mode ``tcp`` or
     ``tls``. With ``forward_to``, a ``cef_syslog`` sink (TCP, octet counting) and a signed
-    ``webhook`` sink (default batching) besides the file sink."""
+    ``webhook`` sink (default batching) besides the file sink. ``runtime``: the ``[runtime]``
+    table (none if it has no keys)."""
     archive = run_dir / "archive"
     lines = [
         f"data_dir = {_toml_string(run_dir / 'var')}",
         f'shutdown_timeout = "{SHUTDOWN_TIMEOUT:.0f}s"',
         "",
+    ]
+    if runtime.settings:
+        lines += ["[runtime]", *(f"{key} = {value}" for key, value in runtime.settings), ""]
+    lines += [
         "[log]",
         f"level = {_toml_string(log_level)}",
         "",
@@ -409,37 +475,120 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _tree_cpu(root: int) -> float | None:
-    """User + system CPU seconds of process ``root`` and its live descendants (Linux /proc).
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
-    Each process's own figure includes its threads and its children that it has waited for.
-    """
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    ticks = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after "(comm)": state ppid ... utime(14) stime(15) cutime(16) cstime(17).
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        cpu[pid] = sum(int(value) for value in fields[11:15]) / ticks
-    if root not in cpu:
+
+@dataclass(frozen=True)
+class ProcStat:
+    """What ``/proc/PID/stat`` says of one process."""
+
+    pid: int
+    state: str
+    """``R``, ``S``, ``D``, ``Z`` (a zombie: exited, not yet reaped) and so on."""
+    parent: int
+    session: int
+    cpu_seconds: float
+    """User + system CPU of the process (all its threads) and of its children it has waited
+    for (so a child that exited and was reaped still counts, in its parent's figure)."""
+    rss_bytes: int
+    started: int
+    """Start time in clock ticks after boot: with ``pid``, names the process across PID reuse."""
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """``/proc/PID/stat`` of ``pid``; None if there is no such process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
         return None
-    tree = {root}
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in tree and pid not in tree:
-                tree.add(pid)
-                grew = True
-    return sum(cpu[pid] for pid in tree)
+    # After "(comm)": state ppid pgrp session ... utime(14) stime(15) cutime(16) cstime(17) ...
+    # starttime(22) vsize(23) rss(24), counted from 1 as in proc(5).
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return ProcStat(
+        pid=pid,
+        state=fields[0].decode(),
+        parent=int(fields[1]),
+        session=int(fields[3]),
+        cpu_seconds=sum(int(value) for value in fields[11:15]) / _TICKS,
+        rss_bytes=int(fields[21]) * _PAGE,
+        started=int(fields[19]),
+    )
+
+
+class ProcessTree:
+    """The daemon's processes: ``root`` and every process descended from it or in its session.
+
+    The daemon is started as a session leader, so its children, theirs, and any of them that
+    outlived their parent stay in its session; descent by parent PID catches a child that
+    started a session of its own. ``scan`` reads all of /proc (a few ms); ``sample`` rereads the
+    known members every call and scans again every ``RESCAN_SECONDS``, tracking the peak of the
+    members' summed resident set sizes (``peak_rss_bytes``).
+    """
+
+    RESCAN_SECONDS = 1.0
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        stat = read_stat(root)
+        self._root_started = None if stat is None else stat.started
+        self.peak_rss_bytes = 0
+        self.peak_processes = 0
+        self.seen: set[tuple[int, int]] = set()
+        """Every member seen by a scan or sample, as (pid, start time): restarts add to it."""
+        self._members: dict[int, int] = {}  # pid -> start time, from the last scan
+        self._scanned = -float("inf")
+
+    def scan(self) -> dict[int, ProcStat]:
+        """Every member now (none once the root and all its session are gone)."""
+        stats: dict[int, ProcStat] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                stat = read_stat(int(entry.name))
+                if stat is not None:
+                    stats[stat.pid] = stat
+        # A session's id stays allocated while any member lives, so it cannot name another
+        # process's session; the root's PID can be reused once it has been reaped.
+        members = {pid: stat for pid, stat in stats.items() if stat.session == self.root}
+        root = stats.get(self.root)
+        if root is not None and root.started == self._root_started:
+            members[self.root] = root
+        else:
+            members.pop(self.root, None)
+        grew = True
+        while grew:
+            grew = False
+            for pid, stat in stats.items():
+                if stat.parent in members and pid not in members:
+                    members[pid] = stat
+                    grew = True
+        self._members = {pid: stat.started for pid, stat in members.items()}
+        self._scanned = time.perf_counter()
+        self.seen.update((pid, stat.started) for pid, stat in members.items())
+        return members
+
+    def cpu_seconds(self) -> float | None:
+        """CPU of the members so far (each with its reaped children); None if the root is gone."""
+        members = self.scan()
+        if self.root not in members:
+            return None
+        return sum(stat.cpu_seconds for stat in members.values())
+
+    def sample(self) -> None:
+        """Add the members' resident set sizes up now and keep the peak."""
+        if time.perf_counter() - self._scanned >= self.RESCAN_SECONDS:
+            stats = list(self.scan().values())
+        else:
+            stats = []
+            for pid, started in self._members.items():
+                stat = read_stat(pid)
+                if stat is not None and stat.started == started:
+                    stats.append(stat)
+        total = sum(stat.rss_bytes for stat in stats)
+        if total > self.peak_rss_bytes:
+            self.peak_rss_bytes = total
+            self.peak_processes = len(stats)
 
 
 @dataclass(frozen=True)
@@ -449,13 +598,19 @@ class StopResult:
     killed: bool
     cpu_seconds: float
     """User + system CPU of the daemon (and its waited-for children) over its whole life."""
+    left_behind: list[str] = field(default_factory=list)
+    """Processes of the daemon's still running after it exited (then killed by the bench)."""
 
 
 class Daemon:
     """``shipper run -c CONFIG`` as a child process; stderr and stdout go to ``log_path``.
 
-    As a context manager it guarantees the process is gone on exit (SIGTERM, then SIGKILL).
+    As a context manager it guarantees the process is gone on exit (SIGTERM, then SIGKILL), and
+    every process of its tree too (:meth:`stop`).
     """
+
+    LEFTOVER_GRACE = 5.0
+    """Seconds the daemon's other processes get to end after it exited before they are killed."""
 
     def __init__(self, executable: Path, config: Path, log_path: Path) -> None:
         self._argv = [str(executable.absolute()), "run", "-c", str(config.absolute())]
@@ -463,6 +618,8 @@ class Daemon:
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
         self._cpu_before = 0.0
+        self.tree: ProcessTree | None = None
+        """Its process tree, once started."""
 
     def __enter__(self) -> Daemon:
         return self
@@ -487,16 +644,18 @@ class Daemon:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                # Not in our process group: Ctrl-C reaches only us, and we stop it our way.
+                # Not in our process group: Ctrl-C reaches only us, and we stop it our way. In a
+                # session of its own, which its processes share (ProcessTree).
                 start_new_session=True,
             )
+        self.tree = ProcessTree(self._process.pid)
         deadline = start + ready_timeout
         while True:
             if any(entry.get("event") == "shipper_ready" for entry in self.log_entries()):
                 return time.perf_counter() - start
             code = self._process.poll()
             if code is not None:
-                raise BenchError(f"shipper exited with {code} before ready:\n{self.log_tail()}")
+                raise DaemonRefused(f"shipper exited with {code} before ready: {self.failure()}")
             if time.perf_counter() > deadline:
                 raise BenchError(f"shipper not ready after {ready_timeout} s:\n{self.log_tail()}")
             time.sleep(POLL_SECONDS)
@@ -506,13 +665,26 @@ class Daemon:
         return self._process is not None
 
     def cpu_seconds(self) -> float | None:
-        """CPU used so far by the daemon and its live descendants; None where /proc is missing."""
-        if self._process is None or self._process.poll() is not None:
+        """CPU used so far by the daemon's process tree; None where /proc is missing."""
+        if self._process is None or self.tree is None or self._process.poll() is not None:
             return None
-        return _tree_cpu(self._process.pid)
+        return self.tree.cpu_seconds()
+
+    def failure(self) -> str:
+        """Why the daemon failed, from its ``shipper_failed`` log entry (else its log's tail)."""
+        for entry in self.log_entries():
+            if entry.get("event") == "shipper_failed":
+                problems = entry.get("problems")
+                listed = (
+                    "; ".join(str(problem) for problem in problems)
+                    if isinstance(problems, list)
+                    else ""
+                )
+                return f"{entry.get('error')}" + (f": {listed}" if listed else "")
+        return "\n" + self.log_tail()
 
     def peak_rss_bytes(self) -> int | None:
-        """The daemon process's peak resident set size (VmHWM); None where /proc is missing."""
+        """The main process's peak resident set size (VmHWM); None where /proc is missing."""
         if self._process is None:
             return None
         try:
@@ -541,12 +713,41 @@ class Daemon:
                 killed = True
                 self._process.kill()
                 self._process.wait()
+        seconds = time.perf_counter() - start
         return StopResult(
             exit_code=self._process.returncode,
-            seconds=time.perf_counter() - start,
+            seconds=seconds,
             killed=killed,
             cpu_seconds=_children_cpu() - self._cpu_before,
+            left_behind=self._end_leftovers(),
         )
+
+    def _end_leftovers(self) -> list[str]:
+        """Once the daemon has exited: wait ``LEFTOVER_GRACE`` for the rest of its tree to end,
+        then SIGKILL what is left, each by its PID (checked against its start time)."""
+        if self.tree is None:
+            return []
+
+        def running() -> dict[int, ProcStat]:
+            assert self.tree is not None
+            return {pid: stat for pid, stat in self.tree.scan().items() if stat.state != "Z"}
+
+        deadline = time.perf_counter() + self.LEFTOVER_GRACE
+        while (members := running()) and time.perf_counter() < deadline:
+            time.sleep(POLL_SECONDS)
+        left = []
+        for pid, stat in members.items():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+            except OSError:
+                continue
+            now = read_stat(pid)
+            if now is None or now.started != stat.started:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            left.append(f"{pid} ({command.decode(errors='replace')})")
+        return left
 
     def log_entries(self) -> list[dict[str, object]]:
         """The daemon's log so far; lines that are not JSON objects come back as ``{"raw": ...}``."""
@@ -582,12 +783,17 @@ class Daemon:
 class ArchiveCounter:
     """Counts lines in ``DIR/*.jsonl`` incrementally (reads only what was appended since last time).
 
-    Files are tracked by inode, so a renamed file is not counted twice.
+    Files are tracked by inode, so a renamed file is not counted twice. Each time a file's count
+    grows, the new count is stamped with the wall clock (``time.time()``) taken after the read:
+    line ``i`` of a file had appeared (its newline was written) by the first stamp whose count
+    exceeds ``i`` (:meth:`appeared`).
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._seen: dict[tuple[int, int], tuple[int, int]] = {}  # (dev, ino) -> (offset, lines)
+        self._stamps: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
+        self._paths: dict[tuple[int, int], Path] = {}
 
     def count(self) -> int:
         if self.directory.is_dir():
@@ -603,22 +809,44 @@ class ArchiveCounter:
             offset, lines = self._seen.get(key, (0, 0))
             if stat.st_size <= offset:
                 return
+            before = lines
             file.seek(offset)
             while chunk := file.read(4 << 20):
                 lines += chunk.count(b"\n")
                 offset += len(chunk)
             self._seen[key] = (offset, lines)
+            self._paths[key] = path
+            if lines > before:
+                counts, stamps = self._stamps.setdefault(key, ([], []))
+                counts.append(lines)
+                stamps.append(time.time())
+
+    def appeared(self) -> Iterator[tuple[Path, Callable[[int], float | None]]]:
+        """Each file counted, with a function from a line's index to when it had appeared (None:
+        not counted yet)."""
+        for key, (counts, stamps) in self._stamps.items():
+
+            def stamp(
+                index: int, counts: list[int] = counts, stamps: list[float] = stamps
+            ) -> float | None:
+                at = bisect.bisect_right(counts, index)
+                return stamps[at] if at < len(stamps) else None
+
+            yield self._paths[key], stamp
 
 
 async def wait_for_archive(
     counter: ArchiveCounter, expected: int, daemon: Daemon, stall_timeout: float
 ) -> int:
-    """Poll until the archive holds ``expected`` lines, stops growing, or the daemon dies."""
+    """Poll until the archive holds ``expected`` lines, stops growing, or the daemon dies;
+    sample the daemon's process tree meanwhile."""
     last = -1
     changed = time.perf_counter()
     while True:
         count = counter.count()
         now = time.perf_counter()
+        if daemon.tree is not None:
+            daemon.tree.sample()
         if count >= expected or not daemon.alive():
             return count
         if count != last:
@@ -729,6 +957,88 @@ def verify_archive(directory: Path, sent: Sequence[bytes]) -> Verification:
     return result
 
 
+@dataclass(frozen=True)
+class Percentiles:
+    """Milliseconds at the 50th and 99th percentile (nearest rank) and the largest."""
+
+    p50: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Percentiles | None:
+        if not seconds:
+            return None
+        seconds.sort()
+
+        def rank(fraction: float) -> float:
+            return seconds[max(0, math.ceil(fraction * len(seconds)) - 1)] * 1e3
+
+        return cls(rank(0.50), rank(0.99), seconds[-1] * 1e3)
+
+    def __str__(self) -> str:
+        return f"p50 {self.p50:.0f} ms, p99 {self.p99:.0f} ms, max {self.max:.0f} ms"
+
+
+@dataclass(frozen=True)
+class Latency:
+    """How long the records took to reach the archive, over ``events`` archived records."""
+
+    events: int
+    ingest: Percentiles | None
+    """From the envelope's ``received_at`` (stamped by the daemon when it decoded the record)
+    to when the bench saw the record's line in the archive."""
+    send: Percentiles | None = None
+    """Paced runs: from when the load generator was due to send the record to when the bench saw
+    its line in the archive."""
+
+
+def _epoch_seconds(timestamp: object) -> float | None:
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
+
+
+def measure_latency(
+    counter: ArchiveCounter, due: Callable[[object, object], float | None] | None = None
+) -> Latency:
+    """Latencies of the records the counter saw appear (chain alerts and malformed events are left
+    out): ``received_at`` to appearance, and with ``due`` (agent, sequence to a wall-clock due
+    time) from then to appearance. A record archived twice counts once, at its first line."""
+    ingest: list[float] = []
+    send: list[float] = []
+    seen: set[tuple[object, object]] = set()
+    for path, appeared in counter.appeared():
+        with path.open("rb") as file:
+            for index, line in enumerate(file):
+                if not line.endswith(b"\n"):
+                    break  # written after the last poll: not stamped
+                try:
+                    envelope = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                record = envelope.get("record") if isinstance(envelope, dict) else None
+                if not isinstance(record, dict) or record.get("action") == "shipper.chain_alert":
+                    continue
+                key = (record.get("agentId"), record.get("sequence"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                at = appeared(index)
+                if at is None:
+                    break
+                received = _epoch_seconds(envelope.get("received_at"))
+                if received is not None:
+                    ingest.append(at - received)
+                sent = due(*key) if due is not None else None
+                if sent is not None:
+                    send.append(at - sent)
+    return Latency(len(seen), Percentiles.of(ingest), Percentiles.of(send))
+
+
 # --------------------------------------------------------------------------------------- runs
 
 
@@ -749,13 +1059,26 @@ class EndToEnd:
     input_bytes: int
     sinks: str = "file"
     """``file``: the file sink alone; ``all``: with the forwarding sinks too."""
+    runtime: str = "default"
+    """The ``--runtime`` variant: the daemon's ``[runtime]`` keys."""
+    paced_rate: float | None = None
+    """Paced runs: the events/s the load generator sent at; None: as fast as it could."""
     ready_seconds: float = 0.0
     seconds: float | None = None
     """First connection attempt until the archive held every event; None if it never did."""
     timed_cpu_seconds: float | None = None
-    """CPU the daemon used during ``seconds`` (from /proc; None if unavailable)."""
+    """CPU the daemon's process tree used during ``seconds`` (from /proc; None if unavailable)."""
     peak_rss_bytes: int | None = None
-    """The daemon's peak resident memory, read just before SIGTERM."""
+    """The main process's peak resident memory (VmHWM), read just before SIGTERM."""
+    tree_rss_bytes: int | None = None
+    """The peak of the process tree's summed resident memory, sampled while timed."""
+    tree_processes: int = 0
+    """Processes in the tree at that peak."""
+    processes_seen: int = 0
+    """Processes of the tree seen while timed (more than ``tree_processes``: some restarted)."""
+    latency: Latency | None = None
+    bench_cpu_seconds: float | None = None
+    """CPU of the bench's own process (load generator, archive follower) while timed."""
     delivered_seconds: float | None = None
     """With all sinks: first connection attempt until every receiver counted every event."""
     delivered_cpu_seconds: float | None = None
@@ -786,11 +1109,17 @@ class EndToEnd:
             and self.verification is not None
             and self.verification.ok
             and (self.sinks == "file" or self.delivered_seconds is not None)
+            and not self.stop.left_behind
         )
 
     @property
     def label(self) -> str:
-        return self.transport if self.sinks == "file" else f"{self.transport}, all sinks"
+        """The transport, the sinks and the runtime variant (unless default); not the pacing."""
+        return (
+            self.transport
+            + ("" if self.sinks == "file" else ", all sinks")
+            + ("" if self.runtime == "default" else f", {self.runtime}")
+        )
 
 
 def _log_problems(daemon: Daemon) -> list[str]:
@@ -845,6 +1174,8 @@ async def wait_for_receivers(
     while True:
         counts = [receiver.counts()["events"] for receiver in receivers]
         now = time.perf_counter()
+        if daemon.tree is not None:
+            daemon.tree.sample()
         for index, count in enumerate(counts):
             if count >= expected and done_at[index] is None:
                 done_at[index] = now
@@ -857,46 +1188,95 @@ async def wait_for_receivers(
         await trio.sleep(POLL_SECONDS)
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, or of each different exception in it if it is a group
+    (trio's nurseries wrap what their tasks raise), with how many times it occurred."""
+
+    def leaves(exc: BaseException) -> Iterator[str]:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                yield from leaves(inner)
+        else:
+            yield f"{type(exc).__name__}: {exc}"
+
+    counted = Counter(leaves(exc))
+    return "; ".join(text + (f" (x{n})" if n > 1 else "") for text, n in counted.items())
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the load generator sends, prepared once and not timed: the records (``lines``), each
+    connection's frames and payload, and where each record is sent (its connection and index
+    there, by agent and sequence) to pair what is archived with when it was due (paced runs)."""
+
+    lines: Sequence[bytes]
+    groups: list[list[bytes]]
+    payloads: list[bytes]
+    positions: dict[tuple[object, object], tuple[int, int]]
+
+    @classmethod
+    def prepare(cls, lines: Sequence[bytes], connections: int, protocol: str) -> Load:
+        groups = framed_groups(lines, connections, protocol)
+        positions: dict[tuple[object, object], tuple[int, int]] = {}
+        for connection, group in enumerate(partition_groups(lines, connections)):
+            for index, line in enumerate(group):
+                record = orjson.loads(line)
+                positions[(record["agentId"], record["sequence"])] = (connection, index)
+        return cls(lines, groups, [b"".join(group) for group in groups], positions)
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(len(payload) for payload in self.payloads)
+
+
 def run_end_to_end(
     transport: str,
-    lines: Sequence[bytes],
-    payloads: Sequence[bytes],
+    load: Load,
     run_dir: Path,
     options: Options,
     sinks: str = "file",
+    runtime: Runtime = Runtime(),
+    rate: float | None = None,
 ) -> EndToEnd:
     """One daemon start, timed load, stop and archive check, all inside ``run_dir`` (created).
     ``sinks``: ``file`` (the file sink alone) or ``all`` (also ``cef_syslog`` and ``webhook``,
-    each to a receiver of its own, started here)."""
+    each to a receiver of its own, started here). ``runtime``: the daemon's ``[runtime]`` keys.
+    ``rate``: send at this many events/s (else as fast as possible). Raises
+    :class:`DaemonRefused` if the daemon exits before it is ready."""
     with contextlib.ExitStack() as stack:
         receivers: list[Receiver] = []
         if sinks == "all":
             receivers = [stack.enter_context(Receiver(kind)) for kind in ("syslog", "http")]
-        return _run_end_to_end(transport, lines, payloads, run_dir, options, receivers)
+        return _run_end_to_end(transport, load, run_dir, options, receivers, runtime, rate)
 
 
 def _run_end_to_end(
     transport: str,
-    lines: Sequence[bytes],
-    payloads: Sequence[bytes],
+    load: Load,
     run_dir: Path,
     options: Options,
     receivers: Sequence[Receiver],
+    runtime: Runtime,
+    rate: float | None,
 ) -> EndToEnd:
+    lines = load.lines
     run_dir.mkdir()
     tls = write_certs(run_dir) if transport == "tls" else None
     port = free_port()
     forward_to = Forwarding(receivers[0].port, receivers[1].port) if receivers else None
     config, archive = write_config(
-        run_dir, port, tls, options.log_level, options.protocol, forward_to
+        run_dir, port, tls, options.log_level, options.protocol, forward_to, runtime
     )
     result = EndToEnd(
         transport,
         run_dir.name,
         len(lines),
-        sum(len(p) for p in payloads),
+        load.input_bytes,
         sinks="all" if receivers else "file",
+        runtime=str(runtime),
+        paced_rate=rate,
     )
+    pace = None if rate is None else Pacing.of(rate, load.groups)
     counter = ArchiveCounter(archive)
     context = (
         None
@@ -911,27 +1291,39 @@ def _run_end_to_end(
             delivered: list[tuple[float, float | None, float, list[int]]] = []
             done_at: list[float | None] = [None] * len(receivers)
 
-            async def hold() -> None:
-                result.archived_before_stop = await wait_for_archive(
-                    counter, len(lines), daemon, options.stall_timeout
-                )
-                finished.append(time.perf_counter())
-                cpu.append(daemon.cpu_seconds())
-                if receivers and result.archived_before_stop >= len(lines):
-                    counts = await wait_for_receivers(
-                        receivers, len(lines), daemon, options.stall_timeout, done_at
+            async def drive() -> LoadResult:
+                archived = trio.Event()
+
+                async def follow() -> None:
+                    result.archived_before_stop = await wait_for_archive(
+                        counter, len(lines), daemon, options.stall_timeout
                     )
-                    at, daemon_cpu = time.perf_counter(), daemon.cpu_seconds()
-                    receivers_then = sum(receiver.cpu_seconds() for receiver in receivers)
-                    delivered.append((at, daemon_cpu, receivers_then, counts))
+                    finished.append(time.perf_counter())
+                    cpu.append(daemon.cpu_seconds())
+                    result.bench_cpu_seconds = time.process_time() - bench_cpu
+                    archived.set()
+
+                async def hold() -> None:
+                    await archived.wait()
+                    if receivers and result.archived_before_stop >= len(lines):
+                        counts = await wait_for_receivers(
+                            receivers, len(lines), daemon, options.stall_timeout, done_at
+                        )
+                        at, daemon_cpu = time.perf_counter(), daemon.cpu_seconds()
+                        receivers_then = sum(receiver.cpu_seconds() for receiver in receivers)
+                        delivered.append((at, daemon_cpu, receivers_then, counts))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(follow)
+                    return await send_payloads(
+                        "127.0.0.1", port, load.payloads, ssl_context=context, hold=hold, pace=pace
+                    )
 
             receivers_cpu = sum(receiver.cpu_seconds() for receiver in receivers)
             cpu.append(daemon.cpu_seconds())
+            bench_cpu = time.process_time()
             start = time.perf_counter()
-            result.load = trio.run(
-                _interruptible,
-                partial(send_payloads, "127.0.0.1", port, payloads, ssl_context=context, hold=hold),
-            )
+            result.load = trio.run(_interruptible, drive)
             if result.archived_before_stop < len(lines):
                 result.error = (
                     "daemon died during the run"
@@ -961,19 +1353,34 @@ def _run_end_to_end(
                     result.receivers_cpu_seconds = receivers_then - receivers_cpu
                     if cpu[0] is not None and cpu_then is not None:
                         result.delivered_cpu_seconds = cpu_then - cpu[0]
+        except DaemonRefused as exc:
+            raise DaemonRefused(f"{exc} ([runtime] {runtime})") from None
         except BenchError as exc:
             result.error = str(exc)
         except Exception as exc:  # a broken connection, typically: report it, keep going
-            result.error = f"{type(exc).__name__}: {exc}"
+            result.error = _describe(exc)
         finally:
             if daemon.alive():
                 result.peak_rss_bytes = daemon.peak_rss_bytes()
+            if daemon.tree is not None:
+                result.tree_rss_bytes = daemon.tree.peak_rss_bytes or None
+                result.tree_processes = daemon.tree.peak_processes
+                result.processes_seen = len(daemon.tree.seen)
             if daemon.started:
                 result.stop = daemon.stop(SHUTDOWN_TIMEOUT + KILL_MARGIN)
             result.log_problems = _log_problems(daemon)
     result.archived_after_stop = counter.count()
     if archive.is_dir():
         result.verification = verify_archive(archive, lines)
+        paced_from = result.load.paced_from if result.load is not None else None
+
+        def due(agent: object, sequence: object) -> float | None:
+            position = load.positions.get((agent, sequence))
+            if pace is None or paced_from is None or position is None:
+                return None
+            return paced_from + pace.due(*position)
+
+        result.latency = measure_latency(counter, due)
     return result
 
 
@@ -1013,21 +1420,67 @@ def measure_limits(
 # --------------------------------------------------------------------------------------- report
 
 
+COLUMNS = (
+    ("events/s", 10),
+    ("MB/s", 7),
+    ("ratio", 6),
+    ("CPU us/ev", 9),
+    ("cores", 5),
+    ("RSS MiB", 7),
+    ("p50 ms", 7),
+    ("p99 ms", 7),
+)
+
+
 def _row(
     stage: str,
+    width: int,
     events: int,
     input_bytes: int,
     seconds: float | None,
     cpu_seconds: float | None,
     base: float,
+    run: EndToEnd | None = None,
 ) -> str:
-    cpu = f"{cpu_seconds / events * 1e6:>9.1f}" if cpu_seconds else f"{'-':>9}"
-    if seconds is None or seconds <= 0:
-        return f"{stage:<44} {'-':>10} {'-':>7} {'-':>6} {cpu}"
-    rate = events / seconds
-    return (
-        f"{stage:<44} {rate:>10,.0f} {input_bytes / seconds / 1e6:>7.1f} {rate / base:>6.2f} {cpu}"
+    """One line of the table; ``run``: the end-to-end run the row shows (its cores busy, peak
+    RSS of the process tree and ingest-to-archive latency), None for a limit. A paced run has
+    no ratio: its rate was chosen, not reached."""
+    cells: list[str] = []
+    timed = seconds is not None and seconds > 0
+    if seconds is not None and timed:
+        rate = events / seconds
+        paced = run is not None and run.paced_rate is not None
+        cells += [
+            f"{rate:,.0f}",
+            f"{input_bytes / seconds / 1e6:.1f}",
+            "-" if paced else f"{rate / base:.2f}",
+        ]
+    else:
+        cells += ["-", "-", "-"]
+    cells.append(f"{cpu_seconds / events * 1e6:.1f}" if cpu_seconds else "-")
+    if run is not None and seconds is not None and timed and cpu_seconds:
+        cells.append(f"{cpu_seconds / seconds:.2f}")
+    else:
+        cells.append("-")
+    rss = run.tree_rss_bytes if run is not None else None
+    cells.append(f"{rss / 2**20:.0f}" if rss else "-")
+    ingest = run.latency.ingest if run is not None and run.latency is not None else None
+    cells += [f"{ingest.p50:.0f}", f"{ingest.p99:.0f}"] if ingest else ["-", "-"]
+    return f"{stage:<{width}}" + "".join(
+        f" {cell:>{size}}" for cell, (_, size) in zip(cells, COLUMNS, strict=True)
     )
+
+
+def _best(runs: Sequence[EndToEnd], key: Callable[[EndToEnd], float | None]) -> EndToEnd | None:
+    """The run with the least ``key`` among those that have one."""
+    keyed = [(value, index) for index, run in enumerate(runs) if (value := key(run)) is not None]
+    return runs[min(keyed)[1]] if keyed else None
+
+
+def _p99(run: EndToEnd) -> float | None:
+    if run.seconds is None or run.latency is None or run.latency.ingest is None:
+        return None
+    return run.latency.ingest.p99
 
 
 def report(
@@ -1038,64 +1491,80 @@ def report(
     runs: Sequence[EndToEnd],
 ) -> str:
     base = events / limits[0].seconds
-    out = [
-        f"shipper bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}"
-        f", {os.cpu_count()} CPUs",
-        f"{events} events ({input_bytes / events:.0f} B average, {input_bytes / 1e6:.1f} MB), "
-        f"{args.agents} agents, {args.connections} connections, protocol {args.protocol}",
-        "",
-        f"{'stage':<44} {'events/s':>10} {'MB/s':>7} {'ratio':>6} {'CPU us/ev':>9}",
-    ]
     labels = {
         "limit": "python limit, 1 core (parse+envelope+write)"
         if args.protocol == "json"
         else "python limit, 1 core (syslog+parse+env+write)",
         "limit+chain": "  same + chain verification, 1 core",
     }
-    for limit in limits:
-        out.append(
-            _row(labels[limit.name], events, input_bytes, limit.seconds, limit.cpu_seconds, base)
-        )
+    rows: list[tuple[str, float | None, float | None, EndToEnd | None]] = [
+        (labels[limit.name], limit.seconds, limit.cpu_seconds, None) for limit in limits
+    ]
     for label in dict.fromkeys(run.label for run in runs):
-        timed = [run for run in runs if run.label == label and run.seconds]
-        best = min(timed, key=lambda run: run.seconds or 0.0) if timed else None
-        out.append(
-            _row(
+        full = [run for run in runs if run.label == label and run.paced_rate is None]
+        best = _best(full, lambda run: run.seconds)
+        rows.append(
+            (
                 f"end-to-end {label}",
-                events,
-                input_bytes,
                 best.seconds if best else None,
                 best.timed_cpu_seconds if best else None,
-                base,
+                best,
             )
         )
-        timed = [run for run in runs if run.label == label and run.delivered_seconds]
-        if timed:
-            best = min(timed, key=lambda run: run.delivered_seconds or 0.0)
-            out.append(
-                _row(
+        forwarded = _best(full, lambda run: run.delivered_seconds)
+        if forwarded is not None:
+            rows.append(
+                (
                     "  every event forwarded too",
-                    events,
-                    input_bytes,
-                    best.delivered_seconds,
-                    best.delivered_cpu_seconds,
-                    base,
+                    forwarded.delivered_seconds,
+                    forwarded.delivered_cpu_seconds,
+                    None,
                 )
             )
-    out.append("")
-    out.append(
-        "ratio = events/s divided by the python limit's (first row); each row is its best run."
-    )
-    out.append(
-        "CPU us/ev = CPU time per event: of the limit loop (best pass), of the daemon process"
-        " tree while timed (end-to-end)."
-    )
+        paced = [run for run in runs if run.label == label and run.paced_rate is not None]
+        if paced:
+            best = _best(paced, _p99)
+            rows.append(
+                (
+                    f"  paced at {args.paced:.0%} of its events/s",
+                    best.seconds if best else None,
+                    best.timed_cpu_seconds if best else None,
+                    best,
+                )
+            )
+    width = max(44, *(len(row[0]) for row in rows))
+    out = [
+        f"shipper bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}"
+        f", {os.cpu_count()} CPUs",
+        f"{events} events ({input_bytes / events:.0f} B average, {input_bytes / 1e6:.1f} MB), "
+        f"{args.agents} agents, {args.connections} connections, protocol {args.protocol}",
+        "",
+        f"{'stage':<{width}}" + "".join(f" {name:>{size}}" for name, size in COLUMNS),
+    ]
+    for stage, seconds, cpu_seconds, run in rows:
+        out.append(_row(stage, width, events, input_bytes, seconds, cpu_seconds, base, run))
+    out += [
+        "",
+        "ratio = events/s divided by the python limit's (first row). Each full-speed row is its"
+        " best (fastest) run, each paced row its run with the least p99.",
+        "CPU us/ev = CPU time per event: of the limit loop (best pass), of the daemon's whole"
+        " process tree while timed (end-to-end); cores = that CPU time / the row's wall time.",
+        "RSS MiB = the peak of the process tree's summed resident memory, sampled every"
+        f" {POLL_SECONDS * 1e3:.0f} ms while timed.",
+        "p50/p99 ms = ingest-to-archive latency: the envelope's received_at to when the bench saw"
+        " the line in the archive (polled every"
+        f" {POLL_SECONDS * 1e3:.0f} ms); paced rows send at the given fraction of the full-speed"
+        " run's events/s.",
+    ]
     for limit in limits:
         spread = ", ".join(f"{t:.3f}" for t in limit.all_seconds)
         out.append(f"{limit.name}: best of {len(limit.all_seconds)} passes ({spread} s)")
     for run in runs:
         out.append("")
-        out.append(f"[{run.label}, {run.name}] {'ok' if run.ok else 'PROBLEM'}")
+        pacing = "" if run.paced_rate is None else f", paced at {run.paced_rate:,.0f} events/s"
+        out.append(f"[{run.label}, {run.name}{pacing}] {'ok' if run.ok else 'PROBLEM'}")
+        if run.runtime != "default":
+            out.append(f"  [runtime] {run.runtime}")
         if run.error:
             out.append(f"  error: {run.error}")
         if run.ready_seconds:
@@ -1105,6 +1574,11 @@ def report(
                 f"  {run.load.connections} connections up at {run.load.connected_at:.3f} s, "
                 f"all sent at {run.load.sent_at:.3f} s, archive complete at "
                 + (f"{run.seconds:.3f} s" if run.seconds is not None else "never")
+                + (
+                    f" ({run.events / run.seconds:,.0f} events/s)"
+                    if run.seconds is not None
+                    else ""
+                )
             )
             if run.load.broken:
                 out.append(
@@ -1117,9 +1591,21 @@ def report(
         )
         if run.seconds is not None and run.timed_cpu_seconds is not None:
             out.append(
-                f"  daemon CPU while timed: {run.timed_cpu_seconds:.2f} s, "
+                f"  daemon's process tree CPU while timed: {run.timed_cpu_seconds:.2f} s, "
                 f"{run.timed_cpu_seconds / run.events * 1e6:.1f} us/event, "
                 f"{run.timed_cpu_seconds / run.seconds:.2f} cores busy on average"
+                + (
+                    f"; the bench's own process {run.bench_cpu_seconds / run.seconds:.2f} cores"
+                    if run.bench_cpu_seconds is not None
+                    else ""
+                )
+            )
+        if run.latency is not None:
+            latency = run.latency
+            out.append(
+                f"  latency over {latency.events} records: ingest-to-archive "
+                + (str(latency.ingest) if latency.ingest else "-")
+                + (f"; send-to-archive {latency.send}" if latency.send else "")
             )
         if run.forwarded:
             counted = ", ".join(
@@ -1144,8 +1630,18 @@ def report(
                     else ""
                 )
             )
-        if run.peak_rss_bytes is not None:
-            out.append(f"  daemon peak RSS {run.peak_rss_bytes / 2**20:.0f} MiB")
+        if run.tree_rss_bytes is not None or run.peak_rss_bytes is not None:
+            out.append(
+                "  peak RSS: process tree "
+                + (
+                    f"{run.tree_rss_bytes / 2**20:.0f} MiB ({run.tree_processes} processes)"
+                    if run.tree_rss_bytes
+                    else "-"
+                )
+                + ", main process "
+                + (f"{run.peak_rss_bytes / 2**20:.0f} MiB" if run.peak_rss_bytes else "-")
+                + f"; {run.processes_seen} processes seen"
+            )
         if run.stop is not None:
             stop = run.stop
             out.append(
@@ -1153,6 +1649,10 @@ def report(
                 + (" (KILLED: hung on SIGTERM)" if stop.killed else "")
                 + f"; daemon CPU over its whole life {stop.cpu_seconds:.2f} s"
             )
+            if stop.left_behind:
+                out.append(
+                    f"  LEFT BEHIND after the daemon exited, killed: {', '.join(stop.left_behind)}"
+                )
         if run.verification is not None:
             out.append(f"  archive check: {run.verification.summary()}")
         if run.log_problems:
@@ -1190,6 +1690,21 @@ def _parser() -> argparse.ArgumentParser:
         default="file",
         help="file: the file sink alone; all: also cef_syslog and webhook, each to a local "
         "receiver; both: a run of each per transport and round, in turns",
+    )
+    parser.add_argument(
+        "--runtime",
+        action="append",
+        metavar="KEY=VALUE[,KEY=VALUE...]",
+        help="a variant of the daemon's [runtime] table ('default': none); repeat for more "
+        "variants, run in turns; e.g. --runtime default --runtime sink_processes=true",
+    )
+    parser.add_argument(
+        "--paced",
+        type=float,
+        default=0.5,
+        metavar="FRACTION",
+        help="after each full-speed run, one paced at this fraction of its events/s, for the "
+        "latency at that load (0: none)",
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_EVENTS} events unless --events"
@@ -1240,31 +1755,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     transports = ["tcp", "tls"] if args.transport == "both" else [args.transport]
     sink_sets = ["file", "all"] if args.sinks == "both" else [args.sinks]
+    try:
+        runtimes = list(dict.fromkeys(Runtime.parse(spec) for spec in args.runtime or ["default"]))
+    except ValueError as exc:
+        print(f"--runtime: {exc}", file=sys.stderr)
+        return 2
+    if not 0 <= args.paced < 1:
+        print("--paced: a fraction from 0 (no paced runs) to below 1", file=sys.stderr)
+        return 2
+    variants = [(runtime, sinks) for runtime in runtimes for sinks in sink_sets]
     options = Options(executable, args.log_level, args.stall_timeout, args.protocol)
     signal.signal(signal.SIGTERM, _interrupt)  # clean up on SIGTERM as on Ctrl-C
     work = Path(tempfile.mkdtemp(prefix="shipper-bench-", dir=args.tmp_dir))
     try:
         print(f"generating {events} events for {args.agents} agents...", file=sys.stderr)
         lines = generate_lines(events, args.agents, args.seed)
-        per_connection = payloads(lines, args.connections, args.protocol)
-        input_bytes = sum(len(payload) for payload in per_connection)
+        load = Load.prepare(lines, args.connections, args.protocol)
+        input_bytes = load.input_bytes
         limit_times: dict[str, list[tuple[float, float]]] = {}
         runs: list[EndToEnd] = []
         for round_ in range(1, args.repeat + 1):
             print(f"round {round_}: measuring the python limit...", file=sys.stderr)
             measure_limits(lines, work, args.limit_repeats, limit_times, args.protocol)
             for transport in transports:
-                for sinks in sink_sets if round_ % 2 else reversed(sink_sets):
+                for runtime, sinks in variants if round_ % 2 else reversed(variants):
+                    number = runtimes.index(runtime) + 1
                     print(
-                        f"round {round_}: end-to-end over {transport}, sinks {sinks}...",
+                        f"round {round_}: end-to-end over {transport}, sinks {sinks}, "
+                        f"runtime {runtime}...",
                         file=sys.stderr,
                     )
-                    run_dir = work / f"{transport}-{sinks}-{round_}"
+                    name = f"{transport}-{sinks}-r{number}-{round_}"
+                    run = run_end_to_end(transport, load, work / name, options, sinks, runtime)
+                    runs.append(run)
+                    if not args.keep:
+                        shutil.rmtree(work / name, ignore_errors=True)
+                    if not args.paced or run.seconds is None:
+                        continue
+                    rate = args.paced * events / run.seconds
+                    print(
+                        f"round {round_}: the same, paced at {rate:,.0f} events/s...",
+                        file=sys.stderr,
+                    )
+                    name += "-paced"
                     runs.append(
-                        run_end_to_end(transport, lines, per_connection, run_dir, options, sinks)
+                        run_end_to_end(transport, load, work / name, options, sinks, runtime, rate)
                     )
                     if not args.keep:
-                        shutil.rmtree(run_dir, ignore_errors=True)
+                        shutil.rmtree(work / name, ignore_errors=True)
         limits = [
             Limit(name, min(w for w, _ in spent), min(c for _, c in spent), [w for w, _ in spent])
             for name, spent in limit_times.items()
@@ -1278,6 +1816,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "agents": args.agents,
                 "connections": args.connections,
                 "protocol": args.protocol,
+                "runtimes": [str(runtime) for runtime in runtimes],
+                "paced": args.paced,
                 "limits": [asdict(limit) for limit in limits],
                 "runs": [asdict(run) for run in runs],
             }

@@ -14,6 +14,14 @@ Library use: prepare the per-connection payloads with :func:`payloads` (not time
 connections are closed; the harness waits there for the archive to fill, so connections stay open
 (as agents' connections do) while the daemon catches up.
 
+Paced sending (``pace``, a :class:`Pacing`): instead of as fast as the kernel takes them, the
+records go out at a fixed total rate, each connection at its share (in proportion to its records,
+so all finish together). Record ``k`` of connection ``c`` is due ``k / rate_c`` seconds after the
+start (:meth:`Pacing.due`); a connection wakes when its next record is due (at most every
+``PACE_TICK`` seconds) and sends every record due by then in one go. The start is returned as a
+wall-clock time (``LoadResult.paced_from``, ``time.time()``), so a record's due time can be
+compared with when it turned up elsewhere.
+
 Every connection also runs a reader that discards whatever the server sends (TLS 1.3 session
 tickets, for one): closing a socket with unread received data makes the kernel send a RST, which may
 discard the tail of what we sent.
@@ -31,6 +39,7 @@ It reports how fast the records were handed to the kernel, not how fast the daem
 from __future__ import annotations
 
 import argparse
+import itertools
 import ssl
 import sys
 import time
@@ -48,7 +57,9 @@ PROTOCOLS = ("json", "syslog")
 __all__ = [
     "PROTOCOLS",
     "LoadResult",
+    "Pacing",
     "client_ssl_context",
+    "framed_groups",
     "partition",
     "payloads",
     "send_lines",
@@ -60,6 +71,36 @@ CHUNK_BYTES = 256 * 1024
 
 CLOSE_TIMEOUT = 10.0
 """Seconds to wait for the server to close after our EOF before closing anyway."""
+
+PACE_TICK = 0.005
+"""Paced sending: the shortest time between two sends on one connection."""
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """Paced sending: ``rate`` events per second in all, over payloads whose records end at the
+    byte offsets ``ends[c]`` (one list per payload, as :func:`framed_groups` gives them)."""
+
+    rate: float
+    ends: Sequence[Sequence[int]]
+
+    @classmethod
+    def of(cls, rate: float, groups: Sequence[Sequence[bytes]]) -> Pacing:
+        """Pacing over the payloads ``b"".join(group)`` of each of ``groups``."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        return cls(
+            rate, [list(itertools.accumulate(len(frame) for frame in group)) for group in groups]
+        )
+
+    def connection_rate(self, connection: int) -> float:
+        """Events per second of payload ``connection``: its share of ``rate``."""
+        total = sum(len(ends) for ends in self.ends)
+        return self.rate * len(self.ends[connection]) / total
+
+    def due(self, connection: int, index: int) -> float:
+        """Seconds after the start at which record ``index`` of payload ``connection`` is due."""
+        return index / self.connection_rate(connection)
 
 
 @dataclass(frozen=True)
@@ -78,6 +119,8 @@ class LoadResult:
     """All connections closed."""
     broken: tuple[str, ...] = ()
     """Why connections broke (the server refused or reset them), one entry per broken one."""
+    paced_from: float | None = None
+    """Paced sending: when the first records were due, wall clock (``time.time()``)."""
 
 
 def client_ssl_context(
@@ -116,21 +159,28 @@ def partition(lines: Sequence[bytes], connections: int) -> list[bytes]:
     return [b"".join(group) for group in partition_groups(lines, connections)]
 
 
-def payloads(lines: Sequence[bytes], connections: int, protocol: str = "json") -> list[bytes]:
-    """One payload per connection, each agent on one connection, in ``protocol``'s framing.
+def framed_groups(
+    lines: Sequence[bytes], connections: int, protocol: str = "json"
+) -> list[list[bytes]]:
+    """Each connection's records in ``protocol``'s framing, in the order they are sent.
 
-    ``json``: the lines as they are (:func:`partition`). ``syslog``: each line (its newline
-    removed) as the MSG of an RFC 5424 message, octet-counted.
+    The connections are :func:`partition_groups`' groups, in that order, and the frames of a group
+    are its lines, in that order. ``json``: the lines as they are. ``syslog``: each line (its
+    newline removed) as the MSG of an RFC 5424 message, octet-counted.
     """
+    groups = partition_groups(lines, connections)
     if protocol == "json":
-        return partition(lines, connections)
+        return groups
     if protocol != "syslog":
         raise ValueError(f"unknown protocol {protocol!r}")
     message_of = dict(zip(lines, syslog_messages(lines, "rfc5424"), strict=True))
-    return [
-        octet_counted(message_of[line] for line in group)
-        for group in partition_groups(lines, connections)
-    ]
+    return [[octet_counted([message_of[line]]) for line in group] for group in groups]
+
+
+def payloads(lines: Sequence[bytes], connections: int, protocol: str = "json") -> list[bytes]:
+    """One payload per connection, each agent on one connection, in ``protocol``'s framing
+    (:func:`framed_groups`, each group joined)."""
+    return [b"".join(group) for group in framed_groups(lines, connections, protocol)]
 
 
 async def _open(
@@ -208,6 +258,29 @@ class _Connection:
             if self.broken is None:
                 self.broken = _reason(exc)
 
+    async def send_paced(
+        self, payload: bytes, ends: Sequence[int], rate: float, start: float, chunk_bytes: int
+    ) -> None:
+        """Send record ``k`` (ending at byte ``ends[k]``) once ``start + k / rate`` (trio's clock)
+        has come, the records due at each wake-up together."""
+        view = memoryview(payload)
+        offset = done = 0
+        try:
+            while done < len(ends):
+                now = trio.current_time()
+                due = min(len(ends), int((now - start) * rate) + 1)
+                if due <= done:
+                    await trio.sleep_until(max(start + done / rate, now + PACE_TICK))
+                    continue
+                end = ends[due - 1]
+                while offset < end:
+                    await self.stream.send_all(view[offset : min(end, offset + chunk_bytes)])
+                    offset = min(end, offset + chunk_bytes)
+                done = due
+        except trio.BrokenResourceError as exc:
+            if self.broken is None:
+                self.broken = _reason(exc)
+
     async def close(self) -> None:
         self.closing = True
         stream = self.stream
@@ -236,23 +309,45 @@ async def send_payloads(
     server_hostname: str | None = None,
     hold: Callable[[], Awaitable[None]] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    pace: Pacing | None = None,
 ) -> LoadResult:
     """Open one connection per payload, send them concurrently, run ``hold``, close.
 
     ``server_hostname`` is the name checked against the server certificate (default ``host``).
+    ``pace``: send at its rate (its ``ends`` must describe ``payloads``, none empty), from when
+    every connection is up; else as fast as the kernel takes the bytes.
     """
+    if pace is not None and [ends[-1] if ends else 0 for ends in pace.ends] != [
+        len(payload) or -1 for payload in payloads
+    ]:
+        raise ValueError("pace.ends do not describe the payloads (or one is empty)")
     payloads = [payload for payload in payloads if payload]
     start = time.perf_counter()
     streams = await _connect_all(host, port, len(payloads), ssl_context, server_hostname)
     connected_at = time.perf_counter() - start
     connections = [_Connection(stream) for stream in streams]
+    paced_from: float | None = None
     try:
         async with trio.open_nursery() as nursery:
             for connection in connections:
                 nursery.start_soon(connection.drain)
             async with trio.open_nursery() as senders:
-                for connection, payload in zip(connections, payloads, strict=True):
-                    senders.start_soon(connection.send, payload, chunk_bytes)
+                if pace is None:
+                    for connection, payload in zip(connections, payloads, strict=True):
+                        senders.start_soon(connection.send, payload, chunk_bytes)
+                else:
+                    paced_from, trio_start = time.time(), trio.current_time()
+                    for index, (connection, payload) in enumerate(
+                        zip(connections, payloads, strict=True)
+                    ):
+                        senders.start_soon(
+                            connection.send_paced,
+                            payload,
+                            pace.ends[index],
+                            pace.connection_rate(index),
+                            trio_start,
+                            chunk_bytes,
+                        )
             sent_at = time.perf_counter() - start
             if hold is not None:
                 await hold()
@@ -274,6 +369,7 @@ async def send_payloads(
         held_until=held_until,
         closed_at=closed_at,
         broken=tuple(c.broken for c in connections if c.broken is not None),
+        paced_from=paced_from,
     )
 
 
