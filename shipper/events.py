@@ -36,7 +36,7 @@ import base64
 import operator
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -142,6 +142,19 @@ class Event:
             assert self.malformed is not None
             envelope["malformed"] = self.malformed.as_json()
         return orjson.dumps(envelope)
+
+
+#: An event's fields, in the order its constructor takes them (``_reduce_event``).
+_EVENT_FIELDS: Final = operator.attrgetter(*(field.name for field in fields(Event)))
+
+
+def _reduce_event(event: Event) -> tuple[type[Event], tuple[Any, ...]]:
+    """How an event pickles (ingest workers send them to the writer): its class and its fields,
+    one C call each way, about a quarter of the cost of the default for a slots class."""
+    return Event, _EVENT_FIELDS(event)
+
+
+Event.__reduce__ = _reduce_event  # type: ignore[assignment,method-assign]
 
 
 def record_bytes(envelope: bytes, parsed: dict[str, Any]) -> bytes:

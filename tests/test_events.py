@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import pickle
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -306,3 +307,25 @@ def test_the_head_reader_is_not_misled_by_objects_inside_the_head(event: Event) 
         parsed.get("chain"),
         True,
     )
+
+
+def test_an_event_survives_pickling_with_every_field() -> None:
+    """An event pickled (as ingest workers send them to the writer) comes back equal, every
+    field set or not, and with the connection's shared ``source`` dict still shared."""
+    source = {"id": "agents", "kind": "json_tls", "peer": "10.0.0.7:5000"}
+    full = Event(
+        "2026-12-03T10:00:00.000000Z",
+        source,
+        "agent-1",
+        b'{"a":1}',
+        None,
+        {"facility": "auth"},
+        {"status": "ok", "sequence": 1},
+        {"claimed": "x"},
+        True,
+        {"a": 1},
+    )
+    bare = Event("2026-12-03T10:00:00.000000Z", source, malformed=Malformed.of("bad", b"\xff"))
+    back = pickle.loads(pickle.dumps([full, bare], protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == [full, bare]
+    assert back[0].source is back[1].source
