@@ -76,7 +76,14 @@ from shipper.buffer.published import HEAD_FILE, State, recovered
 from shipper.buffer.reader import WalReader
 from shipper.buffer.recovery import recover
 from shipper.buffer.segment import Position, fsync_dir, read_object, replace_file
-from shipper.chain import Verdict, Verifier, as_verdict, expired_alert_details, ok_envelope
+from shipper.chain import (
+    Verdict,
+    Verifier,
+    as_verdict,
+    expired_alert_details,
+    ok_envelope,
+    sender_identity,
+)
 from shipper.config import ChainConfig
 from shipper.events import (
     CHAIN_ALERT,
@@ -196,22 +203,6 @@ def wal_envelopes(
             yield batch.end, envelope
     if reader.counters["corrupt_bytes"]:
         log.error("chain_replay_skipped_record", bytes=reader.counters["corrupt_bytes"])
-
-
-def sender_identity(source: dict[str, Any], syslog: dict[str, Any] | None) -> str | None:
-    """Who sent an event, for profiles whose records do not name their agent."""
-    san = source.get("tls_san")
-    if isinstance(san, list) and san:
-        return str(san[0])
-    if source.get("tls_subject"):
-        return str(source["tls_subject"])
-    if syslog is not None and syslog.get("hostname"):
-        return str(syslog["hostname"])
-    peer = source.get("peer")
-    if isinstance(peer, str) and peer:
-        host, _, port = peer.rpartition(":")
-        return host.strip("[]") if host and port.isdigit() else peer
-    return None
 
 
 class _Failed(Exception):
