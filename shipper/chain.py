@@ -226,29 +226,39 @@ class Profile:
         hashing): the stateless half of the check, its canonical form and hash. ``record`` is
         used as is (its hash field may move to the end of it)."""
         prev = record.get(self.prev_hash)
-        if self.hash is None:  # line hashing: the line's digest is the record's hash
-            return Facts(
-                None, self.digest(line), prev if isinstance(prev, str) else None, None, None
-            )
-        assert self.sequence is not None  # a Profile with a hash field has a sequence field
-        sequence = record.get(self.sequence)
-        claimed = record.get(self.hash)
-        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
-            return Facts(None, None, None, None, f"no usable {self.sequence!r}")
-        if not isinstance(claimed, str):
-            return Facts(sequence, None, None, None, f"no usable {self.hash!r}")
-        if prev is not None and not isinstance(prev, str):
-            return Facts(sequence, None, None, None, f"no usable {self.prev_hash!r}")
-        del record[self.hash]  # hashed without it; put back (at the end) below
+        hash_field = self.hash
+        if hash_field is None:  # line hashing: the line's digest is the record's hash
+            if not isinstance(prev, str):
+                prev = None
+            return _new_facts(Facts, (None, self.digest(line), prev, None, None))
+        sequence = record.get(self.sequence)  # type: ignore[arg-type]
+        claimed = record.get(hash_field)
+        if not (
+            type(sequence) is int
+            and sequence >= 0
+            and type(claimed) is str
+            and (prev is None or type(prev) is str)
+        ):  # (the common case passes these; other types get the checks they need below)
+            if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
+                return Facts(None, None, None, None, f"no usable {self.sequence!r}")
+            if not isinstance(claimed, str):
+                return Facts(sequence, None, None, None, f"no usable {hash_field!r}")
+            if prev is not None and not isinstance(prev, str):
+                return Facts(sequence, None, None, None, f"no usable {self.prev_hash!r}")
+        del record[hash_field]  # hashed without it; put back (at the end) below
         try:
             digest = self.prefix + self._hasher(canonicalize(record)).hexdigest()
         except (ValueError, TypeError) as exc:
             digest = f"(cannot canonicalize: {exc})"
         finally:
-            record[self.hash] = claimed
+            record[hash_field] = claimed
         if digest == claimed:
             digest = claimed  # one string, not two equal ones (memory, pickling)
-        return Facts(sequence, claimed, prev, digest, None)
+        return _new_facts(Facts, (sequence, claimed, prev, digest, None))
+
+
+#: ``Facts`` made from a tuple in C (a named tuple's own constructor is a Python function).
+_new_facts: Final = tuple.__new__
 
 
 class Facts(NamedTuple):

@@ -92,6 +92,9 @@ def test_facts_hold_the_chain_fields_the_digest_or_why_there_is_none() -> None:
     assert refused.startswith("(cannot canonicalize:")
     assert SEED.facts({"hash": "x"}) == Facts(None, None, None, None, "no usable 'sequence'")
     assert SEED.facts({"sequence": True}).unchained == "no usable 'sequence'"
+    for sequence in (-1, True, 1.0):
+        facts = SEED.facts({"sequence": sequence, "hash": "h", "prevHash": ""})
+        assert facts == Facts(None, None, None, None, "no usable 'sequence'")
     assert SEED.facts({"sequence": 3}) == Facts(3, None, None, None, "no usable 'hash'")
     no_prev = SEED.facts({"sequence": 3, "hash": "h", "prevHash": 7})
     assert no_prev == Facts(3, None, None, None, "no usable 'prevHash'")
