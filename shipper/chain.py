@@ -1,14 +1,25 @@
 """Per-agent hash-chain verification: a pure state machine (no trio, no I/O).
 
 Each agent's audit records form a chain: a monotonic ``sequence``, the record's own ``hash`` and the
-previous record's hash ``prevHash``. ``Verifier.feed(agent, record, line)`` checks one record
-against what the verifier knows of that agent. For an ``ok`` record, nearly every one, it returns
-the record's sequence, an ``int`` (also the sequence that was expected; ``ok_envelope(sequence)``
-is the event's ``chain`` object); for any other status a ``Verdict``: the caller writes
-``verdict.envelope()`` into the event's ``chain`` object, drops the event when ``verdict.drop``
-(an exact duplicate), and raises an alert when ``verdict.alert``. (An ``int`` rather than an ok
-``Verdict``: making an object per record cost some 4% of the verification. ``as_verdict`` turns
-either into a ``Verdict``.)
+previous record's hash ``prevHash``. The check comes in two halves:
+
+* stateless: ``Profile.facts(record, line)`` takes what the check needs of one record, a
+  ``Facts`` (a small tuple: sequence, claimed hash, prevHash and the digest recomputed from the
+  record's canonical form, or why the record is unchained; for line hashing the line's digest and
+  prevHash). It needs the record alone, so whoever parsed the record takes it and drops the
+  parse at once (the sources do; ``Facts`` pickle, for ingest processes);
+* stateful: ``Verifier.feed_facts(agent, facts)`` checks them against what the verifier knows of
+  that agent (link, sequence, duplicates, gaps), in arrival order.
+
+``Verifier.feed(agent, record, line)`` is both at once (replaying the WAL, the ``chain``
+commands, tests). For an ``ok`` record, nearly every one, either returns the record's sequence,
+an ``int`` (also the sequence that was expected; ``ok_envelope(sequence)`` is the event's
+``chain`` object); for any other status a ``Verdict``: the caller writes ``verdict.envelope()``
+into the event's ``chain`` object, drops the event when ``verdict.drop`` (an exact duplicate),
+and raises an alert when ``verdict.alert``. (An ``int`` rather than an ok ``Verdict``: making an
+object per record cost some 4% of the verification. ``as_verdict`` turns either into a
+``Verdict``.) The common case, the next record of a known agent whose links and digest match,
+takes a few comparisons and stores in ``feed_facts``.
 
 Statuses, for the sequence-numbered profiles (``seed``)::
 
@@ -96,12 +107,16 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, cast
 
 import orjson
 
 from shipper.codecs.canonical import canonicalize
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 STATUSES: Final = (
     "genesis",
@@ -161,6 +176,10 @@ class Profile:
     genesis: str = ""  # the prevHash of a first record (besides empty or missing)
     # The agent's key when its path has one key (agent_of, once per record, looks here first).
     _agent_key: str | None = field(default=None, init=False, repr=False, compare=False)
+    # The hash's constructor (a named one, such as hashlib.sha256, beats hashlib.new).
+    _hasher: Callable[[bytes], _Hash] = field(
+        default=hashlib.sha256, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -174,6 +193,7 @@ class Profile:
             raise ValueError("agent: expected a non-empty key path")
         if len(self.agent) == 1:
             object.__setattr__(self, "_agent_key", self.agent[0])
+        object.__setattr__(self, "_hasher", getattr(hashlib, self.algorithm))
 
     @property
     def line_hashed(self) -> bool:
@@ -199,7 +219,84 @@ class Profile:
         return None
 
     def digest(self, data: bytes) -> str:
-        return self.prefix + hashlib.new(self.algorithm, data).hexdigest()
+        return self.prefix + self._hasher(data).hexdigest()
+
+    def facts(self, record: dict[str, Any], line: bytes = b"") -> Facts:
+        """What ``Verifier.feed_facts`` needs of a record (``line``: its exact bytes, for line
+        hashing): the stateless half of the check, its canonical form and hash. ``record`` is
+        used as is (its hash field may move to the end of it)."""
+        prev = record.get(self.prev_hash)
+        hash_field = self.hash
+        if hash_field is None:  # line hashing: the line's digest is the record's hash
+            if not isinstance(prev, str):
+                prev = None
+            return _new_facts(Facts, (None, self.digest(line), prev, None, None))
+        sequence = record.get(self.sequence)  # type: ignore[arg-type]
+        claimed = record.get(hash_field)
+        if not (
+            type(sequence) is int
+            and sequence >= 0
+            and type(claimed) is str
+            and (prev is None or type(prev) is str)
+        ):  # (the common case passes these; other types get the checks they need below)
+            if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
+                return Facts(None, None, None, None, f"no usable {self.sequence!r}")
+            if not isinstance(claimed, str):
+                return Facts(sequence, None, None, None, f"no usable {hash_field!r}")
+            if prev is not None and not isinstance(prev, str):
+                return Facts(sequence, None, None, None, f"no usable {self.prev_hash!r}")
+        del record[hash_field]  # hashed without it; put back (at the end) below
+        try:
+            digest = self.prefix + self._hasher(canonicalize(record)).hexdigest()
+        except (ValueError, TypeError) as exc:
+            digest = f"(cannot canonicalize: {exc})"
+        finally:
+            record[hash_field] = claimed
+        if digest == claimed:
+            digest = claimed  # one string, not two equal ones (memory, pickling)
+        return _new_facts(Facts, (sequence, claimed, prev, digest, None))
+
+
+#: ``Facts`` made from a tuple in C (a named tuple's own constructor is a Python function).
+_new_facts: Final = tuple.__new__
+
+
+class Facts(NamedTuple):
+    """What the stateful check (``Verifier.feed_facts``) needs of one record, computed from the
+    record alone (``Profile.facts``): small, immutable and picklable, so that whoever parsed the
+    record can drop it at once, in another process if need be.
+
+    For a canonical-hash profile: the record's ``sequence``, its claimed ``hash``, its
+    ``prev_hash`` and the ``digest`` recomputed from its content (``"(cannot canonicalize:
+    ...)"`` when its content has no canonical form); a record without usable chain fields has
+    ``unchained`` (why) and no hash (its sequence if that was usable). For a line-hashed profile:
+    ``hash`` is the digest of the record's line, ``prev_hash`` its prevHash if that is a string,
+    and the rest None.
+    """
+
+    sequence: int | None
+    hash: str | None
+    prev_hash: str | None
+    digest: str | None
+    unchained: str | None
+
+
+def sender_identity(source: dict[str, Any], syslog: dict[str, Any] | None) -> str | None:
+    """Who sent an event (its envelope's ``source`` and ``syslog`` objects), the agent of
+    line-hashed profiles whose records do not name one: the first TLS SAN, the TLS subject, the
+    syslog hostname, or the peer's address."""
+    san = source.get("tls_san")
+    if isinstance(san, list) and san:
+        return str(san[0])
+    if source.get("tls_subject"):
+        return str(source["tls_subject"])
+    if syslog is not None and syslog.get("hostname"):
+        return str(syslog["hostname"])
+    peer = source.get("peer")
+    if isinstance(peer, str) and peer:
+        host, _, port = peer.rpartition(":")
+        return host.strip("[]") if host and port.isdigit() else peer
+    return None
 
 
 SEED: Final = Profile("seed")
@@ -339,8 +436,8 @@ def as_verdict(result: Verdict | int) -> Verdict:
     return Verdict("ok", result, result) if isinstance(result, int) else result
 
 
-class Feed(Protocol):
-    def __call__(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict | int: ...
+class FeedFacts(Protocol):
+    def __call__(self, agent: str, facts: Facts) -> Verdict | int: ...
 
 
 @dataclass(slots=True)
@@ -493,19 +590,13 @@ class Verifier:
         self._others: Counter[str] = Counter()  # every status but ok
         # ok records beyond those of the agents (a restored snapshot's; ok counts are per agent).
         self._ok_elsewhere = 0
-        # For the fast path of canonical profiles (a named constructor beats hashlib.new).
-        self._hasher = None if profile.line_hashed else getattr(hashlib, profile.algorithm)
-        self._sequence_field = profile.sequence or ""
-        self._hash_field = profile.hash or ""
-        #: ``feed(agent, record, line=b"") -> Verdict | int``: check one record of ``agent``
-        #: (``line``: its exact bytes, for line hashing); the record's sequence if it is ok, else
-        #: a ``Verdict``. ``record`` is used as is (its hash field may move to the end of it):
-        #: pass a fresh parse.
-        self.feed = self._make_feed()
+        #: ``feed_facts(agent, facts) -> Verdict | int``: check one record of ``agent`` by its
+        #: ``Facts`` (``Profile.facts``); the record's sequence if it is ok, else a ``Verdict``.
+        self.feed_facts = self._make_feed_facts()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Verifier:
-        # ``feed`` is a closure over this verifier's own state: a copy needs a closure of its own.
-        # (Through JSON: a snapshot shares the live state.)
+        # ``feed_facts`` is a closure over this verifier's own state: a copy needs a closure of
+        # its own. (Through JSON: a snapshot shares the live state.)
         return Verifier.restore(
             orjson.loads(orjson.dumps(self.snapshot())),
             self.profile,
@@ -528,55 +619,57 @@ class Verifier:
 
     # --- feeding -------------------------------------------------------------------------------
 
-    def _make_feed(self) -> Feed:
-        """``feed``: a closure over everything its fast path needs (locals, not attributes)."""
-        careful = self._feed_careful
-        hasher = self._hasher
-        if hasher is None:
+    def feed(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict | int:
+        """Check one record of ``agent`` (``line``: its exact bytes, for line hashing): its
+        ``Facts`` (``Profile.facts``), then ``feed_facts``. The record's sequence if it is ok,
+        else a ``Verdict``. ``record`` is used as is (its hash field may move to the end of it)."""
+        return self.feed_facts(agent, self.profile.facts(record, line))
+
+    def _make_feed_facts(self) -> FeedFacts:
+        """``feed_facts``: a closure over everything its fast path needs (locals, not
+        attributes)."""
+        careful = self._careful
+        if self.profile.line_hashed:
             return careful
         agent_state = self.agents.get
-        sequence_field, hash_field = self._sequence_field, self._hash_field
-        prev_field, prefix, window = self.profile.prev_hash, self.profile.prefix, self.window
+        window = self.window
 
-        def feed(agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict | int:
-            # The common case: the next record of a known agent, linking to the last one.
+        def feed_facts(agent: str, facts: Facts) -> Verdict | int:
+            # The common case: the next record of a known agent, linking to the last one, its
+            # hash recomputed. (An unchained record has no prev_hash, and a last_hash is a
+            # string: it never passes.)
             state = agent_state(agent)
-            sequence = record.get(sequence_field)
-            claimed = record.get(hash_field)
+            sequence, claimed, prev, digest, _ = facts
             if (
                 state is not None
-                and type(sequence) is int
                 and sequence == state.last_sequence + 1
-                and type(claimed) is str
-                and record.get(prev_field) == state.last_hash
+                and prev == state.last_hash
+                and digest == claimed
             ):
-                del record[hash_field]
-                try:
-                    computed: str | None = prefix + hasher(canonicalize(record)).hexdigest()
-                except (ValueError, TypeError):
-                    computed = None  # bad_hash: the careful path says why
-                finally:
-                    record[hash_field] = claimed
-                if computed == claimed:
-                    state.last_sequence = sequence
-                    state.last_hash = claimed
-                    ring = state.ring  # AgentState.remember, inlined: sequence is the highest
-                    slot = (sequence % window) * 2
-                    ring[slot] = sequence
-                    ring[slot + 1] = claimed
-                    return sequence  # counted as ok: last_sequence moved on by one
-            return careful(agent, record, line)  # anything else, or not ok after all
+                # (The tests above make both ints and strings: no record without them passes.)
+                state.last_sequence = sequence
+                state.last_hash = claimed  # type: ignore[assignment]
+                ring = state.ring  # AgentState.remember, inlined: sequence is the highest
+                slot = (sequence % window) * 2
+                ring[slot] = sequence
+                ring[slot + 1] = claimed
+                return sequence  # counted as ok: last_sequence moved on by one
+            return careful(agent, facts)  # anything else
 
-        return feed
+        return feed_facts
 
     def _feed_careful(self, agent: str, record: dict[str, Any], line: bytes = b"") -> Verdict | int:
-        """``feed`` for every case (the fast path covers the commonest one)."""
+        """``feed`` without the fast path (``_careful``)."""
+        return self._careful(agent, self.profile.facts(record, line))
+
+    def _careful(self, agent: str, facts: Facts) -> Verdict | int:
+        """``feed_facts`` for every case (the fast path covers the commonest one)."""
         state = self.agents.get(agent)
         last = state.last_sequence if state is not None else None
         if self.profile.line_hashed:
-            verdict = self._feed_line(agent, record, line)
+            verdict = self._feed_line(agent, facts)
         else:
-            verdict = self._feed_fields(agent, record)
+            verdict = self._feed_fields(agent, facts)
         if verdict.status == "ok":  # counted: it moved the chain on by one
             assert verdict.sequence is not None  # an ok record has one, and it was expected
             return verdict.sequence
@@ -594,30 +687,16 @@ class Verifier:
                 state.last_alert = {"status": "gap_expired", "missing": [gap.first, gap.last]}
         return verdict
 
-    def _feed_fields(self, agent: str, record: dict[str, Any]) -> Verdict:
-        profile = self.profile
-        assert profile.hash is not None
-        assert profile.sequence is not None  # a Profile with a hash field has a sequence field
-        sequence = record.get(profile.sequence)
-        claimed = record.get(profile.hash)
-        prev = record.get(profile.prev_hash)
-        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
-            return Verdict.of("unchained", detail=f"no usable {profile.sequence!r}")
-        if not isinstance(claimed, str):
-            return Verdict.of("unchained", sequence, detail=f"no usable {profile.hash!r}")
-        if prev is not None and not isinstance(prev, str):
-            return Verdict.of("unchained", sequence, detail=f"no usable {profile.prev_hash!r}")
-        del record[profile.hash]  # hashed without it; put back (at the end) below
-        try:
-            computed = profile.digest(canonicalize(record))
-        except (ValueError, TypeError) as exc:
-            computed = f"(cannot canonicalize: {exc})"
-        finally:
-            record[profile.hash] = claimed
+    def _feed_fields(self, agent: str, facts: Facts) -> Verdict:
+        sequence, claimed, prev, digest, unchained = facts
+        if unchained is not None:
+            return Verdict.of("unchained", sequence, detail=unchained)
+        assert sequence is not None  # the facts of a chained record have both
+        assert claimed is not None
         verdict = self._place(agent, sequence, claimed, prev)
-        if computed != claimed:
+        if digest != claimed:
             verdict.status = "bad_hash"
-            verdict.expected_hash = computed
+            verdict.expected_hash = digest
             verdict.detail = None
         return verdict
 
@@ -675,10 +754,10 @@ class Verifier:
                 verdict.expected_hash = known
         return verdict
 
-    def _feed_line(self, agent: str, record: dict[str, Any], line: bytes) -> Verdict:
+    def _feed_line(self, agent: str, facts: Facts) -> Verdict:
         profile = self.profile
-        own = profile.digest(line)
-        prev = record.get(profile.prev_hash)
+        own, prev = facts.hash, facts.prev_hash
+        assert own is not None  # a line-hashed record's hash is its line's
         state = self.agents.get(agent)
         if state is None:
             evicted = self._admit(agent, AgentState.first(1, own, self.window))

@@ -44,7 +44,13 @@ Rules:
 
 What the stage does to each event: records with an agent (the profile's agent field; for line
 hashing without one, the sender: the first TLS SAN, the TLS subject, the syslog hostname or the
-peer's address) get ``chain`` = the verdict and ``agent`` = that agent; exact duplicates are
+peer's address, ``shipper.chain.sender_identity``) get ``chain`` = the verdict and ``agent`` =
+that agent. A source did the stateless half already for the events it sealed
+(``shipper.events``): their ``agent`` is final and their ``facts`` (``shipper.chain.Facts``)
+hold all the check needs, so the stage only runs ``Verifier.feed_facts`` (an event without facts
+is not verified); for any other event it parses the record and takes agent and facts itself.
+Neither the facts nor the event's bytes are used up: an event verified again (after the WAL
+refused its batch, from the state ``rebuilt`` gives) gets the same verdict. Exact duplicates are
 removed (counted in ``duplicates_dropped``); a verdict with an alert, each gap it expires, and
 each agent evicted to make room for its agent (``[chain] max_agents``; the alert's agent is the
 evicted one, ``admitted`` the new one; counted in ``agents_evicted``) adds a
@@ -76,7 +82,14 @@ from shipper.buffer.published import HEAD_FILE, State, recovered
 from shipper.buffer.reader import WalReader
 from shipper.buffer.recovery import recover
 from shipper.buffer.segment import Position, fsync_dir, read_object, replace_file
-from shipper.chain import Verdict, Verifier, as_verdict, expired_alert_details, ok_envelope
+from shipper.chain import (
+    Verdict,
+    Verifier,
+    as_verdict,
+    expired_alert_details,
+    ok_envelope,
+    sender_identity,
+)
 from shipper.config import ChainConfig
 from shipper.events import (
     CHAIN_ALERT,
@@ -196,22 +209,6 @@ def wal_envelopes(
             yield batch.end, envelope
     if reader.counters["corrupt_bytes"]:
         log.error("chain_replay_skipped_record", bytes=reader.counters["corrupt_bytes"])
-
-
-def sender_identity(source: dict[str, Any], syslog: dict[str, Any] | None) -> str | None:
-    """Who sent an event, for profiles whose records do not name their agent."""
-    san = source.get("tls_san")
-    if isinstance(san, list) and san:
-        return str(san[0])
-    if source.get("tls_subject"):
-        return str(source["tls_subject"])
-    if syslog is not None and syslog.get("hostname"):
-        return str(syslog["hostname"])
-    peer = source.get("peer")
-    if isinstance(peer, str) and peer:
-        host, _, port = peer.rpartition(":")
-        return host.strip("[]") if host and port.isdigit() else peer
-    return None
 
 
 class _Failed(Exception):
@@ -405,7 +402,7 @@ class ChainStage:
         duplicate) and its alerts to ``out``; ``_Failed`` names the event a defect stopped at.
         (One loop with the body inline: the per-event cost is the verifier's, not a call's.)"""
         profile = self.profile
-        feed = self.verifier.feed
+        feed_facts = self.verifier.feed_facts
         index = start
         mark = len(out)
         try:
@@ -416,20 +413,22 @@ class ChainStage:
                 if raw is None or event.alert or event.identity_mismatch is not None:
                     out.append(event)
                     continue
-                record = event.parsed
-                if record is not None:  # the source parsed it and found the agent
-                    event.parsed = None  # parsed objects stay short-lived (the garbage collector)
-                    agent = event.agent
-                else:
+                facts = event.facts
+                agent = event.agent
+                if event.sealed is None:  # not from a source: the stateless half is done here
                     record = orjson.loads(raw)
                     agent = profile.agent_of(record)
-                if agent is None and profile.line_hashed:
-                    agent = sender_identity(event.source, event.syslog)
-                if agent is None:
+                    if agent is None and profile.line_hashed:
+                        agent = sender_identity(event.source, event.syslog)
+                    if agent is None:
+                        out.append(event)
+                        continue
+                    facts = profile.facts(record, raw)
+                    event.agent = agent
+                if agent is None or facts is None:  # (a source's event that names no agent)
                     out.append(event)
                     continue
-                event.agent = agent
-                verdict = feed(agent, record, raw)
+                verdict = feed_facts(agent, facts)
                 if isinstance(verdict, int):  # ok, nearly every record: its sequence
                     event.chain = ok_envelope(verdict)
                     out.append(event)
@@ -453,7 +452,6 @@ class ChainStage:
     def _verify_failed(self, event: Event, exc: Exception, out: list[Event], now: float) -> None:
         """A defect raised while ``event`` was verified: archive it unverified, say so loudly."""
         self.counters["verify_errors"] += 1
-        event.parsed = None
         cause = f"{type(exc).__name__}: {exc}"[:300]
         if self._error_log.allow(now) is not None:
             log.exception(

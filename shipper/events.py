@@ -28,6 +28,16 @@ sink, whatever its ``inputs``: in the WAL their route is the empty source id.
 In the WAL (``shipper.buffer.entries``) an event is an entry (``entry``): its route, the source
 id, and its envelope without ``id``. The id is the event's WAL position, ``"<segment>-<offset>"``;
 the daemon's WAL readers put it in as the envelope's second key (``envelopes``).
+
+Sealed events: a source encodes the envelope of each event it made once the event is complete
+(its identity checked), before it hands it on (``Event.seal``): ``sealed`` holds the envelope
+without ``id`` and ``chain``, cut where ``chain`` goes (after ``agent``, before
+``identity_mismatch`` and ``record``/``malformed``) into a head and a tail, and the ``syslog`` and
+``identity_mismatch`` objects are dropped (their bytes are in it). ``entry`` then joins the
+route, the head, ``,"chain":`` and the verdict's JSON (or nothing), and the tail, in one copy,
+without encoding the rest again: byte for byte what one ``orjson.dumps`` of the whole envelope
+gives. Events made elsewhere (alerts the chain stage raises, fallbacks) are encoded whole by
+``entry``, through the same ``envelope_parts``.
 """
 
 from __future__ import annotations
@@ -38,12 +48,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from shipper.buffer.entries import ROUTE_END
 from shipper.buffer.record import MAX_PAYLOAD
+
+if TYPE_CHECKING:
+    from shipper.chain import Facts
 
 ENVELOPE_VERSION: Final = 1
 #: ``source.id`` of the events shipper raises itself.
@@ -103,8 +116,14 @@ class Event:
     identity_mismatch: dict[str, Any] | None = None
     #: Raised by shipper (an alert): goes to every sink, and is never chain-verified.
     alert: bool = False
-    #: The record as the source parsed it, for the chain stage, which drops it (never encoded).
-    parsed: dict[str, Any] | None = None
+    #: What the chain check needs of the record (``shipper.chain.Facts``), computed by the source
+    #: that parsed it (which drops the parse at once); None when the record is not verified.
+    facts: Facts | None = None
+    #: The envelope without its id, encoded by the source once the event was complete, cut where
+    #: ``chain`` goes (``envelope_parts``); None for events made elsewhere (encoded in full by
+    #: ``entry``). Such an event's ``agent`` and ``facts`` are final: the chain stage only
+    #: checks them against each agent's chain.
+    sealed: tuple[bytes, bytes] | None = None
 
     @property
     def source_id(self) -> str:
@@ -117,7 +136,16 @@ class Event:
 
     def encode_without_id(self) -> bytes:
         """The envelope without its ``id`` (``with_id`` puts it in): what the WAL stores, since
-        the id is the position the WAL gives the event."""
+        the id is the position the WAL gives the event. ``sealed`` with ``chain`` spliced in,
+        if the source sealed it, else encoded now."""
+        return _spliced(self, b"")
+
+    def envelope_parts(self) -> tuple[bytes, bytes]:
+        """The envelope without its ``id`` and ``chain``, cut where ``chain`` goes (after
+        ``agent``): the head, from the opening brace, and the tail, from the comma before
+        ``identity_mismatch`` or ``record`` to the closing brace. ``head + tail`` is the
+        envelope without a chain; ``head + CHAIN_KEY + chain + tail`` the envelope with one.
+        (The pieces are what ``orjson.dumps`` of the whole envelope writes around ``chain``.)"""
         envelope: dict[str, Any] = {
             "v": ENVELOPE_VERSION,
             "received_at": self.received_at,
@@ -127,21 +155,36 @@ class Event:
             envelope["syslog"] = self.syslog
         if self.agent is not None:
             envelope["agent"] = self.agent
-        if self.chain is not None:
-            envelope["chain"] = self.chain
-        if self.identity_mismatch is not None:
-            envelope["identity_mismatch"] = self.identity_mismatch
+        head = orjson.dumps(envelope)[:-1]
         if self.record_json is not None:
             raw = self.record_json
             if b"\n" in raw or b"\r" in raw:
                 # Raw CR/LF can only be whitespace between JSON tokens (never inside a string):
                 # turn them into spaces so that the envelope stays one line.
                 raw = raw.replace(b"\n", b" ").replace(b"\r", b" ")
-            envelope["record"] = orjson.Fragment(raw)
+            body = b"".join((RECORD_KEY, raw, b"}"))
         else:
             assert self.malformed is not None
-            envelope["malformed"] = self.malformed.as_json()
-        return orjson.dumps(envelope)
+            body = b"".join((MALFORMED_KEY, orjson.dumps(self.malformed.as_json()), b"}"))
+        if self.identity_mismatch is None:
+            return head, body
+        return head, b"".join((IDENTITY_MISMATCH_KEY, orjson.dumps(self.identity_mismatch), body))
+
+    def seal(self) -> None:
+        """Encode the envelope now (``sealed``), and drop what only that needed: the ``syslog``
+        and ``identity_mismatch`` objects (their bytes are in ``sealed``; ``facts`` is None for
+        an event with ``identity_mismatch``, which is never verified). What is left is bytes,
+        strings, numbers, small tuples and the shared ``source`` object."""
+        self.sealed = self.envelope_parts()
+        self.syslog = None
+        self.identity_mismatch = None
+
+
+#: What goes before each top-level value that follows the head of an envelope (``Event``).
+CHAIN_KEY: Final = b',"chain":'
+IDENTITY_MISMATCH_KEY: Final = b',"identity_mismatch":'
+RECORD_KEY: Final = b',"record":'
+MALFORMED_KEY: Final = b',"malformed":'
 
 
 #: An event's fields, in the order its constructor takes them (``_reduce_event``).
@@ -182,13 +225,24 @@ def with_id(envelope: bytes, event_id: str) -> bytes:
     )
 
 
+def _spliced(event: Event, lead: bytes) -> bytes:
+    """``lead`` and the envelope of ``event`` without its id, ``chain`` spliced into ``sealed``
+    (or into ``envelope_parts`` if the source did not seal it), in one copy."""
+    head, tail = event.sealed or event.envelope_parts()
+    chain = event.chain
+    if chain is None:
+        return b"".join((lead, head, tail))
+    return b"".join((lead, head, CHAIN_KEY, orjson.dumps(chain), tail))
+
+
 def entry(event: Event) -> bytes:
     """What the WAL stores for ``event`` (an entry, ``shipper.buffer.entries``): its route
-    (``source_id``) and its envelope without the id. An envelope too large for a WAL record
-    (impossible within the config's limits) is stored as a ``malformed`` event instead of failing
-    the batch."""
-    envelope = event.encode_without_id()
-    if len(envelope) + 256 > MAX_PAYLOAD:  # (256: room for the route)
+    (``source_id``) and its envelope without the id, the event's ``chain`` spliced into what the
+    source sealed (no re-encoding). An envelope too large for a WAL record (impossible within
+    the config's limits) is stored as a ``malformed`` event instead of failing the batch."""
+    lead = event.source_id.encode() + ROUTE_END
+    line = _spliced(event, lead)
+    if len(line) - len(lead) + 256 > MAX_PAYLOAD:  # (256: room for the route)
         raw = event.record_json or b""
         event = Event(
             event.received_at,
@@ -196,8 +250,8 @@ def entry(event: Event) -> bytes:
             event.agent,
             malformed=Malformed.of("envelope larger than the WAL's record limit", raw),
         )
-        envelope = event.encode_without_id()
-    return event.source_id.encode() + ROUTE_END + envelope
+        line = _spliced(event, event.source_id.encode() + ROUTE_END)
+    return line
 
 
 class _Envelopes:

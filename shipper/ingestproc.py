@@ -379,11 +379,11 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
     config = parse_config(spec.raw, spec.env, spec.origin)
     send, receive = trio.open_memory_channel[list[Event]](WORKER_BATCHES)
     budget = ByteBudget(WORKER_BYTES)
-    agent_of = config.chain.profile_fields.agent_of
+    profile = config.chain.profile_fields
     sources: list[Source] = []
     bound: dict[str, Bound] = {}
     for source_id, (fds, addresses) in spec.sockets.items():
-        source = config.sources[source_id].build(send.clone(), agent_of)
+        source = config.sources[source_id].build(send.clone(), profile)
         source.budget = budget
         sources.append(source)
         sockets = [socket.socket(fileno=fd) for fd in fds]
@@ -421,8 +421,6 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
                         break
                     events.extend(more)
                     size += size_of(more)
-                for event in events:
-                    event.parsed = None  # the writer parses again rather than ship it
                 last = counters()
                 await out.send_all(frame(("batch", events, size, last)))
                 budget.release(size)

@@ -16,15 +16,22 @@ never ends the daemon. With ``[runtime] sink_processes``, each driver runs in a 
 (``shipper.sinkproc``: ``SinkSlot.process``), which the topology supervises; the events it raises
 come back into ``emit``, and its counters into the driver's here.
 
+Per event, the sources do everything that needs no shared state: framing, parsing, the record's
+chain facts (``Profile.facts``: canonical form and digest; the parse is dropped at once), the
+identity check, and the envelope's bytes (``Event.seal``); each gets the chain profile for that
+(``config.build(send, profile)``). The writer keeps what must be serial: the chain stage's
+per-agent check of those facts, the verdict spliced into the bytes (``events.entry``), the WAL
+append.
+
 The chain stage (``shipper.chain_stage``) runs in the writer's task, between the ingest channel and
 the WAL, so its state always matches a WAL position; it is checkpointed every
 ``chain.checkpoint_interval``, when the WAL is full, and at shutdown, and restored at start.
 
 The writer appends batches of at most ``ROUTE_EVENTS`` events and about ``ROUTE_BYTES`` bytes
 (a larger batch, such as a UDP burst, is cut), and keeps up to ``PIPELINE_DEPTH`` of them written
-to the WAL and not yet accepted: while the WAL's sync lane fsyncs them, the writer verifies,
-encodes and writes the next ones (group commit). Before a checkpoint it waits until every batch it
-wrote is accepted.
+to the WAL and not yet accepted: while the WAL's sync lane fsyncs them, the writer verifies the
+next ones, splices the verdicts in and writes them (group commit). Before a checkpoint it waits
+until every batch it wrote is accepted.
 
 The WAL is full at ``max_bytes``, and also when its file system has less than its reserve free
 (``RESERVE_BYTES`` plus twice the last checkpoint): a disk filling up is a full buffer. Before the
@@ -128,20 +135,20 @@ class Topology:
         # forwarded into the ingest channel by a task of their own, like a source's.
         self._emitted, self._emitted_receive = trio.open_memory_channel[Event](EMIT_QUEUE)
         self._emit_ingest = ingest_send.clone()
-        agent_of = config.chain.profile_fields.agent_of
+        profile = config.chain.profile_fields
         self.workers: list[IngestWorker] = []
         if config.runtime.workers:
             # The sources run in the ingest workers (``shipper.ingestproc``); here they bind the
             # sockets and hold the counters, and never send: each worker has the channel.
             unused, _ = trio.open_memory_channel[list[Event]](0)
             self.sources: list[Source] = [
-                source.build(unused.clone(), agent_of) for source in config.sources.values()
+                source.build(unused.clone(), profile) for source in config.sources.values()
             ]
             unused.close()
             self._worker_send: trio.MemorySendChannel[list[Event]] | None = ingest_send.clone()
         else:
             self.sources = [
-                source.build(ingest_send.clone(), agent_of) for source in config.sources.values()
+                source.build(ingest_send.clone(), profile) for source in config.sources.values()
             ]
             self._worker_send = None
         ingest_send.close()

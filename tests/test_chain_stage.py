@@ -19,13 +19,12 @@ from shipper.buffer.config import BufferConfig
 from shipper.buffer.published import HEAD_FILE
 from shipper.buffer.segment import Position, segment_name
 from shipper.buffer.segment import header as segment_header
-from shipper.chain import Verifier
+from shipper.chain import Verifier, sender_identity
 from shipper.chain_stage import (
     CHAIN_CURSOR,
     ChainStage,
     checkpoint_path,
     load_checkpoint,
-    sender_identity,
 )
 from shipper.config import Address, parse_config
 from shipper.events import Event, record_bytes

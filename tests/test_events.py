@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import pickle
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,9 +11,10 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shipper.chain import SEED
 from shipper.events import (
     ENVELOPE_VERSION,
     MALFORMED_KEEP_BYTES,
@@ -20,9 +22,10 @@ from shipper.events import (
     HeadReader,
     Malformed,
     alert_event,
+    entry,
     utc_timestamp,
 )
-from tests.envelopes import envelope_lists
+from tests.envelopes import chains, envelope_lists, objects, records, sources, texts
 
 SOURCE: dict[str, Any] = {
     "id": "agents_tls",
@@ -323,9 +326,81 @@ def test_an_event_survives_pickling_with_every_field() -> None:
         {"status": "ok", "sequence": 1},
         {"claimed": "x"},
         True,
-        {"a": 1},
+        SEED.facts({"agentId": "agent-1", "sequence": 1, "hash": "x", "prevHash": ""}, b""),
+        (b'{"v":1,"received_at":"2026-12-03T10:00:00.000000Z",', b'"record":{"a":1}}'),
     )
     bare = Event("2026-12-03T10:00:00.000000Z", source, malformed=Malformed.of("bad", b"\xff"))
     back = pickle.loads(pickle.dumps([full, bare], protocol=pickle.HIGHEST_PROTOCOL))
     assert back == [full, bare]
     assert back[0].source is back[1].source
+
+
+def envelope_before_sealing(event: Event) -> bytes:
+    """The envelope without its id as ``Event.encode_without_id`` wrote it before sources sealed
+    their events: one ``orjson.dumps`` of the whole envelope (the reference the splice must
+    match byte for byte)."""
+    envelope: dict[str, Any] = {
+        "v": ENVELOPE_VERSION,
+        "received_at": event.received_at,
+        "source": event.source,
+    }
+    if event.syslog is not None:
+        envelope["syslog"] = event.syslog
+    if event.agent is not None:
+        envelope["agent"] = event.agent
+    if event.chain is not None:
+        envelope["chain"] = event.chain
+    if event.identity_mismatch is not None:
+        envelope["identity_mismatch"] = event.identity_mismatch
+    if event.record_json is not None:
+        raw = event.record_json.replace(b"\n", b" ").replace(b"\r", b" ")
+        envelope["record"] = orjson.Fragment(raw)
+    else:
+        assert event.malformed is not None
+        envelope["malformed"] = event.malformed.as_json()
+    return orjson.dumps(envelope)
+
+
+@st.composite
+def unsealed_events(draw: st.DrawFn) -> Event:
+    """Events of every shape a source hands on: syslog or not, an agent or not, a mismatch or
+    not, a record (with raw CR/LF between its tokens, sometimes) or malformed input; sometimes
+    an alert."""
+    malformed = draw(st.integers(0, 5)) == 0
+    record = None
+    if not malformed:
+        record = draw(records())
+        if draw(st.booleans()):
+            record = record.replace(b",", draw(st.sampled_from([b",\n", b"\r\n,", b"\r,\n "])))
+    event = Event(
+        draw(st.sampled_from([RECEIVED]) | texts),
+        draw(sources()),
+        draw(st.none() | texts),
+        record,
+        Malformed.of(draw(texts), draw(st.binary(max_size=8))) if malformed else None,
+        syslog=draw(st.none() | objects),
+        identity_mismatch=draw(st.none() | objects),
+        alert=draw(st.integers(0, 9)) == 0,
+    )
+    return event
+
+
+@settings(max_examples=500)
+@given(unsealed_events(), st.none() | chains())
+def test_a_sealed_event_with_its_chain_spliced_in_is_the_envelope_encoded_whole(
+    event: Event, chain: dict[str, Any] | None
+) -> None:
+    """The WAL entry of an event its source sealed, with the chain stage's verdict spliced in
+    (or none), is byte for byte what encoding the whole envelope at once gives, and so is that of
+    an event nobody sealed (alerts, fallbacks); sealing leaves only bytes behind for the syslog
+    and identity_mismatch objects."""
+    sealed = copy.copy(event)
+    sealed.seal()
+    assert sealed.syslog is None
+    assert sealed.identity_mismatch is None
+    event.chain = sealed.chain = chain
+    route = ("" if event.alert else str(event.source["id"])).encode() + b"\0"
+    expected = route + envelope_before_sealing(event)
+    assert entry(sealed) == expected
+    assert entry(event) == expected
+    assert sealed.encode("1-0") == event.encode("1-0")

@@ -336,16 +336,17 @@ async def test_a_defect_while_encoding_keeps_the_event_as_malformed(
     logs: LogCapture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An event whose envelope cannot be encoded (a defect) is archived as malformed with its
-    record's bytes and the cause; its neighbours are archived as usual."""
-    real = Event.encode_without_id
+    """An event whose envelope cannot be encoded (a defect: in its source, then again in the
+    writer) is archived as malformed with its record's bytes and the cause; its neighbours are
+    archived as usual."""
+    real = Event.envelope_parts
 
-    def failing(self: Event) -> bytes:
+    def failing(self: Event) -> tuple[bytes, bytes]:
         if self.record_json is not None and b'"boom"' in self.record_json:
             raise TypeError("injected defect")
         return real(self)
 
-    monkeypatch.setattr(Event, "encode_without_id", failing)
+    monkeypatch.setattr(Event, "envelope_parts", failing)
     found, _metrics = await run_paths(sandbox(), tls_files, logs, [b'{"boom":1}'])
     for path in PATHS:
         first = found[path][0]

@@ -139,8 +139,8 @@ from shipper.archive.manifest import (
 )
 from shipper.archive.progress import NoProgress, Progress
 from shipper.archive.store import Blob, Meta, Missing, Store
-from shipper.chain import SEED, Profile, Verdict, Verifier
-from shipper.chain_stage import collector_paused, sender_identity
+from shipper.chain import SEED, Profile, Verdict, Verifier, sender_identity
+from shipper.chain_stage import collector_paused
 from shipper.events import record_bytes
 from shipper.s3 import S3Url
 

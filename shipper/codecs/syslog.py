@@ -229,7 +229,8 @@ class SyslogMessage:
         }
 
     def record(self) -> dict[str, Any]:
-        """The ``record`` of a message whose MSG is not a JSON object: its fields, msg, timestamp."""
+        """The ``record`` of a message whose MSG is not a JSON object: its fields, msg, timestamp
+        (``RECORD_FIELDS`` names every key it can have)."""
         record = self.envelope_syslog()
         record["timestamp"] = self.timestamp
         msg = self.msg
@@ -240,6 +241,24 @@ class SyslogMessage:
             record["msg_b64"] = base64.b64encode(msg).decode("ascii")
             record["msg_error"] = self.msg_error
         return record
+
+
+#: Every key of the ``record`` of a message whose MSG is not a JSON object (``record``).
+RECORD_FIELDS: Final = frozenset(
+    {
+        "facility",
+        "severity",
+        "hostname",
+        "app_name",
+        "procid",
+        "msgid",
+        "sd",
+        "timestamp",
+        "msg",
+        "msg_b64",
+        "msg_error",
+    }
+)
 
 
 # --------------------------------------------------------------------------------------------

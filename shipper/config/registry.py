@@ -49,11 +49,12 @@ from shipper.events import ALERT_SOURCE_ID
 if TYPE_CHECKING:
     import trio
 
+    from shipper.chain import Profile
     from shipper.events import Event
     from shipper.redact import Redaction
     from shipper.sinks import Sink
     from shipper.sinks.base import SinkContext
-    from shipper.sources import AgentOf, Source
+    from shipper.sources import Source
 
 
 class Endpoint(NamedTuple):
@@ -85,8 +86,8 @@ class SourceConfig(ABC):
         ``cls(**common, ...)``; None after recording a problem."""
 
     @abstractmethod
-    def build(self, send: trio.MemorySendChannel[list[Event]], agent_of: AgentOf) -> Source:
-        """The runtime source, handing its batches to ``send``."""
+    def build(self, send: trio.MemorySendChannel[list[Event]], profile: Profile) -> Source:
+        """The runtime source, handing its batches to ``send``; ``profile``: the chain's."""
 
     def endpoint(self) -> Endpoint | None:
         """Where this source listens (None: nowhere another source could clash with, such as

@@ -1,16 +1,17 @@
 """Sources: listeners that frame and decode what senders send and hand events to the pipeline.
 
 Each source type's config (``XSourceConfig`` beside its source, registered in
-``shipper.config.SOURCE_TYPES``) builds the source: ``config.build(send, agent_of)``. A source
+``shipper.config.SOURCE_TYPES``) builds the source: ``config.build(send, profile)``, ``profile``
+being the chain profile (``shipper.chain.Profile``): a source does the stateless half of the chain
+check itself (the agent, ``Profile.facts``) and encodes each envelope (``Event.seal``). A source
 binds its sockets (``bind``) apart from serving them (``serve``), so that the daemon's main
 process binds them once and ingest worker processes (``shipper.ingestproc``) serve them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shipper.config import Address
 
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
 #: Where a source listens: a TCP/UDP address, or a unix socket's path.
 Listening = Address | Path
-#: How a source finds the agent a record names (the chain profile's ``Profile.agent_of``).
-AgentOf = Callable[[dict[str, Any]], str | None]
 
 #: What every source counts (``source_<name>`` metrics, labelled with the source's id).
 SOURCE_COUNTERS: dict[str, str] = {

@@ -31,9 +31,11 @@ connection's ``peer`` is the socket's path; the sender's process credentials (``
 ``SCM_CREDENTIALS`` per datagram) go into ``source.peer_cred`` (``{"pid", "uid", "gid"}``).
 
 ``FramedSource`` is what the stream sources share on top of that: a framer per connection, the
-counted outcome of every frame, ``malformed`` events for what is not a message, and, with an
-``identity`` table, the check of each event's claims against the client certificate
-(``shipper.sources._identity``).
+counted outcome of every frame, ``malformed`` events for what is not a message, with an
+``identity`` table the check of each event's claims against the client certificate
+(``shipper.sources._identity``), and the stateless half of the chain check: each record's
+``Facts`` taken as soon as it is parsed (the parse is dropped then), and each event sealed
+(``_seal``: the sender as agent for line hashing, the envelope encoded) before it is handed on.
 """
 
 from __future__ import annotations
@@ -51,11 +53,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final, Protocol
 
+import orjson
 import trio
 
 from shipper.budget import ByteBudget
+from shipper.chain import Profile, sender_identity
 from shipper.codecs.framing import BadFraming, Framed, Oversized
 from shipper.codecs.jsonlines import is_blank
+from shipper.codecs.syslog import RECORD_FIELDS
 from shipper.config import Address
 from shipper.errors import ListenError
 from shipper.events import (
@@ -69,7 +74,7 @@ from shipper.events import (
 )
 from shipper.logging import Throttle, get_logger
 from shipper.metrics import CounterSet, Health, Registry
-from shipper.sources import SOURCE_COUNTERS, AgentOf, Listening
+from shipper.sources import SOURCE_COUNTERS, Listening
 from shipper.sources._identity import Grant, IdentityPolicy, IdentityTable, claims
 from shipper.sources._listener import (
     FRAME_TIMEOUT,
@@ -697,14 +702,22 @@ class FramedSource:
         self,
         source_id: str,
         send: trio.MemorySendChannel[list[Event]],
-        agent_of: AgentOf,
+        profile: Profile,
         max_frame: int,
         limit_key: str,
         identity: IdentityTable | None = None,
     ) -> None:
         self.id = source_id
         self._send = send
-        self._agent_of = agent_of
+        self.profile = profile
+        self._agent_of = profile.agent_of
+        self._facts = profile.facts
+        # Whether a record that names no agent is still verified: line hashing takes the sender's
+        # identity for its agent (``sender_identity``).
+        self._by_sender = profile.line_hashed
+        # Whether the records of syslog messages that are not JSON (``SyslogMessage.record``) may
+        # be verified: their agent comes from their fields, or from the sender.
+        self._text_chained = profile.line_hashed or profile.agent[0] in RECORD_FIELDS
         self._max_frame = max_frame
         self._oversized_reason = f"{self.unit} longer than {limit_key} ({max_frame})"
         self.counters = CounterSet(Registry(), "source", source_id, SOURCE_COUNTERS)
@@ -748,6 +761,7 @@ class FramedSource:
         budget = self.budget
         if budget is None:
             if sent:
+                self._seal(sent)
                 await self._send.send(sent)
             return
         if not sent:
@@ -756,6 +770,7 @@ class FramedSource:
             return
         if not reserved:
             await budget.acquire(sent.size)
+        self._seal(sent)
         try:
             await self._send.send(sent)
         except BaseException:
@@ -843,10 +858,60 @@ class FramedSource:
         raw: bytes,
         syslog: dict[str, Any] | None = None,
     ) -> Event:
-        """The event of a record parsed from ``raw``; the parse rides along for the chain stage."""
-        event = Event(received_at, source, self._agent_of(record), raw, syslog=syslog)
-        event.parsed = record
+        """The event of a record parsed from ``raw``, with its ``Facts`` if it may be verified:
+        the parse can go as soon as this returns. (A defect that raises while the facts are
+        taken leaves them out: ``_seal`` tries again, and leaves the event to the chain stage.)"""
+        agent = self._agent_of(record)
+        event = Event(received_at, source, agent, raw, syslog=syslog)
+        if agent is not None or self._by_sender:
+            try:
+                event.facts = self._facts(record, raw)
+            except Exception:
+                event.facts = None  # (see _seal)
         return event
+
+    def _seal(self, batch: list[Event]) -> None:
+        """The last of a source's work on its events, once each is complete (identity checked):
+        the agent of a line-hashed record that names none (the sender's identity), and the
+        envelope encoded (``Event.seal``). An event with ``identity_mismatch`` loses its facts:
+        it is never verified.
+
+        A defect that raises here leaves the event unsealed: the chain stage and the writer then
+        do it all, as for events made elsewhere, and report the defect as they do (the chain
+        stage archives the event unverified with a ``verify_failed`` alert, the writer as
+        ``malformed``), so that a defect costs that event only, wherever it strikes."""
+        for event in batch:
+            try:
+                raw = event.record_json
+                if raw is not None and not event.alert:
+                    if event.identity_mismatch is not None:
+                        event.facts = None
+                    elif event.facts is not None:
+                        if event.agent is None and self._by_sender:
+                            event.agent = sender_identity(event.source, event.syslog)
+                    elif (
+                        event.agent is not None
+                        or self._by_sender
+                        or (event.syslog is not None and self._text_chained)
+                    ):
+                        self._late_facts(event, raw)
+                event.seal()
+            except Exception:
+                event.sealed = None
+
+    def _late_facts(self, event: Event, raw: bytes) -> None:
+        """The agent and ``Facts`` of a record whose facts were not taken as it was parsed: a
+        syslog message's record made of its fields (not JSON), whose agent is no claim its
+        sender's certificate is checked against (``claims``), so it is read only now (a custom
+        profile's agent field among the syslog fields, or the sender for line hashing); or a
+        record whose facts a defect kept from being taken (which raises again: see ``_seal``)."""
+        record = orjson.loads(raw)
+        agent = self._agent_of(record)
+        if agent is None and self._by_sender:
+            agent = sender_identity(event.source, event.syslog)
+        if agent is not None:
+            event.facts = self._facts(record, raw)
+            event.agent = agent
 
     async def handle(self, connection: Connection) -> None:
         """Read frames until the stream ends; every frame gets a counted outcome."""

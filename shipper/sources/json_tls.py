@@ -40,12 +40,11 @@ from typing import Any, ClassVar
 
 import trio
 
-from shipper.chain import SEED
+from shipper.chain import SEED, Profile
 from shipper.codecs.framing import LineFramer
 from shipper.codecs.jsonlines import decode_object
 from shipper.config import SOURCE_TYPES, Address, Endpoint, SourceCommon, Table
 from shipper.events import Event
-from shipper.sources import AgentOf
 from shipper.sources._listener import (
     MAX_LINE_BYTES,
     ListenerConfig,
@@ -91,9 +90,9 @@ class JsonTlsSourceConfig(ListenerConfig):
         )
 
     def build(
-        self, send: trio.MemorySendChannel[list[Event]], agent_of: AgentOf = SEED.agent_of
+        self, send: trio.MemorySendChannel[list[Event]], profile: Profile = SEED
     ) -> JsonTlsSource:
-        return JsonTlsSource(self, send, agent_of)
+        return JsonTlsSource(self, send, profile)
 
     def endpoint(self) -> Endpoint | None:
         return Endpoint("address", "tcp", self.address) if self.address.port else None
@@ -109,10 +108,10 @@ class JsonTlsSource(FramedSource):
         self,
         config: JsonTlsSourceConfig,
         send: trio.MemorySendChannel[list[Event]],
-        agent_of: AgentOf = SEED.agent_of,
+        profile: Profile = SEED,
     ) -> None:
         super().__init__(
-            config.id, send, agent_of, config.max_line_bytes, "max_line_bytes", config.identity
+            config.id, send, profile, config.max_line_bytes, "max_line_bytes", config.identity
         )
         self.config = config
         self.server: StreamServer = self._listen(config.address, config)

@@ -64,7 +64,7 @@ UDP cannot slow its senders, and loses data in two places, each counted:
   soon as there is room, in batches of at most about ``FORWARD_BYTES``. It is bounded by
   ``burst_events`` and ``burst_bytes``; an event counts its bytes plus a fixed overhead, and its
   syslog header's and structured data's objects (``burst_cost``, an upper bound of the memory it
-  holds; its parsed record is dropped, the chain stage parses it again). The batch being handed
+  holds; its parsed record was dropped as soon as its ``Facts`` were taken). The batch being handed
   on counts until the pipeline took it. A datagram whose events do not fit is dropped
   (``dropped_full``; logged as ``udp_dropped_full`` at most once a second); an empty buffer takes
   any one datagram.
@@ -93,7 +93,7 @@ from typing import Any, ClassVar, Final, Literal, TypeVar
 import orjson
 import trio
 
-from shipper.chain import SEED
+from shipper.chain import SEED, Profile
 from shipper.codecs.framing import AutoFramer, Framed
 from shipper.codecs.jsonlines import Refused, decode_object
 from shipper.codecs.syslog import parse
@@ -102,7 +102,7 @@ from shipper.config.reader import show
 from shipper.errors import ListenError
 from shipper.events import Event, Malformed, utc_timestamp
 from shipper.logging import Throttle
-from shipper.sources import AgentOf, Listening
+from shipper.sources import Listening
 from shipper.sources._listener import (
     MAX_LINE_BYTES,
     ListenerConfig,
@@ -208,9 +208,9 @@ class SyslogSourceConfig(ListenerConfig):
         )
 
     def build(
-        self, send: trio.MemorySendChannel[list[Event]], agent_of: AgentOf = SEED.agent_of
+        self, send: trio.MemorySendChannel[list[Event]], profile: Profile = SEED
     ) -> SyslogSource:
-        return SyslogSource(self, send, agent_of)
+        return SyslogSource(self, send, profile)
 
     def endpoint(self) -> Endpoint | None:
         if self.path is not None:
@@ -276,6 +276,9 @@ def _read_udp_buffers(table: Table) -> dict[str, Any]:
 #: bytes) and its syslog header's strings: the ``Event``, its ``source`` and ``syslog`` dicts.
 #: Measured with tracemalloc at 0.5 (malformed) to 1.2 KiB (see ``burst_cost``).
 BURST_EVENT_OVERHEAD: Final = 1536
+#: What a record's ``Facts`` count beyond 4 bytes a character of their strings (the tuple, its
+#: sequence, the headers of its strings: about 330 bytes).
+FACTS_OVERHEAD: Final = 512
 #: What each SD-ID and each SD-PARAM of the structured data counts beyond 4 bytes a character
 #: of its names and value (a dict or a dict slot and its strings: measured at 80 to 145 bytes).
 SD_ITEM_OVERHEAD: Final = 192
@@ -294,15 +297,18 @@ _CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(12)
 
 def burst_cost(event: Event) -> int:
     """What an event counts against ``burst_bytes``: an upper bound of the memory it holds while
-    it waits, without its parsed record (dropped while it waits; the chain stage parses it
-    again). Its bytes, ``BURST_EVENT_OVERHEAD``, 4 bytes a character of the syslog header's
-    strings (a Python string takes at most 4 a character), and ``SD_ITEM_OVERHEAD`` plus 4 bytes a
-    character for each SD-ID and SD-PARAM: a datagram of many empty SD-ELEMENTs takes 25 times
+    it waits (its parsed record is gone: only its ``Facts`` came along). Its bytes,
+    ``BURST_EVENT_OVERHEAD``, 4 bytes a character of the syslog header's strings (a Python string
+    takes at most 4 a character), ``FACTS_OVERHEAD`` plus 4 bytes a character of the strings of
+    its ``Facts``, and ``SD_ITEM_OVERHEAD`` plus 4 bytes a character for each SD-ID and SD-PARAM: a datagram of many empty SD-ELEMENTs takes 25 times
     its size in objects, and counts as much (``tests/sources/test_udp_limits.py`` measures it)."""
     if event.record_json is not None:
         cost = len(event.record_json) + BURST_EVENT_OVERHEAD
     else:
         cost = BURST_EVENT_OVERHEAD + (len(event.malformed.raw) if event.malformed else 0)
+    facts = event.facts
+    if facts is not None:
+        cost += FACTS_OVERHEAD + 4 * sum(len(value) for value in facts if type(value) is str)
     header = event.syslog
     if header is not None:
         for key in ("hostname", "app_name", "procid", "msgid"):
@@ -347,12 +353,12 @@ class SyslogSource(FramedSource):
         self,
         config: SyslogSourceConfig,
         send: trio.MemorySendChannel[list[Event]],
-        agent_of: AgentOf = SEED.agent_of,
+        profile: Profile = SEED,
     ) -> None:
         super().__init__(
             config.id,
             send,
-            agent_of,
+            profile,
             config.max_message_bytes,
             "max_message_bytes",
             config.identity,
@@ -580,8 +586,6 @@ class SyslogSource(FramedSource):
         ):
             self._drop_full(len(batch))
             return
-        for event in batch:  # bounded memory while they wait: the chain stage parses again
-            event.parsed = None
         self._pending.extend(batch)
         self.held_events += len(batch)
         self.held_bytes += size
