@@ -296,8 +296,12 @@ EVENT_OVERHEAD: Final = 256
 
 
 def event_bytes(event: Event) -> int:
-    """About how many bytes ``event`` takes (its record's bytes, or its malformed bytes as
-    base64, plus ``EVENT_OVERHEAD``): what bounds batches and buffers in bytes."""
+    """About how many bytes ``event`` takes (its sealed tail, which holds its record or its
+    malformed bytes; else its record's bytes, or its malformed bytes as base64; plus
+    ``EVENT_OVERHEAD``): what bounds batches and buffers in bytes."""
+    sealed = event.sealed
+    if sealed is not None:  # (its record is in the tail: an ingest worker's has no record_json)
+        return EVENT_OVERHEAD + len(sealed[1])
     raw = event.record_json
     if raw is not None:
         return EVENT_OVERHEAD + len(raw)

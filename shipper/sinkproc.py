@@ -123,7 +123,7 @@ class Frames:
 
     async def _fill(self, size: int) -> bool:
         while len(self._buffer) < size:
-            data = await self._stream.receive_some(65536)
+            data = await self._stream.receive_some(max(65536, size - len(self._buffer)))
             if not data:
                 return False
             self._buffer += data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import threading
@@ -15,7 +16,10 @@ from typing import Any
 import orjson
 import trio
 
+from shipper.chain import SEED, Facts
 from shipper.config import parse_config
+from shipper.events import Event, Malformed, alert_event, entry, event_bytes
+from shipper.ingestproc import events, rows
 from shipper.topology import Topology
 from tests.chains import chain
 from tests.conftest import WORKERS, archive_lines, file_sink_config, wait_until
@@ -284,3 +288,31 @@ async def test_datagram_sources_live_in_one_worker(tmp_path: Path) -> None:
     (event,) = (orjson.loads(line) for line in archive_lines(tmp_path / "archive"))
     assert event["record"]["msg"] == "hello"
     assert topology.sources[0].counters["datagrams"] == 1
+
+
+def test_events_cross_the_pipe_as_rows_and_encode_the_same() -> None:
+    """A worker's sealed records cross the pipe as rows and come back as events with the same
+    facts and the same WAL entries once verified; malformed input and alerts cross as events."""
+    source = {"id": "agents", "kind": "json_tls", "peer": "127.0.0.1:5000"}
+    sent: list[Event] = []
+    for record in chain(3, "a1"):
+        line = orjson.dumps(record)
+        event = Event("2026-12-03T10:00:00.000000Z", source, "a1", line)
+        event.facts = SEED.facts(orjson.loads(line), line)
+        event.seal()
+        sent.append(event)
+    unchained = Event("2026-12-03T10:00:00.000000Z", source, None, b'{"x":1}')
+    unchained.seal()
+    malformed = Event("2026-12-03T10:00:00.000000Z", source, malformed=Malformed.of("bad", b"{"))
+    malformed.seal()
+    alert = alert_event("shipper.identity_alert", "a1", {"status": "identity_mismatch"})
+    sent += [unchained, malformed, alert]
+    wire = pickle.loads(pickle.dumps(rows(sent), protocol=pickle.HIGHEST_PROTOCOL))
+    assert [type(row) for row in wire] == [tuple] * 4 + [Event, Event]
+    back = events(wire)
+    assert [event.facts for event in back] == [event.facts for event in sent]
+    assert all(type(event.facts) is Facts for event in back[:3])
+    for event in (*sent, *back):
+        event.chain = {"status": "ok", "sequence": 1} if event.facts is not None else None
+    assert [entry(event) for event in back] == [entry(event) for event in sent]
+    assert [event_bytes(event) for event in back] == [event_bytes(event) for event in sent]
