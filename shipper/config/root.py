@@ -49,11 +49,11 @@ class ChainConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """``[runtime]``: how the daemon spreads over processes. ``sink_processes``: each sink runs
-    in a process of its own (``shipper.sinkproc``), reading the WAL's files through its cursor;
-    false: every sink runs in the daemon's process."""
+    """``[runtime]``: how the daemon spreads over processes. ``sink_processes`` (the default):
+    each sink runs in a process of its own (``shipper.sinkproc``), reading the WAL's files
+    through its cursor; false: every sink runs in the daemon's process."""
 
-    sink_processes: bool = False
+    sink_processes: bool = True
 
 
 class Parsed:
