@@ -14,7 +14,7 @@ them); a datagram socket (UDP, a unix datagram socket) is served by worker 0 alo
 kernel counters (drops) belong to the socket. One connection lives in one worker, and the worker
 hands its batches on in the order it read them, so one connection's events stay in order.
 
-The pipes carry ``shipper.sinkproc`` frames (a 4-byte length, then a pickle; between processes
+The pipes carry ``shipper.children`` frames (a 4-byte length, then a pickle; between processes
 of one installation only):
 
 * main to worker, on stdin: one ``Spec``; later ``("stop",)`` to stop accepting and reading (the
@@ -62,11 +62,11 @@ import trio
 from shipper.budget import ByteBudget
 from shipper.buffer.record import MAX_PAYLOAD
 from shipper.chain import Facts
+from shipper.children import MAX_LINE, ORPHANED, RESTART_FIRST, RESTART_LIMIT, Frames, frame
 from shipper.events import Batch, Event, size_of
 from shipper.logging import configure, get_logger, write_entry
 from shipper.metrics import Health, Registry
 from shipper.retry import Backoff
-from shipper.sinkproc import MAX_LINE, ORPHANED, RESTART_FIRST, RESTART_LIMIT, Frames, frame
 from shipper.sources import Listening, Source
 from shipper.sources._net import Bound
 

@@ -34,8 +34,10 @@ Snapshot (``Registry.snapshot()``), plain data that survives JSON and a pipe bet
      "health": {"<component>": {"status": "ok", "reason": "", "since": 0.0}}}
 
 ``merge`` combines snapshots of several processes (metrics of the same name must agree on kind,
-unit, labels and buckets: a mismatch is a defect, and raises ``ValueError``); ``value`` reads one
-sample; ``summary`` renders a snapshot for a log entry.
+unit, labels and buckets: a mismatch is a defect, and raises ``ValueError``); a registry merges
+the snapshots of its child processes into its own (``Registry.include``; ``shipper.children``
+relays them), so one snapshot holds every process's metrics. ``value`` reads one sample;
+``summary`` renders a snapshot for a log entry.
 """
 
 from __future__ import annotations
@@ -203,6 +205,7 @@ class Registry:
         self._families: dict[str, Family[Any]] = {}
         self._health: dict[str, Callable[[], Health]] = {}
         self._collectors: list[Callable[[], None]] = []
+        self._included: list[Callable[[], dict[str, Any] | None]] = []
 
     def collector(self, collect: Callable[[], None]) -> None:
         """Call ``collect`` before each snapshot (to bring metrics kept elsewhere up to date)."""
@@ -273,8 +276,14 @@ class Registry:
     def unregister_health(self, component: str) -> None:
         self._health.pop(component, None)
 
+    def include(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+        """Merge what ``snapshot`` returns (another process's metrics and health, as a snapshot;
+        None: nothing yet) into each snapshot of this registry (``merge``)."""
+        self._included.append(snapshot)
+
     def snapshot(self) -> dict[str, Any]:
-        """Every metric and health check now, as plain data (see the module docstring)."""
+        """Every metric and health check now, as plain data (see the module docstring), with
+        what the included snapshots hold merged in."""
         for collect in self._collectors:
             collect()
         health: dict[str, Any] = {}
@@ -283,7 +292,7 @@ class Registry:
                 health[component] = check().as_dict()
             except Exception as exc:  # a defect in a check: the component says so, not the caller
                 health[component] = Health("failing", f"health check raised {exc!r}").as_dict()
-        return {
+        own = {
             "v": 1,
             "metrics": {
                 name: {**family.describe(), "samples": family.samples()}
@@ -291,6 +300,8 @@ class Registry:
             },
             "health": health,
         }
+        others = [found for include in self._included if (found := include()) is not None]
+        return merge([own, *others]) if others else own
 
 
 def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -329,6 +340,21 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             for name, described in metrics.items()
         },
         "health": health,
+    }
+
+
+def lasting(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What of a process's snapshot still counts once the process is gone: its counters and
+    histograms (merged with those of the process that takes its place, they count on as one
+    process would), not its gauges or health (they were its state, not a count)."""
+    return {
+        "v": 1,
+        "metrics": {
+            name: metric
+            for name, metric in snapshot["metrics"].items()
+            if metric["kind"] != "gauge"
+        },
+        "health": {},
     }
 
 

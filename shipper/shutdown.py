@@ -5,7 +5,7 @@ event already read drain to the sinks, under ``shutdown_timeout``. Phase two (th
 a second signal arrives): cancel everything (sink processes are killed), and log per sink how
 many bytes it left in the WAL, where they wait for the next start. The drain goes in order:
 sources, then the writer, which closes the WAL, then the sinks, which deliver what it holds (in
-the daemon's process or in their own, ``shipper.sinkproc``).
+the daemon's process or in their own, ``shipper.sinkproc``, the default).
 Only cleanup (closing and fsyncing files) is shielded from the cancellation.
 """
 
@@ -19,6 +19,8 @@ import trio
 from shipper import __version__
 from shipper.config import Config
 from shipper.logging import get_logger
+from shipper.metrics import summary as metrics_summary
+from shipper.metrics import value
 from shipper.sdnotify import notify, watchdog
 from shipper.sources import Listening
 from shipper.topology import Topology
@@ -93,12 +95,13 @@ async def run_daemon(
         with trio.move_on_after(config.shutdown_timeout):
             await _first_of(topology.finished, shutdown.forced)
         drained = topology.finished.is_set()
+        snapshot = topology.registry.snapshot()
         summary: dict[str, Any] = {
             "events": topology.counters["events"],
             "delivered": {
-                slot.driver.id: slot.driver.counters["events"] for slot in topology.sinks
+                slot.id: value(snapshot, "sink_events", slot.id) for slot in topology.sinks
             },
-            "metrics": topology.metrics(),
+            "metrics": metrics_summary(snapshot),
         }
         if drained:
             log.info("shutdown_complete", **summary)

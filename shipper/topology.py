@@ -12,9 +12,9 @@ The ingest channel is bounded, and the WAL writer waits when the WAL is full (``
 backpressure. Each sink reads the WAL at its own pace through its own cursor, so a slow or dead sink
 holds back no other sink until the WAL is full. Each sink runs under its own driver
 (``shipper.sinks.driver``), which batches, retries, dead-letters and restarts it: a sink's failure
-never ends the daemon. With ``[runtime] sink_processes``, each driver runs in a process of its own
-(``shipper.sinkproc``: ``SinkSlot.process``), which the topology supervises; the events it raises
-come back into ``emit``, and its counters into the driver's here.
+never ends the daemon. With ``[runtime] sink_processes`` (the default), each driver runs in a
+process of its own instead (``shipper.sinkproc``: ``SinkSlot.process``), which the topology
+supervises; the events it raises come back into ``emit``, and its metrics into the registry here.
 
 Per event, the sources do everything that needs no shared state: framing, parsing, the record's
 chain facts (``Profile.facts``: canonical form and digest; the parse is dropped at once), the
@@ -57,7 +57,7 @@ sink could not deliver stays in the WAL for the next start.
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -75,8 +75,8 @@ from shipper.ingestproc import spec_of as ingest_spec_of
 from shipper.logging import Throttle, get_logger
 from shipper.metrics import Registry, mirror, summary
 from shipper.retry import Backoff
-from shipper.sinkproc import SinkProcess, spec_of
-from shipper.sinks.base import SinkContext
+from shipper.sinkproc import SinkProcess
+from shipper.sinks.base import EMITTED_DROPPED, EmitDrops, SinkContext
 from shipper.sinks.driver import SinkDriver
 from shipper.sources import Listening, Source
 from shipper.sources._net import Bound
@@ -106,11 +106,12 @@ CHECKPOINT_RETRY_SECONDS = 1.0
 
 @dataclass
 class SinkSlot:
-    """A sink's driver and the source ids the sink takes (None: all); with ``[runtime]
-    sink_processes``, the process it runs in (the driver then only holds its counters)."""
+    """A sink's id, the source ids it takes (None: all), and what runs it: its driver, or with
+    ``[runtime] sink_processes``, the process it runs in."""
 
-    driver: SinkDriver
+    id: str
     inputs: frozenset[str] | None
+    driver: SinkDriver | None = None
     process: SinkProcess | None = None
 
 
@@ -121,7 +122,7 @@ WRITER_COUNTERS: dict[str, str] = {
     "encode_errors": "Events that could not be encoded, archived as malformed (a defect)",
     "write_refusals": "Times the WAL refused batches (they were verified and written again)",
     "requeued_batches": "Batches requeued after the WAL refused them",
-    "emitted_dropped": "Events raised by sinks (seals, alerts) not taken: queue full or stopping",
+    "emitted_dropped": EMITTED_DROPPED,
 }
 
 
@@ -156,17 +157,16 @@ class Topology:
         for running in self.sources:
             running.budget = self.budget
         context = SinkContext(config.chain.profile_fields, self.emit)
-        self.sinks = [
-            SinkSlot(
-                SinkDriver(sink.build(context), config.data_dir, self.emit, sink.redact),
-                frozenset(sink.inputs) if sink.inputs is not None else None,
-            )
-            for sink in config.sinks.values()
-        ]
-        if config.runtime.sink_processes:
-            for slot in self.sinks:
-                spec = spec_of(config, slot.driver.id, "")  # the epoch once the WAL is open
-                slot.process = SinkProcess(slot.driver, spec, self.emit, self._refresh_cursors)
+        self.sinks: list[SinkSlot] = []
+        for sink in config.sinks.values():
+            slot = SinkSlot(sink.id, frozenset(sink.inputs) if sink.inputs is not None else None)
+            if config.runtime.sink_processes:  # built in its process, not here
+                slot.process = SinkProcess(config, sink, self.emit, self._refresh_cursors)
+            else:
+                slot.driver = SinkDriver(
+                    sink.build(context), config.data_dir, self.emit, sink.redact
+                )
+            self.sinks.append(slot)
         self.wal = Wal(config.data_dir / "wal", config.buffer, RESERVE_BYTES, envelopes=envelopes)
         self.chain = ChainStage(config.chain, config.data_dir)
         self._next_checkpoint = 0.0
@@ -188,7 +188,7 @@ class Topology:
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
         self._error_log = Throttle(1)
-        self._emit_log = Throttle(1)
+        self._emit_dropped = EmitDrops(self.counters)
         self.registry = Registry()
         self._register_metrics()
 
@@ -212,9 +212,9 @@ class Topology:
         for slot in self.sinks:
             if slot.process is not None:
                 slot.process.register_metrics(registry)
-            else:
+            elif slot.driver is not None:
                 slot.driver.register_metrics(registry)
-            lag.labels(slot.driver.id).observe(partial(self._lag, slot.driver.id))
+            lag.labels(slot.id).observe(partial(self._lag, slot.id))
 
     async def _refresh_cursors(self) -> None:
         """A sink process exited: take in the cursors it stored (its lag, and what the WAL may
@@ -232,7 +232,7 @@ class Topology:
         try:
             await self._check_destinations()
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
-            readers.update({slot.driver.id: slot.inputs for slot in self.sinks})
+            readers.update({slot.id: slot.inputs for slot in self.sinks})
             try:
                 found = await trio.to_thread.run_sync(read_checkpoint, self.config.data_dir)
                 # The checkpoint's epoch is the best evidence of the WAL's, if wal/epoch is lost.
@@ -253,11 +253,10 @@ class Topology:
             async with trio.open_nursery() as nursery:
                 for slot in self.sinks:  # a sink's failure is its driver's: it never ends these
                     if slot.process is not None:
-                        slot.process.spec = replace(slot.process.spec, epoch=self.wal.epoch)
-                        await nursery.start(slot.process.run)
-                        continue
-                    reader = self.wal.readers[slot.driver.id]
-                    await nursery.start(slot.driver.run, reader, self.wal.epoch)
+                        await nursery.start(slot.process.run, self.wal.epoch)
+                    elif slot.driver is not None:
+                        reader = self.wal.readers[slot.id]
+                        await nursery.start(slot.driver.run, reader, self.wal.epoch)
                 nursery.start_soon(self._write)
                 nursery.start_soon(self._forward_emitted)
                 nursery.start_soon(self.wal.run)
@@ -328,13 +327,7 @@ class Topology:
         try:
             self._emitted.send_nowait(event)
         except (trio.WouldBlock, trio.ClosedResourceError):
-            self.counters["emitted_dropped"] += 1
-            if self._emit_log.allow(trio.current_time()) is not None:
-                log.warning(
-                    "emitted_event_dropped",
-                    record=(event.record_json or b"")[:200].decode(errors="replace"),
-                    dropped=self.counters["emitted_dropped"],
-                )
+            self._emit_dropped(event)
             return False
         return True
 
@@ -365,7 +358,7 @@ class Topology:
 
     def pending(self) -> dict[str, int]:
         """Per sink, bytes in the WAL not yet acknowledged (they wait for the next start)."""
-        return {slot.driver.id: self._lag(slot.driver.id) for slot in self.sinks}
+        return {slot.id: self._lag(slot.id) for slot in self.sinks}
 
     async def _write(self) -> None:
         """Verify and append every batch from the sources; close the WAL when they are done."""

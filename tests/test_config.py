@@ -633,11 +633,11 @@ def test_absurd_buffer_size_is_a_config_problem() -> None:
     ]
 
 
-def test_runtime_sink_processes_is_a_boolean_off_by_default() -> None:
-    """``[runtime] sink_processes`` is false unless set, true when set, and anything but a
+def test_runtime_sink_processes_is_a_boolean_on_by_default() -> None:
+    """``[runtime] sink_processes`` is true unless set, false when set so, and anything but a
     boolean, or another key in ``[runtime]``, is a problem at its key."""
-    assert parse_config(_raw()).runtime.sink_processes is False
-    assert parse_config(_raw(runtime={"sink_processes": True})).runtime.sink_processes is True
+    assert parse_config(_raw()).runtime.sink_processes is True
+    assert parse_config(_raw(runtime={"sink_processes": False})).runtime.sink_processes is False
     problems = _problems(_raw(runtime={"sink_processes": "yes", "threads": 2}))
     assert [p.split(":")[0] for p in problems] == ["runtime.sink_processes", "runtime.threads"]
 

@@ -311,9 +311,11 @@ async def test_every_component_reports_into_one_registry_that_merges(
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(topology.run)
         await send(bound["agents"][0], b"".join(record("a", n) for n in range(1, 11)))
-        (slot,) = topology.sinks
         await wait_until(
-            lambda: slot.driver.counters["events"] == 10 and not topology.wal.lag_bytes("archive")
+            lambda: (
+                value(topology.registry.snapshot(), "sink_events", "archive") == 10
+                and not topology.wal.lag_bytes("archive")
+            )
         )
         snapshot = orjson.loads(orjson.dumps(topology.registry.snapshot()))
         topology.stop()

@@ -15,9 +15,9 @@ import pytest
 import trio
 import trio.testing
 
+from shipper.children import _LENGTH, MAX_FRAME, MAX_LINE, Frames, Supervised
 from shipper.config import parse_config
 from shipper.metrics import value
-from shipper.sinkproc import _LENGTH, MAX_FRAME, MAX_LINE, Frames, SinkProcess
 from shipper.topology import Topology
 from tests.conftest import LogCapture, archive_lines, file_sink_config, free_port, wait_until
 from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
@@ -34,6 +34,11 @@ def started(root: Path, sink: str) -> list[int]:
         for entry in log_entries(root)
         if entry.get("event") == "sink_process_started" and entry.get("sink") == sink
     ]
+
+
+def delivered(topology: Topology, sink: str = "archive") -> Any:
+    """``sink_events`` of ``sink`` in the topology's metrics now."""
+    return value(topology.registry.snapshot(), "sink_events", sink)
 
 
 def wait_for(predicate: Any, what: str, limit: float = 120.0) -> None:
@@ -111,7 +116,7 @@ async def test_a_restarted_sink_process_counts_on_from_what_the_killed_one_repor
         (slot,) = topology.sinks
         assert slot.process is not None
         await send(bound["agents"][0], b"".join(record("a", n) for n in range(1, 11)))
-        await wait_until(lambda: slot.driver.counters["events"] == 10)
+        await wait_until(lambda: delivered(topology) == 10)
         first = slot.process.pid
         assert first is not None
         restarted = slot.process.started
@@ -121,7 +126,7 @@ async def test_a_restarted_sink_process_counts_on_from_what_the_killed_one_repor
         await restarted.wait()
         assert slot.process.pid != first
         await send(bound["agents"][0], b"".join(record("a", n) for n in range(11, 21)))
-        await wait_until(lambda: slot.driver.counters["events"] == 20)
+        await wait_until(lambda: delivered(topology) == 20)
         snapshot = topology.registry.snapshot()
         topology.stop()
     assert value(snapshot, "sink_events", "archive") == 20
@@ -133,7 +138,7 @@ async def test_a_restarted_sink_process_counts_on_from_what_the_killed_one_repor
 
 
 async def test_a_sink_process_that_fails_at_start_is_logged_and_started_again(
-    tmp_path: Path, logs: LogCapture
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A sink process that crashes as it starts does not stop the daemon: its traceback is
     logged (``sink_process_output``), its exit too (``sink_process_exited``, with its status),
@@ -143,7 +148,8 @@ async def test_a_sink_process_that_fails_at_start_is_logged_and_started_again(
     topology = Topology(parse_config(raw))
     (slot,) = topology.sinks
     assert slot.process is not None
-    slot.process.spec = replace(slot.process.spec, sink="missing")  # the child cannot find it
+    spec = slot.process.spec
+    monkeypatch.setattr(slot.process, "spec", lambda epoch: replace(spec(epoch), sink="missing"))
     async with trio.open_nursery() as nursery:
         await nursery.start(topology.run)
         await wait_until(lambda: len(logs.entries("sink_process_exited")) >= 2)
@@ -182,7 +188,7 @@ async def test_a_childs_endless_stderr_line_is_cut_and_the_next_lines_still_come
     send_stream, receive_stream = trio.testing.memory_stream_one_way_pair()
     relay = Relay()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(SinkProcess._relay_logs, relay, receive_stream)  # type: ignore[arg-type]
+        nursery.start_soon(Supervised._relay_logs, relay, receive_stream)  # type: ignore[arg-type]
         for _ in range(20):
             await send_stream.send_all(b"y" * 65536)
         await send_stream.send_all(b"\nnext line\nlast")

@@ -126,6 +126,12 @@ class SinkConfig(ABC):
     def build(self, context: SinkContext) -> Sink:
         """The runtime sink, with what it may have of the daemon (``context``)."""
 
+    def own_counters(self) -> Mapping[str, str]:
+        """The counters the sink built from this config keeps of its own
+        (``shipper.sinks.base.Counting``), known without building it: a daemon whose sink runs in
+        a process of its own declares them too. Empty by default."""
+        return {}
+
     def named_sources(self) -> Iterable[tuple[str, str]]:
         """The source ids the type's own keys name, each with its key (relative to the sink's
         table), so that a name no source has is refused like an unknown ``inputs`` entry

@@ -53,13 +53,13 @@ MAX_WORKERS: Final = 256
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """``[runtime]``: how the daemon spreads over processes. ``sink_processes``: each sink runs
-    in a process of its own (``shipper.sinkproc``), reading the WAL's files through its cursor;
-    false: every sink runs in the daemon's process. ``workers``: how many ingest worker
-    processes serve the sources (``shipper.ingestproc``); 0: the sources run in the daemon's
-    process."""
+    """``[runtime]``: how the daemon spreads over processes. ``sink_processes`` (the default):
+    each sink runs in a process of its own (``shipper.sinkproc``), reading the WAL's files
+    through its cursor; false: every sink runs in the daemon's process. ``workers``: how many
+    ingest worker processes serve the sources (``shipper.ingestproc``); 0: the sources run in
+    the daemon's process."""
 
-    sink_processes: bool = False
+    sink_processes: bool = True
     workers: int = 0
 
 

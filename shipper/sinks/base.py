@@ -42,18 +42,23 @@ the same in a process of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import trio
 
 from shipper.buffer.segment import Position
 from shipper.events import ENVELOPE_HEAD
+from shipper.logging import Throttle, get_logger
 from shipper.metrics import CounterSet, Health
 from shipper.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from shipper.chain import Profile
     from shipper.events import Event
+
+log = get_logger("shipper.sinks")
 
 _ID_START = len(ENVELOPE_HEAD) + len(b'"id":"')
 
@@ -108,6 +113,32 @@ class SinkContext:
 
     profile: Profile
     emit: Callable[[Event], bool] = _nowhere
+
+
+#: What ``emitted_dropped`` counts (``writer_emitted_dropped``: in the daemon, and in each sink
+#: process, whose count the daemon adds to its own).
+EMITTED_DROPPED = "Events raised by sinks (seals, alerts) not taken: queue full or stopping"
+
+
+class EmitDrops:
+    """What an ``emit`` does with an event it could not queue (``SinkContext``): count it in
+    ``counters["emitted_dropped"]`` and log it (``emitted_event_dropped``, with ``fields``), at
+    most once a second: a full queue drops events in bursts."""
+
+    def __init__(self, counters: MutableMapping[str, int], **fields: Any) -> None:
+        self._counters = counters
+        self._fields = fields
+        self._log = Throttle(1)
+
+    def __call__(self, event: Event) -> None:
+        self._counters["emitted_dropped"] += 1
+        if self._log.allow(trio.current_time()) is not None:
+            log.warning(
+                "emitted_event_dropped",
+                record=(event.record_json or b"")[:200].decode(errors="replace"),
+                dropped=self._counters["emitted_dropped"],
+                **self._fields,
+            )
 
 
 class Sink(Protocol):

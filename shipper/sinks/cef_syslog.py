@@ -179,6 +179,9 @@ class CefSyslogSinkConfig(SinkConfig):
     def build(self, context: SinkContext) -> CefSyslogSink:
         return CefSyslogSink(self)
 
+    def own_counters(self) -> Mapping[str, str]:
+        return CefSyslogSink.own_counters
+
 
 def _check_header(table: Table, syslog_format: str, hostname: str, app_name: str) -> None:
     """The hostname and app-name must fit the syslog header they go into."""

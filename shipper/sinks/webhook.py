@@ -231,6 +231,9 @@ class WebhookSinkConfig(SinkConfig):
     def build(self, context: SinkContext) -> WebhookSink:
         return WebhookSink(self)
 
+    def own_counters(self) -> Mapping[str, str]:
+        return WebhookSink.own_counters
+
 
 def _check_url(value: str) -> None:
     try:

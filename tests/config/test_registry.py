@@ -118,12 +118,14 @@ def test_the_topology_builds_each_component_from_its_config(tmp_path: Path) -> N
     raw = copy.deepcopy(MINIMAL)
     raw["data_dir"] = str(tmp_path / "var")
     raw["buffer"] = {"max_bytes": "8MiB", "fsync": "never"}
+    raw["runtime"] = {"sink_processes": False}  # the sinks are built in this process
     with SINK_TYPES.registered(ProbeSinkConfig):
         config = parse_config(raw, env={})
     topology = Topology(config)
     [source] = topology.sources
     assert source.id == "a"
     [slot] = topology.sinks
+    assert slot.driver is not None
     assert isinstance(slot.driver.sink, ProbeSink)
     assert slot.driver.sink.config is config.sinks["out"]
     assert topology.wal.settings is config.buffer
@@ -134,6 +136,7 @@ async def test_a_registered_sink_type_runs_in_the_daemon(tmp_path: Path, logs: L
     with no change to shipper's code."""
     raw = file_sink_config(tmp_path)
     raw["sinks"]["probe"] = {"type": "probe"}
+    raw["runtime"] = {"sink_processes": False}  # what the probe received is in this process
     with SINK_TYPES.registered(ProbeSinkConfig):
         config = parse_config(raw, env={})
     probe = config.sinks["probe"]

@@ -82,6 +82,7 @@ async def test_a_broken_sink_never_stops_the_daemon_or_its_file_sink(
     raw = file_sink_config(tmp_path)
     raw["sinks"]["broken"] = {"type": "broken"}
     raw["shutdown_timeout"] = "1s"
+    raw["runtime"] = {"sink_processes": False}  # the broken sink is inspected in this process
     lines = b"".join(
         orjson.dumps({"agentId": "a", "sequence": n, "action": "db.query"}) + b"\n"
         for n in range(1, 301)

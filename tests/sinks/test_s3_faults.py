@@ -63,29 +63,32 @@ async def test_server_down_for_a_while_then_everything_arrives_once(tmp_path: Pa
                 "file": {"type": "file", "path": str(tmp_path / "archive")},
             },
         )
+        raw["runtime"] = {"sink_processes": False}  # its sink is tuned here: in this process
         lines = chain_lines(100, "agent-a")
         topology = Topology(parse_config(raw))
-        s3, file = topology.sinks
-        s3.driver.sink.retry_policy = FAST
+        s3, file = (slot.driver for slot in topology.sinks)
+        assert s3 is not None
+        assert file is not None
+        s3.sink.retry_policy = FAST
         async with trio.open_nursery() as nursery:
             address = (await nursery.start(topology.run))["agents"][0]
             async with await trio.open_tcp_stream(address.host, address.port) as stream:
                 await stream.send_all(b"".join(lines[:50]))
-                await wait_until(lambda: s3.driver.counters["events"] >= 50)
+                await wait_until(lambda: s3.counters["events"] >= 50)
 
                 weed.terminate()
                 await wait_until(lambda: not weed.answers())
                 await stream.send_all(b"".join(lines[50:]))
                 await wait_until(lambda: len(agent_lines(tmp_path / "archive")) == 100)
-                await wait_until(lambda: s3.driver.health().status in ("degraded", "failing"))
+                await wait_until(lambda: s3.health().status in ("degraded", "failing"))
                 assert topology.wal.lag_bytes("s3") > 0
-                assert file.driver.health().status == "ok"
+                assert file.health().status == "ok"
 
                 await trio.to_thread.run_sync(weed.stop)
                 await trio.to_thread.run_sync(weed.start)
                 await wait_until(lambda: topology.wal.lag_bytes("s3") == 0, limit=60)
-                assert s3.driver.health().status == "ok"
-                assert s3.driver.counters["retries"] > 0
+                assert s3.health().status == "ok"
+                assert s3.counters["retries"] > 0
                 topology.stop()
         stored = await read_bucket(server, bucket)
     assert chain_problems(stored) == []
@@ -291,10 +294,13 @@ async def test_a_locked_key_holding_other_bytes_dead_letters_the_batch_and_alert
     archive = tmp_path / "archive"
     table = sink_table(s3_server, bucket, endpoint=proxy.url, key_prefix="events/")
     raw = daemon_config(tmp_path, {"s3": table, "file": {"type": "file", "path": str(archive)}})
+    raw["runtime"] = {"sink_processes": False}  # its sink is tuned here: in this process
     lines = chain_lines(20, "agent-a")
     proxy.cut()  # the sink waits, its first batch in hand, until the key is taken
     topology = Topology(parse_config(raw))
-    sink = topology.sinks[0].driver.sink
+    driver = topology.sinks[0].driver
+    assert driver is not None
+    sink = driver.sink
     sink.retry_policy = FAST
     assert isinstance(sink, S3Sink)
     sink._read_limit = 1 << 20  # (the test's bomb: 8 MiB)
