@@ -46,8 +46,7 @@ def test_the_daemon_delivers_sent_records_to_an_https_receiver_signed(
                 + b"\n"
                 for n in range(1, 61)
             ]
-            send(port, b"".join(lines[:30]))
-            send(port, b"".join(lines[30:]))
+            send(port, b"".join(lines))  # one connection: its order is the archive's
             deadline = time.monotonic() + 60
             while len(receiver.held()) < 20 and time.monotonic() < deadline:
                 assert process.poll() is None, (tmp_path / "daemon.log").read_text()
