@@ -326,44 +326,48 @@ class Supervised:
             self._take_own(message)
 
     async def _relay_logs(self, stderr: trio.abc.ReceiveStream | None) -> None:
-        """The child's log entries, into the daemon's log stream; a line that is not an entry
-        (a crash's traceback) is logged as ``<prefix>_output``. Lines are cut at MAX_LINE."""
-        assert stderr is not None
-        pending = bytearray()
-        overlong = False  # the rest of a line longer than MAX_LINE, until its end, is dropped
-        while data := await stderr.receive_some(65536):
-            start = 0
-            while (end := data.find(b"\n", start)) >= 0:
-                if not overlong:
-                    pending += data[start:end]
-                    self._relay_line(bytes(pending[:MAX_LINE]))
-                pending.clear()
-                overlong = False
-                start = end + 1
-            if not overlong:
-                pending += data[start:]
-                if len(pending) > MAX_LINE:
-                    self._relay_line(bytes(pending[:MAX_LINE]))
-                    pending.clear()
-                    overlong = True
-        if pending:
-            self._relay_line(bytes(pending))
+        await relay_logs(stderr, f"{self.kind.prefix}_output", lambda: self._fields)
 
-    def _relay_line(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        try:
-            entry = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            entry = None
-        if isinstance(entry, dict):
-            write_entry(line.decode(errors="replace"))
-        else:
-            log.error(
-                f"{self.kind.prefix}_output",
-                **self._fields,
-                line=line[:2000].decode(errors="replace"),
-            )
+
+async def relay_logs(
+    stderr: trio.abc.ReceiveStream | None, output: str, fields: Callable[[], dict[str, Any]]
+) -> None:
+    """A child's log entries, into the daemon's log stream; a line that is not an entry (a
+    crash's traceback) is logged as ``output`` with ``fields()`` (what names the child now).
+    Lines are cut at MAX_LINE."""
+    assert stderr is not None
+    pending = bytearray()
+    overlong = False  # the rest of a line longer than MAX_LINE, until its end, is dropped
+    while data := await stderr.receive_some(65536):
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if not overlong:
+                pending += data[start:end]
+                _relay_line(bytes(pending[:MAX_LINE]), output, fields)
+            pending.clear()
+            overlong = False
+            start = end + 1
+        if not overlong:
+            pending += data[start:]
+            if len(pending) > MAX_LINE:
+                _relay_line(bytes(pending[:MAX_LINE]), output, fields)
+                pending.clear()
+                overlong = True
+    if pending:
+        _relay_line(bytes(pending), output, fields)
+
+
+def _relay_line(line: bytes, output: str, fields: Callable[[], dict[str, Any]]) -> None:
+    if not line.strip():
+        return
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        entry = None
+    if isinstance(entry, dict):
+        write_entry(line.decode(errors="replace"))
+    else:
+        log.error(output, **fields(), line=line[:2000].decode(errors="replace"))
 
 
 # --- the child's side -----------------------------------------------------------------------------

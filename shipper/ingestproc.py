@@ -56,15 +56,21 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import orjson
 import trio
 
 from shipper.budget import ByteBudget
 from shipper.buffer.record import MAX_PAYLOAD
 from shipper.chain import Facts
-from shipper.children import MAX_LINE, ORPHANED, RESTART_FIRST, RESTART_LIMIT, Frames, frame
+from shipper.children import (
+    ORPHANED,
+    RESTART_FIRST,
+    RESTART_LIMIT,
+    Frames,
+    frame,
+    relay_logs,
+)
 from shipper.events import Batch, Event, size_of
-from shipper.logging import configure, get_logger, write_entry
+from shipper.logging import configure, get_logger
 from shipper.metrics import Health, Registry
 from shipper.retry import Backoff
 from shipper.sources import Listening, Source
@@ -213,6 +219,10 @@ class IngestWorker:
         self._task_status: trio.TaskStatus[None] | None = None  # until the first one serves
         self._health = Health("degraded", "ingest worker not started yet", time.monotonic())
 
+    def _fields(self) -> dict[str, Any]:
+        """What names this worker in a log entry."""
+        return {"worker": self.index, "pid": self.pid}
+
     @property
     def fds(self) -> list[int]:
         return [fd for fds, _ in self.spec.sockets.values() for fd in fds]
@@ -256,30 +266,23 @@ class IngestWorker:
                     self._task_status = None
                 if self._stopping and returncode == 0:
                     return
-                if self._stopping:
-                    log.error(
-                        "ingest_worker_exited",
-                        worker=self.index,
-                        pid=self.pid,
-                        returncode=returncode,
-                        reason=reason,
-                        restart_in=None,
-                    )
-                    return
-                if time.monotonic() - began > RESTART_LIMIT:
-                    backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
-                delay = backoff.next()
-                self.restarts += 1
-                self._health = Health("failing", f"ingest worker {reason}", time.monotonic())
+                delay: float | None = None  # stopping: not started again
+                if not self._stopping:
+                    if time.monotonic() - began > RESTART_LIMIT:
+                        backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
+                    delay = backoff.next()
+                    self.restarts += 1
+                    self._health = Health("failing", f"ingest worker {reason}", time.monotonic())
                 log.error(
                     "ingest_worker_exited",
-                    worker=self.index,
-                    pid=self.pid,
+                    **self._fields(),
                     returncode=returncode,
                     reason=reason,
-                    restart_in=round(delay, 3),
+                    restart_in=None if delay is None else round(delay, 3),
                     restarts=self.restarts,
                 )
+                if delay is None:
+                    return
                 await trio.sleep(delay)
                 if self._stopping:
                     return
@@ -304,7 +307,12 @@ class IngestWorker:
             self.started.set()
             self.started = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._relay_logs, process.stderr)
+                nursery.start_soon(
+                    relay_logs,
+                    process.stderr,
+                    "ingest_worker_output",
+                    self._fields,
+                )
                 await self._talk(process)
             returncode = await process.wait()
         finally:
@@ -319,47 +327,6 @@ class IngestWorker:
         if returncode < 0 and -returncode in signal.Signals._value2member_map_:
             return returncode, f"killed by {signal.Signals(-returncode).name}"
         return returncode, f"exit status {returncode}"
-
-    async def _relay_logs(self, stderr: trio.abc.ReceiveStream | None) -> None:
-        """The worker's log entries, into the daemon's log stream; a line that is not an entry
-        (a crash's traceback) is logged as ``ingest_worker_output``."""
-        assert stderr is not None
-        pending = bytearray()
-        overlong = False  # the rest of a line longer than MAX_LINE, until its end, is dropped
-        while data := await stderr.receive_some(65536):
-            start = 0
-            while (end := data.find(b"\n", start)) >= 0:
-                if not overlong:
-                    pending += data[start:end]
-                    self._relay_line(bytes(pending[:MAX_LINE]))
-                pending.clear()
-                overlong = False
-                start = end + 1
-            if not overlong:
-                pending += data[start:]
-                if len(pending) > MAX_LINE:
-                    self._relay_line(bytes(pending[:MAX_LINE]))
-                    pending.clear()
-                    overlong = True
-        if pending:
-            self._relay_line(bytes(pending))
-
-    def _relay_line(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        try:
-            entry = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            entry = None
-        if isinstance(entry, dict):
-            write_entry(line.decode(errors="replace"))
-        else:
-            log.error(
-                "ingest_worker_output",
-                worker=self.index,
-                pid=self.pid,
-                line=line[:2000].decode(errors="replace"),
-            )
 
     async def _talk(self, process: trio.Process) -> None:
         """Send the spec (and a stop, if one was asked meanwhile), then take the worker's frames

@@ -15,7 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from shipper.children import _LENGTH, MAX_FRAME, MAX_LINE, Frames, Supervised
+from shipper import children
+from shipper.children import _LENGTH, MAX_FRAME, MAX_LINE, Frames
 from shipper.config import parse_config
 from shipper.metrics import value
 from shipper.topology import Topology
@@ -174,23 +175,18 @@ async def test_a_frame_length_past_the_limit_is_a_broken_stream_not_a_wait() -> 
         await Frames(receive_stream).next()
 
 
-async def test_a_childs_endless_stderr_line_is_cut_and_the_next_lines_still_come() -> None:
+async def test_a_childs_endless_stderr_line_is_cut_and_the_next_lines_still_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A line without end on a child's stderr is relayed cut to MAX_LINE, the rest of it up to
     its newline dropped, and the lines after it relayed whole: memory stays bounded."""
-
-    class Relay:
-        def __init__(self) -> None:
-            self.lines: list[bytes] = []
-
-        def _relay_line(self, line: bytes) -> None:
-            self.lines.append(line)
-
+    lines: list[bytes] = []
+    monkeypatch.setattr(children, "_relay_line", lambda line, *_: lines.append(line))
     send_stream, receive_stream = trio.testing.memory_stream_one_way_pair()
-    relay = Relay()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(Supervised._relay_logs, relay, receive_stream)  # type: ignore[arg-type]
+        nursery.start_soon(children.relay_logs, receive_stream, "test_output", dict)
         for _ in range(20):
             await send_stream.send_all(b"y" * 65536)
         await send_stream.send_all(b"\nnext line\nlast")
         await send_stream.aclose()
-    assert relay.lines == [b"y" * MAX_LINE, b"next line", b"last"]
+    assert lines == [b"y" * MAX_LINE, b"next line", b"last"]
