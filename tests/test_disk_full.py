@@ -37,11 +37,12 @@ def fill(path: Path, leave: int = 0) -> Path:
     info = os.statvfs(path)
     room = info.f_bavail * info.f_frsize - leave
     chunk = b"\0" * MiB
-    with open(filler, "wb") as file:
+    # Unbuffered: a write the disk refuses (the WAL took some room since statvfs) must leave no
+    # bytes behind in a buffer for close() to try again, and fail on.
+    with open(filler, "wb", buffering=0) as file:
         try:
             while room > 0:
                 room -= file.write(chunk[: min(len(chunk), room)])
-                file.flush()
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
