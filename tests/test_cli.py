@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import REPO, archive_lines, free_port, runtime
+from tests.conftest import REPO, archive_lines, free_port, runtime, wait_for
 
 SHIPPER = [sys.executable, "-m", "shipper"]
 
@@ -193,6 +193,10 @@ def test_run_notifies_systemd_archives_and_stops_cleanly(
         assert ready.splitlines()[0] == "READY=1"
         records = [orjson.dumps({"agentId": "cli", "sequence": n}) for n in range(1, 101)]
         send(port, b"\n".join(records) + b"\n")
+        # Archived before the stop: a stop reads no more from connections, and records still in
+        # the kernel's buffers (or a connection an ingest worker has not accepted yet) are not
+        # taken.
+        wait_for(lambda: len(archive_lines(tmp_path / "archive")) == 100, "the archive")
         exit_code = stop(process)
     finally:
         if process.poll() is None:  # pragma: no cover - only when an assertion failed early

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,14 @@ from shipper.metrics import Registry, value
 from shipper.sinkproc import emitter
 from shipper.sinks.base import Counting, SinkContext
 from shipper.topology import Topology
-from tests.conftest import LogCapture, archive_lines, file_sink_config, free_port, wait_until
+from tests.conftest import (
+    LogCapture,
+    archive_lines,
+    file_sink_config,
+    free_port,
+    wait_for,
+    wait_until,
+)
 from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
 from tests.test_crash import AGENTS, Sender, archived
 from tests.test_daemon import record, send
@@ -45,14 +51,6 @@ def started(root: Path, sink: str) -> list[int]:
 def delivered(topology: Topology, sink: str = "archive") -> Any:
     """``sink_events`` of ``sink`` in the topology's metrics now."""
     return value(topology.registry.snapshot(), "sink_events", sink)
-
-
-def wait_for(predicate: Any, what: str, limit: float = 120.0) -> None:
-    """Poll ``predicate`` until it holds (fail after ``limit`` seconds: a hang)."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_killed_sink_process_comes_back_and_archives_everything_once(tmp_path: Path) -> None:
