@@ -275,7 +275,7 @@ def test_buffer_inspect_and_repair_report_wal_damage(tmp_path: Path) -> None:
     report = orjson.loads(inspect.stdout)
     # Neither the sink nor the chain checkpoint has a cursor yet: both start at the oldest record.
     kinds = sorted(f["kind"] for f in report["findings"])
-    assert kinds == ["corrupt", "cursor", "cursor", "torn"]
+    assert kinds == ["corrupt", "no_cursor", "no_cursor", "torn"]
     assert report["sinks"]["archive"]["cursor"] == "1-16"
     assert report["sinks"][".chain"]["cursor"] == "1-16"
     assert segment.read_bytes() == bytes(damaged)  # inspect changes nothing
