@@ -232,7 +232,9 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
     the chain checkpoint's epoch as the hint for a damaged ``epoch`` file).
 
     Exit 0 when the WAL is healthy (or was repaired), 1 when ``inspect`` found damage or the WAL is
-    in use by a running daemon (for ``repair``).
+    in use by a running daemon (for ``repair``). Info-level findings are not damage: a sink with no
+    cursor yet (it has acknowledged nothing), a range quarantined earlier, a released cursor, a
+    stray file.
     """
     config = _load(path)
     if config is None:
@@ -295,9 +297,11 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
         for sink, state in sinks.items():
             print(f"  sink {sink}: cursor {state['cursor']}, lag {state['lag_bytes']} bytes")
         verb = "fixed" if action == "repair" else "found"
-        for finding in report.findings:
-            print(f"  {verb}: {finding.kind}: {finding.detail}")
-        if not report.findings:
+        for finding in report.findings:  # info-level findings lose nothing: not damage
+            print(
+                f"  {'note' if finding.level == 'info' else verb}: {finding.kind}: {finding.detail}"
+            )
+        if not report.damaged:
             print("  no damage found")
     return 1 if action == "inspect" and report.damaged else 0
 
