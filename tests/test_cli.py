@@ -271,6 +271,7 @@ def test_readme_quick_start_puts_the_sample_event_in_var_archive(tmp_path: Path)
     try:
         wait_ready(process, tmp_path)
         subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, check=True, timeout=30)
+        wait_archived(process, tmp_path, 1)  # a stop reads no more from connections
         exit_code = stop(process)
     finally:
         if process.poll() is None:  # pragma: no cover
