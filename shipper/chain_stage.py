@@ -244,6 +244,8 @@ class ChainStage:
         self.profile = config.profile_fields
         self.verifier = self._new_verifier()
         self.counters: Counter[str] = Counter()
+        #: The alert events among those the last ``process`` returned (passed on or raised).
+        self.raised: list[Event] = []
         self._alert_log = Throttle(LOG_ALERTS_PER_SECOND)
         self._error_log = Throttle(1)
 
@@ -386,6 +388,7 @@ class ChainStage:
         ``verify_failed`` alert; the other events go on as usual.
         """
         out: list[Event] = []
+        self.raised = []
         start = 0
         while start < len(batch):
             try:
@@ -395,6 +398,7 @@ class ChainStage:
                 del out[failed.mark :]  # whatever of that event got in goes in again, in order
                 self._verify_failed(batch[failed.index], failed.error, out, now)
                 start = failed.index + 1
+                self.raised = [event for event in out if event.alert]  # (rare: count them again)
         return out
 
     def _verify(self, batch: list[Event], start: int, out: list[Event], now: float) -> None:
@@ -412,6 +416,8 @@ class ChainStage:
                 raw = event.record_json
                 if raw is None or event.alert or event.identity_mismatch is not None:
                     out.append(event)
+                    if event.alert:
+                        self.raised.append(event)
                     continue
                 facts = event.facts
                 agent = event.agent
@@ -499,4 +505,6 @@ class ChainStage:
                 peer=details["peer"],
                 not_logged_since=left_out,
             )
-        return alert_event(CHAIN_ALERT, agent, details)
+        alert = alert_event(CHAIN_ALERT, agent, details)
+        self.raised.append(alert)
+        return alert
