@@ -31,6 +31,8 @@ TIMEOUT_SECONDS: Final = 5.0
 #: Alerts shown at most.
 ALERTS_SHOWN: Final = 5
 _STYLE: Final = {"ok": "green", "degraded": "yellow", "failing": "bold red"}
+#: Columns of text (the others hold numbers, right-aligned).
+_TEXT_COLUMNS: Final = frozenset({"source", "sink", "kind", "health"})
 
 
 class ApiUnreachable(Exception):
@@ -117,9 +119,7 @@ def render(summary: dict[str, Any], url: str) -> RenderableType:
 
     sources = Table(title="Sources", title_justify="left", expand=False)
     for column in ("source", "kind", "events", "events/s", "bytes/s", "connections", "health"):
-        sources.add_column(
-            column, justify="right" if "/" in column or column == "events" else "left"
-        )
+        sources.add_column(column, justify="left" if column in _TEXT_COLUMNS else "right")
     for source in summary["sources"]:
         sources.add_row(
             source["id"],
@@ -133,7 +133,7 @@ def render(summary: dict[str, Any], url: str) -> RenderableType:
 
     sinks = Table(title="Sinks", title_justify="left")
     for column in ("sink", "kind", "delivered", "events/s", "lag", "lag age", "health"):
-        sinks.add_column(column)
+        sinks.add_column(column, justify="left" if column in _TEXT_COLUMNS else "right")
     sinks.add_column("last error", overflow="fold")
     for sink in summary["sinks"]:
         error = sink["last_error"]
