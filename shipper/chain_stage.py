@@ -55,8 +55,10 @@ removed (counted in ``duplicates_dropped``); a verdict with an alert, each gap i
 each agent evicted to make room for its agent (``[chain] max_agents``; the alert's agent is the
 evicted one, ``admitted`` the new one; counted in ``agents_evicted``) adds a
 ``shipper.chain_alert`` event right after the event (and a warning in the daemon's log, at most
-``LOG_ALERTS_PER_SECOND`` a second; each says how many were left out before it). Alerts, malformed events and
-events with ``identity_mismatch`` are not verified (an impostor's records must not move the
+``LOG_ALERTS_PER_SECOND`` a second; each says how many were left out before it). The alerts
+among the events a batch returns (passed on, or raised by the stage) are listed in ``raised``,
+which the writer keeps with the batch until the WAL accepts it (``shipper.recent``). Alerts,
+malformed events and events with ``identity_mismatch`` are not verified (an impostor's records must not move the
 chain of the agent it claims to be).
 
 A defect that raises while one event is verified costs that event only: it is archived with
