@@ -1,11 +1,11 @@
 """Command line: ``shipper run``, ``validate``, ``buffer``, ``chain``, ``verify``,
-``dead-letter`` (see README, "Command line").
+``dead-letter``, ``top`` (``shipper.cli_top``) (see README, "Command line").
 
 Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, a sink's destination unsafe
 to write to, damage found by ``buffer inspect``, an agent ``chain status --agent`` does not
 know, a destination ``validate --check-remote`` found unsafe or could not ask, an archive
 ``verify`` did not find intact or could not read, a ``dead-letter`` file unreadable or a replay
-that left files behind); 2 usage error (also a ``dead-letter`` sink or file that is not there);
+that left files behind, an API ``top`` cannot reach); 2 usage error (also a ``dead-letter`` sink or file that is not there);
 78 (EX_CONFIG) invalid configuration.
 """
 
@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         ' not read (default "256MiB")',
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    top = commands.add_parser("top", help="live table of sources, sinks and troubled agents")
+    top.add_argument("--api", metavar="ADDR", help="the API's address (default: [api] address)")
+    top.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
     letters = commands.add_parser(
         "dead-letter",
         help="what a sink's receiver refused for good: list, show, or replay it once fixed",
@@ -513,6 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_buffer(args.config, args.action, args.json)
     if args.command == "chain":
         return cmd_chain_status(args.config, args.agent, args.json)
+    if args.command == "top":
+        from shipper.cli_top import cmd_top
+
+        return cmd_top(args.api, args.config, args.once)
     if args.command == "dead-letter":
         if args.action == "show" and len(args.files) != 1:
             parser.error("dead-letter show: name exactly one FILE (as listed)")

@@ -74,6 +74,7 @@ from shipper.ingestproc import IngestWorker
 from shipper.ingestproc import spec_of as ingest_spec_of
 from shipper.logging import Throttle, get_logger
 from shipper.metrics import Registry, mirror, summary
+from shipper.recent import Recent
 from shipper.retry import Backoff
 from shipper.sinkproc import SinkProcess
 from shipper.sinks.base import EMITTED_DROPPED, EmitDrops, SinkContext
@@ -187,6 +188,7 @@ class Topology:
         self.bound: dict[str, list[Listening]] = {}
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
+        self.recent = Recent()  # the last alerts and agents the WAL accepted (the status page)
         self._error_log = Throttle(1)
         self._emit_dropped = EmitDrops(self.counters)
         self.registry = Registry()
@@ -436,7 +438,7 @@ class Topology:
         # From here the batch must reach the WAL: its writes are granted (no drop, no wait).
         before = self.chain.counters.copy()
         verified = self.chain.process(batch, trio.current_time())
-        self._unwritten.append(_Batch(batch, self._entries(verified), before))
+        self._unwritten.append(_Batch(batch, self._entries(verified), before, self.chain.raised))
         await self._append(PIPELINE_DEPTH)
 
     def _entries(self, events: list[Event]) -> list[bytes]:
@@ -548,6 +550,7 @@ class Topology:
 
     def _accepted(self, batch: _Batch) -> None:
         self.counters["events"] += len(batch.entries)
+        self.recent.accepted(batch.events, batch.alerts)
         if self._refused_since:
             log.info(
                 "wal_write_recovered",
@@ -608,12 +611,13 @@ class Topology:
 @dataclass(slots=True)
 class _Batch:
     """A batch on its way into the WAL: the events as the sources sent them (verified again if
-    the WAL refuses them), their WAL entries, the chain stage's counters before it, and the
-    WAL's number for it once written."""
+    the WAL refuses them), their WAL entries, the chain stage's counters before it, the alerts
+    among its entries, and the WAL's number for it once written."""
 
     events: list[Event]
     entries: list[bytes]
     counters: Counter[str]
+    alerts: list[Event]
     seq: int = 0
 
 

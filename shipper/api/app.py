@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shipper.api import health
+from shipper.api import health, status
 
 if TYPE_CHECKING:
     from shipper.config import ApiConfig
@@ -17,5 +17,6 @@ if TYPE_CHECKING:
 
 def build_app(topology: Topology, config: ApiConfig) -> Starlette:
     """The application serving ``topology``'s state as ``config`` says."""
-    routes: list[BaseRoute] = [*health.routes(topology)]
-    return Starlette(routes=routes)
+    board = status.Board(topology)  # the status summary, refreshed while the app runs
+    routes: list[BaseRoute] = [*health.routes(topology), *status.routes(board)]
+    return Starlette(routes=routes, lifespan=board.lifespan)
