@@ -30,6 +30,9 @@ from tests.chains import chain
 from tests.conftest import REPO, LogCapture, archive_lines, file_sink_config, free_port, wait_until
 
 REDACT_KEY = "tap-redaction-key-0123456789"
+#: How long a read waits before the test fails: a guard against a hang (an event that never
+#: comes), not a limit on how fast anything is.
+HANG_GUARD = 60.0
 
 
 def lines(records: list[dict[str, Any]]) -> bytes:
@@ -87,7 +90,8 @@ class Tap:
 
     async def line(self) -> bytes:
         while b"\n" not in self._buffer:
-            chunk = await self.stream.receive_some()
+            with trio.fail_after(HANG_GUARD):
+                chunk = await self.stream.receive_some()
             if not chunk:
                 raise AssertionError("the tap stream ended")
             self._buffer += chunk
@@ -315,7 +319,8 @@ async def read_until(stream: trio.abc.ReceiveStream, done: Callable[[bytes], boo
     """What ``stream`` gives until ``done`` holds for it."""
     seen = b""
     while not done(seen):
-        chunk = await stream.receive_some()
+        with trio.fail_after(HANG_GUARD):
+            chunk = await stream.receive_some()
         assert chunk, f"the stream ended after {seen!r}"
         seen += chunk
     return seen
