@@ -10,6 +10,7 @@ daemon stopped); 78 when the config, read for ``[api] address``, is invalid.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -148,6 +149,9 @@ def command(args: argparse.Namespace) -> int:
             print(f"shipper tap: tapping {base} (Ctrl-C stops)", file=sys.stderr, flush=True)
             follow(lines, sys.stdout, sys.stderr, as_json=args.json)
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # the reader of the output is gone (``| head``): done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except httpx2.TransportError as exc:
         cause = f"{type(exc).__name__}: {exc}"

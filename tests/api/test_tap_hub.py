@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from shipper.api.tap import BadFilter, Missed, TapFilter, TapHub, render_sse
-from shipper.cli_tap import follow, human
+from shipper.api.tap import BadFilter, Missed, TapFilter, TapHub, render_ndjson, render_sse
+from shipper.cli_tap import api_url, follow, human
 from shipper.config import parse_config
 from shipper.errors import ConfigError
 from shipper.events import Event, entry
@@ -142,3 +142,29 @@ def test_shipper_tap_tells_missed_events_on_stderr() -> None:
     assert out.getvalue().splitlines() == ["2026-12-03T10:00:00.000000Z agents a #7 ok db.query"]
     assert err.getvalue() == "shipper tap: missed 42 events (this client fell behind)\n"
     assert human({"source": {"id": "s"}, "malformed": {"reason": "bad"}}).endswith("malformed: bad")
+
+
+def test_ndjson_gives_envelopes_and_notices_one_per_line() -> None:
+    """``format=ndjson`` renders each entry as its envelope (the route cut off, no id) on a
+    line, and a missed mark as ``{"missed":N}``."""
+    one = event("a", 1)
+    rendered = render_ndjson([entry(one), Missed(5)], None)
+    assert rendered == one.encode_without_id() + b'\n{"missed":5}\n'
+
+
+def test_shipper_tap_finds_the_api_in_the_config(tmp_path: Path) -> None:
+    """Without ``--api``, ``shipper tap`` connects to the config's ``[api] address`` (a
+    wildcard address on loopback); ``--api`` takes a host:port or a URL."""
+    config = tmp_path / "shipper.toml"
+    rest = (
+        f'data_dir = "{tmp_path}"\n'
+        '[sources.agents]\ntype = "json_tls"\naddress = "127.0.0.1:0"\n'
+        f'[sinks.archive]\ntype = "file"\npath = "{tmp_path}/archive"\n'
+    )
+    config.write_text(rest + '[api]\naddress = "0.0.0.0:8686"\n')
+    assert api_url(None, str(config)) == "http://127.0.0.1:8686"
+    assert api_url("10.0.0.1:9000", str(config)) == "http://10.0.0.1:9000"
+    assert api_url("http://h:1/", str(config)) == "http://h:1"
+    config.write_text(rest)
+    with pytest.raises(LookupError, match="pass --api, or set \\[api\\] address"):
+        api_url(None, str(config))
