@@ -379,3 +379,25 @@ def test_shipper_tap_without_a_daemon_says_so() -> None:
     )
     assert result.returncode == 1
     assert f"cannot reach the API at http://127.0.0.1:{port}" in result.stderr
+
+
+async def test_the_stream_ends_when_the_daemon_stops(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connected tap client, reading or not, holds up no shutdown: the daemon drains and
+    stops, and the client's stream ends."""
+    async with AsyncExitStack() as clients:
+        with trio.fail_after(HANG_GUARD):  # a guard against a shutdown that waits for them
+            async with daemon(tap_config(tmp_path), logs, monkeypatch) as running:
+                reading = await clients.enter_async_context(tapping(running.url, []))
+                stalled = await clients.enter_async_context(tapping(running.url, []))
+                await send(running.bound["agents"][0], lines(chain(3, "a")))
+                assert len(await reading.envelopes(3)) == 3
+        (complete,) = logs.entries("shutdown_complete")
+        assert complete["delivered"] == {"archive": 3}
+        for tap in (reading, stalled):
+            rest = b""
+            with trio.fail_after(HANG_GUARD):  # a guard against a hang, as in Tap.line
+                while chunk := await tap.stream.receive_some():
+                    rest += chunk
+            assert rest.count(b"data: ") == (0 if tap is reading else 3)
