@@ -1,5 +1,6 @@
 """Command line: ``shipper run``, ``validate``, ``buffer``, ``chain``, ``verify``,
-``dead-letter``, ``top`` (``shipper.cli_top``) (see README, "Command line").
+``dead-letter``, ``tap`` (``shipper.cli_tap``), ``top`` (``shipper.cli_top``) (see README,
+"Command line").
 
 Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, a sink's destination unsafe
 to write to, damage found by ``buffer inspect``, an agent ``chain status --agent`` does not
@@ -22,7 +23,7 @@ from dataclasses import asdict
 import orjson
 import trio
 
-from shipper import __version__
+from shipper import __version__, cli_tap
 from shipper.buffer.recovery import WalFormatError, read_epoch, recover
 from shipper.buffer.wal import WalLocked, lock_directory
 from shipper.chain import PROFILES
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     letters.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     letters.add_argument("--json", action="store_true", help="list and show: print JSON")
+    cli_tap.add_parser(commands)
     return parser
 
 
@@ -521,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shipper.cli_top import cmd_top
 
         return cmd_top(args.api, args.config, args.once)
+    if args.command == "tap":
+        return cli_tap.command(args)
     if args.command == "dead-letter":
         if args.action == "show" and len(args.files) != 1:
             parser.error("dead-letter show: name exactly one FILE (as listed)")

@@ -23,6 +23,9 @@ identity check, and the envelope's bytes (``Event.seal``); each gets the chain p
 per-agent check of those facts, the verdict spliced into the bytes (``events.entry``), the WAL
 append.
 
+Once the WAL accepted a batch, the writer offers it to the live tap (``shipper.api.tap``, the
+``tap`` hub), which never waits: with no client connected, that is one check per batch.
+
 The chain stage (``shipper.chain_stage``) runs in the writer's task, between the ingest channel and
 the WAL, so its state always matches a WAL position; it is checkpointed every
 ``chain.checkpoint_interval``, when the WAL is full, and at shutdown, and restored at start.
@@ -63,6 +66,7 @@ from typing import Any
 
 import trio
 
+from shipper.api.tap import TapHub
 from shipper.budget import ByteBudget
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalWriteError
@@ -193,6 +197,8 @@ class Topology:
         self._emit_dropped = EmitDrops(self.counters)
         self.registry = Registry()
         self._register_metrics()
+        #: The live tap (``/api/tap``): fed with each batch the WAL accepted.
+        self.tap = TapHub(self.registry, config.api.tap_buffer)
 
     def _register_metrics(self) -> None:
         """Every component counts into, and tells its health to, this topology's registry."""
@@ -375,6 +381,7 @@ class Topology:
             with trio.CancelScope(shield=True):
                 await self._checkpoint(force=True)
             await self.wal.close()
+            self.tap.close()
 
     async def _flush(self) -> None:
         """Append everything taken so far, refused batches included, until the WAL accepted all."""
@@ -438,7 +445,8 @@ class Topology:
         # From here the batch must reach the WAL: its writes are granted (no drop, no wait).
         before = self.chain.counters.copy()
         verified = self.chain.process(batch, trio.current_time())
-        self._unwritten.append(_Batch(batch, self._entries(verified), before, self.chain.raised))
+        entries = self._entries(verified)
+        self._unwritten.append(_Batch(batch, entries, before, self.chain.raised, verified))
         await self._append(PIPELINE_DEPTH)
 
     def _entries(self, events: list[Event]) -> list[bytes]:
@@ -551,6 +559,8 @@ class Topology:
     def _accepted(self, batch: _Batch) -> None:
         self.counters["events"] += len(batch.entries)
         self.recent.accepted(batch.events, batch.alerts)
+        if self.tap.clients:
+            self.tap.publish(batch.verified, batch.entries)
         if self._refused_since:
             log.info(
                 "wal_write_recovered",
@@ -612,12 +622,14 @@ class Topology:
 class _Batch:
     """A batch on its way into the WAL: the events as the sources sent them (verified again if
     the WAL refuses them), their WAL entries, the chain stage's counters before it, the alerts
-    among its entries, and the WAL's number for it once written."""
+    among its entries, the events the entries are of (verified: duplicates out, alerts in; for
+    the tap), and the WAL's number for it once written."""
 
     events: list[Event]
     entries: list[bytes]
     counters: Counter[str]
     alerts: list[Event]
+    verified: list[Event]
     seq: int = 0
 
 

@@ -6,4 +6,5 @@ and never blocks ingest. Modules:
 * ``app``: the ASGI application, the routes of every part gathered over one topology.
 * ``server``: hypercorn's trio worker serving that application on ``[api] address``.
 * ``health``: ``/health/live`` (and the daemon's health as a whole).
+* ``tap``: ``/api/tap``, the live stream of envelopes entering the WAL, and its hub.
 """

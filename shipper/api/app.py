@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shipper.api import health, status
+from shipper.api import health, status, tap
 
 if TYPE_CHECKING:
     from shipper.config import ApiConfig
@@ -18,5 +18,9 @@ if TYPE_CHECKING:
 def build_app(topology: Topology, config: ApiConfig) -> Starlette:
     """The application serving ``topology``'s state as ``config`` says."""
     board = status.Board(topology)  # the status summary, refreshed while the app runs
-    routes: list[BaseRoute] = [*health.routes(topology), *status.routes(board)]
+    routes: list[BaseRoute] = [
+        *health.routes(topology),
+        *tap.routes(topology),
+        *status.routes(board),
+    ]
     return Starlette(routes=routes, lifespan=board.lifespan)

@@ -9,7 +9,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 from shipper.buffer.config import BufferConfig
 from shipper.chain import ALGORITHMS, PROFILES, SEED, Profile
@@ -17,6 +17,9 @@ from shipper.config.reader import Table, show
 from shipper.config.registry import SinkConfig, SourceConfig, read_sinks, read_sources
 from shipper.config.values import Address
 from shipper.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from shipper.redact import Redaction
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
@@ -48,6 +51,8 @@ class ChainConfig:
     max_agents: int = 100_000
 
 
+#: Events each tap client's buffer holds unless ``[api] tap_buffer`` says otherwise.
+TAP_BUFFER: Final = 4096
 #: The most ingest workers a config may ask for.
 MAX_WORKERS: Final = 256
 
@@ -66,9 +71,13 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """``[api]``: the operator's HTTP API (``shipper.api``); ``address`` None: no API."""
+    """``[api]``: the operator's HTTP API (``shipper.api``); ``address`` None: no API.
+    ``redact``: what the tap leaves out of, or hashes in, each envelope (as a sink's);
+    ``tap_buffer``: the events each tap client's buffer holds (``shipper.api.tap``)."""
 
     address: Address | None = None
+    redact: Redaction | None = None
+    tap_buffer: int = TAP_BUFFER
 
 
 class Parsed:
@@ -192,7 +201,14 @@ def parse_config(
     api_table = top.table("api")
     if api_table is not None:
         address = api_table.address("address") if api_table.has("address") else None
-        api = ApiConfig(address=address)
+        redact = None
+        redact_table = api_table.table("redact")
+        if redact_table is not None:
+            from shipper.redact import Redaction  # (it reads tables: imported once they exist)
+
+            redact = Redaction.read(redact_table)
+        tap_buffer = api_table.integer("tap_buffer", TAP_BUFFER, minimum=1, maximum=1_000_000)
+        api = ApiConfig(address=address, redact=redact, tap_buffer=tap_buffer)
         api_table.finish()
 
     buffer = BufferConfig()

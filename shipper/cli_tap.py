@@ -1,0 +1,168 @@
+"""``shipper tap``: print the daemon's live tap (``/api/tap``, ``shipper.api.tap``).
+
+One line per event: a short human line (time, source, agent, ``#sequence``, chain status, the
+record's action and outcome), or with ``--json`` the envelope as the API sent it. Missed events
+(the client fell behind and its buffer in the daemon overflowed) are told on stderr. Exit codes:
+0 on Ctrl-C; 1 when the API cannot be reached, refuses the request, or ends the stream (the
+daemon stopped); 78 when the config, read for ``[api] address``, is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import httpx2
+import orjson
+
+from shipper.chain import STATUSES
+from shipper.config import load_config
+from shipper.errors import ConfigError
+
+EX_CONFIG = 78
+#: How long connecting (and each request's start) may take before tap gives up.
+CONNECT_SECONDS = 10.0
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``tap`` subcommand's arguments."""
+    tap = commands.add_parser("tap", help="live view of the events entering the WAL")
+    tap.add_argument("-c", "--config", default="config/shipper.toml", help="config file (TOML)")
+    tap.add_argument("--api", help="the API's address (host:port or URL; default [api] address)")
+    tap.add_argument("--agent", action="append", help="only this agent (repeatable)")
+    tap.add_argument("--source", action="append", help="only this source id (repeatable)")
+    tap.add_argument(
+        "--status", action="append", choices=STATUSES, help="only this chain status (repeatable)"
+    )
+    tap.add_argument(
+        "--alerts", action="store_true", help="only the events shipper raises (alerts, seals)"
+    )
+    tap.add_argument("--json", action="store_true", help="print each envelope as JSON")
+
+
+def api_url(api: str | None, config_path: str) -> str:
+    """The API's base URL: ``--api`` (``host:port`` or a URL), else the config's ``[api]
+    address`` (a wildcard address is reached on loopback). Raises ``LookupError`` when neither
+    gives one, ``ConfigError`` when the config is invalid. (http only: until the API's own
+    client module knows TLS and tokens.)"""
+    if api:
+        return api.rstrip("/") if "://" in api else f"http://{api}"
+    address = load_config(config_path).api.address
+    if address is None:
+        raise LookupError(f"no API address: pass --api, or set [api] address in {config_path}")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+    return f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
+
+
+def human(envelope: dict[str, Any]) -> str:
+    """The short line for one envelope: time, source, agent, #sequence, status, action, outcome."""
+    record = envelope.get("record")
+    chain = envelope.get("chain") or {}
+    parts = [
+        str(envelope.get("received_at", "?")),
+        str((envelope.get("source") or {}).get("id", "?")),
+        str(envelope.get("agent") or "-"),
+        f"#{chain['sequence']}" if "sequence" in chain else "#-",
+        str(chain.get("status", "-")),
+    ]
+    if isinstance(record, dict):
+        action = record.get("action")
+        outcome = next(
+            (record[key] for key in ("outcome", "effect", "result", "status") if key in record),
+            None,
+        )
+        parts.append(str(action) if action is not None else "-")
+        if outcome is not None:
+            parts.append(outcome if isinstance(outcome, str) else orjson.dumps(outcome).decode())
+    elif "malformed" in envelope:
+        parts.append(f"malformed: {envelope['malformed'].get('reason', '?')}")
+    return " ".join(parts)
+
+
+def follow(lines: Iterable[str], out: TextIO, err: TextIO, *, as_json: bool) -> None:
+    """Print the events of a server-sent-events stream (its ``lines``) until it ends: each
+    envelope to ``out``, each missed notice to ``err``."""
+    kind, data = "message", []
+    for line in lines:
+        if line.startswith(":"):
+            continue
+        if line:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                kind = value
+            elif name == "data":
+                data.append(value)
+            continue
+        if data:
+            text = "\n".join(data)
+            if kind == "missed":
+                missed = orjson.loads(text).get("missed")
+                print(f"shipper tap: missed {missed} events (this client fell behind)", file=err)
+            elif kind == "message":
+                print(text if as_json else human(orjson.loads(text)), file=out, flush=True)
+        kind, data = "message", []
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``shipper tap`` with its parsed ``args``."""
+    try:
+        base = api_url(args.api, args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    except LookupError as exc:
+        print(f"shipper tap: {exc}", file=sys.stderr)
+        return 1
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        *(("agent", agent) for agent in args.agent or ()),
+        *(("source", source) for source in args.source or ()),
+        *(("status", status) for status in args.status or ()),
+    ]
+    if args.alerts:
+        params.append(("alerts", "true"))
+    url = f"{base}/api/tap"
+    timeout = httpx2.Timeout(CONNECT_SECONDS, read=None)  # a quiet stream waits for events
+    connected = False
+    try:
+        with (
+            httpx2.Client(timeout=timeout) as client,
+            client.stream("GET", url, params=params) as response,
+        ):
+            if response.status_code != 200:
+                detail = response.read().decode(errors="replace").strip()
+                print(
+                    f"shipper tap: {url} answered {response.status_code}: {detail}",
+                    file=sys.stderr,
+                )
+                return 1
+            lines = response.iter_lines()
+            for line in lines:  # the opening comment: registered from here on
+                if not line:
+                    break
+            connected = True
+            print(f"shipper tap: tapping {base} (Ctrl-C stops)", file=sys.stderr, flush=True)
+            follow(lines, sys.stdout, sys.stderr, as_json=args.json)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # the reader of the output is gone (``| head``): done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except httpx2.TransportError as exc:
+        cause = f"{type(exc).__name__}: {exc}"
+        if connected:
+            print(f"shipper tap: the connection to {base} broke ({cause})", file=sys.stderr)
+        else:
+            print(
+                f"shipper tap: cannot reach the API at {base} ({cause}); is the daemon running "
+                "with [api] address set?",
+                file=sys.stderr,
+            )
+        return 1
+    print("shipper tap: the stream ended (the daemon stopped)", file=sys.stderr)
+    return 1
