@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shipper.api import health
+from shipper.api import health, metrics
 
 if TYPE_CHECKING:
     from shipper.config import ApiConfig
@@ -17,5 +17,8 @@ if TYPE_CHECKING:
 
 def build_app(topology: Topology, config: ApiConfig) -> Starlette:
     """The application serving ``topology``'s state as ``config`` says."""
-    routes: list[BaseRoute] = [*health.routes(topology)]
+    routes: list[BaseRoute] = [
+        *health.routes(topology, config),
+        *metrics.routes(topology),
+    ]
     return Starlette(routes=routes)
