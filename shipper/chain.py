@@ -106,6 +106,7 @@ the state back.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -982,24 +983,39 @@ class Verifier:
         if len(agents) != len(columns["id"]):
             raise ValueError("an agent is listed twice")
 
-    def status(self, agent: str | None = None) -> dict[str, Any]:
-        """Per agent (or one agent): last sequence, open gaps, counts by status, last alert."""
-        agents = (
-            self.agents if agent is None else {k: v for k, v in self.agents.items() if k == agent}
-        )
-        return {
+    def status(
+        self, agent: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Per agent (or one agent): last sequence, open gaps, counts by status, last alert;
+        agents in name order.
+
+        A page of them with ``limit``: at most that many agents, the first after the name
+        ``after`` (None: from the start); the status then also says ``total_agents`` and
+        ``next``, the ``after`` of the next page (None: this was the last)."""
+        if agent is not None:
+            names = [agent] if agent in self.agents else []
+        else:
+            names = sorted(self.agents)
+        start = bisect_right(names, after) if after is not None else 0
+        page = names[start : start + limit] if limit is not None else names[start:]
+        status = {
             "profile": self.profile.name,
             "max_agents": self.max_agents,
             "counts": self.counts,
-            "agents": {
-                name: {
-                    "last_sequence": state.last_sequence,
-                    "open_gaps": [[gap.first, gap.last] for gap in state.gaps],
-                    "counts": state.counts,
-                    "last_alert": state.last_alert,
-                }
-                for name, state in sorted(agents.items())
-            },
+            "agents": {name: self._agent_status(self.agents[name]) for name in page},
+        }
+        if limit is not None:
+            status["total_agents"] = len(names)
+            status["next"] = page[-1] if page and start + len(page) < len(names) else None
+        return status
+
+    @staticmethod
+    def _agent_status(state: AgentState) -> dict[str, Any]:
+        return {
+            "last_sequence": state.last_sequence,
+            "open_gaps": [[gap.first, gap.last] for gap in state.gaps],
+            "counts": state.counts,
+            "last_alert": state.last_alert,
         }
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shipper.api import health, metrics
+from shipper.api import chains, health, metrics
 
 if TYPE_CHECKING:
     from shipper.config import ApiConfig
@@ -20,5 +20,6 @@ def build_app(topology: Topology, config: ApiConfig) -> Starlette:
     routes: list[BaseRoute] = [
         *health.routes(topology, config),
         *metrics.routes(topology),
+        *chains.routes(topology),
     ]
     return Starlette(routes=routes)
