@@ -106,6 +106,7 @@ the state back.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
@@ -994,10 +995,15 @@ class Verifier:
         ``next``, the ``after`` of the next page (None: this was the last)."""
         if agent is not None:
             names = [agent] if agent in self.agents else []
-        else:
+        elif limit is None:
             names = sorted(self.agents)
-        start = bisect_right(names, after) if after is not None else 0
-        page = names[start : start + limit] if limit is not None else names[start:]
+        else:  # the page and one more, without sorting every name (a third of the time)
+            names = heapq.nsmallest(
+                limit + 1, self.agents if after is None else filter(after.__lt__, self.agents)
+            )
+        if after is not None and limit is None:
+            names = names[bisect_right(names, after) :]
+        page = names[:limit] if limit is not None else names
         status = {
             "profile": self.profile.name,
             "max_agents": self.max_agents,
@@ -1005,8 +1011,8 @@ class Verifier:
             "agents": {name: self._agent_status(self.agents[name]) for name in page},
         }
         if limit is not None:
-            status["total_agents"] = len(names)
-            status["next"] = page[-1] if page and start + len(page) < len(names) else None
+            status["total_agents"] = len(self.agents) if agent is None else len(names)
+            status["next"] = page[-1] if len(names) > len(page) else None
         return status
 
     @staticmethod

@@ -3,11 +3,14 @@
 the counts by status, and per agent its last sequence, open gaps, counts and last alert).
 
 A daemon may track ``[chain] max_agents`` agents (100,000 by default), so ``/api/chains``
-answers a page of them, in name order: ``?limit=N`` agents (default ``DEFAULT_LIMIT``, at most
-``MAX_LIMIT``) after the agent named ``?after=NAME``; the answer adds ``total_agents`` and
-``next``, the ``after`` of the next page (null on the last). A page is built in the event loop
-(the state changes with every batch; a thread would read it mid-change): sorting the names and
-building one page of ``MAX_LIMIT`` agents takes milliseconds, not the ingest's time.
+answers a page of them, in name order: ``?limit=N`` agents (default and at most ``MAX_LIMIT``)
+after the agent named ``?after=NAME``; the answer adds ``total_agents`` and ``next``, the
+``after`` of the next page (null on the last). A page is built in the event loop (the state
+changes with every batch; a thread would read it mid-change, and would hold the interpreter
+anyway): with 100,000 agents tracked, a page of 1,000 takes about 20 to 50 ms (finding the
+page's names without sorting them all, the totals over every agent); a larger page would take
+the garbage collector's full passes over every agent's state with it (a quarter of a second for
+10,000), hence the cap.
 ``/api/chains/{agent}`` answers that agent alone, or 404 when the daemon has no state for it.
 
 ``fetch_status`` is the other side: ``shipper chain status`` asking a running daemon.
@@ -27,8 +30,8 @@ if TYPE_CHECKING:
     from shipper.api.client import Api
     from shipper.topology import Topology
 
-DEFAULT_LIMIT = 1000
-MAX_LIMIT = 10_000
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = MAX_LIMIT
 
 
 def json_response(body: Any, status: int = 200) -> Response:

@@ -12,9 +12,10 @@ import pytest
 import trio
 
 from shipper import cli
+from shipper.chain import SEED, Verifier
 from shipper.config import parse_config
 from shipper.shutdown import Shutdown, run_daemon
-from tests.chains import chain_lines
+from tests.chains import chain, chain_lines
 from tests.conftest import LogCapture, file_sink_config, free_port
 from tests.test_cli import write_config
 from tests.test_daemon import send
@@ -114,3 +115,22 @@ def test_chain_status_without_an_api_reads_the_files_and_says_so(
     assert code == 0
     assert status["agents"] == {}
     assert "no [api] address in the config and no --api: reading the files in" in err
+
+
+def test_status_pages_follow_name_order_from_any_name() -> None:
+    """A page starts after ``after`` whether or not it names an agent, ``next`` is null on the
+    last page, and the pages together are the whole status."""
+    verifier = Verifier(SEED, window=8, max_gaps=8, max_agents=100)
+    for agent in ("b", "d", "a", "c", "e"):
+        (record,) = chain(1, agent)
+        verifier.feed(agent, record)
+    whole = verifier.status()
+    first = verifier.status(limit=2)
+    assert (list(first["agents"]), first["next"], first["total_agents"]) == (["a", "b"], "b", 5)
+    middle = verifier.status(after="bb", limit=2)
+    assert (list(middle["agents"]), middle["next"]) == (["c", "d"], "d")
+    last = verifier.status(after="d", limit=2)
+    assert (list(last["agents"]), last["next"]) == (["e"], None)
+    assert verifier.status(after="e", limit=2)["agents"] == {}
+    assert verifier.status(after="c")["agents"] == {k: whole["agents"][k] for k in ("d", "e")}
+    assert first["counts"] == whole["counts"] == {"genesis": 5}

@@ -9,9 +9,10 @@ from typing import Any
 import httpx2
 import trio
 
-from shipper.api.health import problems
+from shipper.api.health import problems, unready
 from shipper.config import parse_config
 from shipper.shutdown import Shutdown, run_daemon
+from shipper.topology import Topology
 from tests.chains import chain_lines
 from tests.conftest import LogCapture, file_sink_config
 from tests.test_daemon import send
@@ -101,3 +102,9 @@ def test_health_fails_for_sources_the_wal_and_sinks_past_their_allowance() -> No
     assert problems(states(source_a=("failing", 0)), 60) == ["source.a: why"]
     assert problems(states(wal=("degraded", 0)), 60) == ["wal: why"]
     assert problems(states(writer=("failing", 3)), 60) == ["writer: why"]
+
+
+def test_a_daemon_not_started_is_not_ready(tmp_path: Path) -> None:
+    """Before its sources listen and its WAL is open, a topology is not ready, and says why."""
+    topology = Topology(parse_config(file_sink_config(tmp_path)))
+    assert unready(topology) == ["source.agents: not listening yet", "wal: not open"]
