@@ -228,11 +228,12 @@ def test_readme_quick_start_puts_the_sample_event_in_var_archive(tmp_path: Path)
     assert "make run" in readme
     if shutil.which("bash") is None:  # pragma: no cover - Debian always has bash
         pytest.skip("bash is needed for the README's /dev/tcp one-liner")
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", 6515))
-        except OSError:
-            pytest.skip("port 6515 of the default config is in use on this machine")
+    for port in (6515, 8686):  # the default config's source and API
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                pytest.skip(f"port {port} of the default config is in use on this machine")
     shutil.copytree(REPO / "config", tmp_path / "config")
     # What `make run` runs, from a checkout: the default config, relative to the working dir.
     process = start_daemon(Path("config/shipper.toml"), tmp_path)

@@ -155,7 +155,8 @@ def test_shipped_config_is_valid(path: Path, pems: _Pems, monkeypatch: pytest.Mo
 def test_default_config_listens_on_loopback_and_archives_to_files(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """config/shipper.toml has a json_tls source on a loopback address and a file sink."""
+    """config/shipper.toml has a json_tls source and the API on loopback addresses, and a file
+    sink."""
     monkeypatch.chdir(REPO)
     config = load_config(REPO / "config" / "shipper.toml", env={})
     json_sources = [s for s in config.sources.values() if isinstance(s, JsonTlsSourceConfig)]
@@ -164,6 +165,7 @@ def test_default_config_listens_on_loopback_and_archives_to_files(
         assert ipaddress.ip_address(source.address.host).is_loopback
         assert source.address.port != 0
     assert any(isinstance(sink, FileSinkConfig) for sink in config.sinks.values())
+    assert config.api.address == Address("127.0.0.1", 8686)
 
 
 # ---------------------------------------------------------------------------------------------
