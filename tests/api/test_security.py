@@ -135,3 +135,30 @@ async def test_the_token_guards_every_endpoint_but_liveness_over_tls(
     assert answers["/health/live"] == [200, 200, 200, 200]
     assert refused.headers["www-authenticate"].startswith("Bearer")
     assert served["agents"] == {}
+
+
+def test_the_cli_finds_the_api_from_its_flag_or_the_config(
+    tmp_path: Path, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--api`` wins over the config; a config's address becomes an http URL, or https with
+    ``[api.tls]``, a wildcard host is reached on loopback; the token comes from the config,
+    else the environment; no address anywhere is no API."""
+    monkeypatch.setenv("SHIPPER_API_TOKEN", "from-env")
+    monkeypatch.setenv("SHIPPER_API_CA", "/env/ca.pem")
+    plain = parse_config(api_config(tmp_path, address="127.0.0.1:8686"))
+    assert locate(None, plain) == Api("http://127.0.0.1:8686", "from-env", "/env/ca.pem")
+    assert locate("https://shipper.example:9000/", plain, "ca.pem") == Api(
+        "https://shipper.example:9000", "from-env", "ca.pem"
+    )
+    secured = parse_config(
+        api_config(
+            tmp_path,
+            address="0.0.0.0:8686",
+            token="${API_TOKEN}",
+            tls={"cert": str(tls_files.server_pem), "key": str(tls_files.server_key)},
+        ),
+        {"API_TOKEN": TOKEN},
+    )
+    assert locate(None, secured) == Api("https://127.0.0.1:8686", TOKEN, "/env/ca.pem")
+    assert locate("[::]:8686", None) == Api("http://[::1]:8686", "from-env", "/env/ca.pem")
+    assert locate(None, parse_config(file_sink_config(tmp_path))) is None
