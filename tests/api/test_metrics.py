@@ -57,7 +57,8 @@ async def test_metrics_under_load_count_what_was_sent(
     tmp_path: Path, logs: LogCapture, processes: bool
 ) -> None:
     """Chained records and malformed lines over several connections: the exposition, parsed by
-    prometheus_client, counts the events, bytes, connections, malformed lines by reason,
+    prometheus_client, counts the events, bytes, connections (the one held open, then none),
+    malformed lines by reason,
     verdicts, WAL and sink deliveries the test sent, an fsync histogram that agrees with the
     fsync count, no lag, and the CPU and memory of every process of the daemon."""
     raw = file_sink_config(tmp_path)
@@ -65,13 +66,15 @@ async def test_metrics_under_load_count_what_was_sent(
     agents = [f"agent-{n}" for n in range(4)]
     streams = [b"".join(chain_lines(300, agent)) for agent in agents]
     junk = b"not json at all\n" * 7 + b"{broken\n" * 3
-    sent_bytes = sum(map(len, streams)) + len(junk)
-    total = 4 * 300 + 10
+    sent_bytes = sum(map(len, streams)) + len(junk) + len(chain_lines(1, "held")[0])
+    total = 4 * 300 + 10 + 1  # and one record over a connection held open
     shutdown = Shutdown()
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
         (entry,) = logs.entries("api_listening")
         address = bound["agents"][0]
+        held = await trio.open_tcp_stream(address.host, address.port)
+        await held.send_all(chain_lines(1, "held")[0])
         async with trio.open_nursery() as senders:
             for data in [*streams, junk]:
                 senders.start_soon(send, address, data)
@@ -81,19 +84,26 @@ async def test_metrics_under_load_count_what_was_sent(
                 lambda found: (
                     found["shipper_sink_events_total"].get((("sink", "archive"),)) == total
                     and one(found, "shipper_sink_lag_bytes", sink="archive") == 0
+                    and one(found, "shipper_source_connections_open", source="agents") == 1
                 ),
+            )
+            await held.aclose()
+            closed = await scrape_until(
+                client,
+                lambda found: one(found, "shipper_source_connections_open", source="agents") == 0,
             )
         shutdown.request("test")
 
     assert one(samples, "shipper_source_events_total", source="agents") == total
     assert one(samples, "shipper_source_bytes_total", source="agents") == sent_bytes
-    assert one(samples, "shipper_source_connections_accepted_total", source="agents") == 5
+    assert one(samples, "shipper_source_connections_accepted_total", source="agents") == 6
+    assert one(closed, "shipper_source_connections_accepted_total", source="agents") == 6
     malformed = {
         reason: one(samples, "shipper_source_malformed_total", source="agents", reason=reason)
         for reason in ("oversized", "bad_framing", "undecodable")
     }
     assert malformed == {"oversized": 0, "bad_framing": 0, "undecodable": 10}
-    assert one(samples, "shipper_chain_verdicts_total", status="genesis") == 4
+    assert one(samples, "shipper_chain_verdicts_total", status="genesis") == 5
     assert one(samples, "shipper_chain_verdicts_total", status="ok") == 4 * 299
     assert one(samples, "shipper_chain_alerts_total") == 0
     assert one(samples, "shipper_wal_events_total") == total
