@@ -112,6 +112,8 @@ the state back.
 from __future__ import annotations
 
 import hashlib
+import heapq
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -1077,17 +1079,36 @@ class Verifier:
         if len(agents) != len(columns["id"]):
             raise ValueError("an agent is listed twice")
 
-    def status(self, agent: str | None = None) -> dict[str, Any]:
-        """Per agent (or one agent): last sequence, open gaps, counts by status, last alert."""
-        agents = (
-            self.agents if agent is None else {k: v for k, v in self.agents.items() if k == agent}
-        )
-        return {
+    def status(
+        self, agent: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Per agent (or one agent): last sequence, open gaps, counts by status, last alert;
+        agents in name order.
+
+        A page of them with ``limit``: at most that many agents, the first after the name
+        ``after`` (None: from the start); the status then also says ``total_agents`` and
+        ``next``, the ``after`` of the next page (None: this was the last)."""
+        if agent is not None:
+            names = [agent] if agent in self.agents else []
+        elif limit is None:
+            names = sorted(self.agents)
+        else:  # the page and one more, without sorting every name (a third of the time)
+            names = heapq.nsmallest(
+                limit + 1, self.agents if after is None else filter(after.__lt__, self.agents)
+            )
+        if after is not None and limit is None:
+            names = names[bisect_right(names, after) :]
+        page = names[:limit] if limit is not None else names
+        status = {
             "profile": self.profile.name,
             "max_agents": self.max_agents,
             "counts": self.counts,
-            "agents": {name: state.status() for name, state in sorted(agents.items())},
+            "agents": {name: self.agents[name].status() for name in page},
         }
+        if limit is not None:
+            status["total_agents"] = len(self.agents) if agent is None else len(names)
+            status["next"] = page[-1] if len(names) > len(page) else None
+        return status
 
 
 #: The type of a count (``Verifier._restore_agents``).

@@ -19,11 +19,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 import orjson
 import trio
 
 from shipper import __version__, cli_tap
+from shipper.api.client import ApiError, ApiUnreachable, add_api_arguments, locate
 from shipper.buffer.recovery import WalFormatError, read_epoch, recover
 from shipper.buffer.wal import WalLocked, lock_directory
 from shipper.chain import PROFILES
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     chain.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     chain.add_argument("--agent", help="only this agent")
     chain.add_argument("--json", action="store_true", help="print the status as JSON")
+    add_api_arguments(chain)
     verify = commands.add_parser(
         "verify", help="re-verify an archive offline; exit 0 intact, 1 not (or unreadable)"
     )
@@ -105,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     top = commands.add_parser("top", help="live table of sources, sinks and troubled agents")
-    top.add_argument("--api", metavar="ADDR", help="the API's address (default: [api] address)")
+    add_api_arguments(top)
     top.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
     letters = commands.add_parser(
@@ -312,22 +315,45 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
     return 1 if action == "inspect" and report.damaged else 0
 
 
-def cmd_chain_status(path: str, agent: str | None, as_json: bool) -> int:
+def cmd_chain_status(
+    path: str,
+    agent: str | None,
+    as_json: bool,
+    api_address: str | None = None,
+    api_ca: str | None = None,
+) -> int:
     """Per agent: last sequence, open gaps, counts by status, last alert.
 
-    Read from the state on disk: the chain checkpoint plus the WAL after it (read-only, so it
-    also works beside a running daemon, whose latest batches it may not see yet).
+    Asked of the running daemon's API when there is one (``--api``, or the config's ``[api]
+    address``); else, or when nothing answers there, read from the state on disk: the chain
+    checkpoint plus the WAL after it (read-only, so it also works beside a running daemon,
+    whose latest batches it may not see yet). One line on stderr says which.
     """
+    from shipper.api.chains import fetch_status
+
     config = _load(path)
     if config is None:
         return EX_CONFIG
     configure("warning")  # keep the daemon's info entries off the report
-    wal_dir = config.data_dir / "wal"
-    epoch = read_epoch(wal_dir)[0] or ""  # damaged or missing: no checkpoint matches it
-    stage = ChainStage(config.chain, config.data_dir)
-    if wal_dir.is_dir() or checkpoint_path(config.data_dir).exists():
-        stage.load(wal_dir, epoch)
-    status = stage.verifier.status(agent)
+    api = locate(api_address, config, api_ca)
+    status = None
+    where = "no [api] address in the config and no --api"
+    if api is not None:
+        try:
+            status = trio.run(fetch_status, api, agent)
+        except ApiUnreachable as exc:
+            where = str(exc)
+        except ApiError as exc:
+            print(f"shipper chain status: {exc}", file=sys.stderr)
+            return 1
+        else:
+            print(f"shipper chain status: from the daemon's API at {api.url}", file=sys.stderr)
+    if status is None:
+        print(
+            f"shipper chain status: {where}: reading the files in {config.data_dir}",
+            file=sys.stderr,
+        )
+        status = _chain_status_from_files(config, agent)
     if agent is not None and agent not in status["agents"]:
         print(f"shipper chain status: no chain state for agent {agent!r}", file=sys.stderr)
         return 1
@@ -348,6 +374,16 @@ def cmd_chain_status(path: str, agent: str | None, as_json: bool) -> int:
         print(f"  agent {name}: last sequence {state['last_sequence']}; open gaps: {gaps}")
         print(f"    counts: {counts}; last alert: {last}")
     return 0
+
+
+def _chain_status_from_files(config: Config, agent: str | None) -> dict[str, Any]:
+    """The chain state on disk: the checkpoint plus the WAL after it."""
+    wal_dir = config.data_dir / "wal"
+    epoch = read_epoch(wal_dir)[0] or ""  # damaged or missing: no checkpoint matches it
+    stage = ChainStage(config.chain, config.data_dir)
+    if wal_dir.is_dir() or checkpoint_path(config.data_dir).exists():
+        stage.load(wal_dir, epoch)
+    return stage.verifier.status(agent)
 
 
 def cmd_dead_letter(path: str, action: str, sink_id: str, files: list[str], as_json: bool) -> int:
@@ -518,11 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "buffer":
         return cmd_buffer(args.config, args.action, args.json)
     if args.command == "chain":
-        return cmd_chain_status(args.config, args.agent, args.json)
+        return cmd_chain_status(args.config, args.agent, args.json, args.api, args.api_ca)
     if args.command == "top":
         from shipper.cli_top import cmd_top
 
-        return cmd_top(args.api, args.config, args.once)
+        return cmd_top(args.api, args.config, args.once, args.api_ca)
     if args.command == "tap":
         return cli_tap.command(args)
     if args.command == "dead-letter":

@@ -18,8 +18,8 @@ from typing import Any, TextIO
 import httpx2
 import orjson
 
+from shipper.api.client import ApiError, add_api_arguments, required
 from shipper.chain import STATUSES
-from shipper.config import load_config
 from shipper.errors import ConfigError
 
 EX_CONFIG = 78
@@ -31,7 +31,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """The ``tap`` subcommand's arguments."""
     tap = commands.add_parser("tap", help="live view of the events entering the WAL")
     tap.add_argument("-c", "--config", default="config/shipper.toml", help="config file (TOML)")
-    tap.add_argument("--api", help="the API's address (host:port or URL; default [api] address)")
+    add_api_arguments(tap)
     tap.add_argument("--agent", action="append", help="only this agent (repeatable)")
     tap.add_argument("--source", action="append", help="only this source id (repeatable)")
     tap.add_argument(
@@ -41,20 +41,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--alerts", action="store_true", help="only the events shipper raises (alerts, seals)"
     )
     tap.add_argument("--json", action="store_true", help="print each envelope as JSON")
-
-
-def api_url(api: str | None, config_path: str) -> str:
-    """The API's base URL: ``--api`` (``host:port`` or a URL), else the config's ``[api]
-    address`` (a wildcard address is reached on loopback). Raises ``LookupError`` when neither
-    gives one, ``ConfigError`` when the config is invalid. (http only: until the API's own
-    client module knows TLS and tokens.)"""
-    if api:
-        return api.rstrip("/") if "://" in api else f"http://{api}"
-    address = load_config(config_path).api.address
-    if address is None:
-        raise LookupError(f"no API address: pass --api, or set [api] address in {config_path}")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
-    return f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
 
 
 def human(envelope: dict[str, Any]) -> str:
@@ -110,15 +96,16 @@ def follow(lines: Iterable[str], out: TextIO, err: TextIO, *, as_json: bool) -> 
 def command(args: argparse.Namespace) -> int:
     """Run ``shipper tap`` with its parsed ``args``."""
     try:
-        base = api_url(args.api, args.config)
+        api = required(args.api, args.config, args.api_ca)
     except ConfigError as exc:
         print(f"{args.config}: invalid configuration", file=sys.stderr)
         for problem in exc.problems:
             print(f"{args.config}: {problem}", file=sys.stderr)
         return EX_CONFIG
-    except LookupError as exc:
+    except ApiError as exc:
         print(f"shipper tap: {exc}", file=sys.stderr)
         return 1
+    base = api.url
     params: list[tuple[str, str | int | float | bool | None]] = [
         *(("agent", agent) for agent in args.agent or ()),
         *(("source", source) for source in args.source or ()),
@@ -131,8 +118,8 @@ def command(args: argparse.Namespace) -> int:
     connected = False
     try:
         with (
-            httpx2.Client(timeout=timeout) as client,
-            client.stream("GET", url, params=params) as response,
+            api.blocking(timeout) as client,
+            client.stream("GET", "/api/tap", params=params) as response,
         ):
             if response.status_code != 200:
                 detail = response.read().decode(errors="replace").strip()
@@ -148,6 +135,9 @@ def command(args: argparse.Namespace) -> int:
             connected = True
             print(f"shipper tap: tapping {base} (Ctrl-C stops)", file=sys.stderr, flush=True)
             follow(lines, sys.stdout, sys.stderr, as_json=args.json)
+    except ApiError as exc:  # (an unusable CA file)
+        print(f"shipper tap: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:  # the reader of the output is gone (``| head``): done

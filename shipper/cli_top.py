@@ -19,8 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from shipper.config import load_config
-from shipper.config.values import parse_address
+from shipper.api.client import Api, ApiError, required
 from shipper.errors import ConfigError
 
 EX_CONFIG: Final = 78
@@ -35,49 +34,19 @@ _STYLE: Final = {"ok": "green", "degraded": "yellow", "failing": "bold red"}
 _TEXT_COLUMNS: Final = frozenset({"source", "sink", "kind", "health"})
 
 
-class ApiUnreachable(Exception):
-    """The daemon's API did not answer (not running, another address, no ``[api]``), or
-    answered with an error: the message says which; trying again helps once it runs."""
-
-
-def status_api_url(api: str | None, config_path: str) -> str:
-    """The base URL of the daemon's API for a command: ``--api ADDR`` (``host:port`` or an
-    ``http://`` URL), else the config's ``[api] address``. Plain HTTP only: a stand-in until a
-    shared API client (TLS, token) exists. Raises ``ConfigError`` for an invalid config, and
-    ``ApiUnreachable`` when no address can be told."""
-    if api is not None:
-        if api.startswith(("http://", "https://")):
-            return api.rstrip("/")
-        try:
-            return f"http://{parse_address(api)}"
-        except ValueError as exc:
-            raise ApiUnreachable(f"--api {api}: {exc}") from exc
-    config = load_config(config_path)
-    address = config.api.address
-    if address is None:
-        raise ApiUnreachable(
-            f"{config_path} has no [api] address: the daemon serves no API; pass --api ADDR"
-        )
-    if address.port == 0:
-        raise ApiUnreachable(
-            f"{config_path}: [api] address {address} lets the kernel choose the port; pass "
-            "--api with the one the daemon logged (api_listening)"
-        )
-    return f"http://{address}"
-
-
-def fetch_status(url: str) -> dict[str, Any]:
-    """The daemon's status summary from the API at ``url``."""
+def fetch_status(api: Api) -> dict[str, Any]:
+    """The daemon's status summary from ``api`` (``ApiError`` saying why not)."""
     try:
-        response = httpx2.get(f"{url}/api/status", timeout=TIMEOUT_SECONDS)
+        with api.blocking(TIMEOUT_SECONDS) as client:
+            response = client.get("/api/status")
     except httpx2.HTTPError as exc:
-        raise ApiUnreachable(
-            f"cannot reach the daemon's API at {url}: {type(exc).__name__}: {exc} (is the "
+        raise ApiError(
+            f"cannot reach the daemon's API at {api.url}: {type(exc).__name__}: {exc} (is the "
             "daemon running, with [api] address set?)"
         ) from exc
     if response.status_code != 200:
-        raise ApiUnreachable(
-            f"the API at {url} answered {response.status_code} for /api/status: "
+        raise ApiError(
+            f"the API at {api.url} answered {response.status_code} for /api/status: "
             f"{response.text[:200]}"
         )
     summary: dict[str, Any] = response.json()
@@ -185,17 +154,18 @@ def render(summary: dict[str, Any], url: str) -> RenderableType:
     return Group(*parts)
 
 
-def cmd_top(api: str | None, config_path: str, once: bool) -> int:
+def cmd_top(address: str | None, config_path: str, once: bool, ca: str | None = None) -> int:
     """``shipper top``: see the module docstring."""
     try:
-        url = status_api_url(api, config_path)
-        summary = fetch_status(url)
+        api = required(address, config_path, ca)
+        summary = fetch_status(api)
     except ConfigError as exc:
         print(f"shipper top: {config_path}: invalid configuration\n{exc}", file=sys.stderr)
         return EX_CONFIG
-    except ApiUnreachable as exc:
+    except ApiError as exc:
         print(f"shipper top: {exc}", file=sys.stderr)
         return 1
+    url = api.url
     console = Console() if sys.stdout.isatty() else Console(width=160)
     if once:
         console.print(render(summary, url))
@@ -204,8 +174,8 @@ def cmd_top(api: str | None, config_path: str, once: bool) -> int:
         with Live(render(summary, url), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(REFRESH_SECONDS)
-                live.update(render(fetch_status(url), url), refresh=True)
-    except ApiUnreachable as exc:
+                live.update(render(fetch_status(api), url), refresh=True)
+    except ApiError as exc:
         print(f"shipper top: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ of one installation only):
   for it from each worker, so that READY means connections are taken); then
   ``("batch", rows, size, counters)``: a batch of events (``rows``) in the
   order read, the bytes it counts as in the main process's ingest budget, and the worker's
-  counters per source so far; ``("report", counters)`` while nothing else is sent and counters
+  counters per source so far (with ``OPEN``, its connections open now, which is a gauge); ``("report", counters)`` while nothing else is sent and counters
   changed (refused connections, say), every ``REPORT_SECONDS``.
 
 The main process takes a batch into its ingest channel only when it has room (the byte budget):
@@ -93,6 +93,8 @@ PIPE_BYTES = 1024 * 1024
 WORKER_BYTES = 8 * 1024 * 1024
 #: Batches a worker's channel holds (each a slice of a socket read).
 WORKER_BATCHES = 64
+#: The key of a worker's report that holds a source's connections open now.
+OPEN = "connections_open"
 #: What the daemon counts about its ingest workers (``ingest_worker_<name>``).
 WORKER_COUNTERS: dict[str, str] = {
     "restarts": "Ingest workers started again after one exited without being told to stop",
@@ -317,6 +319,8 @@ class IngestWorker:
             returncode = await process.wait()
         finally:
             self._stdin = None
+            for source in self._sources.values():  # its connections went with it
+                source.open_elsewhere.pop(self.index, None)
             if process.returncode is None:
                 process.kill()
             with trio.CancelScope(shield=True):
@@ -377,6 +381,9 @@ class IngestWorker:
                 continue
             seen = self._seen.setdefault(source_id, {})
             for key, value in values.items():
+                if key == OPEN:  # how many now, not how many more
+                    source.open_elsewhere[self.index] = value
+                    continue
                 delta = value - seen.get(key, 0)
                 if delta:
                     source.counters[key] += delta
@@ -408,7 +415,10 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
     orphaned = False
 
     def counters() -> dict[str, dict[str, int]]:
-        return {source.id: source.counters.as_dict() for source in sources}
+        return {
+            source.id: {**source.counters.as_dict(), OPEN: source.open_connections()}
+            for source in sources
+        }
 
     async def forward() -> None:
         """Hand the sources' batches on, gathered, in the order read; counters that changed

@@ -8,7 +8,9 @@ A component registers its metrics once, when it is built, and updates them on it
 
 Kinds:
 
-* counter: only goes up (``inc``). Merged across processes by adding.
+* counter: only goes up (``inc``). Merged across processes by adding. A counter kept elsewhere,
+  possibly fractional (a process's CPU seconds), is registered with ``cumulative`` and read at
+  each snapshot, as an observed gauge is.
 * gauge: a value now (``set``, ``inc``, ``dec``), or read when a snapshot is taken (``observe``
   a callable). Merged by adding (each process reports its own part: bytes held, connections),
   or by the maximum, as its ``merge`` says.
@@ -215,6 +217,13 @@ class Registry:
         self, name: str, help: str, *, unit: str = "", labels: Sequence[str] = ()
     ) -> Family[CounterValue]:
         return self._register(Family(name, "counter", help, unit, tuple(labels), CounterValue))
+
+    def cumulative(
+        self, name: str, help: str, *, unit: str = "", labels: Sequence[str] = ()
+    ) -> Family[GaugeValue]:
+        """A counter whose value is kept elsewhere and read at each snapshot (``observe``), or
+        set by a collector: it only goes up, but need not be whole (seconds of CPU)."""
+        return self._register(Family(name, "counter", help, unit, tuple(labels), GaugeValue))
 
     def gauge(
         self,

@@ -59,6 +59,8 @@ sink could not deliver stays in the WAL for the next start.
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from functools import partial
@@ -77,7 +79,8 @@ from shipper.events import Event, Malformed, entry, envelopes, event_bytes, size
 from shipper.ingestproc import IngestWorker
 from shipper.ingestproc import spec_of as ingest_spec_of
 from shipper.logging import Throttle, get_logger
-from shipper.metrics import Registry, mirror, summary
+from shipper.metrics import Health, Registry, mirror, summary
+from shipper.procstat import usage
 from shipper.recent import Recent
 from shipper.retry import Backoff
 from shipper.sinkproc import SinkProcess
@@ -188,6 +191,7 @@ class Topology:
         self._requeued: deque[list[Event]] = deque()
         self._pause_due = False  # the WAL refused batches: pause before writing them again
         self._refused_since = 0.0  # when the WAL began refusing (0: it is not)
+        self._refused_monotonic = 0.0  # the same on the clock health is told on
         self._retry = Backoff()
         self.bound: dict[str, list[Listening]] = {}
         self.finished = trio.Event()
@@ -208,6 +212,7 @@ class Topology:
         self.chain.register_metrics(registry)
         self.wal.register_metrics(registry)
         mirror(registry, "writer", lambda: self.counters, WRITER_COUNTERS)
+        registry.health("writer", self.health)
         registry.gauge(
             "ingest_queued_bytes", "Bytes queued between the sources and the writer", unit="bytes"
         ).labels().observe(lambda: self.budget.used)
@@ -217,18 +222,77 @@ class Topology:
             unit="bytes",
             labels=("sink",),
         )
+        lag_seconds = registry.gauge(
+            "sink_lag_seconds",
+            "How long the oldest WAL entry a sink has not acknowledged has waited",
+            unit="seconds",
+            labels=("sink",),
+        )
         for slot in self.sinks:
             if slot.process is not None:
                 slot.process.register_metrics(registry)
             elif slot.driver is not None:
                 slot.driver.register_metrics(registry)
             lag.labels(slot.id).observe(partial(self._lag, slot.id))
+            lag_seconds.labels(slot.id).observe(partial(self._lag_seconds, slot.id))
+        self._register_processes()
+
+    def _register_processes(self) -> None:
+        """CPU seconds and resident memory of each process of the daemon (``process`` label:
+        ``main``, ``sink.<id>``, ``ingest_worker.<n>``, as their health is named), read from
+        the kernel at each snapshot; a process that is not running has none."""
+        cpu = self.registry.cumulative(
+            "process_cpu_seconds",
+            "CPU time (user and system) a process of the daemon used",
+            unit="seconds",
+            labels=("process",),
+        )
+        rss = self.registry.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of a process of the daemon",
+            unit="bytes",
+            labels=("process",),
+        )
+
+        def collect() -> None:
+            for name, pid in self.processes().items():
+                used = usage(pid) if pid is not None else None
+                if used is None:
+                    cpu.remove(name)
+                    rss.remove(name)
+                    continue
+                cpu.labels(name).set(used.cpu_seconds)
+                rss.labels(name).set(used.rss_bytes)
+
+        self.registry.collector(collect)
+
+    def processes(self) -> dict[str, int | None]:
+        """The daemon's processes by name (``main``, ``sink.<id>``, ``ingest_worker.<n>``) and
+        their process ids (None: not running now)."""
+        found: dict[str, int | None] = {"main": os.getpid()}
+        for slot in self.sinks:
+            if slot.process is not None:
+                found[f"sink.{slot.id}"] = slot.process.pid
+        for worker in self.workers:
+            found[f"ingest_worker.{worker.index}"] = worker.pid
+        return found
+
+    def health(self) -> Health:
+        """The writer's: ``failing`` while the WAL refuses its batches (a write or an fsync
+        failed), since the first refusal; else ``ok``."""
+        if self._refused_since:
+            return Health("failing", "the WAL refuses writes", self._refused_monotonic)
+        return Health()
 
     async def _refresh_cursors(self) -> None:
         """A sink process exited: take in the cursors it stored (its lag, and what the WAL may
         delete), even once the WAL stopped listening for acknowledgements."""
         if self.wal.readers:
             await self.wal.collect(refresh=True)
+
+    def _lag_seconds(self, sink_id: str) -> float:
+        """How long the oldest WAL entry that sink has not acknowledged has waited."""
+        return self.wal.lag_seconds(sink_id) if sink_id in self.wal.readers else 0.0
 
     def _lag(self, sink_id: str) -> int:
         """Bytes in the WAL that sink has not acknowledged (0 before the WAL is open)."""
@@ -585,6 +649,7 @@ class Topology:
         self._pause_due = True
         if not self._refused_since:
             self._refused_since = trio.current_time()
+            self._refused_monotonic = time.monotonic()
         self.counters["write_refusals"] += 1
         with trio.CancelScope(shield=True):  # the state must never stay ahead of the WAL
             await wal.cut_refused()

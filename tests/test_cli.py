@@ -227,9 +227,10 @@ def test_address_in_use_fails_with_exit_1_and_a_logged_reason(tmp_path: Path) ->
 
 def skip_unless_default_ports_are_free() -> None:
     """Skip the test if another process (a parallel test run) holds a port of the default
-    config's sources: the daemon could not start."""
+    config's sources or API: the daemon could not start."""
     raw = tomllib.loads((REPO / "config" / "shipper.toml").read_text())
-    for source in raw["sources"].values():
+    listeners = [*raw["sources"].values(), raw["api"]]  # the API listens too (TCP)
+    for source in listeners:
         host, port = source["address"].rsplit(":", 1)
         udp = source.get("mode") == "udp"
         with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as probe:

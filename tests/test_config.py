@@ -155,8 +155,8 @@ def test_shipped_config_is_valid(path: Path, pems: _Pems, monkeypatch: pytest.Mo
 def test_default_config_listens_on_loopback_and_archives_to_files(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """config/shipper.toml has a json_tls source and TCP and UDP syslog sources on port 5514,
-    all on loopback, and a file sink."""
+    """config/shipper.toml has a json_tls source, TCP and UDP syslog sources on port 5514 and
+    the API, all on loopback, and a file sink."""
     monkeypatch.chdir(REPO)
     config = load_config(REPO / "config" / "shipper.toml", env={})
     json_sources = [s for s in config.sources.values() if isinstance(s, JsonTlsSourceConfig)]
@@ -172,6 +172,7 @@ def test_default_config_listens_on_loopback_and_archives_to_files(
         assert ipaddress.ip_address(address.host).is_loopback
         assert address.port != 0
     assert any(isinstance(sink, FileSinkConfig) for sink in config.sinks.values())
+    assert config.api.address == Address("127.0.0.1", 8686)
 
 
 # ---------------------------------------------------------------------------------------------

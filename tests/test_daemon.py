@@ -321,7 +321,13 @@ async def test_every_component_reports_into_one_registry_that_merges(
         topology.stop()
     health = {component: state["status"] for component, state in snapshot["health"].items()}
     workers = {f"ingest_worker.{n}": "ok" for n in range(WORKERS if processes else 0)}
-    expected = {"source.agents": "ok", "chain": "ok", "wal": "ok", "sink.archive": "ok"}
+    expected = {
+        "source.agents": "ok",
+        "chain": "ok",
+        "wal": "ok",
+        "writer": "ok",
+        "sink.archive": "ok",
+    }
     assert health == expected | workers
     assert value(snapshot, "source_events", "agents") == 10
     assert value(snapshot, "chain_verdicts", "unchained") == 10  # records without a hash

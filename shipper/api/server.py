@@ -2,11 +2,13 @@
 
 The listening socket is bound before ``task_status.started``, so a taken address stops the start
 (``ListenError``), as a source's does (the same ``bind_tcp``); the value started with is the list of URLs served
-(``http://127.0.0.1:8686``; port 0 in the config gives the port the kernel chose).
+(``http://127.0.0.1:8686``; port 0 in the config gives the port the kernel chose). With
+``[api.tls]`` the same socket serves HTTPS only (``https://...``).
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -26,10 +28,19 @@ if TYPE_CHECKING:
 
 def hypercorn_config(config: ApiConfig) -> HypercornConfig:
     """hypercorn's settings for ``config``: no access log (requests are not evidence, and the
-    daemon's log stays shipper's own entries). The socket is bound by ``serve_api``."""
+    daemon's log stays shipper's own entries), TLS from ``[api.tls]``. The socket is bound by
+    ``serve_api``."""
     settings = HypercornConfig()
     settings.accesslog = None
     settings.errorlog = None
+    if config.tls is not None:  # hypercorn builds the server's context from these
+        settings.certfile = str(config.tls.cert)
+        settings.keyfile = str(config.tls.key)
+        if config.tls.client_ca is not None:
+            settings.ca_certs = str(config.tls.client_ca)
+            settings.verify_mode = (
+                ssl.CERT_REQUIRED if config.tls.require_client_cert else ssl.CERT_OPTIONAL
+            )
     return settings
 
 
@@ -43,7 +54,12 @@ async def serve_api(
     settings = hypercorn_config(config)
     assert config.address is not None
     bound, _ = bind_tcp("api", config.address)  # ListenError: the start stops
-    sockets = Sockets(secure_sockets=[], insecure_sockets=bound, quic_sockets=[])
+    secure = config.tls is not None
+    sockets = Sockets(
+        secure_sockets=bound if secure else [],
+        insecure_sockets=[] if secure else bound,
+        quic_sockets=[],
+    )
     # starlette's ASGI signature and hypercorn's typed one are the same protocol, spelled apart
     app = cast(Framework, build_app(topology, config))
     await worker_serve(

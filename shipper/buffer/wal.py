@@ -50,6 +50,7 @@ import fcntl
 import math
 import os
 import time
+from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -76,7 +77,7 @@ from shipper.buffer.segment import (
 from shipper.buffer.wake import ACKED, HELLO, WriterWake
 from shipper.errors import ShipperError
 from shipper.logging import Throttle, get_logger
-from shipper.metrics import Health, Registry, mirror
+from shipper.metrics import Health, HistogramValue, Registry, mirror
 from shipper.retry import Backoff
 
 log = get_logger("shipper.buffer")
@@ -103,13 +104,19 @@ WAL_COUNTERS: dict[str, str] = {
     "bytes": "Bytes written to segments and accepted",
     "fsyncs": "fsyncs of segments",
     "blocked": "Times a writer waited for room",
-    "blocked_ms": "Milliseconds writers waited for room",
     "dropped_full": "Events dropped because the WAL was full (when_full = drop_newest)",
     "write_errors": "Failed writes and fsyncs (the batches were refused)",
     "rollbacks": "Times refused bytes were cut off the segments",
     "segments_deleted": "Segments deleted once every reader had passed them",
     "publish_errors": "Failures publishing the WAL's state for readers",
 }
+
+
+#: Upper bounds of the fsync duration histogram (``wal_fsync_seconds``).
+FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: A sink's lag in seconds is known to within this: the WAL notes when it wrote where at most
+#: once per this many seconds (``lag_seconds``).
+MARK_SECONDS = 1.0
 
 
 class Wal:
@@ -177,6 +184,11 @@ class Wal:
         self._drop_log = Throttle(1)
         self._drop_logged = 0  # dropped_full as of the last wal_full_dropped line
         self.report: Report | None = None
+        self.blocked_seconds = 0.0  # how long writers waited for room, in all
+        self.fsync_seconds = HistogramValue(FSYNC_BUCKETS)  # how long each fsync took
+        # (where the WAL ended, when) noted at most every MARK_SECONDS: what was written after
+        # that position was written after that time (``lag_seconds``).
+        self._marks: deque[tuple[Position, float]] = deque()
 
     # --- opening and closing -------------------------------------------------------------------
 
@@ -218,6 +230,8 @@ class Wal:
         self._write_state = (0, self.committed, self._fd)
         self._acked = {sink: report.cursors[sink] for sink in sinks}
         self.report = report
+        # What the WAL held at open was written no later than now (its time is not kept).
+        self._marks = deque([(Position(0, 0), time.monotonic())])
         # Segments every sink had passed before the restart (the last one was still active
         # then): free their space now rather than at the next acknowledgement.
         doomed = self._doomed()
@@ -430,6 +444,7 @@ class Wal:
                     await self._fail(exc)
                     raise self._tell(f"cannot publish the WAL's layout: {exc}") from exc
             seq = self._written_seq + 1
+            self._mark(self._write_state[1])
             self._write_state = (seq, Position(active, self._sizes[active]), fd)
             self._unsettled.append((seq, len(entries), written))
             self.counters["events"] += len(entries)
@@ -590,17 +605,21 @@ class Wal:
         to the same fd meanwhile. Staying in the thread between fsyncs saves the two thread
         hand-offs each would cost, which on a busy machine are a good part of an fsync."""
         while True:
+            began = time.perf_counter()
             _sync_fds(fd, retired)
+            took = time.perf_counter() - began
             retired = []
-            token.run_sync_soon(self._synced, seq, target)
+            token.run_sync_soon(self._synced, seq, target, took)
             written_seq, written, written_fd = self._write_state  # replaced whole by the writer
             if written_seq == seq or written_fd != fd or self._needs_rollback or self._closed:
                 return
             seq, target = written_seq, written
 
-    def _synced(self, seq: int, target: Position) -> None:
-        """(Trio thread.) An fsync made the batches up to ``seq``, ending at ``target``, durable."""
+    def _synced(self, seq: int, target: Position, took: float) -> None:
+        """(Trio thread.) An fsync made the batches up to ``seq``, ending at ``target``, durable;
+        it took ``took`` seconds."""
         self.counters["fsyncs"] += 1
+        self.fsync_seconds.observe(took)
         self._fsynced_seq = max(self._fsynced_seq, seq)
         self._settle(seq)
         if self.settings.fsync == "batch" and target > self.committed:
@@ -755,6 +774,16 @@ class Wal:
         registry.gauge("wal_buffer_bytes", "Bytes the WAL holds", unit="bytes").labels().observe(
             lambda: self.total_bytes
         )
+        registry.cumulative(
+            "wal_blocked_seconds", "Seconds writers waited for room", unit="seconds"
+        ).labels().observe(lambda: self.blocked_seconds)
+        fsyncs = registry.histogram(
+            "wal_fsync_seconds",
+            "How long fsyncs of segments took",
+            unit="seconds",
+            buckets=FSYNC_BUCKETS,
+        )
+        fsyncs.children[()] = self.fsync_seconds  # the WAL observes into it from now on
         registry.gauge(
             "wal_free_bytes", "Free bytes of the WAL's file system", unit="bytes"
         ).labels().observe(lambda: self.free_bytes() or 0)
@@ -781,7 +810,7 @@ class Wal:
         self, meanwhile: Callable[[], Awaitable[None]] | None = None
     ) -> None:
         """``when_full = "block"``: wait until the WAL has room, however long that takes;
-        counted (``blocked``, ``blocked_ms``) and logged (``wal_full_blocking``, then
+        counted (``blocked``, ``blocked_seconds``) and logged (``wal_full_blocking``, then
         ``wal_unblocked``). ``meanwhile`` runs each time free space is looked at again while
         the WAL is still full (the writer tries a failed checkpoint again then)."""
         self.counters["blocked"] += 1
@@ -791,7 +820,7 @@ class Wal:
             if meanwhile is not None:
                 await meanwhile()
         blocked = trio.current_time() - started
-        self.counters["blocked_ms"] += int(blocked * 1000)
+        self.blocked_seconds += blocked
         log.info("wal_unblocked", blocked_seconds=round(blocked, 3))
 
     async def _wait_for_space(self, count: int) -> bool:
@@ -1027,6 +1056,34 @@ class Wal:
         except OSError as exc:
             log.error("wal_fsync_failed", error=str(exc))
         return failed
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the WAL is open for writes: opened, and not closed yet."""
+        return self.report is not None and not self._closed
+
+    def _mark(self, end: Position) -> None:
+        """The WAL ended at ``end`` before a write now: note it (at most every
+        ``MARK_SECONDS``), and forget the notes every reader has passed."""
+        now = time.monotonic()
+        marks = self._marks
+        if marks and now - marks[-1][1] < MARK_SECONDS:
+            return
+        marks.append((end, now))
+        if self._acked:
+            slowest = min(self._acked.values())
+            while len(marks) > 1 and marks[1][0] <= slowest:
+                marks.popleft()
+
+    def lag_seconds(self, name: str) -> float:
+        """How long the oldest entry a configured reader has not acknowledged has been in the
+        WAL (0 when it has acknowledged everything accepted): to within ``MARK_SECONDS``, and
+        counted from the open for what the WAL held then."""
+        acked = self._acked[name]
+        if not self._marks or not self.lag_bytes(name):
+            return 0.0
+        at = bisect_right(self._marks, acked, key=lambda mark: mark[0])
+        return max(0.0, time.monotonic() - self._marks[max(0, at - 1)][1])
 
     def lag_bytes(self, reader: WalReader | str) -> int:
         """Bytes accepted but not yet acknowledged by a configured reader (``reader`` or its

@@ -5,7 +5,7 @@ The file format is a user-facing contract (README, "Configuration")::
     data_dir = "var"                 # top-level keys: data_dir, shutdown_timeout
     [log]                            # level
     [runtime]                        # sink_processes, workers (root.py)
-    [api]                            # address: the operator's HTTP API (root.py)
+    [api]                            # the operator's HTTP API: address, tls, token (root.py)
     [chain]                          # the chain profile and the verifier's bounds (root.py)
     [buffer]                         # the WAL (shipper/buffer/config.py)
     [sources.ID]                     # type = a registered source type, and its keys

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import tomllib
@@ -15,7 +16,7 @@ from shipper.buffer.config import BufferConfig
 from shipper.chain import ALGORITHMS, PROFILES, SEED, Profile
 from shipper.config.reader import Table, show
 from shipper.config.registry import SinkConfig, SourceConfig, read_sinks, read_sources
-from shipper.config.values import Address
+from shipper.config.values import Address, Secret, TlsServerConfig
 from shipper.errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
@@ -72,12 +73,66 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class ApiConfig:
     """``[api]``: the operator's HTTP API (``shipper.api``); ``address`` None: no API.
-    ``redact``: what the tap leaves out of, or hashes in, each envelope (as a sink's);
-    ``tap_buffer``: the events each tap client's buffer holds (``shipper.api.tap``)."""
+
+    ``tls`` (``[api.tls]``: ``cert``, ``key``, optionally ``client_ca``): serve HTTPS.
+    ``token`` (a secret, ``"${ENV}"``): every endpoint but ``/health/live`` then requires
+    ``Authorization: Bearer <token>``. An address that is not loopback requires both: the API
+    shows evidence (the tap) and state. ``sink_failing_after``: how long a sink may be failing
+    before ``/health`` says the daemon is not healthy. ``redact``: what the tap leaves out of,
+    or hashes in, each envelope (as a sink's); ``tap_buffer``: the events each tap client's
+    buffer holds (``shipper.api.tap``)."""
 
     address: Address | None = None
+    tls: TlsServerConfig | None = None
+    token: Secret | None = None
+    sink_failing_after: float = 300.0
     redact: Redaction | None = None
     tap_buffer: int = TAP_BUFFER
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address's host) is on this machine only: ``localhost``, 127.0.0.0/8
+    or ``::1``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
+def _api(table: Table) -> ApiConfig:
+    """``[api]``; a non-loopback address without TLS and a token is a problem."""
+    address = table.address("address") if table.has("address") else None
+    tls_table = table.table("tls")
+    tls = tls_table.tls_server() if tls_table is not None else None
+    token = table.secret("token", None)
+    if token is not None and not token.reveal():
+        table.problem("token", "expected a token, got an empty string")
+    failing_after = table.duration("sink_failing_after", ApiConfig.sink_failing_after)
+    redact = None
+    redact_table = table.table("redact")
+    if redact_table is not None:
+        from shipper.redact import Redaction  # (it reads tables: imported once they exist)
+
+        redact = Redaction.read(redact_table)
+    tap_buffer = table.integer("tap_buffer", TAP_BUFFER, minimum=1, maximum=1_000_000)
+    if address is not None and not is_loopback(address.host):
+        missing = [
+            what
+            for what, absent in (
+                ("[api.tls] (cert, key)", tls_table is None),
+                ('token = "${ENV}" (a bearer token)', token is None),
+            )
+            if absent
+        ]
+        if missing:
+            table.problem(
+                "address",
+                f"{address} is not a loopback address: serving the API beyond this machine "
+                f"requires {' and '.join(missing)}",
+            )
+    return ApiConfig(address, tls, token, failing_after, redact, tap_buffer)
 
 
 class Parsed:
@@ -200,15 +255,7 @@ def parse_config(
     api = ApiConfig()
     api_table = top.table("api")
     if api_table is not None:
-        address = api_table.address("address") if api_table.has("address") else None
-        redact = None
-        redact_table = api_table.table("redact")
-        if redact_table is not None:
-            from shipper.redact import Redaction  # (it reads tables: imported once they exist)
-
-            redact = Redaction.read(redact_table)
-        tap_buffer = api_table.integer("tap_buffer", TAP_BUFFER, minimum=1, maximum=1_000_000)
-        api = ApiConfig(address=address, redact=redact, tap_buffer=tap_buffer)
+        api = _api(api_table)
         api_table.finish()
 
     buffer = BufferConfig()

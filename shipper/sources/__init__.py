@@ -62,6 +62,9 @@ class Source(Protocol):
     budget: ByteBudget | None
     #: Whether it listens (its sockets are bound); its health says so.
     listening: bool
+    #: Connections open in each ingest worker, by worker, as the workers last reported
+    #: (``source_connections_open`` adds them to this process's own).
+    open_elsewhere: dict[int, int]
 
     @property
     def shared(self) -> bool:
@@ -82,6 +85,9 @@ class Source(Protocol):
 
     def stop(self) -> None:
         """Stop accepting and reading; what was read is still handed on."""
+
+    def open_connections(self) -> int:
+        """Connections open now, here and in the ingest workers (``open_elsewhere``)."""
 
     def register_metrics(self, registry: Registry) -> None:
         """Count into ``registry`` from now on, and tell it this source's health."""

@@ -726,6 +726,7 @@ class FramedSource:
         self.stopping = False
         self.log = get_logger(f"shipper.sources.{self.kind}")
         self.server: StreamServer | None = None
+        self.open_elsewhere: dict[int, int] = {}
         #: The bytes the pipeline's ingest channel may hold, shared by every source (the
         #: topology sets it; the writer gives back what it takes out).
         self.budget: ByteBudget | None = None
@@ -818,7 +819,15 @@ class FramedSource:
         self.counters = counters
         if self.server is not None:
             self.server.counters = counters  # its connections count with the source's
+        registry.gauge(
+            "source_connections_open", "Connections open now", labels=("source",)
+        ).labels(self.id).observe(self.open_connections)
         registry.health(f"source.{self.id}", self.health)
+
+    def open_connections(self) -> int:
+        """Connections open now, here and in the ingest workers (``open_elsewhere``)."""
+        here = self.server.connections if self.server is not None else 0
+        return here + sum(self.open_elsewhere.values())
 
     def health(self) -> Health:
         """``ok`` while listening, and once stopping (asked to: the reason says so); ``failing``

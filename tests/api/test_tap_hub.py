@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from shipper.api.tap import BadFilter, Missed, TapFilter, TapHub, render_ndjson, render_sse
-from shipper.cli_tap import api_url, follow, human
+from shipper.cli_tap import follow, human
 from shipper.config import parse_config
 from shipper.errors import ConfigError
 from shipper.events import Event, entry
@@ -150,21 +150,3 @@ def test_ndjson_gives_envelopes_and_notices_one_per_line() -> None:
     one = event("a", 1)
     rendered = render_ndjson([entry(one), Missed(5)], None)
     assert rendered == one.encode_without_id() + b'\n{"missed":5}\n'
-
-
-def test_shipper_tap_finds_the_api_in_the_config(tmp_path: Path) -> None:
-    """Without ``--api``, ``shipper tap`` connects to the config's ``[api] address`` (a
-    wildcard address on loopback); ``--api`` takes a host:port or a URL."""
-    config = tmp_path / "shipper.toml"
-    rest = (
-        f'data_dir = "{tmp_path}"\n'
-        '[sources.agents]\ntype = "json_tls"\naddress = "127.0.0.1:0"\n'
-        f'[sinks.archive]\ntype = "file"\npath = "{tmp_path}/archive"\n'
-    )
-    config.write_text(rest + '[api]\naddress = "0.0.0.0:8686"\n')
-    assert api_url(None, str(config)) == "http://127.0.0.1:8686"
-    assert api_url("10.0.0.1:9000", str(config)) == "http://10.0.0.1:9000"
-    assert api_url("http://h:1/", str(config)) == "http://h:1"
-    config.write_text(rest)
-    with pytest.raises(LookupError, match="pass --api, or set \\[api\\] address"):
-        api_url(None, str(config))
