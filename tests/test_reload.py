@@ -123,8 +123,9 @@ async def test_an_added_sink_gets_what_is_accepted_after_the_reload(
 async def test_a_changed_sink_path_goes_on_in_the_new_path_without_loss_or_doubles(
     tmp_path: Path, logs: LogCapture
 ) -> None:
-    """Changing a sink's path under load restarts it at its cursor: the old path and the new
-    one together hold every event sent, once each, in order."""
+    """Changing a sink's path under load stops it (it delivers what it read) and starts it again
+    at its cursor: the old path and the new one together hold every event sent, once each, in
+    order."""
     raw = file_sink_config(tmp_path)
     async with daemon(parsed(raw)) as (topology, bound, nursery):
         sender = Sender(bound["agents"][0], "a")
@@ -144,6 +145,7 @@ async def test_a_changed_sink_path_goes_on_in_the_new_path_without_loss_or_doubl
     lines = archive_lines(tmp_path / "archive") + archive_lines(tmp_path / "moved")
     assert sequences(lines, "a") == list(range(1, sender.sent + 1))
     assert len({orjson.loads(line)["id"] for line in lines}) == len(lines)
+    assert not logs.entries("reload_stop_forced")  # it stopped by itself, having delivered
 
 
 async def test_a_removed_source_refuses_and_the_others_flow(
