@@ -196,6 +196,10 @@ class Topology:
         self._nursery: trio.Nursery | None = None  # run's, once everything started
         self._stopping = False
         self._reloading = trio.Lock()  # one reload at a time
+        # Sinks a reload changed and could not build: not running, not in the config, and their
+        # WAL readers kept (they hold what the sink has not delivered) until a reload starts them
+        # again, at their cursors, or removes them.
+        self._held: set[str] = set()
 
     def _source(self, config: SourceConfig) -> Source:
         """Build a source. With ingest workers it runs in them (``shipper.ingestproc``): here it
@@ -490,10 +494,11 @@ class Topology:
         await self._finish([(slot.id, slot.task) for slot in going], "sink")
         for sink_id in changes.sinks_removed:
             del slots[sink_id]
-            await self.wal.remove_reader(sink_id)
-            self.registry.unregister_health(f"sink.{sink_id}")
-            self._lag_gauge.remove(sink_id)
+            await self._forget_sink(sink_id)
             result.stopped["sinks"].append(sink_id)
+        for sink_id in self._held - set(self.config.sinks):
+            self._held.discard(sink_id)
+            await self._forget_sink(sink_id)
         assert self._nursery is not None
         for sink_id in (*changes.sinks_added, *changes.sinks_changed):
             sink = self.config.sinks[sink_id]
@@ -503,23 +508,35 @@ class Topology:
             except Exception as exc:  # (the config was valid: a sink that cannot be built now)
                 result.failed[f"sinks.{sink_id}"] = f"{type(exc).__name__}: {exc}"
                 log.error("reload_sink_failed", sink=sink_id, error=str(exc))
-                slots.pop(sink_id, None)
-                await self.wal.remove_reader(sink_id)
+                if slots.pop(sink_id, None) is not None:  # changed: its reader holds its events
+                    self._held.add(sink_id)
+                    self.registry.unregister_health(f"sink.{sink_id}")
                 continue
             if before is not None and before.driver is not None and slot.driver is not None:
                 kept = before.driver.counters.as_dict()  # its counts go on from where they were
                 slot.driver.counters.restore(
                     {k: v for k, v in kept.items() if k in slot.driver.counters}
                 )
-            if before is None:  # added: it takes what is accepted from now on
+            if before is None and sink_id not in self._held:
+                # added: it takes what is accepted from now on
                 await self.wal.add_reader(sink_id, slot.inputs, self.wal.committed)
             else:  # changed: from its cursor, where the one it replaces stopped
                 await self.wal.add_reader(sink_id, slot.inputs)
+            self._held.discard(sink_id)
             slots[sink_id] = slot
             self._register_slot(slot)
             await self._nursery.start(self._run_sink, slot)
             (result.started if before is None else result.restarted)["sinks"].append(sink_id)
         self.sinks = [slots[i] for i in self.config.sinks if i in slots]
+        sinks = {slot.id: self.config.sinks[slot.id] for slot in self.sinks}
+        self.config = replace(self.config, sinks=sinks)  # a later reload tries the others again
+
+    async def _forget_sink(self, sink_id: str) -> None:
+        """A sink is gone: its WAL reader (the WAL deletes what the others passed), its health
+        and its lag."""
+        await self.wal.remove_reader(sink_id)
+        self.registry.unregister_health(f"sink.{sink_id}")
+        self._lag_gauge.remove(sink_id)
 
     async def _reload_sources(self, changes: Changes, result: ReloadResult) -> None:
         """Stop the sources removed or changed (what they read goes on to the WAL), start the

@@ -19,6 +19,7 @@ from shipper.config import Address, Config, load_config, parse_config
 from shipper.errors import ConfigError
 from shipper.reload import ReloadResult
 from shipper.shutdown import Shutdown, run_daemon
+from shipper.sinks.file import FileSinkConfig
 from shipper.topology import Topology
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 from tests.test_cli import write_config
@@ -266,3 +267,39 @@ async def test_keys_that_need_a_restart_keep_their_running_values(
     (needs,) = logs.entries("reload_needs_restart")
     assert needs["keys"] == ["data_dir", "log"]
     assert not (tmp_path / "elsewhere").exists()
+
+
+async def test_a_changed_sink_that_cannot_be_built_keeps_its_events_for_a_later_reload(
+    tmp_path: Path, logs: LogCapture, processes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A changed sink that cannot be built is left out, but the WAL keeps what it has not
+    delivered: a later reload that can build it starts it at its cursor, losing nothing."""
+    if processes:
+        pytest.skip("a sink process builds its sink itself (and is restarted when it cannot)")
+    raw = file_sink_config(tmp_path)
+    async with daemon(parsed(raw)) as (topology, bound, _):
+        address = bound["agents"][0]
+
+        async def send(first: int) -> None:
+            stream = await trio.open_tcp_stream(address.host, address.port)
+            async with stream:
+                await stream.send_all(b"".join(record("a", n) for n in range(first, first + 10)))
+
+        await send(1)
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 10)
+        with monkeypatch.context() as patched:
+
+            def refuse(*args: object) -> None:
+                raise OSError("no such certificate")
+
+            patched.setattr(FileSinkConfig, "build", refuse)
+            raw["sinks"]["archive"]["path"] = str(tmp_path / "moved")
+            result = await topology.reload(parsed(raw))
+        assert list(result.failed) == ["sinks.archive"]
+        assert topology.sinks == []
+        await send(11)
+        await wait_until(lambda: topology.counters["events"] == 20)
+        result = await topology.reload(parsed(raw))
+        assert result.started["sinks"] == ["archive"]
+        await wait_until(lambda: len(archive_lines(tmp_path / "moved")) == 10)
+    assert sequences(archive_lines(tmp_path / "moved"), "a") == list(range(11, 21))
