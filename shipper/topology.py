@@ -423,6 +423,15 @@ class Topology:
             notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS=reloading")
             try:
                 return await self._reload(config)
+            except Exception as exc:  # a defect: never the daemon's end
+                log.exception(
+                    "reload_failed",
+                    config=self.config.origin,
+                    error=f"{type(exc).__name__}: {exc}",
+                    detail="an unexpected error inside shipper (a defect): please report it; "
+                    "what the reload had started or stopped stays so",
+                )
+                return ReloadResult(ok=False, problems=[f"{type(exc).__name__}: {exc}"])
             finally:
                 notify("READY=1\nSTATUS=listening")
 

@@ -303,3 +303,28 @@ async def test_a_changed_sink_that_cannot_be_built_keeps_its_events_for_a_later_
         assert result.started["sinks"] == ["archive"]
         await wait_until(lambda: len(archive_lines(tmp_path / "moved")) == 10)
     assert sequences(archive_lines(tmp_path / "moved"), "a") == list(range(11, 21))
+
+
+async def test_a_defect_during_a_reload_is_logged_and_the_daemon_goes_on(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error inside a reload is logged as a defect and returned as a failed
+    reload; the daemon keeps delivering."""
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    raw = file_sink_config(tmp_path)
+    async with daemon(parsed(raw)) as (topology, bound, nursery):
+        monkeypatch.setattr(Topology, "_reload_sources", broken)
+        raw["sources"]["new"] = {"type": "json_tls", "address": "127.0.0.1:0"}
+        result = await topology.reload(parsed(raw))
+        assert not result.ok
+        assert result.problems == ["RuntimeError: boom"]
+        sender = Sender(bound["agents"][0], "a")
+        nursery.start_soon(sender.run)
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) >= 50)
+        sender.stop()
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == sender.sent)
+    (failed,) = logs.entries("reload_failed")
+    assert failed["error"] == "RuntimeError: boom"
