@@ -234,6 +234,11 @@ def test_sighup_reloads_the_config_file_and_tells_systemd(
         assert notify_socket.recv(4096).decode().splitlines()[0] == "READY=1"
         records = [orjson.dumps({"agentId": "cli", "sequence": n}) for n in range(1, 11)]
         send(port, b"\n".join(records) + b"\n")
+        # Delivered before the stop: a stop right after the send may come before a worker
+        # accepted the connection (a stop does not accept any more).
+        deadline = time.monotonic() + 60
+        while len(archive_lines(tmp_path / "second")) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
         exit_code = stop(process)
     finally:
         if process.poll() is None:  # pragma: no cover - only when an assertion failed early
