@@ -21,7 +21,7 @@ from shipper.reload import ReloadResult
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sinks.file import FileSinkConfig
 from shipper.topology import Topology
-from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
+from tests.conftest import LogCapture, archive_lines, file_sink_config, free_port, wait_until
 from tests.test_cli import write_config
 
 pytestmark = pytest.mark.usefixtures("processes")
@@ -328,3 +328,31 @@ async def test_a_defect_during_a_reload_is_logged_and_the_daemon_goes_on(
         await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == sender.sent)
     (failed,) = logs.entries("reload_failed")
     assert failed["error"] == "RuntimeError: boom"
+
+
+async def test_a_changed_source_is_restarted_and_its_counts_go_on(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """A source whose address changes is restarted on the new one (the old port refuses), and
+    its counters go on from where they were."""
+    raw = file_sink_config(tmp_path)
+    async with daemon(parsed(raw)) as (topology, bound, _):
+        old = bound["agents"][0]
+        stream = await trio.open_tcp_stream(old.host, old.port)
+        async with stream:
+            await stream.send_all(b"".join(record("a", n) for n in range(1, 11)))
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 10)
+        await wait_until(lambda: topology.metrics()["source"]["agents"]["events"] == 10)
+        port = free_port()
+        raw["sources"]["agents"]["address"] = f"127.0.0.1:{port}"
+        result = await topology.reload(parsed(raw))
+        assert result.restarted == {"sources": ["agents"], "sinks": []}
+        assert topology.bound["agents"] == [Address("127.0.0.1", port)]
+        with pytest.raises(OSError, match="all attempts to connect"):
+            await trio.open_tcp_stream(old.host, old.port)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"".join(record("a", n) for n in range(11, 21)))
+        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 20)
+        await wait_until(lambda: topology.metrics()["source"]["agents"]["events"] == 20)
+    assert sequences(archive_lines(tmp_path / "archive"), "a") == list(range(1, 21))
