@@ -52,6 +52,15 @@ each source closes its channel once its connections have handed on what they rea
 appends what is left and closes the WAL; each sink delivers what is in the WAL and returns (a
 sink process sees the WAL closed in its files, delivers and exits); ``finished`` is set. What a
 sink could not deliver stays in the WAL for the next start.
+
+Reloading (``reload``, one at a time; what differs is ``shipper.reload``'s): the sinks a new
+config removes or changes stop (each delivers and acknowledges what it read: ``SinkDriver.stop``,
+``Supervised.stop``); a removed sink's WAL reader goes, an added sink's starts at the WAL's end,
+a changed one's at its cursor. Then the sources removed or changed stop (what they read goes on
+to the writer) and the new ones start: each in a scope of its own in this process, or, with
+ingest workers, bound here and served by workers started again with the new sources. Each stop
+waits at most ``shutdown_timeout``, then is cancelled. Sources and sinks that did not change are
+not touched; neither are the writer, the WAL and the chain stage.
 """
 
 from __future__ import annotations
@@ -417,8 +426,7 @@ class Topology:
         reload at a time: start, stop or restart the sources and sinks it adds, removes or
         changes, leave the others alone; an invalid config changes nothing. Logged
         (``reload_done``, ``reload_failed``, ``reload_needs_restart``), told to systemd
-        (``RELOADING=1``, then ``READY=1``), and returned. See "Reloading" in the module
-        docstring."""
+        (``RELOADING=1``, then ``READY=1``), and returned (see "Reloading" above)."""
         async with self._reloading:
             notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS=reloading")
             try:
