@@ -4,7 +4,7 @@ VENV   ?= .venv
 CONFIG ?= config/shipper.toml
 PY      = $(VENV)/bin/python
 
-.PHONY: run test lint typecheck unit bench bench-wal bench-syslog bench-chain bench-s3 bench-cef bench-webhook bench-verify clean
+.PHONY: run test lint typecheck unit bench bench-wal bench-syslog bench-chain bench-s3 bench-cef bench-webhook bench-verify screenshot clean
 
 # A stamp file so the venv is rebuilt when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -20,8 +20,8 @@ run: $(VENV)/.installed
 	$(VENV)/bin/shipper run -c $(CONFIG)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check shipper tests bench
-	$(VENV)/bin/ruff format --check shipper tests bench
+	$(VENV)/bin/ruff check shipper tests bench tools
+	$(VENV)/bin/ruff format --check shipper tests bench tools
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
@@ -54,6 +54,9 @@ bench-webhook: $(VENV)/.installed
 
 bench-verify: $(VENV)/.installed
 	$(PY) -m bench.verify $(BENCH_ARGS)
+
+screenshot: $(VENV)/.installed  # docs/status-page.png, by headless chromium
+	$(PY) -m tools.status_screenshot
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

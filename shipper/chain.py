@@ -85,6 +85,12 @@ alert's ``last_hash``, which links the two; a resend would restart it at an old 
 the next records would show as a ``gap``); later resends of earlier records are ``regressed``,
 not ``duplicate``, and so are late records for the gaps it had open.
 
+Agents with problems (``Verifier.troubled``, a ``Troubled``): every agent that had a verdict of
+medium or critical severity (fork, broken link, bad hash, gap, regressed, a gap given up), by
+that severity, most recently troubled last, so that a status page lists them without going over
+every agent. Noted on the careful path only, forgotten when the agent is evicted, and rebuilt
+from the agents' counts on ``restore`` (where recency is lost: the sweep's order instead).
+
 Memory per agent (CPython 3.11, 64-bit; ``bench.chain`` measures it): about 1.7 KB for an agent
 with one record, and 11 KB with a full window of 64: each pair is a hash string of 71 characters
 (128 bytes), a sequence (32 bytes past 256) and two list slots, about 160 bytes; the ring's list
@@ -107,7 +113,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, cast
 
@@ -143,6 +149,19 @@ SEVERITY: Final[dict[str, str]] = {
     "broken_link": "critical",
     "bad_hash": "critical",
 }
+#: Alert severities that make an agent a problem (``Troubled``): worst first.
+TROUBLE_SEVERITIES: Final = ("critical", "medium")
+#: Statuses by how bad they are for an agent's chain, worst first (``AgentState.worst``).
+BY_SEVERITY: Final = (
+    "fork",
+    "broken_link",
+    "bad_hash",
+    "gap_expired",
+    "gap",
+    "regressed",
+    "adopted",
+    "late",
+)
 ALGORITHMS: Final = ("sha256", "sha512")
 SNAPSHOT_VERSION: Final = 2
 #: Snapshot versions ``Verifier.restore`` takes (1: before the columns of version 2).
@@ -513,6 +532,25 @@ class AgentState:
         ok = self.ok
         return {"ok": ok, **self.others} if ok else dict(self.others)
 
+    @property
+    def worst(self) -> str:
+        """The worst status the agent's chain had (``BY_SEVERITY``); ``ok`` if none of those."""
+        others = self.others
+        if others:
+            for status in BY_SEVERITY:
+                if status in others:
+                    return status
+        return "ok"
+
+    def status(self) -> dict[str, Any]:
+        """What ``Verifier.status`` tells of the agent."""
+        return {
+            "last_sequence": self.last_sequence,
+            "open_gaps": [[gap.first, gap.last] for gap in self.gaps],
+            "counts": self.counts,
+            "last_alert": self.last_alert,
+        }
+
     @classmethod
     def from_v1(cls, data: dict[str, Any], window: int) -> AgentState:
         """An agent's state from a version 1 snapshot (an object per agent, its recent hashes
@@ -565,6 +603,52 @@ class Eviction:
         }
 
 
+class Troubled:
+    """The agents whose chain showed a problem (a verdict of severity ``TROUBLE_SEVERITIES``:
+    fork, broken link, bad hash, gap, regressed, gap given up), so that they can be listed without
+    going over every agent: one ordered set per severity, an agent in the worst it had, the most
+    recently troubled last. Kept off the fast path (only verdicts with an alert note an agent);
+    an evicted agent is forgotten."""
+
+    __slots__ = ("by_severity",)
+
+    def __init__(self) -> None:
+        self.by_severity: dict[str, dict[str, None]] = {s: {} for s in TROUBLE_SEVERITIES}
+
+    def note(self, agent: str, severity: str | None) -> None:
+        """``agent`` had a verdict of ``severity`` just now (anything but a problem is ignored)."""
+        if severity not in self.by_severity:
+            return
+        for worse in TROUBLE_SEVERITIES:
+            if worse == severity:
+                break
+            if agent in self.by_severity[worse]:
+                severity = worse  # it stays in the worst it had, as the most recent there
+                break
+        for other, agents in self.by_severity.items():
+            if other != severity:
+                agents.pop(agent, None)
+        agents = self.by_severity[severity]
+        agents.pop(agent, None)
+        agents[agent] = None
+
+    def forget(self, agent: str) -> None:
+        for agents in self.by_severity.values():
+            agents.pop(agent, None)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.by_severity.values()))
+
+    def __contains__(self, agent: object) -> bool:
+        return any(agent in agents for agents in self.by_severity.values())
+
+    def worst_first(self) -> Iterator[str]:
+        """The agents, the worst severity first, the most recently troubled first within it
+        (lazily: taking the first n costs O(n))."""
+        for severity in TROUBLE_SEVERITIES:
+            yield from reversed(self.by_severity[severity])
+
+
 class Verifier:
     """Verifies every agent's chain, one record at a time, in arrival order."""
 
@@ -590,6 +674,8 @@ class Verifier:
         self._others: Counter[str] = Counter()  # every status but ok
         # ok records beyond those of the agents (a restored snapshot's; ok counts are per agent).
         self._ok_elsewhere = 0
+        #: The agents whose chain showed a problem, worst first (``Troubled``).
+        self.troubled = Troubled()
         #: ``feed_facts(agent, facts) -> Verdict | int``: check one record of ``agent`` by its
         #: ``Facts`` (``Profile.facts``); the record's sequence if it is ok, else a ``Verdict``.
         self.feed_facts = self._make_feed_facts()
@@ -681,10 +767,12 @@ class Verifier:
                 state.ok_base += state.last_sequence - last
             if verdict.alert:
                 state.last_alert = {"status": verdict.status, "sequence": verdict.sequence}
+                self.troubled.note(agent, verdict.severity)
             for gap in verdict.expired:
                 state.others["gap_expired"] += 1
                 self._others["gap_expired"] += 1
                 state.last_alert = {"status": "gap_expired", "missing": [gap.first, gap.last]}
+                self.troubled.note(agent, SEVERITY["gap_expired"])
         return verdict
 
     def _feed_fields(self, agent: str, facts: Facts) -> Verdict:
@@ -833,6 +921,7 @@ class Verifier:
                     held.swept = held.last_sequence
                 else:
                     del agents[name]
+                    self.troubled.forget(name)
                     clock[hand] = None
                     emptied = hand
                     self._others["agents_evicted"] += 1
@@ -929,6 +1018,12 @@ class Verifier:
                 verifier._restore_agents(data["agents"])
             verifier._ok_elsewhere = ok - sum(state.ok for state in verifier.agents.values())
             verifier._clock = list(verifier.agents)  # the sweep's order, from the hand on
+            for agent, state in verifier.agents.items():  # (troubled in the sweep's order)
+                if state.others:
+                    for status in BY_SEVERITY:
+                        if status in state.others:
+                            verifier.troubled.note(agent, SEVERITY[status])
+                            break
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ValueError(f"damaged chain snapshot: {exc!r}") from exc
         return verifier
@@ -991,15 +1086,7 @@ class Verifier:
             "profile": self.profile.name,
             "max_agents": self.max_agents,
             "counts": self.counts,
-            "agents": {
-                name: {
-                    "last_sequence": state.last_sequence,
-                    "open_gaps": [[gap.first, gap.last] for gap in state.gaps],
-                    "counts": state.counts,
-                    "last_alert": state.last_alert,
-                }
-                for name, state in sorted(agents.items())
-            },
+            "agents": {name: state.status() for name, state in sorted(agents.items())},
         }
 
 

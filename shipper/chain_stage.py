@@ -55,8 +55,10 @@ removed (counted in ``duplicates_dropped``); a verdict with an alert, each gap i
 each agent evicted to make room for its agent (``[chain] max_agents``; the alert's agent is the
 evicted one, ``admitted`` the new one; counted in ``agents_evicted``) adds a
 ``shipper.chain_alert`` event right after the event (and a warning in the daemon's log, at most
-``LOG_ALERTS_PER_SECOND`` a second; each says how many were left out before it). Alerts, malformed events and
-events with ``identity_mismatch`` are not verified (an impostor's records must not move the
+``LOG_ALERTS_PER_SECOND`` a second; each says how many were left out before it). The alerts
+among the events a batch returns (passed on, or raised by the stage) are listed in ``raised``,
+which the writer keeps with the batch until the WAL accepts it (``shipper.recent``). Alerts,
+malformed events and events with ``identity_mismatch`` are not verified (an impostor's records must not move the
 chain of the agent it claims to be).
 
 A defect that raises while one event is verified costs that event only: it is archived with
@@ -244,6 +246,8 @@ class ChainStage:
         self.profile = config.profile_fields
         self.verifier = self._new_verifier()
         self.counters: Counter[str] = Counter()
+        #: The alert events among those the last ``process`` returned (passed on or raised).
+        self.raised: list[Event] = []
         self._alert_log = Throttle(LOG_ALERTS_PER_SECOND)
         self._error_log = Throttle(1)
 
@@ -386,6 +390,7 @@ class ChainStage:
         ``verify_failed`` alert; the other events go on as usual.
         """
         out: list[Event] = []
+        self.raised = []
         start = 0
         while start < len(batch):
             try:
@@ -395,6 +400,7 @@ class ChainStage:
                 del out[failed.mark :]  # whatever of that event got in goes in again, in order
                 self._verify_failed(batch[failed.index], failed.error, out, now)
                 start = failed.index + 1
+                self.raised = [event for event in out if event.alert]  # (rare: count them again)
         return out
 
     def _verify(self, batch: list[Event], start: int, out: list[Event], now: float) -> None:
@@ -412,6 +418,8 @@ class ChainStage:
                 raw = event.record_json
                 if raw is None or event.alert or event.identity_mismatch is not None:
                     out.append(event)
+                    if event.alert:
+                        self.raised.append(event)
                     continue
                 facts = event.facts
                 agent = event.agent
@@ -499,4 +507,6 @@ class ChainStage:
                 peer=details["peer"],
                 not_logged_since=left_out,
             )
-        return alert_event(CHAIN_ALERT, agent, details)
+        alert = alert_event(CHAIN_ALERT, agent, details)
+        self.raised.append(alert)
+        return alert

@@ -1,11 +1,11 @@
 """Command line: ``shipper run``, ``validate``, ``buffer``, ``chain``, ``verify``,
-``dead-letter`` (see README, "Command line").
+``dead-letter``, ``top`` (``shipper.cli_top``) (see README, "Command line").
 
 Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, a sink's destination unsafe
 to write to, damage found by ``buffer inspect``, an agent ``chain status --agent`` does not
 know, a destination ``validate --check-remote`` found unsafe or could not ask, an archive
 ``verify`` did not find intact or could not read, a ``dead-letter`` file unreadable or a replay
-that left files behind); 2 usage error (also a ``dead-letter`` sink or file that is not there);
+that left files behind, an API ``top`` cannot reach); 2 usage error (also a ``dead-letter`` sink or file that is not there);
 78 (EX_CONFIG) invalid configuration.
 """
 
@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         ' not read (default "256MiB")',
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    top = commands.add_parser("top", help="live table of sources, sinks and troubled agents")
+    top.add_argument("--api", metavar="ADDR", help="the API's address (default: [api] address)")
+    top.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
     letters = commands.add_parser(
         "dead-letter",
         help="what a sink's receiver refused for good: list, show, or replay it once fixed",
@@ -232,7 +236,9 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
     the chain checkpoint's epoch as the hint for a damaged ``epoch`` file).
 
     Exit 0 when the WAL is healthy (or was repaired), 1 when ``inspect`` found damage or the WAL is
-    in use by a running daemon (for ``repair``).
+    in use by a running daemon (for ``repair``). Info-level findings are not damage: a sink with no
+    cursor yet (it has acknowledged nothing), a range quarantined earlier, a released cursor, a
+    stray file.
     """
     config = _load(path)
     if config is None:
@@ -295,9 +301,11 @@ def cmd_buffer(path: str, action: str, as_json: bool) -> int:
         for sink, state in sinks.items():
             print(f"  sink {sink}: cursor {state['cursor']}, lag {state['lag_bytes']} bytes")
         verb = "fixed" if action == "repair" else "found"
-        for finding in report.findings:
-            print(f"  {verb}: {finding.kind}: {finding.detail}")
-        if not report.findings:
+        for finding in report.findings:  # info-level findings lose nothing: not damage
+            print(
+                f"  {'note' if finding.level == 'info' else verb}: {finding.kind}: {finding.detail}"
+            )
+        if not report.damaged:
             print("  no damage found")
     return 1 if action == "inspect" and report.damaged else 0
 
@@ -509,6 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_buffer(args.config, args.action, args.json)
     if args.command == "chain":
         return cmd_chain_status(args.config, args.agent, args.json)
+    if args.command == "top":
+        from shipper.cli_top import cmd_top
+
+        return cmd_top(args.api, args.config, args.once)
     if args.command == "dead-letter":
         if args.action == "show" and len(args.files) != 1:
             parser.error("dead-letter show: name exactly one FILE (as listed)")

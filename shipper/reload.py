@@ -6,7 +6,7 @@ running daemon:
 
 * ``effective``: the config the daemon goes on with. The keys that cannot change while it runs
   (``RESTART_KEYS``: the data directory, the WAL's settings, the chain, the runtime layout, the
-  log level) keep their running values, in the config and in what it was parsed from (the child
+  log level, the API's address) keep their running values, in the config and in what it was parsed from (the child
   processes parse that again), and are named in ``needs_restart``;
 * ``Changes``: sources and sinks by id, added, removed or changed (their configs compare by
   value); the others are left alone;
@@ -29,6 +29,7 @@ RESTART_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("chain", ("chain",)),
     ("runtime", ("runtime",)),
     ("log", ("log_level",)),
+    ("api", ("api",)),
 )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from shipper import __version__
+from shipper.api.server import serve_api
 from shipper.config import Config
 from shipper.logging import get_logger
 from shipper.metrics import summary as metrics_summary
@@ -97,6 +98,10 @@ async def run_daemon(
         if handle_signals:
             nursery.start_soon(_watch_signals, shutdown)
             nursery.start_soon(_watch_reloads, topology, ready, shutdown)
+        if config.api.address is not None:  # first: a taken address stops before any source
+            urls = await nursery.start(serve_api, topology, config.api)
+            for url in urls:
+                log.info("api_listening", url=url)
         bound = await nursery.start(topology.run)
         ready.set()
         notify("READY=1\nSTATUS=listening")

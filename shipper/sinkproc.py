@@ -119,15 +119,13 @@ class SinkProcess(Supervised):
 # --- the child's side -----------------------------------------------------------------------------
 
 
-async def _work(spec: Spec, parent: Parent, registry: Registry) -> None:
-    """Run the sink of ``spec`` to the end of the WAL."""
-    from shipper.buffer.reader import WalReader
-
-    config = spec.config.parse()
-    sink = config.sinks[spec.sink]
+def emitter(parent: Parent, registry: Registry, sink_id: str) -> Callable[[Event], bool]:
+    """The sink's ``emit`` in its process: each event queued as a frame for the daemon, or, when
+    the queue is full, dropped, counted in ``writer_emitted_dropped`` (in ``registry``, which
+    the daemon merges into its own) and logged at most once a second."""
     counts: Counter[str] = Counter()
     mirror(registry, "writer", lambda: counts, {"emitted_dropped": EMITTED_DROPPED})
-    dropped = EmitDrops(counts, sink=sink.id)
+    dropped = EmitDrops(counts, sink=sink_id)
 
     def emit(event: Event) -> bool:
         if parent.send_nowait(("emit", event)):
@@ -135,6 +133,16 @@ async def _work(spec: Spec, parent: Parent, registry: Registry) -> None:
         dropped(event)
         return False
 
+    return emit
+
+
+async def _work(spec: Spec, parent: Parent, registry: Registry) -> None:
+    """Run the sink of ``spec`` to the end of the WAL."""
+    from shipper.buffer.reader import WalReader
+
+    config = spec.config.parse()
+    sink = config.sinks[spec.sink]
+    emit = emitter(parent, registry, sink.id)
     driver = SinkDriver(
         sink.build(SinkContext(config.chain.profile_fields, emit)),
         config.data_dir,

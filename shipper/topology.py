@@ -91,6 +91,7 @@ from shipper.ingestproc import IngestWorker
 from shipper.ingestproc import spec_of as ingest_spec_of
 from shipper.logging import Throttle, get_logger
 from shipper.metrics import Registry, mirror, summary
+from shipper.recent import Recent
 from shipper.reload import Changes, ReloadResult, effective
 from shipper.retry import Backoff
 from shipper.sdnotify import notify
@@ -198,6 +199,7 @@ class Topology:
         self.bound: dict[str, list[Listening]] = {}
         self.finished = trio.Event()
         self.counters: Counter[str] = Counter()
+        self.recent = Recent()  # the last alerts and agents the WAL accepted (the status page)
         self._error_log = Throttle(1)
         self._emit_dropped = EmitDrops(self.counters)
         self.registry = Registry()
@@ -472,7 +474,11 @@ class Topology:
                 keys=result.needs_restart,
                 detail="these keys keep their running values until the next start",
             )
-        self.config = kept
+        # Until each is done, the config holds the old sources and sinks as well as the new ones:
+        # whoever reads ``sources``, ``sinks`` and ``config`` meanwhile (the API) finds each one.
+        old = self.config
+        sources = {**old.sources, **kept.sources}
+        self.config = replace(kept, sources=sources, sinks={**old.sinks, **kept.sinks})
         await self._reload_sinks(changes, result)
         await self._reload_sources(changes, result)
         result.ok = not result.failed
@@ -587,7 +593,7 @@ class Topology:
             self._source_tasks.pop(source_id, None)
             counts[source_id] = sources.pop(source_id).counters.as_dict()
         result.stopped["sources"].extend(changes.sources_removed)
-        running = {i: c for i, c in self.config.sources.items() if i not in coming}
+        running = {i: c for i, c in self.config.sources.items() if i not in (*going, *coming)}
         started: list[str] = []
         for source_id in coming:
             config = self.config.sources[source_id]
@@ -743,7 +749,7 @@ class Topology:
         # From here the batch must reach the WAL: its writes are granted (no drop, no wait).
         before = self.chain.counters.copy()
         verified = self.chain.process(batch, trio.current_time())
-        self._unwritten.append(_Batch(batch, self._entries(verified), before))
+        self._unwritten.append(_Batch(batch, self._entries(verified), before, self.chain.raised))
         await self._append(PIPELINE_DEPTH)
 
     def _entries(self, events: list[Event]) -> list[bytes]:
@@ -855,6 +861,7 @@ class Topology:
 
     def _accepted(self, batch: _Batch) -> None:
         self.counters["events"] += len(batch.entries)
+        self.recent.accepted(batch.events, batch.alerts)
         if self._refused_since:
             log.info(
                 "wal_write_recovered",
@@ -915,12 +922,13 @@ class Topology:
 @dataclass(slots=True)
 class _Batch:
     """A batch on its way into the WAL: the events as the sources sent them (verified again if
-    the WAL refuses them), their WAL entries, the chain stage's counters before it, and the
-    WAL's number for it once written."""
+    the WAL refuses them), their WAL entries, the chain stage's counters before it, the alerts
+    among its entries, and the WAL's number for it once written."""
 
     events: list[Event]
     entries: list[bytes]
     counters: Counter[str]
+    alerts: list[Event]
     seq: int = 0
 
 

@@ -7,6 +7,7 @@ import io
 import logging
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,15 @@ def restore_logging() -> Iterator[None]:
     logging.getLogger().handlers.clear()
     for name in ("httpx", "httpcore", "httpx2", "httpcore2"):
         logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def wait_for(predicate: Any, what: str, limit: float = 120.0) -> None:
+    """Poll ``predicate`` until it holds (fail after ``limit`` seconds: a hang), outside trio
+    (a daemon in a subprocess)."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

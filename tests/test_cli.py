@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import REPO, archive_lines, free_port, runtime
+from tests.conftest import REPO, archive_lines, free_port, runtime, wait_for
 
 SHIPPER = [sys.executable, "-m", "shipper"]
 
@@ -64,7 +64,7 @@ def test_validate_accepts_the_default_config() -> None:
     """`shipper validate` exits 0 on the shipped default config and says it is ok."""
     result = shipper("validate", "-c", "config/shipper.toml")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "config/shipper.toml: ok (1 sources, 1 sinks)"
+    assert result.stdout.strip() == "config/shipper.toml: ok (3 sources, 1 sinks)"
 
 
 def test_console_script_is_installed() -> None:
@@ -193,6 +193,10 @@ def test_run_notifies_systemd_archives_and_stops_cleanly(
         assert ready.splitlines()[0] == "READY=1"
         records = [orjson.dumps({"agentId": "cli", "sequence": n}) for n in range(1, 101)]
         send(port, b"\n".join(records) + b"\n")
+        # Archived before the stop: a stop reads no more from connections, and records still in
+        # the kernel's buffers (or a connection an ingest worker has not accepted yet) are not
+        # taken.
+        wait_for(lambda: len(archive_lines(tmp_path / "archive")) == 100, "the archive")
         exit_code = stop(process)
     finally:
         if process.poll() is None:  # pragma: no cover - only when an assertion failed early
@@ -236,9 +240,7 @@ def test_sighup_reloads_the_config_file_and_tells_systemd(
         send(port, b"\n".join(records) + b"\n")
         # Delivered before the stop: a stop right after the send may come before a worker
         # accepted the connection (a stop does not accept any more).
-        deadline = time.monotonic() + 60
-        while len(archive_lines(tmp_path / "second")) < 10 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(archive_lines(tmp_path / "second")) == 10, "the added sink")
         exit_code = stop(process)
     finally:
         if process.poll() is None:  # pragma: no cover - only when an assertion failed early
@@ -265,6 +267,41 @@ def test_address_in_use_fails_with_exit_1_and_a_logged_reason(tmp_path: Path) ->
     assert f"cannot listen on 127.0.0.1:{port}" in failed["error"]
 
 
+def skip_unless_default_ports_are_free() -> None:
+    """Skip the test if another process (a parallel test run) holds a port of the default
+    config's sources: the daemon could not start."""
+    raw = tomllib.loads((REPO / "config" / "shipper.toml").read_text())
+    for source in raw["sources"].values():
+        host, port = source["address"].rsplit(":", 1)
+        udp = source.get("mode") == "udp"
+        with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, int(port)))
+            except OSError:
+                what = "UDP" if udp else "TCP"
+                pytest.skip(f"{what} port {port} of the default config is in use on this machine")
+
+
+def start_default_daemon(cwd: Path) -> subprocess.Popen[bytes]:
+    """What `make run` runs, from a checkout: the default config, relative to the working dir
+    ``cwd`` (a copy of config/), with ``var/`` there; skips if its ports are taken."""
+    skip_unless_default_ports_are_free()
+    shutil.copytree(REPO / "config", cwd / "config")
+    return start_daemon(Path("config/shipper.toml"), cwd)
+
+
+def wait_archived(process: subprocess.Popen[bytes], cwd: Path, count: int) -> list[bytes]:
+    """Wait until ``var/archive`` holds ``count`` lines (fail if the daemon exits first)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = archive_lines(cwd / "var" / "archive")
+        if len(lines) >= count:
+            return lines
+        assert process.poll() is None, (cwd / "daemon.log").read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"not archived: {count} events")  # pragma: no cover
+
+
 def test_readme_quick_start_puts_the_sample_event_in_var_archive(tmp_path: Path) -> None:
     """The README's run command and sample one-liner put the event, enveloped, in var/archive."""
     readme = (REPO / "README.md").read_text()
@@ -272,17 +309,11 @@ def test_readme_quick_start_puts_the_sample_event_in_var_archive(tmp_path: Path)
     assert "make run" in readme
     if shutil.which("bash") is None:  # pragma: no cover - Debian always has bash
         pytest.skip("bash is needed for the README's /dev/tcp one-liner")
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", 6515))
-        except OSError:
-            pytest.skip("port 6515 of the default config is in use on this machine")
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    # What `make run` runs, from a checkout: the default config, relative to the working dir.
-    process = start_daemon(Path("config/shipper.toml"), tmp_path)
+    process = start_default_daemon(tmp_path)
     try:
         wait_ready(process, tmp_path)
         subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, check=True, timeout=30)
+        wait_archived(process, tmp_path, 1)  # a stop reads no more from connections
         exit_code = stop(process)
     finally:
         if process.poll() is None:  # pragma: no cover
@@ -319,7 +350,7 @@ def test_buffer_inspect_and_repair_report_wal_damage(tmp_path: Path) -> None:
     report = orjson.loads(inspect.stdout)
     # Neither the sink nor the chain checkpoint has a cursor yet: both start at the oldest record.
     kinds = sorted(f["kind"] for f in report["findings"])
-    assert kinds == ["corrupt", "cursor", "cursor", "torn"]
+    assert kinds == ["corrupt", "no_cursor", "no_cursor", "torn"]
     assert report["sinks"]["archive"]["cursor"] == "1-16"
     assert report["sinks"][".chain"]["cursor"] == "1-16"
     assert segment.read_bytes() == bytes(damaged)  # inspect changes nothing
@@ -333,3 +364,40 @@ def test_buffer_inspect_and_repair_report_wal_damage(tmp_path: Path) -> None:
     again = shipper("buffer", "inspect", "-c", str(config))
     assert again.returncode == 0, again.stdout
     assert "quarantined earlier" in again.stdout
+
+
+def readme_command(prefix: str) -> str:
+    """The one command line in the README that starts with ``prefix``."""
+    readme = (REPO / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if line.startswith(prefix)]
+    return line
+
+
+def test_readme_logger_commands_reach_the_default_configs_syslog_sources(tmp_path: Path) -> None:
+    """The README's `logger` commands, run as written against `make run`'s config, archive the
+    TCP one's record verified as its agent's genesis, and the UDP one's message."""
+    over_tcp = readme_command("logger -n 127.0.0.1 -P 5514 --tcp --octet-count '")
+    over_udp = readme_command("logger -n 127.0.0.1 -P 5514 --udp '")
+    if shutil.which("logger") is None:  # pragma: no cover - util-linux is in every Debian
+        pytest.skip("logger (util-linux) is needed for the README's syslog commands")
+    process = start_default_daemon(tmp_path)
+    try:
+        wait_ready(process, tmp_path)
+        subprocess.run(["sh", "-c", over_tcp], cwd=tmp_path, check=True, timeout=30)
+        wait_archived(process, tmp_path, 1)
+        subprocess.run(["sh", "-c", over_udp], cwd=tmp_path, check=True, timeout=30)
+        lines = wait_archived(process, tmp_path, 2)
+        exit_code = stop(process)
+    finally:
+        if process.poll() is None:  # pragma: no cover
+            process.kill()
+            process.wait()
+    assert exit_code == 0
+    tcp, udp = [orjson.loads(line) for line in lines]
+    sent = orjson.loads(over_tcp.split(" '", 1)[1].removesuffix("'"))
+    assert tcp["record"] == sent
+    assert (tcp["source"]["id"], tcp["source"]["kind"]) == ("syslog_tcp", "syslog")
+    assert tcp["agent"] == sent["agentId"]
+    assert tcp["chain"] == {"status": "genesis", "sequence": 1}
+    assert (udp["source"]["id"], udp["source"]["kind"]) == ("syslog_udp", "syslog")
+    assert udp["record"]["msg"] == over_udp.split(" '", 1)[1].removesuffix("'")

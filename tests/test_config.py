@@ -155,14 +155,22 @@ def test_shipped_config_is_valid(path: Path, pems: _Pems, monkeypatch: pytest.Mo
 def test_default_config_listens_on_loopback_and_archives_to_files(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """config/shipper.toml has a json_tls source on a loopback address and a file sink."""
+    """config/shipper.toml has a json_tls source and TCP and UDP syslog sources on port 5514,
+    all on loopback, and a file sink."""
     monkeypatch.chdir(REPO)
     config = load_config(REPO / "config" / "shipper.toml", env={})
     json_sources = [s for s in config.sources.values() if isinstance(s, JsonTlsSourceConfig)]
     assert json_sources
-    for source in json_sources:
-        assert ipaddress.ip_address(source.address.host).is_loopback
-        assert source.address.port != 0
+    syslog = [s for s in config.sources.values() if isinstance(s, SyslogSourceConfig)]
+    assert sorted((s.mode, s.address and s.address.port) for s in syslog) == [
+        ("tcp", 5514),
+        ("udp", 5514),
+    ]
+    addresses = [s.address for s in json_sources] + [s.address for s in syslog]
+    for address in addresses:
+        assert address is not None
+        assert ipaddress.ip_address(address.host).is_loopback
+        assert address.port != 0
     assert any(isinstance(sink, FileSinkConfig) for sink in config.sinks.values())
 
 

@@ -22,7 +22,7 @@ from shipper.events import Event, Malformed, alert_event, entry, event_bytes
 from shipper.ingestproc import events, rows
 from shipper.topology import Topology
 from tests.chains import chain
-from tests.conftest import WORKERS, archive_lines, file_sink_config, wait_until
+from tests.conftest import WORKERS, archive_lines, file_sink_config, wait_for, wait_until
 from tests.test_chain import rehash
 from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
 from tests.test_crash import archived
@@ -61,14 +61,6 @@ class Sender(threading.Thread):
             self.broken = True
         finally:
             self.connected.set()
-
-
-def wait_for(predicate: Any, what: str, limit: float = 120.0) -> None:
-    """Poll ``predicate`` until it holds (fail after ``limit`` seconds: a hang)."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def workers_started(root: Path) -> list[tuple[int, int]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -16,11 +15,23 @@ import trio
 import trio.testing
 
 from shipper import children
+from shipper.chain import SEED
 from shipper.children import _LENGTH, MAX_FRAME, MAX_LINE, Frames
 from shipper.config import parse_config
-from shipper.metrics import value
+from shipper.config.registry import SINK_TYPES
+from shipper.events import alert_event
+from shipper.metrics import Registry, value
+from shipper.sinkproc import emitter
+from shipper.sinks.base import Counting, SinkContext
 from shipper.topology import Topology
-from tests.conftest import LogCapture, archive_lines, file_sink_config, free_port, wait_until
+from tests.conftest import (
+    LogCapture,
+    archive_lines,
+    file_sink_config,
+    free_port,
+    wait_for,
+    wait_until,
+)
 from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
 from tests.test_crash import AGENTS, Sender, archived
 from tests.test_daemon import record, send
@@ -40,14 +51,6 @@ def started(root: Path, sink: str) -> list[int]:
 def delivered(topology: Topology, sink: str = "archive") -> Any:
     """``sink_events`` of ``sink`` in the topology's metrics now."""
     return value(topology.registry.snapshot(), "sink_events", sink)
-
-
-def wait_for(predicate: Any, what: str, limit: float = 120.0) -> None:
-    """Poll ``predicate`` until it holds (fail after ``limit`` seconds: a hang)."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_killed_sink_process_comes_back_and_archives_everything_once(tmp_path: Path) -> None:
@@ -190,3 +193,82 @@ async def test_a_childs_endless_stderr_line_is_cut_and_the_next_lines_still_come
         await send_stream.send_all(b"\nnext line\nlast")
         await send_stream.aclose()
     assert lines == [b"y" * MAX_LINE, b"next line", b"last"]
+
+
+#: A minimal table of each built-in sink type (what building it needs, nothing reached).
+MINIMAL_SINKS: dict[str, dict[str, Any]] = {
+    "file": {"type": "file", "path": "archive"},
+    "s3": {"type": "s3", "bucket": "audit", "endpoint": "http://127.0.0.1:9", "region": "x"},
+    "cef_syslog": {"type": "cef_syslog", "address": "127.0.0.1:9"},
+    "webhook": {"type": "webhook", "url": "http://127.0.0.1:9/hook"},
+}
+
+
+def test_the_minimal_sinks_cover_every_registered_sink_type() -> None:
+    """Every built-in sink type has a table in MINIMAL_SINKS, so the counter test below covers
+    a type added later."""
+    assert sorted(MINIMAL_SINKS) == SINK_TYPES.names()
+
+
+@pytest.mark.parametrize("kind", sorted(MINIMAL_SINKS))
+async def test_a_sink_configs_declared_counters_are_those_its_built_sink_keeps(
+    tmp_path: Path, kind: str
+) -> None:
+    """``SinkConfig.own_counters`` (what the daemon declares for a sink in its own process)
+    names exactly the counters the sink built from that config keeps of its own."""
+    raw = file_sink_config(tmp_path)
+    raw["sinks"] = {"out": MINIMAL_SINKS[kind]}
+    config = parse_config(raw).sinks["out"]
+    sink = config.build(SinkContext(SEED))
+    kept = dict(sink.own_counters) if isinstance(sink, Counting) else {}
+    assert dict(config.own_counters()) == kept
+
+
+def test_the_daemon_declares_a_sink_processes_own_counters_without_building_the_sink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With sink processes, the daemon's registry holds a webhook sink's own counters at zero
+    before any report from its process, and the daemon never builds the sink."""
+    raw = file_sink_config(tmp_path)
+    raw["sinks"] = {"hook": MINIMAL_SINKS["webhook"]}
+    raw["runtime"] = {"sink_processes": True}
+    config = parse_config(raw)
+
+    def no_build(self: object, context: object) -> None:
+        raise AssertionError("the daemon built a sink that runs in its own process")
+
+    monkeypatch.setattr(type(config.sinks["hook"]), "build", no_build)
+    snapshot = Topology(config).registry.snapshot()
+    own = config.sinks["hook"].own_counters()
+    assert own  # a webhook sink counts something of its own: else this proves nothing
+    for name in own:
+        assert value(snapshot, f"sink_{name}", "hook") == 0
+
+
+async def test_an_event_a_sink_process_cannot_queue_is_counted_in_the_daemons_emitted_dropped(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """In a sink process, an event raised while its frame queue to the daemon is full is
+    dropped, counted in ``writer_emitted_dropped`` and logged; merged into the daemon's
+    registry, the count adds to the daemon's own."""
+    read_end, write_end = os.pipe()
+    stdin, out = trio.lowlevel.FdStream(read_end), trio.lowlevel.FdStream(write_end)
+    try:
+        parent = children.Parent(children.Frames(stdin), out)
+        registry = Registry()
+        emit = emitter(parent, registry, "archive")
+        event = alert_event("test_alert", "a", {})
+        queued = [emit(event) for _ in range(children.FRAME_QUEUE)]
+        refused = [emit(event) for _ in range(3)]
+        topology = Topology(parse_config(file_sink_config(tmp_path)))
+        topology.counters["emitted_dropped"] = 2  # the daemon's own drops
+        topology.registry.include(registry.snapshot)
+        snapshot = topology.registry.snapshot()
+    finally:
+        await stdin.aclose()
+        await out.aclose()
+    assert all(queued)
+    assert refused == [False, False, False]
+    assert value(snapshot, "writer_emitted_dropped") == 2 + 3
+    (entry,) = logs.entries("emitted_event_dropped")  # at most once a second
+    assert entry["sink"] == "archive"

@@ -31,14 +31,16 @@ from __future__ import annotations
 import io
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
 from shipper.archive.manifest import AgentSpan, Link
 from shipper.chain import Profile
+
+K = TypeVar("K", bound=Hashable)
 
 #: Each compression and the ending of the keys of objects compressed with it.
 SUFFIXES: Final = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
@@ -176,19 +178,29 @@ def chain_fields(parsed: dict[str, Any], profile: Profile) -> tuple[str, int, st
     return agent, sequence, value if isinstance(value, str) else ""
 
 
-def spans(links: Iterable[tuple[str, int, str] | None]) -> dict[str, AgentSpan]:
+def ends(keys: Sequence[K | None]) -> dict[K, tuple[int, int]]:
+    """For each key among ``keys`` (None left out), the indexes of its first and its last
+    occurrence, keys in order of first occurrence: where each agent's chain enters and leaves a
+    run of lines."""
+    found: dict[K, tuple[int, int]] = {}
+    for index, key in enumerate(keys):
+        if key is not None:
+            first = found.get(key)
+            found[key] = (index, index) if first is None else (first[0], index)
+    return found
+
+
+def spans(links: Sequence[tuple[str, int, str] | None]) -> dict[str, AgentSpan]:
     """Each agent's first and last link among ``links`` (``chain_fields`` of each event, in
     line order): what a manifest entry's ``agents`` says of an object."""
-    firsts: dict[str, tuple[str, int, str]] = {}
-    lasts: dict[str, tuple[str, int, str]] = {}
-    for link in links:
-        if link is not None:
-            firsts.setdefault(link[0], link)
-            lasts[link[0]] = link
-    return {
-        agent: AgentSpan(Link(first[1], first[2]), Link(lasts[agent][1], lasts[agent][2]))
-        for agent, first in firsts.items()
-    }
+    found = ends([link[0] if link is not None else None for link in links])
+    agents: dict[str, AgentSpan] = {}
+    for agent, (first, last) in found.items():
+        head, tail = links[first], links[last]
+        assert head is not None
+        assert tail is not None
+        agents[agent] = AgentSpan(Link(head[1], head[2]), Link(tail[1], tail[2]))
+    return agents
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,13 @@ number) and valid records after it     and holds entries, the segment is kept ("
 segment with a bad header and no       renamed to ``<name>.corrupt`` (kept for inspection);
 valid record                           a header cut short in the newest segment is torn
                                        creation and the file is removed
-missing or corrupt cursor              the sink starts at the oldest retained record
-                                       (at-least-once), with a warning; the cursor is rewritten
+no cursor file for a configured sink   normal, not damage ("no_cursor", info): a sink that
+                                       has acknowledged nothing yet (or was just added); it
+                                       starts at the oldest retained record, and the cursor is
+                                       written
+unreadable cursor                      the sink starts at the oldest retained record
+                                       (at-least-once), with a warning ("cursor"); the cursor
+                                       is rewritten
 cursor that cannot be where its sink   damaged ("bad_cursor", an error): the sink starts at
 stopped: beyond the end of the WAL,    the oldest retained record (at least once: the file
 past the end of its segment, or not    sink recognises what it had written); the cursor is
@@ -146,6 +151,7 @@ class SegmentInfo:
 #: are warnings): info for what loses nothing, error for accepted data lost.
 LEVELS: Final = {
     "quarantined": "info",
+    "no_cursor": "info",
     "released": "info",
     "stray": "info",
     "lost": "error",
@@ -158,7 +164,8 @@ LEVELS: Final = {
 @dataclass
 class Finding:
     kind: str  # "torn", "lost", "corrupt", "quarantined", "salvaged", "bad_segment",
-    # "other_version", "cursor", "bad_cursor", "epoch", "epoch_missing", "released", "stray"
+    # "other_version", "no_cursor", "cursor", "bad_cursor", "epoch", "epoch_missing", "released",
+    # "stray"
     detail: str
     segment: int | None = None
     offset: int | None = None
@@ -499,7 +506,9 @@ def _recover_cursors(
             if report.segments:
                 report.findings.append(
                     Finding(
-                        "cursor", f"sink {sink}: no cursor; starts at the oldest record {position}"
+                        "no_cursor",
+                        f"sink {sink}: no cursor yet (nothing acknowledged); starts at the oldest "
+                        f"record {position}",
                     )
                 )
         elif isinstance(stored, str):

@@ -4,7 +4,8 @@ The file format is a user-facing contract (README, "Configuration")::
 
     data_dir = "var"                 # top-level keys: data_dir, shutdown_timeout
     [log]                            # level
-    [runtime]                        # sink_processes (root.py)
+    [runtime]                        # sink_processes, workers (root.py)
+    [api]                            # address: the operator's HTTP API (root.py)
     [chain]                          # the chain profile and the verifier's bounds (root.py)
     [buffer]                         # the WAL (shipper/buffer/config.py)
     [sources.ID]                     # type = a registered source type, and its keys
@@ -56,6 +57,7 @@ from shipper.config.registry import (
 )
 from shipper.config.root import (
     LOG_LEVELS,
+    ApiConfig,
     ChainConfig,
     Config,
     LogLevel,
@@ -82,6 +84,7 @@ __all__ = [
     "SINK_TYPES",
     "SOURCE_TYPES",
     "Address",
+    "ApiConfig",
     "BufferConfig",
     "ChainConfig",
     "Config",

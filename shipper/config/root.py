@@ -15,6 +15,7 @@ from shipper.buffer.config import BufferConfig
 from shipper.chain import ALGORITHMS, PROFILES, SEED, Profile
 from shipper.config.reader import Table, show
 from shipper.config.registry import SinkConfig, SourceConfig, read_sinks, read_sources
+from shipper.config.values import Address
 from shipper.errors import ConfigError, ConfigProblem
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -63,6 +64,13 @@ class RuntimeConfig:
     workers: int = 0
 
 
+@dataclass(frozen=True)
+class ApiConfig:
+    """``[api]``: the operator's HTTP API (``shipper.api``); ``address`` None: no API."""
+
+    address: Address | None = None
+
+
 class Parsed:
     """What a config was parsed from: the TOML document and the environment given (None: the
     process's), for a sink process to parse the same again. Never shown: the environment holds
@@ -91,6 +99,7 @@ class Config:
     sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
     origin: str = ""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     parsed: Parsed | None = field(default=None, repr=False, compare=False)
 
 
@@ -179,6 +188,13 @@ def parse_config(
         runtime_table.finish()
     runtime = RuntimeConfig(sink_processes=sink_processes, workers=workers)
 
+    api = ApiConfig()
+    api_table = top.table("api")
+    if api_table is not None:
+        address = api_table.address("address") if api_table.has("address") else None
+        api = ApiConfig(address=address)
+        api_table.finish()
+
     buffer = BufferConfig()
     buffer_table = top.table("buffer")
     if buffer_table is not None:
@@ -211,6 +227,7 @@ def parse_config(
         sinks=sinks,
         origin=origin,
         runtime=runtime,
+        api=api,
         parsed=Parsed(raw, None if env is None else dict(env)),
     )
 

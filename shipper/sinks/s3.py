@@ -84,6 +84,7 @@ from shipper.archive.content import (
     ContentError,
     chain_fields,
     decompress,
+    ends,
     spans,
 )
 from shipper.archive.manifest import (
@@ -711,17 +712,14 @@ class S3Sink(SinkBase):
         goes event by event)."""
         count = len(agents)
         links: list[tuple[str, int, str | None] | None] = [None] * count
-        firsts = dict(zip(reversed(agents), range(count - 1, -1, -1), strict=True))
-        lasts = dict(zip(agents, range(count), strict=True))
+        found = ends(agents)  # (lines that cannot be chained are None: left out)
         backwards = agents[::-1]
-        budget = 2 * len(firsts) + 64  # lines parsed at most
-        for key, index in firsts.items():
-            if key is None:
-                continue  # (lines that cannot be chained)
+        budget = 2 * len(found) + 64  # lines parsed at most
+        for key, (index, last) in found.items():
             agent = key.decode()
             for backward in (False, True):
                 order = backwards if backward else agents
-                start = count - 1 - lasts[key] if backward else index
+                start = count - 1 - last if backward else index
                 while True:
                     line = count - 1 - start if backward else start
                     budget -= 1
@@ -810,21 +808,17 @@ class S3Sink(SinkBase):
     def _spans(self, group: _Group) -> dict[str, AgentSpan]:
         """What the manifest entry of ``group`` says of its agents (``content.spans``), the
         hashes of their first and last events read from their lines if not known yet."""
-        firsts: dict[str, int] = {}
-        lasts: dict[str, int] = {}
-        for index, link in enumerate(group.links):
-            if link is not None:
-                firsts.setdefault(link[0], index)
-                lasts[link[0]] = index
-        ends: list[tuple[str, int, str] | None] = []
-        for index in sorted({*firsts.values(), *lasts.values()}):
-            link = group.links[index]
-            assert link is not None
-            if link[2] is None:
-                ends.append(chain_fields(orjson.loads(group.lines[index]), self._profile))
-            else:
-                ends.append((link[0], link[1], link[2]))
-        return spans(ends)
+        links = group.links
+        resolved: list[tuple[str, int, str] | None] = [None] * len(links)
+        for indexes in ends([link[0] if link is not None else None for link in links]).values():
+            for index in indexes:
+                link = links[index]
+                assert link is not None
+                if link[2] is None:
+                    resolved[index] = chain_fields(orjson.loads(group.lines[index]), self._profile)
+                else:
+                    resolved[index] = (link[0], link[1], link[2])
+        return spans(resolved)
 
     async def _store(self, group: _Group) -> _Stored | None:
         """Store the head of ``group`` as one object (all of it, unless the key holds part of

@@ -302,10 +302,11 @@ class Bound:
             self.unix_file.remove()
 
 
-def bind_tcp(source_id: str, address: Address) -> tuple[list[socket.socket], list[Listening]]:
+def bind_tcp(owner: str, address: Address) -> tuple[list[socket.socket], list[Listening]]:
     """Listening TCP sockets on ``address``: one per address its host resolves to (every
     interface, IPv4 and IPv6, for an empty host), as ``trio.open_tcp_listeners`` makes them, and
-    where each listens. ``ListenError`` when one cannot be bound."""
+    where each listens. ``ListenError`` naming ``owner`` (``source ID``, ``api``) when one
+    cannot be bound."""
     sockets: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(
@@ -331,7 +332,7 @@ def bind_tcp(source_id: str, address: Address) -> tuple[list[socket.socket], lis
         for sock in sockets:
             sock.close()
         why = exc.strerror or str(exc)
-        raise ListenError(f"source {source_id}: cannot listen on {address}: {why}") from exc
+        raise ListenError(f"{owner}: cannot listen on {address}: {why}") from exc
     bound: list[Listening] = []
     for sock in sockets:
         host, port = sock.getsockname()[:2]
@@ -510,7 +511,7 @@ class StreamServer:
         """Bind and listen (blocking; at start): a TCP address (one socket per address family
         its host resolves to), or a unix stream socket (``bind_unix_socket``)."""
         if not isinstance(self.address, Path):
-            return Bound(*bind_tcp(self.source_id, self.address))
+            return Bound(*bind_tcp(f"source {self.source_id}", self.address))
         sock, unix_file = bind_unix_socket(
             self.source_id, self.address, socket.SOCK_STREAM, self.socket_mode
         )

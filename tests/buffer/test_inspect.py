@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import trio
 
+from shipper.buffer.cursor import cursor_path
 from shipper.buffer.recovery import CURSOR_DIR, EPOCH_FILE
 from shipper.buffer.segment import Position
 from shipper.chain_stage import CHAIN_CURSOR, Checkpoint, store_checkpoint
 from shipper.cli import main
+from shipper.config import load_config
+from shipper.shutdown import Shutdown, run_daemon
 from tests.buffer.test_recovery import EPOCH, segment_size, snapshot, store_cursor, write_segment
+from tests.chains import chain_lines
+from tests.conftest import LogCapture, archive_lines, file_sink_config, free_port, wait_until
 from tests.test_cli import daemon_config, write_config
 
 CHECKPOINT_EPOCH = "fedcba9876543210"
@@ -97,3 +104,46 @@ def test_inspect_exits_1_for_a_cursor_beyond_the_end(
     assert code == 0
     cursor = orjson.loads((wal / CURSOR_DIR / "archive.json").read_bytes())
     assert (cursor["segment"], cursor["offset"]) == (1, 16)
+
+
+async def test_inspect_of_a_running_daemon_whose_sink_acknowledged_nothing_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], logs: LogCapture
+) -> None:
+    """Against a running daemon, a sink that has acknowledged nothing yet (no cursor file) is
+    reported as having no cursor yet and ``inspect`` exits 0; a corrupt cursor still exits 1."""
+    raw = file_sink_config(tmp_path)
+    raw["shutdown_timeout"] = "1s"  # the hook never answers: don't drain to it at the end
+    # Nobody listens at the hook's address: it retries and never acknowledges.
+    raw["sinks"]["hook"] = {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/hook"}
+    config = write_config(tmp_path / "shipper.toml", raw)
+    cursors = tmp_path / "var" / "wal" / CURSOR_DIR
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        daemon = partial(run_daemon, load_config(config), shutdown, handle_signals=False)
+        bound = await nursery.start(daemon)
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", bound["agents"][0].port)
+            async with stream:
+                await stream.send_all(b"".join(chain_lines(3)))
+            await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 3, 30)
+            assert not cursor_path(cursors, "hook").exists()
+
+            code, report = await trio.to_thread.run_sync(inspect, capsys, config)
+            assert code == 0, report["findings"]
+            [finding] = [f for f in report["findings"] if "sink hook:" in f["detail"]]
+            assert (finding["kind"], finding["level"]) == ("no_cursor", "info")
+            assert "no cursor yet" in finding["detail"]
+            code, out = await trio.to_thread.run_sync(
+                partial(run, capsys, "buffer", "inspect", "-c", str(config))
+            )
+            assert code == 0, out
+            assert "  note: no_cursor: sink hook: no cursor yet" in out
+            assert "  no damage found\n" in out
+
+            cursor_path(cursors, "hook").write_bytes(b"{not json")
+            code, report = await trio.to_thread.run_sync(inspect, capsys, config)
+            assert code == 1
+            [finding] = [f for f in report["findings"] if "sink hook:" in f["detail"]]
+            assert (finding["kind"], finding["level"]) == ("cursor", "warning")
+        finally:
+            shutdown.request("test")

@@ -350,12 +350,15 @@ def test_lost_data_is_logged_at_error_and_counted(tmp_path: Path, logs: LogCaptu
 
 
 def test_missing_cursor_starts_at_oldest(tmp_path: Path) -> None:
-    """A sink without a cursor starts at the oldest retained record, with a cursor finding."""
+    """A sink without a cursor starts at the oldest retained record, with an info-level
+    no_cursor finding that is not damage."""
     write_segment(tmp_path, 3)
     write_segment(tmp_path, 4)
     report = recover(tmp_path, ["a"])
     assert report.cursors == {"a": Position(3, H)}
-    assert kinds(report) == ["cursor"]
+    assert kinds(report) == ["no_cursor"]
+    assert report.findings[0].level == "info"
+    assert not report.damaged
     assert "sink a" in report.findings[0].detail
 
 
@@ -684,7 +687,7 @@ def test_wal_opens_with_the_hinted_epoch_and_logs_the_damage(
     wal.open({"a": None}, epoch_hint=OTHER_EPOCH)
     assert wal.epoch == OTHER_EPOCH
     assert [(e["level"], e["kind"]) for e in logs.entries("wal_recovery")] == [
-        ("warning", "cursor"),
+        ("info", "no_cursor"),
         ("error", "epoch"),
     ]
     assert wal.counters["recovery_epoch"] == 1
@@ -721,6 +724,7 @@ def test_damaged_wal_reports_every_kind(tmp_path: Path) -> None:
         "corrupt",
         "cursor",
         "lost",
+        "no_cursor",
         "released",
         "stray",
         "torn",
@@ -895,7 +899,7 @@ async def test_every_event_behind_a_damaged_middle_header_is_delivered(tmp_path:
     flip(segments[1], 9)  # the segment number
     wal = open_wal(tmp_path)
     assert wal.report is not None
-    assert kinds(wal.report) == ["salvaged", "cursor"]  # no cursor yet: from the oldest
+    assert kinds(wal.report) == ["salvaged", "no_cursor"]  # no cursor yet: from the oldest
     assert await delivered(wal) == list(range(1, 61))
     await wal.close()
     wal.release()

@@ -198,7 +198,7 @@ class WalModel(RuleBasedStateMachine):
         self.cut_due = None
         self.accepted_seqs.clear()
         for finding in report.findings:
-            assert finding.kind == "cursor", finding
+            assert finding.kind == "no_cursor", finding
             assert "no cursor" in finding.detail, finding
             (sink,) = [name for name in SINKS if f"sink {name}:" in finding.detail]
             assert not self.sinks[sink].has_cursor, finding

@@ -1,0 +1,212 @@
+"""``shipper top``: the running daemon's status in the terminal, a table refreshed every second
+(rich's ``Live``), from the API's ``/api/status`` (``shipper.api.status``): sources and their
+rates, sinks with their lag and last error, the chain's totals, the agents with problems and
+the last alerts. ``--once`` prints one frame and exits (for scripts).
+
+Exit codes: 0 (stopped with Ctrl-C, or ``--once`` printed), 1 the API cannot be reached (or
+answered with an error), 78 (EX_CONFIG) the config file read for the API's address is invalid.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Final
+
+import httpx2
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from shipper.config import load_config
+from shipper.config.values import parse_address
+from shipper.errors import ConfigError
+
+EX_CONFIG: Final = 78
+#: Seconds between two refreshes of the live table.
+REFRESH_SECONDS: Final = 1.0
+#: Seconds to wait for the API's answer.
+TIMEOUT_SECONDS: Final = 5.0
+#: Alerts shown at most.
+ALERTS_SHOWN: Final = 5
+_STYLE: Final = {"ok": "green", "degraded": "yellow", "failing": "bold red"}
+#: Columns of text (the others hold numbers, right-aligned).
+_TEXT_COLUMNS: Final = frozenset({"source", "sink", "kind", "health"})
+
+
+class ApiUnreachable(Exception):
+    """The daemon's API did not answer (not running, another address, no ``[api]``), or
+    answered with an error: the message says which; trying again helps once it runs."""
+
+
+def status_api_url(api: str | None, config_path: str) -> str:
+    """The base URL of the daemon's API for a command: ``--api ADDR`` (``host:port`` or an
+    ``http://`` URL), else the config's ``[api] address``. Plain HTTP only: a stand-in until a
+    shared API client (TLS, token) exists. Raises ``ConfigError`` for an invalid config, and
+    ``ApiUnreachable`` when no address can be told."""
+    if api is not None:
+        if api.startswith(("http://", "https://")):
+            return api.rstrip("/")
+        try:
+            return f"http://{parse_address(api)}"
+        except ValueError as exc:
+            raise ApiUnreachable(f"--api {api}: {exc}") from exc
+    config = load_config(config_path)
+    address = config.api.address
+    if address is None:
+        raise ApiUnreachable(
+            f"{config_path} has no [api] address: the daemon serves no API; pass --api ADDR"
+        )
+    if address.port == 0:
+        raise ApiUnreachable(
+            f"{config_path}: [api] address {address} lets the kernel choose the port; pass "
+            "--api with the one the daemon logged (api_listening)"
+        )
+    return f"http://{address}"
+
+
+def fetch_status(url: str) -> dict[str, Any]:
+    """The daemon's status summary from the API at ``url``."""
+    try:
+        response = httpx2.get(f"{url}/api/status", timeout=TIMEOUT_SECONDS)
+    except httpx2.HTTPError as exc:
+        raise ApiUnreachable(
+            f"cannot reach the daemon's API at {url}: {type(exc).__name__}: {exc} (is the "
+            "daemon running, with [api] address set?)"
+        ) from exc
+    if response.status_code != 200:
+        raise ApiUnreachable(
+            f"the API at {url} answered {response.status_code} for /api/status: "
+            f"{response.text[:200]}"
+        )
+    summary: dict[str, Any] = response.json()
+    return summary
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "over a minute"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _health(status: str, reason: str = "") -> Text:
+    return Text(status + (f": {reason}" if reason else ""), style=_STYLE.get(status, ""))
+
+
+def render(summary: dict[str, Any], url: str) -> RenderableType:
+    """One frame: what ``summary`` (``/api/status``) says, as rich tables."""
+    wal = summary["wal"]
+    chain = summary["chain"]
+    head = Text.assemble(
+        ("shipper ", "bold"),
+        f"{summary['version']} at {url}, up {_age(summary['uptime_seconds'])}, health ",
+        _health(summary["health"]["status"]),
+        f"; WAL {_bytes(wal['bytes'])} of {_bytes(wal['max_bytes'])}",
+    )
+
+    sources = Table(title="Sources", title_justify="left", expand=False)
+    for column in ("source", "kind", "events", "events/s", "bytes/s", "connections", "health"):
+        sources.add_column(column, justify="left" if column in _TEXT_COLUMNS else "right")
+    for source in summary["sources"]:
+        sources.add_row(
+            source["id"],
+            source["kind"],
+            _count(source["events"]),
+            _count(source["events_per_second"]),
+            _bytes(source["bytes_per_second"]) + "/s",
+            _count(source["connections_accepted"]),
+            _health(source["health"], source["reason"]),
+        )
+
+    sinks = Table(title="Sinks", title_justify="left")
+    for column in ("sink", "kind", "delivered", "events/s", "lag", "lag age", "health"):
+        sinks.add_column(column, justify="left" if column in _TEXT_COLUMNS else "right")
+    sinks.add_column("last error", overflow="fold")
+    for sink in summary["sinks"]:
+        error = sink["last_error"]
+        sinks.add_row(
+            sink["id"],
+            sink["kind"],
+            _count(sink["delivered"]),
+            _count(sink["events_per_second"]),
+            _bytes(sink["lag_bytes"]),
+            _age(sink["lag_seconds"]),
+            _health(sink["health"]),
+            f"{error['at']}: {error['error']}" if error else "",
+        )
+
+    totals = ", ".join(f"{status} {_count(n)}" for status, n in chain["totals"].items())
+    chain_line = Text(
+        f"Chain ({chain['profile']}): {_count(chain['agents'])} agents, "
+        f"{_count(chain['problems'])} with problems; {totals or 'nothing verified yet'}"
+    )
+
+    troubled = [row for row in summary["agents"]["rows"] if row["problem"]]
+    agents = Table(title="Agents with problems", title_justify="left")
+    for column in ("agent", "chain", "last sequence", "open gaps", "last alert"):
+        agents.add_column(column, overflow="fold")
+    for row in troubled:
+        alert = row["last_alert"] or {}
+        agents.add_row(
+            row["agent"],
+            Text(row["status"], style="bold red"),
+            str(row["last_sequence"]),
+            ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in row["open_gaps"]),
+            " ".join(str(v) for v in alert.values()),
+        )
+    parts: list[RenderableType] = [head, sources, sinks, chain_line]
+    parts.append(agents if troubled else Text("No agent has a problem.", style="green"))
+    if summary["alerts"]:
+        alerts = Table(title="Last alerts", title_justify="left")
+        for column in ("received", "alert", "agent", "status", "severity"):
+            alerts.add_column(column, overflow="fold")
+        for alert in summary["alerts"][:ALERTS_SHOWN]:
+            alerts.add_row(
+                alert["received_at"],
+                alert["action"].removeprefix("shipper."),
+                alert.get("agent") or alert.get("sink") or "",
+                alert.get("status", ""),
+                alert.get("severity", ""),
+            )
+        parts.append(alerts)
+    return Group(*parts)
+
+
+def cmd_top(api: str | None, config_path: str, once: bool) -> int:
+    """``shipper top``: see the module docstring."""
+    try:
+        url = status_api_url(api, config_path)
+        summary = fetch_status(url)
+    except ConfigError as exc:
+        print(f"shipper top: {config_path}: invalid configuration\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    except ApiUnreachable as exc:
+        print(f"shipper top: {exc}", file=sys.stderr)
+        return 1
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    if once:
+        console.print(render(summary, url))
+        return 0
+    try:
+        with Live(render(summary, url), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(REFRESH_SECONDS)
+                live.update(render(fetch_status(url), url), refresh=True)
+    except ApiUnreachable as exc:
+        print(f"shipper top: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
