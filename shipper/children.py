@@ -13,7 +13,9 @@ installation, never from anywhere else); a length above ``MAX_FRAME`` is a broke
 
 * **stdin**, daemon to child: one frame, the spec (a picklable object with a ``log_level``; a
   ``ConfigSpec`` carries the config as it was parsed, for a child that parses it again). Stdin
-  then stays open: its end means the daemon is gone.
+  then stays open: its end means the daemon is gone. Later, ``("stop",)`` asks the child to
+  finish its work early (``Supervised.stop``: a sink removed or changed by a reload); its work
+  sees it as ``Parent.stopping``.
 * **stdout**, child to daemon, frames only (whatever else the child prints goes to its stderr):
   ``("report", snapshot)``, the child's metrics and health (a ``shipper.metrics`` snapshot of the
   registry its work counts into), every ``REPORT_SECONDS`` while it changes and once more when the
@@ -207,6 +209,9 @@ class Supervised:
         self._health = Health("degraded", f"{kind.what} not started yet", time.monotonic())
         self._ran: dict[str, Any] | None = None  # what the children that exited counted
         self._report: dict[str, Any] | None = None  # the running child's last report
+        self._stopping = False
+        self._stdin: trio.abc.SendStream | None = None  # the running child's
+        self._wake = trio.Event()  # a stop during the pause before a restart
 
     @property
     def _fields(self) -> dict[str, Any]:
@@ -226,6 +231,14 @@ class Supervised:
 
         registry.collector(collect)
         registry.include(self.snapshot)
+
+    def stop(self) -> None:
+        """Ask the child to finish its work and exit (``("stop",)``); one that exits from now
+        on is not started again."""
+        self._stopping = True
+        self._wake.set()
+        if self._stdin is not None:
+            trio.lowlevel.spawn_system_task(_tell_stop, self._stdin)
 
     def health(self) -> Health:
         """How the child is as the daemon sees it: running, not started yet, or exited."""
@@ -252,7 +265,7 @@ class Supervised:
                 self._report = None
             if self._exited is not None:
                 await self._exited()
-            if returncode == 0:
+            if returncode == 0 or self._stopping:
                 return
             if time.monotonic() - began > RESTART_LIMIT:
                 backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
@@ -267,7 +280,10 @@ class Supervised:
                 restart_in=round(delay, 3),
                 restarts=self.restarts,
             )
-            await trio.sleep(delay)
+            with trio.move_on_after(delay):
+                await self._wake.wait()
+            if self._stopping:
+                return
 
     async def _run_once(self, spec: Any) -> tuple[int | None, str]:
         """Start one child, relay its frames until it closes its stdout; its exit status and
@@ -308,6 +324,9 @@ class Supervised:
         assert process.stdout is not None
         try:
             await process.stdin.send_all(frame(spec))
+            if self._stopping:
+                await process.stdin.send_all(frame(("stop",)))
+            self._stdin = process.stdin
             frames = Frames(process.stdout)
             while (message := await frames.next()) is not None:
                 self._take(message)
@@ -316,6 +335,8 @@ class Supervised:
         except Exception as exc:  # a frame that does not unpickle: a defect, the child's or ours
             log.exception(f"{self.kind.prefix}_protocol_error", **self._fields, error=repr(exc))
             process.kill()
+        finally:
+            self._stdin = None
 
     def _take(self, message: tuple[Any, ...]) -> None:
         if message[0] == "report":
@@ -327,6 +348,12 @@ class Supervised:
 
     async def _relay_logs(self, stderr: trio.abc.ReceiveStream | None) -> None:
         await relay_logs(stderr, f"{self.kind.prefix}_output", lambda: self._fields)
+
+
+async def _tell_stop(stdin: trio.abc.SendStream) -> None:
+    """Send a child ``("stop",)`` (it may be gone already: its exit says the rest)."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stdin.send_all(frame(("stop",)))
 
 
 async def relay_logs(
@@ -377,9 +404,11 @@ class Parent:
     """A child's side of its pipes: frames to the daemon (queued, written by a task of their
     own), and the watch for the daemon's end (see the module docstring)."""
 
-    def __init__(self, stdin: trio.lowlevel.FdStream, out: trio.lowlevel.FdStream) -> None:
+    def __init__(self, stdin: Frames, out: trio.lowlevel.FdStream) -> None:
         self._stdin = stdin
         self._out = out
+        #: Set when the daemon asks the work to finish early (``("stop",)``).
+        self.stopping = trio.Event()
         self._send, self._receive = trio.open_memory_channel[bytes](FRAME_QUEUE)
         self._scope = trio.CancelScope()
         self._token = trio.lowlevel.current_trio_token()
@@ -443,9 +472,10 @@ class Parent:
                     return
 
     async def _watch(self) -> None:
-        while await self._stdin.receive_some(4096):
-            pass  # nothing comes after the spec; its end means the daemon is gone
-        self._orphaned()
+        while (message := await self._stdin.next()) is not None:
+            if message == ("stop",):
+                self.stopping.set()
+        self._orphaned()  # the end of stdin: the daemon is gone
 
     async def _reports(self, registry: Registry) -> None:
         last = None
@@ -498,11 +528,12 @@ async def _child_main(work: Callable[[Any, Parent, Registry], Awaitable[None]]) 
     stdin = trio.lowlevel.FdStream(os.dup(0))
     out = trio.lowlevel.FdStream(out_fd)
     async with stdin, out:
-        spec = await Frames(stdin).next()
+        frames = Frames(stdin)  # one reader: a stop may come in the same read as the spec
+        spec = await frames.next()
         if spec is None:  # the daemon was gone before it sent the spec
             _silence()
             return ORPHANED
-        parent = Parent(stdin, out)
+        parent = Parent(frames, out)
         configure(spec.log_level, cast(TextIO, _LogStream(sys.stderr, parent._log_broken)))
         return await parent.serve(work, spec)
 

@@ -2,8 +2,10 @@
 
 The service manager passes ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace);
 each notification is one datagram of ``KEY=VALUE`` lines: ``READY=1`` once listening,
-``STOPPING=1`` when shutdown begins, ``WATCHDOG=1`` at least every ``$WATCHDOG_USEC``/2, ``STATUS=``
-free text. Outside systemd (no ``$NOTIFY_SOCKET``) every call does nothing.
+``STOPPING=1`` when shutdown begins, ``RELOADING=1`` with ``MONOTONIC_USEC=`` (the monotonic
+clock, which ``Type=notify-reload`` requires and ``Type=notify`` takes too) when a reload begins
+and ``READY=1`` again once it is done, ``WATCHDOG=1`` at least every ``$WATCHDOG_USEC``/2,
+``STATUS=`` free text. Outside systemd (no ``$NOTIFY_SOCKET``) every call does nothing.
 """
 
 from __future__ import annotations

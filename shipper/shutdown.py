@@ -7,6 +7,10 @@ many bytes it left in the WAL, where they wait for the next start. The drain goe
 sources, then the writer, which closes the WAL, then the sinks, which deliver what it holds (in
 the daemon's process or in their own, ``shipper.sinkproc``, the default).
 Only cleanup (closing and fsyncing files) is shielded from the cancellation.
+
+SIGHUP (``systemctl reload``) reads the config file again and applies it (``Topology.reload``:
+one reload at a time; signals that come meanwhile make one more reload). A SIGHUP before the
+daemon is ready waits for it; one while it stops is ignored (logged).
 """
 
 from __future__ import annotations
@@ -52,6 +56,18 @@ async def _watch_signals(shutdown: Shutdown) -> None:
             shutdown.request(signal.Signals(signum).name)
 
 
+async def _watch_reloads(topology: Topology, ready: trio.Event, shutdown: Shutdown) -> None:
+    """Reload at each SIGHUP (the receiver is open from the start: a SIGHUP's default action
+    would end the process)."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        await ready.wait()
+        async for _ in signals:
+            if shutdown.requested.is_set():
+                log.warning("reload_ignored", reason="the daemon is stopping")
+                continue
+            await topology.reload()
+
+
 async def _first_of(*events: trio.Event) -> None:
     """Return as soon as any of the events is set."""
     async with trio.open_nursery() as nursery:
@@ -69,19 +85,25 @@ async def run_daemon(
     shutdown: Shutdown | None = None,
     *,
     handle_signals: bool = True,
+    topology: Topology | None = None,
     task_status: trio.TaskStatus[dict[str, list[Listening]]] = trio.TASK_STATUS_IGNORED,
 ) -> bool:
-    """Run until a stop is requested; True if everything read was delivered before exiting."""
+    """Run until a stop is requested; True if everything read was delivered before exiting.
+    ``topology``: the one to run (made from ``config`` if not given), whose ``reload`` the
+    caller may call too."""
     shutdown = shutdown if shutdown is not None else Shutdown()
-    topology = Topology(config)
+    topology = topology if topology is not None else Topology(config)
+    ready = trio.Event()
     async with trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(_watch_signals, shutdown)
+            nursery.start_soon(_watch_reloads, topology, ready, shutdown)
         if config.api.address is not None:  # first: a taken address stops before any source
             urls = await nursery.start(serve_api, topology, config.api)
             for url in urls:
                 log.info("api_listening", url=url)
         bound = await nursery.start(topology.run)
+        ready.set()
         notify("READY=1\nSTATUS=listening")
         log.info(
             "shipper_ready",
@@ -95,9 +117,10 @@ async def run_daemon(
 
         await shutdown.requested.wait()
         notify("STOPPING=1")
-        log.info("shutdown_started", reason=shutdown.reason, timeout=config.shutdown_timeout)
+        timeout = topology.config.shutdown_timeout  # (a reload may have changed it)
+        log.info("shutdown_started", reason=shutdown.reason, timeout=timeout)
         topology.stop()
-        with trio.move_on_after(config.shutdown_timeout):
+        with trio.move_on_after(timeout):
             await _first_of(topology.finished, shutdown.forced)
         drained = topology.finished.is_set()
         snapshot = topology.registry.snapshot()

@@ -13,7 +13,9 @@ The child needs nothing of the daemon but the WAL's files: it parses the same co
 from its sink's cursor through a ``WalReader`` (woken across processes, ``shipper.buffer.wake``),
 with the WAL's epoch the daemon opened (``Spec.epoch``). It acknowledges through the cursor file,
 as any reader does; the writer deletes what every reader has passed. When the WAL is closed and
-read (the daemon is stopping), the driver delivers what is left and the child exits with status 0.
+read (the daemon is stopping), the driver delivers what is left and the child exits with status 0;
+so it does when the daemon tells it to stop (``SinkProcess.stop``: a reload removed or changed the
+sink), after delivering and acknowledging what it had read (``SinkDriver.stop``).
 
 Its own frames: ``("emit", event)`` for each event the sink raises (delivery alerts, archive
 seals), which the daemon queues for the WAL as for a sink in its own process (``Topology.emit``).
@@ -151,7 +153,15 @@ async def _work(spec: Spec, parent: Parent, registry: Registry) -> None:
     inputs = frozenset(sink.inputs) if sink.inputs is not None else None
     reader = WalReader(config.data_dir / "wal", sink.id, inputs, envelopes=envelopes)
     try:
-        await driver.run(reader, spec.epoch)
+        async with trio.open_nursery() as nursery:
+
+            async def stop_when_told() -> None:
+                await parent.stopping.wait()
+                driver.stop()
+
+            nursery.start_soon(stop_when_told)
+            await driver.run(reader, spec.epoch)
+            nursery.cancel_scope.cancel()
     finally:
         reader.close()
 

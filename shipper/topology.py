@@ -55,6 +55,15 @@ each source closes its channel once its connections have handed on what they rea
 appends what is left and closes the WAL; each sink delivers what is in the WAL and returns (a
 sink process sees the WAL closed in its files, delivers and exits); ``finished`` is set. What a
 sink could not deliver stays in the WAL for the next start.
+
+Reloading (``reload``, one at a time; what differs is ``shipper.reload``'s): the sinks a new
+config removes or changes stop (each delivers and acknowledges what it read: ``SinkDriver.stop``,
+``Supervised.stop``); a removed sink's WAL reader goes, an added sink's starts at the WAL's end,
+a changed one's at its cursor. Then the sources removed or changed stop (what they read goes on
+to the writer) and the new ones start: each in a scope of its own in this process, or, with
+ingest workers, bound here and served by workers started again with the new sources. Each stop
+waits at most ``shutdown_timeout``, then is cancelled. Sources and sinks that did not change are
+not touched; neither are the writer, the WAL and the chain stage.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -73,8 +82,15 @@ from shipper.budget import ByteBudget
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import PIPELINE_DEPTH, Wal, WalWriteError
 from shipper.chain_stage import CHAIN_CURSOR, ChainStage, Checkpoint, read_checkpoint
-from shipper.config import Config
-from shipper.errors import DataDirError, DestinationUnavailable
+from shipper.config import Config, SinkConfig, SourceConfig, load_config
+from shipper.errors import (
+    ConfigError,
+    ConfigProblem,
+    DataDirError,
+    DestinationUnavailable,
+    ShipperError,
+    UnsafeDestination,
+)
 from shipper.events import Event, Malformed, entry, envelopes, event_bytes, size_of
 from shipper.ingestproc import IngestWorker
 from shipper.ingestproc import spec_of as ingest_spec_of
@@ -82,7 +98,9 @@ from shipper.logging import Throttle, get_logger
 from shipper.metrics import Health, Registry, mirror, summary
 from shipper.procstat import usage
 from shipper.recent import Recent
+from shipper.reload import Changes, ReloadResult, effective
 from shipper.retry import Backoff
+from shipper.sdnotify import notify
 from shipper.sinkproc import SinkProcess
 from shipper.sinks.base import EMITTED_DROPPED, EmitDrops, SinkContext
 from shipper.sinks.driver import SinkDriver
@@ -121,6 +139,18 @@ class SinkSlot:
     inputs: frozenset[str] | None
     driver: SinkDriver | None = None
     process: SinkProcess | None = None
+    task: _Task = field(default_factory=lambda: _Task())
+
+
+@dataclass
+class _Task:
+    """A source's, a sink's or an ingest worker's task in the topology's nursery, to stop it
+    alone (a reload): cancelled through ``scope``; ``done`` once it returned."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    #: A source's clone of the ingest channel, closed when its task ends (however it ends).
+    send: trio.MemorySendChannel[list[Event]] | None = None
 
 
 #: What the writer counts (``writer_<name>`` metrics).
@@ -144,37 +174,17 @@ class Topology:
         # forwarded into the ingest channel by a task of their own, like a source's.
         self._emitted, self._emitted_receive = trio.open_memory_channel[Event](EMIT_QUEUE)
         self._emit_ingest = ingest_send.clone()
-        profile = config.chain.profile_fields
-        self.workers: list[IngestWorker] = []
-        if config.runtime.workers:
-            # The sources run in the ingest workers (``shipper.ingestproc``); here they bind the
-            # sockets and hold the counters, and never send: each worker has the channel.
-            unused, _ = trio.open_memory_channel[list[Event]](0)
-            self.sources: list[Source] = [
-                source.build(unused.clone(), profile) for source in config.sources.values()
-            ]
-            unused.close()
-            self._worker_send: trio.MemorySendChannel[list[Event]] | None = ingest_send.clone()
-        else:
-            self.sources = [
-                source.build(ingest_send.clone(), profile) for source in config.sources.values()
-            ]
-            self._worker_send = None
-        ingest_send.close()
+        # Open until ``stop`` (or the end of ``run``): each source, or each ingest worker, has a
+        # clone of its own, and a reload makes more.
+        self._ingest_send = ingest_send
         self.budget = ByteBudget(CHANNEL_BYTES)
-        for running in self.sources:
-            running.budget = self.budget
-        context = SinkContext(config.chain.profile_fields, self.emit)
-        self.sinks: list[SinkSlot] = []
-        for sink in config.sinks.values():
-            slot = SinkSlot(sink.id, frozenset(sink.inputs) if sink.inputs is not None else None)
-            if config.runtime.sink_processes:  # built in its process, not here
-                slot.process = SinkProcess(config, sink, self.emit, self._refresh_cursors)
-            else:
-                slot.driver = SinkDriver(
-                    sink.build(context), config.data_dir, self.emit, sink.redact
-                )
-            self.sinks.append(slot)
+        self.workers: list[IngestWorker] = []
+        self._worker_tasks: list[_Task] = []
+        self._source_tasks: dict[str, _Task] = {}  # sources in this process, by id
+        self._sockets: dict[str, Bound] = {}  # what this process bound for the ingest workers
+        self.sources: list[Source] = [self._source(source) for source in config.sources.values()]
+        self._context = SinkContext(config.chain.profile_fields, self.emit)
+        self.sinks: list[SinkSlot] = [self._slot(sink) for sink in config.sinks.values()]
         self.wal = Wal(config.data_dir / "wal", config.buffer, RESERVE_BYTES, envelopes=envelopes)
         self.chain = ChainStage(config.chain, config.data_dir)
         self._next_checkpoint = 0.0
@@ -203,6 +213,41 @@ class Topology:
         self._register_metrics()
         #: The live tap (``/api/tap``): fed with each batch the WAL accepted.
         self.tap = TapHub(self.registry, config.api.tap_buffer)
+        self._nursery: trio.Nursery | None = None  # run's, once everything started
+        self._stopping = False
+        self._reloading = trio.Lock()  # one reload at a time
+        # Sinks a reload changed and could not build: not running, not in the config, and their
+        # WAL readers kept (they hold what the sink has not delivered) until a reload starts them
+        # again, at their cursors, or removes them.
+        self._held: set[str] = set()
+
+    def _source(self, config: SourceConfig) -> Source:
+        """Build a source. With ingest workers it runs in them (``shipper.ingestproc``): here it
+        binds the sockets and holds the counters, and never sends (each worker has the
+        channel)."""
+        profile = self.config.chain.profile_fields
+        if self.config.runtime.workers:
+            unused, _ = trio.open_memory_channel[list[Event]](0)
+            with unused:
+                source = config.build(unused.clone(), profile)
+        else:
+            send = self._ingest_send.clone()
+            source = config.build(send, profile)
+            self._source_tasks[source.id] = _Task(send=send)
+        source.budget = self.budget
+        return source
+
+    def _slot(self, sink: SinkConfig) -> SinkSlot:
+        """A sink's slot: its driver, or with ``[runtime] sink_processes`` its process (the
+        sink is built there, not here)."""
+        slot = SinkSlot(sink.id, frozenset(sink.inputs) if sink.inputs is not None else None)
+        if self.config.runtime.sink_processes:
+            slot.process = SinkProcess(self.config, sink, self.emit, self._refresh_cursors)
+        else:
+            slot.driver = SinkDriver(
+                sink.build(self._context), self.config.data_dir, self.emit, sink.redact
+            )
+        return slot
 
     def _register_metrics(self) -> None:
         """Every component counts into, and tells its health to, this topology's registry."""
@@ -216,26 +261,29 @@ class Topology:
         registry.gauge(
             "ingest_queued_bytes", "Bytes queued between the sources and the writer", unit="bytes"
         ).labels().observe(lambda: self.budget.used)
-        lag = registry.gauge(
+        self._lag_gauge = registry.gauge(
             "sink_lag_bytes",
             "WAL bytes a sink has not acknowledged",
             unit="bytes",
             labels=("sink",),
         )
-        lag_seconds = registry.gauge(
+        self._lag_seconds_gauge = registry.gauge(
             "sink_lag_seconds",
             "How long the oldest WAL entry a sink has not acknowledged has waited",
             unit="seconds",
             labels=("sink",),
         )
         for slot in self.sinks:
-            if slot.process is not None:
-                slot.process.register_metrics(registry)
-            elif slot.driver is not None:
-                slot.driver.register_metrics(registry)
-            lag.labels(slot.id).observe(partial(self._lag, slot.id))
-            lag_seconds.labels(slot.id).observe(partial(self._lag_seconds, slot.id))
+            self._register_slot(slot)
         self._register_processes()
+
+    def _register_slot(self, slot: SinkSlot) -> None:
+        if slot.process is not None:
+            slot.process.register_metrics(self.registry)
+        elif slot.driver is not None:
+            slot.driver.register_metrics(self.registry)
+        self._lag_gauge.labels(slot.id).observe(partial(self._lag, slot.id))
+        self._lag_seconds_gauge.labels(slot.id).observe(partial(self._lag_seconds, slot.id))
 
     def _register_processes(self) -> None:
         """CPU seconds and resident memory of each process of the daemon (``process`` label:
@@ -300,9 +348,8 @@ class Topology:
 
     async def run(self, *, task_status: trio.TaskStatus[dict[str, list[Listening]]]) -> None:
         """Start sinks, router and sources; report the listening addresses; run until drained."""
-        bound: dict[str, Bound] = {}  # what this process bound for the ingest workers
         try:
-            await self._check_destinations()
+            await self._check_destinations(list(self.config.sinks.values()))
             readers: dict[str, frozenset[str] | None] = {CHAIN_CURSOR: None}
             readers.update({slot.id: slot.inputs for slot in self.sinks})
             try:
@@ -323,56 +370,105 @@ class Topology:
             # than checkpoint_interval does not replay an ever longer WAL at each start.
             await self._checkpoint(force=True)
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 for slot in self.sinks:  # a sink's failure is its driver's: it never ends these
-                    if slot.process is not None:
-                        await nursery.start(slot.process.run, self.wal.epoch)
-                    elif slot.driver is not None:
-                        reader = self.wal.readers[slot.id]
-                        await nursery.start(slot.driver.run, reader, self.wal.epoch)
+                    await nursery.start(self._run_sink, slot)
                 nursery.start_soon(self._write)
                 nursery.start_soon(self._forward_emitted)
                 nursery.start_soon(self.wal.run)
-                if self._worker_send is not None:
-                    await self._start_workers(nursery, bound)
+                if self.config.runtime.workers:
+                    for source in self.sources:
+                        self._bind(source)  # ListenError: the start stops, as in one process
+                    await self._start_workers()
                 else:
                     for source in self.sources:
-                        self.bound[source.id] = await nursery.start(source.run)
+                        self.bound[source.id] = await self._start_source(source)
                 for source in self.sources:
-                    for address in self.bound[source.id]:
-                        log.info("source_listening", source=source.id, address=str(address))
+                    self._listening(source.id)
                 task_status.started(self.bound)
         finally:
-            if self._worker_send is not None:
-                self._worker_send.close()
-            for sockets in bound.values():
+            self._nursery = None
+            self._ingest_send.close()
+            for task in self._source_tasks.values():  # sources that never ran
+                if task.send is not None:
+                    task.send.close()
+            for sockets in self._sockets.values():
                 sockets.close()
             self.wal.release()
             self.finished.set()
 
-    async def _start_workers(self, nursery: trio.Nursery, bound: dict[str, Bound]) -> None:
-        """Bind every source's sockets here, then start the ingest workers that serve them
-        (``shipper.ingestproc``)."""
-        assert self._worker_send is not None
-        for source in self.sources:
-            bound[source.id] = source.bind()  # ListenError: the start stops, as in one process
-            self.bound[source.id] = list(bound[source.id].addresses)
-            source.listening = True  # the kernel queues connections while a worker starts
+    def _listening(self, source_id: str) -> None:
+        for address in self.bound.get(source_id, ()):
+            log.info("source_listening", source=source_id, address=str(address))
+
+    async def _run_sink(self, slot: SinkSlot, *, task_status: trio.TaskStatus[None]) -> None:
+        """Run a sink's driver or process until it is done (the WAL closed and read, or the
+        sink stopped by a reload), in a scope of its own."""
+        try:
+            with slot.task.scope:
+                if slot.process is not None:
+                    await slot.process.run(self.wal.epoch, task_status=task_status)
+                elif slot.driver is not None:
+                    reader = self.wal.readers[slot.id]
+                    await slot.driver.run(reader, self.wal.epoch, task_status=task_status)
+        finally:
+            slot.task.done.set()
+
+    async def _start_source(self, source: Source) -> list[Listening]:
+        """Start a source in this process (``ListenError`` when it cannot bind)."""
+        assert self._nursery is not None
+        task = self._source_tasks[source.id]
+        return await self._nursery.start(self._serve, source, task)  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def _serve(
+        source: Source, task: _Task, *, task_status: trio.TaskStatus[list[Listening]]
+    ) -> None:
+        try:
+            with task.scope:
+                await source.run(task_status=task_status)
+        finally:
+            if task.send is not None:
+                task.send.close()  # (the source closes it once it served; not if it never did)
+            task.done.set()
+
+    def _bind(self, source: Source) -> None:
+        """Bind a source's sockets here, for the ingest workers (``ListenError``)."""
+        self._sockets[source.id] = source.bind()
+        self.bound[source.id] = list(self._sockets[source.id].addresses)
+        source.listening = True  # the kernel queues connections while a worker starts
+
+    async def _start_workers(self) -> None:
+        """Start the ingest workers that serve the sockets bound here (``shipper.ingestproc``)."""
+        assert self._nursery is not None
         sources = {source.id: source for source in self.sources}
+        serving = [source for source in self.sources if source.id in self._sockets]
         for index in range(self.config.runtime.workers):
-            spec = ingest_spec_of(self.config, index, bound, self.sources)
+            spec = ingest_spec_of(self.config, index, self._sockets, serving)
             if not spec.sockets:
                 break  # only datagram sources: worker 0 serves them all
-            worker = IngestWorker(spec, self._worker_send.clone(), self.budget, sources)
+            worker = IngestWorker(spec, self._ingest_send.clone(), self.budget, sources)
             worker.register_metrics(self.registry)
             self.workers.append(worker)
-            await nursery.start(worker.run)
-        self._worker_send.close()
+            task = _Task()
+            self._worker_tasks.append(task)
+            await self._nursery.start(self._run_worker, worker, task)
 
-    async def _check_destinations(self) -> None:
-        """Each sink's ``check_remote``: an unsafe destination stops the start
+    @staticmethod
+    async def _run_worker(
+        worker: IngestWorker, task: _Task, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        try:
+            with task.scope:
+                await worker.run(task_status=task_status)
+        finally:
+            task.done.set()
+
+    async def _check_destinations(self, sinks: list[SinkConfig]) -> None:
+        """Each sink's ``check_remote``: an unsafe destination stops the start or the reload
         (``UnsafeDestination``); one that cannot be asked now (unreachable, slow) does not, and
         its events wait in the WAL (the sink checks again when it opens)."""
-        for sink in self.config.sinks.values():
+        for sink in sinks:
             with trio.move_on_after(CHECK_SECONDS) as scope:
                 try:
                     await sink.check_remote()
@@ -386,11 +482,226 @@ class Topology:
     def stop(self) -> None:
         """Phase one of shutdown: sources stop accepting and reading, sinks' events are no
         longer taken; the rest drains."""
+        self._stopping = True
         for source in self.sources:
             source.stop()
         for worker in self.workers:
             worker.stop()
+        self._ingest_send.close()  # (each source and worker has its own clone)
         self._emitted.close()
+
+    # --- reloading ------------------------------------------------------------------------------
+
+    async def reload(self, config: Config | None = None) -> ReloadResult:
+        """Go on with ``config`` (None: the config file read again, ``config.origin``), one
+        reload at a time: start, stop or restart the sources and sinks it adds, removes or
+        changes, leave the others alone; an invalid config changes nothing. Logged
+        (``reload_done``, ``reload_failed``, ``reload_needs_restart``), told to systemd
+        (``RELOADING=1``, then ``READY=1``), and returned (see "Reloading" above)."""
+        async with self._reloading:
+            notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS=reloading")
+            try:
+                return await self._reload(config)
+            except Exception as exc:  # a defect: never the daemon's end
+                log.exception(
+                    "reload_failed",
+                    config=self.config.origin,
+                    error=f"{type(exc).__name__}: {exc}",
+                    detail="an unexpected error inside shipper (a defect): please report it; "
+                    "what the reload had started or stopped stays so",
+                )
+                return ReloadResult(ok=False, problems=[f"{type(exc).__name__}: {exc}"])
+            finally:
+                notify("READY=1\nSTATUS=listening")
+
+    async def _reload(self, config: Config | None) -> ReloadResult:
+        result = ReloadResult()
+        origin = self.config.origin
+        try:
+            if self._stopping or self._nursery is None:
+                raise ConfigError([ConfigProblem("", "the daemon is not running (or stopping)")])
+            if config is None:
+                if not origin:
+                    raise ConfigError([ConfigProblem("", "the config was not read from a file")])
+                config = await trio.to_thread.run_sync(load_config, origin)
+            kept, result.needs_restart = effective(self.config, config)
+            changes = Changes.between(self.config, kept)
+            added = [kept.sinks[i] for i in (*changes.sinks_added, *changes.sinks_changed)]
+            try:
+                await self._check_destinations(added)
+            except UnsafeDestination as exc:
+                raise ConfigError([ConfigProblem("sinks", f"unsafe destination: {exc}")]) from exc
+        except ConfigError as exc:
+            result.ok = False
+            result.problems = [str(problem) for problem in exc.problems]
+            log.error("reload_failed", config=origin, problems=result.problems)
+            return result
+        if result.needs_restart:
+            log.warning(
+                "reload_needs_restart",
+                config=origin,
+                keys=result.needs_restart,
+                detail="these keys keep their running values until the next start",
+            )
+        # Until each is done, the config holds the old sources and sinks as well as the new ones:
+        # whoever reads ``sources``, ``sinks`` and ``config`` meanwhile (the API) finds each one.
+        old = self.config
+        sources = {**old.sources, **kept.sources}
+        self.config = replace(kept, sources=sources, sinks={**old.sinks, **kept.sinks})
+        await self._reload_sinks(changes, result)
+        await self._reload_sources(changes, result)
+        result.ok = not result.failed
+        log.info("reload_done", config=origin, **result.as_dict())
+        return result
+
+    async def _finish(self, tasks: list[tuple[str, _Task]], what: str) -> None:
+        """Wait until each task stopped (asked already), for at most ``shutdown_timeout``;
+        cancel those that did not (what they did not hand on waits, as at a forced shutdown)."""
+
+        async def finish(name: str, task: _Task) -> None:
+            with trio.move_on_after(self.config.shutdown_timeout):
+                await task.done.wait()
+            if not task.done.is_set():
+                log.warning(
+                    "reload_stop_forced", **{what: name}, timeout=self.config.shutdown_timeout
+                )
+                task.scope.cancel()
+                await task.done.wait()
+
+        async with trio.open_nursery() as nursery:
+            for name, task in tasks:
+                nursery.start_soon(finish, name, task)
+
+    async def _reload_sinks(self, changes: Changes, result: ReloadResult) -> None:
+        """Stop the sinks removed or changed (each delivers and acknowledges what it read),
+        forget the removed ones' WAL readers, start the added ones at the WAL's end and the
+        changed ones at their cursors."""
+        slots = {slot.id: slot for slot in self.sinks}
+        going = [slots[i] for i in (*changes.sinks_removed, *changes.sinks_changed)]
+        for slot in going:
+            if slot.process is not None:
+                slot.process.stop()
+            elif slot.driver is not None:
+                slot.driver.stop()
+        await self._finish([(slot.id, slot.task) for slot in going], "sink")
+        for sink_id in changes.sinks_removed:
+            del slots[sink_id]
+            await self._forget_sink(sink_id)
+            result.stopped["sinks"].append(sink_id)
+        for sink_id in self._held - set(self.config.sinks):
+            self._held.discard(sink_id)
+            await self._forget_sink(sink_id)
+        assert self._nursery is not None
+        for sink_id in (*changes.sinks_added, *changes.sinks_changed):
+            sink = self.config.sinks[sink_id]
+            before = slots.get(sink_id)
+            try:
+                slot = self._slot(sink)
+            except Exception as exc:  # (the config was valid: a sink that cannot be built now)
+                result.failed[f"sinks.{sink_id}"] = f"{type(exc).__name__}: {exc}"
+                log.error("reload_sink_failed", sink=sink_id, error=str(exc))
+                if slots.pop(sink_id, None) is not None:  # changed: its reader holds its events
+                    self._held.add(sink_id)
+                    self.registry.unregister_health(f"sink.{sink_id}")
+                continue
+            if before is not None and before.driver is not None and slot.driver is not None:
+                kept = before.driver.counters.as_dict()  # its counts go on from where they were
+                slot.driver.counters.restore(
+                    {k: v for k, v in kept.items() if k in slot.driver.counters}
+                )
+            if before is None and sink_id not in self._held:
+                # added: it takes what is accepted from now on
+                await self.wal.add_reader(sink_id, slot.inputs, self.wal.committed)
+            else:  # changed: from its cursor, where the one it replaces stopped
+                await self.wal.add_reader(sink_id, slot.inputs)
+            self._held.discard(sink_id)
+            slots[sink_id] = slot
+            self._register_slot(slot)
+            await self._nursery.start(self._run_sink, slot)
+            (result.started if before is None else result.restarted)["sinks"].append(sink_id)
+        self.sinks = [slots[i] for i in self.config.sinks if i in slots]
+        sinks = {slot.id: self.config.sinks[slot.id] for slot in self.sinks}
+        self.config = replace(self.config, sinks=sinks)  # a later reload tries the others again
+
+    async def _forget_sink(self, sink_id: str) -> None:
+        """A sink is gone: its WAL reader (the WAL deletes what the others passed), its health
+        and its lag."""
+        await self.wal.remove_reader(sink_id)
+        self.registry.unregister_health(f"sink.{sink_id}")
+        self._lag_gauge.remove(sink_id)
+        self._lag_seconds_gauge.remove(sink_id)
+
+    async def _reload_sources(self, changes: Changes, result: ReloadResult) -> None:
+        """Stop the sources removed or changed (what they read goes on to the WAL), start the
+        added and changed ones; with ingest workers, every worker is started again with the new
+        sources (their connections break; senders connect again). A source that cannot be
+        started (its address cannot be bound) is logged and left out; the others go on."""
+        going = (*changes.sources_removed, *changes.sources_changed)
+        coming = (*changes.sources_added, *changes.sources_changed)
+        if not going and not coming:
+            return
+        sources = {source.id: source for source in self.sources}
+        workers = bool(self.config.runtime.workers)
+        if workers:
+            for worker in self.workers:
+                worker.stop()
+            await self._finish(
+                [(str(w.index), t) for w, t in zip(self.workers, self._worker_tasks, strict=True)],
+                "worker",
+            )
+            self.workers, self._worker_tasks = [], []
+            for source_id in going:
+                self._sockets.pop(source_id).close()
+        else:
+            for source_id in going:
+                sources[source_id].stop()
+            await self._finish([(i, self._source_tasks[i]) for i in going], "source")
+        counts: dict[str, dict[str, int]] = {}
+        for source_id in going:
+            self.registry.unregister_health(f"source.{source_id}")
+            self.bound.pop(source_id, None)
+            self._source_tasks.pop(source_id, None)
+            counts[source_id] = sources.pop(source_id).counters.as_dict()
+        result.stopped["sources"].extend(changes.sources_removed)
+        running = {i: c for i, c in self.config.sources.items() if i not in (*going, *coming)}
+        started: list[str] = []
+        for source_id in coming:
+            config = self.config.sources[source_id]
+            try:
+                if self._stopping:
+                    raise ShipperError("the daemon is stopping")
+                source = self._source(config)
+                if workers:
+                    self._bind(source)
+                else:
+                    self.bound[source_id] = await self._start_source(source)
+            except Exception as exc:  # ListenError, or a source that cannot be built now
+                task = self._source_tasks.pop(source_id, None)
+                if task is not None and task.send is not None:
+                    task.send.close()
+                error = (
+                    str(exc) if isinstance(exc, ShipperError) else f"{type(exc).__name__}: {exc}"
+                )
+                result.failed[f"sources.{source_id}"] = error
+                log.error("reload_source_failed", source=source_id, error=error)
+                continue
+            if source_id in counts:  # its counts go on from where they were
+                source.counters.restore(counts[source_id])
+            source.register_metrics(self.registry)
+            sources[source_id] = source
+            running[source_id] = config
+            started.append(source_id)
+        # The sources that run, in the config's order. One that failed is not in the config the
+        # daemon goes on with: a later reload tries it again, as added.
+        order = [i for i in self.config.sources if i in running]
+        self.config = replace(self.config, sources={i: running[i] for i in order})
+        self.sources = [sources[i] for i in order]
+        if workers and self.sources and not self._stopping:
+            await self._start_workers()
+        for source_id in started:
+            self._listening(source_id)
+            changed = source_id in changes.sources_changed
+            (result.restarted if changed else result.started)["sources"].append(source_id)
 
     def emit(self, event: Event) -> bool:
         """Queue an event a sink raises (an archive seal, a delivery alert) for the WAL, never

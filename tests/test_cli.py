@@ -212,6 +212,48 @@ def test_run_notifies_systemd_archives_and_stops_cleanly(
     assert all(entry["level"] in {"debug", "info"} for entry in log_entries(tmp_path))
 
 
+def test_sighup_reloads_the_config_file_and_tells_systemd(
+    tmp_path: Path, notify_socket: socket.socket, processes: bool
+) -> None:
+    """At SIGHUP `shipper run` reads its config file again (a sink added there gets the events
+    sent after), telling systemd RELOADING=1 with the monotonic clock, then READY=1."""
+    port = free_port()
+    raw = daemon_config(tmp_path, port)
+    raw["runtime"] = runtime(processes)
+    config = write_config(tmp_path / "shipper.toml", raw)
+    process = start_daemon(
+        config, tmp_path, {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
+    )
+    try:
+        assert notify_socket.recv(4096).decode().splitlines()[0] == "READY=1"
+        raw["sinks"]["second"] = {"type": "file", "path": str(tmp_path / "second")}
+        write_config(config, raw)
+        before = time.monotonic_ns() // 1000
+        process.send_signal(signal.SIGHUP)
+        reloading = dict(
+            line.split("=", 1) for line in notify_socket.recv(4096).decode().splitlines()
+        )
+        assert reloading["RELOADING"] == "1"
+        assert before <= int(reloading["MONOTONIC_USEC"]) <= time.monotonic_ns() // 1000
+        assert notify_socket.recv(4096).decode().splitlines()[0] == "READY=1"
+        records = [orjson.dumps({"agentId": "cli", "sequence": n}) for n in range(1, 11)]
+        send(port, b"\n".join(records) + b"\n")
+        # Delivered before the stop: a stop right after the send may come before a worker
+        # accepted the connection (a stop does not accept any more).
+        wait_for(lambda: len(archive_lines(tmp_path / "second")) == 10, "the added sink")
+        exit_code = stop(process)
+    finally:
+        if process.poll() is None:  # pragma: no cover - only when an assertion failed early
+            process.kill()
+            process.wait()
+    assert exit_code == 0
+    for path in ("archive", "second"):
+        lines = archive_lines(tmp_path / path)
+        assert [orjson.loads(line)["record"]["sequence"] for line in lines] == list(range(1, 11))
+    (done,) = [e for e in log_entries(tmp_path) if e["event"] == "reload_done"]
+    assert done["started"] == {"sources": [], "sinks": ["second"]}
+
+
 def test_address_in_use_fails_with_exit_1_and_a_logged_reason(tmp_path: Path) -> None:
     """When the listen address is taken, `shipper run` exits 1 and logs shipper_failed."""
     with socket.socket() as taken:

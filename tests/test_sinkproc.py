@@ -254,7 +254,7 @@ async def test_an_event_a_sink_process_cannot_queue_is_counted_in_the_daemons_em
     read_end, write_end = os.pipe()
     stdin, out = trio.lowlevel.FdStream(read_end), trio.lowlevel.FdStream(write_end)
     try:
-        parent = children.Parent(stdin, out)
+        parent = children.Parent(children.Frames(stdin), out)
         registry = Registry()
         emit = emitter(parent, registry, "archive")
         event = alert_event("test_alert", "a", {})

@@ -94,7 +94,8 @@ def test_unit_security_exposure_is_low() -> None:
 
 
 def test_unit_matches_daemon_contract() -> None:
-    """The unit runs a validated notify service with its own user, state dir and drain time."""
+    """The unit runs a validated notify service with its own user, state dir and drain time,
+    and reloads it with SIGHUP."""
     d = _directives()
     assert _one(d, "Service.Type") == "notify"
     pre = _one(d, "Service.ExecStartPre").split()
@@ -109,5 +110,6 @@ def test_unit_matches_daemon_contract() -> None:
     assert _one(d, "Service.WorkingDirectory") == "/var/lib/shipper"
     assert _seconds(_one(d, "Service.TimeoutStopSec")) > SHUTDOWN_TIMEOUT_S
     assert "78" in _one(d, "Service.RestartPreventExitStatus").split()
+    assert _one(d, "Service.ExecReload").split() == ["/bin/kill", "-HUP", "$MAINPID"]
     assert _one(d, "Service.NotifyAccess") == "main"
     assert _seconds(_one(d, "Service.WatchdogSec")) > 0

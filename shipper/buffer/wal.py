@@ -268,6 +268,37 @@ class Wal:
             )
         return report
 
+    async def add_reader(
+        self, name: str, inputs: frozenset[str] | None, position: Position | None = None
+    ) -> WalReader:
+        """Configure a reader while the WAL runs (a sink added or changed by a reload): it
+        starts at ``position``, stored as its cursor first (so that a reader of that name in
+        another process starts there too), else at its stored cursor (``_acked``: one that was
+        configured already); it holds the segments from there on."""
+        if position is None:
+            position = self._acked[name]
+        else:
+            directory = self.directory / CURSOR_DIR
+            await trio.to_thread.run_sync(cursors.store, directory, name, position)
+        self._acked[name] = position
+        reader = WalReader(
+            self.directory,
+            name,
+            inputs,
+            envelopes=self._envelopes,
+            position=position,
+            acknowledged=self._acknowledged,
+        )
+        self.readers[name] = reader
+        return reader
+
+    async def remove_reader(self, name: str) -> None:
+        """Forget a configured reader (a sink removed by a reload): it holds no segment any more,
+        and those every other reader has passed are deleted now. Its cursor file stays."""
+        self.readers.pop(name, None)
+        self._acked.pop(name, None)
+        await self.collect()
+
     def _doomed(self) -> list[int]:
         """Segments that every reader has passed, except the one being written."""
         return [
@@ -1012,7 +1043,7 @@ class Wal:
     def _stored_cursors(self) -> dict[str, Position]:
         """Worker thread: the cursors stored now, of the configured readers."""
         found: dict[str, Position] = {}
-        for name in self._acked:
+        for name in list(self._acked):  # (a reload may add or remove one meanwhile)
             stored = cursors.load(self.directory / CURSOR_DIR, name)
             if isinstance(stored, Position):
                 found[name] = stored

@@ -52,7 +52,8 @@ Rules:
   reason is the latest error. Back to ``ok`` at the next delivery (logged as ``sink_recovered``).
   The sink's own ``health()`` is combined with it: the worse one is reported.
 * **Shutdown.** When the WAL is closed and read, the driver delivers what is left, closes the
-  sink and returns. Cancelled at any point (a retry, a delivery), it has acknowledged nothing it
+  sink and returns. So it does after ``stop`` (a reload removed or changed the sink): it reads no
+  more, and delivers and acknowledges every read it has. Cancelled at any point (a retry, a delivery), it has acknowledged nothing it
   did not deliver: the rest comes again at the next start. The sink is closed, shielded.
 """
 
@@ -148,6 +149,7 @@ class SinkDriver:
         self._resume_known = False  # whether _resume was asked since the last open or failure
         self._queue: deque[_Read] = deque()  # reads received and not yet in a batch
         self._reading_done = False
+        self._reading = trio.CancelScope()  # cancelled by stop(): no more reads
 
     def register_metrics(self, registry: Registry) -> None:
         """Count into ``registry`` from now on, and tell it this sink's health (``sink.<id>``)."""
@@ -201,10 +203,18 @@ class SinkDriver:
                 with trio.CancelScope(shield=True):
                     await self._close()
 
+    def stop(self) -> None:
+        """Finish early (a reload removed or changed the sink): read no more, deliver and
+        acknowledge what was read, close the sink, and return from ``run``. A read cancelled on
+        its way is neither delivered nor acknowledged: a reader started at the cursor reads it
+        again."""
+        self._reading.cancel()
+
     async def _read(self, reader: Reader, send: trio.MemorySendChannel[ReadBatch]) -> None:
         async with send:
-            while (read := await reader.read(self.sink.batching.max_bytes)) is not None:
-                await send.send(read)
+            with self._reading:
+                while (read := await reader.read(self.sink.batching.max_bytes)) is not None:
+                    await send.send(read)
 
     # --- batching -------------------------------------------------------------------------------
 
