@@ -1,6 +1,6 @@
 """Command line: ``shipper run``, ``validate``, ``buffer``, ``chain``, ``verify``,
-``dead-letter``, ``tap`` (``shipper.cli_tap``), ``top`` (``shipper.cli_top``) (see README,
-"Command line").
+``dead-letter``, ``tap`` (``shipper.cli_tap``), ``top`` (``shipper.cli_top``), ``reload``
+(``shipper.cli_reload``) (see README, "Command line").
 
 Exit codes: 0 success; 1 runtime failure (cannot listen, WAL in use, a sink's destination unsafe
 to write to, damage found by ``buffer inspect``, an agent ``chain status --agent`` does not
@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import trio
 
-from shipper import __version__, cli_tap
+from shipper import __version__, cli_reload, cli_tap
 from shipper.api.client import ApiError, ApiUnreachable, add_api_arguments, locate
 from shipper.buffer.recovery import WalFormatError, read_epoch, recover
 from shipper.buffer.wal import WalLocked, lock_directory
@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     letters.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
     letters.add_argument("--json", action="store_true", help="list and show: print JSON")
     cli_tap.add_parser(commands)
+    cli_reload.add_parser(commands)
     return parser
 
 
@@ -561,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_top(args.api, args.config, args.once, args.api_ca)
     if args.command == "tap":
         return cli_tap.command(args)
+    if args.command == "reload":
+        return cli_reload.command(args)
     if args.command == "dead-letter":
         if args.action == "show" and len(args.files) != 1:
             parser.error("dead-letter show: name exactly one FILE (as listed)")

@@ -215,6 +215,7 @@ class Topology:
         self.tap = TapHub(self.registry, config.api.tap_buffer)
         self._nursery: trio.Nursery | None = None  # run's, once everything started
         self._stopping = False
+        self._started = False  # run started everything (a reload may run)
         self._reloading = trio.Lock()  # one reload at a time
         # Sinks a reload changed and could not build: not running, not in the config, and their
         # WAL readers kept (they hold what the sink has not delivered) until a reload starts them
@@ -385,8 +386,10 @@ class Topology:
                         self.bound[source.id] = await self._start_source(source)
                 for source in self.sources:
                     self._listening(source.id)
+                self._started = True
                 task_status.started(self.bound)
         finally:
+            self._started = False
             self._nursery = None
             self._ingest_send.close()
             for task in self._source_tasks.values():  # sources that never ran
@@ -492,6 +495,11 @@ class Topology:
 
     # --- reloading ------------------------------------------------------------------------------
 
+    @property
+    def running(self) -> bool:
+        """Whether everything started and no stop was asked for: a reload may run."""
+        return self._started and self._nursery is not None and not self._stopping
+
     async def reload(self, config: Config | None = None) -> ReloadResult:
         """Go on with ``config`` (None: the config file read again, ``config.origin``), one
         reload at a time: start, stop or restart the sources and sinks it adds, removes or
@@ -518,7 +526,7 @@ class Topology:
         result = ReloadResult()
         origin = self.config.origin
         try:
-            if self._stopping or self._nursery is None:
+            if not self.running:
                 raise ConfigError([ConfigProblem("", "the daemon is not running (or stopping)")])
             if config is None:
                 if not origin:

@@ -13,4 +13,5 @@ and never blocks ingest. Modules:
 * ``client``: how a CLI command finds and calls the API (address, token, CA).
 * ``tap``: ``/api/tap``, the live stream of envelopes entering the WAL, and its hub.
 * ``status``: ``/api/status``, its server-sent events, and the status page at ``/``.
+* ``reload``: ``POST /api/reload``, a reload as SIGHUP does it (``shipper reload``).
 """

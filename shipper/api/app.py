@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shipper.api import chains, health, metrics, status, tap
+from shipper.api import chains, health, metrics, reload, status, tap
 
 if TYPE_CHECKING:
     from shipper.config import ApiConfig
@@ -64,6 +64,7 @@ def build_app(topology: Topology, config: ApiConfig) -> Starlette:
         *chains.routes(topology),
         *tap.routes(topology),
         *status.routes(board),
+        *reload.routes(topology),
     ]
     middleware = []
     if config.token is not None:

@@ -1,0 +1,91 @@
+"""``shipper reload``: ask the running daemon, through its API (``POST /api/reload``,
+``shipper.api.reload``), to read its config file again, as SIGHUP (``systemctl reload shipper``)
+does.
+
+It prints what the reload did (sources and sinks started, stopped, restarted, those that could
+not be started, and keys that take effect at the next start only), or why the new config was
+refused, as ``shipper validate`` words it. Exit codes: 0 when the reload was applied; 1 when it
+was refused or could not be asked (the API cannot be reached, or refused the token); 78 when the
+config file, read here to find the API, is invalid (nothing is sent: the daemon would refuse it
+too, for the same reasons).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import httpx2
+import orjson
+
+from shipper.api.client import TIMEOUT, ApiError, add_api_arguments, required
+from shipper.errors import ConfigError
+
+EX_CONFIG = 78
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``reload`` subcommand's arguments."""
+    reload = commands.add_parser(
+        "reload", help="make the running daemon read its config again (as SIGHUP does)"
+    )
+    reload.add_argument("-c", "--config", default="config/shipper.toml", help="config file (TOML)")
+    add_api_arguments(reload)
+    reload.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def describe(result: dict[str, Any]) -> list[str]:
+    """The lines that tell a reload's ``result`` (``ReloadResult.as_dict``) to a person."""
+    if not result.get("ok"):
+        return ["reload refused; the daemon runs on with its config as it was:"] + [
+            f"  {problem}" for problem in result.get("problems", [])
+        ]
+    lines = []
+    for what in ("started", "stopped", "restarted"):
+        for kind in ("sources", "sinks"):
+            ids = result.get(what, {}).get(kind, [])
+            if ids:
+                lines.append(f"{what} {kind}: {', '.join(ids)}")
+    for component, why in result.get("failed", {}).items():
+        lines.append(f"could not start {component}: {why}")
+    if result.get("needs_restart"):
+        keys = ", ".join(result["needs_restart"])
+        lines.append(f"changed, but take effect at the next start only: {keys}")
+    return ["reloaded" + ("" if lines else ": nothing changed"), *lines]
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``shipper reload`` with its parsed ``args``."""
+    try:
+        api = required(args.api, args.config, args.api_ca)
+        with api.blocking(httpx2.Timeout(TIMEOUT, read=None)) as client:  # stops take their time
+            response = client.post("/api/reload")
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration (nothing sent)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    except ApiError as exc:
+        print(f"shipper reload: {exc}", file=sys.stderr)
+        return 1
+    except httpx2.HTTPError as exc:
+        print(
+            f"shipper reload: cannot reach the API at {api.url} ({type(exc).__name__}: {exc}); "
+            "is the daemon running with [api] address set?",
+            file=sys.stderr,
+        )
+        return 1
+    if response.status_code not in (200, 422, 503):
+        print(
+            f"shipper reload: the API at {api.url} answered {response.status_code}: "
+            f"{response.text[:200]}",
+            file=sys.stderr,
+        )
+        return 1
+    result = response.json()
+    if args.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print("\n".join(describe(result)))
+    return 0 if response.status_code == 200 else 1

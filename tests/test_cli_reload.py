@@ -1,0 +1,69 @@
+"""``shipper reload``: the running daemon reads its config again through its API, as at SIGHUP,
+and the command says what changed, or why the new config was refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import archive_lines, free_port, wait_for
+from tests.test_cli import (
+    daemon_config,
+    send,
+    shipper,
+    start_daemon,
+    stop,
+    wait_ready,
+    write_config,
+)
+
+
+def test_shipper_reload_applies_a_changed_config_and_reports_a_refused_one(tmp_path: Path) -> None:
+    """`shipper reload` makes a running daemon start a sink added to its config file (exit 0,
+    naming it), and for an invalid file says the daemon refused it with validate's words (exit
+    1, the daemon runs on), or, reading the file itself, exits 78 without asking."""
+    port, api_port = free_port(), free_port()
+    raw = daemon_config(tmp_path, port)
+    raw["api"] = {"address": f"127.0.0.1:{api_port}"}
+    config = write_config(tmp_path / "shipper.toml", raw)
+    process = start_daemon(config, tmp_path)
+    try:
+        wait_ready(process, tmp_path)
+        raw["sinks"]["second"] = {"type": "file", "path": str(tmp_path / "second")}
+        write_config(config, raw)
+        applied = shipper("reload", "-c", str(config))
+        send(port, orjson.dumps({"agentId": "cli", "sequence": 1}) + b"\n")
+        wait_for(lambda: len(archive_lines(tmp_path / "second")) == 1, "the added sink")
+
+        raw["sinks"]["second"]["max_file_bytes"] = "lots"
+        write_config(config, raw)
+        asked = shipper("reload", "--api", f"127.0.0.1:{api_port}", "-c", str(tmp_path / "none"))
+        local = shipper("reload", "-c", str(config))
+        as_json = shipper("reload", "--json", "--api", f"127.0.0.1:{api_port}", "-c", "none")
+        send(port, orjson.dumps({"agentId": "cli", "sequence": 2}) + b"\n")
+        wait_for(lambda: len(archive_lines(tmp_path / "second")) == 2, "the daemon running on")
+        assert stop(process) == 0
+    finally:
+        if process.poll() is None:  # pragma: no cover - only when an assertion failed early
+            process.kill()
+            process.wait()
+    assert (applied.returncode, applied.stdout) == (0, "reloaded\nstarted sinks: second\n")
+    assert asked.returncode == 1
+    assert asked.stdout.startswith("reload refused; the daemon runs on")
+    assert "sinks.second.max_file_bytes: " in asked.stdout
+    assert local.returncode == 78
+    assert "sinks.second.max_file_bytes: " in local.stderr
+    assert "nothing sent" in local.stderr
+    refused = orjson.loads(as_json.stdout)
+    assert as_json.returncode == 1
+    assert refused["ok"] is False
+    assert any("max_file_bytes" in problem for problem in refused["problems"])
+
+
+def test_shipper_reload_without_a_running_daemon_says_so(tmp_path: Path) -> None:
+    """With nothing listening at the API's address, `shipper reload` exits 1 saying it cannot
+    reach it."""
+    result = shipper("reload", "--api", f"127.0.0.1:{free_port()}", "-c", str(tmp_path / "none"))
+    assert result.returncode == 1
+    assert "cannot reach the API at http://127.0.0.1:" in result.stderr
