@@ -86,8 +86,8 @@ async def test_the_token_guards_every_endpoint_but_liveness_over_tls(
     """With ``[api.tls]`` and a token: the daemon serves HTTPS with the configured certificate
     (a client trusting the test CA connects; plain HTTP gets no answer); without a token, with
     a wrong one or another scheme every endpoint answers 401, the right token gets 200, and
-    ``/health/live`` needs none; the CLI's client sends the config's token and trusts
-    ``--api-ca``."""
+    ``/health/live`` needs none; the login form's cookie is Secure; the CLI's client sends the
+    config's token and trusts ``--api-ca``."""
     raw = api_config(
         tmp_path,
         address="127.0.0.1:0",
@@ -114,6 +114,7 @@ async def test_the_token_guards_every_endpoint_but_liveness_over_tls(
                     )
                 ]
             refused = await client.get("/metrics")
+            login = await client.post("/login", data={"token": TOKEN})
         with pytest.raises(httpx2.HTTPError):
             async with httpx2.AsyncClient() as plain:
                 await plain.get(url.replace("https://", "http://"))
@@ -134,6 +135,7 @@ async def test_the_token_guards_every_endpoint_but_liveness_over_tls(
         assert answers[path] == [401, 401, 401, 200], path
     assert answers["/health/live"] == [200, 200, 200, 200]
     assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert "; secure" in login.headers["set-cookie"].lower()  # over HTTPS only
     assert served["agents"] == {}
 
 
@@ -182,3 +184,47 @@ def test_a_command_that_needs_the_api_says_what_to_pass_when_none_is_told(tmp_pa
     config.write_text(rest + '[api]\naddress = "127.0.0.1:0"\n')
     with pytest.raises(ApiError, match="lets the kernel choose the port; pass --api"):
         required(None, str(config))
+
+
+async def test_a_browser_gives_the_token_once_through_the_login_form_and_holds_it_in_a_cookie(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """With a token set, a browser asking for the status page gets a login form (401); the
+    right token posted there sets an HttpOnly, SameSite=Strict cookie and sends it to ``/``;
+    with that cookie the page, its summary and the metrics answer 200, with a wrong one 401."""
+    config = parse_config(
+        api_config(tmp_path, address="127.0.0.1:0", token="${API_TOKEN}"), {"API_TOKEN": TOKEN}
+    )
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_daemon, config, shutdown)
+        (entry,) = logs.entries("api_listening")
+        async with httpx2.AsyncClient(base_url=entry["url"]) as client:
+            asked = await client.get("/", headers=html)
+            wrong = await client.post("/login", data={"token": "wrong"})
+            right = await client.post("/login", data={"token": TOKEN})
+        with_cookie: dict[str, int] = {}
+        async with httpx2.AsyncClient(
+            base_url=entry["url"], cookies={"shipper_token": TOKEN}
+        ) as browser:
+            for path in ("/", "/api/status", "/metrics"):
+                with_cookie[path] = (await browser.get(path)).status_code
+        async with httpx2.AsyncClient(
+            base_url=entry["url"], cookies={"shipper_token": "wrong"}
+        ) as forged:
+            forged_answer = (await forged.get("/api/status")).status_code
+        shutdown.request("test")
+    assert asked.status_code == 401
+    assert '<form method="post" action="/login">' in asked.text
+    assert wrong.status_code == 401
+    assert "not the token" in wrong.text
+    assert "set-cookie" not in wrong.headers
+    assert (right.status_code, right.headers["location"]) == (303, "/")
+    cookie = right.headers["set-cookie"].lower()
+    assert cookie.startswith(f"shipper_token={TOKEN}".lower())
+    assert "httponly" in cookie
+    assert "samesite=strict" in cookie
+    assert "secure" not in cookie  # plain HTTP on loopback: a Secure cookie would not come back
+    assert with_cookie == {"/": 200, "/api/status": 200, "/metrics": 200}
+    assert forged_answer == 401
