@@ -153,9 +153,7 @@ def _load(path: str) -> Config | None:
 
 
 def _print_problems(path: str, error: ConfigError) -> None:
-    print(f"{path}: invalid configuration", file=sys.stderr)
-    for problem in error.problems:
-        print(f"{path}: {problem}", file=sys.stderr)
+    print(error.report(path), file=sys.stderr)
 
 
 def cmd_validate(path: str, check_remote: bool = False) -> int:

@@ -62,9 +62,7 @@ def command(args: argparse.Namespace) -> int:
         with api.blocking(httpx2.Timeout(TIMEOUT, read=None)) as client:  # stops take their time
             response = client.post("/api/reload")
     except ConfigError as exc:
-        print(f"{args.config}: invalid configuration (nothing sent)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
+        print(exc.report(args.config, "nothing sent"), file=sys.stderr)
         return EX_CONFIG
     except ApiError as exc:
         print(f"shipper reload: {exc}", file=sys.stderr)

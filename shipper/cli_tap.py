@@ -98,9 +98,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         api = required(args.api, args.config, args.api_ca)
     except ConfigError as exc:
-        print(f"{args.config}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
+        print(exc.report(args.config), file=sys.stderr)
         return EX_CONFIG
     except ApiError as exc:
         print(f"shipper tap: {exc}", file=sys.stderr)

@@ -160,7 +160,7 @@ def cmd_top(address: str | None, config_path: str, once: bool, ca: str | None = 
         api = required(address, config_path, ca)
         summary = fetch_status(api)
     except ConfigError as exc:
-        print(f"shipper top: {config_path}: invalid configuration\n{exc}", file=sys.stderr)
+        print(exc.report(config_path), file=sys.stderr)
         return EX_CONFIG
     except ApiError as exc:
         print(f"shipper top: {exc}", file=sys.stderr)

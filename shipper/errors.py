@@ -47,6 +47,12 @@ class ConfigError(ShipperError):
         self.source = source
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def report(self, path: str, note: str = "") -> str:
+        """What the command line prints of it (``shipper validate`` and every command that
+        reads the config file at ``path``): a first line, then one line per problem."""
+        head = f"{path}: invalid configuration" + (f" ({note})" if note else "")
+        return "\n".join([head, *(f"{path}: {problem}" for problem in self.problems)])
+
 
 class DestinationUnavailable(ShipperError):
     """A sink's destination cannot take data now; the data waits and delivery is retried.
