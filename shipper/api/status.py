@@ -139,6 +139,7 @@ class Board:
         self.summary: dict[str, Any] | None = None
         self.encoded = b""
         self.serial = 0  # how many summaries were made
+        self.made_running = False  # whether the last summary was made with the daemon running
         self._changed = trio.Event()
 
     # --- refreshing -----------------------------------------------------------------------------
@@ -185,6 +186,7 @@ class Board:
             topology.wal.counters["bytes"],
         )
         self._samples.append(sample)
+        self.made_running = topology.running
         self.summary = self._summary(snapshot)
         self.encoded = orjson.dumps(self.summary)
         self.serial += 1
@@ -390,8 +392,10 @@ def routes(board: Board) -> list[BaseRoute]:
     page = resources.files("shipper.api").joinpath("status.html").read_bytes()
 
     async def status(request: Request) -> Response:
-        """The summary now (the latest made, or one made for this request before the first)."""
-        encoded = board.encoded or orjson.dumps(board.refresh())
+        """The summary now: the latest made, or one made for this request before the first,
+        or when the latest was made before the daemon ran (its sources did not listen yet)."""
+        stale = not board.made_running and board.topology.running
+        encoded = orjson.dumps(board.refresh()) if stale or not board.encoded else board.encoded
         return Response(encoded, media_type="application/json")
 
     async def events(request: Request) -> Response:

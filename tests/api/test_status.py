@@ -204,3 +204,28 @@ async def test_a_sink_that_cannot_deliver_shows_its_lag_and_last_error(
     assert archive["delivered"] == 10
     assert summary["health"]["status"] in ("degraded", "failing")
     assert "sink.hook" in summary["health"]["problems"]
+
+
+async def test_the_summary_asked_right_after_the_start_shows_the_sources_listening(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The board's first summary is made as the API starts, before the sources listen; asked
+    for once the daemon runs, ``/api/status`` makes a new one instead of serving that one (the
+    board here refreshes once only, so nothing else would)."""
+    from shipper.api import status
+
+    async def refresh_once(self: status.Board) -> None:
+        self.refresh()
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(status.Board, "run", refresh_once)
+    raw = file_sink_config(tmp_path)
+    raw["api"] = {"address": "127.0.0.1:0"}
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_daemon, parse_config(raw), shutdown)
+        (entry,) = logs.entries("api_listening")
+        async with httpx2.AsyncClient(base_url=entry["url"]) as client:
+            summary = (await client.get("/api/status")).json()
+        shutdown.request("test")
+    assert [(source["id"], source["health"]) for source in summary["sources"]] == [("agents", "ok")]
