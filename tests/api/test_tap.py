@@ -378,7 +378,7 @@ def test_shipper_tap_without_a_daemon_says_so() -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert f"cannot reach the API at http://127.0.0.1:{port}" in result.stderr
+    assert f"nothing answers at http://127.0.0.1:{port}" in result.stderr
 
 
 async def test_the_stream_ends_when_the_daemon_stops(
