@@ -3,8 +3,8 @@
 The hub (``TapHub``) is held by the topology and fed by the writer once the WAL accepted a batch
 (``publish``: the batch's events, verified, and their WAL entries), in both modes (an ingest
 worker's events reach the writer too). With no client connected that costs one check per batch.
-Each client has a filter (``TapFilter``) and a bounded buffer of ``[api] tap_buffer`` events: what
-matches is queued there, never waited for; what does not fit is dropped and counted, and the
+Each client has a filter (``TapFilter``) and a bounded buffer of ``[api] tap_buffer`` events, and
+of ``TAP_BUFFER_BYTES`` (64 MiB) however long they are: what matches is queued there, never waited for; what does not fit is dropped and counted, and the
 client is told how many it missed once it has taken what was queued before them. A client that
 stops reading therefore never slows ingest, and costs at most its buffer.
 
@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 
 #: Entries rendered into one chunk of the stream, at most.
 CHUNK_EVENTS: Final = 256
+#: Bytes of entries a client's buffer holds at most, whatever ``[api] tap_buffer`` says: a record
+#: may be as long as its source's ``max_line_bytes`` (1 MiB by default), and 4096 such would pin
+#: 4 GiB for one client that stopped reading.
+TAP_BUFFER_BYTES: Final = 64 * 1024 * 1024
 _FILTERS: Final = frozenset({"source", "agent", "status", "alerts", "format"})
 _TRUE: Final = frozenset({"", "1", "true", "yes"})
 
@@ -126,13 +130,16 @@ class Missed:
 
 class TapClient:
     """One connected client: its filter, its bounded queue of WAL entries (and ``Missed``
-    marks), and the wake-up of its stream."""
+    marks): at most ``limit`` entries of at most ``max_bytes`` together (one entry always
+    fits in an empty queue), and the wake-up of its stream."""
 
-    def __init__(self, wants: TapFilter, limit: int) -> None:
+    def __init__(self, wants: TapFilter, limit: int, max_bytes: int = TAP_BUFFER_BYTES) -> None:
         self.filter = wants
         self.limit = limit
+        self.max_bytes = max_bytes
         self.queue: deque[bytes | Missed] = deque()
         self.queued = 0  # entries in the queue (Missed marks are not counted)
+        self.queued_bytes = 0  # their bytes
         self.closed = False
         self._wake = trio.Event()
 
@@ -140,10 +147,19 @@ class TapClient:
         """Queue what fits of ``entries``, mark the rest as missed; (queued, missed)."""
         room = self.limit - self.queued
         taken = entries if len(entries) <= room else entries[: max(room, 0)]
+        size = sum(map(len, taken))
+        if self.queued_bytes + size > self.max_bytes:  # the bytes bound first: keep what fits
+            size, fits = self.queued_bytes, 0
+            for entry in taken:
+                if size + len(entry) > self.max_bytes and (self.queued or fits):
+                    break
+                size, fits = size + len(entry), fits + 1
+            taken, size = taken[:fits], size - self.queued_bytes
         missed = len(entries) - len(taken)
         if taken:
             self.queue.extend(taken)
             self.queued += len(taken)
+            self.queued_bytes += size
         if missed:
             last = self.queue[-1] if self.queue else None
             if isinstance(last, Missed):
@@ -172,14 +188,18 @@ class TapClient:
             items.append(item)
             if not isinstance(item, Missed):
                 self.queued -= 1
+                self.queued_bytes -= len(item)
         return items
 
 
 class TapHub:
     """The tap's clients, fed by the writer with every batch the WAL accepted."""
 
-    def __init__(self, registry: Registry, limit: int = TAP_BUFFER) -> None:
+    def __init__(
+        self, registry: Registry, limit: int = TAP_BUFFER, max_bytes: int = TAP_BUFFER_BYTES
+    ) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
         #: The connected clients: the writer checks this before anything else.
         self.clients: list[TapClient] = []
         self._closed = False
@@ -212,7 +232,7 @@ class TapHub:
     @contextmanager
     def connected(self, wants: TapFilter) -> Iterator[TapClient]:
         """A client registered for as long as the block runs."""
-        client = TapClient(wants, self.limit)
+        client = TapClient(wants, self.limit, self.max_bytes)
         if self._closed:
             client.close()
         self.clients.append(client)
