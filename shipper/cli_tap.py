@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import httpx2
 import orjson
 
-from shipper.api.client import ApiError, add_api_arguments, required
+from shipper.api.client import ApiError, add_api_arguments, check, required, unanswered
 from shipper.chain import STATUSES
 from shipper.errors import ConfigError
 
@@ -119,6 +119,8 @@ def command(args: argparse.Namespace) -> int:
             api.blocking(timeout) as client,
             client.stream("GET", "/api/tap", params=params) as response,
         ):
+            if response.status_code == 401:
+                check(response, api)  # says whether a token was sent
             if response.status_code != 200:
                 detail = response.read().decode(errors="replace").strip()
                 print(
@@ -133,7 +135,7 @@ def command(args: argparse.Namespace) -> int:
             connected = True
             print(f"shipper tap: tapping {base} (Ctrl-C stops)", file=sys.stderr, flush=True)
             follow(lines, sys.stdout, sys.stderr, as_json=args.json)
-    except ApiError as exc:  # (an unusable CA file)
+    except ApiError as exc:  # (an unusable CA file, a refused token)
         print(f"shipper tap: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -146,11 +148,7 @@ def command(args: argparse.Namespace) -> int:
         if connected:
             print(f"shipper tap: the connection to {base} broke ({cause})", file=sys.stderr)
         else:
-            print(
-                f"shipper tap: cannot reach the API at {base} ({cause}); is the daemon running "
-                "with [api] address set?",
-                file=sys.stderr,
-            )
+            print(f"shipper tap: {unanswered(exc, api)}", file=sys.stderr)
         return 1
     print("shipper tap: the stream ended (the daemon stopped)", file=sys.stderr)
     return 1

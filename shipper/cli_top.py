@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from shipper.api.client import Api, ApiError, required
+from shipper.api.client import Api, ApiError, check, required, unanswered
 from shipper.errors import ConfigError
 
 EX_CONFIG: Final = 78
@@ -40,10 +40,8 @@ def fetch_status(api: Api) -> dict[str, Any]:
         with api.blocking(TIMEOUT_SECONDS) as client:
             response = client.get("/api/status")
     except httpx2.HTTPError as exc:
-        raise ApiError(
-            f"cannot reach the daemon's API at {api.url}: {type(exc).__name__}: {exc} (is the "
-            "daemon running, with [api] address set?)"
-        ) from exc
+        raise unanswered(exc, api) from exc
+    check(response, api)
     if response.status_code != 200:
         raise ApiError(
             f"the API at {api.url} answered {response.status_code} for /api/status: "

@@ -531,7 +531,10 @@ class Topology:
             if config is None:
                 if not origin:
                     raise ConfigError([ConfigProblem("", "the config was not read from a file")])
-                config = await trio.to_thread.run_sync(load_config, origin)
+                # abandoned when cancelled: a file that never ends (a FIFO) holds up no shutdown
+                config = await trio.to_thread.run_sync(load_config, origin, abandon_on_cancel=True)
+                if self._stopping:  # (a stop came while the file was read)
+                    raise ConfigError([ConfigProblem("", "the daemon is stopping")])
             kept, result.needs_restart = effective(self.config, config)
             changes = Changes.between(self.config, kept)
             added = [kept.sinks[i] for i in (*changes.sinks_added, *changes.sinks_changed)]

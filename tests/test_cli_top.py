@@ -61,7 +61,7 @@ def test_top_says_so_when_the_api_cannot_be_reached(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1
-    assert f"cannot reach the daemon's API at http://127.0.0.1:{port}" in done.stderr.decode()
+    assert f"nothing answers at http://127.0.0.1:{port}" in done.stderr.decode()
     assert done.stdout == b""
     config = tmp_path / "shipper.toml"
     config.write_text(

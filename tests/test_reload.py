@@ -4,6 +4,8 @@ rest untouched; an invalid config changing nothing."""
 from __future__ import annotations
 
 import copy
+import errno
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import trio.testing
 
 from shipper.config import Address, Config, load_config, parse_config
 from shipper.errors import ConfigError
@@ -357,3 +360,50 @@ async def test_a_changed_source_is_restarted_and_its_counts_go_on(
         await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == 20)
         await wait_until(lambda: topology.metrics()["source"]["agents"]["events"] == 20)
     assert sequences(archive_lines(tmp_path / "archive"), "a") == list(range(1, 21))
+
+
+def _open_writer(fifo: Path) -> int | None:
+    """The FIFO's write end once something reads it (None while nothing does)."""
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None
+        raise
+
+
+async def test_a_reload_stuck_reading_the_config_file_does_not_hold_up_a_cancel(
+    tmp_path: Path,
+) -> None:
+    """A reload blocked reading a config file that never ends (a FIFO nothing writes to) ends as
+    soon as it is cancelled, as at shutdown, rather than waiting for the file."""
+    path = write_config(tmp_path / "shipper.toml", file_sink_config(tmp_path))
+    text = path.read_bytes()
+    async with daemon(load_config(str(path))) as (topology, _, nursery):
+        path.unlink()
+        os.mkfifo(path)
+        scope = trio.CancelScope()
+        ended = trio.Event()
+
+        async def reloading() -> None:
+            with scope:
+                await topology.reload()
+            ended.set()
+
+        nursery.start_soon(reloading)
+        writer: int | None = None
+
+        def reading() -> bool:
+            nonlocal writer
+            writer = _open_writer(path)
+            return writer is not None
+
+        await wait_until(reading)  # the reload's read now waits for what the writer sends
+        assert writer is not None
+        try:
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert ended.is_set()
+        finally:
+            os.write(writer, text)
+            os.close(writer)

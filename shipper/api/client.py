@@ -124,13 +124,9 @@ class Session:
         """GET ``path``; ``ApiError`` unless it answers 2xx (or 404, which the caller reads)."""
         try:
             response = await self._client.get(path, params=_params(params))
-        except httpx2.ConnectError as exc:
-            if isinstance(exc.__cause__, ssl.SSLError) or "SSL" in str(exc):
-                raise ApiError(f"TLS with the API at {self.api.url} failed: {exc}") from exc
-            raise ApiUnreachable(f"nothing answers at {self.api.url} ({exc})") from exc
         except httpx2.HTTPError as exc:
-            raise ApiError(f"the API at {self.api.url} did not answer: {exc}") from exc
-        _check(response, self.api)
+            raise unanswered(exc, self.api) from exc
+        check(response, self.api)
         return response
 
     async def get_json(self, path: str, **params: Any) -> Any:
@@ -147,11 +143,11 @@ class Session:
             async with self._client.stream(
                 "GET", path, params=_params(params), timeout=httpx2.Timeout(TIMEOUT, read=None)
             ) as response:
-                _check(response, self.api)
+                check(response, self.api)
                 async for line in response.aiter_lines():
                     yield line
         except httpx2.ConnectError as exc:
-            raise ApiUnreachable(f"nothing answers at {self.api.url} ({exc})") from exc
+            raise unanswered(exc, self.api) from exc
         except httpx2.HTTPError as exc:
             raise ApiError(f"the API at {self.api.url} broke off: {exc}") from exc
 
@@ -160,7 +156,21 @@ def _params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in params.items() if value is not None}
 
 
-def _check(response: httpx2.Response, api: Api) -> None:
+def unanswered(exc: httpx2.HTTPError, api: Api) -> ApiError:
+    """What a request to ``api`` that got no answer (``exc``) tells the operator: TLS failed
+    (a certificate the CA does not vouch for, or https to a plain API), nothing listens there
+    (``ApiUnreachable``), or the API broke off."""
+    cause = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, httpx2.ConnectError):
+        if isinstance(exc.__cause__, ssl.SSLError) or "SSL" in str(exc):
+            return ApiError(f"TLS with the API at {api.url} failed ({cause})")
+        return ApiUnreachable(f"nothing answers at {api.url} ({cause})")
+    return ApiError(f"the API at {api.url} did not answer ({cause})")
+
+
+def check(response: httpx2.Response, api: Api) -> None:
+    """``ApiError`` for an error status (but 404, which the caller reads): a 401 says whether
+    a token was sent at all."""
     status = response.status_code
     if status == 401:
         held = "the token given" if api.token else f"no token (set ${TOKEN_ENV})"

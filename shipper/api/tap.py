@@ -3,10 +3,12 @@
 The hub (``TapHub``) is held by the topology and fed by the writer once the WAL accepted a batch
 (``publish``: the batch's events, verified, and their WAL entries), in both modes (an ingest
 worker's events reach the writer too). With no client connected that costs one check per batch.
-Each client has a filter (``TapFilter``) and a bounded buffer of ``[api] tap_buffer`` events: what
-matches is queued there, never waited for; what does not fit is dropped and counted, and the
+Each client has a filter (``TapFilter``) and a bounded buffer of ``[api] tap_buffer`` events, and
+of ``TAP_BUFFER_BYTES`` (64 MiB) however long they are: what matches is queued there, never waited for; what does not fit is dropped and counted, and the
 client is told how many it missed once it has taken what was queued before them. A client that
-stops reading therefore never slows ingest, and costs at most its buffer.
+stops reading therefore never slows ingest, and costs at most its buffer. At most
+``MAX_TAP_CLIENTS`` clients are connected (the writer offers each batch to each one); one more is
+refused (503, ``Retry-After``).
 
 The stream (``text/event-stream``, or NDJSON with ``format=ndjson``)::
 
@@ -30,7 +32,7 @@ that a misspelled filter does not show everything.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -39,6 +41,7 @@ import trio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from shipper.buffer.entries import ROUTE_END
 from shipper.chain import STATUSES
@@ -52,6 +55,13 @@ if TYPE_CHECKING:
 
 #: Entries rendered into one chunk of the stream, at most.
 CHUNK_EVENTS: Final = 256
+#: Bytes of entries a client's buffer holds at most, whatever ``[api] tap_buffer`` says: a record
+#: may be as long as its source's ``max_line_bytes`` (1 MiB by default), and 4096 such would pin
+#: 4 GiB for one client that stopped reading.
+TAP_BUFFER_BYTES: Final = 64 * 1024 * 1024
+#: Tap clients connected at most: the writer offers each batch to every one, so a thousand
+#: would halve ingest; one more is refused (503).
+MAX_TAP_CLIENTS: Final = 32
 _FILTERS: Final = frozenset({"source", "agent", "status", "alerts", "format"})
 _TRUE: Final = frozenset({"", "1", "true", "yes"})
 
@@ -126,13 +136,16 @@ class Missed:
 
 class TapClient:
     """One connected client: its filter, its bounded queue of WAL entries (and ``Missed``
-    marks), and the wake-up of its stream."""
+    marks): at most ``limit`` entries of at most ``max_bytes`` together (one entry always
+    fits in an empty queue), and the wake-up of its stream."""
 
-    def __init__(self, wants: TapFilter, limit: int) -> None:
+    def __init__(self, wants: TapFilter, limit: int, max_bytes: int = TAP_BUFFER_BYTES) -> None:
         self.filter = wants
         self.limit = limit
+        self.max_bytes = max_bytes
         self.queue: deque[bytes | Missed] = deque()
         self.queued = 0  # entries in the queue (Missed marks are not counted)
+        self.queued_bytes = 0  # their bytes
         self.closed = False
         self._wake = trio.Event()
 
@@ -140,10 +153,19 @@ class TapClient:
         """Queue what fits of ``entries``, mark the rest as missed; (queued, missed)."""
         room = self.limit - self.queued
         taken = entries if len(entries) <= room else entries[: max(room, 0)]
+        size = sum(map(len, taken))
+        if self.queued_bytes + size > self.max_bytes:  # the bytes bound first: keep what fits
+            size, fits = self.queued_bytes, 0
+            for entry in taken:
+                if size + len(entry) > self.max_bytes and (self.queued or fits):
+                    break
+                size, fits = size + len(entry), fits + 1
+            taken, size = taken[:fits], size - self.queued_bytes
         missed = len(entries) - len(taken)
         if taken:
             self.queue.extend(taken)
             self.queued += len(taken)
+            self.queued_bytes += size
         if missed:
             last = self.queue[-1] if self.queue else None
             if isinstance(last, Missed):
@@ -172,14 +194,18 @@ class TapClient:
             items.append(item)
             if not isinstance(item, Missed):
                 self.queued -= 1
+                self.queued_bytes -= len(item)
         return items
 
 
 class TapHub:
     """The tap's clients, fed by the writer with every batch the WAL accepted."""
 
-    def __init__(self, registry: Registry, limit: int = TAP_BUFFER) -> None:
+    def __init__(
+        self, registry: Registry, limit: int = TAP_BUFFER, max_bytes: int = TAP_BUFFER_BYTES
+    ) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
         #: The connected clients: the writer checks this before anything else.
         self.clients: list[TapClient] = []
         self._closed = False
@@ -212,7 +238,7 @@ class TapHub:
     @contextmanager
     def connected(self, wants: TapFilter) -> Iterator[TapClient]:
         """A client registered for as long as the block runs."""
-        client = TapClient(wants, self.limit)
+        client = TapClient(wants, self.limit, self.max_bytes)
         if self._closed:
             client.close()
         self.clients.append(client)
@@ -257,6 +283,31 @@ def render_ndjson(items: list[bytes | Missed], redaction: Redaction | None) -> b
     return b"".join(out)
 
 
+class _Tapped(Response):
+    """The answer to a tap request: the client is registered, or refused when
+    ``MAX_TAP_CLIENTS`` are connected, as the answer starts (with nothing awaited between the
+    count and the registration, so that the bound holds however many ask at once), and
+    removed once its stream ends however it ends."""
+
+    def __init__(
+        self, hub: TapHub, wants: TapFilter, respond: Callable[[TapClient], Response]
+    ) -> None:
+        super().__init__()
+        self.hub, self.wants, self.respond = hub, wants, respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if len(self.hub.clients) >= MAX_TAP_CLIENTS:
+            refused = PlainTextResponse(
+                f"{MAX_TAP_CLIENTS} tap clients are connected already; retry once one left\n",
+                status_code=503,
+                headers={"Retry-After": "10"},
+            )
+            await refused(scope, receive, send)
+            return
+        with self.hub.connected(self.wants) as client:
+            await self.respond(client)(scope, receive, send)
+
+
 def routes(topology: Topology) -> list[BaseRoute]:
     """``/api/tap`` over ``topology``'s hub."""
     hub = topology.tap
@@ -276,15 +327,18 @@ def routes(topology: Topology) -> list[BaseRoute]:
             )
         render = render_ndjson if kind == "ndjson" else render_sse
 
-        async def stream() -> AsyncIterator[bytes]:
-            with hub.connected(wants) as client:
-                if kind == "sse":
-                    yield b": tap\n\n"  # the client is registered: what follows is tapped
-                while (taken := await client.take()) is not None:
-                    yield render(taken, redaction)
+        async def stream(client: TapClient) -> AsyncIterator[bytes]:
+            if kind == "sse":
+                yield b": tap\n\n"  # the client is registered: what follows is tapped
+            while (taken := await client.take()) is not None:
+                yield render(taken, redaction)
 
         media = "application/x-ndjson" if kind == "ndjson" else "text/event-stream"
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(), media_type=media, headers=headers)
+        return _Tapped(
+            hub,
+            wants,
+            lambda client: StreamingResponse(stream(client), media_type=media, headers=headers),
+        )
 
     return [Route("/api/tap", tap, methods=["GET"])]

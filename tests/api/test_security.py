@@ -12,8 +12,8 @@ import httpx2
 import pytest
 import trio
 
-from shipper import cli
-from shipper.api.client import Api, ApiError, locate, required
+from shipper import cli, cli_top
+from shipper.api.client import TOKEN_ENV, Api, ApiError, locate, required
 from shipper.config import parse_config
 from shipper.config.root import is_loopback
 from shipper.shutdown import Shutdown, run_daemon
@@ -228,3 +228,43 @@ async def test_a_browser_gives_the_token_once_through_the_login_form_and_holds_i
     assert "secure" not in cookie  # plain HTTP on loopback: a Secure cookie would not come back
     assert with_cookie == {"/": 200, "/api/status": 200, "/metrics": 200}
     assert forged_answer == 401
+
+
+async def test_tap_and_top_say_whether_a_token_was_sent_and_when_tls_failed(
+    tmp_path: Path,
+    logs: LogCapture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Against an API that requires a token, ``shipper top`` and ``shipper tap`` sent none
+    say to set ``$SHIPPER_API_TOKEN``, sent a wrong one say it was refused; https asked of a
+    plain API is said to be a TLS failure, not a daemon that is not running."""
+    config = parse_config(
+        api_config(tmp_path, address="127.0.0.1:0", token="${API_TOKEN}"), {"API_TOKEN": TOKEN}
+    )
+    found: dict[str, str] = {}
+
+    def call(name: str, api: Api) -> None:
+        try:
+            cli_top.fetch_status(api)
+        except ApiError as exc:
+            found[f"top {name}"] = str(exc)
+        if api.token is not None:
+            monkeypatch.setenv(TOKEN_ENV, api.token)
+        assert cli.main(["tap", "--api", api.url]) == 1
+        monkeypatch.delenv(TOKEN_ENV, raising=False)
+        found[f"tap {name}"] = capsys.readouterr().err
+
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_daemon, config, shutdown)
+        (entry,) = logs.entries("api_listening")
+        url = entry["url"]
+        await trio.to_thread.run_sync(call, "none", Api(url))
+        await trio.to_thread.run_sync(call, "wrong", Api(url, "wrong"))
+        await trio.to_thread.run_sync(call, "tls", Api(url.replace("http:", "https:"), TOKEN))
+        shutdown.request("test")
+    for command in ("top", "tap"):
+        assert "refused no token (set $SHIPPER_API_TOKEN): 401" in found[f"{command} none"]
+        assert "refused the token given: 401" in found[f"{command} wrong"]
+        assert "TLS with the API at https://" in found[f"{command} tls"]

@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from shipper import shutdown as shutdown_module
+from shipper.api import tap as tap_module
 from shipper.config import Address, Config, parse_config
 from shipper.metrics import value
 from shipper.shutdown import Shutdown, run_daemon
@@ -258,6 +259,41 @@ async def test_a_client_that_leaves_is_removed(
         await wait_until(lambda: running.metric("tap_clients") == 0)
 
 
+async def test_clients_beyond_the_bound_are_refused(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of ten clients asking together, ``MAX_TAP_CLIENTS`` are served and the others refused
+    with 503 and a ``Retry-After``; once they left, a new client is accepted."""
+    monkeypatch.setattr(tap_module, "MAX_TAP_CLIENTS", 3)
+    async with daemon(tap_config(tmp_path), logs, monkeypatch) as running:
+        where = urlsplit(running.url)
+        host, port = where.hostname, where.port
+        assert host is not None
+        assert port is not None
+        statuses: list[bytes] = []
+        streams: list[trio.SocketStream] = []
+
+        async def ask() -> None:
+            stream = await trio.open_tcp_stream(host, port)
+            streams.append(stream)
+            await stream.send_all(b"GET /api/tap HTTP/1.0\r\nHost: tap\r\n\r\n")
+            status, headers = await Tap(stream).head()
+            statuses.append(status.split()[1])
+            if status.split()[1] == b"503":
+                assert b"retry-after: 10" in headers
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(ask)
+        assert sorted(statuses) == [b"200"] * 3 + [b"503"] * 7
+        assert running.metric("tap_clients") == 3
+        for stream in streams:
+            await stream.aclose()
+        await wait_until(lambda: running.metric("tap_clients") == 0)
+        async with tapping(running.url, []):
+            assert running.metric("tap_clients") == 1
+
+
 async def test_a_bad_filter_is_refused(
     tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -378,7 +414,7 @@ def test_shipper_tap_without_a_daemon_says_so() -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert f"cannot reach the API at http://127.0.0.1:{port}" in result.stderr
+    assert f"nothing answers at http://127.0.0.1:{port}" in result.stderr
 
 
 async def test_the_stream_ends_when_the_daemon_stops(

@@ -70,6 +70,32 @@ async def test_a_full_buffer_drops_and_marks_the_count_where_the_events_were_los
     assert hub.clients == []
 
 
+async def test_a_buffer_holds_a_bounded_number_of_bytes_however_few_the_events() -> None:
+    """Long events fill a client's buffer by their bytes before its event count: what would pass
+    ``max_bytes`` is dropped and marked, an event longer than that alone still reaches an empty
+    queue, and the room comes back as the client reads."""
+    registry = Registry()
+    events = [event("a", n) for n in range(1, 8)]
+    size = len(entry(events[0]))
+    hub = TapHub(registry, limit=100, max_bytes=3 * size)
+    with hub.connected(TapFilter()) as client:
+        publish(hub, events[:5])  # 1..3 fit, 4, 5 lost
+        first = await client.take()
+        publish(hub, events[5:7])  # room again for both
+        second = await client.take()
+    assert first is not None
+    assert second is not None
+    assert drained(first) == [1, 2, 3, ("missed", 2)]
+    assert drained(second) == [6, 7]
+    assert client.queued_bytes == 0
+    small = TapHub(registry, limit=100, max_bytes=size // 2)
+    with small.connected(TapFilter()) as client:
+        publish(small, events[:2])
+        alone = await client.take()
+    assert alone is not None
+    assert drained(alone) == [1, ("missed", 1)]
+
+
 async def test_a_filtered_client_counts_only_what_it_would_have_seen() -> None:
     """Events another agent's filter rejects neither fill a client's buffer nor count as
     missed."""
