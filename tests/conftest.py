@@ -8,7 +8,7 @@ import logging
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,35 @@ class LogCapture:
         """Every entry so far (or those with the given ``event`` name), parsed."""
         parsed = [orjson.loads(line) for line in self.stream.getvalue().splitlines() if line]
         return [entry for entry in parsed if event is None or entry.get("event") == event]
+
+
+@dataclass
+class ApiDaemon:
+    """A daemon running in the test with its API (``api_daemon``)."""
+
+    url: str  # where its API answers
+    bound: dict[str, Any]  # each source's listening addresses
+    shutdown: Any  # its ``Shutdown``: requested at the end of the block
+    nursery: trio.Nursery  # for the test's own tasks beside it
+
+
+@contextlib.asynccontextmanager
+async def api_daemon(
+    raw: dict[str, Any], logs: LogCapture, env: dict[str, str] | None = None
+) -> AsyncIterator[ApiDaemon]:
+    """The daemon of the raw config ``raw`` running in the test, its API on an ephemeral loopback
+    port unless ``raw`` says another address (the URL read from its ``api_listening`` entry);
+    asked to stop at the end of the block."""
+    from shipper.config import parse_config
+    from shipper.shutdown import Shutdown, run_daemon
+
+    raw.setdefault("api", {}).setdefault("address", "127.0.0.1:0")
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(run_daemon, parse_config(raw, env), shutdown)
+        (entry,) = logs.entries("api_listening")
+        yield ApiDaemon(entry["url"], bound, shutdown, nursery)
+        shutdown.request("test")
 
 
 @pytest.fixture

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import trio
 
-from shipper.config import parse_config
-from shipper.shutdown import Shutdown, run_daemon
 from tests.api.test_status import first_summary, planted, send, shows_agent
-from tests.conftest import LogCapture, file_sink_config, free_port
+from tests.conftest import LogCapture, api_daemon, file_sink_config, free_port
 
 SHIPPER = [sys.executable, "-m", "shipper"]
 
@@ -24,20 +22,14 @@ async def test_top_once_prints_the_sources_sinks_and_the_agents_with_problems(
     """Against a daemon that received a gap and a fork, ``shipper top --once --api URL`` exits 0
     and prints the source with its event count, the sink, and both troubled agents with their
     status, the healthy agent left out."""
-    raw = file_sink_config(tmp_path)
-    raw["api"] = {"address": "127.0.0.1:0"}
-    shutdown = Shutdown()
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
-        (entry,) = logs.entries("api_listening")
+    async with api_daemon(file_sink_config(tmp_path), logs) as daemon:
         sends = planted()
         for name, last in (("steady", 20), ("gappy", 10), ("forked", 5)):
-            await send(bound["agents"][0], sends[name])
-            await first_summary(entry["url"], partial(shows_agent, name, last))
+            await send(daemon.bound["agents"][0], sends[name])
+            await first_summary(daemon.url, partial(shows_agent, name, last))
         done = await trio.run_process(
-            [*SHIPPER, "top", "--once", "--api", entry["url"]], capture_stdout=True, check=False
+            [*SHIPPER, "top", "--once", "--api", daemon.url], capture_stdout=True, check=False
         )
-        shutdown.request("test")
     out = done.stdout.decode()
     assert done.returncode == 0, out
     assert "Sources" in out

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import httpx2
 import pytest
-import trio
 
 from shipper.config import parse_config
 from shipper.errors import ListenError
 from shipper.shutdown import Shutdown, run_daemon
-from tests.conftest import LogCapture, file_sink_config
+from tests.conftest import LogCapture, api_daemon, file_sink_config
 
 
 async def test_the_daemon_serves_liveness_on_its_api_address(
@@ -21,16 +20,12 @@ async def test_the_daemon_serves_liveness_on_its_api_address(
 ) -> None:
     """With ``[api] address`` on port 0, the daemon logs the URL it serves, and
     ``/health/live`` there answers 200."""
-    raw = file_sink_config(tmp_path)
-    raw["api"] = {"address": "127.0.0.1:0"}
-    shutdown = Shutdown()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_daemon, parse_config(raw), shutdown)
-        (entry,) = logs.entries("api_listening")
-        async with httpx2.AsyncClient(base_url=entry["url"]) as client:
-            response = await client.get("/health/live")
-        shutdown.request("test")
-    assert entry["url"].startswith("http://127.0.0.1:")
+    async with (
+        api_daemon(file_sink_config(tmp_path), logs) as daemon,
+        httpx2.AsyncClient(base_url=daemon.url) as client,
+    ):
+        response = await client.get("/health/live")
+    assert daemon.url.startswith("http://127.0.0.1:")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 

@@ -16,10 +16,9 @@ import httpx2
 import pytest
 import trio
 
-from shipper.config import Address, parse_config
-from shipper.shutdown import Shutdown, run_daemon
+from shipper.config import Address
 from tests.chains import chain, seed_hash
-from tests.conftest import LogCapture, archive_lines, file_sink_config, free_port
+from tests.conftest import LogCapture, api_daemon, archive_lines, file_sink_config, free_port
 
 
 def lines(records: list[dict[str, Any]]) -> bytes:
@@ -110,14 +109,9 @@ async def test_the_summary_tells_what_was_sent(tmp_path: Path, logs: LogCapture)
     event at the source and the sink with no lag, the chain totals, the fork then the gap at the
     top of the agents table and the healthy agent after them, both alerts newest first, and a
     rate above zero on the chart; ``/api/status`` answers the same summary as JSON."""
-    raw = file_sink_config(tmp_path)
-    raw["api"] = {"address": "127.0.0.1:0"}
-    shutdown = Shutdown()
     seen: list[dict[str, Any]] = []
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
-        (entry,) = logs.entries("api_listening")
-        url = entry["url"]
+    async with api_daemon(file_sink_config(tmp_path), logs) as daemon:
+        url, bound = daemon.url, daemon.bound
         before = await first_summary(url, lambda s: True)
         sends = planted()
         for name, last in (("steady", 20), ("gappy", 10), ("forked", 5)):
@@ -126,7 +120,6 @@ async def test_the_summary_tells_what_was_sent(tmp_path: Path, logs: LogCapture)
         summary = await first_summary(url, delivered, seen)
         async with httpx2.AsyncClient(base_url=url) as client:
             answered = (await client.get("/api/status")).json()
-        shutdown.request("test")
     assert before["sources"][0]["events"] == 0
     (source,) = summary["sources"]
     assert source["id"] == "agents"
@@ -170,14 +163,10 @@ async def test_a_sink_that_cannot_deliver_shows_its_lag_and_last_error(
     """A webhook sink whose receiver is not there is degraded, says why in ``last_error``, and
     lags by the bytes of what was sent, an age that grows; the file sink beside it does not."""
     raw = file_sink_config(tmp_path)
-    raw["api"] = {"address": "127.0.0.1:0"}
     port = free_port()  # nothing listens there
     raw["sinks"]["hook"] = {"type": "webhook", "url": f"http://127.0.0.1:{port}/in"}
-    shutdown = Shutdown()
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
-        (entry,) = logs.entries("api_listening")
-        await send(bound["agents"][0], lines(chain(10, "steady")))
+    async with api_daemon(raw, logs) as daemon:
+        await send(daemon.bound["agents"][0], lines(chain(10, "steady")))
 
         def lagging(summary: dict[str, Any]) -> bool:
             hook = next(s for s in summary["sinks"] if s["id"] == "hook")
@@ -187,9 +176,9 @@ async def test_a_sink_that_cannot_deliver_shows_its_lag_and_last_error(
                 and hook["lag_seconds"] >= 2
             )
 
-        summary = await first_summary(entry["url"], lagging)
-        shutdown.request("test")
-        shutdown.request("test: the webhook will never deliver")
+        summary = await first_summary(daemon.url, lagging)
+        daemon.shutdown.request("test")
+        daemon.shutdown.request("test: the webhook will never deliver")
     sinks = {s["id"]: s for s in summary["sinks"]}
     hook, archive = sinks["hook"], sinks["archive"]
     assert f"127.0.0.1:{port}" in hook["last_error"]["error"]
@@ -219,13 +208,9 @@ async def test_the_summary_asked_right_after_the_start_shows_the_sources_listeni
         await trio.sleep_forever()
 
     monkeypatch.setattr(status.Board, "run", refresh_once)
-    raw = file_sink_config(tmp_path)
-    raw["api"] = {"address": "127.0.0.1:0"}
-    shutdown = Shutdown()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_daemon, parse_config(raw), shutdown)
-        (entry,) = logs.entries("api_listening")
-        async with httpx2.AsyncClient(base_url=entry["url"]) as client:
-            summary = (await client.get("/api/status")).json()
-        shutdown.request("test")
+    async with (
+        api_daemon(file_sink_config(tmp_path), logs) as daemon,
+        httpx2.AsyncClient(base_url=daemon.url) as client,
+    ):
+        summary = (await client.get("/api/status")).json()
     assert [(source["id"], source["health"]) for source in summary["sources"]] == [("agents", "ok")]

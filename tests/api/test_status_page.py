@@ -13,12 +13,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from shipper.config import parse_config
-from shipper.shutdown import Shutdown, run_daemon
 from tests.api.test_status import RECORDS, planted, send
 from tests.browser import browser_missing, headless_chrome
 from tests.chains import chain_lines
-from tests.conftest import LogCapture, file_sink_config
+from tests.conftest import LogCapture, api_daemon, file_sink_config
 
 pytestmark = pytest.mark.skipif(
     browser_missing() is not None, reason=f"no headless browser: {browser_missing()}"
@@ -52,14 +50,9 @@ async def test_the_page_shows_the_planted_gap_and_fork_and_moving_rates(
     the agents table (as problems) and the healthy agent after them; the received rate rises
     above zero while records come and falls back to zero after; the source's row counts every
     record sent; and every resource the page loaded came from the daemon."""
-    raw = file_sink_config(tmp_path)
-    raw["api"] = {"address": "127.0.0.1:0"}
-    shutdown = Shutdown()
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(run_daemon, parse_config(raw), shutdown)
-        (entry,) = logs.entries("api_listening")
-        url = entry["url"]
-        address = bound["agents"][0]
+    async with api_daemon(file_sink_config(tmp_path), logs) as daemon:
+        url, nursery = daemon.url, daemon.nursery
+        address = daemon.bound["agents"][0]
         page_open = trio.Event()
         rate_seen = trio.Event()
         sent_all = trio.Event()
@@ -110,7 +103,6 @@ async def test_the_page_shows_the_planted_gap_and_fork_and_moving_rates(
 
         nursery.start_soon(traffic)
         await trio.to_thread.run_sync(browse)
-        shutdown.request("test")
     assert results["rate_seen"] > 0
     assert results["rows"][:2] == [("forked", "fork", True), ("gappy", "gap", True)]
     assert ("steady", "ok", False) in results["rows"][2:]
