@@ -399,7 +399,11 @@ def routes(board: Board) -> list[BaseRoute]:
         return Response(encoded, media_type="application/json")
 
     async def events(request: Request) -> Response:
-        """The summary as server-sent events, each as soon as it is made."""
+        """The summary as server-sent events, each as soon as it is made (HEAD: the headers
+        only, no stream)."""
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":
+            return Response(media_type="text/event-stream", headers=headers)
 
         async def stream() -> AsyncIterator[bytes]:
             serial = 0
@@ -410,11 +414,7 @@ def routes(board: Board) -> list[BaseRoute]:
                 serial, encoded = await board.next_after(serial)
                 yield b"event: status\ndata: " + encoded + b"\n\n"
 
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
     async def index(request: Request) -> Response:
         return Response(

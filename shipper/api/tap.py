@@ -335,6 +335,8 @@ def routes(topology: Topology) -> list[BaseRoute]:
 
         media = "application/x-ndjson" if kind == "ndjson" else "text/event-stream"
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # the headers only: no stream, and no client's place taken
+            return Response(media_type=media, headers=headers)
         return _Tapped(
             hub,
             wants,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import trio
 
 from shipper.config import parse_config
 from shipper.errors import ListenError
@@ -43,3 +44,23 @@ async def test_an_api_address_taken_stops_the_start(tmp_path: Path) -> None:
             flatten_subgroups=True,
         ):
             await run_daemon(parse_config(raw), Shutdown(), handle_signals=False)
+
+
+async def test_head_on_a_stream_answers_its_headers_and_takes_no_tap_place(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """HEAD on ``/api/tap`` and ``/api/status/events`` answers 200 with the stream's type and
+    no stream (it ends), and registers no tap client."""
+    async with (
+        api_daemon(file_sink_config(tmp_path), logs) as daemon,
+        httpx2.AsyncClient(base_url=daemon.url) as client,
+    ):
+        with trio.fail_after(60):  # a stream never ends: a hang, not a slow answer
+            tap = await client.head("/api/tap")
+            events = await client.head("/api/status/events")
+        metrics = (await client.get("/metrics")).text
+    assert tap.status_code == 200
+    assert tap.headers["content-type"].startswith("text/event-stream")
+    assert events.status_code == 200
+    assert events.headers["content-type"].startswith("text/event-stream")
+    assert "\nshipper_tap_clients 0.0\n" in metrics
