@@ -25,7 +25,7 @@ import orjson
 import trio
 
 from shipper import __version__, cli_reload, cli_tap
-from shipper.api.client import ApiError, ApiUnreachable, add_api_arguments, locate
+from shipper.api.client import ApiError, ApiSettings, ApiUnreachable, add_api_arguments, locate
 from shipper.buffer.recovery import WalFormatError, read_epoch, recover
 from shipper.buffer.wal import WalLocked, lock_directory
 from shipper.chain import PROFILES
@@ -330,11 +330,12 @@ def cmd_chain_status(
     """
     from shipper.api.chains import fetch_status
 
-    config = _load(path)
-    if config is None:
-        return EX_CONFIG
+    try:  # the [api] table alone: the daemon's secrets need not be set in this shell
+        settings: ApiSettings | None = ApiSettings.read(path)
+    except ConfigError:
+        settings = None  # (the whole file is read below, and its problems told)
     configure("warning")  # keep the daemon's info entries off the report
-    api = locate(api_address, config, api_ca)
+    api = locate(api_address, settings, api_ca)
     status = None
     where = "no [api] address in the config and no --api"
     if api is not None:
@@ -348,6 +349,9 @@ def cmd_chain_status(
         else:
             print(f"shipper chain status: from the daemon's API at {api.url}", file=sys.stderr)
     if status is None:
+        config = _load(path)
+        if config is None:
+            return EX_CONFIG
         print(
             f"shipper chain status: {where}: reading the files in {config.data_dir}",
             file=sys.stderr,

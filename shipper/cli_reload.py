@@ -4,10 +4,10 @@ does.
 
 It prints what the reload did (sources and sinks started, stopped, restarted, those that could
 not be started, and keys that take effect at the next start only), or why the new config was
-refused, as ``shipper validate`` words it. Exit codes: 0 when the reload was applied; 1 when it
-was refused or could not be asked (the API cannot be reached, or refused the token); 78 when the
-config file, read here to find the API, is invalid (nothing is sent: the daemon would refuse it
-too, for the same reasons).
+refused, as ``shipper validate`` words it (the daemon validates the file, with its own
+environment: only the ``[api]`` table is read here, to find the API). Exit codes: 0 when the
+reload was applied; 1 when it was refused or could not be asked (the API cannot be reached, or
+refused the token); 78 when the ``[api]`` table cannot be read.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def command(args: argparse.Namespace) -> int:
         with api.blocking(httpx2.Timeout(TIMEOUT, read=None)) as client:  # stops take their time
             response = client.post("/api/reload")
     except ConfigError as exc:
-        print(exc.report(args.config, "nothing sent"), file=sys.stderr)
+        print(exc.report(args.config), file=sys.stderr)
         return EX_CONFIG
     except ApiError as exc:
         print(f"shipper reload: {exc}", file=sys.stderr)

@@ -179,39 +179,83 @@ def check(response: httpx2.Response, api: Api) -> None:
         raise ApiError(f"the API at {api.url} answered {status} for {response.url.path}")
 
 
-def locate(address: str | None, config: Config | None, ca: str | None = None) -> Api | None:
-    """The API to call: ``address`` (``--api``), else ``config``'s ``[api] address``; None when
-    neither says one. The token and CA as the module docstring says."""
-    api_config = config.api if config is not None else None
-    tls = api_config is not None and api_config.tls is not None
+@dataclass(frozen=True)
+class ApiSettings:
+    """What a command needs of a config to call its daemon's API: the ``[api] address``,
+    whether there is ``[api.tls]``, and the token (None: none, or its variable is not set)."""
+
+    address: str | None = None
+    tls: bool = False
+    token: str | None = None
+
+    @classmethod
+    def of(cls, config: Config) -> ApiSettings:
+        """The settings of a validated config."""
+        api = config.api
+        return cls(
+            None if api.address is None else str(api.address),
+            api.tls is not None,
+            None if api.token is None else api.token.reveal(),
+        )
+
+    @classmethod
+    def read(cls, path: str, env: Mapping[str, str] | None = None) -> ApiSettings:
+        """The ``[api]`` table of the config file at ``path``, read alone: the rest of the file
+        may name variables only the daemon's environment has (a sink's secret from systemd's
+        ``EnvironmentFile=``), which must not stop a command in an operator's shell. A token
+        whose variable is not set here is left out (``$SHIPPER_API_TOKEN`` then serves).
+        ``ConfigError`` when the file cannot be read, is not TOML, or its address is none."""
+        from shipper.config import parse_address, read_toml
+        from shipper.config.reader import interpolate_env
+        from shipper.errors import ConfigError, ConfigProblem
+
+        table = read_toml(path).get("api")
+        if not isinstance(table, dict):
+            return cls()
+        address = table.get("address")
+        try:
+            if address is not None:
+                address = str(parse_address(address))
+        except ValueError as exc:
+            raise ConfigError([ConfigProblem("api.address", str(exc))], path) from exc
+        token = table.get("token")
+        if isinstance(token, str):
+            try:
+                token = interpolate_env(token, os.environ if env is None else env) or None
+            except (KeyError, ValueError):
+                token = None  # not set in this environment (or no variable): the daemon's
+        else:
+            token = None
+        return cls(address, isinstance(table.get("tls"), dict), token)
+
+
+def locate(address: str | None, settings: ApiSettings | None, ca: str | None = None) -> Api | None:
+    """The API to call: ``address`` (``--api``), else the config's ``[api] address``
+    (``settings``); None when neither says one. The token and CA as the module docstring says."""
+    settings = settings if settings is not None else ApiSettings()
     if address is None:
-        if api_config is None or api_config.address is None:
+        if settings.address is None:
             return None
-        address = str(api_config.address)
-    token = None
-    if api_config is not None and api_config.token is not None:
-        token = api_config.token.reveal()
-    token = token or os.environ.get(TOKEN_ENV) or None
-    return Api(base_url(address, tls), token, ca or os.environ.get(CA_ENV) or None)
+        address = settings.address
+    token = settings.token or os.environ.get(TOKEN_ENV) or None
+    return Api(base_url(address, settings.tls), token, ca or os.environ.get(CA_ENV) or None)
 
 
 def required(address: str | None, config_path: str, ca: str | None = None) -> Api:
-    """The API for a command that has nothing to do without it (``tap``, ``top``): ``locate``
-    with the config at ``config_path`` (read for its ``[api]``: not needed with ``--api`` when
-    there is no such file). ``ConfigError`` for an invalid config; ``ApiError`` saying what to
-    pass when no address can be told."""
-    from shipper.config import load_config
-
-    config = None
+    """The API for a command that has nothing to do without it (``tap``, ``top``, ``reload``):
+    ``locate`` with the ``[api]`` table of the config at ``config_path`` (``ApiSettings.read``;
+    not needed with ``--api`` when there is no such file). ``ConfigError`` when that file or
+    table is unusable; ``ApiError`` saying what to pass when no address can be told."""
+    settings = None
     if address is None or Path(config_path).exists():
-        config = load_config(config_path)
-    api = locate(address, config, ca)
+        settings = ApiSettings.read(config_path)
+    api = locate(address, settings, ca)
     if api is None:
         raise ApiError(
             f"{config_path} has no [api] address: the daemon serves no API; pass --api ADDR"
         )
-    configured = config.api.address if config is not None else None
-    if address is None and configured is not None and configured.port == 0:
+    configured = settings.address if settings is not None else None
+    if address is None and configured is not None and configured.endswith(":0"):
         raise ApiError(
             f"{config_path}: [api] address {configured} lets the kernel choose the "
             "port; pass --api with the one the daemon logged (api_listening)"

@@ -65,6 +65,7 @@ from shipper.config.root import (
     directory_problem,
     load_config,
     parse_config,
+    read_toml,
 )
 from shipper.config.values import (
     MAX_SIZE,
@@ -107,4 +108,5 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "read_toml",
 ]

@@ -323,10 +323,16 @@ def directory_problem(path: Path) -> str | None:
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a TOML config file; ``ConfigError`` for any problem, file ones included."""
+    return parse_config(read_toml(path), env, str(path))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML document of the config file at ``path``, not validated; ``ConfigError`` when it
+    cannot be read or is not TOML."""
     origin = str(path)
     try:
         with open(path, "rb") as file:
-            raw = tomllib.load(file)
+            return tomllib.load(file)
     except FileNotFoundError as exc:
         raise ConfigError([ConfigProblem("", f"config file not found: {origin}")], origin) from exc
     except OSError as exc:
@@ -346,4 +352,3 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
             ],
             origin,
         ) from exc
-    return parse_config(raw, env, origin)

@@ -13,9 +13,10 @@ import pytest
 import trio
 
 from shipper import cli, cli_top
-from shipper.api.client import TOKEN_ENV, Api, ApiError, locate, required
+from shipper.api.client import TOKEN_ENV, Api, ApiError, ApiSettings, locate, required
 from shipper.config import parse_config
 from shipper.config.root import is_loopback
+from shipper.errors import ConfigError
 from shipper.shutdown import Shutdown, run_daemon
 from tests.conftest import LogCapture, TlsFiles, file_sink_config
 from tests.test_cli import write_config
@@ -121,7 +122,7 @@ async def test_the_token_guards_every_endpoint_but_liveness_over_tls(
         with pytest.raises(httpx2.ConnectError):  # the system's CAs do not know the test CA
             async with httpx2.AsyncClient(base_url=url) as untrusting:
                 await untrusting.get("/health/live")
-        api = locate(url, config, str(tls_files.ca_pem))
+        api = locate(url, ApiSettings.of(config), str(tls_files.ca_pem))
         assert api is not None
         assert api.token == TOKEN
         async with api.session() as session:
@@ -147,23 +148,25 @@ def test_the_cli_finds_the_api_from_its_flag_or_the_config(
     else the environment; no address anywhere is no API."""
     monkeypatch.setenv("SHIPPER_API_TOKEN", "from-env")
     monkeypatch.setenv("SHIPPER_API_CA", "/env/ca.pem")
-    plain = parse_config(api_config(tmp_path, address="127.0.0.1:8686"))
+    plain = ApiSettings.of(parse_config(api_config(tmp_path, address="127.0.0.1:8686")))
     assert locate(None, plain) == Api("http://127.0.0.1:8686", "from-env", "/env/ca.pem")
     assert locate("https://shipper.example:9000/", plain, "ca.pem") == Api(
         "https://shipper.example:9000", "from-env", "ca.pem"
     )
-    secured = parse_config(
-        api_config(
-            tmp_path,
-            address="0.0.0.0:8686",
-            token="${API_TOKEN}",
-            tls={"cert": str(tls_files.server_pem), "key": str(tls_files.server_key)},
-        ),
-        {"API_TOKEN": TOKEN},
+    secured = ApiSettings.of(
+        parse_config(
+            api_config(
+                tmp_path,
+                address="0.0.0.0:8686",
+                token="${API_TOKEN}",
+                tls={"cert": str(tls_files.server_pem), "key": str(tls_files.server_key)},
+            ),
+            {"API_TOKEN": TOKEN},
+        )
     )
     assert locate(None, secured) == Api("https://127.0.0.1:8686", TOKEN, "/env/ca.pem")
     assert locate("[::]:8686", None) == Api("http://[::1]:8686", "from-env", "/env/ca.pem")
-    assert locate(None, parse_config(file_sink_config(tmp_path))) is None
+    assert locate(None, ApiSettings.of(parse_config(file_sink_config(tmp_path)))) is None
 
 
 def test_a_command_that_needs_the_api_says_what_to_pass_when_none_is_told(tmp_path: Path) -> None:
@@ -268,3 +271,30 @@ async def test_tap_and_top_say_whether_a_token_was_sent_and_when_tls_failed(
         assert "refused no token (set $SHIPPER_API_TOKEN): 401" in found[f"{command} none"]
         assert "refused the token given: 401" in found[f"{command} wrong"]
         assert "TLS with the API at https://" in found[f"{command} tls"]
+
+
+def test_a_command_reads_the_api_table_alone_so_the_daemons_secrets_need_not_be_set_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config whose sinks name variables this shell does not have (systemd gives them to the
+    daemon) still tells a command its API: ``required`` and ``ApiSettings.read`` read the
+    ``[api]`` table alone; a token whose variable is not set here gives way to
+    ``$SHIPPER_API_TOKEN``; an address that is none is still a config error."""
+    monkeypatch.delenv("HOOK_SECRET", raising=False)
+    monkeypatch.delenv("API_TOKEN", raising=False)
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    config = tmp_path / "shipper.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path}"\n'
+        '[sources.agents]\ntype = "json_tls"\naddress = "127.0.0.1:0"\n'
+        '[sinks.hook]\ntype = "webhook"\nurl = "http://127.0.0.1:9/in"\n'
+        'signing_secret = "${HOOK_SECRET}"\n'
+        '[api]\naddress = "0.0.0.0:8686"\ntoken = "${API_TOKEN}"\n'
+        '[api.tls]\ncert = "c.pem"\nkey = "k.pem"\n'
+    )
+    assert ApiSettings.read(str(config)) == ApiSettings("0.0.0.0:8686", True, None)
+    assert ApiSettings.read(str(config), {"API_TOKEN": TOKEN}).token == TOKEN
+    assert required(None, str(config)) == Api("https://127.0.0.1:8686", "from-env", None)
+    config.write_text('[api]\naddress = "nowhere"\n')
+    with pytest.raises(ConfigError, match=r"api\.address"):
+        ApiSettings.read(str(config))
