@@ -307,16 +307,8 @@ class Supervised:
                 await self._talk(process, spec)
             returncode = await process.wait()
         finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
-                for stream in (process.stdin, process.stdout, process.stderr):
-                    if stream is not None:
-                        await stream.aclose()
-        if returncode < 0 and -returncode in signal.Signals._value2member_map_:
-            return returncode, f"killed by {signal.Signals(-returncode).name}"
-        return returncode, f"exit status {returncode}"
+            await reap(process)
+        return returncode, exit_reason(returncode)
 
     async def _talk(self, process: trio.Process, spec: Any) -> None:
         """Send the spec, then take the child's frames until it closes its stdout."""
@@ -348,6 +340,25 @@ class Supervised:
 
     async def _relay_logs(self, stderr: trio.abc.ReceiveStream | None) -> None:
         await relay_logs(stderr, f"{self.kind.prefix}_output", lambda: self._fields)
+
+
+async def reap(process: trio.Process) -> None:
+    """The end of a child, however its supervision ended: killed if it still runs, waited for
+    and its pipes closed (shielded: cancellation must not leave a zombie or open pipes)."""
+    if process.returncode is None:
+        process.kill()
+    with trio.CancelScope(shield=True):
+        await process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                await stream.aclose()
+
+
+def exit_reason(returncode: int) -> str:
+    """How a child ended, for its log entry and health: ``killed by SIGKILL``, ``exit status 1``."""
+    if returncode < 0 and -returncode in signal.Signals._value2member_map_:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
 
 
 async def _tell_stop(stdin: trio.abc.SendStream) -> None:

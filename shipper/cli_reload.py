@@ -19,7 +19,7 @@ from typing import Any
 import httpx2
 import orjson
 
-from shipper.api.client import TIMEOUT, ApiError, add_api_arguments, required
+from shipper.api.client import TIMEOUT, ApiError, add_api_arguments, check, required, unanswered
 from shipper.errors import ConfigError
 
 EX_CONFIG = 78
@@ -60,26 +60,17 @@ def command(args: argparse.Namespace) -> int:
     try:
         api = required(args.api, args.config, args.api_ca)
         with api.blocking(httpx2.Timeout(TIMEOUT, read=None)) as client:  # stops take their time
-            response = client.post("/api/reload")
+            try:
+                response = client.post("/api/reload")
+            except httpx2.HTTPError as exc:
+                raise unanswered(exc, api) from exc
+        if response.status_code not in (200, 422, 503):  # those three carry a result
+            check(response, api)  # says whether a token was sent
     except ConfigError as exc:
         print(exc.report(args.config), file=sys.stderr)
         return EX_CONFIG
     except ApiError as exc:
         print(f"shipper reload: {exc}", file=sys.stderr)
-        return 1
-    except httpx2.HTTPError as exc:
-        print(
-            f"shipper reload: cannot reach the API at {api.url} ({type(exc).__name__}: {exc}); "
-            "is the daemon running with [api] address set?",
-            file=sys.stderr,
-        )
-        return 1
-    if response.status_code not in (200, 422, 503):
-        print(
-            f"shipper reload: the API at {api.url} answered {response.status_code}: "
-            f"{response.text[:200]}",
-            file=sys.stderr,
-        )
         return 1
     result = response.json()
     if args.json:

@@ -66,7 +66,9 @@ from shipper.children import (
     RESTART_FIRST,
     RESTART_LIMIT,
     Frames,
+    exit_reason,
     frame,
+    reap,
     relay_logs,
 )
 from shipper.events import Batch, Event, size_of
@@ -321,16 +323,8 @@ class IngestWorker:
             self._stdin = None
             for source in self._sources.values():  # its connections went with it
                 source.open_elsewhere.pop(self.index, None)
-            if process.returncode is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
-                for stream in (process.stdin, process.stdout, process.stderr):
-                    if stream is not None:
-                        await stream.aclose()
-        if returncode < 0 and -returncode in signal.Signals._value2member_map_:
-            return returncode, f"killed by {signal.Signals(-returncode).name}"
-        return returncode, f"exit status {returncode}"
+            await reap(process)
+        return returncode, exit_reason(returncode)
 
     async def _talk(self, process: trio.Process) -> None:
         """Send the spec (and a stop, if one was asked meanwhile), then take the worker's frames

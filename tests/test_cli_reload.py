@@ -61,8 +61,8 @@ def test_shipper_reload_applies_a_changed_config_and_reports_a_refused_one(tmp_p
 
 
 def test_shipper_reload_without_a_running_daemon_says_so(tmp_path: Path) -> None:
-    """With nothing listening at the API's address, `shipper reload` exits 1 saying it cannot
-    reach it."""
+    """With nothing listening at the API's address, `shipper reload` exits 1 saying nothing
+    answers there."""
     result = shipper("reload", "--api", f"127.0.0.1:{free_port()}", "-c", str(tmp_path / "none"))
     assert result.returncode == 1
-    assert "cannot reach the API at http://127.0.0.1:" in result.stderr
+    assert "nothing answers at http://127.0.0.1:" in result.stderr

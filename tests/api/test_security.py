@@ -233,13 +233,13 @@ async def test_a_browser_gives_the_token_once_through_the_login_form_and_holds_i
     assert forged_answer == 401
 
 
-async def test_tap_and_top_say_whether_a_token_was_sent_and_when_tls_failed(
+async def test_the_api_commands_say_whether_a_token_was_sent_and_when_tls_failed(
     tmp_path: Path,
     logs: LogCapture,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Against an API that requires a token, ``shipper top`` and ``shipper tap`` sent none
+    """Against an API that requires a token, ``shipper top``, ``tap`` and ``reload`` sent none
     say to set ``$SHIPPER_API_TOKEN``, sent a wrong one say it was refused; https asked of a
     plain API is said to be a TLS failure, not a daemon that is not running."""
     config = parse_config(
@@ -255,8 +255,10 @@ async def test_tap_and_top_say_whether_a_token_was_sent_and_when_tls_failed(
         if api.token is not None:
             monkeypatch.setenv(TOKEN_ENV, api.token)
         assert cli.main(["tap", "--api", api.url]) == 1
-        monkeypatch.delenv(TOKEN_ENV, raising=False)
         found[f"tap {name}"] = capsys.readouterr().err
+        assert cli.main(["reload", "--api", api.url, "-c", "none"]) == 1
+        monkeypatch.delenv(TOKEN_ENV, raising=False)
+        found[f"reload {name}"] = capsys.readouterr().err
 
     shutdown = Shutdown()
     async with trio.open_nursery() as nursery:
@@ -267,7 +269,7 @@ async def test_tap_and_top_say_whether_a_token_was_sent_and_when_tls_failed(
         await trio.to_thread.run_sync(call, "wrong", Api(url, "wrong"))
         await trio.to_thread.run_sync(call, "tls", Api(url.replace("http:", "https:"), TOKEN))
         shutdown.request("test")
-    for command in ("top", "tap"):
+    for command in ("top", "tap", "reload"):
         assert "refused no token (set $SHIPPER_API_TOKEN): 401" in found[f"{command} none"]
         assert "refused the token given: 401" in found[f"{command} wrong"]
         assert "TLS with the API at https://" in found[f"{command} tls"]
