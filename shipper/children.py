@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 import orjson
 import trio
 
+from shipper import heap
 from shipper.logging import configure, get_logger, write_entry
 from shipper.metrics import Health, Registry, lasting, merge
 from shipper.retry import Backoff
@@ -555,4 +556,5 @@ def child_main(work: Callable[[Any, Parent, Registry], Awaitable[None]]) -> None
     docstring). The work counts into ``registry`` and sends its own frames through ``parent``."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    heap.enable()
     sys.exit(trio.run(_child_main, work))

@@ -205,7 +205,10 @@ def cmd_run(path: str) -> int:
         )
         return EX_CONFIG
     configure(config.log_level)
+    from shipper import heap
     from shipper.shutdown import run_daemon
+
+    heap.enable()
 
     failed = False
     try:

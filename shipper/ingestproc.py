@@ -58,6 +58,7 @@ from typing import Any
 
 import trio
 
+from shipper import heap
 from shipper.budget import ByteBudget
 from shipper.buffer.record import MAX_PAYLOAD
 from shipper.chain import Facts
@@ -467,6 +468,7 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
                 for source in sources:
                     await work.start(partial(source.serve, bound[source.id]))
                 await out.send_all(frame(("serving",)))  # before any batch: forward starts now
+                heap.settle()
                 work.start_soon(forward)
             nursery.cancel_scope.cancel()
     return ORPHANED if orphaned else 0
@@ -494,6 +496,7 @@ def main() -> None:
     """An ingest worker: ``python -m shipper.ingestproc`` (started by the daemon only)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    heap.enable()
     sys.exit(trio.run(_worker_main))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from shipper import __version__
+from shipper import __version__, heap
 from shipper.api.server import serve_api
 from shipper.config import Config
 from shipper.logging import get_logger
@@ -114,6 +114,7 @@ async def run_daemon(
         )
         task_status.started(bound)
         nursery.start_soon(watchdog)
+        heap.settle()
 
         await shutdown.requested.wait()
         notify("STOPPING=1")

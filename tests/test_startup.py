@@ -13,6 +13,7 @@ import orjson
 import pytest
 import structlog
 
+from shipper import heap
 from shipper.cli import main
 from shipper.config import directory_problem
 from shipper.topology import Topology
@@ -154,6 +155,7 @@ def test_a_defect_at_start_is_one_entry_with_its_traceback_inside(
         raise RuntimeError("injected defect")
 
     monkeypatch.setattr(Topology, "run", broken)
+    monkeypatch.setattr(heap, "_enabled", False)  # restored after: `run` enables it
     config = write_config(tmp_path / "shipper.toml", daemon_config(tmp_path, free_port()))
     try:
         assert main(["run", "-c", str(config)]) == 1

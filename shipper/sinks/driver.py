@@ -71,6 +71,7 @@ from typing import Protocol
 
 import trio
 
+from shipper import heap
 from shipper.buffer.segment import Position
 from shipper.buffer.wal import ReadBatch
 from shipper.events import DELIVERY_ALERT, Event, alert_event
@@ -304,6 +305,7 @@ class SinkDriver:
                 if not self._opened:
                     await self.sink.open(self._epoch)
                     self._opened = True
+                    heap.settle()
                     self._resume_known = False
                 if not self._resume_known:
                     step = "resume_point"

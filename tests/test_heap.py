@@ -1,0 +1,37 @@
+"""The garbage collector settles only in the daemon's own processes (``shipper.heap``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from shipper import heap
+
+_PROBE = """
+import gc
+from shipper import heap
+before = (gc.get_freeze_count(), gc.get_threshold())
+heap.settle()
+idle = (gc.get_freeze_count(), gc.get_threshold())
+heap.enable()
+heap.settle()
+print(before == idle, gc.get_freeze_count() > 1000, gc.get_threshold() == heap.YOUNG_THRESHOLDS)
+"""
+
+
+def test_settle_freezes_only_once_enabled() -> None:
+    """settle leaves the collector alone until the process's entry point enabled it, then
+    freezes what the start built and makes young collections rarer."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["True", "True", "True"]
+
+
+def test_settle_is_off_in_this_process() -> None:
+    """A test process that runs the daemon inside itself never freezes its heap."""
+    import gc
+
+    count = gc.get_freeze_count()
+    heap.settle()
+    assert gc.get_freeze_count() == count
