@@ -140,22 +140,19 @@ class Event:
         if the source sealed it, else encoded now."""
         return _spliced(self, b"")
 
-    def envelope_parts(self) -> tuple[bytes, bytes]:
+    def envelope_parts(self, start: bytes | None = None) -> tuple[bytes, bytes]:
         """The envelope without its ``id`` and ``chain``, cut where ``chain`` goes (after
         ``agent``): the head, from the opening brace, and the tail, from the comma before
         ``identity_mismatch`` or ``record`` to the closing brace. ``head + tail`` is the
         envelope without a chain; ``head + CHAIN_KEY + chain + tail`` the envelope with one.
-        (The pieces are what ``orjson.dumps`` of the whole envelope writes around ``chain``.)"""
-        envelope: dict[str, Any] = {
-            "v": ENVELOPE_VERSION,
-            "received_at": self.received_at,
-            "source": self.source,
-        }
+        (The pieces are what ``orjson.dumps`` of the whole envelope writes around ``chain``.)
+        ``start``: ``envelope_start`` of this event's ``received_at`` and ``source``, when the
+        caller has it (the events of one read share it)."""
+        head = envelope_start(self.received_at, self.source) if start is None else start
         if self.syslog is not None:
-            envelope["syslog"] = self.syslog
+            head += SYSLOG_KEY + orjson.dumps(self.syslog)
         if self.agent is not None:
-            envelope["agent"] = self.agent
-        head = orjson.dumps(envelope)[:-1]
+            head += AGENT_KEY + orjson.dumps(self.agent)
         if self.record_json is not None:
             raw = self.record_json
             if b"\n" in raw or b"\r" in raw:
@@ -170,17 +167,27 @@ class Event:
             return head, body
         return head, b"".join((IDENTITY_MISMATCH_KEY, orjson.dumps(self.identity_mismatch), body))
 
-    def seal(self) -> None:
+    def seal(self, start: bytes | None = None) -> None:
         """Encode the envelope now (``sealed``), and drop what only that needed: the ``syslog``
         and ``identity_mismatch`` objects (their bytes are in ``sealed``; ``facts`` is None for
         an event with ``identity_mismatch``, which is never verified). What is left is bytes,
-        strings, numbers, small tuples and the shared ``source`` object."""
-        self.sealed = self.envelope_parts()
+        strings, numbers, small tuples and the shared ``source`` object. ``start``: as for
+        ``envelope_parts``."""
+        self.sealed = self.envelope_parts(start)
         self.syslog = None
         self.identity_mismatch = None
 
 
-#: What goes before each top-level value that follows the head of an envelope (``Event``).
+def envelope_start(received_at: str, source: dict[str, Any]) -> bytes:
+    """What every envelope without its id of an event received at ``received_at`` from
+    ``source`` starts with: the opening brace, ``v``, ``received_at`` and ``source``, as
+    ``orjson.dumps`` writes them (``SYSLOG_KEY`` and ``AGENT_KEY`` go next)."""
+    return orjson.dumps({"v": ENVELOPE_VERSION, "received_at": received_at, "source": source})[:-1]
+
+
+#: What goes before each top-level value that follows the start of an envelope (``Event``).
+SYSLOG_KEY: Final = b',"syslog":'
+AGENT_KEY: Final = b',"agent":'
 CHAIN_KEY: Final = b',"chain":'
 IDENTITY_MISMATCH_KEY: Final = b',"identity_mismatch":'
 RECORD_KEY: Final = b',"record":'

@@ -23,6 +23,7 @@ from shipper.events import (
     Malformed,
     alert_event,
     entry,
+    envelope_start,
     utc_timestamp,
 )
 from tests.envelopes import chains, envelope_lists, objects, records, sources, texts
@@ -398,9 +399,12 @@ def test_a_sealed_event_with_its_chain_spliced_in_is_the_envelope_encoded_whole(
     sealed.seal()
     assert sealed.syslog is None
     assert sealed.identity_mismatch is None
-    event.chain = sealed.chain = chain
+    started = copy.copy(event)  # sealed as sources do, with the start its read shares
+    started.seal(envelope_start(event.received_at, event.source))
+    event.chain = sealed.chain = started.chain = chain
     route = ("" if event.alert else str(event.source["id"])).encode() + b"\0"
     expected = route + envelope_before_sealing(event)
     assert entry(sealed) == expected
+    assert entry(started) == expected
     assert entry(event) == expected
     assert sealed.encode("1-0") == event.encode("1-0")

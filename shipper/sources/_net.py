@@ -70,6 +70,7 @@ from shipper.events import (
     Event,
     Malformed,
     alert_event,
+    envelope_start,
     utc_timestamp,
 )
 from shipper.logging import Throttle, get_logger
@@ -890,6 +891,8 @@ class FramedSource:
         do it all, as for events made elsewhere, and report the defect as they do (the chain
         stage archives the event unverified with a ``verify_failed`` alert, the writer as
         ``malformed``), so that a defect costs that event only, wherever it strikes."""
+        # The envelopes of one read share their start (``received_at`` and ``source``).
+        starts: dict[tuple[str, int], bytes] = {}
         for event in batch:
             try:
                 raw = event.record_json
@@ -905,7 +908,11 @@ class FramedSource:
                         or (event.syslog is not None and self._text_chained)
                     ):
                         self._late_facts(event, raw)
-                event.seal()
+                key = (event.received_at, id(event.source))
+                start = starts.get(key)
+                if start is None:
+                    start = starts[key] = envelope_start(event.received_at, event.source)
+                event.seal(start)
             except Exception:
                 event.sealed = None
 
