@@ -59,6 +59,7 @@ from typing import Any
 import trio
 
 from shipper import heap
+from shipper.balance import BOARD_FILE, AcceptBoard, AcceptGate
 from shipper.budget import ByteBudget
 from shipper.buffer.record import MAX_PAYLOAD
 from shipper.chain import Facts
@@ -77,7 +78,7 @@ from shipper.logging import configure, get_logger
 from shipper.metrics import Health, Registry
 from shipper.retry import Backoff
 from shipper.sources import Listening, Source
-from shipper.sources._net import Bound
+from shipper.sources._net import Bound, StreamServer
 
 log = get_logger("shipper.ingestproc")
 
@@ -407,6 +408,7 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
         sockets = [socket.socket(fileno=fd) for fd in fds]
         bound[source_id] = Bound(sockets, list(addresses))
     send.close()
+    gate = _gate(config, spec.index, sources)
     orphaned = False
 
     def counters() -> dict[str, dict[str, int]]:
@@ -464,6 +466,9 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
             stack.callback(item.close)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_main, nursery.cancel_scope)
+            if gate is not None:
+                stack.callback(gate.board.close)
+                nursery.start_soon(gate.beat)
             async with trio.open_nursery() as work:
                 for source in sources:
                     await work.start(partial(source.serve, bound[source.id]))
@@ -472,6 +477,24 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
                 work.start_soon(forward)
             nursery.cancel_scope.cancel()
     return ORPHANED if orphaned else 0
+
+
+def _gate(config: Any, index: int, sources: list[Source]) -> AcceptGate | None:
+    """The accept gate of worker ``index`` over its stream listeners (``shipper.balance``), set
+    on each; None when there is no other worker to share them with."""
+    servers = {source.id: getattr(source, "server", None) for source in sources}
+    streams = {
+        source_id: server
+        for source_id, server in servers.items()
+        if isinstance(server, StreamServer)
+    }
+    if config.runtime.workers < 2 or not streams:
+        return None
+    board = AcceptBoard(config.data_dir / BOARD_FILE, config.runtime.workers, index, list(streams))
+    gate = AcceptGate(board, lambda source_id: streams[source_id].connections)
+    for server in streams.values():
+        server.gate = gate
+    return gate
 
 
 async def _worker_main() -> int:

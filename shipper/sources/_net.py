@@ -56,6 +56,7 @@ from typing import Any, ClassVar, Final, Protocol
 import orjson
 import trio
 
+from shipper.balance import AcceptGate
 from shipper.budget import ByteBudget
 from shipper.chain import Profile, sender_identity
 from shipper.codecs.framing import BadFraming, Framed, Oversized
@@ -457,6 +458,9 @@ class StreamServer:
         self.stopping = False
         self.bound: list[Listening] = []
         self._accept_scope = trio.CancelScope()
+        #: In an ingest worker: waits, before each accept, for this worker's turn
+        #: (``shipper.balance``); None in one process.
+        self.gate: AcceptGate | None = None
         self._connections: set[Connection] = set()
         self._per_peer: Counter[str] = Counter()
         self._refusal_log = Throttle(REFUSAL_LOGS_PER_SECOND)
@@ -554,6 +558,8 @@ class StreamServer:
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
             try:
+                if self.gate is not None:
+                    await self.gate.turn(listener.socket, self.source_id)
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno in _ACCEPT_RETRY_ERRNOS:
