@@ -70,6 +70,8 @@ def test_a_killed_sink_process_comes_back_and_archives_everything_once(tmp_path:
         with running_daemon(config, tmp_path) as daemon:
             for sender in senders:
                 sender.start()
+            # Its supervisor starts the sink's process beside the sources: maybe after ready.
+            wait_for(lambda: started(tmp_path, "archive"), "the sink's process")
             for kill in range(KILLS):
                 pids = started(tmp_path, "archive")
                 assert len(pids) == kill + 1
