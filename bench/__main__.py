@@ -87,6 +87,7 @@ from bench.loadgen import (
 )
 from bench.receivers import Receiver
 from bench.syslog import RFC5424_LIMIT
+from shipper import procstat
 from shipper.codecs.syslog import FACILITIES, SEVERITIES
 
 QUICK_EVENTS = 20_000
@@ -475,10 +476,6 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
 @dataclass(frozen=True)
 class ProcStat:
     """What ``/proc/PID/stat`` says of one process."""
@@ -497,22 +494,18 @@ class ProcStat:
 
 
 def read_stat(pid: int) -> ProcStat | None:
-    """``/proc/PID/stat`` of ``pid``; None if there is no such process (or no /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-    except OSError:
+    """``/proc/PID/stat`` of ``pid`` (``shipper.procstat.fields``); None if there is no such
+    process (or no /proc)."""
+    fields = procstat.fields(pid)
+    if fields is None:
         return None
-    # After "(comm)": state ppid pgrp session ... utime(14) stime(15) cutime(16) cstime(17) ...
-    # starttime(22) vsize(23) rss(24), counted from 1 as in proc(5).
-    fields = stat[stat.rindex(b")") + 2 :].split()
     return ProcStat(
         pid=pid,
         state=fields[0].decode(),
         parent=int(fields[1]),
         session=int(fields[3]),
-        cpu_seconds=sum(int(value) for value in fields[11:15]) / _TICKS,
-        rss_bytes=int(fields[21]) * _PAGE,
+        cpu_seconds=sum(int(value) for value in fields[11:15]) / procstat.TICKS_PER_SECOND,
+        rss_bytes=int(fields[21]) * procstat.PAGE_BYTES,
         started=int(fields[19]),
     )
 

@@ -18,17 +18,17 @@ for ``http``). They exit at the end of stdin.
 from __future__ import annotations
 
 import gzip
-import os
 import socketserver
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
 import orjson
+
+from shipper import procstat
 
 
 class _Counts:
@@ -126,9 +126,9 @@ class Receiver:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the receiver so far (Linux /proc)."""
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        fields = stat.rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        usage = procstat.usage(self.process.pid)
+        assert usage is not None, "the receiver is gone"
+        return usage.cpu_seconds
 
     def close(self) -> None:
         if self.process.stdin is not None:

@@ -364,7 +364,10 @@ _ATOM: Final = rb'[^{}"\\]++|"[^"\\]*+"'  # text without braces outside strings,
 _DEPTH_1: Final = rb"\{(?:%s)*+\}" % _ATOM
 _DEPTH_2: Final = rb"\{(?:%s|%s)*+\}" % (_ATOM, _DEPTH_1)
 _OBJECT: Final = rb"(\{(?:%s|%s)*+\})" % (_ATOM, _DEPTH_2)
-_START_RE: Final = re.compile(rb'\{"v":1,"id":%s,"received_at":%s,"source":' % (_STRING, _STRING))
+#: What every envelope starts with, up to its ``source`` object, given the patterns of the texts of
+#: ``id`` and ``received_at`` (in their quotes): ``HeadReader``'s and ``BatchHeads``' one start.
+_START: Final = rb'\{"v":1,"id":%s,"received_at":%s,"source":'
+_START_RE: Final = re.compile(_START % (_STRING, _STRING))
 _OBJECT_RE: Final = re.compile(_OBJECT)
 _REST_RE: Final = re.compile(
     rb'(?:,"syslog":%s)?(?:,"agent":%s)?(?:,"chain":%s)?(?:,"identity_mismatch":%s)?'
@@ -377,8 +380,8 @@ _REST_RE: Final = re.compile(
 #: must follow it starts with ``,"``, and in a string a ``"`` is escaped, while a string closed
 #: right after ``},`` would be followed by a key's letters, which is not JSON.)
 _QUICK_RE: Final = re.compile(
-    rb'\{"v":1,"id":%s,"received_at":%s,"source":(\{[^{}]*+\})(?:,"agent":%s)?'
-    rb'(?:,"chain":(\{[^{}]*+\}))?,"(record|malformed)":\{' % (_STRING, _STRING, _STRING)
+    _START % (_STRING, _STRING)
+    + rb'(\{[^{}]*+\})(?:,"agent":%s)?(?:,"chain":(\{[^{}]*+\}))?,"(record|malformed)":\{' % _STRING
 )
 _SOURCE_MEMO: Final = 64
 
@@ -412,9 +415,10 @@ class HeadReader:
 
     def read(self, line: bytes) -> Head | None:
         quick = _QUICK_RE.match(line)
-        if quick is None:
-            return self._read_nested(line)
-        event_id, received_at, blob, agent, chain, kind = quick.groups()
+        parts = quick.groups() if quick is not None else _nested_parts(line)
+        if parts is None:
+            return None
+        event_id, received_at, blob, agent, chain, kind = parts
         return (
             event_id.decode(),
             received_at.decode(),
@@ -424,27 +428,21 @@ class HeadReader:
             kind == b"record",
         )
 
-    def _read_nested(self, line: bytes) -> Head | None:
-        start = _START_RE.match(line)
-        if start is None:
-            return None
-        event_id, received_at = start.groups()
-        found = _OBJECT_RE.match(line, start.end())
-        if found is None:
-            return None
-        rest = _REST_RE.match(line, found.end())
-        if rest is None:
-            return None
-        source = self._source(found.group())
-        _, agent, chain, _, kind = rest.groups()
-        return (
-            event_id.decode(),
-            received_at.decode(),
-            source,
-            agent.decode() if agent is not None else None,
-            orjson.loads(chain) if chain is not None else None,
-            kind == b"record",
-        )
+
+def _nested_parts(line: bytes) -> tuple[bytes | Any, ...] | None:
+    """The bytes ``_QUICK_RE``'s groups hold (id, ``received_at``, source, agent, chain, kind)
+    for an envelope whose objects nest (``HeadReader``), or None."""
+    start = _START_RE.match(line)
+    if start is None:
+        return None
+    found = _OBJECT_RE.match(line, start.end())
+    if found is None:
+        return None
+    rest = _REST_RE.match(line, found.end())
+    if rest is None:
+        return None
+    _, agent, chain, _, kind = rest.groups()
+    return (*start.groups(), found.group(), agent, chain, kind)
 
 
 _TEXT: Final = rb'[^"\\\n]*+'  # a string's text without escapes (and no LF: one line)
@@ -489,10 +487,9 @@ class BatchHeads:
                 if source is None
                 else re.escape(source.encode())
             )
+            start = _START % (rb'"(%s)"' % _TEXT, rb'"%s%s"' % (re.escape(prefix.encode()), _TEXT))
             pattern = self._patterns[(prefix, source)] = re.compile(
-                rb'\{"v":1,"id":"(%s)","received_at":"%s%s","source":\{"id":"%s"'
-                rb"(?:\}|,[^{}\n]*+\})%s"
-                % (_TEXT, re.escape(prefix.encode()), _TEXT, source_id, _LINKED)
+                start + rb'\{"id":"%s"(?:\}|,[^{}\n]*+\})%s' % (source_id, _LINKED)
             )
         return pattern
 

@@ -1,12 +1,16 @@
-"""Shared fixtures: TLS material, free ports, configs, and a helper to await a condition."""
+"""Shared fixtures: TLS material, free ports, configs, helpers to await a condition, and a daemon
+run as a command (``running_daemon``)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -169,6 +173,107 @@ def wait_for(predicate: Any, what: str, limit: float = 120.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def stop_process(process: subprocess.Popen[bytes], limit: float = 10.0) -> int | None:
+    """SIGTERM a process the test started, by its PID, and wait up to ``limit`` seconds for its
+    exit code; SIGKILL it if it has not exited by then (None: it was killed). A process that has
+    exited already is only reaped."""
+    if process.poll() is not None:
+        return process.returncode
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=limit)
+    except subprocess.TimeoutExpired:  # pragma: no cover - only a hung process gets here
+        process.kill()
+        process.wait()
+        return None
+
+
+#: The shipper command as a user runs it, in this interpreter.
+SHIPPER = [sys.executable, "-m", "shipper"]
+#: Where ``running_daemon`` sends the daemon's log (its stderr), in its working directory.
+DAEMON_LOG = "daemon.log"
+
+
+def log_entries(cwd: Path) -> list[dict[str, Any]]:
+    """The JSON log entries so far of the daemon ``running_daemon`` started in ``cwd``."""
+    return [orjson.loads(line) for line in (cwd / DAEMON_LOG).read_bytes().splitlines()]
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """A ``shipper run`` in a subprocess (``running_daemon``)."""
+
+    process: subprocess.Popen[bytes]
+    cwd: Path  # its working directory, where its log is (``DAEMON_LOG``)
+
+    @property
+    def log(self) -> Path:
+        """The file its log (stderr) goes to."""
+        return self.cwd / DAEMON_LOG
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Its JSON log entries so far."""
+        return log_entries(self.cwd)
+
+    def wait_for(self, predicate: Any, what: str, limit: float = 120.0) -> None:
+        """``wait_for`` that fails at once, showing the log, if the daemon exits first."""
+
+        def holds() -> bool:
+            if predicate():
+                return True
+            assert self.process.poll() is None, f"exited before {what}: {self.log.read_text()}"
+            return False
+
+        wait_for(holds, what, limit)
+
+    def wait_ready(self) -> None:
+        """Wait until it logs ``shipper_ready`` (fail if it exits first)."""
+        self.wait_for(
+            lambda: any(entry.get("event") == "shipper_ready" for entry in self.entries()),
+            "shipper_ready",
+            limit=60.0,
+        )
+
+    def stop(self) -> int:
+        """SIGTERM it and return its exit code; fail the test if it does not exit within a
+        minute (a hang: it is SIGKILLed)."""
+        code = stop_process(self.process, limit=60.0)
+        assert code is not None, "the daemon did not stop at SIGTERM"
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL it (a crash) and reap it."""
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def running_daemon(
+    config: Path, cwd: Path, env: dict[str, str] | None = None, *, ready: bool = True
+) -> Iterator[Daemon]:
+    """``shipper run -c config`` in a subprocess working in ``cwd``, its log in ``DAEMON_LOG``
+    there and ``env`` added to the environment, for the block; waits for ``shipper_ready``
+    first unless ``ready`` is false (a test that awaits another sign, or a start that fails).
+    After the block, a daemon still running is stopped by its PID: SIGTERM, then SIGKILL if it
+    has not exited after a bounded wait (the block stops or kills it itself where that is what
+    it tests)."""
+    with (cwd / DAEMON_LOG).open("wb") as stderr:
+        process = subprocess.Popen(
+            [*SHIPPER, "run", "-c", str(config)],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+        )
+    daemon = Daemon(process, cwd)
+    try:
+        if ready:
+            daemon.wait_ready()
+        yield daemon
+    finally:
+        stop_process(process)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ import glob
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -21,22 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, stop_process
 
 #: Where ``.ci/run`` unpacks syslog-ng-core (``LOGGEN_ROOT`` overrides it).
 LOGGEN_ROOT = REPO / ".ci" / "peers" / "syslog-ng"
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM a process this test started, by its PID; SIGKILL it if it does not exit."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # pragma: no cover - only a hung peer gets here
-        process.kill()
-        process.wait()
 
 
 # --- loggen ------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import trio
 import trio.testing
 
 from shipper.balance import DEFER_LIMIT, STALE, AcceptBoard, AcceptGate
-from tests.conftest import WORKERS, archive_lines, wait_for
-from tests.test_cli import daemon_config, start_daemon, stop, wait_ready, write_config
+from tests.conftest import WORKERS, archive_lines, running_daemon, wait_for
+from tests.test_cli import daemon_config, write_config
 from tests.test_ingestproc import server_side, socket_inodes, workers_started
 
 
@@ -140,23 +140,22 @@ def test_connections_opened_at_once_are_spread_evenly_over_the_workers(tmp_path:
         port = probe.getsockname()[1]
     raw = daemon_config(tmp_path, port)
     raw["runtime"] = {"workers": WORKERS}
-    process = start_daemon(write_config(tmp_path / "shipper.toml", raw), tmp_path)
     clients: list[socket.socket] = []
-    try:
-        wait_ready(process, tmp_path)
-        wait_for(lambda: len(workers_started(tmp_path)) == WORKERS, "the workers")
-        pids = [pid for _, pid in workers_started(tmp_path)]
-        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
-        for number, client in enumerate(clients):
-            client.sendall(orjson.dumps({"agentId": f"agent-{number}", "sequence": 1}) + b"\n")
-        wait_for(lambda: len(archive_lines(tmp_path / "archive")) == 8, "the records")
-        holders: Counter[int] = Counter()
-        for client in clients:
-            inode = server_side(port, client.getsockname()[1])
-            (pid,) = [pid for pid in pids if inode in socket_inodes(pid)]
-            holders[pid] += 1
-        assert sorted(holders.values()) == [4, 4], holders
-    finally:
-        for client in clients:
-            client.close()
-        assert stop(process) == 0
+    with running_daemon(write_config(tmp_path / "shipper.toml", raw), tmp_path) as daemon:
+        try:
+            wait_for(lambda: len(workers_started(tmp_path)) == WORKERS, "the workers")
+            pids = [pid for _, pid in workers_started(tmp_path)]
+            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+            for number, client in enumerate(clients):
+                client.sendall(orjson.dumps({"agentId": f"agent-{number}", "sequence": 1}) + b"\n")
+            wait_for(lambda: len(archive_lines(tmp_path / "archive")) == 8, "the records")
+            holders: Counter[int] = Counter()
+            for client in clients:
+                inode = server_side(port, client.getsockname()[1])
+                (pid,) = [pid for pid in pids if inode in socket_inodes(pid)]
+                holders[pid] += 1
+            assert sorted(holders.values()) == [4, 4], holders
+        finally:
+            for client in clients:
+                client.close()
+        assert daemon.stop() == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import shutil
 import signal
@@ -18,9 +18,17 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import REPO, archive_lines, free_port, runtime, wait_for
-
-SHIPPER = [sys.executable, "-m", "shipper"]
+from tests.conftest import (
+    REPO,
+    SHIPPER,
+    Daemon,
+    archive_lines,
+    free_port,
+    log_entries,
+    running_daemon,
+    runtime,
+    wait_for,
+)
 
 
 def shipper(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -128,49 +136,6 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock.close()
 
 
-def start_daemon(
-    config: Path, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start `shipper run` with its stderr in a file beside the config."""
-    stderr = open(cwd / "daemon.log", "wb")  # noqa: SIM115 - closed with the process below
-    process = subprocess.Popen(
-        [*SHIPPER, "run", "-c", str(config)],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        env={**os.environ, **(env or {})},
-    )
-    stderr.close()
-    return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    """SIGTERM the daemon and wait for its exit code (kill it if it hangs)."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=60)
-    except subprocess.TimeoutExpired:  # pragma: no cover - a hang is a failure
-        process.kill()
-        process.wait()
-        raise
-
-
-def log_entries(cwd: Path) -> list[dict[str, Any]]:
-    """The daemon's JSON log entries so far."""
-    return [orjson.loads(line) for line in (cwd / "daemon.log").read_bytes().splitlines()]
-
-
-def wait_ready(process: subprocess.Popen[bytes], cwd: Path) -> None:
-    """Wait until the daemon logs shipper_ready (fail if it exits first)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if any(entry.get("event") == "shipper_ready" for entry in log_entries(cwd)):
-            return
-        assert process.poll() is None, (cwd / "daemon.log").read_text()
-        time.sleep(0.05)
-    raise AssertionError("the daemon did not become ready")  # pragma: no cover
-
-
 def send(port: int, data: bytes) -> None:
     """Send bytes over one TCP connection to the local daemon and close it."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -185,10 +150,8 @@ def test_run_notifies_systemd_archives_and_stops_cleanly(
     raw = daemon_config(tmp_path, port)
     raw["runtime"] = runtime(processes)
     config = write_config(tmp_path / "shipper.toml", raw)
-    process = start_daemon(
-        config, tmp_path, {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
-    )
-    try:
+    notify = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
+    with running_daemon(config, tmp_path, notify, ready=False) as daemon:
         ready = notify_socket.recv(4096).decode()
         assert ready.splitlines()[0] == "READY=1"
         records = [orjson.dumps({"agentId": "cli", "sequence": n}) for n in range(1, 101)]
@@ -197,11 +160,7 @@ def test_run_notifies_systemd_archives_and_stops_cleanly(
         # the kernel's buffers (or a connection an ingest worker has not accepted yet) are not
         # taken.
         wait_for(lambda: len(archive_lines(tmp_path / "archive")) == 100, "the archive")
-        exit_code = stop(process)
-    finally:
-        if process.poll() is None:  # pragma: no cover - only when an assertion failed early
-            process.kill()
-            process.wait()
+        exit_code = daemon.stop()
     assert exit_code == 0
     assert notify_socket.recv(4096).decode() == "STOPPING=1"
     lines = archive_lines(tmp_path / "archive")
@@ -221,15 +180,13 @@ def test_sighup_reloads_the_config_file_and_tells_systemd(
     raw = daemon_config(tmp_path, port)
     raw["runtime"] = runtime(processes)
     config = write_config(tmp_path / "shipper.toml", raw)
-    process = start_daemon(
-        config, tmp_path, {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
-    )
-    try:
+    notify = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
+    with running_daemon(config, tmp_path, notify, ready=False) as daemon:
         assert notify_socket.recv(4096).decode().splitlines()[0] == "READY=1"
         raw["sinks"]["second"] = {"type": "file", "path": str(tmp_path / "second")}
         write_config(config, raw)
         before = time.monotonic_ns() // 1000
-        process.send_signal(signal.SIGHUP)
+        daemon.process.send_signal(signal.SIGHUP)
         reloading = dict(
             line.split("=", 1) for line in notify_socket.recv(4096).decode().splitlines()
         )
@@ -241,11 +198,7 @@ def test_sighup_reloads_the_config_file_and_tells_systemd(
         # Delivered before the stop: a stop right after the send may come before a worker
         # accepted the connection (a stop does not accept any more).
         wait_for(lambda: len(archive_lines(tmp_path / "second")) == 10, "the added sink")
-        exit_code = stop(process)
-    finally:
-        if process.poll() is None:  # pragma: no cover - only when an assertion failed early
-            process.kill()
-            process.wait()
+        exit_code = daemon.stop()
     assert exit_code == 0
     for path in ("archive", "second"):
         lines = archive_lines(tmp_path / path)
@@ -261,10 +214,20 @@ def test_address_in_use_fails_with_exit_1_and_a_logged_reason(tmp_path: Path) ->
         taken.listen()
         port = taken.getsockname()[1]
         config = write_config(tmp_path / "shipper.toml", daemon_config(tmp_path, port))
-        process = start_daemon(config, tmp_path)
-        assert process.wait(timeout=60) == 1
+        with running_daemon(config, tmp_path, ready=False) as daemon:
+            assert daemon.process.wait(timeout=60) == 1
     (failed,) = [e for e in log_entries(tmp_path) if e["event"] == "shipper_failed"]
     assert f"cannot listen on 127.0.0.1:{port}" in failed["error"]
+
+
+def test_a_daemon_left_running_is_stopped_after_the_block(tmp_path: Path) -> None:
+    """``running_daemon`` stops a daemon the block left running, by SIGTERM: it has exited
+    cleanly once the block is over."""
+    config = write_config(tmp_path / "shipper.toml", daemon_config(tmp_path, free_port()))
+    with running_daemon(config, tmp_path) as daemon:
+        assert daemon.process.poll() is None
+    assert daemon.process.returncode == 0
+    assert daemon.entries()[-1]["event"] == "shutdown_complete"
 
 
 def skip_unless_default_ports_are_free() -> None:
@@ -283,24 +246,21 @@ def skip_unless_default_ports_are_free() -> None:
                 pytest.skip(f"{what} port {port} of the default config is in use on this machine")
 
 
-def start_default_daemon(cwd: Path) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def default_daemon(cwd: Path) -> Iterator[Daemon]:
     """What `make run` runs, from a checkout: the default config, relative to the working dir
-    ``cwd`` (a copy of config/), with ``var/`` there; skips if its ports are taken."""
+    ``cwd`` (a copy of config/), with ``var/`` there, ready; skips if its ports are taken."""
     skip_unless_default_ports_are_free()
     shutil.copytree(REPO / "config", cwd / "config")
-    return start_daemon(Path("config/shipper.toml"), cwd)
+    with running_daemon(Path("config/shipper.toml"), cwd) as daemon:
+        yield daemon
 
 
-def wait_archived(process: subprocess.Popen[bytes], cwd: Path, count: int) -> list[bytes]:
+def wait_archived(daemon: Daemon, count: int) -> list[bytes]:
     """Wait until ``var/archive`` holds ``count`` lines (fail if the daemon exits first)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        lines = archive_lines(cwd / "var" / "archive")
-        if len(lines) >= count:
-            return lines
-        assert process.poll() is None, (cwd / "daemon.log").read_text()
-        time.sleep(0.05)
-    raise AssertionError(f"not archived: {count} events")  # pragma: no cover
+    archive = daemon.cwd / "var" / "archive"
+    daemon.wait_for(lambda: len(archive_lines(archive)) >= count, f"{count} events archived", 60)
+    return archive_lines(archive)
 
 
 def test_readme_quick_start_puts_the_sample_event_in_var_archive(tmp_path: Path) -> None:
@@ -310,16 +270,10 @@ def test_readme_quick_start_puts_the_sample_event_in_var_archive(tmp_path: Path)
     assert "make run" in readme
     if shutil.which("bash") is None:  # pragma: no cover - Debian always has bash
         pytest.skip("bash is needed for the README's /dev/tcp one-liner")
-    process = start_default_daemon(tmp_path)
-    try:
-        wait_ready(process, tmp_path)
+    with default_daemon(tmp_path) as daemon:
         subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, check=True, timeout=30)
-        wait_archived(process, tmp_path, 1)  # a stop reads no more from connections
-        exit_code = stop(process)
-    finally:
-        if process.poll() is None:  # pragma: no cover
-            process.kill()
-            process.wait()
+        wait_archived(daemon, 1)  # a stop reads no more from connections
+        exit_code = daemon.stop()
     assert exit_code == 0
     (event,) = [orjson.loads(line) for line in archive_lines(tmp_path / "var" / "archive")]
     assert event["agent"] == "demo-agent"
@@ -381,18 +335,12 @@ def test_readme_logger_commands_reach_the_default_configs_syslog_sources(tmp_pat
     over_udp = readme_command("logger -n 127.0.0.1 -P 5514 --udp '")
     if shutil.which("logger") is None:  # pragma: no cover - util-linux is in every Debian
         pytest.skip("logger (util-linux) is needed for the README's syslog commands")
-    process = start_default_daemon(tmp_path)
-    try:
-        wait_ready(process, tmp_path)
+    with default_daemon(tmp_path) as daemon:
         subprocess.run(["sh", "-c", over_tcp], cwd=tmp_path, check=True, timeout=30)
-        wait_archived(process, tmp_path, 1)
+        wait_archived(daemon, 1)
         subprocess.run(["sh", "-c", over_udp], cwd=tmp_path, check=True, timeout=30)
-        lines = wait_archived(process, tmp_path, 2)
-        exit_code = stop(process)
-    finally:
-        if process.poll() is None:  # pragma: no cover
-            process.kill()
-            process.wait()
+        lines = wait_archived(daemon, 2)
+        exit_code = daemon.stop()
     assert exit_code == 0
     tcp, udp = [orjson.loads(line) for line in lines]
     sent = orjson.loads(over_tcp.split(" '", 1)[1].removesuffix("'"))

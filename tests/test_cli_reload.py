@@ -7,16 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import archive_lines, free_port, wait_for
-from tests.test_cli import (
-    daemon_config,
-    send,
-    shipper,
-    start_daemon,
-    stop,
-    wait_ready,
-    write_config,
-)
+from tests.conftest import archive_lines, free_port, running_daemon, wait_for
+from tests.test_cli import daemon_config, send, shipper, write_config
 
 
 def test_shipper_reload_applies_a_changed_config_and_reports_a_refused_one(tmp_path: Path) -> None:
@@ -27,9 +19,7 @@ def test_shipper_reload_applies_a_changed_config_and_reports_a_refused_one(tmp_p
     raw = daemon_config(tmp_path, port)
     raw["api"] = {"address": f"127.0.0.1:{api_port}"}
     config = write_config(tmp_path / "shipper.toml", raw)
-    process = start_daemon(config, tmp_path)
-    try:
-        wait_ready(process, tmp_path)
+    with running_daemon(config, tmp_path) as daemon:
         raw["sinks"]["second"] = {"type": "file", "path": str(tmp_path / "second")}
         write_config(config, raw)
         applied = shipper("reload", "-c", str(config))
@@ -43,11 +33,7 @@ def test_shipper_reload_applies_a_changed_config_and_reports_a_refused_one(tmp_p
         as_json = shipper("reload", "--json", "--api", f"127.0.0.1:{api_port}", "-c", "none")
         send(port, orjson.dumps({"agentId": "cli", "sequence": 2}) + b"\n")
         wait_for(lambda: len(archive_lines(tmp_path / "second")) == 2, "the daemon running on")
-        assert stop(process) == 0
-    finally:
-        if process.poll() is None:  # pragma: no cover - only when an assertion failed early
-            process.kill()
-            process.wait()
+        assert daemon.stop() == 0
     assert (applied.returncode, applied.stdout) == (0, "reloaded\nstarted sinks: second\n")
     assert asked.returncode == 1
     assert asked.stdout.startswith("reload refused; the daemon runs on")

@@ -4,16 +4,13 @@ agents, printed by the command as a subprocess, and a clear failure when there i
 from __future__ import annotations
 
 import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
 import trio
 
 from tests.api.test_status import first_summary, planted, send, shows_agent
-from tests.conftest import LogCapture, api_daemon, file_sink_config, free_port
-
-SHIPPER = [sys.executable, "-m", "shipper"]
+from tests.conftest import SHIPPER, LogCapture, api_daemon, file_sink_config, free_port
 
 
 async def test_top_once_prints_the_sources_sinks_and_the_agents_with_problems(

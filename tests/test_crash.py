@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import signal
 import socket
 import threading
 import time
@@ -18,8 +17,8 @@ from shipper.buffer.recovery import recover
 from shipper.chain import Verifier
 from shipper.chain_stage import Checkpoint, load_checkpoint, wal_envelopes
 from tests.chains import seed_hash
-from tests.conftest import archive_lines, free_port, runtime
-from tests.test_cli import daemon_config, start_daemon, stop, wait_ready, write_config
+from tests.conftest import archive_lines, free_port, running_daemon, runtime
+from tests.test_cli import daemon_config, write_config
 
 AGENTS = ("crash-a", "crash-b", "crash-c")
 
@@ -82,19 +81,14 @@ def kill_under_load(
 ) -> None:
     """Start the daemon, let ``senders`` load it (until ``loaded`` returns, then ``pause``
     seconds more), SIGKILL it, and stop the senders (each then knows how far it got)."""
-    process = start_daemon(config, root)
     try:
-        wait_ready(process, root)
-        for sender in senders:
-            sender.start()
-        loaded()
-        time.sleep(pause)  # let load build up, then kill at a random point
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        with running_daemon(config, root) as daemon:
+            for sender in senders:
+                sender.start()
+            loaded()
+            time.sleep(pause)  # let load build up, then kill at a random point
+            daemon.kill()
     finally:
-        if process.poll() is None:  # pragma: no cover
-            process.kill()
-            process.wait()
         for sender in senders:
             sender.stop_flag.set()
             sender.join(timeout=30)
@@ -152,17 +146,11 @@ def test_sigkill_under_load_loses_and_duplicates_nothing_the_wal_accepted(
         accepted |= wal_records(tmp_path / "var")
         (tmp_path / "daemon.log").rename(tmp_path / f"daemon-{len(accepted)}.log")
 
-    process = start_daemon(config, tmp_path)
-    try:
-        wait_ready(process, tmp_path)
+    with running_daemon(config, tmp_path) as daemon:
         deadline = time.monotonic() + 120
         while not accepted <= set(archived(tmp_path)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert stop(process) == 0
-    finally:
-        if process.poll() is None:  # pragma: no cover
-            process.kill()
-            process.wait()
+        assert daemon.stop() == 0
     torn = [f.name for f in (tmp_path / "archive").glob("*.jsonl") if not _ends_whole(f)]
     assert not torn, f"archive files end in a torn line after a clean stop: {torn}"
     events = archived(tmp_path)
@@ -202,9 +190,7 @@ def test_sigkill_mid_chain_gives_no_false_genesis_gap_or_duplicate(tmp_path: Pat
             resent += last - resume[agent] + 1
         (tmp_path / "daemon.log").rename(tmp_path / f"daemon-{rng.random()}.log")
 
-    process = start_daemon(config, tmp_path)
-    try:
-        wait_ready(process, tmp_path)
+    with running_daemon(config, tmp_path) as daemon:
         final = {agent: resume[agent] + 99 for agent in AGENTS}  # the resend and a little more
         for agent in AGENTS:
             lines = [records[agent].line(n) for n in range(resume[agent], final[agent] + 1)]
@@ -216,11 +202,7 @@ def test_sigkill_mid_chain_gives_no_false_genesis_gap_or_duplicate(tmp_path: Pat
             for agent in AGENTS
         ):
             time.sleep(0.1)
-        assert stop(process) == 0
-    finally:
-        if process.poll() is None:  # pragma: no cover
-            process.kill()
-            process.wait()
+        assert daemon.stop() == 0
     assert resent > 0
     envelopes = [orjson.loads(line) for line in archive_lines(tmp_path / "archive")]
     alerts = [e["record"] for e in envelopes if "chain" not in e]

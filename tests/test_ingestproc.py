@@ -22,9 +22,17 @@ from shipper.events import Event, Malformed, alert_event, entry, event_bytes
 from shipper.ingestproc import events, rows
 from shipper.topology import Topology
 from tests.chains import chain
-from tests.conftest import WORKERS, archive_lines, file_sink_config, wait_for, wait_until
+from tests.conftest import (
+    WORKERS,
+    archive_lines,
+    file_sink_config,
+    log_entries,
+    running_daemon,
+    wait_for,
+    wait_until,
+)
 from tests.test_chain import rehash
-from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
+from tests.test_cli import daemon_config, write_config
 from tests.test_crash import archived
 from tests.test_daemon import send
 
@@ -118,53 +126,53 @@ def test_a_killed_ingest_worker_comes_back_and_the_other_connections_go_on(
     raw = daemon_config(tmp_path, port)
     raw["runtime"] = {"workers": WORKERS}
     config = write_config(tmp_path / "shipper.toml", raw)
-    process = start_daemon(config, tmp_path)
     senders: list[Sender] = []
     try:
-        wait_ready(process, tmp_path)
-        wait_for(lambda: len(workers_started(tmp_path)) == WORKERS, "the workers")
-        pids = [pid for _, pid in workers_started(tmp_path)]
-        held: dict[int, list[Sender]] = {pid: [] for pid in pids}
-        # Connect until each worker holds one (the kernel picks the worker that accepts).
-        while not all(held.values()):
-            assert len(senders) < 64, f"connections all went to one worker: {held}"
-            sender = Sender(port, f"agent-{len(senders)}")
-            sender.start()
-            sender.connected.wait(10)
-            senders.append(sender)
-            wait_for(lambda s=sender: holder(pids, port, s) is not None, "the connection")
-            pid = holder(pids, port, sender)
-            assert pid is not None
-            held[pid].append(sender)
-        (victim_index, victim), (_, survivor) = workers_started(tmp_path)[::-1]
-        floor = len(archive_lines(tmp_path / "archive")) + 500
-        wait_for(lambda: len(archive_lines(tmp_path / "archive")) > floor, "deliveries")
-        os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(workers_started(tmp_path)) > WORKERS, "a restart")
-        wait_for(lambda: all(s.broken for s in held[victim]), "the broken connections")
-        assert not any(s.broken for s in held[survivor])
-        late = Sender(port, "agent-late")  # served by either worker, the new one included
-        late.start()
-        late.connected.wait(10)
-        wait_for(lambda: late.next > 200, "the new connection")
-        for sender in [*senders, late]:
-            sender.stop_flag.set()
-            sender.join(timeout=30)
-        untouched = [*held[survivor], late]
-        total = sum(s.next - 1 for s in untouched)
-        wait_for(
-            lambda: (
-                sum(1 for agent, _ in archived(tmp_path) if agent in {s.agent for s in untouched})
-                >= total
-            ),
-            "every record of the untouched connections",
-        )
-        assert process.poll() is None  # the daemon never stopped
-        assert stop(process) == 0
+        with running_daemon(config, tmp_path) as daemon:
+            wait_for(lambda: len(workers_started(tmp_path)) == WORKERS, "the workers")
+            pids = [pid for _, pid in workers_started(tmp_path)]
+            held: dict[int, list[Sender]] = {pid: [] for pid in pids}
+            # Connect until each worker holds one (the kernel picks the worker that accepts).
+            while not all(held.values()):
+                assert len(senders) < 64, f"connections all went to one worker: {held}"
+                sender = Sender(port, f"agent-{len(senders)}")
+                sender.start()
+                sender.connected.wait(10)
+                senders.append(sender)
+                wait_for(lambda s=sender: holder(pids, port, s) is not None, "the connection")
+                pid = holder(pids, port, sender)
+                assert pid is not None
+                held[pid].append(sender)
+            (victim_index, victim), (_, survivor) = workers_started(tmp_path)[::-1]
+            floor = len(archive_lines(tmp_path / "archive")) + 500
+            wait_for(lambda: len(archive_lines(tmp_path / "archive")) > floor, "deliveries")
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: len(workers_started(tmp_path)) > WORKERS, "a restart")
+            wait_for(lambda: all(s.broken for s in held[victim]), "the broken connections")
+            assert not any(s.broken for s in held[survivor])
+            late = Sender(port, "agent-late")  # served by either worker, the new one included
+            late.start()
+            late.connected.wait(10)
+            wait_for(lambda: late.next > 200, "the new connection")
+            for sender in [*senders, late]:
+                sender.stop_flag.set()
+                sender.join(timeout=30)
+            untouched = [*held[survivor], late]
+            total = sum(s.next - 1 for s in untouched)
+            wait_for(
+                lambda: (
+                    sum(
+                        1
+                        for agent, _ in archived(tmp_path)
+                        if agent in {s.agent for s in untouched}
+                    )
+                    >= total
+                ),
+                "every record of the untouched connections",
+            )
+            assert daemon.process.poll() is None  # the daemon never stopped
+            assert daemon.stop() == 0
     finally:
-        if process.poll() is None:  # pragma: no cover
-            process.kill()
-            process.wait()
         for sender in senders:
             sender.stop_flag.set()
     events = archived(tmp_path)

@@ -29,10 +29,12 @@ from tests.conftest import (
     archive_lines,
     file_sink_config,
     free_port,
+    log_entries,
+    running_daemon,
     wait_for,
     wait_until,
 )
-from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
+from tests.test_cli import daemon_config, write_config
 from tests.test_crash import AGENTS, Sender, archived
 from tests.test_daemon import record, send
 
@@ -63,29 +65,27 @@ def test_a_killed_sink_process_comes_back_and_archives_everything_once(tmp_path:
     raw["buffer"] = {"fsync": "batch", "segment_bytes": "256KiB"}
     raw["sinks"]["mirror"] = {"type": "file", "path": str(tmp_path / "mirror")}
     config = write_config(tmp_path / "shipper.toml", raw)
-    process = start_daemon(config, tmp_path)
     senders = [Sender(port, agent, 1) for agent in AGENTS]
     try:
-        wait_ready(process, tmp_path)
-        for sender in senders:
-            sender.start()
-        for kill in range(KILLS):
-            pids = started(tmp_path, "archive")
-            assert len(pids) == kill + 1
-            floor = len(archive_lines(tmp_path / "archive")) + 2000
-            wait_for(lambda n=floor: len(archive_lines(tmp_path / "archive")) > n, "deliveries")
-            os.kill(pids[-1], signal.SIGKILL)
-            wait_for(lambda n=kill + 1: len(started(tmp_path, "archive")) > n, "a restart")
-        for sender in senders:
-            sender.stop_flag.set()
-            sender.join(timeout=30)
-        total = sum(sender.next - 1 for sender in senders)
-        wait_for(lambda: len(archived(tmp_path)) >= total, "the rest of the load")
-        assert stop(process) == 0
+        with running_daemon(config, tmp_path) as daemon:
+            for sender in senders:
+                sender.start()
+            # Its supervisor starts the sink's process beside the sources: maybe after ready.
+            wait_for(lambda: started(tmp_path, "archive"), "the sink's process")
+            for kill in range(KILLS):
+                pids = started(tmp_path, "archive")
+                assert len(pids) == kill + 1
+                floor = len(archive_lines(tmp_path / "archive")) + 2000
+                wait_for(lambda n=floor: len(archive_lines(tmp_path / "archive")) > n, "deliveries")
+                os.kill(pids[-1], signal.SIGKILL)
+                wait_for(lambda n=kill + 1: len(started(tmp_path, "archive")) > n, "a restart")
+            for sender in senders:
+                sender.stop_flag.set()
+                sender.join(timeout=30)
+            total = sum(sender.next - 1 for sender in senders)
+            wait_for(lambda: len(archived(tmp_path)) >= total, "the rest of the load")
+            assert daemon.stop() == 0
     finally:
-        if process.poll() is None:  # pragma: no cover
-            process.kill()
-            process.wait()
         for sender in senders:
             sender.stop_flag.set()
     events = archived(tmp_path)

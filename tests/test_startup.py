@@ -5,7 +5,6 @@ longer WAL."""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,8 @@ from shipper import heap
 from shipper.cli import main
 from shipper.config import directory_problem
 from shipper.topology import Topology
-from tests.conftest import archive_lines, free_port, tmpfs
-from tests.test_cli import (
-    daemon_config,
-    log_entries,
-    send,
-    shipper,
-    start_daemon,
-    wait_ready,
-    write_config,
-)
+from tests.conftest import archive_lines, free_port, running_daemon, tmpfs
+from tests.test_cli import daemon_config, send, shipper, write_config
 
 EX_CONFIG = 78
 
@@ -126,21 +117,15 @@ def test_a_crash_loop_does_not_replay_an_ever_longer_wal(tmp_path: Path) -> None
     )
     replayed = []
     for start in range(3):
-        process = start_daemon(config, tmp_path)
-        try:
-            wait_ready(process, tmp_path)
+        with running_daemon(config, tmp_path) as daemon:
             if start == 0:
                 send(port, records)
-                deadline = time.monotonic() + 60
-                while len(archive_lines(tmp_path / "archive")) < 200:
-                    assert process.poll() is None
-                    assert time.monotonic() < deadline, "the records were never archived"
-                    time.sleep(0.05)
-            loaded = [e for e in log_entries(tmp_path) if e["event"] == "chain_state_loaded"]
+                daemon.wait_for(
+                    lambda: len(archive_lines(tmp_path / "archive")) >= 200, "the records", 60
+                )
+            loaded = [e for e in daemon.entries() if e["event"] == "chain_state_loaded"]
             replayed.append(loaded[-1]["replayed"])
-        finally:
-            process.kill()
-            process.wait()
+            daemon.kill()  # a crash: no shutdown checkpoint
         (tmp_path / "daemon.log").rename(tmp_path / f"daemon-{start}.log")
     assert replayed == [0, 200, 0]
 

@@ -3,14 +3,13 @@ webhook receiver, signed so that the reference verifier accepts every request.""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import orjson
 from standardwebhooks import Webhook
 
-from tests.conftest import TlsFiles, archive_lines, free_port, runtime
-from tests.test_cli import daemon_config, send, start_daemon, stop, wait_ready, write_config
+from tests.conftest import TlsFiles, archive_lines, free_port, running_daemon, runtime
+from tests.test_cli import daemon_config, send, write_config
 from tests.webhooks import new_secret, receiving, server_context
 
 
@@ -36,9 +35,7 @@ def test_the_daemon_delivers_sent_records_to_an_https_receiver_signed(
             "tls": {"ca": str(tls_files.ca_pem)},
         }
         config = write_config(tmp_path / "shipper.toml", raw)
-        process = start_daemon(config, tmp_path, {"HOOK_SECRET": secret})
-        try:
-            wait_ready(process, tmp_path)
+        with running_daemon(config, tmp_path, {"HOOK_SECRET": secret}) as daemon:
             lines = [
                 orjson.dumps(
                     {"agentId": "e2e", "n": n, "effect": "deny" if n % 3 == 0 else "allow"}
@@ -47,12 +44,8 @@ def test_the_daemon_delivers_sent_records_to_an_https_receiver_signed(
                 for n in range(1, 61)
             ]
             send(port, b"".join(lines))  # one connection: its order is the archive's
-            deadline = time.monotonic() + 60
-            while len(receiver.held()) < 20 and time.monotonic() < deadline:
-                assert process.poll() is None, (tmp_path / "daemon.log").read_text()
-                time.sleep(0.05)
-        finally:
-            assert stop(process) == 0
+            daemon.wait_for(lambda: len(receiver.held()) >= 20, "the denials delivered", 60)
+            assert daemon.stop() == 0
     held = [orjson.loads(envelope) for envelope in receiver.held()]
     assert [e["record"]["n"] for e in held] == list(range(3, 61, 3))
     requests = receiver.taken()

@@ -286,28 +286,22 @@ class WalReader:
             self._corrupt(segment, offset, resume, "bad checksum")
             self.position = Position(segment, offset + resume)
             return ReadBatch([], self.position, 0, 0)
+        self.position = Position(segment, offset + stop)
         if self._split is not None:
             shaped, events = self._split_each(segment, offset, found, self._split)
-            self.position = Position(segment, offset + stop)
             return ReadBatch(shaped, self.position, len(found), events)
+        shape = self._shape
         offsets: list[int] = []
         payloads: list[bytes] = []
         events = 0
-        for item in found:
-            try:
-                events += take(offset + item.offset, item.payload, self.inputs, offsets, payloads)
-            except ValueError:
-                # A whole record whose payload is not entries (say, one of another WAL format
-                # in a segment whose header was damaged): stepped over like corrupt bytes.
-                self._corrupt(segment, offset + item.offset, item.end - item.offset, "not entries")
-        self.position = Position(segment, offset + stop)
-        shape = self._shape
-        if shape is None:
-            return ReadBatch(payloads, self.position, len(found), events)
         try:
-            shaped = shape(segment, offsets, payloads)
+            for item in found:
+                events += take(offset + item.offset, item.payload, self.inputs, offsets, payloads)
+            shaped = payloads if shape is None else shape(segment, offsets, payloads)
         except ValueError:
-            shaped = self._shape_each(segment, offset, found, shape)
+            # A record that take or shape refuses: all again record by record (the slow path).
+            shaped = []
+            events = sum(self._shape_record(segment, offset, item, shape, shaped) for item in found)
         return ReadBatch(shaped, self.position, len(found), events)
 
     def _split_each(
@@ -315,7 +309,7 @@ class WalReader:
     ) -> tuple[list[bytes], int]:
         """What ``shape`` makes of the records ``found`` at ``offset``, and how many entries they
         hold: each usual record (``entries.uniform``) whole, any other entry by entry, stepping
-        over those that ``take`` or ``shape`` refuses (as ``_read`` and ``_shape_each`` do)."""
+        over those that ``take`` or ``shape`` refuses (``_shape_record``)."""
         inputs = self.inputs
         lead = shape.lead
         shaped: list[bytes] = []
@@ -332,35 +326,35 @@ class WalReader:
                     offsets = accumulate(map(step.__add__, map(len, rests)), initial=first)
                     shaped += shape.rests(segment, offsets, rests)
                 continue
-            entry_offsets: list[int] = []
-            payloads: list[bytes] = []
-            try:
-                events += take(at, item.payload, inputs, entry_offsets, payloads)
-            except ValueError:
-                self._corrupt(segment, at, item.end - item.offset, "not entries")
-                continue
-            try:
-                shaped += shape(segment, entry_offsets, payloads)
-            except ValueError as exc:
-                self._corrupt(segment, at, item.end - item.offset, str(exc))
+            events += self._shape_record(segment, offset, item, shape, shaped)
         return shaped, events
 
-    def _shape_each(
-        self, segment: int, offset: int, found: list[records.Record], shape: Shape
-    ) -> list[bytes]:
-        """``shape`` record by record, stepping over those it refuses (the slow path, taken
-        only when a record holds a payload it cannot take)."""
-        shaped: list[bytes] = []
-        for item in found:
-            offsets: list[int] = []
-            payloads: list[bytes] = []
-            try:
-                take(offset + item.offset, item.payload, self.inputs, offsets, payloads)
-                shaped.extend(shape(segment, offsets, payloads))
-            except ValueError as exc:
-                if payloads:  # (a record that take refused was counted already)
-                    self._corrupt(segment, offset + item.offset, item.end - item.offset, str(exc))
-        return shaped
+    def _shape_record(
+        self,
+        segment: int,
+        offset: int,
+        item: records.Record,
+        shape: Shape | None,
+        shaped: list[bytes],
+    ) -> int:
+        """Append to ``shaped`` what ``shape`` makes of the entries of the record ``item`` read
+        at ``offset`` (their payloads, without ``shape``); returns how many entries it holds.
+        A record that ``take`` refuses (a payload that is not entries: say, one of another WAL
+        format in a segment whose header was damaged) or ``shape`` refuses is stepped over like
+        corrupt bytes."""
+        at = offset + item.offset
+        offsets: list[int] = []
+        payloads: list[bytes] = []
+        try:
+            events = take(at, item.payload, self.inputs, offsets, payloads)
+        except ValueError:
+            self._corrupt(segment, at, item.end - item.offset, "not entries")
+            return 0
+        try:
+            shaped += payloads if shape is None else shape(segment, offsets, payloads)
+        except ValueError as exc:
+            self._corrupt(segment, at, item.end - item.offset, str(exc))
+        return events
 
     def _corrupt(self, segment: int, offset: int, size: int, reason: str) -> None:
         """Accepted bytes damaged after recovery scanned them: counted, logged, stepped over."""

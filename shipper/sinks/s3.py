@@ -752,10 +752,10 @@ class S3Sink(SinkBase):
         classes = config.classes
         profile = self._profile
         held = self._held
-        rendered: dict[tuple[str, str, str | None], str] = {}  # key prefixes seen in the batch
-        # Without rules on record fields, an event's group follows from its hour, source and agent.
+        # Without rules on record fields, an event's group follows from its hour, source and
+        # agent; with them, from those and its class (known only once its record is read).
         heads = None if any(rule.field for rule in classes.rules) else HeadReader()
-        found: dict[tuple[str, str, str | None], _Group] = {}
+        found: dict[tuple[str, str, str | None, str | None], _Group] = {}
         later = "" if profile.hash is None else None  # a hash read when needed (``_spans``)
         for line in envelopes:
             head = heads.read(line) if heads is not None else None
@@ -786,18 +786,17 @@ class S3Sink(SinkBase):
                 )
             if held and event_id in held:
                 continue
-            memo = (received_at[:13], source_id, agent if isinstance(agent, str) else None)
-            group = found.get(memo) if heads is not None else None
+            cls = None if heads is not None else classes.classify(source_id, agent, record)
+            memo = (received_at[:13], source_id, agent if isinstance(agent, str) else None, cls)
+            group = found.get(memo)
             if group is None:
-                directory = rendered.get(memo)
-                if directory is None:
-                    directory = rendered[memo] = _render(template, received_at, source_id, agent)
-                cls = classes.classify(source_id, agent, record)
+                directory = _render(template, received_at, source_id, agent)
+                if cls is None:
+                    cls = classes.classify(source_id, agent, record)
                 group = groups.get((directory, cls))
                 if group is None:
                     group = groups[(directory, cls)] = _Group(directory, cls)
-                if heads is not None:
-                    found[memo] = group
+                found[memo] = group
             group.lines.append(line)
             group.ids.append(event_id)
             group.links.append(link)

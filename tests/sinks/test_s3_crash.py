@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, running_daemon
 from tests.s3archive import BucketMirror, agent_events, chain_problems, data_objects, sink_table
 from tests.s3server import S3Server
-from tests.test_cli import daemon_config, start_daemon, stop, wait_ready, write_config
+from tests.test_cli import daemon_config, write_config
 from tests.test_crash import AGENTS, Sender, kill_under_load, wal_records
 
 
@@ -72,19 +72,13 @@ def test_sigkill_mid_upload_loses_and_doubles_nothing(tmp_path: Path, s3_server:
         (tmp_path / "daemon.log").rename(tmp_path / f"daemon-{kill}.log")
     stored_at_kills = dict(mirror.objects)
 
-    process = start_daemon(config, tmp_path)
-    try:
-        wait_ready(process, tmp_path)
+    with running_daemon(config, tmp_path) as daemon:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if accepted <= set(agent_events(data_objects(mirror.refresh()))):
                 break
             time.sleep(0.1)
-        assert stop(process) == 0
-    finally:
-        if process.poll() is None:  # pragma: no cover
-            process.kill()
-            process.wait()
+        assert daemon.stop() == 0
     stored = mirror.refresh()
     assert len(accepted) > 1000, "the load never reached the WAL"
     assert len(stored_at_kills) > 20, "the kills came before the uploads"

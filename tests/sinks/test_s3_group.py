@@ -195,6 +195,22 @@ def test_a_batch_that_may_be_split_is_read_event_by_event() -> None:
     assert got == parsed_in_full(s3, lines)
 
 
+def test_a_rule_on_a_record_field_splits_events_of_one_key_prefix_by_class() -> None:
+    """With a retention rule that looks into the record, events of one hour, source and agent
+    (one key prefix) go to the object of their own class, each in batch order."""
+    s3 = sink(
+        PROFILES["seed"],
+        "{{source}}/{{hour}}/",
+        [{"class": "long", "field": "hash", "equals": "h1"}],
+    )
+    lines = [chained(index, "a", {"sequence": index}) for index in range(4)]
+    got = objects(s3, lines)
+    assert [(g[0], g[1], g[3]) for g in got] == [
+        ("agents/10/", "default", ["1-0", "1-2", "1-3"]),
+        ("agents/10/", "long", ["1-1"]),
+    ]
+
+
 @pytest.mark.parametrize("profile", list(PROFILES.values()), ids=list(PROFILES))
 @pytest.mark.parametrize("key_prefix", ["x/", "{{agent}}/"], ids=["whole", "each"])
 def test_only_the_first_and_last_event_of_each_agent_is_parsed(
