@@ -17,8 +17,9 @@ hands its batches on in the order it read them, so one connection's events stay 
 The pipes carry ``shipper.children`` frames (a 4-byte length, then a pickle; between processes
 of one installation only):
 
-* main to worker, on stdin: one ``Spec``; later ``("stop",)`` to stop accepting and reading (the
-  worker hands on what it read, then exits with status 0). The end of stdin without a stop (the
+* main to worker, on stdin: one ``Spec``; later ``("stop",)`` to stop accepting and reading once
+  the sockets' contents are read, as in one process (the worker hands on what it read, then exits
+  with status 0). The end of stdin without a stop (the
   main process is gone) makes the worker exit at once with ``ORPHANED``.
 * worker to main, on stdout: ``("serving",)`` once its sources serve (the daemon's start waits
   for it from each worker, so that READY means connections are taken); then

@@ -50,7 +50,8 @@ verified and written again, in order, after a growing pause (or once there is ro
 state is therefore never ahead of the WAL for long: checkpoints, and with them the freeing of
 segments, go on while the disk refuses, and the daemon resumes by itself once space returns.
 
-Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading;
+Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading,
+once they read what their sockets hold (``shipper.sources._net``);
 each source closes its channel once its connections have handed on what they read; the writer
 appends what is left and closes the WAL; each sink delivers what is in the WAL and returns (a
 sink process sees the WAL closed in its files, delivers and exits); ``finished`` is set. What a

@@ -105,3 +105,45 @@ async def test_a_stop_archives_records_in_receive_buffers_and_the_listen_backlog
     assert [m["reason"] for m in malformed] == ["incomplete line: connection ended (shutdown)"]
     (complete,) = logs.entries("shutdown_complete")
     assert complete["metrics"]["source"]["agents"]["connections_accepted"] == 5
+
+
+@pytest.mark.usefixtures("logs")
+@pytest.mark.parametrize("family", ["udp", "unix"])
+async def test_a_stop_archives_the_datagrams_queued_on_the_socket(
+    tmp_path: Path, processes: bool, family: str
+) -> None:
+    """Datagrams queued on a UDP or unix datagram source's socket when the stop comes are all
+    archived once."""
+    config = file_sink_config(tmp_path)
+    if family == "udp":
+        source = {"type": "syslog", "mode": "udp", "address": "127.0.0.1:0"}
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    else:
+        source = {"type": "syslog", "mode": "unix", "path": str(tmp_path / "log.sock")}
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    config["sources"] = {"local": source}
+    client.setblocking(False)  # a unix socket's queue is short: what it took is what was sent
+    sent: list[str] = []
+
+    async def before_stop(bound: dict[str, Any], topology: Topology) -> None:
+        (address,) = bound["local"]
+        target = (address.host, address.port) if family == "udp" else str(address)
+        # (UDP: the kernel's default receive buffer holds about 250 of these)
+        for n in range(200):
+            message = f"message {n}"
+            try:
+                client.sendto(b"<134>1 - host app - - - " + message.encode(), target)
+            except BlockingIOError:
+                break
+            sent.append(message)
+        if not processes:
+            assert topology.sources[0].counters["datagrams"] == 0
+
+    try:
+        drained = await run_until_stopped(config, before_stop)
+    finally:
+        client.close()
+    assert drained
+    assert len(sent) >= 10  # (a unix socket queues net.unix.max_dgram_qlen: 10 by default)
+    messages = Counter(e["record"]["msg"] for e in envelopes(tmp_path))
+    assert messages == Counter(sent)
