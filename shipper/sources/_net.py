@@ -7,15 +7,16 @@ on a timeout, and when the server is stopping; the handler's sends to the pipeli
 interrupted by a stop, so what has been read is handed on (phase one of shutdown). Only a forced
 shutdown cancels everything.
 
-A stop loses nothing a sender's TCP saw acknowledged: each connection reads, without waiting, the
-bytes its socket held when the stop came (``Draining``: a read waiting for the peer stops waiting;
-with TLS, the records already received, and a handshake only if the peer's part of it is there),
-and the peer's close if it closed; those are framed and handed on like any other read, a last
-frame cut off counted as today when a connection ends mid-frame (a ``malformed`` event,
-"incomplete ...: connection ended (shutdown)"; after the peer's close, the last line is whole).
-Bytes that arrive after the stop are not read. The listener then accepts, without waiting, the
-connections the kernel completed and nobody accepted yet (the listen backlog, at most
-``SOMAXCONN``), admits them as usual, and each reads what it holds the same way.
+A stop reads what senders had delivered to the kernel when it came (TCP acknowledged it to
+them): each connection reads, without waiting, the bytes its socket held then, and the peer's
+close if it had closed (``Draining``: a read waiting for the peer stops waiting; with TLS, the
+records already received, and a handshake is finished only if the peer's part of it is there).
+Those bytes are framed and handed on like any other read; a last frame they leave unfinished is
+what it is when a connection ends mid-frame (a ``malformed`` event, "incomplete ...: connection
+ended (shutdown)"; after the peer's close, the last frame as at any EOF). Bytes that arrive after
+the stop are not read. The listener then accepts, without waiting, the connections the kernel
+completed and nobody accepted yet (the listen backlog, at most ``SOMAXCONN``), admits them as
+usual, and each reads what it holds the same way.
 
 Admission: no sender may hold connection slots it does not use. A connection is refused at once
 when ``max_connections`` are open, or when ``max_connections_per_peer`` are open from its peer (the
