@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,13 @@ def connect(address: Address) -> socket.socket:
 
 
 def envelopes(root: Path) -> list[dict[str, Any]]:
+    """The archived envelopes under ``root``."""
     return [orjson.loads(line) for line in archive_lines(root / "archive")]
 
 
 async def run_until_stopped(
-    config: dict[str, Any], before_stop: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    config: dict[str, Any],
+    before_stop: Callable[[dict[str, Any], Topology], Awaitable[None]],
 ) -> bool:
     """Run a daemon; call ``before_stop(bound, topology)`` (which must not yield to the daemon
     once it sent what the test counts on) and request the stop right after; whether the daemon
