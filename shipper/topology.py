@@ -655,8 +655,9 @@ class Topology:
         sources = {source.id: source for source in self.sources}
         workers = bool(self.config.runtime.workers)
         if workers:
+            kept = [source_id for source_id in sources if source_id not in going]
             for worker in self.workers:
-                worker.stop()
+                worker.stop(kept)  # (the next workers take what waits on the kept listeners)
             await self._finish(
                 [(str(w.index), t) for w, t in zip(self.workers, self._worker_tasks, strict=True)],
                 "worker",

@@ -568,6 +568,7 @@ class StreamServer:
         self.frame_timeout = frame_timeout
         self.socket_mode = socket_mode
         self.stopping = False
+        self._take_backlog = True
         self.bound: list[Listening] = []
         self._accept_scope = trio.CancelScope()
         self._connections: set[Connection] = set()
@@ -614,9 +615,12 @@ class StreamServer:
             refused_total=self.counters["connections_refused"],
         )
 
-    def stop(self) -> None:
-        """Stop accepting, and make every connection stop reading (what it read is handed on)."""
+    def stop(self, *, backlog: bool = True) -> None:
+        """Stop accepting, and make every connection read what its socket holds and stop (what
+        it read is handed on); ``backlog``: then accept the connections waiting, which do the
+        same (not when the listening socket lives on: whoever serves it next takes them)."""
         self.stopping = True
+        self._take_backlog = backlog
         self._accept_scope.cancel()
         for connection in list(self._connections):
             connection.stop_reading()
@@ -651,8 +655,8 @@ class StreamServer:
                     async with trio.open_nursery() as accepters:
                         for listener in listeners:
                             accepters.start_soon(self._accept_loop, listener, connections)
-                for sock in bound.sockets:  # stopped: the connections already waiting
-                    await self._accept_waiting(sock, connections)
+                for sock in bound.sockets if self._take_backlog else ():
+                    await self._accept_waiting(sock, connections)  # stopped: those waiting
             finally:
                 for listener in listeners:
                     listener.socket.close()  # sync: also under cancellation
@@ -915,11 +919,12 @@ class FramedSource:
             budget.release(sent.size)  # not sent: not in the channel
             raise
 
-    def stop(self) -> None:
-        """Stop accepting and reading; what was read is still handed on."""
+    def stop(self, *, backlog: bool = True) -> None:
+        """Stop accepting and reading, once what the sockets hold is read (``StreamServer.stop``);
+        what was read is still handed on."""
         self.stopping = True
         if self.server is not None:
-            self.server.stop()
+            self.server.stop(backlog=backlog)
 
     @property
     def shared(self) -> bool:

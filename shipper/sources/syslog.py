@@ -454,13 +454,13 @@ class SyslogSource(FramedSource):
                 else:
                     await self._serve_udp(raw, sock, bound.addresses, task_status)
 
-    def stop(self) -> None:
+    def stop(self, *, backlog: bool = True) -> None:
         """Stop accepting and reading, once what the sockets hold now is read (see the module
         doc); what was read is still handed on."""
         self._stopping = True
         if self._receive_scope is not None:
             self._receive_scope.cancel()
-        super().stop()
+        super().stop(backlog=backlog)
 
     def _framer(self) -> Framer:
         return AutoFramer(self._max_frame)

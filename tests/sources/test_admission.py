@@ -535,3 +535,26 @@ async def test_a_drained_stream_reads_the_peer_close_and_a_waiting_read_stops_wa
         assert await stream.receive_some() == b"the last line\n"
         assert await stream.receive_some() == b""
         await stream.aclose()
+
+
+async def accept_nothing(server: StreamServer, listener: trio.SocketListener, nursery: Any) -> None:
+    """An accept loop that takes no connection: they wait in the listen backlog."""
+    await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("backlog", [True, False], ids=["backlog", "listener-lives-on"])
+async def test_a_stop_takes_the_listen_backlog_unless_the_listener_lives_on(
+    monkeypatch: pytest.MonkeyPatch, backlog: bool
+) -> None:
+    """A stopping source accepts and reads the connections waiting in its listen backlog, and
+    leaves them there when told its listening socket lives on (for a reload's next workers)."""
+    monkeypatch.setattr(StreamServer, "_accept_loop", accept_nothing)
+    source, receive = json_source()
+    with contextlib.ExitStack() as clients:
+        async with trio.open_nursery() as nursery:
+            (address,) = await nursery.start(source.run)
+            client = clients.enter_context(socket.create_connection((address.host, address.port)))
+            client.sendall(RECORD + b"\n")
+            source.stop(backlog=backlog)
+    assert [event.record_json for event in drain(receive)] == ([RECORD] if backlog else [])
+    assert source.counters["connections_accepted"] == int(backlog)
