@@ -17,8 +17,10 @@ hands its batches on in the order it read them, so one connection's events stay 
 The pipes carry ``shipper.children`` frames (a 4-byte length, then a pickle; between processes
 of one installation only):
 
-* main to worker, on stdin: one ``Spec``; later ``("stop",)`` to stop accepting and reading (the
-  worker hands on what it read, then exits with status 0). The end of stdin without a stop (the
+* main to worker, on stdin: one ``Spec``; later ``("stop", kept)`` to stop accepting and reading
+  once what the sockets hold is read, as in one process (the worker hands on what it read, then
+  exits with status 0); ``kept``: the ids of the sources whose listening sockets live on (a
+  reload), whose waiting connections are left in the backlog for the next workers. The end of stdin without a stop (the
   main process is gone) makes the worker exit at once with ``ORPHANED``.
 * worker to main, on stdout: ``("serving",)`` once its sources serve (the daemon's start waits
   for it from each worker, so that READY means connections are taken); then
@@ -51,7 +53,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -220,6 +222,7 @@ class IngestWorker:
         self.restarts = 0
         self.started = trio.Event()  # set at each start (tests wait for a restart with it)
         self._stopping = False
+        self._stop_frame = frame(("stop", ()))
         self._stdin: trio.abc.SendStream | None = None
         self._seen: dict[str, dict[str, int]] = {}  # this incarnation's counters as last added
         self._task_status: trio.TaskStatus[None] | None = None  # until the first one serves
@@ -245,18 +248,21 @@ class IngestWorker:
 
         registry.collector(collect)
 
-    def stop(self) -> None:
-        """Tell the worker to stop accepting and reading (it hands on what it read, then
-        exits); one that is not running now is not started again."""
+    def stop(self, kept: Collection[str] = ()) -> None:
+        """Tell the worker to stop accepting and reading (it reads what its sockets hold, hands
+        on what it read, then exits); one that is not running now is not started again.
+        ``kept``: the sources whose listening sockets live on (a reload): their waiting
+        connections are left to the next workers."""
         self._stopping = True
+        self._stop_frame = frame(("stop", tuple(kept)))
         if self._stdin is not None:
             stdin = self._stdin
-            trio.lowlevel.spawn_system_task(self._tell_stop, stdin)
+            trio.lowlevel.spawn_system_task(self._tell_stop, stdin, self._stop_frame)
 
     @staticmethod
-    async def _tell_stop(stdin: trio.abc.SendStream) -> None:
+    async def _tell_stop(stdin: trio.abc.SendStream, stop: bytes) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stdin.send_all(frame(("stop",)))
+            await stdin.send_all(stop)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker until it stopped when told to, starting it again each time it exits
@@ -336,7 +342,7 @@ class IngestWorker:
         try:
             await process.stdin.send_all(frame(self.spec))
             if self._stopping:
-                await process.stdin.send_all(frame(("stop",)))
+                await process.stdin.send_all(self._stop_frame)
             self._stdin = process.stdin
             frames = Frames(process.stdout, MAX_BATCH_FRAME)
             while (message := await frames.next()) is not None:
@@ -453,10 +459,10 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
         nonlocal orphaned
         told = False
         while (message := await frames.next()) is not None:
-            if message == ("stop",):
+            if message[0] == "stop":
                 told = True
                 for source in sources:
-                    source.stop()
+                    source.stop(backlog=source.id not in message[1])
         if not told:  # the main process is gone: nobody takes what is read any more
             orphaned = True
             stop.cancel()

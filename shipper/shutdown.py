@@ -1,7 +1,9 @@
 """Running the daemon, and stopping it in two phases.
 
-Phase one (SIGTERM or SIGINT): tell systemd ``STOPPING=1``, stop accepting and reading, and let every
-event already read drain to the sinks, under ``shutdown_timeout``. Phase two (the deadline passes or
+Phase one (SIGTERM or SIGINT): tell systemd ``STOPPING=1``, stop accepting and reading once what
+senders already delivered to the kernel is read (the bytes connections' sockets hold, connections
+waiting in a listen backlog, queued datagrams: ``shipper.sources._net``), and let every event read
+drain to the sinks, under ``shutdown_timeout``. Phase two (the deadline passes or
 a second signal arrives): cancel everything (sink processes are killed), and log per sink how
 many bytes it left in the WAL, where they wait for the next start. The drain goes in order:
 sources, then the writer, which closes the WAL, then the sinks, which deliver what it holds (in

@@ -50,7 +50,8 @@ verified and written again, in order, after a growing pause (or once there is ro
 state is therefore never ahead of the WAL for long: checkpoints, and with them the freeing of
 segments, go on while the disk refuses, and the daemon resumes by itself once space returns.
 
-Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading;
+Shutdown (driven by ``shipper.shutdown``): ``stop()`` makes the sources stop accepting and reading,
+once they read what their sockets hold (``shipper.sources._net``);
 each source closes its channel once its connections have handed on what they read; the writer
 appends what is left and closes the WAL; each sink delivers what is in the WAL and returns (a
 sink process sees the WAL closed in its files, delivers and exits); ``finished`` is set. What a
@@ -654,8 +655,9 @@ class Topology:
         sources = {source.id: source for source in self.sources}
         workers = bool(self.config.runtime.workers)
         if workers:
+            kept = [source_id for source_id in sources if source_id not in going]
             for worker in self.workers:
-                worker.stop()
+                worker.stop(kept)  # (the next workers take what waits on the kept listeners)
             await self._finish(
                 [(str(w.index), t) for w, t in zip(self.workers, self._worker_tasks, strict=True)],
                 "worker",

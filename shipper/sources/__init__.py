@@ -83,8 +83,10 @@ class Source(Protocol):
     async def run(self, *, task_status: trio.TaskStatus[list[Listening]]) -> None:
         """``bind``, ``serve``, and close what was bound: the source in one process."""
 
-    def stop(self) -> None:
-        """Stop accepting and reading; what was read is still handed on."""
+    def stop(self, *, backlog: bool = True) -> None:
+        """Stop accepting and reading, once what the sockets hold now is read (and, with
+        ``backlog``, the connections waiting to be accepted: not when the listening socket lives
+        on, for the ingest workers a reload starts); what was read is still handed on."""
 
     def open_connections(self) -> int:
         """Connections open now, here and in the ingest workers (``open_elsewhere``)."""

@@ -7,6 +7,17 @@ on a timeout, and when the server is stopping; the handler's sends to the pipeli
 interrupted by a stop, so what has been read is handed on (phase one of shutdown). Only a forced
 shutdown cancels everything.
 
+A stop reads what senders had delivered to the kernel when it came (TCP acknowledged it to
+them): each connection reads, without waiting, the bytes its socket held then, and the peer's
+close if it had closed (``Draining``: a read waiting for the peer stops waiting; with TLS, the
+records already received, and a handshake is finished only if the peer's part of it is there).
+Those bytes are framed and handed on like any other read; a last frame they leave unfinished is
+what it is when a connection ends mid-frame (a ``malformed`` event, "incomplete ...: connection
+ended (shutdown)"; after the peer's close, the last frame as at any EOF). Bytes that arrive after
+the stop are not read. The listener then accepts, without waiting, the connections the kernel
+completed and nobody accepted yet (the listen backlog, at most ``SOMAXCONN``), admits them as
+usual, and each reads what it holds the same way.
+
 Admission: no sender may hold connection slots it does not use. A connection is refused at once
 when ``max_connections`` are open, or when ``max_connections_per_peer`` are open from its peer (the
 remote IP address; over a unix stream socket, the sender's uid from ``SO_PEERCRED``). The TLS
@@ -41,12 +52,15 @@ counted outcome of every frame, ``malformed`` events for what is not a message, 
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import os
+import select
 import socket
 import ssl
 import stat
 import struct
+import termios
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -100,6 +114,10 @@ REFUSAL_LOGS_PER_SECOND: Final = 10
 #: The permissions of a unix socket a source creates, unless its config says otherwise.
 SOCKET_MODE: Final = 0o660
 _ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: What ``accept`` may say of one connection gone before it was taken (the next one is taken).
+_ACCEPT_SKIP_ERRNOS: Final = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+#: A socket whose peer closed or that failed: a read returns at once (EOF or the error).
+_ENDED: Final = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 _RDN_NAMES: Final = {
     "commonName": "CN",
     "countryName": "C",
@@ -342,6 +360,90 @@ def bind_tcp(owner: str, address: Address) -> tuple[list[socket.socket], list[Li
     return sockets, bound
 
 
+def queued_bytes(fd: int) -> int:
+    """The bytes a stream socket holds now, received and not read yet (``SIOCINQ``)."""
+    buf = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return int.from_bytes(buf, "little", signed=True)
+
+
+def ended(fd: int) -> bool:
+    """Whether a read of the socket would return at once with no data: the peer closed, or the
+    socket failed."""
+    poller = select.poll()
+    poller.register(fd, _ENDED)
+    return bool(poller.poll(0))
+
+
+class WouldWait(Exception):
+    """A read during a stop found nothing more that was there when the stop came: the stream
+    ends (``Connection.end_reason`` "shutdown")."""
+
+
+class Draining(trio.abc.Stream):
+    """A connection's socket stream, whose reads stop waiting for the peer once ``drain()`` is
+    called (a stop): a read waiting then, and every later one, takes what the socket held when
+    ``drain()`` came (``queued_bytes``) and the peer's close if it closed, and raises
+    ``WouldWait`` instead of waiting for more. Under TLS it is the ``SSLStream``'s transport: the
+    TLS stream reads the records already received and no others."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self._left: int | None = None  # None: not draining; else bytes still to take
+        self._waiting: trio.CancelScope | None = None
+
+    def drain(self) -> None:
+        """From now on, read only what the socket holds now (idempotent)."""
+        if self._left is not None:
+            return
+        try:
+            self._left = queued_bytes(self.stream.socket.fileno())
+        except OSError:
+            self._left = 0  # (a closed or failed socket: its reads say so)
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._left is None:
+            with trio.CancelScope() as scope:
+                self._waiting = scope
+                try:
+                    return await self.stream.receive_some(max_bytes)
+                finally:
+                    self._waiting = None
+            # drain() cancelled the wait, before anything was read: read what is there
+        return await self._receive_held(max_bytes)
+
+    async def _receive_held(self, max_bytes: int | None) -> bytes | bytearray:
+        left = self._left
+        assert left is not None
+        fd = self.stream.socket.fileno()
+        try:
+            queued = queued_bytes(fd)
+        except OSError:
+            queued = 0
+        if queued:
+            if left <= 0:
+                raise WouldWait  # what came after the stop
+            max_bytes = left if max_bytes is None else min(max_bytes, left)
+        elif not ended(fd):
+            raise WouldWait
+        else:
+            max_bytes = max(left, 1)  # the peer's close (or the error): b"" (or raises)
+        data = await self.stream.receive_some(max_bytes)
+        self._left = left - len(data)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 class Connection:
     """One accepted connection as a source handler sees it."""
 
@@ -371,11 +473,19 @@ class Connection:
         #: Seconds of waiting for the peer left to the unfinished frame (None: between frames).
         self._frame_left: float | None = None
         self.bytes_received = 0
+        #: The socket stream under ``stream`` whose reads a stop turns into reads of what it
+        #: holds (None for other streams: a stop ends them at once).
+        self.draining = stream if isinstance(stream, Draining) else None
         server.register(self)
+        if server.stopping:
+            self.stop_reading()  # taken from the listen backlog during a stop
 
     def stop_reading(self) -> None:
-        """Make the current and any later ``receive()`` end the stream (shutdown)."""
-        if self._scope is not None:
+        """Make ``receive()`` read what the socket holds now without waiting, then end the
+        stream (shutdown); a stream that is not a ``Draining`` socket ends at once."""
+        if self.draining is not None:
+            self.draining.drain()
+        elif self._scope is not None:
             self._scope.cancel()
 
     def frame_progress(self, unfinished: bool, began_now: bool) -> None:
@@ -388,8 +498,9 @@ class Connection:
             self._frame_left = self.server.frame_timeout
 
     async def receive(self) -> bytes:
-        """The next bytes; ``b""`` when the stream has ended (see ``end_reason``)."""
-        if self.server.stopping:
+        """The next bytes; ``b""`` when the stream has ended (see ``end_reason``). Once the
+        server stops, the bytes the socket held then, without waiting (``Draining``)."""
+        if self.server.stopping and self.draining is None:
             self.end_reason = "shutdown"
             return b""
         idle = self.server.idle_timeout
@@ -400,6 +511,9 @@ class Connection:
             self._scope = scope
             try:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
+            except WouldWait:
+                self.end_reason = "shutdown"
+                return b""
             except trio.BrokenResourceError as exc:
                 cause = exc.__cause__ or exc
                 self.end_reason = f"broken: {cause}"
@@ -456,6 +570,7 @@ class StreamServer:
         self.frame_timeout = frame_timeout
         self.socket_mode = socket_mode
         self.stopping = False
+        self._take_backlog = True
         self.bound: list[Listening] = []
         self._accept_scope = trio.CancelScope()
         #: In an ingest worker: waits, before each accept, for this worker's turn
@@ -505,9 +620,12 @@ class StreamServer:
             refused_total=self.counters["connections_refused"],
         )
 
-    def stop(self) -> None:
-        """Stop accepting, and make every connection stop reading (what it read is handed on)."""
+    def stop(self, *, backlog: bool = True) -> None:
+        """Stop accepting, and make every connection read what its socket holds and stop (what
+        it read is handed on); ``backlog``: then accept the connections waiting, which do the
+        same (not when the listening socket lives on: whoever serves it next takes them)."""
         self.stopping = True
+        self._take_backlog = backlog
         self._accept_scope.cancel()
         for connection in list(self._connections):
             connection.stop_reading()
@@ -535,11 +653,6 @@ class StreamServer:
         listeners = [
             trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in bound.sockets
         ]
-        await self._serve(listeners, task_status)
-
-    async def _serve(
-        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[list[Listening]]
-    ) -> None:
         async with trio.open_nursery() as connections:
             try:
                 with self._accept_scope:
@@ -547,6 +660,8 @@ class StreamServer:
                     async with trio.open_nursery() as accepters:
                         for listener in listeners:
                             accepters.start_soon(self._accept_loop, listener, connections)
+                for sock in bound.sockets if self._take_backlog else ():
+                    await self._accept_waiting(sock, connections)  # stopped: those waiting
             finally:
                 for listener in listeners:
                     listener.socket.close()  # sync: also under cancellation
@@ -568,45 +683,67 @@ class StreamServer:
                     await trio.sleep(0.1)
                     continue
                 raise
-            peer_cred: dict[str, int] | None = None
+            await self._admit(stream, nursery)
+
+    async def _accept_waiting(self, sock: socket.socket, nursery: trio.Nursery) -> None:
+        """At a stop: take the connections the kernel completed and nobody accepted yet (the
+        listen backlog), without waiting for more, and admit each as ``_accept_loop`` does (it
+        reads what it holds, then ends). At most a backlog's worth: later ones are left."""
+        for _ in range(socket.SOMAXCONN):
             try:
-                if isinstance(self.address, Path):
-                    peer = str(self.address)
-                    peer_cred = peer_credentials(stream.socket)
-                    uid = "unknown" if peer_cred is None else peer_cred["uid"]
-                    key = f"uid {uid}"
-                else:
-                    sockname = stream.socket.getpeername()
-                    peer = format_peer(sockname)
-                    key = peer_host(sockname)
-            except OSError as exc:  # reset before we got to it (a port scan, a health check)
-                self.counters["connections_reset_early"] += 1
-                left_out = self._reset_log.allow(trio.current_time())
-                if left_out is not None:
-                    log.info(
-                        "connection_reset_early",
-                        source=self.source_id,
-                        error=str(exc),
-                        not_logged_since=left_out,
-                    )
-                await _close(stream)
-                continue
-            if len(self._connections) >= self.max_connections:
-                self.refuse(peer, "max_connections", f"{self.max_connections} connections open")
-                await _close(stream)
-                continue
-            if self._per_peer[key] >= self.max_connections_per_peer:
-                self.refuse(
-                    peer,
-                    "max_connections_per_peer",
-                    f"{self.max_connections_per_peer} connections from {key} open",
+                raw, _address = sock.accept()  # non-blocking: trio made the socket so
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_SKIP_ERRNOS:
+                    continue
+                log.error("accept_failed", source=self.source_id, error=str(exc))
+                self.counters["accept_errors"] += 1
+                return
+            await self._admit(trio.SocketStream(trio.socket.from_stdlib_socket(raw)), nursery)
+
+    async def _admit(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+        """Identify an accepted connection's peer, apply the connection limits, and run it (or
+        close it, counted)."""
+        peer_cred: dict[str, int] | None = None
+        try:
+            if isinstance(self.address, Path):
+                peer = str(self.address)
+                peer_cred = peer_credentials(stream.socket)
+                uid = "unknown" if peer_cred is None else peer_cred["uid"]
+                key = f"uid {uid}"
+            else:
+                sockname = stream.socket.getpeername()
+                peer = format_peer(sockname)
+                key = peer_host(sockname)
+        except OSError as exc:  # reset before we got to it (a port scan, a health check)
+            self.counters["connections_reset_early"] += 1
+            left_out = self._reset_log.allow(trio.current_time())
+            if left_out is not None:
+                log.info(
+                    "connection_reset_early",
+                    source=self.source_id,
+                    error=str(exc),
+                    not_logged_since=left_out,
                 )
-                await _close(stream)
-                continue
-            self.counters["connections_accepted"] += 1
-            # Registers now: counts toward the limits.
-            connection = Connection(self, stream, peer, peer_cred=peer_cred, peer_key=key)
-            nursery.start_soon(self._run_connection, connection)
+            await _close(stream)
+            return
+        if len(self._connections) >= self.max_connections:
+            self.refuse(peer, "max_connections", f"{self.max_connections} connections open")
+            await _close(stream)
+            return
+        if self._per_peer[key] >= self.max_connections_per_peer:
+            self.refuse(
+                peer,
+                "max_connections_per_peer",
+                f"{self.max_connections_per_peer} connections from {key} open",
+            )
+            await _close(stream)
+            return
+        self.counters["connections_accepted"] += 1
+        # Registers now: counts toward the limits.
+        connection = Connection(self, Draining(stream), peer, peer_cred=peer_cred, peer_key=key)
+        nursery.start_soon(self._run_connection, connection)
 
     async def _run_connection(self, connection: Connection) -> None:
         tcp = connection.stream
@@ -638,15 +775,18 @@ class StreamServer:
         """Complete the TLS handshake within ``handshake_timeout``; refuse the connection if it
         fails or takes longer."""
         failure = ""
+        stopped = False
         with trio.CancelScope(deadline=trio.current_time() + self.handshake_timeout) as scope:
             connection._scope = scope
             try:
                 await tls.do_handshake()
+            except WouldWait:  # a stop, and the peer's part of the handshake is not there yet
+                stopped = True
             except trio.BrokenResourceError as exc:
                 failure = str(exc.__cause__ or exc) or "connection closed during handshake"
             finally:
                 connection._scope = None
-        if scope.cancelled_caught:
+        if scope.cancelled_caught or stopped:
             if self.stopping:
                 log.debug(
                     "connection_closed",
@@ -786,11 +926,12 @@ class FramedSource:
             budget.release(sent.size)  # not sent: not in the channel
             raise
 
-    def stop(self) -> None:
-        """Stop accepting and reading; what was read is still handed on."""
+    def stop(self, *, backlog: bool = True) -> None:
+        """Stop accepting and reading, once what the sockets hold is read (``StreamServer.stop``);
+        what was read is still handed on."""
         self.stopping = True
         if self.server is not None:
-            self.server.stop()
+            self.server.stop(backlog=backlog)
 
     @property
     def shared(self) -> bool:

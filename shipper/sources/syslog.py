@@ -76,6 +76,11 @@ certificate's subject and SANs go into ``source.tls_subject`` / ``source.tls_san
 socket, ``source.peer`` is the socket's path and ``source.peer_cred`` the sender's pid, uid and
 gid (see ``shipper.sources._net``). Identity binding is documented in
 ``shipper.sources._identity``.
+
+A stop reads, without waiting for more, the datagrams queued on the socket (at most what its
+queue can hold: a UDP socket's receive buffer in bytes, a unix datagram socket's
+``net.unix.max_dgram_qlen`` in datagrams), and hands them on like any other (UDP's through the
+burst buffer); stream connections read what they hold too (``shipper.sources._net``).
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -295,6 +300,15 @@ _OVERFLOW_SPACE: Final = socket.CMSG_SPACE(4)
 _CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(12)
 
 
+def unix_queue_length() -> int:
+    """How many datagrams the kernel queues on a unix datagram socket before it holds the
+    senders (``net.unix.max_dgram_qlen``; 512, what systemd sets, when it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    except (OSError, ValueError):
+        return 512
+
+
 def burst_cost(event: Event) -> int:
     """What an event counts against ``burst_bytes``: an upper bound of the memory it holds while
     it waits (its parsed record is gone: only its ``Facts`` came along). Its bytes,
@@ -436,16 +450,17 @@ class SyslogSource(FramedSource):
                     task_status.started(list(bound.addresses))
                     bufsize = self.config.max_message_bytes + 1
                     path = str(bound.addresses[0])
-                    await self._read_datagrams(sock, bufsize, _CREDENTIALS_SPACE, path)
+                    await self._read_datagrams(raw, sock, bufsize, _CREDENTIALS_SPACE, path)
                 else:
-                    await self._serve_udp(sock, bound.addresses, task_status)
+                    await self._serve_udp(raw, sock, bound.addresses, task_status)
 
-    def stop(self) -> None:
-        """Stop accepting and reading; what was read is still handed on."""
+    def stop(self, *, backlog: bool = True) -> None:
+        """Stop accepting and reading, once what the sockets hold now is read (see the module
+        doc); what was read is still handed on."""
         self._stopping = True
         if self._receive_scope is not None:
             self._receive_scope.cancel()
-        super().stop()
+        super().stop(backlog=backlog)
 
     def _framer(self) -> Framer:
         return AutoFramer(self._max_frame)
@@ -454,6 +469,7 @@ class SyslogSource(FramedSource):
 
     async def _serve_udp(
         self,
+        raw: socket.socket,
         sock: trio.socket.SocketType,
         addresses: list[Listening],
         task_status: trio.TaskStatus[list[Listening]],
@@ -464,7 +480,7 @@ class SyslogSource(FramedSource):
             task_status.started(list(addresses))
             try:
                 bufsize = min(self.config.max_message_bytes + 1, _UDP_MAX_DATAGRAM + 1)
-                await self._read_datagrams(sock, bufsize, _OVERFLOW_SPACE, None)
+                await self._read_datagrams(raw, sock, bufsize, _OVERFLOW_SPACE, None)
             finally:
                 self._kernel_reporting.cancel()
                 self._reader_done = True
@@ -498,14 +514,21 @@ class SyslogSource(FramedSource):
             self.log.info("udp_receive_buffer", **fields)
 
     async def _read_datagrams(
-        self, sock: trio.socket.SocketType, bufsize: int, ancillary: int, unix_path: str | None
+        self,
+        raw: socket.socket,
+        sock: trio.socket.SocketType,
+        bufsize: int,
+        ancillary: int,
+        unix_path: str | None,
     ) -> None:
-        """Read datagrams until stopped. UDP (``unix_path`` None): each goes to the burst buffer,
-        and the kernel's drop counter is followed. Unix: each is handed on, a full pipeline
-        holding the senders (the kernel queues them)."""
+        """Read datagrams until stopped, then those queued when the stop came (``_queued``).
+        UDP (``unix_path`` None): each goes to the burst buffer, and the kernel's drop counter is
+        followed. Unix: each is handed on, a full pipeline holding the senders (the kernel queues
+        them)."""
         receive = partial(sock.recvmsg, bufsize, ancillary)
         limit = self.config.max_message_bytes
-        while (received := await self._receive(receive)) is not None:
+
+        async def take(received: tuple[bytes, list[tuple[int, int, bytes]], int, Any]) -> None:
             data, ancdata, _flags, address = received
             if unix_path is None:
                 self._note_kernel_drops(kernel_drop_count(ancdata))
@@ -515,6 +538,37 @@ class SyslogSource(FramedSource):
                 batch = self._guarded(data, unix_path, limit, credentials)
                 if batch:
                     await self._deliver(batch)
+
+        while (received := await self._receive(receive)) is not None:
+            await take(received)
+        for received in self._queued(raw, bufsize, ancillary, unix_path is not None):
+            await take(received)
+
+    def _queued(
+        self, raw: socket.socket, bufsize: int, ancillary: int, unix: bool
+    ) -> Iterator[tuple[bytes, list[tuple[int, int, bytes]], int, Any]]:
+        """At a stop: the datagrams the socket holds, one at a time, without waiting for more.
+        At most what its queue can hold when the stop came: a UDP socket's receive buffer in
+        bytes (``SO_RCVBUF``), a unix datagram socket's queue in datagrams
+        (``net.unix.max_dgram_qlen``); what comes on meanwhile is left."""
+        if unix:
+            bytes_left, datagrams_left = sys.maxsize, unix_queue_length()
+        else:
+            bytes_left = raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            datagrams_left = sys.maxsize
+        while bytes_left > 0 and datagrams_left > 0:
+            try:
+                received = raw.recvmsg(bufsize, ancillary)  # non-blocking: trio made it so
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                self.log.warning("datagram_read_failed", source=self.id, error=str(exc))
+                return
+            bytes_left -= len(received[0])
+            datagrams_left -= 1
+            yield received
 
     def _guarded(
         self, data: bytes, peer: Any, limit: int, peer_cred: dict[str, int] | None = None

@@ -21,7 +21,7 @@ from shipper.errors import ConfigError
 from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sources._listener import ListenerConfig
-from shipper.sources._net import Connection, FramedSource, StreamServer
+from shipper.sources._net import Connection, Draining, FramedSource, StreamServer, WouldWait
 from shipper.sources.json_tls import JsonTlsSource, JsonTlsSourceConfig
 from shipper.sources.syslog import SyslogSource, SyslogSourceConfig
 from tests.conftest import LogCapture, TlsFiles, archive_lines, drain, file_sink_config, wait_until
@@ -490,3 +490,71 @@ def test_a_unix_datagram_source_refuses_the_admission_keys() -> None:
         'sources.a.max_connections_per_peer: expected only with a stream mode ("tcp", "tls", '
         'or "unix" with socket_type = "stream"), got mode = "unix" with socket_type = "datagram"'
     ]
+
+
+# --- a stop: reading what the socket holds ---------------------------------------------------
+
+
+def draining_pair() -> tuple[socket.socket, Draining]:
+    """A connected pair: the sender's socket, and the other end as a ``Draining`` stream."""
+    sender, receiver = socket.socketpair()
+    return sender, Draining(trio.SocketStream(trio.socket.from_stdlib_socket(receiver)))
+
+
+async def test_a_drained_stream_reads_what_the_socket_held_at_the_stop_and_no_more() -> None:
+    """After ``drain()``, reads return the bytes the socket held then, and then raise WouldWait
+    although more bytes came since (they came after the stop)."""
+    sender, stream = draining_pair()
+    with sender:
+        sender.sendall(b"x" * 1000)
+        stream.drain()
+        sender.sendall(b"y" * 1000)
+        received = [await stream.receive_some(300) for _ in range(4)]
+        assert b"".join(received) == b"x" * 1000
+        with pytest.raises(WouldWait):
+            await stream.receive_some(300)
+        await stream.aclose()
+
+
+async def test_a_drained_stream_reads_the_peer_close_and_a_waiting_read_stops_waiting() -> None:
+    """A read waiting when ``drain()`` comes raises WouldWait (nothing was there); bytes and the
+    peer's close that were there are read: the bytes, then the end of the stream."""
+    sender, stream = draining_pair()
+    with sender:
+        with pytest.RaisesGroup(WouldWait):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.receive_some)
+                await trio.testing.wait_all_tasks_blocked()
+                stream.drain()
+        await stream.aclose()
+    sender, stream = draining_pair()
+    with sender:
+        sender.sendall(b"the last line\n")
+        sender.shutdown(socket.SHUT_WR)
+        stream.drain()
+        assert await stream.receive_some() == b"the last line\n"
+        assert await stream.receive_some() == b""
+        await stream.aclose()
+
+
+async def accept_nothing(server: StreamServer, listener: trio.SocketListener, nursery: Any) -> None:
+    """An accept loop that takes no connection: they wait in the listen backlog."""
+    await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("backlog", [True, False], ids=["backlog", "listener-lives-on"])
+async def test_a_stop_takes_the_listen_backlog_unless_the_listener_lives_on(
+    monkeypatch: pytest.MonkeyPatch, backlog: bool
+) -> None:
+    """A stopping source accepts and reads the connections waiting in its listen backlog, and
+    leaves them there when told its listening socket lives on (for a reload's next workers)."""
+    monkeypatch.setattr(StreamServer, "_accept_loop", accept_nothing)
+    source, receive = json_source()
+    with contextlib.ExitStack() as clients:
+        async with trio.open_nursery() as nursery:
+            (address,) = await nursery.start(source.run)
+            client = clients.enter_context(socket.create_connection((address.host, address.port)))
+            client.sendall(RECORD + b"\n")
+            source.stop(backlog=backlog)
+    assert [event.record_json for event in drain(receive)] == ([RECORD] if backlog else [])
+    assert source.counters["connections_accepted"] == int(backlog)

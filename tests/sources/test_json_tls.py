@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import ssl
 from collections.abc import Sequence
+from functools import partial
 
 import orjson
 import pytest
@@ -264,6 +266,34 @@ async def test_tls_without_client_ca_accepts_anonymous_clients(tls_files: TlsFil
         source.stop()
     (event,) = drain(receive)
     assert "tls_subject" not in event.source
+
+
+async def test_a_stop_reads_the_tls_records_already_received(tls_files: TlsFiles) -> None:
+    """At a stop, every record a TLS client sent before it is handed on, and a connection whose
+    handshake is not finished is closed without waiting for it."""
+    tls = TlsServerConfig(tls_files.server_pem, tls_files.server_key, tls_files.ca_pem, True)
+    source, receive = make_source(tls=tls, handshake_timeout=3600.0)
+    lines = [b'{"agentId":"a","sequence":%d}' % n for n in range(1, 501)]
+    context = client_context(tls_files)
+    with contextlib.ExitStack() as clients:
+        async with trio.open_nursery() as nursery:
+            address = await serve(nursery, source)
+            silent = socket.create_connection((address.host, address.port))  # sends no hello
+            clients.callback(silent.close)
+            raw = socket.create_connection((address.host, address.port))
+            clients.callback(raw.close)
+            # Sent at once (Nagle would hold it until the handshake's last segment is acked):
+            # what the test counts on is in the source's receive buffer when the stop comes.
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = await trio.to_thread.run_sync(
+                partial(context.wrap_socket, raw, server_hostname="127.0.0.1")
+            )
+            clients.callback(client.close)
+            client.sendall(b"\n".join(lines) + b"\n")  # the source runs again at the stop only
+            source.stop()
+    assert payloads(drain(receive)) == lines
+    assert source.counters["connections_refused"] == 0
+    assert source.counters["handler_errors"] == 0
 
 
 async def test_connections_past_max_connections_are_refused() -> None:
