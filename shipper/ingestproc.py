@@ -26,8 +26,10 @@ log relay, the stop, the exit statuses and the supervision are that module's. Wh
   the worker's health reads ok from then); then ``("batch", rows, size, counters)``: a batch of
   events (``rows``) in the order read, the bytes it counts as in the main process's ingest
   budget, and the worker's counters per source so far (with ``OPEN``, its connections open now,
-  which is a gauge); ``("counts", counters)`` while nothing else is sent and counters changed
-  (refused connections, say), every ``REPORT_SECONDS``; and the child's reports.
+  which is a gauge), and ``held``: the bytes its sources had read and not handed on when it
+  made the frame (this one's aside); ``("counts", counters, held)`` while nothing else is sent
+  and counters changed (refused connections, say), every ``REPORT_SECONDS``; and the child's
+  reports.
 
 A worker queues at most ``WORKER_FRAMES`` frames for its pipe (which it asks to hold
 ``PIPE_BYTES``), after its sources' byte budget (``WORKER_BYTES``). The main process takes a
@@ -35,6 +37,12 @@ batch into its ingest channel only when it has room (the byte budget): until the
 more of that pipe, the worker's writes wait, its connections stop reading, and senders feel the
 backpressure, as with the sources in one process. It adds each worker's counters to the
 source's (``source_*`` metrics are the sum over workers and their earlier incarnations).
+
+What a forced shutdown loses here (``IngestWorker.unsent``, in ``Topology.not_accepted``): the
+batch the main process read from a worker and holds while it waits for room (its events), and
+what the worker's sources had read and not handed on at its last frame the main process read
+(``held``, bytes). Frames the worker wrote after that one, and what its sources read since, are
+lost too and unknown here: what is known is a floor.
 
 Supervision (``shipper.children``): a worker that exits before it was told to stop (killed,
 crashed) is logged (``ingest_worker_exited``), counted (``ingest_worker_restarts``) and started
@@ -199,6 +207,8 @@ class IngestWorker(Supervised):
         self._budget = budget
         self._sources = sources
         self._seen: dict[str, dict[str, int]] = {}  # this incarnation's counters as last added
+        self._waiting: Batch | None = None  # read from the pipe, not yet in the ingest channel
+        self._held = 0  # what the running worker held, as its last frame said
 
     @property
     def _fields(self) -> dict[str, Any]:
@@ -215,26 +225,36 @@ class IngestWorker(Supervised):
         async with self._send:
             await self.supervise(self.spec, pass_fds=self.fds, task_status=task_status)
 
+    def unsent(self) -> dict[str, int]:
+        """What this worker read from senders and the main process has not put into its ingest
+        channel (see the module docstring): ``events`` of the batch it holds from the worker,
+        and ``bytes`` the worker held at its last frame (a floor)."""
+        waiting = self._waiting
+        return {"events": len(waiting) if waiting is not None else 0, "bytes": self._held}
+
     async def _gone(self) -> None:
         """A worker exited: its connections went with it, and the next one counts from 0."""
         self._seen = {}
+        self._held = 0
         for source in self._sources.values():
             source.open_elsewhere.pop(self.index, None)
 
     async def _take_batch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "batch":
-            _, sent, size, counts = message
+            _, sent, size, counts, self._held = message
             self._count(counts)
-            batch = Batch(events(sent), size)
+            batch = self._waiting = Batch(events(sent), size)
             await self._budget.acquire(size)
             try:
                 await self._send.send(batch)
             except BaseException:
                 self._budget.release(size)
                 raise
+            self._waiting = None
         elif kind == "counts":
-            self._count(message[1])
+            _, counts, self._held = message
+            self._count(counts)
         else:
             raise ValueError(f"an ingest worker sent an unknown frame: {kind!r}")
 
@@ -296,7 +316,7 @@ async def _work(spec: Spec, parent: Parent, registry: Registry) -> None:
                     now = counters()
                     if now != last:
                         last = now
-                        await parent.send(("counts", now))
+                        await parent.send(("counts", now, budget.used))
                     continue
                 events = list(first)
                 size = size_of(first)
@@ -308,9 +328,10 @@ async def _work(spec: Spec, parent: Parent, registry: Registry) -> None:
                     events.extend(more)
                     size += size_of(more)
                 last = counters()
-                await parent.send(("batch", rows(events), size, last))
+                held = budget.used - size
+                await parent.send(("batch", rows(events), size, last, held))
                 budget.release(size)
-        await parent.send(("counts", counters()))
+        await parent.send(("counts", counters(), budget.used))
 
     async def stop_when_told() -> None:
         await parent.stopping.wait()

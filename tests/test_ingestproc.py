@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -14,15 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import trio
 
+import shipper.topology
 from shipper.chain import SEED, Facts
 from shipper.config import parse_config
 from shipper.events import Event, Malformed, alert_event, entry, event_bytes
-from shipper.ingestproc import events, rows
+from shipper.ingestproc import WORKER_BYTES, events, rows
+from shipper.shutdown import Shutdown, run_daemon
 from shipper.topology import Topology
 from tests.chains import chain
-from tests.conftest import WORKERS, archive_lines, file_sink_config, wait_for, wait_until
+from tests.conftest import (
+    WORKERS,
+    LogCapture,
+    archive_lines,
+    file_sink_config,
+    wait_for,
+    wait_until,
+)
 from tests.test_chain import rehash
 from tests.test_cli import daemon_config, log_entries, start_daemon, stop, wait_ready, write_config
 from tests.test_crash import archived
@@ -308,3 +319,42 @@ def test_events_cross_the_pipe_as_rows_and_encode_the_same() -> None:
         event.chain = {"status": "ok", "sequence": 1} if event.facts is not None else None
     assert [entry(event) for event in back] == [entry(event) for event in sent]
     assert [event_bytes(event) for event in back] == [event_bytes(event) for event in sent]
+
+
+async def test_a_forced_shutdown_counts_what_the_ingest_workers_had_not_handed_on(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the WAL is full and the ingest channel too, a forced shutdown counts in
+    ``discarded`` the events the main process read from a worker and holds waiting for room,
+    and the bytes the worker held unsent, next to what the writer held: never more than sent."""
+    monkeypatch.setattr(shipper.topology, "CHANNEL_BYTES", 64 * 1024)  # full with one frame
+    blocker = tmp_path / "archive"
+    blocker.write_text("the sink cannot write: the WAL fills up")
+    raw = file_sink_config(tmp_path)
+    raw["shutdown_timeout"] = "300ms"
+    raw["buffer"] = {"max_bytes": "1MiB", "segment_bytes": "64KiB"}
+    raw["runtime"] = {"workers": 1}
+    config = parse_config(raw)
+    topology = Topology(config)
+    shutdown = Shutdown()
+    total = 12_000  # about 12 MB: more than the WAL, the writer and the channel hold
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(partial(run_daemon, config, shutdown, topology=topology))
+        line = orjson.dumps({"agentId": "a", "notes": "x" * 1000}) + b"\n"
+
+        async def sender() -> None:
+            with contextlib.suppress(trio.BrokenResourceError):  # the kill closes it
+                await send(bound["agents"][0], line * total)
+
+        nursery.start_soon(sender)
+        (worker,) = topology.workers
+        await wait_until(
+            lambda: bool(logs.entries("wal_full_blocking")) and worker.unsent()["events"] > 0
+        )
+        shutdown.request("SIGTERM")
+    (forced,) = logs.entries("shutdown_forced")
+    discarded = forced["discarded"]
+    assert discarded["events_from_workers"] > 0
+    assert 0 <= discarded["bytes_in_workers_at_least"] <= WORKER_BYTES
+    known = discarded["events_in_writer"] + discarded["events_from_workers"]
+    assert known + forced["metrics"]["writer"]["events"] <= total
