@@ -47,9 +47,12 @@ lost too and unknown here: what is known is a floor.
 Supervision (``shipper.children``): a worker that exits before it was told to stop (killed,
 crashed) is logged (``ingest_worker_exited``), counted (``ingest_worker_restarts``) and started
 again after a capped backoff; its health (``ingest_worker.<n>``) reads failing until the new
-one serves. Its connections broke (senders reconnect and send again), the other workers and the
-writer go on, and whatever it had handed on was already in the main process. Workers ignore
-SIGTERM and SIGINT (a stop signals the whole process group): the main process tells them.
+one serves. So does the health of each source it serves (``source.<id>``, through
+``Source.served_by``): degraded while another worker still serves it, failing while none does
+(a listener that fails in every worker: each one exits, and is started again). Its connections
+broke (senders reconnect and send again), the other workers and the writer go on, and whatever
+it had handed on was already in the main process. Workers ignore SIGTERM and SIGINT (a stop
+signals the whole process group): the main process tells them.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from shipper.buffer.record import MAX_PAYLOAD
 from shipper.chain import Facts
 from shipper.children import ConfigSpec, Kind, Parent, Supervised, child_main
 from shipper.events import Batch, Event, size_of
-from shipper.metrics import Registry
+from shipper.metrics import Health, Registry
 from shipper.sources import Listening, Source
 from shipper.sources._net import Bound
 
@@ -209,6 +212,8 @@ class IngestWorker(Supervised):
         self._seen: dict[str, dict[str, int]] = {}  # this incarnation's counters as last added
         self._waiting: Batch | None = None  # read from the pipe, not yet in the ingest channel
         self._held = 0  # what the running worker held, as its last frame said
+        for source_id in spec.sockets:
+            sources[source_id].served_by[self.index] = self.serves
 
     @property
     def _fields(self) -> dict[str, Any]:
@@ -224,6 +229,14 @@ class IngestWorker(Supervised):
         before that; started once the first worker serves (or exits)."""
         async with self._send:
             await self.supervise(self.spec, pass_fds=self.fds, task_status=task_status)
+
+    def serves(self) -> Health:
+        """How this worker serves its sources now (``Source.served_by``): ok while it serves
+        (from its serving frame on), else why not (not started yet, exited)."""
+        health = self.health()
+        if health.status == "ok":
+            return health
+        return Health(health.status, f"worker {self.index}: {health.reason}", health.since)
 
     def unsent(self) -> dict[str, int]:
         """What this worker read from senders and the main process has not put into its ingest

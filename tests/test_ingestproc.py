@@ -18,7 +18,9 @@ import orjson
 import pytest
 import trio
 
+import shipper.children
 import shipper.topology
+from shipper.api.health import components, problems
 from shipper.chain import SEED, Facts
 from shipper.config import parse_config
 from shipper.events import Event, Malformed, alert_event, entry, event_bytes
@@ -29,6 +31,7 @@ from tests.chains import chain
 from tests.conftest import (
     WORKERS,
     LogCapture,
+    TlsFiles,
     archive_lines,
     file_sink_config,
     wait_for,
@@ -358,3 +361,61 @@ async def test_a_forced_shutdown_counts_what_the_ingest_workers_had_not_handed_o
     assert 0 <= discarded["bytes_in_workers_at_least"] <= WORKER_BYTES
     known = discarded["events_in_writer"] + discarded["events_from_workers"]
     assert known + forced["metrics"]["writer"]["events"] <= total
+
+
+def _source_health(topology: Topology) -> dict[str, Any]:
+    """``source.agents`` as the daemon's registry (and ``/health``) reads it now."""
+    return dict(topology.registry.snapshot()["health"]["source.agents"])
+
+
+async def test_a_source_reads_degraded_while_one_of_its_workers_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source served by two workers reads ok while both serve, degraded (naming the worker
+    and why) while one that was killed waits for its restart, and /health stays healthy: the
+    other worker takes the connections."""
+    monkeypatch.setattr(shipper.children, "RESTART_FIRST", 3600.0)  # no restart in the test
+    raw = file_sink_config(tmp_path)
+    raw["runtime"] = {"workers": WORKERS}
+    topology = Topology(parse_config(raw))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(topology.run)
+        assert _source_health(topology)["status"] == "ok"
+        victim = topology.workers[1]
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        await wait_until(lambda: victim.restarts == 1)
+        health = _source_health(topology)
+        snapshot = topology.registry.snapshot()
+        topology.stop()
+    assert health["status"] == "degraded"
+    assert health["reason"] == "not served by worker 1: ingest worker killed by SIGKILL"
+    assert not problems(components(snapshot["health"], time.monotonic()), 60.0)
+
+
+async def test_a_listener_that_fails_in_every_worker_makes_its_source_fail(
+    tmp_path: Path, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS listener whose key is gone by the time the workers start (the main process had
+    built it) fails in every worker: its source reads failing, naming each worker's exit, and
+    /health says the daemon is unhealthy because of it."""
+    monkeypatch.setattr(shipper.children, "RESTART_FIRST", 3600.0)  # no restart in the test
+    key = tmp_path / "server.key"
+    key.write_bytes(tls_files.server_key.read_bytes())
+    raw = file_sink_config(tmp_path)
+    raw["sources"]["agents"]["tls"] = {"cert": str(tls_files.server_pem), "key": str(key)}
+    raw["runtime"] = {"workers": WORKERS, "sink_processes": False}  # (a sink's parses it too)
+    topology = Topology(parse_config(raw))
+    key.unlink()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(topology.run)
+        await wait_until(lambda: all(worker.restarts == 1 for worker in topology.workers))
+        health = _source_health(topology)
+        snapshot = topology.registry.snapshot()
+        topology.stop()
+    assert health["status"] == "failing"
+    assert health["reason"] == (
+        "not served by worker 0: ingest worker exit status 1; worker 1: ingest worker exit status 1"
+    )
+    reasons = problems(components(snapshot["health"], time.monotonic()), 60.0)
+    assert reasons == [f"source.agents: {health['reason']}"]
