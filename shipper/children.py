@@ -1,7 +1,7 @@
 """Child processes of the daemon: one protocol and one supervisor for every kind of child.
 
-The daemon runs parts of itself in processes of their own: each sink (``shipper.sinkproc``), and
-ingest workers next. A kind of child (``Kind``) is a module run as ``python -m <module>``, whose
+The daemon runs parts of itself in processes of their own: each sink (``shipper.sinkproc``) and
+each ingest worker (``shipper.ingestproc``). A kind of child (``Kind``) is a module run as ``python -m <module>``, whose
 ``main`` calls ``child_main`` with the kind's work; the daemon runs a ``Supervised`` per child::
 
     daemon ─── spec (stdin, then held open) ─────────────► child: work(spec, parent, registry)
@@ -13,15 +13,21 @@ installation, never from anywhere else); a length above ``MAX_FRAME`` is a broke
 
 * **stdin**, daemon to child: one frame, the spec (a picklable object with a ``log_level``; a
   ``ConfigSpec`` carries the config as it was parsed, for a child that parses it again). Stdin
-  then stays open: its end means the daemon is gone. Later, ``("stop",)`` asks the child to
-  finish its work early (``Supervised.stop``: a sink removed or changed by a reload); its work
-  sees it as ``Parent.stopping``.
+  then stays open: its end means the daemon is gone. Later, ``("stop", *details)`` asks the
+  child to finish its work early (``Supervised.stop``: a sink removed or changed by a reload,
+  ingest workers at a stop); its work sees it as ``Parent.stopping``, and the ``details`` (what
+  the kind's work needs to know of the stop: an ingest worker's kept sources) as
+  ``Parent.stop_details``.
 * **stdout**, child to daemon, frames only (whatever else the child prints goes to its stderr):
   ``("report", snapshot)``, the child's metrics and health (a ``shipper.metrics`` snapshot of the
   registry its work counts into), every ``REPORT_SECONDS`` while it changes and once more when the
   work is done; any other frame is a tuple whose first item names it, the kind's own (a sink
-  process's ``("emit", event)``), handed to the ``take`` of the daemon's ``Supervised``. A child
-  queues at most ``FRAME_QUEUE`` frames: ``Parent.send`` waits for room, ``send_nowait`` refuses.
+  process's ``("emit", event)``), awaited by the ``take`` of the daemon's ``Supervised``, which
+  reads no more of the child's frames meanwhile (an ingest worker's batch waits for room in the
+  ingest byte budget), so a child's writes wait in turn. A kind may name a serving frame
+  (``Kind.serving``: an ingest worker's ``("serving",)``), which the child sends once it serves.
+  A child queues at most ``FRAME_QUEUE`` frames (or the ``queue`` its ``child_main`` says):
+  ``Parent.send`` waits for room, ``send_nowait`` refuses; reports wait their turn.
 * **stderr**: the child's log entries, written to the daemon's log stream as they are (one stream
   for journald and whoever reads the logs); a line that is not an entry (a crash's traceback) is
   logged as ``<prefix>_output``. A line is kept up to ``MAX_LINE`` bytes.
@@ -37,19 +43,25 @@ Supervision (``Supervised.supervise``): a child that exits with any status but 0
 (``<prefix>_exited``, with ``reason``: ``killed by SIGKILL``, ``exit status 1``, and
 ``restart_in``), counted (``<prefix>_restarts``) and started again after a capped backoff
 (``RESTART_FIRST`` doubling to ``RESTART_LIMIT`` seconds, from the first again once a child ran
-longer than ``RESTART_LIMIT``); its health reads failing until the new one reports. If the daemon
-is cancelled (a forced shutdown), the child is killed.
+longer than ``RESTART_LIMIT``); its health reads failing until the new one reports (or, for a
+kind with a serving frame, serves). One that was told to stop is not started again (an exit
+other than 0 is logged all the same, with ``restart_in`` null). For a kind with a serving frame,
+the daemon's start waits until the first child serves (or exits); restarts are not waited for.
+Inherited file descriptors (an ingest worker's listening sockets) are passed at each start
+(``pass_fds``). If the daemon is cancelled (a forced shutdown), the child is killed.
 
 Metrics: the daemon's registry includes what each child reports (``Registry.include``). The
 counters and histograms of a child that exited stay counted (``shipper.metrics.lasting``), and a
 restarted child's are added to them, so they read as if one process had counted; its gauges and
-health go with it. Health: the child's components as it reports them, and ``<label>.<name>``
-(``sink.archive``), whose worst state wins: not started yet (degraded), exited (failing).
+health go with it. Health: the child's components as it reports them, and ``<component>.<name>``
+(``sink.archive``, ``ingest_worker.0``), whose worst state wins: not started yet (degraded),
+exited (failing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pickle
 import signal
@@ -57,7 +69,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
@@ -171,17 +183,31 @@ class ConfigSpec:
 class Kind:
     """A kind of child: the ``module`` it runs (``python -m``), the ``prefix`` of its log events
     and metrics (``sink_process``: ``sink_process_exited``, ``sink_process_restarts``), the
-    ``label`` that names one child in them (``sink``), and the help text of its restarts."""
+    ``label`` that names one child in them (``sink``), and the help text of its restarts.
+
+    ``component``: what names one child's health and process before its name (``sink.archive``,
+    ``ingest_worker.0``; the label by default). ``serving``: the frame (``("serving",)``) a
+    child of this kind sends once it serves: the daemon's start waits for it from the first
+    child, and a child's health reads ok from then (None: the start does not wait, and the
+    first report makes it ok). ``max_frame``: the largest frame the daemon takes from it."""
 
     module: str
     prefix: str
     label: str
     restarts_help: str
+    component: str = ""
+    serving: str | None = None
+    max_frame: int = MAX_FRAME
 
     @property
     def what(self) -> str:
         """The kind in words, for health reasons (``sink process``)."""
         return self.prefix.replace("_", " ")
+
+    @property
+    def named(self) -> str:
+        """What names one child's health and process before its name."""
+        return self.component or self.label
 
 
 # --- the daemon's side ----------------------------------------------------------------------------
@@ -190,14 +216,15 @@ class Kind:
 class Supervised:
     """Runs one child of ``kind`` named ``name`` and supervises it (see the module docstring).
 
-    ``take``: called with each of the child's own frames (not its reports). ``exited``: awaited
+    ``take``: awaited with each of the child's own frames (not its reports, nor its serving
+    frame); while it waits, the daemon reads no more of that child's frames. ``exited``: awaited
     after each child exits (a sink process's daemon reads the cursors again then)."""
 
     def __init__(
         self,
         kind: Kind,
         name: str,
-        take: Callable[[tuple[Any, ...]], None],
+        take: Callable[[tuple[Any, ...]], Awaitable[None]],
         exited: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.kind = kind
@@ -211,8 +238,10 @@ class Supervised:
         self._ran: dict[str, Any] | None = None  # what the children that exited counted
         self._report: dict[str, Any] | None = None  # the running child's last report
         self._stopping = False
+        self._stop_frame = frame(("stop",))
         self._stdin: trio.abc.SendStream | None = None  # the running child's
         self._wake = trio.Event()  # a stop during the pause before a restart
+        self._serving: trio.TaskStatus[None] | None = None  # the start, until a child serves
 
     @property
     def _fields(self) -> dict[str, Any]:
@@ -221,8 +250,8 @@ class Supervised:
 
     def register_metrics(self, registry: Registry) -> None:
         """The child's metrics and health as it reports them, its health as the daemon sees it
-        (``<label>.<name>``), and ``<prefix>_restarts``."""
-        registry.health(f"{self.kind.label}.{self.name}", self.health)
+        (``<component>.<name>``), and ``<prefix>_restarts``."""
+        registry.health(f"{self.kind.named}.{self.name}", self.health)
         restarts = registry.counter(
             f"{self.kind.prefix}_restarts", self.kind.restarts_help, labels=(self.kind.label,)
         ).labels(self.name)
@@ -233,13 +262,15 @@ class Supervised:
         registry.collector(collect)
         registry.include(self.snapshot)
 
-    def stop(self) -> None:
-        """Ask the child to finish its work and exit (``("stop",)``); one that exits from now
-        on is not started again."""
+    def stop(self, *details: Any) -> None:
+        """Ask the child to finish its work and exit (``("stop", *details)``: what the kind's
+        work needs to know of the stop, ``Parent.stop_details``); one that exits from now on is
+        not started again."""
         self._stopping = True
+        self._stop_frame = frame(("stop", *details))
         self._wake.set()
         if self._stdin is not None:
-            trio.lowlevel.spawn_system_task(_tell_stop, self._stdin)
+            trio.lowlevel.spawn_system_task(_tell_stop, self._stdin, self._stop_frame)
 
     def health(self) -> Health:
         """How the child is as the daemon sees it: running, not started yet, or exited."""
@@ -252,41 +283,61 @@ class Supervised:
         return merge(parts) if len(parts) > 1 else (parts[0] if parts else None)
 
     async def supervise(
-        self, spec: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        spec: Any,
+        *,
+        pass_fds: Sequence[int] = (),
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run the child with ``spec`` until it exits with status 0, starting it again each
-        time it exits otherwise."""
-        task_status.started()
+        """Run the child with ``spec`` (and the file descriptors ``pass_fds``, inherited as they
+        are numbered here) until it exits with status 0, or exits once told to stop, starting
+        it again each time it exits otherwise. Started (``task_status``) at once, or, for a kind
+        with a ``serving`` frame, once the first child serves or exits."""
+        if self.kind.serving is None:
+            task_status.started()
+        else:
+            self._serving = task_status
         backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
         while True:
             began = time.monotonic()
-            returncode, reason = await self._run_once(spec)
+            returncode, reason = await self._run_once(spec, pass_fds)
+            self._served()  # it never served: the start goes on anyway
             if self._report is not None:  # its counts stay; its gauges and health go
                 self._ran = lasting(merge(part for part in (self._ran, self._report) if part))
                 self._report = None
             if self._exited is not None:
                 await self._exited()
-            if returncode == 0 or self._stopping:
+            if returncode == 0:
                 return
-            if time.monotonic() - began > RESTART_LIMIT:
-                backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
-            delay = backoff.next()
-            self.restarts += 1
-            self._health = Health("failing", f"{self.kind.what} {reason}", time.monotonic())
+            delay: float | None = None  # told to stop: not started again
+            if not self._stopping:
+                if time.monotonic() - began > RESTART_LIMIT:
+                    backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
+                delay = backoff.next()
+                self.restarts += 1
+                self._health = Health("failing", f"{self.kind.what} {reason}", time.monotonic())
             log.error(
                 f"{self.kind.prefix}_exited",
                 **self._fields,
                 returncode=returncode,
                 reason=reason,
-                restart_in=round(delay, 3),
+                restart_in=None if delay is None else round(delay, 3),
                 restarts=self.restarts,
             )
+            if delay is None:
+                return
             with trio.move_on_after(delay):
                 await self._wake.wait()
             if self._stopping:
                 return
 
-    async def _run_once(self, spec: Any) -> tuple[int | None, str]:
+    def _served(self) -> None:
+        """The start waited for a child to serve: it goes on."""
+        if self._serving is not None:
+            self._serving.started()
+            self._serving = None
+
+    async def _run_once(self, spec: Any, pass_fds: Sequence[int]) -> tuple[int | None, str]:
         """Start one child, relay its frames until it closes its stdout; its exit status and
         what it means (None: it could not be started). Kills it if cancelled."""
         try:
@@ -295,6 +346,7 @@ class Supervised:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                pass_fds=pass_fds,
             )
         except OSError as exc:  # out of processes or memory: try again later
             return None, f"could not be started: {exc}"
@@ -318,11 +370,11 @@ class Supervised:
         try:
             await process.stdin.send_all(frame(spec))
             if self._stopping:
-                await process.stdin.send_all(frame(("stop",)))
+                await process.stdin.send_all(self._stop_frame)
             self._stdin = process.stdin
-            frames = Frames(process.stdout)
+            frames = Frames(process.stdout, self.kind.max_frame)
             while (message := await frames.next()) is not None:
-                self._take(message)
+                await self._take(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # it is gone: its exit status says how
         except Exception as exc:  # a frame that does not unpickle: a defect, the child's or ours
@@ -331,13 +383,16 @@ class Supervised:
         finally:
             self._stdin = None
 
-    def _take(self, message: tuple[Any, ...]) -> None:
+    async def _take(self, message: tuple[Any, ...]) -> None:
         if message[0] == "report":
             self._report = message[1]
-            if self._health.status != "ok":
+            if self.kind.serving is None and self._health.status != "ok":
                 self._health = Health("ok", "", time.monotonic())
+        elif message[0] == self.kind.serving:
+            self._health = Health("ok", "", time.monotonic())
+            self._served()
         else:
-            self._take_own(message)
+            await self._take_own(message)
 
     async def _relay_logs(self, stderr: trio.abc.ReceiveStream | None) -> None:
         await relay_logs(stderr, f"{self.kind.prefix}_output", lambda: self._fields)
@@ -362,10 +417,10 @@ def exit_reason(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-async def _tell_stop(stdin: trio.abc.SendStream) -> None:
-    """Send a child ``("stop",)`` (it may be gone already: its exit says the rest)."""
+async def _tell_stop(stdin: trio.abc.SendStream, stop: bytes) -> None:
+    """Send a child its stop frame (it may be gone already: its exit says the rest)."""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stdin.send_all(frame(("stop",)))
+        await stdin.send_all(stop)
 
 
 async def relay_logs(
@@ -416,12 +471,16 @@ class Parent:
     """A child's side of its pipes: frames to the daemon (queued, written by a task of their
     own), and the watch for the daemon's end (see the module docstring)."""
 
-    def __init__(self, stdin: Frames, out: trio.lowlevel.FdStream) -> None:
+    def __init__(
+        self, stdin: Frames, out: trio.lowlevel.FdStream, queue: int = FRAME_QUEUE
+    ) -> None:
         self._stdin = stdin
         self._out = out
-        #: Set when the daemon asks the work to finish early (``("stop",)``).
+        #: Set when the daemon asks the work to finish early (``("stop", *details)``).
         self.stopping = trio.Event()
-        self._send, self._receive = trio.open_memory_channel[bytes](FRAME_QUEUE)
+        #: The ``details`` of that stop (``Supervised.stop``).
+        self.stop_details: tuple[Any, ...] = ()
+        self._send, self._receive = trio.open_memory_channel[bytes](queue)
         self._scope = trio.CancelScope()
         self._token = trio.lowlevel.current_trio_token()
         #: Whether the daemon is gone.
@@ -485,7 +544,8 @@ class Parent:
 
     async def _watch(self) -> None:
         while (message := await self._stdin.next()) is not None:
-            if message == ("stop",):
+            if isinstance(message, tuple) and message and message[0] == "stop":
+                self.stop_details = message[1:]
                 self.stopping.set()
         self._orphaned()  # the end of stdin: the daemon is gone
 
@@ -494,8 +554,9 @@ class Parent:
         while True:
             await trio.sleep(REPORT_SECONDS)
             now = registry.snapshot()
-            if now != last and self.send_nowait(("report", now)):
-                last = now  # not queued (full): the next one says it all
+            if now != last:  # waits its turn among the frames (a short queue stays full)
+                await self.send(("report", now))
+                last = now
 
 
 class _LogStream:
@@ -533,10 +594,15 @@ def _silence() -> None:
     os.close(null)
 
 
-async def _child_main(work: Callable[[Any, Parent, Registry], Awaitable[None]]) -> int:
+async def _child_main(
+    work: Callable[[Any, Parent, Registry], Awaitable[None]], queue: int, pipe_bytes: int | None
+) -> int:
     # Frames only on the real stdout; anything else printed goes to stderr with the logs.
     out_fd = os.dup(1)
     os.dup2(2, 1)
+    if pipe_bytes is not None:
+        with contextlib.suppress(OSError):  # a larger pipe: the daemon reads it between frames
+            fcntl.fcntl(out_fd, fcntl.F_SETPIPE_SZ, pipe_bytes)
     stdin = trio.lowlevel.FdStream(os.dup(0))
     out = trio.lowlevel.FdStream(out_fd)
     async with stdin, out:
@@ -545,16 +611,23 @@ async def _child_main(work: Callable[[Any, Parent, Registry], Awaitable[None]]) 
         if spec is None:  # the daemon was gone before it sent the spec
             _silence()
             return ORPHANED
-        parent = Parent(frames, out)
+        parent = Parent(frames, out, queue)
         configure(spec.log_level, cast(TextIO, _LogStream(sys.stderr, parent._log_broken)))
         return await parent.serve(work, spec)
 
 
-def child_main(work: Callable[[Any, Parent, Registry], Awaitable[None]]) -> None:
+def child_main(
+    work: Callable[[Any, Parent, Registry], Awaitable[None]],
+    *,
+    queue: int = FRAME_QUEUE,
+    pipe_bytes: int | None = None,
+) -> None:
     """The whole of a child process (its module's ``main``): read the spec, run
     ``work(spec, parent, registry)`` until it returns, exit with the status (see the module
-    docstring). The work counts into ``registry`` and sends its own frames through ``parent``."""
+    docstring). The work counts into ``registry`` and sends its own frames through ``parent``,
+    which queues up to ``queue`` of them; ``pipe_bytes``: the size asked for the pipe to the
+    daemon (Linux's default holds 64 KiB)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     heap.enable()
-    sys.exit(trio.run(_child_main, work))
+    sys.exit(trio.run(_child_main, work, queue, pipe_bytes))

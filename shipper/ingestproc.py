@@ -14,46 +14,54 @@ them); a datagram socket (UDP, a unix datagram socket) is served by worker 0 alo
 kernel counters (drops) belong to the socket. One connection lives in one worker, and the worker
 hands its batches on in the order it read them, so one connection's events stay in order.
 
-The pipes carry ``shipper.children`` frames (a 4-byte length, then a pickle; between processes
-of one installation only):
+A worker is a child of the daemon (``shipper.children``: ``IngestWorker`` is a ``Supervised``
+of the kind ``INGEST_WORKER``, and the worker runs under ``child_main``), so the protocol, the
+log relay, the stop, the exit statuses and the supervision are that module's. What is its own:
 
-* main to worker, on stdin: one ``Spec``; later ``("stop", kept)`` to stop accepting and reading
-  once what the sockets hold is read, as in one process (the worker hands on what it read, then
-  exits with status 0); ``kept``: the ids of the sources whose listening sockets live on (a
-  reload), whose waiting connections are left in the backlog for the next workers. The end of stdin without a stop (the
-  main process is gone) makes the worker exit at once with ``ORPHANED``.
-* worker to main, on stdout: ``("serving",)`` once its sources serve (the daemon's start waits
-  for it from each worker, so that READY means connections are taken); then
-  ``("batch", rows, size, counters)``: a batch of events (``rows``) in the
-  order read, the bytes it counts as in the main process's ingest budget, and the worker's
-  counters per source so far (with ``OPEN``, its connections open now, which is a gauge); ``("report", counters)`` while nothing else is sent and counters
-  changed (refused connections, say), every ``REPORT_SECONDS``.
+* main to worker, on stdin: one ``Spec`` (the config, the worker's index, the numbers of the
+  inherited sockets); ``("stop", kept)`` makes it stop accepting and reading once what its
+  sockets hold is read, as in one process, hand on what it read, and exit with status 0;
+  ``kept``: the ids of the sources whose listening sockets live on (a reload), whose waiting
+  connections are left in the backlog for the next workers.
+* worker to main, on stdout: ``("serving",)`` once its sources serve (the kind's serving frame:
+  the daemon's start waits for it from each worker, so that READY means connections are taken;
+  the worker's health reads ok from then); then ``("batch", rows, size, counters)``: a batch of
+  events (``rows``) in the order read, the bytes it counts as in the main process's ingest
+  budget, and the worker's counters per source so far (with ``OPEN``, its connections open now,
+  which is a gauge), and ``held``: the bytes its sources had read and not handed on when it
+  made the frame (this one's aside); ``("counts", counters, held)`` while nothing else is sent
+  and counters changed (refused connections, say), every ``REPORT_SECONDS``; and the child's
+  reports.
 
-The main process takes a batch into its ingest channel only when it has room (the byte budget):
-until then it reads no more of that pipe, the worker's writes wait, its connections stop
-reading, and senders feel the backpressure, as with the sources in one process. It adds each
-worker's counters to the source's (``source_*`` metrics are the sum over workers and their
-earlier incarnations).
+A worker queues at most ``WORKER_FRAMES`` frames for its pipe (which it asks to hold
+``PIPE_BYTES``), after its sources' byte budget (``WORKER_BYTES``). The main process takes a
+batch into its ingest channel only when it has room (the byte budget): until then it reads no
+more of that pipe, the worker's writes wait, its connections stop reading, and senders feel the
+backpressure, as with the sources in one process. It adds each worker's counters to the
+source's (``source_*`` metrics are the sum over workers and their earlier incarnations).
 
-Supervision: a worker that exits before it was told to stop (killed, crashed) is logged
-(``ingest_worker_exited``), counted (``ingest_worker_restarts``) and started again after a capped
-backoff; its connections broke (senders reconnect and send again), the other workers and the
-writer go on, and whatever it had handed on was already in the main process. Workers ignore
-SIGTERM and SIGINT (a stop signals the whole process group): the main process tells them.
+What a forced shutdown loses here (``IngestWorker.unsent``, in ``Topology.not_accepted``): the
+batch the main process read from a worker and holds while it waits for room (its events), and
+what the worker's sources had read and not handed on at its last frame the main process read
+(``held``, bytes). Frames the worker wrote after that one, and what its sources read since, are
+lost too and unknown here: what is known is a floor.
+
+Supervision (``shipper.children``): a worker that exits before it was told to stop (killed,
+crashed) is logged (``ingest_worker_exited``), counted (``ingest_worker_restarts``) and started
+again after a capped backoff; its health (``ingest_worker.<n>``) reads failing until the new
+one serves. So does the health of each source it serves (``source.<id>``, through
+``Source.served_by``): degraded while another worker still serves it, failing while none does
+(a listener that fails in every worker: each one exits, and is started again). Its connections
+broke (senders reconnect and send again), the other workers and the writer go on, and whatever
+it had handed on was already in the main process. Workers ignore SIGTERM and SIGINT (a stop
+signals the whole process group): the main process tells them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import importlib
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -65,24 +73,11 @@ from shipper.balance import BOARD_FILE, AcceptBoard, AcceptGate
 from shipper.budget import ByteBudget
 from shipper.buffer.record import MAX_PAYLOAD
 from shipper.chain import Facts
-from shipper.children import (
-    ORPHANED,
-    RESTART_FIRST,
-    RESTART_LIMIT,
-    Frames,
-    exit_reason,
-    frame,
-    reap,
-    relay_logs,
-)
+from shipper.children import ConfigSpec, Kind, Parent, Supervised, child_main
 from shipper.events import Batch, Event, size_of
-from shipper.logging import configure, get_logger
 from shipper.metrics import Health, Registry
-from shipper.retry import Backoff
 from shipper.sources import Listening, Source
 from shipper.sources._net import Bound, StreamServer
-
-log = get_logger("shipper.ingestproc")
 
 #: How often a worker reports counters that changed while it sent no batch.
 REPORT_SECONDS = 0.2
@@ -95,31 +90,39 @@ MAX_BATCH_FRAME = FRAME_BYTES + 2 * MAX_PAYLOAD
 #: without privileges; the default pipe holds 64 KiB): while the writer verifies and appends one
 #: batch, the worker can hand on the next frame without waiting for it.
 PIPE_BYTES = 1024 * 1024
+#: Frames a worker queues for its pipe (each batch frame up to ``MAX_BATCH_FRAME``): few, since
+#: what is queued is out of the worker's byte budget already.
+WORKER_FRAMES = 2
 #: Bytes a worker's sources may hold read and not yet sent to the main process.
 WORKER_BYTES = 8 * 1024 * 1024
 #: Batches a worker's channel holds (each a slice of a socket read).
 WORKER_BATCHES = 64
 #: The key of a worker's report that holds a source's connections open now.
 OPEN = "connections_open"
-#: What the daemon counts about its ingest workers (``ingest_worker_<name>``).
-WORKER_COUNTERS: dict[str, str] = {
-    "restarts": "Ingest workers started again after one exited without being told to stop",
-}
+
+INGEST_WORKER = Kind(
+    module="shipper.ingestproc",
+    prefix="ingest_worker",
+    label="worker",
+    restarts_help="Ingest workers started again after one exited without being told to stop",
+    component="ingest_worker",
+    serving="serving",
+    max_frame=MAX_BATCH_FRAME,
+)
 
 
 @dataclass(frozen=True)
 class Spec:
-    """What an ingest worker is given: the config as it was parsed from (``raw``, ``env``,
-    ``origin``), the modules that register its source types, its index, the log level, and per
-    source it serves the numbers of the inherited sockets and where they listen."""
+    """What an ingest worker is given: the config, its index, and per source it serves the
+    numbers of the inherited sockets and where they listen."""
 
-    raw: Mapping[str, Any]
-    env: Mapping[str, str] | None
-    origin: str
-    modules: tuple[str, ...]
+    config: ConfigSpec
     index: int
-    log_level: str
     sockets: Mapping[str, tuple[tuple[int, ...], tuple[Listening, ...]]]
+
+    @property
+    def log_level(self) -> str:
+        return self.config.log_level
 
 
 def serves(source: Source, index: int) -> bool:
@@ -131,9 +134,6 @@ def serves(source: Source, index: int) -> bool:
 def spec_of(config: Any, index: int, bound: Mapping[str, Bound], sources: list[Source]) -> Spec:
     """The spec of worker ``index`` for ``config`` (a ``shipper.config.Config``), given what the
     main process bound for each source."""
-    if config.parsed is None:
-        raise ValueError("ingest workers need a config made by parse_config (a defect)")
-    modules = {type(part).__module__ for part in (*config.sources.values(), *config.sinks.values())}
     sockets = {
         source.id: (
             tuple(sock.fileno() for sock in bound[source.id].sockets),
@@ -142,15 +142,7 @@ def spec_of(config: Any, index: int, bound: Mapping[str, Bound], sources: list[S
         for source in sources
         if serves(source, index)
     }
-    return Spec(
-        raw=config.parsed.raw,
-        env=config.parsed.env,
-        origin=config.origin,
-        modules=tuple(sorted(modules)),
-        index=index,
-        log_level=config.log_level,
-        sockets=sockets,
-    )
+    return Spec(ConfigSpec.of(config), index, sockets)
 
 
 #: A record's event as it crosses the pipe (``rows``): ``received_at``, the ``source`` object (one
@@ -199,8 +191,9 @@ def events(sent: list[Row | Event]) -> list[Event]:
 # --- the main process's side ----------------------------------------------------------------------
 
 
-class IngestWorker:
-    """Runs one ingest worker process and supervises it (see the module docstring).
+class IngestWorker(Supervised):
+    """Runs one ingest worker process and supervises it (see the module docstring; a
+    ``shipper.children.Supervised``).
 
     ``send``: the main process's ingest channel (this worker's clone, closed when it is done);
     ``budget``: its byte budget; ``sources``: the main process's sources by id, whose counters
@@ -213,21 +206,19 @@ class IngestWorker:
         budget: ByteBudget,
         sources: Mapping[str, Source],
     ) -> None:
+        super().__init__(INGEST_WORKER, str(spec.index), self._take_batch, self._gone)
         self.spec = spec
         self.index = spec.index
         self._send = send
         self._budget = budget
         self._sources = sources
-        self.pid: int | None = None
-        self.restarts = 0
-        self.started = trio.Event()  # set at each start (tests wait for a restart with it)
-        self._stopping = False
-        self._stop_frame = frame(("stop", ()))
-        self._stdin: trio.abc.SendStream | None = None
         self._seen: dict[str, dict[str, int]] = {}  # this incarnation's counters as last added
-        self._task_status: trio.TaskStatus[None] | None = None  # until the first one serves
-        self._health = Health("degraded", "ingest worker not started yet", time.monotonic())
+        self._waiting: Batch | None = None  # read from the pipe, not yet in the ingest channel
+        self._held = 0  # what the running worker held, as its last frame said
+        for source_id in spec.sockets:
+            sources[source_id].served_by[self.index] = self.serves
 
+    @property
     def _fields(self) -> dict[str, Any]:
         """What names this worker in a log entry."""
         return {"worker": self.index, "pid": self.pid}
@@ -236,144 +227,52 @@ class IngestWorker:
     def fds(self) -> list[int]:
         return [fd for fds, _ in self.spec.sockets.values() for fd in fds]
 
-    def register_metrics(self, registry: Registry) -> None:
-        """The restarts of this worker (``ingest_worker_restarts``, by worker) and its health."""
-        registry.health(f"ingest_worker.{self.index}", lambda: self._health)
-        restarts = registry.counter(
-            "ingest_worker_restarts", WORKER_COUNTERS["restarts"], labels=("worker",)
-        ).labels(str(self.index))
-
-        def collect() -> None:
-            restarts.value = self.restarts
-
-        registry.collector(collect)
-
-    def stop(self, kept: Collection[str] = ()) -> None:
-        """Tell the worker to stop accepting and reading (it reads what its sockets hold, hands
-        on what it read, then exits); one that is not running now is not started again.
-        ``kept``: the sources whose listening sockets live on (a reload): their waiting
-        connections are left to the next workers."""
-        self._stopping = True
-        self._stop_frame = frame(("stop", tuple(kept)))
-        if self._stdin is not None:
-            stdin = self._stdin
-            trio.lowlevel.spawn_system_task(self._tell_stop, stdin, self._stop_frame)
-
-    @staticmethod
-    async def _tell_stop(stdin: trio.abc.SendStream, stop: bytes) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stdin.send_all(stop)
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker until it stopped when told to, starting it again each time it exits
-        before that."""
-        self._task_status = task_status
-        backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
+        before that; started once the first worker serves (or exits)."""
         async with self._send:
-            while True:
-                began = time.monotonic()
-                returncode, reason = await self._run_once()
-                if self._task_status is not None:  # it never served: the start goes on anyway
-                    self._task_status.started()
-                    self._task_status = None
-                if self._stopping and returncode == 0:
-                    return
-                delay: float | None = None  # stopping: not started again
-                if not self._stopping:
-                    if time.monotonic() - began > RESTART_LIMIT:
-                        backoff = Backoff(RESTART_FIRST, RESTART_LIMIT)
-                    delay = backoff.next()
-                    self.restarts += 1
-                    self._health = Health("failing", f"ingest worker {reason}", time.monotonic())
-                log.error(
-                    "ingest_worker_exited",
-                    **self._fields(),
-                    returncode=returncode,
-                    reason=reason,
-                    restart_in=None if delay is None else round(delay, 3),
-                    restarts=self.restarts,
-                )
-                if delay is None:
-                    return
-                await trio.sleep(delay)
-                if self._stopping:
-                    return
+            await self.supervise(self.spec, pass_fds=self.fds, task_status=task_status)
 
-    async def _run_once(self) -> tuple[int | None, str]:
-        """Start one worker and take its frames until it closes its stdout; its exit status and
-        what it means (None: it could not be started). Kills it if cancelled."""
-        try:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "shipper.ingestproc"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=self.fds,
-            )
-        except OSError as exc:  # out of processes or memory: try again later
-            return None, f"could not be started: {exc}"
-        try:
-            self.pid = process.pid
-            self._seen = {}
-            log.info("ingest_worker_started", worker=self.index, pid=process.pid)
-            self.started.set()
-            self.started = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    relay_logs,
-                    process.stderr,
-                    "ingest_worker_output",
-                    self._fields,
-                )
-                await self._talk(process)
-            returncode = await process.wait()
-        finally:
-            self._stdin = None
-            for source in self._sources.values():  # its connections went with it
-                source.open_elsewhere.pop(self.index, None)
-            await reap(process)
-        return returncode, exit_reason(returncode)
+    def serves(self) -> Health:
+        """How this worker serves its sources now (``Source.served_by``): ok while it serves
+        (from its serving frame on), else why not (not started yet, exited)."""
+        health = self.health()
+        if health.status == "ok":
+            return health
+        return Health(health.status, f"worker {self.index}: {health.reason}", health.since)
 
-    async def _talk(self, process: trio.Process) -> None:
-        """Send the spec (and a stop, if one was asked meanwhile), then take the worker's frames
-        until it closes its stdout."""
-        assert process.stdin is not None
-        assert process.stdout is not None
-        try:
-            await process.stdin.send_all(frame(self.spec))
-            if self._stopping:
-                await process.stdin.send_all(self._stop_frame)
-            self._stdin = process.stdin
-            frames = Frames(process.stdout, MAX_BATCH_FRAME)
-            while (message := await frames.next()) is not None:
-                await self._take(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # it is gone: its exit status says how
-        except Exception as exc:  # a frame that does not unpickle: a defect, the worker's or ours
-            log.exception(
-                "ingest_worker_protocol_error", worker=self.index, pid=self.pid, error=repr(exc)
-            )
-            process.kill()
+    def unsent(self) -> dict[str, int]:
+        """What this worker read from senders and the main process has not put into its ingest
+        channel (see the module docstring): ``events`` of the batch it holds from the worker,
+        and ``bytes`` the worker held at its last frame (a floor)."""
+        waiting = self._waiting
+        return {"events": len(waiting) if waiting is not None else 0, "bytes": self._held}
 
-    async def _take(self, message: tuple[Any, ...]) -> None:
+    async def _gone(self) -> None:
+        """A worker exited: its connections went with it, and the next one counts from 0."""
+        self._seen = {}
+        self._held = 0
+        for source in self._sources.values():
+            source.open_elsewhere.pop(self.index, None)
+
+    async def _take_batch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "batch":
-            _, sent, size, counts = message
+            _, sent, size, counts, self._held = message
             self._count(counts)
-            batch = Batch(events(sent), size)
+            batch = self._waiting = Batch(events(sent), size)
             await self._budget.acquire(size)
             try:
                 await self._send.send(batch)
             except BaseException:
                 self._budget.release(size)
                 raise
-        elif kind == "report":
-            self._count(message[1])
-        elif kind == "serving":
-            self._health = Health()
-            if self._task_status is not None:  # the first start: the daemon may say READY
-                self._task_status.started()
-                self._task_status = None
+            self._waiting = None
+        elif kind == "counts":
+            _, counts, self._held = message
+            self._count(counts)
+        else:
+            raise ValueError(f"an ingest worker sent an unknown frame: {kind!r}")
 
     def _count(self, counts: Mapping[str, Mapping[str, int]]) -> None:
         """Add to each source's counters what this worker counted since its last report."""
@@ -395,13 +294,9 @@ class IngestWorker:
 # --- the worker's side ----------------------------------------------------------------------------
 
 
-async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
-    """Serve the sources of ``spec`` until told to stop; the exit status."""
-    from shipper.config import parse_config
-
-    for module in spec.modules:
-        importlib.import_module(module)
-    config = parse_config(spec.raw, spec.env, spec.origin)
+async def _work(spec: Spec, parent: Parent, registry: Registry) -> None:
+    """Serve the sources of ``spec`` until told to stop."""
+    config = spec.config.parse()
     send, receive = trio.open_memory_channel[list[Event]](WORKER_BATCHES)
     budget = ByteBudget(WORKER_BYTES)
     profile = config.chain.profile_fields
@@ -415,7 +310,6 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
         bound[source_id] = Bound(sockets, list(addresses))
     send.close()
     gate = _gate(config, spec.index, sources)
-    orphaned = False
 
     def counters() -> dict[str, dict[str, int]]:
         return {
@@ -439,7 +333,7 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
                     now = counters()
                     if now != last:
                         last = now
-                        await out.send_all(frame(("report", now)))
+                        await parent.send(("counts", now, budget.used))
                     continue
                 events = list(first)
                 size = size_of(first)
@@ -451,38 +345,32 @@ async def _worker(spec: Spec, frames: Frames, out: trio.abc.SendStream) -> int:
                     events.extend(more)
                     size += size_of(more)
                 last = counters()
-                await out.send_all(frame(("batch", rows(events), size, last)))
+                held = budget.used - size
+                await parent.send(("batch", rows(events), size, last, held))
                 budget.release(size)
-        await out.send_all(frame(("report", counters())))
+        await parent.send(("counts", counters(), budget.used))
 
-    async def watch_main(stop: trio.CancelScope) -> None:
-        nonlocal orphaned
-        told = False
-        while (message := await frames.next()) is not None:
-            if message[0] == "stop":
-                told = True
-                for source in sources:
-                    source.stop(backlog=source.id not in message[1])
-        if not told:  # the main process is gone: nobody takes what is read any more
-            orphaned = True
-            stop.cancel()
+    async def stop_when_told() -> None:
+        await parent.stopping.wait()
+        kept = parent.stop_details[0] if parent.stop_details else ()
+        for source in sources:
+            source.stop(backlog=source.id not in kept)
 
     with contextlib.ExitStack() as stack:
         for item in bound.values():
             stack.callback(item.close)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_main, nursery.cancel_scope)
+            nursery.start_soon(stop_when_told)
             if gate is not None:
                 stack.callback(gate.board.close)
                 nursery.start_soon(gate.beat)
             async with trio.open_nursery() as work:
                 for source in sources:
                     await work.start(partial(source.serve, bound[source.id]))
-                await out.send_all(frame(("serving",)))  # before any batch: forward starts now
+                await parent.send(("serving",))  # before any batch: forward starts now
                 heap.settle()
                 work.start_soon(forward)
             nursery.cancel_scope.cancel()
-    return ORPHANED if orphaned else 0
 
 
 def _gate(config: Any, index: int, sources: list[Source]) -> AcceptGate | None:
@@ -503,30 +391,9 @@ def _gate(config: Any, index: int, sources: list[Source]) -> AcceptGate | None:
     return gate
 
 
-async def _worker_main() -> int:
-    # Frames only on the real stdout; anything else printed goes to stderr with the logs.
-    out_fd = os.dup(1)
-    os.dup2(2, 1)
-    with contextlib.suppress(OSError):  # a larger pipe: the writer reads it between batches
-        fcntl.fcntl(out_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    stdin = trio.lowlevel.FdStream(os.dup(0))
-    out = trio.lowlevel.FdStream(out_fd)
-    frames = Frames(stdin)  # one reader: a stop may come in the same read as the spec
-    spec = await frames.next()
-    if spec is None:
-        return ORPHANED  # the main process was gone before it sent the spec
-    assert isinstance(spec, Spec), type(spec)
-    configure(spec.log_level)
-    async with out:
-        return await _worker(spec, frames, out)
-
-
 def main() -> None:
     """An ingest worker: ``python -m shipper.ingestproc`` (started by the daemon only)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    heap.enable()
-    sys.exit(trio.run(_worker_main))
+    child_main(_work, queue=WORKER_FRAMES, pipe_bytes=PIPE_BYTES)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ class SinkProcess(Supervised):
         WAL is closed, starting it again each time it exits before that."""
         await self.supervise(self.spec(epoch), task_status=task_status)
 
-    def _take_emit(self, message: tuple[Any, ...]) -> None:
+    async def _take_emit(self, message: tuple[Any, ...]) -> None:
         kind, event = message
         if kind != "emit":
             raise ValueError(f"a sink process sent an unknown frame: {kind!r}")

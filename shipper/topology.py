@@ -657,7 +657,7 @@ class Topology:
         if workers:
             kept = [source_id for source_id in sources if source_id not in going]
             for worker in self.workers:
-                worker.stop(kept)  # (the next workers take what waits on the kept listeners)
+                worker.stop(tuple(kept))  # (the next workers take what waits on the kept listeners)
             await self._finish(
                 [(str(w.index), t) for w, t in zip(self.workers, self._worker_tasks, strict=True)],
                 "worker",
@@ -744,13 +744,20 @@ class Topology:
     def not_accepted(self) -> dict[str, int]:
         """What was read from senders and not (yet) accepted by the WAL: lost if the daemon stops
         now (a forced shutdown). Events in the writer's hands, and batches and bytes still queued
-        in the ingest channel."""
+        in the ingest channel; with ingest workers, the events read from their pipes and waiting
+        for room in the channel, and the bytes the workers held unsent at their last frames (a
+        floor: ``IngestWorker.unsent``)."""
         held = [*self._requeued, *(b.events for b in (*self._unwritten, *self._unaccepted))]
-        return {
+        found = {
             "events_in_writer": sum(map(len, held)),
             "batches_queued": self._ingest.statistics().current_buffer_used,
             "bytes_queued": self.budget.used,
         }
+        if self.workers:
+            unsent = [worker.unsent() for worker in self.workers]
+            found["events_from_workers"] = sum(part["events"] for part in unsent)
+            found["bytes_in_workers_at_least"] = sum(part["bytes"] for part in unsent)
+        return found
 
     def pending(self) -> dict[str, int]:
         """Per sink, bytes in the WAL not yet acknowledged (they wait for the next start)."""

@@ -7,6 +7,9 @@ logs ``child_ticked``, then, as ``spec.mode`` says:
   ``("ticked",)`` frame and waits to be killed; any later time, returns (exit status 0);
 * ``"chatty"``: sends a ``("tick", n)`` frame and logs an entry every millisecond, forever (a
   child busy writing when its daemon goes away);
+* ``"serving"`` (for ``SERVING``): sends its report and a ``("ticked",)`` frame, writes
+  "inherited" into the file descriptor ``spec.fd`` (inherited from the daemon), then sends
+  ``("serving",)``; once told to stop, exits with status 5 (a child that fails as it stops);
 * ``"busy"``: sends ``("tick", 1)``, then works without yielding for 50 ms at a time and logs an
   entry after each stretch, forever (a child whose log entry finds the daemon gone before its
   watch of stdin can).
@@ -18,8 +21,9 @@ Once stopped, the last two log ``child_stopping`` and write "cleaned up" into ``
 from __future__ import annotations
 
 import itertools
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +41,8 @@ CHILD = Kind(
     label="worker",
     restarts_help="Test children started again after one exited",
 )
+#: The same children, as a kind with a serving frame.
+SERVING = replace(CHILD, component="test_child", serving="serving")
 
 
 @dataclass(frozen=True)
@@ -44,15 +50,24 @@ class TickSpec:
     """What a test child is told."""
 
     ticks: int
-    mode: Literal["once", "chatty", "busy"]
+    mode: Literal["once", "chatty", "busy", "serving"]
     marker: Path
     log_level: str = "info"
+    fd: int | None = None
 
 
 async def work(spec: TickSpec, parent: Parent, registry: Registry) -> None:
     registry.counter("child_ticks", "Ticks a test child counted").labels().inc(spec.ticks)
     registry.gauge("child_running", "Test children running").labels().set(1)
     log.info("child_ticked", ticks=spec.ticks)
+    if spec.mode == "serving":
+        assert spec.fd is not None
+        await parent.send(("report", registry.snapshot()))
+        await parent.send(("ticked",))
+        os.write(spec.fd, b"inherited")
+        await parent.send(("serving",))
+        await parent.stopping.wait()
+        os._exit(5)
     if spec.mode == "once":
         if spec.marker.exists():
             return

@@ -8,14 +8,16 @@ import pickle
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import pytest
+import trio
 
 from shipper.children import _LENGTH, ORPHANED, Supervised, frame
 from shipper.metrics import Registry, value
-from tests.child import CHILD, TickSpec
+from tests.child import CHILD, SERVING, TickSpec
 from tests.conftest import REPO, LogCapture
 
 
@@ -28,7 +30,7 @@ async def test_a_killed_child_is_started_again_and_its_counts_carry_on(
     registry = Registry()
     while_running: list[dict[str, Any]] = []
 
-    def take(message: tuple[Any, ...]) -> None:
+    async def take(message: tuple[Any, ...]) -> None:
         assert message == ("ticked",)
         while_running.append(registry.snapshot())
         assert child.pid is not None
@@ -50,6 +52,38 @@ async def test_a_killed_child_is_started_again_and_its_counts_carry_on(
     assert (exited["worker"], exited["reason"]) == ("w1", "killed by SIGKILL")
     assert len(logs.entries("test_child_started")) == 2
     assert [entry["ticks"] for entry in logs.entries("child_ticked")] == [5, 5]
+
+
+async def test_a_kind_with_a_serving_frame_starts_once_its_child_serves(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """For a kind with a serving frame, the start waits until the child serves (its report
+    before that does not make it ok), the child inherits the file descriptors passed, and one
+    that fails once told to stop is logged with no restart and not started again."""
+    seen: list[tuple[tuple[Any, ...], str]] = []
+
+    async def take(message: tuple[Any, ...]) -> None:
+        seen.append((message, child.health().status))
+
+    child = Supervised(SERVING, "s1", take)
+    registry = Registry()
+    child.register_metrics(registry)
+    read_end, write_end = os.pipe()
+    try:
+        spec = TickSpec(1, "serving", tmp_path / "marker", fd=write_end)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(child.supervise, spec, pass_fds=[write_end]))
+            assert registry.snapshot()["health"]["test_child.s1"]["status"] == "ok"
+            assert seen == [(("ticked",), "degraded")]
+            assert os.read(read_end, 100) == b"inherited"
+            child.stop()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    (exited,) = logs.entries("test_child_exited")
+    assert (exited["reason"], exited["restart_in"]) == ("exit status 5", None)
+    assert child.restarts == 0
+    assert len(logs.entries("test_child_started")) == 1
 
 
 def read_frame(stream: IO[bytes]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -14,16 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import trio
 
+import shipper.children
+import shipper.topology
+from shipper.api.health import components, problems
 from shipper.chain import SEED, Facts
 from shipper.config import parse_config
 from shipper.events import Event, Malformed, alert_event, entry, event_bytes
-from shipper.ingestproc import events, rows
+from shipper.ingestproc import WORKER_BYTES, events, rows
+from shipper.shutdown import Shutdown, run_daemon
 from shipper.topology import Topology
 from tests.chains import chain
 from tests.conftest import (
     WORKERS,
+    LogCapture,
+    TlsFiles,
     archive_lines,
     file_sink_config,
     log_entries,
@@ -316,3 +324,100 @@ def test_events_cross_the_pipe_as_rows_and_encode_the_same() -> None:
         event.chain = {"status": "ok", "sequence": 1} if event.facts is not None else None
     assert [entry(event) for event in back] == [entry(event) for event in sent]
     assert [event_bytes(event) for event in back] == [event_bytes(event) for event in sent]
+
+
+async def test_a_forced_shutdown_counts_what_the_ingest_workers_had_not_handed_on(
+    tmp_path: Path, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the WAL is full and the ingest channel too, a forced shutdown counts in
+    ``discarded`` the events the main process read from a worker and holds waiting for room,
+    and the bytes the worker held unsent, next to what the writer held: never more than sent."""
+    monkeypatch.setattr(shipper.topology, "CHANNEL_BYTES", 64 * 1024)  # full with one frame
+    blocker = tmp_path / "archive"
+    blocker.write_text("the sink cannot write: the WAL fills up")
+    raw = file_sink_config(tmp_path)
+    raw["shutdown_timeout"] = "300ms"
+    raw["buffer"] = {"max_bytes": "1MiB", "segment_bytes": "64KiB"}
+    raw["runtime"] = {"workers": 1}
+    config = parse_config(raw)
+    topology = Topology(config)
+    shutdown = Shutdown()
+    total = 12_000  # about 12 MB: more than the WAL, the writer and the channel hold
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(partial(run_daemon, config, shutdown, topology=topology))
+        line = orjson.dumps({"agentId": "a", "notes": "x" * 1000}) + b"\n"
+
+        async def sender() -> None:
+            with contextlib.suppress(trio.BrokenResourceError):  # the kill closes it
+                await send(bound["agents"][0], line * total)
+
+        nursery.start_soon(sender)
+        (worker,) = topology.workers
+        await wait_until(
+            lambda: bool(logs.entries("wal_full_blocking")) and worker.unsent()["events"] > 0
+        )
+        shutdown.request("SIGTERM")
+    (forced,) = logs.entries("shutdown_forced")
+    discarded = forced["discarded"]
+    assert discarded["events_from_workers"] > 0
+    assert 0 <= discarded["bytes_in_workers_at_least"] <= WORKER_BYTES
+    known = discarded["events_in_writer"] + discarded["events_from_workers"]
+    assert known + forced["metrics"]["writer"]["events"] <= total
+
+
+def _source_health(topology: Topology) -> dict[str, Any]:
+    """``source.agents`` as the daemon's registry (and ``/health``) reads it now."""
+    return dict(topology.registry.snapshot()["health"]["source.agents"])
+
+
+async def test_a_source_reads_degraded_while_one_of_its_workers_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source served by two workers reads ok while both serve, degraded (naming the worker
+    and why) while one that was killed waits for its restart, and /health stays healthy: the
+    other worker takes the connections."""
+    monkeypatch.setattr(shipper.children, "RESTART_FIRST", 3600.0)  # no restart in the test
+    raw = file_sink_config(tmp_path)
+    raw["runtime"] = {"workers": WORKERS}
+    topology = Topology(parse_config(raw))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(topology.run)
+        assert _source_health(topology)["status"] == "ok"
+        victim = topology.workers[1]
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        await wait_until(lambda: victim.restarts == 1)
+        health = _source_health(topology)
+        snapshot = topology.registry.snapshot()
+        topology.stop()
+    assert health["status"] == "degraded"
+    assert health["reason"] == "not served by worker 1: ingest worker killed by SIGKILL"
+    assert not problems(components(snapshot["health"], time.monotonic()), 60.0)
+
+
+async def test_a_listener_that_fails_in_every_worker_makes_its_source_fail(
+    tmp_path: Path, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS listener whose key is gone by the time the workers start (the main process had
+    built it) fails in every worker: its source reads failing, naming each worker's exit, and
+    /health says the daemon is unhealthy because of it."""
+    monkeypatch.setattr(shipper.children, "RESTART_FIRST", 3600.0)  # no restart in the test
+    key = tmp_path / "server.key"
+    key.write_bytes(tls_files.server_key.read_bytes())
+    raw = file_sink_config(tmp_path)
+    raw["sources"]["agents"]["tls"] = {"cert": str(tls_files.server_pem), "key": str(key)}
+    raw["runtime"] = {"workers": WORKERS, "sink_processes": False}  # (a sink's parses it too)
+    topology = Topology(parse_config(raw))
+    key.unlink()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(topology.run)
+        await wait_until(lambda: all(worker.restarts == 1 for worker in topology.workers))
+        health = _source_health(topology)
+        snapshot = topology.registry.snapshot()
+        topology.stop()
+    assert health["status"] == "failing"
+    assert health["reason"] == (
+        "not served by worker 0: ingest worker exit status 1; worker 1: ingest worker exit status 1"
+    )
+    reasons = problems(components(snapshot["health"], time.monotonic()), 60.0)
+    assert reasons == [f"source.agents: {health['reason']}"]

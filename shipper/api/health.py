@@ -5,11 +5,12 @@
   needs no token).
 * ``GET /health/ready``: 200 once the daemon has started: every source listens, the WAL is open
   for writes; 503 before, and once it is stopping.
-* ``GET /health``: 200 when the daemon does its job: every source listens (``source.<id>``), the
-  WAL accepts writes (``wal``: not full; ``writer``: not refusing), and no sink (``sink.<id>``)
-  has been failing for longer than ``[api] sink_failing_after``; 503 otherwise. A sink is failing
-  after several unavailable tries in a row, or a defect in its code (``shipper.sinks.driver``); a
-  sink that is retrying or just started failing does not make the daemon unhealthy yet.
+* ``GET /health``: 200 when the daemon does its job: every source listens (``source.<id>``; with
+  ingest workers, at least one worker serves it: ``shipper.ingestproc``), the WAL accepts writes
+  (``wal``: not full; ``writer``: not refusing), and no sink (``sink.<id>``) has been failing for
+  longer than ``[api] sink_failing_after``; 503 otherwise. A sink is failing after several
+  unavailable tries in a row, or a defect in its code (``shipper.sinks.driver``); a sink that is
+  retrying or just started failing does not make the daemon unhealthy yet.
 
 Every answer is JSON::
 

@@ -10,6 +10,7 @@ process binds them once and ingest worker processes (``shipper.ingestproc``) ser
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -65,6 +66,9 @@ class Source(Protocol):
     #: Connections open in each ingest worker, by worker, as the workers last reported
     #: (``source_connections_open`` adds them to this process's own).
     open_elsewhere: dict[int, int]
+    #: How each ingest worker that serves it does now, by worker (ok while it serves, else
+    #: why not: not started yet, exited); its health takes them in.
+    served_by: dict[int, Callable[[], Health]]
 
     @property
     def shared(self) -> bool:
@@ -95,4 +99,6 @@ class Source(Protocol):
         """Count into ``registry`` from now on, and tell it this source's health."""
 
     def health(self) -> Health:
-        """``ok`` while listening and once stopping; ``failing`` before it listens."""
+        """``ok`` while listening and once stopping; ``failing`` before it listens; with ingest
+        workers, ``degraded`` while some of those that serve it do not, ``failing`` while none
+        does."""

@@ -89,7 +89,7 @@ from shipper.events import (
     utc_timestamp,
 )
 from shipper.logging import Throttle, get_logger
-from shipper.metrics import CounterSet, Health, Registry
+from shipper.metrics import CounterSet, Health, Registry, Status
 from shipper.sources import SOURCE_COUNTERS, Listening
 from shipper.sources._identity import Grant, IdentityPolicy, IdentityTable, claims
 from shipper.sources._listener import (
@@ -874,6 +874,7 @@ class FramedSource:
         self.log = get_logger(f"shipper.sources.{self.kind}")
         self.server: StreamServer | None = None
         self.open_elsewhere: dict[int, int] = {}
+        self.served_by: dict[int, Callable[[], Health]] = {}
         #: The bytes the pipeline's ingest channel may hold, shared by every source (the
         #: topology sets it; the writer gives back what it takes out).
         self.budget: ByteBudget | None = None
@@ -979,12 +980,19 @@ class FramedSource:
 
     def health(self) -> Health:
         """``ok`` while listening, and once stopping (asked to: the reason says so); ``failing``
-        until it listens."""
+        until it listens. With ingest workers (``served_by``): ``degraded`` while some of the
+        workers that serve it do not (not started yet, exited: the others take its
+        connections), ``failing`` while none does; the reason names them."""
         if self.stopping:
             return Health("ok", "stopping")
         if not self.listening:
             return Health("failing", "not listening")
-        return Health()
+        down = [health for serves in self.served_by.values() if (health := serves()).status != "ok"]
+        if not down:
+            return Health()
+        status: Status = "failing" if len(down) == len(self.served_by) else "degraded"
+        reason = "not served by " + "; ".join(health.reason for health in down)
+        return Health(status, reason, max(health.since for health in down))
 
     def _reporting(
         self, task_status: trio.TaskStatus[list[Listening]]
