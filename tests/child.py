@@ -9,7 +9,8 @@ logs ``child_ticked``, then, as ``spec.mode`` says:
   child busy writing when its daemon goes away);
 * ``"serving"`` (for ``SERVING``): sends its report and a ``("ticked",)`` frame, writes
   "inherited" into the file descriptor ``spec.fd`` (inherited from the daemon), then sends
-  ``("serving",)``; once told to stop, exits with status 5 (a child that fails as it stops);
+  ``("serving",)``; once told to stop, writes the stop's details (``repr``) there too and exits
+  with status 5 (a child that fails as it stops);
 * ``"busy"``: sends ``("tick", 1)``, then works without yielding for 50 ms at a time and logs an
   entry after each stretch, forever (a child whose log entry finds the daemon gone before its
   watch of stdin can).
@@ -67,6 +68,7 @@ async def work(spec: TickSpec, parent: Parent, registry: Registry) -> None:
         os.write(spec.fd, b"inherited")
         await parent.send(("serving",))
         await parent.stopping.wait()
+        os.write(spec.fd, repr(parent.stop_details).encode())
         os._exit(5)
     if spec.mode == "once":
         if spec.marker.exists():

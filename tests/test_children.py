@@ -58,8 +58,9 @@ async def test_a_kind_with_a_serving_frame_starts_once_its_child_serves(
     tmp_path: Path, logs: LogCapture
 ) -> None:
     """For a kind with a serving frame, the start waits until the child serves (its report
-    before that does not make it ok), the child inherits the file descriptors passed, and one
-    that fails once told to stop is logged with no restart and not started again."""
+    before that does not make it ok), the child inherits the file descriptors passed, its work
+    sees the details of its stop, and one that fails once told to stop is logged with no
+    restart and not started again."""
     seen: list[tuple[tuple[Any, ...], str]] = []
 
     async def take(message: tuple[Any, ...]) -> None:
@@ -76,7 +77,8 @@ async def test_a_kind_with_a_serving_frame_starts_once_its_child_serves(
             assert registry.snapshot()["health"]["test_child.s1"]["status"] == "ok"
             assert seen == [(("ticked",), "degraded")]
             assert os.read(read_end, 100) == b"inherited"
-            child.stop()
+            child.stop(("kept",))
+        assert os.read(read_end, 100) == b"(('kept',),)"
     finally:
         os.close(read_end)
         os.close(write_end)
