@@ -952,7 +952,8 @@ async def test_reader_steps_over_a_record_that_holds_no_entries(
     tmp_path: Path, logs: LogCapture
 ) -> None:
     """A CRC-valid record whose payload is not entries (written after recovery scanned the
-    segment) is stepped over as corrupt, logged at error and counted; the rest is delivered."""
+    segment) is stepped over as corrupt, logged at error and counted, and holds no event in the
+    batches' counts; the rest is delivered."""
     wal = open_wal(tmp_path)
     for first in (1, 4, 7):
         assert await wal.append(events(first, 3))
@@ -964,11 +965,14 @@ async def test_reader_steps_over_a_record_that_holds_no_entries(
     overwrite(path, middle.offset, foreign)
     reader = wal.readers["a"]
     delivered: list[int] = []
+    counted = 0
     while reader.has_unread:
         batch = await reader.read()
         assert batch is not None
         delivered.extend(numbers(batch))
+        counted += batch.events
     assert delivered == [1, 2, 3, 7, 8, 9]
+    assert counted == 6
     assert reader.counters["corrupt_bytes"] == size
     [entry] = logs.entries("wal_corrupt_while_reading")
     assert (entry["level"], entry["offset"], entry["size"]) == ("error", middle.offset, size)
