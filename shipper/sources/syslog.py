@@ -129,6 +129,12 @@ from shipper.sources._net import (
 
 T = TypeVar("T")
 
+#: At a stop, the least a queued UDP datagram is counted as against the receive buffer: the
+#: kernel charges each with its buffer's whole size (several hundred bytes for an empty one).
+DATAGRAM_TRUESIZE: Final = 256
+#: At a stop, the queued datagrams read between two turns given to trio (its timers, signals).
+DRAIN_CHECKPOINT: Final = 64
+
 #: ``mode``: the transport a syslog source listens on.
 SyslogMode = Literal["tcp", "tls", "udp", "unix"]
 SYSLOG_MODES: Final[tuple[SyslogMode, ...]] = literal_values(SyslogMode)
@@ -541,16 +547,22 @@ class SyslogSource(FramedSource):
 
         while (received := await self._receive(receive)) is not None:
             await take(received)
-        for received in self._queued(raw, bufsize, ancillary, unix_path is not None):
+        for count, received in enumerate(
+            self._queued(raw, bufsize, ancillary, unix_path is not None)
+        ):
             await take(received)
+            if count % DRAIN_CHECKPOINT == DRAIN_CHECKPOINT - 1:
+                await trio.lowlevel.checkpoint()  # timers, signals and the API go on meanwhile
 
     def _queued(
         self, raw: socket.socket, bufsize: int, ancillary: int, unix: bool
     ) -> Iterator[tuple[bytes, list[tuple[int, int, bytes]], int, Any]]:
         """At a stop: the datagrams the socket holds, one at a time, without waiting for more.
         At most what its queue can hold when the stop came: a UDP socket's receive buffer in
-        bytes (``SO_RCVBUF``), a unix datagram socket's queue in datagrams
-        (``net.unix.max_dgram_qlen``); what comes on meanwhile is left."""
+        bytes (``SO_RCVBUF``, each datagram counted with at least ``DATAGRAM_TRUESIZE``, as the
+        kernel counts it with its buffer's size: empty datagrams sent on and on end the drain
+        too), a unix datagram socket's queue in datagrams (``net.unix.max_dgram_qlen``); what
+        comes on meanwhile is left."""
         if unix:
             bytes_left, datagrams_left = sys.maxsize, unix_queue_length()
         else:
@@ -566,7 +578,7 @@ class SyslogSource(FramedSource):
             except OSError as exc:
                 self.log.warning("datagram_read_failed", source=self.id, error=str(exc))
                 return
-            bytes_left -= len(received[0])
+            bytes_left -= max(len(received[0]), DATAGRAM_TRUESIZE)
             datagrams_left -= 1
             yield received
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import shutil
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -16,7 +18,7 @@ from shipper.config import Address, parse_config
 from shipper.events import Event
 from shipper.shutdown import Shutdown, run_daemon
 from shipper.sources._net import Connection
-from shipper.sources.syslog import SyslogSource, SyslogSourceConfig
+from shipper.sources.syslog import DATAGRAM_TRUESIZE, SyslogSource, SyslogSourceConfig
 from tests.conftest import LogCapture, archive_lines, file_sink_config, wait_until
 
 AUDIT = {"agentId": "customer-service-agent-03", "sequence": 7, "action": "database.query"}
@@ -224,3 +226,25 @@ async def test_udp_bursts_wait_in_a_bounded_buffer_and_only_its_overflow_is_drop
         source._reader_done = True
         source._pending_added.set()
     assert source.counters["dropped_full"] == 3
+
+
+class _Flood:
+    """A UDP socket whose queue never empties: an empty datagram for every read."""
+
+    def getsockopt(self, level: int, option: int) -> int:
+        assert (level, option) == (socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return 212_992
+
+    def recvmsg(self, bufsize: int, ancillary: int) -> tuple[bytes, list[Any], int, Any]:
+        return b"", [], 0, ("127.0.0.1", 9)
+
+
+def test_empty_datagrams_sent_on_and_on_cannot_keep_a_stop_reading() -> None:
+    """At a stop, a UDP socket's queue is read up to what its receive buffer could hold, each
+    datagram counted with at least DATAGRAM_TRUESIZE bytes as the kernel counts it: a sender
+    of empty datagrams cannot make the drain last."""
+    source, _ = make_source(mode="udp")
+    flood = cast(socket.socket, _Flood())
+    bound = 212_992 // DATAGRAM_TRUESIZE
+    read = sum(1 for _ in itertools.islice(source._queued(flood, 65536, 0, unix=False), 10 * bound))
+    assert read == bound
