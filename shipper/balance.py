@@ -16,8 +16,11 @@ directory: the WAL's lock). One slot per worker and stream source, 16 bytes, lit
 
 Columns are the config's stream sources that workers share, in sorted id order, so every worker
 of one config reads the same layout. A worker writes only its own slots; a slot whose heartbeat is
-older than ``STALE`` seconds (its worker is gone, or is restarting, or the file is a previous
-run's) does not count. Reads and writes are of aligned 8-byte words, not atomic together: a torn
+older than ``STALE`` seconds, or from the future (the monotonic clock starts again at a boot), does
+not count: its worker is gone, or restarting, or the file is a previous run's; a worker that
+ends clears its heartbeats. The file must be a regular file, opened without following a
+symbolic link; when the board cannot be opened or mapped, a worker logs why and accepts without
+it (balance is an optimisation: never a reason not to serve). Reads and writes are of aligned 8-byte words, not atomic together: a torn
 read, or two workers deciding at the same moment (one then accepts the connection after the
 pending one without asking again), costs one accept its balance, never a connection.
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 import mmap
 import os
 import select
+import stat
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -74,8 +78,12 @@ class AcceptBoard:
         self._columns = {source_id: number for number, source_id in enumerate(sorted(columns))}
         self._clock = clock
         size = max(1, workers * len(self._columns)) * _SLOT.size
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Never through a symbolic link, and only a regular file: whoever can write the data
+        # directory must not make the workers write into another file.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{path} is not a regular file")
             if os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
@@ -110,12 +118,13 @@ class AcceptBoard:
     def others(self, source_id: str) -> list[int]:
         """The connections of ``source_id`` each other live worker holds."""
         column = self._columns[source_id]
-        oldest = self._clock() - STALE
+        now = self._clock()
+        oldest = now - STALE
         counts = []
         for worker in range(self.workers):
             if worker != self.index:
                 count, beat = _SLOT.unpack_from(self._map, self._offset(worker, column))
-                if beat >= oldest:
+                if oldest <= beat <= now + STALE:  # (one from the future: before a reboot)
                     counts.append(count)
         return counts
 
@@ -127,6 +136,11 @@ class AcceptBoard:
         return bool(others) and connections > min(others)
 
     def close(self) -> None:
+        """This worker's slots read as gone (its heartbeat 0), and the file is let go."""
+        for source_id, column in self._columns.items():
+            _SLOT.pack_into(
+                self._map, self._offset(self.index, column), self._counts[source_id], 0.0
+            )
         self._map.close()
 
 

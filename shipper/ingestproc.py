@@ -75,9 +75,12 @@ from shipper.buffer.record import MAX_PAYLOAD
 from shipper.chain import Facts
 from shipper.children import ConfigSpec, Kind, Parent, Supervised, child_main
 from shipper.events import Batch, Event, size_of
+from shipper.logging import get_logger
 from shipper.metrics import Health, Registry
 from shipper.sources import Listening, Source
 from shipper.sources._net import Bound, StreamServer
+
+log = get_logger("shipper.ingestproc")
 
 #: How often a worker reports counters that changed while it sent no batch.
 REPORT_SECONDS = 0.2
@@ -384,7 +387,12 @@ def _gate(config: Any, index: int, sources: list[Source]) -> AcceptGate | None:
     }
     if config.runtime.workers < 2 or not streams:
         return None
-    board = AcceptBoard(config.data_dir / BOARD_FILE, config.runtime.workers, index, list(streams))
+    path = config.data_dir / BOARD_FILE
+    try:
+        board = AcceptBoard(path, config.runtime.workers, index, list(streams))
+    except (OSError, ValueError) as exc:  # (mmap: ValueError for an unusable size)
+        log.warning("ingest_board_unusable", worker=index, path=str(path), error=str(exc))
+        return None
     gate = AcceptGate(board, lambda source_id: streams[source_id].connections)
     for server in streams.values():
         server.gate = gate

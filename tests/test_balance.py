@@ -7,11 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 import trio
 import trio.testing
 
-from shipper.balance import DEFER_LIMIT, STALE, AcceptBoard, AcceptGate
-from tests.conftest import WORKERS, archive_lines, running_daemon, wait_for
+from shipper.balance import BOARD_FILE, DEFER_LIMIT, STALE, AcceptBoard, AcceptGate
+from tests.conftest import WORKERS, archive_lines, free_port, running_daemon, wait_for
 from tests.test_cli import daemon_config, write_config
 from tests.test_ingestproc import server_side, socket_inodes, workers_started
 
@@ -158,4 +159,51 @@ def test_connections_opened_at_once_are_spread_evenly_over_the_workers(tmp_path:
         finally:
             for client in clients:
                 client.close()
+        assert daemon.stop() == 0
+
+
+def test_a_heartbeat_from_the_future_or_a_closed_board_does_not_count(tmp_path: Path) -> None:
+    """A slot written before a reboot (a monotonic clock ahead of this boot's) is not live, and
+    a worker whose board is closed (it ended) clears its heartbeats."""
+    clock = Clock()
+    path = tmp_path / "board"
+    first = AcceptBoard(path, 2, 0, ["a"], clock)
+    clock.now += 1000.0
+    AcceptBoard(path, 2, 1, ["a"], clock).set("a", 0)  # written at the previous boot's time
+    clock.now -= 1000.0
+    assert first.others("a") == []
+    second = AcceptBoard(path, 2, 1, ["a"], clock)
+    assert first.others("a") == [0]
+    second.close()
+    assert first.others("a") == []
+
+
+def test_a_board_that_is_no_regular_file_or_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    """The board is never opened through a symbolic link (its target is left untouched) nor
+    when it is a directory: both raise OSError, which a worker takes as "no balance"."""
+    target = tmp_path / "precious"
+    target.write_bytes(b"precious")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(OSError, match="symbolic links"):  # ELOOP: O_NOFOLLOW
+        AcceptBoard(tmp_path / "link", 2, 0, ["a"])
+    assert target.read_bytes() == b"precious"
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(IsADirectoryError):
+        AcceptBoard(tmp_path / "dir", 2, 0, ["a"])
+
+
+def test_workers_serve_without_balance_when_the_board_cannot_be_used(tmp_path: Path) -> None:
+    """A board path that cannot be used (a directory there) costs the workers their balance
+    only: each logs why, serves, and every record is archived."""
+    port = free_port()
+    raw = daemon_config(tmp_path, port)
+    raw["runtime"] = {"workers": WORKERS}
+    (tmp_path / "var" / BOARD_FILE).mkdir(parents=True)
+    with running_daemon(write_config(tmp_path / "shipper.toml", raw), tmp_path) as daemon:
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(orjson.dumps({"agentId": "a", "sequence": 1}) + b"\n")
+            wait_for(lambda: len(archive_lines(tmp_path / "archive")) == 1, "the record")
+        unusable = [e for e in daemon.entries() if e.get("event") == "ingest_board_unusable"]
+        assert sorted(entry["worker"] for entry in unusable) == list(range(WORKERS))
+        assert not [e for e in daemon.entries() if e.get("event") == "ingest_worker_exited"]
         assert daemon.stop() == 0
