@@ -688,7 +688,11 @@ class StreamServer:
     async def _accept_waiting(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         """At a stop: take the connections the kernel completed and nobody accepted yet (the
         listen backlog), without waiting for more, and admit each as ``_accept_loop`` does (it
-        reads what it holds, then ends). At most a backlog's worth: later ones are left."""
+        reads what it holds, then ends). At most a backlog's worth: later ones are left. Not for
+        TLS: a client there cannot have sent a record yet (its handshake needs our answer
+        first), so taking them would cost a handshake each for nothing."""
+        if self.ssl_context is not None:
+            return
         for _ in range(socket.SOMAXCONN):
             try:
                 raw, _address = sock.accept()  # non-blocking: trio made the socket so

@@ -8,6 +8,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import orjson
 import pytest
@@ -17,7 +18,7 @@ import trio.testing
 from shipper.config import Address, TlsServerConfig
 from shipper.events import Event
 from shipper.metrics import Registry, value
-from shipper.sources._net import Connection
+from shipper.sources._net import Connection, StreamServer
 from shipper.sources.json_tls import JsonTlsSource, JsonTlsSourceConfig
 from tests.conftest import TlsFiles, drain, wait_until
 
@@ -294,6 +295,32 @@ async def test_a_stop_reads_the_tls_records_already_received(tls_files: TlsFiles
     assert payloads(drain(receive)) == lines
     assert source.counters["connections_refused"] == 0
     assert source.counters["handler_errors"] == 0
+
+
+async def _accept_nothing(
+    server: StreamServer, listener: trio.SocketListener, nursery: Any
+) -> None:
+    """An accept loop that never accepts: connections wait in the listen backlog."""
+    await trio.sleep_forever()
+
+
+async def test_a_stop_leaves_a_tls_listeners_backlog_alone(
+    tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a stop, a TLS listener does not accept the connections waiting in its backlog: their
+    clients cannot have sent a record yet (a handshake needs the server's answer first), so
+    taking them would cost a handshake each for nothing."""
+    monkeypatch.setattr(StreamServer, "_accept_loop", _accept_nothing)
+    tls = TlsServerConfig(tls_files.server_pem, tls_files.server_key, tls_files.ca_pem, True)
+    source, _receive = make_source(tls=tls)
+    with contextlib.ExitStack() as clients:
+        async with trio.open_nursery() as nursery:
+            address = await serve(nursery, source)
+            waiting = socket.create_connection((address.host, address.port))
+            clients.callback(waiting.close)
+            waiting.sendall(b"\x16\x03\x01")  # the start of a ClientHello
+            source.stop()
+    assert source.counters["connections_accepted"] == 0
 
 
 async def test_connections_past_max_connections_are_refused() -> None:
