@@ -379,11 +379,10 @@ async def _work(spec: Spec, parent: Parent, registry: Registry) -> None:
 def _gate(config: Any, index: int, sources: list[Source]) -> AcceptGate | None:
     """The accept gate of worker ``index`` over its stream listeners (``shipper.balance``), set
     on each; None when there is no other worker to share them with."""
-    servers = {source.id: getattr(source, "server", None) for source in sources}
     streams = {
-        source_id: server
-        for source_id, server in servers.items()
-        if isinstance(server, StreamServer)
+        source.id: server
+        for source in sources
+        if isinstance(server := getattr(source, "server", None), StreamServer)
     }
     if config.runtime.workers < 2 or not streams:
         return None
