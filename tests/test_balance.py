@@ -136,9 +136,7 @@ async def test_a_deferring_worker_waits_for_the_next_connection_once_another_too
 def test_connections_opened_at_once_are_spread_evenly_over_the_workers(tmp_path: Path) -> None:
     """Eight agents connecting at once to a daemon with two ingest workers end up four on
     each (the kernel alone gave most of them to one worker), and every record is archived."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     raw = daemon_config(tmp_path, port)
     raw["runtime"] = {"workers": WORKERS}
     clients: list[socket.socket] = []
