@@ -141,15 +141,23 @@ def send(port: int, data: bytes) -> None:
         sock.sendall(data)
 
 
+def notified_daemon_config(
+    root: Path, notify_socket: socket.socket, processes: bool
+) -> tuple[int, dict[str, Any], Path, dict[str, str]]:
+    """A daemon's port, raw config and config file under ``root`` (in one process or spread
+    over processes), and the environment that makes it tell ``notify_socket`` as systemd's."""
+    port = free_port()
+    raw = daemon_config(root, port)
+    raw["runtime"] = runtime(processes)
+    config = write_config(root / "shipper.toml", raw)
+    return port, raw, config, {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
+
+
 def test_run_notifies_systemd_archives_and_stops_cleanly(
     tmp_path: Path, notify_socket: socket.socket, processes: bool
 ) -> None:
     """`shipper run` sends READY=1 when listening, archives what it gets, STOPPING=1 on SIGTERM."""
-    port = free_port()
-    raw = daemon_config(tmp_path, port)
-    raw["runtime"] = runtime(processes)
-    config = write_config(tmp_path / "shipper.toml", raw)
-    notify = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
+    port, _raw, config, notify = notified_daemon_config(tmp_path, notify_socket, processes)
     with running_daemon(config, tmp_path, notify, ready=False) as daemon:
         ready = notify_socket.recv(4096).decode()
         assert ready.splitlines()[0] == "READY=1"
@@ -172,11 +180,7 @@ def test_sighup_reloads_the_config_file_and_tells_systemd(
 ) -> None:
     """At SIGHUP `shipper run` reads its config file again (a sink added there gets the events
     sent after), telling systemd RELOADING=1 with the monotonic clock, then READY=1."""
-    port = free_port()
-    raw = daemon_config(tmp_path, port)
-    raw["runtime"] = runtime(processes)
-    config = write_config(tmp_path / "shipper.toml", raw)
-    notify = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": ""}
+    port, raw, config, notify = notified_daemon_config(tmp_path, notify_socket, processes)
     with running_daemon(config, tmp_path, notify, ready=False) as daemon:
         assert notify_socket.recv(4096).decode().splitlines()[0] == "READY=1"
         raw["sinks"]["second"] = {"type": "file", "path": str(tmp_path / "second")}

@@ -83,6 +83,16 @@ def sequences(lines: list[bytes], agent: str) -> list[int]:
     return [e["record"]["sequence"] for e in map(orjson.loads, lines) if e["agent"] == agent]
 
 
+async def ingest_goes_on(bound: dict[str, Any], nursery: trio.Nursery, archive: Path) -> None:
+    """A sender on the ``agents`` source gets its records archived, every one (after a reload
+    that failed: the daemon goes on as it was)."""
+    sender = Sender(bound["agents"][0], "a")
+    nursery.start_soon(sender.run)
+    await wait_until(lambda: len(archive_lines(archive)) >= 50)
+    sender.stop()
+    await wait_until(lambda: len(archive_lines(archive)) == sender.sent)
+
+
 def untouched(topology: Topology, sink_id: str) -> object:
     """What runs ``sink_id`` now: its process id, or its driver."""
     (slot,) = [slot for slot in topology.sinks if slot.id == sink_id]
@@ -238,11 +248,7 @@ async def test_an_invalid_config_keeps_the_old_one_and_logs_every_problem(
         assert result.problems == [str(problem) for problem in expected.value.problems]
         assert len(result.problems) == 2
         assert topology.config is config
-        sender = Sender(bound["agents"][0], "a")
-        nursery.start_soon(sender.run)
-        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) >= 50)
-        sender.stop()
-        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == sender.sent)
+        await ingest_goes_on(bound, nursery, tmp_path / "archive")
     (failed,) = logs.entries("reload_failed")
     assert failed["problems"] == result.problems
     assert not logs.entries("reload_done")
@@ -325,11 +331,7 @@ async def test_a_defect_during_a_reload_is_logged_and_the_daemon_goes_on(
         result = await topology.reload(parsed(raw))
         assert not result.ok
         assert result.problems == ["RuntimeError: boom"]
-        sender = Sender(bound["agents"][0], "a")
-        nursery.start_soon(sender.run)
-        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) >= 50)
-        sender.stop()
-        await wait_until(lambda: len(archive_lines(tmp_path / "archive")) == sender.sent)
+        await ingest_goes_on(bound, nursery, tmp_path / "archive")
     (failed,) = logs.entries("reload_failed")
     assert failed["error"] == "RuntimeError: boom"
 

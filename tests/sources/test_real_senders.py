@@ -149,6 +149,16 @@ async def forward_through_rsyslog(
     return archived(tmp_path)
 
 
+def assert_agent_host_header(syslog: dict[str, Any]) -> None:
+    """The syslog header agent-host-7's rsyslog writes for its agent's audit records."""
+    assert (syslog["hostname"], syslog["app_name"], syslog["procid"]) == (
+        "agent-host-7",
+        "openclaw",
+        "811",
+    )
+    assert (syslog["facility"], syslog["severity"]) == ("auth", "info")
+
+
 def assert_forwarded(events: list[dict[str, Any]], rfc5424: bool) -> None:
     """The records arrived once each, in order, with the agent host's syslog header."""
     records = [event.get("record") for event in events]
@@ -157,12 +167,7 @@ def assert_forwarded(events: list[dict[str, Any]], rfc5424: bool) -> None:
         assert event["agent"] == AGENT
         assert event["source"]["kind"] == "syslog"
         syslog = event["syslog"]
-        assert (syslog["hostname"], syslog["app_name"], syslog["procid"]) == (
-            "agent-host-7",
-            "openclaw",
-            "811",
-        )
-        assert (syslog["facility"], syslog["severity"]) == ("auth", "info")
+        assert_agent_host_header(syslog)
         if rfc5424:
             assert syslog["msgid"] == "audit"
             assert syslog["sd"] == {"origin@32473": {"ip": "10.0.0.7"}}
@@ -400,13 +405,7 @@ def assert_agent_host_identity(event: dict[str, Any]) -> None:
     assert event["source"]["tls_subject"] == "CN=agent-host-7"
     assert event["source"]["tls_san"] == ["agent-host-7"]
     assert "identity_mismatch" not in event
-    syslog = event["syslog"]
-    assert (syslog["hostname"], syslog["app_name"], syslog["procid"]) == (
-        "agent-host-7",
-        "openclaw",
-        "811",
-    )
-    assert (syslog["facility"], syslog["severity"]) == ("auth", "info")
+    assert_agent_host_header(event["syslog"])
 
 
 @pytest.mark.parametrize("driver", ["gtls", "ossl"])
