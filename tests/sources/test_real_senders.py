@@ -322,6 +322,13 @@ def agent_hosts_source(certs: Path, port: int) -> dict[str, Any]:
     return table
 
 
+def doc_pair(root: Path, certs: Path, driver: str) -> tuple[dict[str, Any], AgentHost]:
+    """The doc's shipper source table and the doc's agent host forwarding to it (with the
+    rsyslog TLS ``driver``), on a free port, the host's files under ``root``."""
+    port = free_port()
+    return agent_hosts_source(certs, port), AgentHost(root / "rsyslog", certs, port, driver)
+
+
 class AgentHost:
     """The doc's rsyslog block run by a private rsyslogd (``tests.peers.Rsyslog``), as on an
     agent host named agent-host-7 whose runtime logs to the doc's socket."""
@@ -415,9 +422,7 @@ async def test_agent_host_doc_forwards_over_mutual_tls(
 ) -> None:
     """docs/agent-hosts.md's certificates, rsyslog block and shipper source, as written, deliver
     what the agent logs locally: once each, verified, bound to the host's certificate."""
-    port = free_port()
-    source = agent_hosts_source(agent_host_certs, port)
-    host = AgentHost(tmp_path / "rsyslog", agent_host_certs, port, agent_host_driver)
+    source, host = doc_pair(tmp_path, agent_host_certs, agent_host_driver)
     records = chain(N_AGENT_HOST, AGENT)
     async with shipper(tmp_path, **source):
         try:
@@ -439,9 +444,7 @@ async def test_agent_host_doc_retries_until_shipper_is_up(
 ) -> None:
     """With the doc's rsyslog block, records logged while shipper is down, after rsyslog's
     retries failed, arrive in order, once each, when shipper starts."""
-    port = free_port()
-    source = agent_hosts_source(agent_host_certs, port)
-    host = AgentHost(tmp_path / "rsyslog", agent_host_certs, port, agent_host_driver)
+    source, host = doc_pair(tmp_path, agent_host_certs, agent_host_driver)
     records = chain(N_AGENT_HOST, AGENT)
     try:
         await host.start()
@@ -469,9 +472,7 @@ async def test_agent_host_doc_queue_keeps_records_while_shipper_is_down(
 ) -> None:
     """With the doc's rsyslog block, records logged while shipper is down, across an rsyslog
     restart (its queue saved to disk), arrive once each after shipper starts."""
-    port = free_port()
-    source = agent_hosts_source(agent_host_certs, port)
-    host = AgentHost(tmp_path / "rsyslog", agent_host_certs, port, agent_host_driver)
+    source, host = doc_pair(tmp_path, agent_host_certs, agent_host_driver)
     records = chain(N_AGENT_HOST, AGENT)
     try:
         await host.start()
