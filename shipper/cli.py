@@ -38,6 +38,7 @@ from shipper.chain_stage import (
 )
 from shipper.config import Config, load_config
 from shipper.errors import (
+    EX_CONFIG,
     ConfigError,
     DataDirError,
     DestinationRejected,
@@ -47,7 +48,6 @@ from shipper.errors import (
 )
 from shipper.logging import configure, get_logger
 
-EX_CONFIG = 78
 #: How long ``validate --check-remote`` waits for each destination.
 REMOTE_CHECK_SECONDS = 20.0
 DEFAULT_CONFIG = "config/shipper.toml"

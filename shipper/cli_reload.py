@@ -13,16 +13,21 @@ refused the token); 78 when the ``[api]`` table cannot be read.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import httpx2
 import orjson
 
-from shipper.api.client import TIMEOUT, ApiError, add_api_arguments, check, required, unanswered
+from shipper.api.client import (
+    TIMEOUT,
+    ApiError,
+    add_api_arguments,
+    check,
+    failed,
+    required,
+    unanswered,
+)
 from shipper.errors import ConfigError
-
-EX_CONFIG = 78
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,12 +71,8 @@ def command(args: argparse.Namespace) -> int:
                 raise unanswered(exc, api) from exc
         if response.status_code not in (200, 422, 503):  # those three carry a result
             check(response, api)  # says whether a token was sent
-    except ConfigError as exc:
-        print(exc.report(args.config), file=sys.stderr)
-        return EX_CONFIG
-    except ApiError as exc:
-        print(f"shipper reload: {exc}", file=sys.stderr)
-        return 1
+    except (ConfigError, ApiError) as exc:
+        return failed("reload", args.config, exc)
     result = response.json()
     if args.json:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())

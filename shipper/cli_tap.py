@@ -18,11 +18,10 @@ from typing import Any, TextIO
 import httpx2
 import orjson
 
-from shipper.api.client import ApiError, add_api_arguments, check, required, unanswered
+from shipper.api.client import ApiError, add_api_arguments, check, failed, required, unanswered
 from shipper.chain import STATUSES
 from shipper.errors import ConfigError
 
-EX_CONFIG = 78
 #: How long connecting (and each request's start) may take before tap gives up.
 CONNECT_SECONDS = 10.0
 
@@ -97,12 +96,8 @@ def command(args: argparse.Namespace) -> int:
     """Run ``shipper tap`` with its parsed ``args``."""
     try:
         api = required(args.api, args.config, args.api_ca)
-    except ConfigError as exc:
-        print(exc.report(args.config), file=sys.stderr)
-        return EX_CONFIG
-    except ApiError as exc:
-        print(f"shipper tap: {exc}", file=sys.stderr)
-        return 1
+    except (ConfigError, ApiError) as exc:
+        return failed("tap", args.config, exc)
     base = api.url
     params: list[tuple[str, str | int | float | bool | None]] = [
         *(("agent", agent) for agent in args.agent or ()),

@@ -19,10 +19,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from shipper.api.client import Api, ApiError, check, required, unanswered
+from shipper.api.client import Api, ApiError, check, failed, required, unanswered
 from shipper.errors import ConfigError
 
-EX_CONFIG: Final = 78
 #: Seconds between two refreshes of the live table.
 REFRESH_SECONDS: Final = 1.0
 #: Seconds to wait for the API's answer.
@@ -157,12 +156,8 @@ def cmd_top(address: str | None, config_path: str, once: bool, ca: str | None = 
     try:
         api = required(address, config_path, ca)
         summary = fetch_status(api)
-    except ConfigError as exc:
-        print(exc.report(config_path), file=sys.stderr)
-        return EX_CONFIG
-    except ApiError as exc:
-        print(f"shipper top: {exc}", file=sys.stderr)
-        return 1
+    except (ConfigError, ApiError) as exc:
+        return failed("top", config_path, exc)
     url = api.url
     console = Console() if sys.stdout.isatty() else Console(width=160)
     if once:

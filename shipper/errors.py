@@ -22,6 +22,10 @@ boundary where shipper calls the library, with ``raise X from exc``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+#: The exit status of a command whose config file is invalid (sysexits' ``EX_CONFIG``).
+EX_CONFIG: Final = 78
 
 
 class ShipperError(Exception):

@@ -32,12 +32,15 @@ import argparse
 import contextlib
 import os
 import ssl
+import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx2
+
+from shipper.errors import EX_CONFIG, ConfigError
 
 if TYPE_CHECKING:
     from shipper.config import Config
@@ -51,6 +54,16 @@ TIMEOUT = 10.0
 class ApiError(Exception):
     """The API could not answer the request; the message says why (retrying helps only once
     the cause is fixed, except for ``ApiUnreachable`` while the daemon starts)."""
+
+
+def failed(command: str, config: str, exc: ConfigError | ApiError) -> int:
+    """Say on stderr why ``shipper <command>`` could not reach the API, and its exit status:
+    ``EX_CONFIG`` when the config file read for the API's address is invalid, 1 otherwise."""
+    if isinstance(exc, ConfigError):
+        print(exc.report(config), file=sys.stderr)
+        return EX_CONFIG
+    print(f"shipper {command}: {exc}", file=sys.stderr)
+    return 1
 
 
 class ApiUnreachable(ApiError):
@@ -207,7 +220,7 @@ class ApiSettings:
         ``ConfigError`` when the file cannot be read, is not TOML, or its address is none."""
         from shipper.config import parse_address, read_toml
         from shipper.config.reader import interpolate_env
-        from shipper.errors import ConfigError, ConfigProblem
+        from shipper.errors import ConfigProblem
 
         table = read_toml(path).get("api")
         if not isinstance(table, dict):

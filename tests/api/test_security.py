@@ -16,7 +16,7 @@ from shipper import cli, cli_top
 from shipper.api.client import TOKEN_ENV, Api, ApiError, ApiSettings, locate, required
 from shipper.config import parse_config
 from shipper.config.root import is_loopback
-from shipper.errors import ConfigError
+from shipper.errors import EX_CONFIG, ConfigError
 from shipper.shutdown import Shutdown, run_daemon
 from tests.conftest import LogCapture, TlsFiles, file_sink_config
 from tests.test_cli import write_config
@@ -50,17 +50,17 @@ def test_validate_refuses_a_non_loopback_address_without_tls_and_token(
     monkeypatch.setenv("API_TOKEN", TOKEN)
     tls = {"cert": str(tls_files.server_pem), "key": str(tls_files.server_key)}
     code, err = validate(tmp_path, capsys, api_config(tmp_path, address="0.0.0.0:8686"))
-    assert code == cli.EX_CONFIG
+    assert code == EX_CONFIG
     assert "api.address: 0.0.0.0:8686 is not a loopback address" in err
     assert "requires [api.tls] (cert, key) and token" in err
     code, err = validate(tmp_path, capsys, api_config(tmp_path, address="0.0.0.0:8686", tls=tls))
-    assert code == cli.EX_CONFIG
+    assert code == EX_CONFIG
     assert 'requires token = "${ENV}"' in err
     assert "[api.tls]" not in err
     code, err = validate(
         tmp_path, capsys, api_config(tmp_path, address="10.1.2.3:8686", token="${API_TOKEN}")
     )
-    assert code == cli.EX_CONFIG
+    assert code == EX_CONFIG
     assert "requires [api.tls] (cert, key)" in err
     assert "token =" not in err
     code, err = validate(
