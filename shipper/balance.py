@@ -19,7 +19,8 @@ of one config reads the same layout. A worker writes only its own slots; a slot 
 older than ``STALE`` seconds, or from the future (the monotonic clock starts again at a boot), does
 not count: its worker is gone, or restarting, or the file is a previous run's; a worker that
 ends clears its heartbeats. The file must be a regular file, opened without following a
-symbolic link; when the board cannot be opened or mapped, a worker logs why and accepts without
+symbolic link, with its blocks allocated at once; when the board cannot be opened, allocated (a full
+disk) or mapped, a worker logs why and accepts without
 it (balance is an optimisation: never a reason not to serve). Reads and writes are of aligned 8-byte words, not atomic together: a torn
 read, or two workers deciding at the same moment (one then accepts the connection after the
 pending one without asking again), costs one accept its balance, never a connection.
@@ -84,8 +85,9 @@ class AcceptBoard:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(f"{path} is not a regular file")
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
+            # Its blocks allocated now (not a sparse file): on a full disk this refuses
+            # (ENOSPC), where the first write into a mapped hole would kill the worker (SIGBUS).
+            os.posix_fallocate(fd, 0, size)
             self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)

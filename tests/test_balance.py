@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import socket
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import trio
 import trio.testing
 
 from shipper.balance import BOARD_FILE, DEFER_LIMIT, STALE, AcceptBoard, AcceptGate
-from tests.conftest import WORKERS, archive_lines, free_port, running_daemon, wait_for
+from tests.conftest import WORKERS, archive_lines, free_port, running_daemon, tmpfs, wait_for
 from tests.test_cli import daemon_config, write_config
 from tests.test_ingestproc import server_side, socket_inodes, workers_started
 
@@ -205,3 +209,26 @@ def test_workers_serve_without_balance_when_the_board_cannot_be_used(tmp_path: P
         assert sorted(entry["worker"] for entry in unusable) == list(range(WORKERS))
         assert not [e for e in daemon.entries() if e.get("event") == "ingest_worker_exited"]
         assert daemon.stop() == 0
+
+
+def test_a_board_on_a_full_disk_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """On a full file system the board refuses at once (ENOSPC, which a worker takes as "no
+    balance"), instead of a mapped hole that kills the worker (SIGBUS) at its first write."""
+    with tmpfs(tmp_path / "fs", "size=64k") as fs:
+        with (fs / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; from shipper.balance import AcceptBoard\n"
+                "try:\n"
+                f"    AcceptBoard(Path({str(fs / 'board')!r}), 2, 0, ['a']).set('a', 1)\n"
+                "except OSError as exc:\n"
+                "    sys.exit(f'refused: {exc.errno}')\n",
+            ],
+            capture_output=True,
+            text=True,
+        )
+    assert (probe.returncode, probe.stderr.strip()) == (1, f"refused: {errno.ENOSPC}")
