@@ -17,13 +17,13 @@ directory: the WAL's lock). One slot per worker and stream source, 16 bytes, lit
 Columns are the config's stream sources that workers share, in sorted id order, so every worker
 of one config reads the same layout. A worker writes only its own slots; a slot whose heartbeat is
 older than ``STALE`` seconds, or from the future (the monotonic clock starts again at a boot), does
-not count: its worker is gone, or restarting, or the file is a previous run's; a worker that
-ends clears its heartbeats. The file must be a regular file, opened without following a
-symbolic link, with its blocks allocated at once; when the board cannot be opened, allocated (a full
-disk) or mapped, a worker logs why and accepts without
-it (balance is an optimisation: never a reason not to serve). Reads and writes are of aligned 8-byte words, not atomic together: a torn
-read, or two workers deciding at the same moment (one then accepts the connection after the
-pending one without asking again), costs one accept its balance, never a connection.
+not count: its worker is gone, or restarting, or the file is a previous run's; a worker that ends
+clears its heartbeats. The file must be a regular file, opened without following a symbolic link,
+with its blocks allocated at once; when the board cannot be opened, allocated (a full disk) or
+mapped, a worker logs why and accepts without it (balance is an optimisation: never a reason not to
+serve). Reads and writes are of aligned 8-byte words, not atomic together: a torn read, or two
+workers deciding at the same moment (one then accepts the connection after the pending one without
+asking again), costs one accept its balance, never a connection.
 
 The rule (``AcceptBoard.over``): a worker holding more connections of the source than the least
 loaded other live worker waits, while a connection is pending, for one of them to take it, at most
