@@ -15,8 +15,8 @@ a collection of the youngest generation instead of 700, 20 of those before the n
 of 10): an event's objects are freed by reference counting as soon as it is written, so the
 collector finds almost nothing, and every pass it makes over the events waiting in the queues
 is wasted. Together about 5 us of CPU per event over the process tree (31 to 26). It is
-called where each process has finished starting: the daemon once it is ready, a sink process once
-its sink is open, an ingest worker once its sources serve. Only in processes that ``enable()`` it
+called where each process has finished starting: the daemon once it is ready (and after each
+reload), a sink process once its sink is open, an ingest worker once its sources serve. Only in processes that ``enable()`` it
 (the command that runs the daemon and the child processes' entry points): a test that runs the
 daemon inside its own process keeps its collector as it was, since a frozen object that later
 becomes part of a cycle of garbage is never collected.
@@ -42,9 +42,12 @@ def enable() -> None:
 
 
 def settle() -> None:
-    """Collect, then freeze every object left out of future collections (if ``enable``\\ d);
-    again after a later start (a sink opened again) freezes what that built."""
+    """Collect, then freeze every object left out of future collections (if ``enable``\\ d).
+    Again after a later start (a sink opened again, a reload), it first lets go of what it froze
+    before, so that what that start replaced is collected (a frozen object in a cycle of
+    garbage is never freed) and what it built is frozen."""
     if _enabled:
+        gc.unfreeze()  # what an earlier start froze and has since become garbage goes too
         gc.collect()
         gc.freeze()
         gc.set_threshold(*YOUNG_THRESHOLDS)

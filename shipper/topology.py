@@ -78,6 +78,7 @@ from typing import Any
 
 import trio
 
+from shipper import heap
 from shipper.api.tap import TapHub
 from shipper.budget import ByteBudget
 from shipper.buffer.segment import Position
@@ -521,6 +522,7 @@ class Topology:
                 )
                 return ReloadResult(ok=False, problems=[f"{type(exc).__name__}: {exc}"])
             finally:
+                heap.settle()  # what the reload replaced may be frozen garbage: collected now
                 notify("READY=1\nSTATUS=listening")
 
     async def _reload(self, config: Config | None) -> ReloadResult:

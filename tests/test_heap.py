@@ -35,3 +35,30 @@ def test_settle_is_off_in_this_process() -> None:
     count = gc.get_freeze_count()
     heap.settle()
     assert gc.get_freeze_count() == count
+
+
+_AGAIN = """
+import gc, weakref
+from shipper import heap
+class Node:
+    pass
+node = Node()
+node.me = node  # a cycle, alive while the start holds it
+gone = weakref.ref(node)
+heap.enable()
+heap.settle()
+del node  # replaced (a reload): cyclic garbage, and frozen
+gc.collect()
+print(gone() is not None)  # a frozen cycle survives collections...
+heap.settle()
+print(gone() is None)  # ...until the next settle lets go of it
+"""
+
+
+def test_a_later_settle_frees_what_an_earlier_one_froze_and_has_become_garbage() -> None:
+    """Something frozen at a start that later becomes a cycle of garbage (a component a
+    reload replaced) is freed by the next settle, not kept for the life of the process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _AGAIN], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["True", "True"]
