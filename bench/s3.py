@@ -40,6 +40,15 @@ rest; the sha256 of the objects timed apart on the same bytes), and what the per
 costs on one thread over the same JSON lines (the sink's grouping, ``orjson.loads`` of each,
 gzip by ISA-L and zlib, and zstd, at several levels).
 
+Last, whether this machine has the CPU for the issue's target at all (``budget``): its cores'
+CPU time per event at 0.8 of the ``put_object loop``'s rate, beside the least the work the sink
+must do costs, each part measured in the same run: the server's and this process's CPU for the
+PUTs of the objects and their manifest entries (the ``put_object loop + manifests`` row), the
+compression and the sha256 of the objects on one thread, and one read of the whole WAL through a
+reader of its own. Their sum supposes every core busy all the time and leaves out the grouping,
+making the manifest entries and the driver: when it is more than the machine has, no sink doing
+this work reaches the target here.
+
 Run: ``.venv/bin/python -m bench.s3 [--events N] [--agents N] [--rounds N] [--rows a,b]
 [--compression gzip|zstd|none] [--compression-level N] [--dir DIR] [--keep]`` (``make bench-s3``).
 """
@@ -81,7 +90,7 @@ from shipper.logging import configure
 from shipper.s3 import Body, S3Settings, open_client, translated
 from shipper.sinks.base import Batch, SinkContext
 from shipper.sinks.driver import SinkDriver
-from shipper.sinks.s3 import S3Sink, S3SinkConfig, _compressor
+from shipper.sinks.s3 import S3_BATCHING, S3Sink, S3SinkConfig, _compressor
 from tests.s3server import S3Server, running_s3, weed_binary
 
 SINK_ID = "s3"
@@ -96,6 +105,8 @@ RECEIVED = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 APPEND_EVENTS = 4096
 ROWS = ("s3 sink", "put_object loop", "put_object loop + manifests")
 BASE = ROWS[1]
+#: The issue's target for the sink: this share of the put_object loop's events/s.
+TARGET = 0.8
 # What the sink runs time apart from their parts.
 _READS = "WAL read (one ahead, overlaps)"
 _OPENING = "open"
@@ -525,6 +536,64 @@ def breakdown(spent: defaultdict[str, float], sha256_seconds: float, seals: int)
     print(f"  seal events emitted: {seals}")
 
 
+async def wal_read_cpu(bench: Bench) -> float:
+    """CPU seconds (this process, all threads) of reading the whole WAL once through a reader of
+    its own, in reads of the sink's default batch size, as the driver reads it."""
+    reader = bench.readers.pop(0)
+    start = time.process_time()
+    while await reader.read(S3_BATCHING.max_bytes) is not None:
+        pass
+    return time.process_time() - start
+
+
+def budget(bench: Bench, runs: list[Run], wal_read: float) -> None:
+    """Whether this machine has the CPU for the sink at 0.8 of the put_object loop at all: its
+    cores' CPU time per event at that rate, beside the least the work the sink must do costs,
+    each part measured in this run (the server's and this process's CPU for the PUTs of the
+    objects and their manifest entries, the compression and sha256 of the objects, one read of
+    the WAL), summed as if every core were busy all the time and nothing else ran: no grouping,
+    no manifest entries made, no driver."""
+    loop = [r for r in runs if r.row == BASE]
+    with_manifests = [r for r in runs if r.row == ROWS[2]]
+    if not loop or not with_manifests:
+        return
+    cores = len(os.sched_getaffinity(0))
+    rate = TARGET * bench.events / min(r.seconds for r in loop)
+    puts = min(with_manifests, key=lambda r: r.seconds)
+    config = bench.sink_config("budget/")
+    compress = _compressor(config.compression, config.compression_level)
+    lines = [decompressed(bench.compression, s.data) for s in bench.stored]
+    start = time.process_time()
+    for data in lines:
+        compress(data)
+    compressing = time.process_time() - start
+    start = time.process_time()
+    for stored in bench.stored:
+        hashlib.sha256(stored.data).digest()
+    hashing = time.process_time() - start
+    parts = {
+        f"the server: PUTs of the objects and manifest entries ({ROWS[2]})": puts.server_cpu,
+        "this process: those PUTs (the same row)": puts.client_cpu,
+        f"compression ({bench.compression}, the sink's level), one thread": compressing,
+        "sha256 of the objects": hashing,
+        "reading the WAL once (a reader of its own)": wal_read,
+    }
+    have = cores / rate * 1e6
+    floor = sum(parts.values()) / bench.events * 1e6
+    print(
+        f"\nCPU per event this machine has at {TARGET} of the put_object loop "
+        f"({rate:,.0f} events/s, {cores} cores): {have:.2f} us"
+    )
+    print("the least the sink's work takes, CPU per event, each part measured in this run:")
+    for name, seconds in parts.items():
+        print(f"  {name:<80}{seconds / bench.events * 1e6:>6.2f} us")
+    verdict = "more than" if floor > have else "within"
+    print(
+        f"  {'sum (every core busy all the time; no grouping, manifest entries, driver)':<80}"
+        f"{floor:>6.2f} us: {verdict} what the machine has at {TARGET}"
+    )
+
+
 def _parse_each(data: bytes) -> None:
     loads = orjson.loads
     for line in data.splitlines():
@@ -675,7 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.agents,
             args.seed,
             args.compression,
-            1 + args.rounds,
+            2 + args.rounds,  # the warm-up's, one per sink run, the budget's WAL read
             args.compression_level,
         ) as (bench, hashes):
             print(
@@ -683,6 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"WAL; sink and loops against weed mini; {args.rounds} rounds, ABBA"
             )
             runs, spent, seals = trio.run(bench_main, bench, args.rounds, rows, hashes)
+            wal_read = trio.run(wal_read_cpu, bench)
         bench.json_bytes = sum(len(decompressed(args.compression, s.data)) for s in bench.stored)
         sizes = [len(s.data) for s in bench.stored]
         counts = [s.events for s in bench.stored]
@@ -700,6 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ROWS[0] in rows:
             breakdown(spent, time.perf_counter() - start, seals)
         costs(bench, runs, args.cost_objects)
+        budget(bench, runs, wal_read)
     finally:
         if not args.keep:
             shutil.rmtree(directory, ignore_errors=True)
