@@ -14,9 +14,22 @@ import sys
 from typing import Any, TextIO
 
 import orjson
-import structlog
 from pythonjsonlogger.json import JsonFormatter
-from structlog.typing import FilteringBoundLogger
+
+# structlog imports its console renderer's optional helpers when they are installed, rich among
+# them (about 70 modules, 4 MB resident in every process of the daemon, the ingest workers and
+# sink processes included), although shipper renders every entry as JSON and never uses them.
+# rich is installed for `shipper top`, which imports it itself: it is hidden from structlog's
+# import only (a None entry in sys.modules makes an import fail, which structlog expects of an
+# optional helper), and importable again afterwards.
+_HIDDEN = "rich" not in sys.modules
+if _HIDDEN:
+    sys.modules["rich"] = None  # type: ignore[assignment]
+try:
+    import structlog
+finally:
+    if _HIDDEN:
+        del sys.modules["rich"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -89,8 +102,10 @@ class Logger:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def _bound(self) -> FilteringBoundLogger:
-        logger: FilteringBoundLogger = structlog.get_logger().bind(logger=self.name)
+    def _bound(self) -> structlog.typing.FilteringBoundLogger:
+        logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(
+            logger=self.name
+        )
         return logger
 
     def debug(self, event: str, **fields: Any) -> None:
