@@ -114,8 +114,11 @@ log = get_logger("shipper.topology")
 #: Batches (one per slice of a socket read, ``FEED_BYTES``) the ingest channel holds...
 CHANNEL_BATCHES = 64
 #: ... and bytes (each batch's ``Batch.size``): sources wait while it holds more
-#: (``shipper.budget``).
-CHANNEL_BYTES = 32 * 1024 * 1024
+#: (``shipper.budget``). With ingest workers, whose batches arrive as fast as they parse, the
+#: queue stays full: at 32 MiB the main process peaked some 40 to 60 MB higher with 10,000
+#: agents (what the queue held as events, then the allocator's arenas it left pinned) for no
+#: throughput the bench could tell apart; 8 MiB still holds several of the writer's appends.
+CHANNEL_BYTES = 8 * 1024 * 1024
 #: How long the start waits for a sink's destination to answer its safety check.
 CHECK_SECONDS = 10.0
 #: Events raised by sinks that may wait to be forwarded to the writer.
