@@ -178,24 +178,32 @@ def memory_per_agent(agents: int, records: int, window: int = 64) -> float:
 
 
 def synthetic_snapshot(agents: int, records: int, window: int = 64) -> dict[str, Any]:
-    """A version 2 snapshot of ``agents`` agents with ``records`` accepted records each (their
+    """A version 3 snapshot of ``agents`` agents with ``records`` accepted records each (their
     last ``window`` in the ring), as ``Verifier.snapshot`` writes it."""
-    ring_empty = [-1, ""] * window
-    ids, last_sequence, last_hash, rings = [], [], [], []
+    width = 32  # sha256
+    ids: list[str] = []
+    last_sequence: list[int] = []
+    last_hash: list[str] = []
+    sequences: list[list[int]] = []
+    digests: list[str] = []
     counter = 0
     for n in range(agents):
-        ring = list(ring_empty)
+        held = [-1] * window
+        packed = bytearray(window * width)
         sequence = 1_000
         value = ""
         for sequence in range(1_000, 1_000 + records):
             counter += 1
-            value = "sha256:" + hashlib.sha256(counter.to_bytes(8, "big")).hexdigest()
-            slot = (sequence % window) * 2
-            ring[slot], ring[slot + 1] = sequence, value
+            digest = hashlib.sha256(counter.to_bytes(8, "big")).digest()
+            slot = sequence % window
+            held[slot] = sequence
+            packed[slot * width : (slot + 1) * width] = digest
+            value = "sha256:" + digest.hex()
         ids.append(f"agent-{n:06d}")
         last_sequence.append(sequence)
         last_hash.append(value)
-        rings.append(ring)
+        sequences.append(held)
+        digests.append(packed.hex())
     return {
         "v": SNAPSHOT_VERSION,
         "profile": SEED.name,
@@ -206,9 +214,11 @@ def synthetic_snapshot(agents: int, records: int, window: int = 64) -> dict[str,
             "last_hash": last_hash,
             "ok_base": [1_000] * agents,
             "swept": [1_000] * agents,
-            "ring": rings,
             "gaps": [[] for _ in range(agents)],
             "others": [{"genesis": 1} for _ in range(agents)],
+            "sequences": sequences,
+            "digests": digests,
+            "odd": [None] * agents,
             "last_alert": [None] * agents,
         },
     }

@@ -91,19 +91,23 @@ that severity, most recently troubled last, so that a status page lists them wit
 every agent. Noted on the careful path only, forgotten when the agent is evicted, and rebuilt
 from the agents' counts on ``restore`` (where recency is lost: the sweep's order instead).
 
-Memory per agent (CPython 3.11, 64-bit; ``bench.chain`` measures it): about 1.7 KB for an agent
-with one record, and 11 KB with a full window of 64: each pair is a hash string of 71 characters
-(128 bytes), a sequence (32 bytes past 256) and two list slots, about 160 bytes; the ring's list
-is 1 KB, the state, counts and agent id some 0.6 KB. So ``max_agents`` bounds the chain state to
-about ``max_agents * (window * 160 B + 0.7 KB)``: 1.1 GB for 100,000 agents at window 64. (A
-ring packed into one bytearray of raw digests and 64-bit sequences would take 3 KB; it was left
-out because packing costs the ok fast path about 0.2 us a record, 3% of its time.)
+Memory per agent (CPython 3.11, 64-bit; ``bench.chain`` measures it): about 3.3 KB from its first
+record on, whatever the window holds: the ring is packed (``AgentState``: 64 sequences of 8
+bytes and 64 sha256 digests of 32 bytes, in two objects made with the state, about 2.6 KB), the
+state, counts and agent id some 0.7 KB. So ``max_agents`` bounds the chain state to about
+``max_agents * (window * 40 B + 0.8 KB)``: 330 MB for 100,000 agents at window 64. (With the
+ring a list of hash strings, an agent took 1.7 KB after one record and 11 KB with a full window,
+1.1 GB for 100,000 agents; and since each string was allocated as its record passed, the few
+that stayed held on to blocks of the allocator's memory that the records around them had freed:
+with 10,000 agents, a process whose queues had been full stayed tens of MB above what it held.
+Packing costs the ok fast path about 0.2 us a record.)
 
 ``snapshot()`` / ``Verifier.restore()`` give and take the whole state (the chain checkpoint,
-``shipper.chain_stage``): version 2 holds a list per state field over all agents, in the sweep's
-order, and each ring as it is, so that with 100,000 agents it is taken in a few C-level passes
-and orjson writes it in C (``Verifier.snapshot``); version 1 (an object per agent) still
-restores. Feeding the same records to a restored verifier gives the same verdicts and evictions,
+``shipper.chain_stage``): version 3 holds a list per state field over all agents, in the sweep's
+order, and each ring packed (its sequences, and its digests in hex), so that with 100,000 agents
+it is taken in a few C-level passes and orjson writes it in C (``Verifier.snapshot``); version 2
+(each ring a list of hash strings, packed again slot by slot) and version 1 (an object per
+agent) still restore. Feeding the same records to a restored verifier gives the same verdicts and evictions,
 which is what replaying the WAL after a checkpoint relies on. Every integer in a state comes
 from orjson, which reads integers past 64 bits as floats (``unchained``), so orjson can write
 the state back.
@@ -113,6 +117,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -165,22 +170,27 @@ BY_SEVERITY: Final = (
     "late",
 )
 ALGORITHMS: Final = ("sha256", "sha512")
-SNAPSHOT_VERSION: Final = 2
-#: Snapshot versions ``Verifier.restore`` takes (1: before the columns of version 2).
-SNAPSHOT_VERSIONS: Final = (1, 2)
-#: The columns of a version 2 snapshot's ``agents``, one value per agent in each (see
-#: ``Verifier.snapshot``).
+SNAPSHOT_VERSION: Final = 3
+#: Snapshot versions ``Verifier.restore`` takes (1: before the columns of version 2; 2: before
+#: the packed rings of version 3, each ring a list of sequences and hash strings).
+SNAPSHOT_VERSIONS: Final = (1, 2, 3)
+#: The columns of a version 3 snapshot's ``agents``, one value per agent in each (see
+#: ``Verifier.snapshot``); version 2 had ``ring`` in place of the last three.
 SNAPSHOT_COLUMNS: Final = (
     "id",
     "last_sequence",
     "last_hash",
     "ok_base",
     "swept",
-    "ring",
     "gaps",
     "others",
     "last_alert",
+    "sequences",
+    "digests",
+    "odd",
 )
+#: The columns every version since 2 has: all but the ring's.
+_STATE_COLUMNS: Final = SNAPSHOT_COLUMNS[:8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,67 +471,161 @@ class FeedFacts(Protocol):
     def __call__(self, agent: str, facts: Facts) -> Verdict | int: ...
 
 
+#: The largest sequence a ring's array holds (a signed 64-bit slot); a larger one (orjson reads
+#: integers up to 2**64 - 1) is kept with its hash in ``AgentState.odd``.
+MAX_PACKED_SEQUENCE: Final = 2**63 - 1
+#: A ring slot's sequence while it is empty, and while its pair is held in ``AgentState.odd``.
+EMPTY_SLOT: Final = -1
+ODD_SLOT: Final = -2
+
+
+@dataclass(frozen=True, slots=True)
+class Packing:
+    """How the hashes of a profile are kept in an agent's ring: ``prefix`` and the lower-case hex
+    of ``width`` bytes (what ``Profile.digest`` makes) are kept as those bytes; any other string
+    (a claimed hash of another shape) is kept as it is, apart (``AgentState.odd``)."""
+
+    prefix: str
+    width: int
+
+    @classmethod
+    def of(cls, profile: Profile) -> Packing:
+        return cls(profile.prefix, hashlib.new(profile.algorithm).digest_size)
+
+    def pack(self, value: str) -> bytes | None:
+        """The bytes ``value`` unpacks from exactly, or None."""
+        prefix = self.prefix
+        if len(value) != len(prefix) + 2 * self.width or not value.startswith(prefix):
+            return None
+        text = value[len(prefix) :]
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            return None
+        return raw if raw.hex() == text else None  # (fromhex takes upper case and spaces too)
+
+
+#: The packing of the seed profile (sha256), for states made without a verifier.
+SEED_PACKING: Final = Packing("sha256:", 32)
+
+
 @dataclass(slots=True)
 class AgentState:
     """What the verifier keeps about one agent.
 
-    ``ring``: the hashes of recently accepted sequences, ``window`` slots in one flat list, slot
-    ``sequence % window`` at ``ring[2 * slot]`` (the highest sequence that fell into it, -1 while
-    none has) and ``ring[2 * slot + 1]`` (that sequence's hash). Once a chain is past its first
-    ``window`` records, that is exactly the last ``window`` sequences, late fills aside. One
-    list, with a slot's two values side by side, held by the state itself: the state of an agent
-    last seen many records ago is out of the CPU's caches, and each further object or cache line
-    it spans costs the fast path a miss (a ring object holding a list per value cost it ~4%).
+    The ring of the hashes of recently accepted sequences has ``window`` slots, slot ``sequence
+    % window`` holding the highest sequence that fell into it: ``sequences[slot]`` (-1 while
+    none has), its hash packed at ``digests[slot * width:(slot + 1) * width]`` (``packing``).
+    A pair that does not pack (a hash of another shape, or a sequence past 63 bits) is kept in
+    ``odd`` under its slot, whose sequence then reads -2. Once a chain is past its first
+    ``window`` records, the ring is exactly the last ``window`` sequences, late fills aside.
+
+    A ring of 64 sha256 hashes takes 2.6 KB, in two objects made with the state: nothing is
+    allocated per record (see the module docstring).
     """
 
     last_sequence: int
     last_hash: str
-    ring: list[Any]
+    sequences: array[int]
+    digests: bytearray
     # Nothing counts ok records one by one: each moves last_sequence on by exactly one, so their
     # count is last_sequence - ok_base, ok_base being the first sequence plus every move made by
     # another status (a gap, a broken link, a bad hash). The fast path has one field less to set.
     ok_base: int
+    packing: Packing = SEED_PACKING
     gaps: list[Gap] = field(default_factory=list)  # ordered by sequence, disjoint
     others: Counter[str] = field(default_factory=Counter)  # counts of every status but ok
     last_alert: dict[str, Any] | None = None
     # last_sequence when the eviction sweep last passed the agent (``Verifier._admit``): if
     # last_sequence has moved since, the agent was active. Nothing on the fast path touches it.
     swept: int = -1
+    odd: dict[int, tuple[int, str]] | None = None  # slot: (sequence, hash), see above
 
     @classmethod
-    def first(cls, sequence: int, value: str, window: int) -> AgentState:
+    def empty(
+        cls, window: int, packing: Packing = SEED_PACKING, last_sequence: int = 0
+    ) -> AgentState:
+        """A state with an empty ring (its other fields as given, or zero)."""
+        return cls(
+            last_sequence,
+            "",
+            array("q", [EMPTY_SLOT]) * window,
+            bytearray(window * packing.width),
+            last_sequence,
+            packing,
+        )
+
+    @classmethod
+    def first(
+        cls, sequence: int, value: str, window: int, packing: Packing = SEED_PACKING
+    ) -> AgentState:
         """The state after an agent's first record (not active since: the sweep's next victim
         once it has passed every older agent)."""
-        state = cls(sequence, value, [-1, ""] * window, sequence, swept=sequence)
+        state = cls.empty(window, packing, sequence)
+        state.last_hash = value
+        state.swept = sequence
         state.remember(sequence, value)
         return state
 
+    def _slot(self, slot: int) -> tuple[int, str]:
+        """The sequence in ``slot`` (-1: empty) and its hash ("" while empty)."""
+        sequence = self.sequences[slot]
+        if sequence == ODD_SLOT:
+            assert self.odd is not None
+            return self.odd[slot]
+        if sequence == EMPTY_SLOT:
+            return sequence, ""
+        width = self.packing.width
+        start = slot * width
+        return sequence, self.packing.prefix + self.digests[start : start + width].hex()
+
     def recent(self, sequence: int) -> str | None:
         """The hash of ``sequence`` if it is among the recent ones."""
-        ring = self.ring
-        slot = (sequence % (len(ring) // 2)) * 2
-        return ring[slot + 1] if ring[slot] == sequence else None
+        held, value = self._slot(sequence % len(self.sequences))
+        return value if held == sequence else None
 
     def remember(self, sequence: int, value: str) -> None:
         """Put ``sequence`` in its slot, unless that holds a higher one."""
-        ring = self.ring
-        slot = (sequence % (len(ring) // 2)) * 2
-        if ring[slot] <= sequence:
-            ring[slot] = sequence
-            ring[slot + 1] = value
+        slot = sequence % len(self.sequences)
+        if self._slot(slot)[0] > sequence:
+            return
+        odd = self.odd
+        raw = self.packing.pack(value) if sequence <= MAX_PACKED_SEQUENCE else None
+        if raw is None:
+            if odd is None:
+                odd = self.odd = {}
+            odd[slot] = (sequence, value)
+            self.sequences[slot] = ODD_SLOT
+            return
+        self.sequences[slot] = sequence
+        width = len(raw)
+        self.digests[slot * width : (slot + 1) * width] = raw
+        if odd is not None:
+            odd.pop(slot, None)
 
     def recent_sequence_of(self, value: str) -> int | None:
         """The sequence whose hash is ``value``, if it is among the recent ones."""
-        ring = self.ring
-        for slot in range(0, len(ring), 2):
-            sequence: int = ring[slot]
-            if ring[slot + 1] == value and sequence >= 0:
+        raw = self.packing.pack(value)
+        width = self.packing.width
+        digests = self.digests
+        for slot, sequence in enumerate(self.sequences):
+            if sequence == ODD_SLOT:
+                assert self.odd is not None
+                held, held_value = self.odd[slot]
+                if held_value == value:
+                    return held
+            elif (
+                sequence >= 0
+                and raw is not None
+                and digests[slot * width : (slot + 1) * width] == raw
+            ):
                 return sequence
         return None
 
     def recent_pairs(self) -> list[list[Any]]:
-        ring = self.ring
-        return sorted([s, h] for s, h in zip(ring[::2], ring[1::2], strict=True) if s >= 0)
+        """The (sequence, hash) pairs the ring holds, in order."""
+        pairs = (self._slot(slot) for slot in range(len(self.sequences)))
+        return sorted([sequence, value] for sequence, value in pairs if sequence >= 0)
 
     @property
     def ok(self) -> int:
@@ -554,20 +658,17 @@ class AgentState:
         }
 
     @classmethod
-    def from_v1(cls, data: dict[str, Any], window: int) -> AgentState:
+    def from_v1(cls, data: dict[str, Any], window: int, packing: Packing) -> AgentState:
         """An agent's state from a version 1 snapshot (an object per agent, its recent hashes
         as sorted (sequence, hash) pairs, no sweep mark: every agent counts as idle)."""
         last_sequence = int(data["last_sequence"])
-        state = cls(
-            last_sequence,
-            str(data["last_hash"]),
-            [-1, ""] * window,
-            last_sequence - int(data["counts"].get("ok", 0)),
-            gaps=[Gap(int(g[0]), int(g[1]), g[2], g[3]) for g in data["gaps"]],
-            others=Counter({str(k): int(v) for k, v in data["counts"].items() if k != "ok"}),
-            last_alert=data.get("last_alert"),
-            swept=last_sequence,
-        )
+        state = cls.empty(window, packing, last_sequence)
+        state.last_hash = str(data["last_hash"])
+        state.ok_base = last_sequence - int(data["counts"].get("ok", 0))
+        state.gaps = [Gap(int(g[0]), int(g[1]), g[2], g[3]) for g in data["gaps"]]
+        state.others = Counter({str(k): int(v) for k, v in data["counts"].items() if k != "ok"})
+        state.last_alert = data.get("last_alert")
+        state.swept = last_sequence
         for sequence, value in data["recent"]:
             state.remember(int(sequence), str(value))
         return state
@@ -666,6 +767,7 @@ class Verifier:
             raise ValueError("window, max_gaps and max_agents must be at least 1")
         self.profile = profile
         self.window = window
+        self.packing = Packing.of(profile)
         self.max_gaps = max_gaps
         self.max_agents = max_agents
         self.agents: dict[str, AgentState] = {}
@@ -721,6 +823,9 @@ class Verifier:
             return careful
         agent_state = self.agents.get
         window = self.window
+        skip = len(self.packing.prefix)
+        width = self.packing.width
+        fromhex = bytes.fromhex
 
         def feed_facts(agent: str, facts: Facts) -> Verdict | int:
             # The common case: the next record of a known agent, linking to the last one, its
@@ -735,12 +840,23 @@ class Verifier:
                 and digest == claimed
             ):
                 # (The tests above make both ints and strings: no record without them passes.)
+                # AgentState.remember, inlined: sequence is the highest, and the hash is the
+                # digest, prefix and hex as Profile.digest writes them (but for a record whose
+                # content has no canonical form and claims the reason as its hash: it raises).
+                slot = sequence % window
+                try:
+                    raw = fromhex(claimed[skip:])  # type: ignore[index]
+                    if len(raw) != width:
+                        raise ValueError(claimed)
+                    state.sequences[slot] = sequence  # OverflowError past 63 bits
+                except (ValueError, OverflowError):
+                    return careful(agent, facts)
                 state.last_sequence = sequence
                 state.last_hash = claimed  # type: ignore[assignment]
-                ring = state.ring  # AgentState.remember, inlined: sequence is the highest
-                slot = (sequence % window) * 2
-                ring[slot] = sequence
-                ring[slot + 1] = claimed
+                start = slot * width
+                state.digests[start : start + width] = raw
+                if state.odd is not None:
+                    state.odd.pop(slot, None)
                 return sequence  # counted as ok: last_sequence moved on by one
             return careful(agent, facts)  # anything else
 
@@ -795,7 +911,8 @@ class Verifier:
         state = self.agents.get(agent)
         if state is None:
             first = sequence <= 1 or prev in (None, "", self.profile.genesis)
-            evicted = self._admit(agent, AgentState.first(sequence, claimed, self.window))
+            state = AgentState.first(sequence, claimed, self.window, self.packing)
+            evicted = self._admit(agent, state)
             verdict = Verdict.of(
                 "genesis" if first else "adopted", sequence, None, hash=claimed, prev_hash=prev
             )
@@ -850,7 +967,7 @@ class Verifier:
         assert own is not None  # a line-hashed record's hash is its line's
         state = self.agents.get(agent)
         if state is None:
-            evicted = self._admit(agent, AgentState.first(1, own, self.window))
+            evicted = self._admit(agent, AgentState.first(1, own, self.window, self.packing))
             if not isinstance(prev, str) or not prev:
                 verdict = Verdict.of("unchained", 1, hash=own, detail=f"no {profile.prev_hash!r}")
             else:
@@ -943,22 +1060,24 @@ class Verifier:
         return tuple(evicted)
 
     def snapshot(self) -> dict[str, Any]:
-        """The whole state, for ``orjson.dumps`` (see ``restore``); version 2::
+        """The whole state, for ``orjson.dumps`` (see ``restore``); version 3::
 
-            {"v": 2, "profile": "seed", "counts": {"ok": 812, "gap": 1, ...},
+            {"v": 3, "profile": "seed", "counts": {"ok": 812, "gap": 1, ...},
              "agents": {"id": [...], "last_sequence": [...], "last_hash": [...], "ok_base": [...],
-                        "swept": [...], "ring": [[...], ...], "gaps": [...], "others": [...],
-                        "last_alert": [...]}}
+                        "swept": [...], "gaps": [...], "others": [...], "last_alert": [...],
+                        "sequences": [[...], ...], "digests": ["...", ...], "odd": [...]}}
 
         ``agents`` holds one list per ``AgentState`` field (``SNAPSHOT_COLUMNS``), the agents in
-        sweep order; ``ring`` the states' rings as they are (``window`` slots of sequence and
-        hash, -1 and "" while empty), ``gaps`` per agent a list of ``[first, last, before,
-        after]`` (``Gap``), ``others`` per agent the counts of every status but ok.
+        sweep order; ``gaps`` per agent a list of ``[first, last, before, after]`` (``Gap``),
+        ``others`` per agent the counts of every status but ok. The rings as they are:
+        ``sequences`` the ``window`` slots' sequences (-1 empty, -2 held in ``odd``),
+        ``digests`` their packed hashes in hex, less the trailing zero bytes, ``odd`` None or
+        the pairs held apart, as ``[slot, sequence, hash]``.
 
         Built for speed: the checkpoint takes it in a worker thread, and Python code holds the
-        GIL, so a few C-level passes over the states make it (no object per agent) and orjson
-        writes the rest in C. It shares the live state (rings, counters, gaps): serialize it
-        before the next record is fed."""
+        GIL, so a few C-level passes over the states make it (no object per slot) and orjson
+        writes the rest in C. It shares the live state (counters, gaps): serialize it before
+        the next record is fed."""
         # (No slot of the circle is empty but while ``_admit`` runs.)
         ids = cast(list[str], self._clock[self._hand :] + self._clock[: self._hand])
         states = list(map(self.agents.__getitem__, ids))
@@ -970,11 +1089,17 @@ class Verifier:
             "last_hash": [state.last_hash for state in states],
             "ok_base": ok_base,
             "swept": [state.swept for state in states],
-            "ring": [state.ring for state in states],
             # Gaps are few: only an agent that has some costs a list here.
             "gaps": [state.gaps and [gap.as_json() for gap in state.gaps] for state in states],
             "others": [state.others for state in states],
             "last_alert": [state.last_alert for state in states],
+            "sequences": [state.sequences.tolist() for state in states],
+            # (less the trailing zero bytes: the empty slots of an agent with few records)
+            "digests": [state.digests.rstrip(b"\0").hex() for state in states],
+            "odd": [
+                [[slot, *pair] for slot, pair in state.odd.items()] if state.odd else None
+                for state in states
+            ],
         }
         ok = self._ok_elsewhere + sum(last_sequence) - sum(ok_base)
         counts = {"ok": ok, **self._others} if ok else dict(self._others)
@@ -1015,9 +1140,11 @@ class Verifier:
             verifier._others.update(counts)
             if data["v"] == 1:
                 for agent, state in data["agents"].items():
-                    verifier.agents[str(agent)] = AgentState.from_v1(state, window)
+                    verifier.agents[str(agent)] = AgentState.from_v1(
+                        state, window, verifier.packing
+                    )
             else:
-                verifier._restore_agents(data["agents"])
+                verifier._restore_agents(data["agents"], data["v"])
             verifier._ok_elsewhere = ok - sum(state.ok for state in verifier.agents.values())
             verifier._clock = list(verifier.agents)  # the sweep's order, from the hand on
             for agent, state in verifier.agents.items():  # (troubled in the sweep's order)
@@ -1030,52 +1157,53 @@ class Verifier:
             raise ValueError(f"damaged chain snapshot: {exc!r}") from exc
         return verifier
 
-    def _restore_agents(self, columns: dict[str, list[Any]]) -> None:
-        """The agents of a version 2 snapshot (``snapshot``), checked value by value."""
+    def _restore_agents(self, columns: dict[str, list[Any]], version: int) -> None:
+        """The agents of a version 2 or 3 snapshot (``snapshot``), checked value by value."""
         window = self.window
+        packing = self.packing
         agents = self.agents
+        ring_columns = ("ring",) if version == 2 else SNAPSHOT_COLUMNS[8:]
         for (
             agent,
             last_sequence,
             last_hash,
             ok_base,
             swept,
-            ring,
             gaps,
             others,
             last_alert,
-        ) in zip(*(columns[name] for name in SNAPSHOT_COLUMNS), strict=True):
+            *ring,
+        ) in zip(*(columns[name] for name in _STATE_COLUMNS + ring_columns), strict=True):
             if not (
                 type(agent) is str
                 and type(last_sequence) is int
                 and type(last_hash) is str
                 and type(ok_base) is int
                 and type(swept) is int
-                and type(ring) is list
                 and type(gaps) is list
                 and type(others) is dict
                 and (last_alert is None or type(last_alert) is dict)
             ):
                 raise ValueError(f"agent {agent!r}: a value of the wrong type")
-            if len(ring) != 2 * window:  # taken with another dedupe window
-                ring = _reslot(ring, window)
-            # The sequences are compared with others: numbers, or sum raises TypeError (in C; a
-            # hash of another type could only be reported, never raise).
-            sum(ring[::2])
             if not set(map(type, others.values())) <= _COUNT_TYPES:
                 raise ValueError(f"agent {agent!r}: a count of the wrong type")
             counts: Counter[str] = Counter()
             dict.update(counts, others)  # (what Counter(others) does, 2 us faster per agent)
-            agents[agent] = AgentState(
+            sequences, digests, odd = _ring_of(agent, ring, packing, window)
+            state = AgentState(
                 last_sequence,
                 last_hash,
-                ring,
+                sequences,
+                digests,
                 ok_base,
+                packing,
                 [_gap_from(gap) for gap in gaps],
                 counts,
                 last_alert,
                 swept,
+                odd,
             )
+            agents[agent] = state
         if len(agents) != len(columns["id"]):
             raise ValueError("an agent is listed twice")
 
@@ -1129,14 +1257,61 @@ def _gap_from(data: list[Any]) -> Gap:
     return gap
 
 
-def _reslot(ring: list[Any], window: int) -> list[Any]:
-    """A ring of ``window`` slots holding what ``ring`` (of another size) holds, as far as it
-    fits: per slot the highest sequence."""
-    state = AgentState(-1, "", [-1, ""] * window, 0)
-    for sequence, value in zip(ring[::2], ring[1::2], strict=True):
-        if type(sequence) is int and sequence >= 0:
-            state.remember(sequence, value)
-    return state.ring
+def _ring_of(
+    agent: str, columns: list[Any], packing: Packing, window: int
+) -> tuple[array[int], bytearray, dict[int, tuple[int, str]] | None]:
+    """An agent's ring from a snapshot's, in ``window`` slots: version 2's list of pairs
+    (``[ring]``: sequence, hash, sequence, hash, ...; -1 and "" while empty) or version 3's
+    packed columns (``[sequences, digests, odd]``, see ``Verifier.snapshot``). Taken as it is
+    when it has that many slots, else (version 2, or another window) slot by slot, keeping per
+    slot the highest sequence. ValueError if it is damaged."""
+    if len(columns) == 1:
+        (ring,) = columns
+        if type(ring) is not list or len(ring) % 2:
+            raise ValueError(f"agent {agent!r}: a ring of the wrong shape")
+        pairs: list[Any] = list(zip(ring[::2], ring[1::2], strict=True))
+    else:
+        sequences, digests, odd = columns
+        if not (
+            type(sequences) is list and type(digests) is str and (odd is None or type(odd) is list)
+        ):
+            raise ValueError(f"agent {agent!r}: a ring of the wrong type")
+        try:
+            held = array("q", sequences)
+        except (TypeError, OverflowError) as exc:
+            raise ValueError(f"agent {agent!r}: a ring's sequence of the wrong type") from exc
+        raw = bytearray.fromhex(digests)  # (ValueError if it is not hex)
+        size = len(held) * packing.width
+        if len(raw) > size or (held and min(held) < ODD_SLOT):
+            raise ValueError(f"agent {agent!r}: a ring of the wrong shape")
+        raw.extend(bytes(size - len(raw)))  # (the trailing zero bytes the snapshot left out)
+        kept: dict[int, tuple[int, str]] = {}
+        for item in odd or ():
+            if not (type(item) is list and len(item) == 3):
+                raise ValueError(f"agent {agent!r}: a ring's pair of the wrong shape")
+            slot, sequence, value = item
+            if not (
+                type(slot) is int
+                and 0 <= slot < len(held)
+                and held[slot] == ODD_SLOT
+                and type(sequence) is int
+                and sequence >= 0
+                and type(value) is str
+            ):
+                raise ValueError(f"agent {agent!r}: a ring's pair of the wrong shape")
+            kept[slot] = (sequence, value)
+        if len(kept) != held.count(ODD_SLOT):
+            raise ValueError(f"agent {agent!r}: a ring's slot held apart without its pair")
+        if len(held) == window:
+            return held, raw, kept or None
+        pairs = AgentState(0, "", held, raw, 0, packing, odd=kept or None).recent_pairs()
+    fresh = AgentState.empty(window, packing)
+    for sequence, value in pairs:
+        if type(sequence) is not int or type(value) is not str:
+            raise ValueError(f"agent {agent!r}: a ring's pair of the wrong type")
+        if sequence >= 0:
+            fresh.remember(sequence, value)
+    return fresh.sequences, fresh.digests, fresh.odd
 
 
 def _gap_index(gaps: list[Gap], sequence: int) -> int | None:

@@ -453,28 +453,49 @@ def test_a_deep_copy_verifies_independently() -> None:
     assert statuses(original, records[3:]) == ["gap"]
 
 
-@settings(max_examples=200, deadline=None)
+#: Hashes a ring keeps packed (the seed profile's prefix and lower-case hex of 32 bytes) and
+#: others it keeps apart: another shape, upper case, a space where a digit belongs.
+RING_VALUES = (
+    "sha256:" + "0" * 64,
+    "sha256:" + "ab" * 32,
+    "sha256:" + "f" * 64,
+    "a",
+    "",
+    "sha256:" + "AB" * 32,
+    "sha256:" + "ab" * 31 + "a ",
+    "sha512:" + "ab" * 32,
+)
+#: Sequences a ring keeps packed, and some past 63 bits that it keeps apart.
+RING_SEQUENCES = st.one_of(st.integers(0, 30), st.integers(2**63 - 3, 2**63 + 3))
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     window=st.integers(1, 6),
-    puts=st.lists(st.tuples(st.integers(0, 30), st.sampled_from("abcdef")), max_size=40),
+    puts=st.lists(st.tuples(RING_SEQUENCES, st.sampled_from(RING_VALUES)), max_size=40),
 )
 def test_the_recent_hashes_are_the_highest_sequence_of_each_slot(
     window: int, puts: list[tuple[int, str]]
 ) -> None:
     """An agent's ring of recent hashes holds, per slot ``sequence % window``, the highest
-    sequence remembered there and its hash: lookups by sequence and by hash, and the snapshot's
-    pairs, are those of that model."""
-    state = AgentState(0, "", [-1, ""] * window, 0)
+    sequence remembered there and its hash, packed or kept apart: lookups by sequence and by
+    hash, and the pairs, are those of that model, and so are a restored snapshot's."""
+    state = AgentState.empty(window)
     model: dict[int, tuple[int, str]] = {}  # slot: (sequence, hash)
     for sequence, value in puts:
         state.remember(sequence, value)
         slot = sequence % window
         if slot not in model or model[slot][0] <= sequence:
             model[slot] = (sequence, value)
-    for sequence in range(32):
+    probes = [*range(32), *range(2**63 - 4, 2**63 + 4)]
+    for sequence in probes:
         held = model.get(sequence % window)
         assert state.recent(sequence) == (held[1] if held and held[0] == sequence else None)
-    for value in "abcdefg":
+    for value in (*RING_VALUES, "sha256:" + "1" * 64):
         found = [model[slot][0] for slot in sorted(model) if model[slot][1] == value]
         assert state.recent_sequence_of(value) == (found[0] if found else None)
     assert state.recent_pairs() == sorted([s, h] for s, h in model.values())
+    verifier = Verifier(window=window)
+    verifier._admit("a", state)
+    restored = Verifier.restore(orjson.loads(orjson.dumps(verifier.snapshot())), window=window)
+    assert restored.agents["a"].recent_pairs() == state.recent_pairs()

@@ -86,6 +86,26 @@ def dumped(verifier: Verifier) -> bytes:
     return orjson.dumps(verifier.snapshot())
 
 
+def snapshot_v2(verifier: Verifier) -> dict[str, Any]:
+    """The state in the version 2 snapshot format (what shipper wrote before version 3): each
+    ring a list of its slots' sequence and hash, -1 and "" while empty."""
+    snapshot = orjson.loads(dumped(verifier))
+    agents = snapshot["agents"]
+    window = verifier.window
+    rings = []
+    for agent in agents["id"]:
+        ring: list[Any] = [-1, ""] * window
+        for sequence, value in verifier.agents[agent].recent_pairs():
+            slot = sequence % window
+            ring[2 * slot : 2 * slot + 2] = [sequence, value]
+        rings.append(ring)
+    for column in ("sequences", "digests", "odd"):
+        del agents[column]
+    agents["ring"] = rings
+    snapshot["v"] = 2
+    return dict(snapshot)
+
+
 def snapshot_v1(verifier: Verifier) -> dict[str, Any]:
     """The state in the version 1 snapshot format (what shipper wrote before version 2)."""
     return {
@@ -334,12 +354,12 @@ def continuation(agents: list[Agent]) -> list[dict[str, Any]]:
     return records
 
 
-def test_a_version_2_snapshot_gives_the_same_verdicts_and_state() -> None:
-    """A version 2 snapshot, through JSON, restores a verifier that gives the same verdicts,
+def test_a_version_3_snapshot_gives_the_same_verdicts_and_state() -> None:
+    """A version 3 snapshot, through JSON, restores a verifier that gives the same verdicts,
     evictions and state as the one it was taken of."""
     verifier, agents = a_mixed_state(max_agents=8)
     snapshot = orjson.loads(dumped(verifier))
-    assert snapshot["v"] == 2
+    assert snapshot["v"] == 3
     restored = Verifier.restore(snapshot, max_agents=8)
     assert dumped(restored) == dumped(verifier)
     records = continuation(agents)
@@ -349,6 +369,20 @@ def test_a_version_2_snapshot_gives_the_same_verdicts_and_state() -> None:
     assert {as_verdict(m).status for m in mine} == {"ok", "duplicate", "late", "genesis"}
     assert sum(len(as_verdict(m).evicted) for m in mine) == 2
     assert dumped(restored) == dumped(verifier)
+
+
+def test_a_version_2_snapshot_still_restores_to_the_same_state() -> None:
+    """A version 2 snapshot (rings as lists of hash strings, before an upgrade) restores to the
+    state the version 3 snapshot of the same verifier restores to, verdicts after included."""
+    verifier, agents = a_mixed_state(max_agents=8)
+    v2 = orjson.loads(orjson.dumps(snapshot_v2(verifier)))
+    assert "ring" in v2["agents"]
+    old = Verifier.restore(v2, max_agents=8)
+    assert dumped(old) == dumped(verifier)
+    records = continuation(agents)
+    assert [outcome(old.feed(r["agentId"], copy.deepcopy(r))) for r in records] == [
+        outcome(verifier.feed(r["agentId"], copy.deepcopy(r))) for r in records
+    ]
 
 
 def test_a_version_1_snapshot_still_restores() -> None:
@@ -376,7 +410,7 @@ def test_a_snapshot_restores_under_another_dedupe_window() -> None:
         feed(verifier, agent.next())
     snapshot = dumped(verifier)
     smaller = Verifier.restore(orjson.loads(snapshot), window=4)
-    assert [len(ring) for ring in orjson.loads(dumped(smaller))["agents"]["ring"]] == [2 * 4]
+    assert [len(ring) for ring in orjson.loads(dumped(smaller))["agents"]["sequences"]] == [4]
     assert [feed(smaller, agent.sent[n - 1]).status for n in (20, 17, 16)] == [
         "duplicate",
         "duplicate",
@@ -406,8 +440,13 @@ def damage(column: str, value: Any) -> Any:
         pytest.param(damage("id", lambda ids: [ids[0], *ids[:-1]]), id="agent-twice"),
         pytest.param(damage("id", lambda ids: [7, *ids[1:]]), id="id-not-a-string"),
         pytest.param(damage("last_sequence", lambda s: ["1", *s[1:]]), id="sequence-string"),
-        pytest.param(damage("ring", lambda r: [[None, "x"] * 64, *r[1:]]), id="ring-slot"),
-        pytest.param(damage("ring", lambda r: [[1, "x", 2], *r[1:]]), id="ring-odd"),
+        pytest.param(damage("sequences", lambda r: [[None] * 64, *r[1:]]), id="ring-slot"),
+        pytest.param(damage("sequences", lambda r: [[1.5] * 64, *r[1:]]), id="ring-float"),
+        pytest.param(damage("sequences", lambda r: [[-2] * 64, *r[1:]]), id="ring-odd-unpaired"),
+        pytest.param(damage("digests", lambda d: ["zz" * 2048, *d[1:]]), id="ring-not-hex"),
+        pytest.param(damage("digests", lambda d: ["ab" * 2049, *d[1:]]), id="ring-digests-long"),
+        pytest.param(damage("digests", lambda d: [7, *d[1:]]), id="ring-digests-type"),
+        pytest.param(damage("odd", lambda o: [[[0, 1]], *o[1:]]), id="ring-odd-pair"),
         pytest.param(damage("gaps", lambda g: [[[1, 2, 3, None]], *g[1:]]), id="gap"),
         pytest.param(damage("gaps", lambda g: [[[1, 2]], *g[1:]]), id="gap-short"),
         pytest.param(damage("others", lambda o: [{"gap": "1"}, *o[1:]]), id="count"),
@@ -416,17 +455,34 @@ def damage(column: str, value: Any) -> Any:
         pytest.param(lambda s: s.update(agents=[]), id="agents-a-list"),
     ],
 )
-def test_a_damaged_version_2_snapshot_is_refused(change: Any) -> None:
-    """A version 2 snapshot with a value of the wrong type or shape is refused as damaged."""
+def test_a_damaged_version_3_snapshot_is_refused(change: Any) -> None:
+    """A version 3 snapshot with a value of the wrong type or shape is refused as damaged."""
     snapshot = orjson.loads(dumped(a_mixed_state()[0]))
     change(snapshot)
     with pytest.raises(ValueError, match="damaged"):
         Verifier.restore(snapshot)
 
 
-def test_a_version_1_checkpoint_loads_and_the_next_is_version_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "ring",
+    [
+        pytest.param([None, "x"] * 64, id="slot"),
+        pytest.param([1, "x", 2], id="odd-length"),
+        pytest.param([1, 7] * 64, id="hash-not-a-string"),
+    ],
+)
+def test_a_damaged_version_2_ring_is_refused(ring: list[Any]) -> None:
+    """A version 2 snapshot whose ring has a value of the wrong type or shape is refused as
+    damaged."""
+    snapshot = orjson.loads(orjson.dumps(snapshot_v2(a_mixed_state()[0])))
+    snapshot["agents"]["ring"][0] = ring
+    with pytest.raises(ValueError, match="damaged"):
+        Verifier.restore(snapshot)
+
+
+def test_a_version_1_checkpoint_loads_and_the_next_is_version_3(tmp_path: Path) -> None:
     """After an upgrade, the chain stage loads the version 1 checkpoint (no replay of the whole
-    WAL, no false genesis) and writes version 2 from then on, which loads to the same state."""
+    WAL, no false genesis) and writes version 3 from then on, which loads to the same state."""
     verifier, agents = a_mixed_state()
     data_dir = tmp_path / "var"
     position = Position(3, 4096)
@@ -442,7 +498,8 @@ def test_a_version_1_checkpoint_loads_and_the_next_is_version_2(tmp_path: Path) 
     chain_stage.checkpoint(EPOCH, position)
     stored = load_checkpoint(data_dir)
     assert isinstance(stored, Checkpoint)
-    assert orjson.loads(path.read_bytes())["v"] == stored.state["v"] == 2
+    assert orjson.loads(path.read_bytes())["v"] == 2  # (the checkpoint file's own version)
+    assert stored.state["v"] == 3
     again = stage(tmp_path)
     again.load(tmp_path / "var" / "wal", EPOCH)
     assert dumped(again.verifier) == dumped(chain_stage.verifier)
