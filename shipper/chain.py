@@ -100,7 +100,9 @@ ring a list of hash strings, an agent took 1.7 KB after one record and 11 KB wit
 1.1 GB for 100,000 agents; and since each string was allocated as its record passed, the few
 that stayed held on to blocks of the allocator's memory that the records around them had freed:
 with 10,000 agents, a process whose queues had been full stayed tens of MB above what it held.
-Packing costs the ok fast path about 0.2 us a record.)
+Packing costs the ok fast path about 0.4 us a record, the ring's two objects and their
+buffers being more memory to reach for an agent last seen long ago; ``Profile.facts`` gives
+the digest's bytes (``Facts.packed``), so the hex is not parsed again.)
 
 ``snapshot()`` / ``Verifier.restore()`` give and take the whole state (the chain checkpoint,
 ``shipper.chain_stage``): version 3 holds a list per state field over all agents, in the sweep's
@@ -261,7 +263,7 @@ class Profile:
         if hash_field is None:  # line hashing: the line's digest is the record's hash
             if not isinstance(prev, str):
                 prev = None
-            return _new_facts(Facts, (None, self.digest(line), prev, None, None))
+            return _new_facts(Facts, (None, self.digest(line), prev, None, None, None))
         sequence = record.get(self.sequence)  # type: ignore[arg-type]
         claimed = record.get(hash_field)
         if not (
@@ -277,15 +279,18 @@ class Profile:
             if prev is not None and not isinstance(prev, str):
                 return Facts(sequence, None, None, None, f"no usable {self.prev_hash!r}")
         del record[hash_field]  # hashed without it; put back (at the end) below
+        packed: bytes | None = None
         try:
-            digest = self.prefix + self._hasher(canonicalize(record)).hexdigest()
+            raw = self._hasher(canonicalize(record)).digest()
+            digest = self.prefix + raw.hex()
+            packed = raw
         except (ValueError, TypeError) as exc:
             digest = f"(cannot canonicalize: {exc})"
         finally:
             record[hash_field] = claimed
         if digest == claimed:
             digest = claimed  # one string, not two equal ones (memory, pickling)
-        return _new_facts(Facts, (sequence, claimed, prev, digest, None))
+        return _new_facts(Facts, (sequence, claimed, prev, digest, None, packed))
 
 
 #: ``Facts`` made from a tuple in C (a named tuple's own constructor is a Python function).
@@ -302,7 +307,8 @@ class Facts(NamedTuple):
     ...)"`` when its content has no canonical form); a record without usable chain fields has
     ``unchained`` (why) and no hash (its sequence if that was usable). For a line-hashed profile:
     ``hash`` is the digest of the record's line, ``prev_hash`` its prevHash if that is a string,
-    and the rest None.
+    and the rest None. ``packed``: the digest's raw bytes, when it was computed (what an agent's
+    ring keeps, ``AgentState``: the fast path stores them without parsing the hex again).
     """
 
     sequence: int | None
@@ -310,6 +316,7 @@ class Facts(NamedTuple):
     prev_hash: str | None
     digest: str | None
     unchained: str | None
+    packed: bytes | None = None
 
 
 def sender_identity(source: dict[str, Any], syslog: dict[str, Any] | None) -> str | None:
@@ -823,38 +830,33 @@ class Verifier:
             return careful
         agent_state = self.agents.get
         window = self.window
-        skip = len(self.packing.prefix)
         width = self.packing.width
-        fromhex = bytes.fromhex
 
         def feed_facts(agent: str, facts: Facts) -> Verdict | int:
             # The common case: the next record of a known agent, linking to the last one, its
             # hash recomputed. (An unchained record has no prev_hash, and a last_hash is a
             # string: it never passes.)
             state = agent_state(agent)
-            sequence, claimed, prev, digest, _ = facts
+            sequence, claimed, prev, digest, _, packed = facts
             if (
                 state is not None
                 and sequence == state.last_sequence + 1
                 and prev == state.last_hash
                 and digest == claimed
+                and packed is not None
             ):
                 # (The tests above make both ints and strings: no record without them passes.)
                 # AgentState.remember, inlined: sequence is the highest, and the hash is the
-                # digest, prefix and hex as Profile.digest writes them (but for a record whose
-                # content has no canonical form and claims the reason as its hash: it raises).
+                # digest, whose bytes are packed.
                 slot = sequence % window
                 try:
-                    raw = fromhex(claimed[skip:])  # type: ignore[index]
-                    if len(raw) != width:
-                        raise ValueError(claimed)
-                    state.sequences[slot] = sequence  # OverflowError past 63 bits
-                except (ValueError, OverflowError):
+                    state.sequences[slot] = sequence
+                except OverflowError:  # past 63 bits: kept apart
                     return careful(agent, facts)
                 state.last_sequence = sequence
                 state.last_hash = claimed  # type: ignore[assignment]
                 start = slot * width
-                state.digests[start : start + width] = raw
+                state.digests[start : start + width] = packed
                 if state.odd is not None:
                     state.odd.pop(slot, None)
                 return sequence  # counted as ok: last_sequence moved on by one
@@ -894,7 +896,7 @@ class Verifier:
         return verdict
 
     def _feed_fields(self, agent: str, facts: Facts) -> Verdict:
-        sequence, claimed, prev, digest, unchained = facts
+        sequence, claimed, prev, digest, unchained, _ = facts
         if unchained is not None:
             return Verdict.of("unchained", sequence, detail=unchained)
         assert sequence is not None  # the facts of a chained record have both

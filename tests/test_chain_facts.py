@@ -75,12 +75,13 @@ def test_line_hashed_facts_taken_ahead_give_the_verdicts_feed_gives(lines: list[
 
 def test_facts_hold_the_chain_fields_the_digest_or_why_there_is_none() -> None:
     """A chained record's facts are its sequence, hash, prevHash and recomputed digest (the very
-    hash string when it matches); a record without usable chain fields says which; a line's are
-    its digest and prevHash; and the record is left as it was."""
+    hash string when it matches) with the digest's raw bytes; a record without usable chain
+    fields says which; a line's are its digest and prevHash; and the record is left as it was."""
     first, second = chain(2)
     record = copy.deepcopy(second)
     facts = SEED.facts(record)
-    assert facts == Facts(2, second["hash"], first["hash"], second["hash"], None)
+    packed = bytes.fromhex(second["hash"].removeprefix("sha256:"))
+    assert facts == Facts(2, second["hash"], first["hash"], second["hash"], None, packed)
     assert facts.digest is facts.hash
     assert record == second
     edited = SEED.facts({**second, "effect": "edited"})
