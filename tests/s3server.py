@@ -77,13 +77,15 @@ def _free(port: int) -> bool:
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` ports free on 127.0.0.1 whose port + 10000 (gRPC) is free too."""
+    """``count`` ports free on 127.0.0.1 whose port + 10000 (gRPC) is free too, none of them
+    another one's gRPC port (weed refuses to start on a port "reserved for gRPC calculation")."""
     found: list[int] = []
     while len(found) < count:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port + 10000 < 65536 and port not in found and _free(port) and _free(port + 10000):
+        taken = {*found, *(other + 10000 for other in found), *(other - 10000 for other in found)}
+        if port + 10000 < 65536 and port not in taken and _free(port) and _free(port + 10000):
             found.append(port)
     return found
 
