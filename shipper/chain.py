@@ -1284,7 +1284,8 @@ def _ring_of(
             raise ValueError(f"agent {agent!r}: a ring's sequence of the wrong type") from exc
         raw = bytearray.fromhex(digests)  # (ValueError if it is not hex)
         size = len(held) * packing.width
-        if len(raw) > size or (held and min(held) < ODD_SLOT):
+        # (min and count over the list: over the array, each slot would become a number first)
+        if len(raw) > size or (sequences and min(sequences) < ODD_SLOT):
             raise ValueError(f"agent {agent!r}: a ring of the wrong shape")
         raw.extend(bytes(size - len(raw)))  # (the trailing zero bytes the snapshot left out)
         kept: dict[int, tuple[int, str]] = {}
@@ -1302,7 +1303,7 @@ def _ring_of(
             ):
                 raise ValueError(f"agent {agent!r}: a ring's pair of the wrong shape")
             kept[slot] = (sequence, value)
-        if len(kept) != held.count(ODD_SLOT):
+        if len(kept) != (sequences.count(ODD_SLOT) if kept or ODD_SLOT in sequences else 0):
             raise ValueError(f"agent {agent!r}: a ring's slot held apart without its pair")
         if len(held) == window:
             return held, raw, kept or None
