@@ -8,13 +8,14 @@ Checkpoint file ``<data_dir>/chain/checkpoint.json``, one JSON object, replaced 
      "written_at": "2026-11-23T10:45:23.102345Z", "state": {...Verifier.snapshot()...}}
 
 meaning: ``state`` is the verifier's state after every WAL record before (segment, offset) of
-the WAL of that epoch, and nothing after. Version 2 holds a version 2 snapshot (``shipper.chain``:
-a list per state field over all agents, in the eviction sweep's order, each agent's ring as it
-is): with 100,000 agents the worker thread holds the GIL for about 0.25 s to take and write it
-(2.1 s with version 1), or 0.7 s at full dedupe windows (20 s), whose file is then some 520 MB
-(64 hashes an agent). A version 1 checkpoint (written before; its state a version 1 snapshot, an
-object per agent) still loads, so an upgrade replays only the WAL after it; the next checkpoint
-is version 2.
+the WAL of that epoch, and nothing after. Version 2 holds a ``Verifier.snapshot()`` of version
+3 (``shipper.chain``: a list per state field over all agents, in the eviction sweep's order,
+each agent's ring packed): with 100,000 agents the worker thread holds the GIL for about 0.6 to
+0.9 s to take and write it, with one record per agent or with full dedupe windows (a file of
+some 455 MB then, 64 hashes an agent). Snapshots of version 2 (rings as lists of hash strings)
+and 1 still load, and a version 1 checkpoint (written before; its state a version 1 snapshot,
+an object per agent) too, so an upgrade replays only the WAL after it; the next checkpoint is
+version 2 with a version 3 snapshot.
 
 Rules:
 
