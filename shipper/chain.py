@@ -109,8 +109,8 @@ the digest's bytes (``Facts.packed``), so the hex is not parsed again.)
 order, and each ring packed (its sequences, and its digests in hex), so that with 100,000 agents
 it is taken in a few C-level passes and orjson writes it in C (``Verifier.snapshot``); version 2
 (each ring a list of hash strings, packed again slot by slot) and version 1 (an object per
-agent) still restore. Feeding the same records to a restored verifier gives the same verdicts and evictions,
-which is what replaying the WAL after a checkpoint relies on. Every integer in a state comes
+agent) still restore. Feeding the same records to a restored verifier gives the same verdicts
+and evictions, which is what replaying the WAL after a checkpoint relies on. Every integer in a state comes
 from orjson, which reads integers past 64 bits as floats (``unchained``), so orjson can write
 the state back.
 """
@@ -513,7 +513,7 @@ class Packing:
 
 
 #: The packing of the seed profile (sha256), for states made without a verifier.
-SEED_PACKING: Final = Packing("sha256:", 32)
+SEED_PACKING: Final = Packing.of(SEED)
 
 
 @dataclass(slots=True)
@@ -574,6 +574,14 @@ class AgentState:
         state.remember(sequence, value)
         return state
 
+    def _held(self, slot: int) -> int:
+        """The sequence in ``slot`` (-1: empty)."""
+        sequence = self.sequences[slot]
+        if sequence == ODD_SLOT:
+            assert self.odd is not None
+            return self.odd[slot][0]
+        return sequence
+
     def _slot(self, slot: int) -> tuple[int, str]:
         """The sequence in ``slot`` (-1: empty) and its hash ("" while empty)."""
         sequence = self.sequences[slot]
@@ -594,7 +602,7 @@ class AgentState:
     def remember(self, sequence: int, value: str) -> None:
         """Put ``sequence`` in its slot, unless that holds a higher one."""
         slot = sequence % len(self.sequences)
-        if self._slot(slot)[0] > sequence:
+        if self._held(slot) > sequence:
             return
         odd = self.odd
         raw = self.packing.pack(value) if sequence <= MAX_PACKED_SEQUENCE else None
@@ -605,7 +613,7 @@ class AgentState:
             self.sequences[slot] = ODD_SLOT
             return
         self.sequences[slot] = sequence
-        width = len(raw)
+        width = self.packing.width
         self.digests[slot * width : (slot + 1) * width] = raw
         if odd is not None:
             odd.pop(slot, None)
@@ -1192,7 +1200,7 @@ class Verifier:
             counts: Counter[str] = Counter()
             dict.update(counts, others)  # (what Counter(others) does, 2 us faster per agent)
             sequences, digests, odd = _ring_of(agent, ring, packing, window)
-            state = AgentState(
+            agents[agent] = AgentState(
                 last_sequence,
                 last_hash,
                 sequences,
@@ -1205,7 +1213,6 @@ class Verifier:
                 swept,
                 odd,
             )
-            agents[agent] = state
         if len(agents) != len(columns["id"]):
             raise ValueError("an agent is listed twice")
 
@@ -1303,7 +1310,7 @@ def _ring_of(
             ):
                 raise ValueError(f"agent {agent!r}: a ring's pair of the wrong shape")
             kept[slot] = (sequence, value)
-        if len(kept) != (sequences.count(ODD_SLOT) if kept or ODD_SLOT in sequences else 0):
+        if len(kept) != sequences.count(ODD_SLOT):
             raise ValueError(f"agent {agent!r}: a ring's slot held apart without its pair")
         if len(held) == window:
             return held, raw, kept or None
