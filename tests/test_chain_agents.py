@@ -23,6 +23,7 @@ from shipper.chain_stage import (
     load_checkpoint,
     store_checkpoint,
 )
+from shipper.codecs.canonical import canonicalize
 from shipper.config import parse_config
 from shipper.errors import ConfigError
 from shipper.events import Event
@@ -422,6 +423,30 @@ def test_a_snapshot_restores_under_another_dedupe_window() -> None:
         "duplicate",
         "regressed",
     ]
+
+
+def far_chain(first: int, count: int) -> list[dict[str, Any]]:
+    """``count`` records of agent "far" from sequence ``first`` on, hashed over their RFC 8785
+    form (which writes integers past 2**53 as JSON numbers do, unlike orjson's)."""
+    records: list[dict[str, Any]] = []
+    prev = ""
+    for sequence in range(first, first + count):
+        record: dict[str, Any] = {"agentId": "far", "sequence": sequence, "prevHash": prev}
+        record["hash"] = prev = "sha256:" + hashlib.sha256(canonicalize(record)).hexdigest()
+        records.append(record)
+    return records
+
+
+def test_a_chain_past_63_bits_verifies_and_restores() -> None:
+    """Sequences past what a ring's 64-bit slots hold, up to the largest orjson reads, verify
+    as ok, and a resend is a duplicate, before and after a snapshot."""
+    for first in (2**63 - 2, 2**64 - 4):
+        records = far_chain(first, 4)
+        verifier = Verifier(window=4)
+        assert [feed(verifier, r).status for r in records] == ["genesis", "ok", "ok", "ok"]
+        restored = Verifier.restore(orjson.loads(dumped(verifier)), window=4)
+        for checked in (verifier, restored):
+            assert [feed(checked, r).status for r in records] == ["duplicate"] * 4
 
 
 def damage(column: str, value: Any) -> Any:
