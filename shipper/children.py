@@ -1,8 +1,9 @@
 """Child processes of the daemon: one protocol and one supervisor for every kind of child.
 
 The daemon runs parts of itself in processes of their own: each sink (``shipper.sinkproc``) and
-each ingest worker (``shipper.ingestproc``). A kind of child (``Kind``) is a module run as ``python -m <module>``, whose
-``main`` calls ``child_main`` with the kind's work; the daemon runs a ``Supervised`` per child::
+each ingest worker (``shipper.ingestproc``). A kind of child (``Kind``) is a module run as
+``python -m <module>``, whose ``main`` calls ``child_main`` with the kind's work; the daemon runs
+a ``Supervised`` per child::
 
     daemon ─── spec (stdin, then held open) ─────────────► child: work(spec, parent, registry)
        ▲ ◄──── frames: reports and the kind's own (stdout) ────┤

@@ -16,10 +16,10 @@ of 10): an event's objects are freed by reference counting as soon as it is writ
 collector finds almost nothing, and every pass it makes over the events waiting in the queues
 is wasted. Together about 5 us of CPU per event over the process tree (31 to 26). It is
 called where each process has finished starting: the daemon once it is ready (and after each
-reload), a sink process once its sink is open, an ingest worker once its sources serve. Only in processes that ``enable()`` it
-(the command that runs the daemon and the child processes' entry points): a test that runs the
-daemon inside its own process keeps its collector as it was, since a frozen object that later
-becomes part of a cycle of garbage is never collected.
+reload), a sink process once its sink is open, an ingest worker once its sources serve. Only in
+processes that ``enable()`` it (the command that runs the daemon and the child processes' entry
+points): a test that runs the daemon inside its own process keeps its collector as it was,
+since a frozen object that later becomes part of a cycle of garbage is never collected.
 """
 
 from __future__ import annotations
