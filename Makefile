@@ -4,7 +4,7 @@ VENV   ?= .venv
 CONFIG ?= config/shipper.toml
 PY      = $(VENV)/bin/python
 
-.PHONY: run test lint typecheck unit bench bench-wal bench-syslog bench-chain bench-s3 bench-cef bench-webhook bench-verify screenshot clean
+.PHONY: run test lint typecheck unit bench bench-wal bench-syslog bench-chain bench-stages bench-s3 bench-cef bench-webhook bench-verify screenshot clean
 
 # A stamp file so the venv is rebuilt when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +42,9 @@ bench-syslog: $(VENV)/.installed
 
 bench-chain: $(VENV)/.installed
 	$(PY) -m bench.chain $(BENCH_ARGS)
+
+bench-stages: $(VENV)/.installed
+	$(PY) -m bench.stages $(BENCH_ARGS)
 
 bench-s3: $(VENV)/.installed
 	$(PY) -m bench.s3 $(BENCH_ARGS)
