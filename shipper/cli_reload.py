@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import httpx2
 import orjson
 
 from shipper.api.client import (
@@ -62,6 +61,8 @@ def describe(result: dict[str, Any]) -> list[str]:
 
 def command(args: argparse.Namespace) -> int:
     """Run ``shipper reload`` with its parsed ``args``."""
+    import httpx2  # (here: the daemon imports this module for its parser only)
+
     try:
         api = required(args.api, args.config, args.api_ca)
         with api.blocking(httpx2.Timeout(TIMEOUT, read=None)) as client:  # stops take their time

@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-import httpx2
 import orjson
 
 from shipper.api.client import ApiError, add_api_arguments, check, failed, required, unanswered
@@ -94,6 +93,8 @@ def follow(lines: Iterable[str], out: TextIO, err: TextIO, *, as_json: bool) -> 
 
 def command(args: argparse.Namespace) -> int:
     """Run ``shipper tap`` with its parsed ``args``."""
+    import httpx2  # (here: the daemon imports this module for its parser only)
+
     try:
         api = required(args.api, args.config, args.api_ca)
     except (ConfigError, ApiError) as exc:

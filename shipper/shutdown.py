@@ -23,7 +23,6 @@ from typing import Any
 import trio
 
 from shipper import __version__, heap
-from shipper.api.server import serve_api
 from shipper.config import Config
 from shipper.logging import get_logger
 from shipper.metrics import summary as metrics_summary
@@ -101,6 +100,8 @@ async def run_daemon(
             nursery.start_soon(_watch_signals, shutdown)
             nursery.start_soon(_watch_reloads, topology, ready, shutdown)
         if config.api.address is not None:  # first: a taken address stops before any source
+            from shipper.api.server import serve_api  # (hypercorn and starlette: only with an API)
+
             urls = await nursery.start(serve_api, topology, config.api)
             for url in urls:
                 log.info("api_listening", url=url)

@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx2
-
 from shipper.errors import EX_CONFIG, ConfigError
 
 if TYPE_CHECKING:
+    import httpx2
+
     from shipper.config import Config
 
 TOKEN_ENV = "SHIPPER_API_TOKEN"
@@ -117,12 +117,16 @@ class Api:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
+        import httpx2  # (here: the daemon imports this module, and never calls its API)
+
         async with httpx2.AsyncClient(**self._settings(), timeout=TIMEOUT) as client:
             yield Session(self, client)
 
     def blocking(self, timeout: httpx2.Timeout | float = TIMEOUT) -> httpx2.Client:
         """A blocking client of this API, for a command that draws as answers come (``top``)
         or follows a stream line by line (``tap``); status codes are the caller's to check."""
+        import httpx2
+
         return httpx2.Client(**self._settings(), timeout=timeout)
 
 
@@ -135,6 +139,8 @@ class Session:
 
     async def get(self, path: str, **params: Any) -> httpx2.Response:
         """GET ``path``; ``ApiError`` unless it answers 2xx (or 404, which the caller reads)."""
+        import httpx2
+
         try:
             response = await self._client.get(path, params=_params(params))
         except httpx2.HTTPError as exc:
@@ -152,6 +158,8 @@ class Session:
 
     async def stream_lines(self, path: str, **params: Any) -> AsyncIterator[str]:
         """The lines of a live answer (server-sent events), as they come."""
+        import httpx2
+
         try:
             async with self._client.stream(
                 "GET", path, params=_params(params), timeout=httpx2.Timeout(TIMEOUT, read=None)
@@ -173,6 +181,8 @@ def unanswered(exc: httpx2.HTTPError, api: Api) -> ApiError:
     """What a request to ``api`` that got no answer (``exc``) tells the operator: TLS failed
     (a certificate the CA does not vouch for, or https to a plain API), nothing listens there
     (``ApiUnreachable``), or the API broke off."""
+    import httpx2
+
     cause = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, httpx2.ConnectError):
         if isinstance(exc.__cause__, ssl.SSLError) or "SSL" in str(exc):

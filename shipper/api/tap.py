@@ -38,16 +38,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
 
 from shipper.buffer.entries import ROUTE_END
 from shipper.chain import STATUSES
 from shipper.config.root import TAP_BUFFER
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import BaseRoute
+    from starlette.types import Receive, Scope, Send
+
     from shipper.events import Event
     from shipper.metrics import Registry
     from shipper.redact import Redaction
@@ -283,33 +284,36 @@ def render_ndjson(items: list[bytes | Missed], redaction: Redaction | None) -> b
     return b"".join(out)
 
 
-class _Tapped(Response):
-    """The answer to a tap request: the client is registered, or refused when
-    ``MAX_TAP_CLIENTS`` are connected, as the answer starts (with nothing awaited between the
-    count and the registration, so that the bound holds however many ask at once), and
-    removed once its stream ends however it ends."""
-
-    def __init__(
-        self, hub: TapHub, wants: TapFilter, respond: Callable[[TapClient], Response]
-    ) -> None:
-        super().__init__()
-        self.hub, self.wants, self.respond = hub, wants, respond
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if len(self.hub.clients) >= MAX_TAP_CLIENTS:
-            refused = PlainTextResponse(
-                f"{MAX_TAP_CLIENTS} tap clients are connected already; retry once one left\n",
-                status_code=503,
-                headers={"Retry-After": "10"},
-            )
-            await refused(scope, receive, send)
-            return
-        with self.hub.connected(self.wants) as client:
-            await self.respond(client)(scope, receive, send)
-
-
 def routes(topology: Topology) -> list[BaseRoute]:
-    """``/api/tap`` over ``topology``'s hub."""
+    """``/api/tap`` over ``topology``'s hub. (Starlette is imported here, by the API's server:
+    the hub alone is all the writer needs, in a daemon with or without an API.)"""
+    from starlette.responses import PlainTextResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    class _Tapped(Response):
+        """The answer to a tap request: the client is registered, or refused when
+        ``MAX_TAP_CLIENTS`` are connected, as the answer starts (with nothing awaited between the
+        count and the registration, so that the bound holds however many ask at once), and
+        removed once its stream ends however it ends."""
+
+        def __init__(
+            self, hub: TapHub, wants: TapFilter, respond: Callable[[TapClient], Response]
+        ) -> None:
+            super().__init__()
+            self.hub, self.wants, self.respond = hub, wants, respond
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if len(self.hub.clients) >= MAX_TAP_CLIENTS:
+                refused = PlainTextResponse(
+                    f"{MAX_TAP_CLIENTS} tap clients are connected already; retry once one left\n",
+                    status_code=503,
+                    headers={"Retry-After": "10"},
+                )
+                await refused(scope, receive, send)
+                return
+            with self.hub.connected(self.wants) as client:
+                await self.respond(client)(scope, receive, send)
+
     hub = topology.tap
     redaction = topology.config.api.redact
 

@@ -28,11 +28,9 @@ A valid record is recognised by its CRC alone; the chance that damaged bytes pas
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
-
-from crc32c import crc32c
 
 HEADER: Final = struct.Struct("<II")
 HEADER_SIZE: Final = HEADER.size
@@ -41,9 +39,23 @@ MAX_PAYLOAD: Final = 64 * 1024 * 1024
 _LENGTH: Final = struct.Struct("<I")
 
 
+def _first_crc(data: bytes, value: int = 0) -> int:
+    """``crc32c.crc32c``, imported at its first use, after which ``_crc`` is the C function
+    itself. (The package imports ``importlib.metadata`` for its version, about 2 MB resident:
+    an ingest worker imports this module for ``MAX_PAYLOAD`` and never computes a CRC.)"""
+    global _crc
+    from crc32c import crc32c
+
+    _crc = crc32c
+    return crc32c(data, value)
+
+
+_crc: Callable[[bytes, int], int] = _first_crc
+
+
 def checksum(payload: bytes) -> int:
     """The record CRC of ``payload``: CRC-32C over the length field and the payload."""
-    return crc32c(payload, crc32c(_LENGTH.pack(len(payload))))
+    return _crc(payload, _crc(_LENGTH.pack(len(payload)), 0))
 
 
 def header(payload: bytes) -> bytes:
