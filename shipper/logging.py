@@ -11,25 +11,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import traceback
+from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, TextIO
 
 import orjson
 from pythonjsonlogger.json import JsonFormatter
-
-# structlog imports its console renderer's optional helpers when they are installed, rich among
-# them (about 70 modules, 4 MB resident in every process of the daemon, the ingest workers and
-# sink processes included), although shipper renders every entry as JSON and never uses them.
-# rich is installed for `shipper top`, which imports it itself: it is hidden from structlog's
-# import only (a None entry in sys.modules makes an import fail, which structlog expects of an
-# optional helper), and importable again afterwards.
-_HIDDEN = "rich" not in sys.modules
-if _HIDDEN:
-    sys.modules["rich"] = None  # type: ignore[assignment]
-try:
-    import structlog
-finally:
-    if _HIDDEN:
-        del sys.modules["rich"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -45,25 +34,17 @@ def _dumps(obj: Any, **_: Any) -> str:
 
 #: Where ``configure`` sends the entries (None: not configured, stderr).
 _stream: TextIO | None = None
+#: The least level an entry of shipper's own has to be written (``configure``; info until then).
+_threshold = logging.INFO
+#: One entry is one whole line, whichever thread writes it (the WAL's threads log too).
+_write_lock = threading.Lock()
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
-    """Send shipper's structlog entries and stdlib ``logging`` records to ``stream`` as JSON."""
-    global _stream
+    """Send shipper's entries and stdlib ``logging`` records to ``stream`` as JSON."""
+    global _stream, _threshold
     out = _stream = stream if stream is not None else sys.stderr
-    levelno = _LEVELS[level]
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=_dumps),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(levelno),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
-    )
+    levelno = _threshold = _LEVELS[level]
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         JsonFormatter(
@@ -81,6 +62,13 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
         )
 
 
+def reset() -> None:
+    """Undo ``configure`` (for tests that configured the logs into a stream they close)."""
+    global _stream, _threshold
+    _stream, _threshold = None, logging.INFO
+    logging.getLogger().handlers.clear()
+
+
 def write_entry(line: str) -> None:
     """Write an entry another process rendered (a sink process's) where this one's go."""
     print(line, file=_stream if _stream is not None else sys.stderr, flush=True)
@@ -92,37 +80,71 @@ _PER_REQUEST_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
 class Logger:
-    """A named logger that follows the structlog configuration in force when it logs.
-
-    Modules create theirs at import time, before ``configure()`` runs, so binding is deferred.
-    """
+    """A named logger: each entry is one JSON object on a line, its keys in this order:
+    ``logger``, the entry's fields as given, ``event``, ``level``, ``ts`` (RFC 3339 UTC, with
+    microseconds), and ``exception`` (the formatted traceback) when ``exception`` is called or
+    an ``exc_info`` field holds an exception. Entries below the level ``configure`` set are
+    dropped. Modules create theirs at import time, before ``configure()`` runs: each entry is
+    written where the configuration in force when it is logged says."""
 
     __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def _bound(self) -> structlog.typing.FilteringBoundLogger:
-        logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(
-            logger=self.name
-        )
-        return logger
+    def _log(self, levelno: int, level: str, event: str, fields: dict[str, Any]) -> None:
+        if levelno < _threshold:
+            return
+        entry: dict[str, Any] = {"logger": self.name, **fields}
+        exc_info = entry.pop("exc_info", None)
+        entry["event"] = event
+        entry["level"] = level
+        entry["ts"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        found = _exc_info(exc_info)
+        if found is not None:
+            entry["exception"] = "".join(traceback.format_exception(*found)).rstrip("\n")
+        line = _dumps(entry)
+        with _write_lock:
+            print(line, file=_stream if _stream is not None else sys.stderr, flush=True)
 
     def debug(self, event: str, **fields: Any) -> None:
-        self._bound().debug(event, **fields)
+        self._log(logging.DEBUG, "debug", event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        self._bound().info(event, **fields)
+        self._log(logging.INFO, "info", event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._bound().warning(event, **fields)
+        self._log(logging.WARNING, "warning", event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        self._bound().error(event, **fields)
+        self._log(logging.ERROR, "error", event, fields)
 
     def exception(self, event: str, **fields: Any) -> None:
         """An error entry with the current exception's traceback."""
-        self._bound().exception(event, **fields)
+        fields.setdefault("exc_info", True)
+        self._log(logging.ERROR, "error", event, fields)
+
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def _exc_info(value: Any) -> ExcInfo | None:
+    """An ``exc_info`` field as the exception to format: an exception, an ``exc_info`` tuple,
+    or anything true for the one being handled; None for none."""
+    if isinstance(value, BaseException):
+        return type(value), value, value.__traceback__
+    if (
+        isinstance(value, tuple)
+        and len(value) == 3
+        and isinstance(value[1], BaseException)
+        and isinstance(value[0], type)
+    ):
+        return value[0], value[1], value[2]
+    if value:
+        current = sys.exc_info()
+        if current[1] is not None:
+            return type(current[1]), current[1], current[2]
+    return None
 
 
 def get_logger(name: str) -> Logger:

@@ -19,13 +19,13 @@ from typing import Any
 
 import orjson
 import pytest
-import structlog
 import trio
 import trustme
 
 from shipper.config import RuntimeConfig
 from shipper.events import Event
 from shipper.logging import configure
+from shipper.logging import reset as reset_logging
 from tests.s3server import S3Server, running_s3, weed_binary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,8 +151,7 @@ def logs() -> Iterator[LogCapture]:
     capture = LogCapture()
     configure("debug", stream=capture.stream)
     yield capture
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    reset_logging()
 
 
 @pytest.fixture
@@ -160,8 +159,7 @@ def restore_logging() -> Iterator[None]:
     """Undo, after the test, what ``shipper.logging.configure`` did: a CLI command run in the
     test's process points the logs at the captured stderr, which is closed after the test."""
     yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    reset_logging()
     for name in ("httpx", "httpcore", "httpx2", "httpcore2"):
         logging.getLogger(name).setLevel(logging.NOTSET)
 

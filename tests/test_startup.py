@@ -4,17 +4,16 @@ longer WAL."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import structlog
 
 from shipper import heap
 from shipper.cli import main
 from shipper.config import directory_problem
+from shipper.logging import reset as reset_logging
 from shipper.topology import Topology
 from tests.conftest import archive_lines, free_port, running_daemon, tmpfs
 from tests.test_cli import daemon_config, send, shipper, write_config
@@ -145,8 +144,7 @@ def test_a_defect_at_start_is_one_entry_with_its_traceback_inside(
     try:
         assert main(["run", "-c", str(config)]) == 1
     finally:
-        structlog.reset_defaults()
-        logging.getLogger().handlers.clear()
+        reset_logging()
     stderr = capsys.readouterr().err
     lines = stderr.splitlines()
     assert all(line.startswith("{") for line in lines), stderr
