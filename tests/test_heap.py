@@ -62,3 +62,37 @@ def test_a_later_settle_frees_what_an_earlier_one_froze_and_has_become_garbage()
         [sys.executable, "-c", _AGAIN], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["True", "True"]
+
+
+_LARGE_BLOCKS = """
+import ctypes, sys
+from shipper import heap
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2: ten size_t fields
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallInfo2
+if sys.argv[1] == "enabled":
+    heap.enable()
+freed = bytearray(1_000_000)
+del freed  # (a mapped block freed: glibc's own threshold rises past what follows)
+large = [b"x" * 300_000 for _ in range(100)]
+print(mallinfo2().hblkhd // 1_000_000)
+"""
+
+
+def test_a_process_that_enabled_the_heap_maps_its_large_blocks_on_their_own() -> None:
+    """Once a process's entry point enabled the heap settings, each large block (30 MB of
+    300 KB blocks here) is mapped on its own, so that freeing it gives it back to the system,
+    where glibc's own threshold, raised by the first mapped block freed, would have put them in
+    the heap, which small blocks above them keep from shrinking."""
+    out = subprocess.run(
+        [sys.executable, "-c", _LARGE_BLOCKS, "enabled"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert int(out) >= 30
