@@ -117,8 +117,9 @@ CHANNEL_BATCHES = 64
 #: (``shipper.budget``). With ingest workers, whose batches arrive as fast as they parse, the
 #: queue stays full: at 32 MiB the main process peaked some 40 to 60 MB higher with 10,000
 #: agents (what the queue held as events, then the allocator's arenas it left pinned) for no
-#: throughput the bench could tell apart; 8 MiB still holds several of the writer's appends.
-CHANNEL_BYTES = 8 * 1024 * 1024
+#: throughput the bench could tell apart, and 4 MiB took another 7 to 8 MB off it; 4 MiB still
+#: holds two of the writer's appends (``ROUTE_BYTES``).
+CHANNEL_BYTES = 4 * 1024 * 1024
 #: How long the start waits for a sink's destination to answer its safety check.
 CHECK_SECONDS = 10.0
 #: Events raised by sinks that may wait to be forwarded to the writer.
