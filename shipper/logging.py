@@ -70,8 +70,10 @@ def reset() -> None:
 
 
 def write_entry(line: str) -> None:
-    """Write an entry another process rendered (a sink process's) where this one's go."""
-    print(line, file=_stream if _stream is not None else sys.stderr, flush=True)
+    """Write an entry another process rendered (a sink process's) where this one's go, as one
+    whole line among this process's own (``Logger``)."""
+    with _write_lock:
+        print(line, file=_stream if _stream is not None else sys.stderr, flush=True)
 
 
 #: Libraries that log every HTTP request at INFO (the S3 client: two lines per archived object):
@@ -103,9 +105,7 @@ class Logger:
         found = _exc_info(exc_info)
         if found is not None:
             entry["exception"] = "".join(traceback.format_exception(*found)).rstrip("\n")
-        line = _dumps(entry)
-        with _write_lock:
-            print(line, file=_stream if _stream is not None else sys.stderr, flush=True)
+        write_entry(_dumps(entry))
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, "debug", event, fields)
