@@ -767,6 +767,34 @@ class Troubled:
             yield from reversed(self.by_severity[severity])
 
 
+#: Agents a checkpoint's columns are made and encoded for at a time (``snapshot_parts``).
+SNAPSHOT_CHUNK: Final = 1024
+
+#: How each column of a snapshot's ``agents`` is made from the agents' ids and states (in
+#: ``SNAPSHOT_COLUMNS`` order; see ``Verifier.snapshot``).
+_COLUMN_OF: Final[dict[str, Callable[[list[str], list[AgentState]], list[Any]]]] = {
+    "id": lambda ids, states: ids,
+    "last_sequence": lambda ids, states: [state.last_sequence for state in states],
+    "last_hash": lambda ids, states: [state.last_hash for state in states],
+    "ok_base": lambda ids, states: [state.ok_base for state in states],
+    "swept": lambda ids, states: [state.swept for state in states],
+    # Gaps are few: only an agent that has some costs a list here.
+    "gaps": lambda ids, states: [
+        state.gaps and [gap.as_json() for gap in state.gaps] for state in states
+    ],
+    "others": lambda ids, states: [state.others for state in states],
+    "last_alert": lambda ids, states: [state.last_alert for state in states],
+    "sequences": lambda ids, states: [state.sequences.tolist() for state in states],
+    # (less the trailing zero bytes: the empty slots of an agent with few records)
+    "digests": lambda ids, states: [state.digests.rstrip(b"\0").hex() for state in states],
+    "odd": lambda ids, states: [
+        [[slot, *pair] for slot, pair in state.odd.items()] if state.odd else None
+        for state in states
+    ],
+}
+assert tuple(_COLUMN_OF) == SNAPSHOT_COLUMNS
+
+
 class Verifier:
     """Verifies every agent's chain, one record at a time, in arrival order."""
 
@@ -1088,37 +1116,51 @@ class Verifier:
         GIL, so a few C-level passes over the states make it (no object per slot) and orjson
         writes the rest in C. It shares the live state (counters, gaps): serialize it before
         the next record is fed."""
-        # (No slot of the circle is empty but while ``_admit`` runs.)
-        ids = cast(list[str], self._clock[self._hand :] + self._clock[: self._hand])
-        states = list(map(self.agents.__getitem__, ids))
-        last_sequence = [state.last_sequence for state in states]
-        ok_base = [state.ok_base for state in states]
-        agents: dict[str, list[Any]] = {
-            "id": ids,
-            "last_sequence": last_sequence,
-            "last_hash": [state.last_hash for state in states],
-            "ok_base": ok_base,
-            "swept": [state.swept for state in states],
-            # Gaps are few: only an agent that has some costs a list here.
-            "gaps": [state.gaps and [gap.as_json() for gap in state.gaps] for state in states],
-            "others": [state.others for state in states],
-            "last_alert": [state.last_alert for state in states],
-            "sequences": [state.sequences.tolist() for state in states],
-            # (less the trailing zero bytes: the empty slots of an agent with few records)
-            "digests": [state.digests.rstrip(b"\0").hex() for state in states],
-            "odd": [
-                [[slot, *pair] for slot, pair in state.odd.items()] if state.odd else None
-                for state in states
-            ],
-        }
-        ok = self._ok_elsewhere + sum(last_sequence) - sum(ok_base)
-        counts = {"ok": ok, **self._others} if ok else dict(self._others)
+        ids, states = self._in_sweep_order()
         return {
             "v": SNAPSHOT_VERSION,
             "profile": self.profile.name,
-            "counts": counts,
-            "agents": agents,
+            "counts": self._counts(states),
+            "agents": {name: column(ids, states) for name, column in _COLUMN_OF.items()},
         }
+
+    def snapshot_parts(self, chunk: int = SNAPSHOT_CHUNK) -> Iterator[bytes]:
+        """``orjson.dumps(self.snapshot())`` in pieces, the same bytes (what the checkpoint
+        writes as they come): each column is made and encoded ``chunk`` agents at a time, so that
+        neither the columns of every agent (the digests alone up to 128 hex characters a slot)
+        nor their whole encoding is ever held at once beside them. As ``snapshot``, it shares
+        the live state: write every piece before the next record is fed."""
+        ids, states = self._in_sweep_order()
+        counts = orjson.dumps(self._counts(states))
+        yield b'{"v":%d,"profile":%s,"counts":%s,"agents":{' % (
+            SNAPSHOT_VERSION,
+            orjson.dumps(self.profile.name),
+            counts,
+        )
+        for number, (name, column) in enumerate(_COLUMN_OF.items()):
+            yield b'%s"%s":[' % (b"," if number else b"", name.encode())
+            for start in range(0, len(states), chunk):
+                encoded = orjson.dumps(
+                    column(ids[start : start + chunk], states[start : start + chunk])
+                )
+                yield encoded[1:-1] if not start else b"," + encoded[1:-1]
+            yield b"]"
+        yield b"}}"
+
+    def _in_sweep_order(self) -> tuple[list[str], list[AgentState]]:
+        """The agents' ids and states in sweep order (a snapshot's order)."""
+        # (No slot of the circle is empty but while ``_admit`` runs.)
+        ids = cast(list[str], self._clock[self._hand :] + self._clock[: self._hand])
+        return ids, list(map(self.agents.__getitem__, ids))
+
+    def _counts(self, states: list[AgentState]) -> dict[str, int]:
+        """A snapshot's ``counts``: the ok records, counted from the states, and the others."""
+        ok = (
+            self._ok_elsewhere
+            + sum([state.last_sequence for state in states])
+            - sum([state.ok_base for state in states])
+        )
+        return {"ok": ok, **self._others} if ok else dict(self._others)
 
     @classmethod
     def restore(

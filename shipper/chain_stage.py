@@ -72,8 +72,9 @@ cannot be replayed (a defect) is logged and counted (``replay_errors``), and the
 from __future__ import annotations
 
 import gc
+import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,22 +171,29 @@ def read_checkpoint(data_dir: Path) -> Checkpoint | str | None:
 def store_checkpoint(data_dir: Path, checkpoint: Checkpoint) -> int:
     """Write the checkpoint atomically and durably (blocking: run it in a worker thread); its
     size in bytes."""
+    state = (orjson.dumps(checkpoint.state),)
+    return store_state(data_dir, checkpoint.epoch, checkpoint.position, state)
+
+
+def store_state(data_dir: Path, epoch: str, position: Position, state: Iterable[bytes]) -> int:
+    """``store_checkpoint`` of a state given as its JSON in pieces (``Verifier.snapshot_parts``),
+    each written as it comes, so that the whole is never in memory at once."""
     directory = data_dir / CHAIN_DIR
     if not directory.is_dir():
         directory.mkdir(parents=True, exist_ok=True)
         fsync_dir(directory.parent)
-    data = orjson.dumps(
+    head = orjson.dumps(
         {
             "v": CHECKPOINT_VERSION,
-            "epoch": checkpoint.epoch,
-            "segment": checkpoint.position.segment,
-            "offset": checkpoint.position.offset,
+            "epoch": epoch,
+            "segment": position.segment,
+            "offset": position.offset,
             "written_at": utc_timestamp(),
-            "state": checkpoint.state,
         }
     )
-    replace_file(checkpoint_path(data_dir), data)
-    return len(data)
+    # ``state`` is the last key: the file is what one ``orjson.dumps`` of them all would give.
+    pieces = itertools.chain((head[:-1], b',"state":'), state, (b"}",))
+    return replace_file(checkpoint_path(data_dir), pieces)
 
 
 def wal_envelopes(
@@ -374,9 +382,7 @@ class ChainStage:
     def checkpoint(self, epoch: str, position: Position) -> int:
         """Store the state as covering the WAL up to ``position`` (blocking: a worker thread);
         the bytes the checkpoint file took."""
-        size = store_checkpoint(
-            self.data_dir, Checkpoint(epoch, position, self.verifier.snapshot())
-        )
+        size = store_state(self.data_dir, epoch, position, self.verifier.snapshot_parts())
         self.counters["checkpoints"] += 1
         return size
 

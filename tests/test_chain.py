@@ -340,6 +340,30 @@ def test_a_snapshot_restored_midway_gives_the_same_verdicts(
     assert second.snapshot() == orjson.loads(orjson.dumps(whole.snapshot()))
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 30), min_size=0, max_size=6),
+    cut=st.integers(0, 200),
+    chunk=st.integers(1, 7),
+    data=st.data(),
+)
+def test_the_snapshot_in_pieces_is_the_snapshots_json(
+    lengths: list[int], cut: int, chunk: int, data: st.DataObject
+) -> None:
+    """At any point of any mix of chains (gaps, duplicates, reordered records, no agent at
+    all), the pieces the checkpoint writes, made ``chunk`` agents at a time, join into the very
+    bytes ``orjson.dumps`` gives of the snapshot."""
+    feed: list[tuple[str, dict[str, Any]]] = []
+    for n, length in enumerate(lengths):
+        feed.extend((f"a{n}", record) for record in chain(length, f"a{n}"))
+    order = data.draw(st.permutations(range(len(feed))))
+    sequence = [feed[i] for i in order] + feed[: len(feed) // 3]
+    verifier = Verifier(window=8, max_gaps=3)
+    for agent, record in sequence[: min(cut, len(sequence))]:
+        verify(verifier, agent, copy.deepcopy(record))
+    assert b"".join(verifier.snapshot_parts(chunk)) == orjson.dumps(verifier.snapshot())
+
+
 # --- the fast path agrees with the careful one -----------------------------------------------
 
 #: Edits to a record, each sending it down a different branch of ``feed`` (or none).

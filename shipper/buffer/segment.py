@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -93,19 +94,24 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably: write a ``.tmp`` beside it, fsync,
-    rename over it, fsync the directory. A crash leaves the old file or the new one, never a mix
-    (blocking: run it in a worker thread)."""
+def replace_file(path: Path, data: bytes | Iterable[bytes]) -> int:
+    """Replace ``path`` with ``data`` (bytes, or pieces written as they come) atomically and
+    durably: write a ``.tmp`` beside it, fsync, rename over it, fsync the directory. A crash
+    leaves the old file or the new one, never a mix (blocking: run it in a worker thread). The
+    bytes written."""
     tmp = path.with_name(path.name + ".tmp")
+    size = 0
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        write_all(fd, data)
+        for piece in (data,) if isinstance(data, bytes) else data:
+            write_all(fd, piece)
+            size += len(piece)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+    return size
 
 
 def read_object(path: Path) -> dict[str, Any] | str | None:
