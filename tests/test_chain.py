@@ -311,6 +311,16 @@ def test_a_planted_fault_is_reported_exactly_where_it_is(
     assert reported == expect
 
 
+def shuffled_chains(lengths: list[int], data: st.DataObject) -> list[tuple[str, dict[str, Any]]]:
+    """Agents ``a0``, ``a1``, ... with chains of ``lengths`` records, shuffled together, then
+    the first third of them again: every kind of verdict appears."""
+    feed: list[tuple[str, dict[str, Any]]] = []
+    for n, length in enumerate(lengths):
+        feed.extend((f"a{n}", record) for record in chain(length, f"a{n}"))
+    order = data.draw(st.permutations(range(len(feed))))
+    return [feed[i] for i in order] + feed[: len(feed) // 3]
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 30), min_size=1, max_size=6),
@@ -322,12 +332,7 @@ def test_a_snapshot_restored_midway_gives_the_same_verdicts(
 ) -> None:
     """Snapshot, JSON round trip and restore at any point change no later verdict (the
     checkpoint-and-replay guarantee)."""
-    feed: list[tuple[str, dict[str, Any]]] = []
-    for n, length in enumerate(lengths):
-        feed.extend((f"a{n}", record) for record in chain(length, f"a{n}"))
-    order = data.draw(st.permutations(range(len(feed))))
-    # A shuffle of several agents' chains, with duplicates: every kind of verdict appears.
-    sequence = [feed[i] for i in order] + feed[: len(feed) // 3]
+    sequence = shuffled_chains(lengths, data)
     whole = Verifier(window=8, max_gaps=3)
     expected = [verify(whole, agent, copy.deepcopy(r)).envelope() for agent, r in sequence]
     first = Verifier(window=8, max_gaps=3)
@@ -353,11 +358,7 @@ def test_the_snapshot_in_pieces_is_the_snapshots_json(
     """At any point of any mix of chains (gaps, duplicates, reordered records, no agent at
     all), the pieces the checkpoint writes, made ``chunk`` agents at a time, join into the very
     bytes ``orjson.dumps`` gives of the snapshot."""
-    feed: list[tuple[str, dict[str, Any]]] = []
-    for n, length in enumerate(lengths):
-        feed.extend((f"a{n}", record) for record in chain(length, f"a{n}"))
-    order = data.draw(st.permutations(range(len(feed))))
-    sequence = [feed[i] for i in order] + feed[: len(feed) // 3]
+    sequence = shuffled_chains(lengths, data)
     verifier = Verifier(window=8, max_gaps=3)
     for agent, record in sequence[: min(cut, len(sequence))]:
         verify(verifier, agent, copy.deepcopy(record))
