@@ -107,12 +107,13 @@ the digest's bytes (``Facts.packed``), so the hex is not parsed again.)
 ``snapshot()`` / ``Verifier.restore()`` give and take the whole state (the chain checkpoint,
 ``shipper.chain_stage``): version 3 holds a list per state field over all agents, in the sweep's
 order, and each ring packed (its sequences, and its digests in hex), so that with 100,000 agents
-it is taken in a few C-level passes and orjson writes it in C (``Verifier.snapshot``); version 2
-(each ring a list of hash strings, packed again slot by slot) and version 1 (an object per
+it is taken in a few C-level passes and orjson writes it in C (``Verifier.snapshot``; the
+checkpoint takes the same bytes in pieces, 1,024 agents at a time, ``snapshot_parts``); version
+2 (each ring a list of hash strings, packed again slot by slot) and version 1 (an object per
 agent) still restore. Feeding the same records to a restored verifier gives the same verdicts
-and evictions, which is what replaying the WAL after a checkpoint relies on. Every integer in a state comes
-from orjson, which reads integers past 64 bits as floats (``unchained``), so orjson can write
-the state back.
+and evictions, which is what replaying the WAL after a checkpoint relies on. Every integer in a
+state comes from orjson, which reads integers past 64 bits as floats (``unchained``), so orjson
+can write the state back.
 """
 
 from __future__ import annotations
@@ -1143,7 +1144,9 @@ class Verifier:
                 encoded = orjson.dumps(
                     column(ids[start : start + chunk], states[start : start + chunk])
                 )
-                yield encoded[1:-1] if not start else b"," + encoded[1:-1]
+                if start:
+                    yield b","
+                yield encoded[1:-1]
             yield b"]"
         yield b"}}"
 
