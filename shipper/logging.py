@@ -28,8 +28,27 @@ _LEVELS = {
 }
 
 
-def _dumps(obj: Any, **_: Any) -> str:
-    return orjson.dumps(obj, default=str).decode()
+#: How much of a value orjson cannot write an entry keeps, as its ``repr``.
+_REPR_KEPT = 1000
+
+
+def _dumps(entry: dict[str, Any], **_: Any) -> str:
+    """An entry (shipper's own, or a stdlib record's fields) as one line of JSON. A value orjson
+    cannot write (an integer past 64 bits, nesting past its depth limit) goes in as its
+    ``repr``, cut at ``_REPR_KEPT`` characters: logging never fails over what a field holds."""
+    try:
+        return orjson.dumps(entry, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return orjson.dumps({str(key): _writable(value) for key, value in entry.items()}).decode()
+
+
+def _writable(value: Any) -> Any:
+    """``value`` if orjson writes it, else its ``repr`` (cut at ``_REPR_KEPT`` characters)."""
+    try:
+        orjson.dumps(value, default=str)
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(value)[:_REPR_KEPT]
+    return value
 
 
 #: Where ``configure`` sends the entries (None: not configured, stderr).

@@ -7,6 +7,7 @@ import logging
 import re
 import subprocess
 import sys
+from typing import Any
 
 import orjson
 import pytest
@@ -99,3 +100,22 @@ def test_an_entry_is_one_json_line_with_its_keys_in_order_and_its_exception(
     assert entries[1]["exception"].endswith("ValueError: handled")
     assert entries[2]["exception"] == "KeyError: 'given'"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", entries[3]["ts"])
+
+
+def test_a_field_orjson_cannot_write_goes_in_as_its_repr(restore_logging: None) -> None:
+    """An integer past 64 bits or a value nested past orjson's depth limit in a field costs
+    that field its JSON form (its ``repr``, cut at 1,000 characters), never the entry: the
+    other fields and the order stay, and the call does not raise."""
+    stream = io.StringIO()
+    configure("info", stream=stream)
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(300):
+        inner.append([])
+        inner = inner[0]
+    get_logger("shipper.test").warning("odd_values", big=2**70, deep=deep, fine=[1, "a"])
+    (entry,) = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert list(entry) == ["logger", "big", "deep", "fine", "event", "level", "ts"]
+    assert entry["big"] == str(2**70)
+    assert entry["deep"] == repr(deep)[:1000]
+    assert entry["fine"] == [1, "a"]
